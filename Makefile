@@ -1,0 +1,75 @@
+# hoopfast — `make` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+RUST_SOURCES := $(shell find rust/src -name '*.rs') rust/Cargo.toml rust/pyproject.toml rust/hoopfast_core.pyi
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F ':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+.PHONY: system-deps
+system-deps: ## Debian packages the tests and benchmarks need (pgbouncer, PostgreSQL server binaries)
+	@need=""; \
+	command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || need="$$need pgbouncer"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need="$$need postgresql"; \
+	command -v psql >/dev/null || need="$$need postgresql-client"; \
+	if [ -n "$$need" ]; then \
+	  echo "installing:$$need"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; \
+	fi
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): $(VENV)/bin/python pyproject.toml setup.py ext/_cpump.pyx $(RUST_SOURCES)
+	$(PY) -m pip install -q "maturin>=1.4,<2" "Cython>=3.0" "setuptools>=68" wheel
+	rm -rf rust/target/wheels
+	cd rust && ../$(PY) -m maturin build --release -q -o target/wheels
+	$(PY) -m pip install -q --force-reinstall --no-deps rust/target/wheels/hoopfast_core-*.whl
+	$(PY) -m pip install -q --no-build-isolation -e '.[test,dev]'
+	@touch $@
+
+.PHONY: install
+install: $(STAMP) ## build everything (Rust core, Cython pump, package, test deps) into .venv
+	@$(VENV)/bin/hoopfast version
+
+.PHONY: demo
+demo: install system-deps ## run the gateway on a throwaway cluster with sample data; prints how to connect
+	$(VENV)/bin/hoopfast demo
+
+.PHONY: test
+test: install system-deps ## run the whole suite, once per implementation (compiled, then python)
+	$(MAKE) --no-print-directory test-compiled test-python
+
+.PHONY: test-compiled
+test-compiled: install ## the suite on the compiled core (Rust + Cython)
+	HOOPFAST_IMPL=compiled $(PY) -m pytest -q $(PYTEST_ARGS)
+
+.PHONY: test-python
+test-python: install ## the suite on the pure-Python reference
+	HOOPFAST_IMPL=python $(PY) -m pytest -q -p no:randomly $(PYTEST_ARGS)
+
+.PHONY: cargo-test
+cargo-test: ## the Rust crate's own tests
+	cargo test -q --manifest-path rust/Cargo.toml
+
+.PHONY: lint
+lint: install ## ruff, mypy, and stubtest for the compiled modules
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
+	HOOPFAST_IMPL=compiled $(PY) -m mypy.stubtest hoopfast_core
+
+.PHONY: bench
+bench: install system-deps ## side-by-side benchmark: direct vs pgbouncer vs hoopfast (several minutes)
+	$(PY) bench/run.py
+
+.PHONY: clean
+clean: ## remove build output and the virtualenv
+	rm -rf $(VENV) rust/target build src/*.egg-info src/hoopfast/core/_cpump*.so ext/_cpump.c

@@ -1,0 +1,43 @@
+"""Type stub of the compiled hot-path core (Rust, pyo3).
+
+Implements the contract of :mod:`hoopfast.core.abc`, with the same behaviour
+and output bytes as the reference :mod:`hoopfast.core._python`.
+"""
+
+from typing import Final
+
+IMPLEMENTATION: Final[str]
+
+class FramingError(ValueError):
+    """A message header with an impossible length; the stream cannot be framed."""
+
+class Framer:
+    """Incremental framer for one direction of a post-startup message stream."""
+
+    def __new__(cls, max_length: int, intercept: bytes = ...) -> Framer: ...
+    def feed(self, data: bytes) -> list[bytes | tuple[int, bytes]]:
+        """Frame one chunk; raises FramingError on a length under 4 or over
+        max_length, and on every call after that."""
+
+    def set_intercept(self, types: bytes) -> None:
+        """Change the intercepted type codes (from the next message header on)."""
+
+    @property
+    def buffered(self) -> int: ...
+    @property
+    def messages(self) -> int: ...
+    @property
+    def at_boundary(self) -> bool: ...
+
+def decode_fields(message: bytes) -> list[tuple[str, str]]: ...
+def encode_fields(kind: int, fields: list[tuple[str, str]]) -> bytes: ...
+def decode_data_row(message: bytes) -> list[bytes | None]: ...
+def encode_data_row(values: list[bytes | None]) -> bytes: ...
+def decode_row_description(
+    message: bytes,
+) -> list[tuple[bytes, int, int, int, int, int, int]]: ...
+def encode_row_description(
+    fields: list[tuple[bytes, int, int, int, int, int, int]],
+) -> bytes: ...
+def decode_startup(packet: bytes) -> tuple[int, dict[str, str]]: ...
+def encode_startup(params: dict[str, str], code: int = 196608) -> bytes: ...

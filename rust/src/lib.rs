@@ -1,0 +1,17 @@
+//! hoopfast_core: the compiled hot path of hoopfast (PostgreSQL framing and
+//! message codec). This file only registers the Python module; the logic is
+//! in [`framer`] and [`messages`].
+
+pub mod framer;
+pub mod messages;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn hoopfast_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("IMPLEMENTATION", "compiled")?;
+    m.add("FramingError", m.py().get_type::<framer::exc::FramingError>())?;
+    m.add_class::<framer::PyFramer>()?;
+    messages::register(m)?;
+    Ok(())
+}

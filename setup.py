@@ -1,0 +1,16 @@
+"""Builds the Cython extension in ext/ into the hoopfast package.
+
+The Rust core (rust/) is a separate maturin-built distribution, hoopfast-core;
+`make install` builds both.
+"""
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=cythonize(
+        [Extension("hoopfast.core._cpump", ["ext/_cpump.pyx"], extra_compile_args=["-O3"])],
+        compiler_directives={"language_level": "3"},
+        quiet=True,
+    ),
+)

@@ -1,0 +1,3 @@
+"""hoopfast: a layer-7 access gateway for databases."""
+
+__version__ = "0.1.0"

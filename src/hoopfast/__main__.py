@@ -1,0 +1,3 @@
+from hoopfast.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,194 @@
+"""The TOML configuration: identity and upstream connections.
+
+The whole file is validated at once (``hoopfast check-config``) and every
+error is reported with its location. Secrets are *referenced* (an environment
+variable or a file), never inlined: a config file is something people paste
+into tickets.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+from hoopfast.errors import ConfigurationError
+
+ConnectionName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: str | float | int) -> float:
+    """'15m', '30s', '2h', '500ms' or a number of seconds -> seconds."""
+    if isinstance(value, int | float):
+        return float(value)
+    match = _DURATION.match(value)
+    if not match:
+        raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 15m, 2h)")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretRef(_Strict):
+    """Where a secret lives. Exactly one of ``env`` and ``file``."""
+
+    env: str | None = None
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of 'env' or 'file'")
+        return self
+
+    def describe(self) -> str:
+        """Where the secret is, for messages; never the secret itself."""
+        return f"environment variable {self.env}" if self.env else f"file {self.file}"
+
+    def resolve(self) -> str:
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise ConfigurationError(f"secret not set: {self.describe()}")
+            return value
+        assert self.file is not None
+        try:
+            return self.file.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as e:
+            raise ConfigurationError(
+                f"secret unreadable: {self.describe()} ({e.strerror})"
+            ) from None
+
+
+class Connection(_Strict):
+    """One upstream PostgreSQL database that clients reach by name."""
+
+    host: str
+    port: int = Field(default=5432, ge=1, le=65535)
+    database: str
+    user: str
+    password: SecretRef | None = None
+    tls: Literal["disable", "require", "verify-full"] = "disable"
+    #: CA bundle for verify-full; the system store when absent.
+    tls_ca_file: Path | None = None
+    #: Name to verify in the server certificate (default: host).
+    tls_server_name: str | None = None
+    #: Extra startup parameters sent upstream (e.g. {"search_path" = "app"}).
+    options: dict[str, str] = Field(default_factory=dict)
+
+
+class Identity(_Strict):
+    """How tokens (the password a client presents) are validated."""
+
+    issuer: str
+    audience: str
+    #: A JWKS document on disk, or a URL serving one.
+    jwks_file: Path | None = None
+    jwks_url: str | None = None
+    algorithms: list[str] = Field(default_factory=lambda: ["EdDSA", "RS256", "ES256"])
+    leeway: float = 30.0
+    #: Claim that names the person, and where the groups are.
+    identity_claim: str = "sub"
+    groups_claim: str = "groups"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _durations(cls, data: object) -> object:
+        if isinstance(data, dict) and "leeway" in data:
+            data = dict(data)
+            data["leeway"] = parse_duration(data["leeway"])
+        return data
+
+    @model_validator(mode="after")
+    def _one_keyset(self) -> Identity:
+        if (self.jwks_file is None) == (self.jwks_url is None):
+            raise ValueError("give exactly one of 'jwks_file' or 'jwks_url'")
+        refused = {a for a in self.algorithms if a.lower() == "none" or a.startswith("HS")}
+        if refused:
+            # Symmetric algorithms would let anyone holding the verification key
+            # mint tokens, and 'none' is no signature at all.
+            raise ValueError(f"algorithms not allowed: {', '.join(sorted(refused))}")
+        if not self.algorithms:
+            raise ValueError("at least one algorithm is required")
+        return self
+
+
+class GatewayConfig(_Strict):
+    identity: Identity
+    connections: dict[ConnectionName, Connection] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    location: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.message}"
+
+
+class ConfigFileError(ConfigurationError):
+    def __init__(self, path: Path, problems: list[ConfigProblem]) -> None:
+        self.path = path
+        self.problems = problems
+        lines = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"{path}: {len(problems)} problem(s)\n{lines}")
+
+
+def _resolve_relative(data: dict[str, object], base: Path) -> None:
+    """Paths in the file are relative to the file, not to the working directory."""
+
+    def fix(table: object, keys: tuple[str, ...]) -> None:
+        if isinstance(table, dict):
+            for key in keys:
+                value = table.get(key)
+                if isinstance(value, str) and not os.path.isabs(value):
+                    table[key] = str(base / value)
+
+    fix(data.get("identity"), ("jwks_file",))
+    connections = data.get("connections")
+    if isinstance(connections, dict):
+        for conn in connections.values():
+            fix(conn, ("tls_ca_file",))
+            if isinstance(conn, dict):
+                fix(conn.get("password"), ("file",))
+
+
+def load_config(path: Path) -> GatewayConfig:
+    """Read and validate the whole file; raise ConfigFileError listing every problem."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigFileError(path, [ConfigProblem(str(path), e.strerror or str(e))]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigFileError(path, [ConfigProblem(f"byte {e.start}", "not UTF-8")]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigFileError(path, [ConfigProblem("syntax", str(e))]) from None
+    _resolve_relative(data, path.parent)
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as e:
+        problems = [
+            ConfigProblem(".".join(str(p) for p in err["loc"]) or "(top)", err["msg"])
+            for err in e.errors(include_url=False, include_input=False)
+        ]
+        raise ConfigFileError(path, problems) from None

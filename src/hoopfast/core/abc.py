@@ -1,0 +1,99 @@
+"""The contract of the hot-path core, shared by both implementations.
+
+Two implementations provide it: ``hoopfast_core`` (Rust, pyo3, built by maturin
+from ``rust/``) and :mod:`hoopfast.core._python` (the pure-Python reference).
+:mod:`hoopfast.core` picks one at import time (``HOOPFAST_IMPL``).
+
+Wire format reminder (PostgreSQL protocol 3.0, "Message Formats"): after the
+startup phase every message is a 1-byte type code, an Int32 length that counts
+itself and the payload but not the type byte, then the payload.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+#: What a row value is on the wire: bytes, or None for SQL NULL (length -1).
+Value = bytes | None
+
+#: One field of a RowDescription:
+#: (name, table_oid, column_attnum, type_oid, type_size, type_modifier, format_code)
+FieldDescription = tuple[bytes, int, int, int, int, int, int]
+
+#: One item out of :meth:`Framer.feed`: a run of bytes to forward unchanged, or
+#: a complete intercepted message as (type_code, whole_message_including_header).
+FeedItem = bytes | tuple[int, bytes]
+
+
+@runtime_checkable
+class Framer(Protocol):
+    """Incremental framer for one direction of a post-startup message stream.
+
+    ``feed`` accepts TCP chunks cut at arbitrary places. Messages whose type is
+    not in ``intercept`` are passed through as soon as their bytes arrive, even
+    mid-message, so a 1 GB DataRow or COPY stream is never buffered. Messages
+    whose type is in ``intercept`` are held until complete and returned whole.
+    Order is preserved: concatenating the bytes items and the whole messages
+    of the tuple items reproduces the input exactly.
+    """
+
+    def __init__(self, max_length: int, intercept: bytes = b"") -> None: ...
+
+    def feed(self, data: bytes) -> list[FeedItem]:
+        """Frame one chunk. Raises FramingError on a length under 4 or over
+        ``max_length``; after that the framer is broken and every later call
+        raises FramingError too."""
+        ...
+
+    def set_intercept(self, types: bytes) -> None:
+        """Change the set of intercepted type codes (takes effect for the next
+        message header; a message already being passed through stays so)."""
+        ...
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for an incomplete intercepted message or header."""
+        ...
+
+    @property
+    def messages(self) -> int:
+        """Complete messages seen so far (both kinds)."""
+        ...
+
+    @property
+    def at_boundary(self) -> bool:
+        """True when the stream so far ends exactly at a message boundary."""
+        ...
+
+
+class Core(Protocol):
+    """What an implementation module exports."""
+
+    IMPLEMENTATION: str
+    FramingError: type[ValueError]
+    Framer: type[Framer]
+
+    def decode_fields(self, message: bytes) -> list[tuple[str, str]]:
+        """ErrorResponse ('E') / NoticeResponse ('N') -> [(code_char, value)]."""
+        ...
+
+    def encode_fields(self, kind: int, fields: list[tuple[str, str]]) -> bytes:
+        """Build a whole 'E' or 'N' message from (code_char, value) pairs."""
+        ...
+
+    def decode_data_row(self, message: bytes) -> list[Value]: ...
+
+    def encode_data_row(self, values: list[Value]) -> bytes: ...
+
+    def decode_row_description(self, message: bytes) -> list[FieldDescription]: ...
+
+    def encode_row_description(self, fields: list[FieldDescription]) -> bytes: ...
+
+    def decode_startup(self, packet: bytes) -> tuple[int, dict[str, str]]:
+        """A whole startup-phase packet (Int32 length, Int32 code, body) ->
+        (code, parameters). Parameters are empty for SSLRequest,
+        GSSENCRequest and CancelRequest; a CancelRequest yields
+        {"pid": ..., "secret": ...} as decimal strings."""
+        ...
+
+    def encode_startup(self, params: dict[str, str], code: int = 196608) -> bytes: ...

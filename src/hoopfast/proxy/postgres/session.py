@@ -1,0 +1,259 @@
+"""One client session through the gateway, in three phases:
+
+1. startup and authentication (:mod:`.startup`), then the upstream
+   connection with the gateway's credential (:mod:`.upstream`);
+2. the relay: two pumps move framed bytes between the sockets;
+3. shutdown: both sockets closed, the cancel key released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import ssl
+import time
+from typing import TYPE_CHECKING, Any
+
+from hoopfast import core
+from hoopfast.config import Connection
+from hoopfast.core import Framer, FramingError, Pump
+from hoopfast.errors import ConfigurationError
+from hoopfast.identity.principal import Principal
+from hoopfast.proxy.postgres import messages as m
+from hoopfast.proxy.postgres import startup, upstream
+from hoopfast.proxy.postgres.upstream import Upstream, UpstreamError, UpstreamRefused
+
+if TYPE_CHECKING:
+    from hoopfast.proxy.postgres.server import PgGateway
+
+log = logging.getLogger("hoopfast.session")
+
+#: Startup parameters that are the gateway's to set, not the client's.
+_NOT_FORWARDED = frozenset({"user", "database", "replication"})
+
+# Messages each direction hands to the session instead of passing through.
+_CLIENT_INTERCEPT = bytes([m.TERMINATE])
+_SERVER_INTERCEPT = bytes([m.ERROR_RESPONSE])
+
+
+class PgSession:
+    def __init__(
+        self, gateway: PgGateway, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.gateway = gateway
+        self.reader = reader
+        self.writer = writer
+        peer = writer.get_extra_info("peername")
+        self.client_address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.id = secrets.token_hex(6)
+        self.principal: Principal | None = None
+        self.connection_name = ""
+        self.connection: Connection | None = None
+        self.upstream: Upstream | None = None
+        # The cancel key the client sees; the upstream's own key stays here.
+        self.pid = 0
+        self.secret = b""
+        self.started = time.monotonic()
+        self.end_reason = "unknown"
+        self._client_pump: Any = None
+        self._server_pump: Any = None
+        self._open_sides = 0
+        self._done: asyncio.Future[None] | None = None
+        self._terminating = False
+        self._upstream_sent_fatal = False
+
+    # -- phase 1 ----------------------------------------------------------
+
+    async def run(self) -> None:
+        settings = self.gateway.settings
+        try:
+            async with asyncio.timeout(settings.pg_auth_timeout):
+                ready = await self._start()
+            if ready:
+                await self._relay()
+        except startup.StartupRefused as e:
+            self.end_reason = f"refused: {e}"
+            if e.message is not None:
+                self.writer.write(e.message)
+        except m.ProtocolViolation as e:
+            self.end_reason = f"protocol violation: {e}"
+            self.writer.write(m.fatal("08P01", str(e)))
+        except UpstreamRefused as e:
+            self.end_reason = f"upstream refused: {e.sqlstate}"
+            self.writer.write(e.error_message)
+        except UpstreamError as e:
+            self.end_reason = f"upstream: {e}"
+            self.writer.write(m.fatal(e.sqlstate, f"{e.message} (connection {self.connection_name!r})"))
+        except TimeoutError:
+            self.end_reason = "startup timed out"
+            self.writer.write(m.fatal("08006", "startup and authentication did not finish in time"))
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError) as e:
+            self.end_reason = f"client went away during startup ({type(e).__name__})"
+        except Exception:
+            log.exception("session %s: internal error", self.id)
+            self.end_reason = "internal error"
+            self.writer.write(m.fatal("XX000", "internal error in the gateway"))
+        finally:
+            await self._close()
+
+    async def _start(self) -> bool:
+        gw = self.gateway
+        request = await startup.negotiate(
+            self.reader, self.writer, gw.ssl_context, gw.settings.pg_max_startup_packet
+        )
+        if isinstance(request, startup.CancelTarget):
+            self.end_reason = "cancel request"
+            await gw.cancel(request.pid, request.secret)
+            return False
+        self.principal = await startup.authenticate(
+            self.reader, self.writer, request, gw.validator, gw.settings.allow_cleartext_without_tls
+        )
+        self.connection_name = request.database
+        conn = gw.config.connections.get(request.database)
+        if conn is None:
+            raise startup.StartupRefused(
+                m.fatal("3D000", f'connection "{request.database}" does not exist'),
+                "unknown connection",
+            )
+        self.connection = conn
+        try:
+            password = conn.password.resolve() if conn.password else None
+        except ConfigurationError as e:
+            log.error("session %s: %s", self.id, e)
+            raise UpstreamError("08004", "the gateway has no credential for this connection") from None
+        forwarded = {k: v for k, v in request.params.items() if k not in _NOT_FORWARDED}
+        async with asyncio.timeout(gw.settings.pg_upstream_connect_timeout):
+            self.upstream = await upstream.connect(conn, forwarded, password)
+        self.pid, self.secret = gw.register(self)
+        up = self.upstream
+        self.writer.write(
+            b"".join(
+                [
+                    m.authentication(m.AUTH_OK),
+                    *up.parameter_messages,
+                    *up.notices,
+                    m.backend_key_data(self.pid, int.from_bytes(self.secret, "big")),
+                    m.ready_for_query(b"I"),
+                ]
+            )
+        )
+        log.info(
+            "session %s: %s connected to %s from %s (tls=%s)",
+            self.id,
+            self.principal.subject,
+            self.connection_name,
+            self.client_address,
+            request.tls,
+        )
+        return True
+
+    # -- phase 2 ------------------------------------------------------------
+
+    async def _relay(self) -> None:
+        assert self.upstream is not None
+        settings = self.gateway.settings
+        loop = asyncio.get_running_loop()
+        self._done = loop.create_future()
+        client_transport = self.writer.transport
+        server_transport = self.upstream.writer.transport
+        high = settings.pg_write_high_water
+        client_transport.set_write_buffer_limits(high=high, low=high // 4)
+        server_transport.set_write_buffer_limits(high=high, low=high // 4)
+
+        max_message = settings.pg_max_message
+        self._client_pump = Pump(Framer(max_message, _CLIENT_INTERCEPT), self, FramingError)
+        self._server_pump = Pump(Framer(max_message, _SERVER_INTERCEPT), self, FramingError)
+        # Bytes the stream readers already buffered belong to the relay now.
+        leftovers = [(self._client_pump, _take(self.reader)), (self._server_pump, _take(self.upstream.reader))]
+        self._open_sides = 2
+        self._client_pump.attach(client_transport, server_transport)
+        self._server_pump.attach(server_transport, client_transport)
+        for pump, data in leftovers:
+            if data:
+                pump.data_received(data)
+        await self._done
+
+    def pump_message(self, pump: Any, type_code: int, message: bytes) -> None:
+        if pump is self._client_pump:
+            if type_code == m.TERMINATE:
+                self._terminating = True
+                self.end_reason = "client terminated"
+            pump.peer.write(message)
+        else:
+            if type_code == m.ERROR_RESPONSE:
+                fields = dict(core.decode_fields(message))
+                if fields.get("V", fields.get("S")) in ("FATAL", "PANIC"):
+                    self._upstream_sent_fatal = True
+            pump.peer.write(message)
+
+    def pump_violation(self, pump: Any, error: Exception) -> None:
+        if pump is self._client_pump:
+            self.end_reason = f"client protocol violation: {error}"
+            self._fail_client("08P01", f"invalid message from client: {error}")
+        else:
+            log.error("session %s: upstream protocol violation: %s", self.id, error)
+            self.end_reason = f"upstream protocol violation: {error}"
+            self._fail_client("08P01", "invalid message from the upstream database")
+
+    def pump_closed(self, pump: Any, error: Exception | None) -> None:
+        self._open_sides -= 1
+        if pump is self._server_pump and not self._terminating:
+            if not self._upstream_sent_fatal:
+                if self.end_reason == "unknown":
+                    self.end_reason = "upstream closed"
+                self._fail_client("08006", "the upstream database closed the connection")
+        elif pump is self._client_pump and self.end_reason == "unknown":
+            self.end_reason = "client closed" if error is None else f"client lost: {error}"
+        for transport in (pump.peer, pump.transport):
+            if not transport.is_closing():
+                transport.close()
+        if self._open_sides <= 0 and self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    def _fail_client(self, sqlstate: str, message: str) -> None:
+        """Tell the client why, if that can be done without cutting a message
+        in half, and close both sides."""
+        client = self._client_pump.transport
+        framer = self._server_pump.framer
+        if not client.is_closing() and (framer.at_boundary or framer.buffered):
+            client.write(m.fatal(sqlstate, message))
+        for transport in (client, self._server_pump.transport):
+            if not transport.is_closing():
+                transport.close()
+
+    # -- phase 3 -----------------------------------------------------------
+
+    async def _close(self) -> None:
+        self.gateway.unregister(self)
+        if self.upstream is not None and not self.upstream.writer.is_closing():
+            self.upstream.writer.close()
+        if not self.writer.is_closing():
+            self.writer.close()
+        if self._client_pump is None:
+            # Still the stream's protocol: wait for the close to complete. (After
+            # the relay, the pumps saw connection_lost on both sides already.)
+            try:
+                await asyncio.wait_for(self.writer.wait_closed(), 5)
+            except (OSError, TimeoutError, ssl.SSLError):
+                pass
+        if self.principal is not None:
+            log.info(
+                "session %s: %s on %s ended after %.3fs: %s (client sent %d bytes, server %d)",
+                self.id,
+                self.principal.subject,
+                self.connection_name,
+                time.monotonic() - self.started,
+                self.end_reason,
+                getattr(self._client_pump, "bytes_in", 0),
+                getattr(self._server_pump, "bytes_in", 0),
+            )
+        else:
+            log.info("session %s from %s ended: %s", self.id, self.client_address, self.end_reason)
+
+
+def _take(reader: asyncio.StreamReader) -> bytes:
+    buffer: bytearray = reader._buffer  # type: ignore[attr-defined]
+    data = bytes(buffer)
+    buffer.clear()
+    return data

@@ -1,0 +1,155 @@
+"""Phase 1 of a client session: the startup packet, TLS, and authentication
+of the person by token.
+
+PostgreSQL's "Start-up" message flow: the client may send SSLRequest and/or
+GSSENCRequest first (each answered by one byte), then a StartupMessage or a
+CancelRequest. The gateway then asks for a cleartext password, which is the
+person's token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass
+
+from hoopfast.core import decode_startup
+from hoopfast.identity.principal import Principal
+from hoopfast.identity.tokens import MAX_TOKEN_LENGTH, TokenError, TokenValidator
+from hoopfast.proxy.postgres import messages as m
+
+
+class StartupRefused(Exception):
+    """Startup cannot continue; ``message`` is the ErrorResponse to send
+    (or None when the client is not owed one)."""
+
+    def __init__(self, message: bytes | None, log_reason: str) -> None:
+        self.message = message
+        super().__init__(log_reason)
+
+
+@dataclass(frozen=True)
+class StartupRequest:
+    params: dict[str, str]
+    tls: bool
+
+    @property
+    def user(self) -> str:
+        return self.params["user"]
+
+    @property
+    def database(self) -> str:
+        return self.params.get("database") or self.params["user"]
+
+
+@dataclass(frozen=True)
+class CancelTarget:
+    pid: int
+    secret: bytes
+
+
+def _buffered(reader: asyncio.StreamReader) -> int:
+    # StreamReader has no public accessor for this; asyncpg-style code reads it too.
+    return len(reader._buffer)  # type: ignore[attr-defined]
+
+
+async def negotiate(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    ssl_context: ssl.SSLContext | None,
+    max_packet: int,
+) -> StartupRequest | CancelTarget:
+    tls = False
+    while True:
+        packet = await m.read_startup_packet(reader, max_packet)
+        try:
+            code, params = decode_startup(packet)
+        except ValueError as e:
+            raise m.ProtocolViolation(f"malformed startup packet: {e}") from None
+
+        if code == m.SSL_REQUEST:
+            if tls:
+                raise m.ProtocolViolation("SSLRequest on an encrypted connection")
+            if ssl_context is None:
+                writer.write(b"N")
+                continue
+            if _buffered(reader):
+                # Bytes sent after SSLRequest but before the handshake would be
+                # taken as if they came over TLS (CVE-2021-23214): refuse.
+                raise m.ProtocolViolation("received unencrypted data after SSL request")
+            writer.write(b"S")
+            await writer.drain()
+            await writer.start_tls(ssl_context)
+            tls = True
+        elif code == m.GSSENC_REQUEST:
+            writer.write(b"N")  # GSSAPI encryption is not offered; clients fall back
+        elif code == m.CANCEL_REQUEST:
+            return CancelTarget(int(params["pid"]), bytes.fromhex(params["secret"]))
+        elif code >> 16 == 3:
+            return await _startup(writer, code, params, tls)
+        else:
+            raise StartupRefused(
+                m.fatal(
+                    "0A000",
+                    f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: "
+                    "server supports 3.0 to 3.0",
+                ),
+                f"protocol {code >> 16}.{code & 0xFFFF}",
+            )
+
+
+async def _startup(
+    writer: asyncio.StreamWriter, code: int, params: dict[str, str], tls: bool
+) -> StartupRequest:
+    # Protocol options (_pq_.*) and minor versions above 0 are negotiated down
+    # rather than refused, as PostgreSQL does.
+    options = sorted(k for k in params if k.startswith("_pq_."))
+    if code & 0xFFFF or options:
+        writer.write(m.negotiate_protocol_version(0, options))
+    params = {k: v for k, v in params.items() if not k.startswith("_pq_.")}
+    if not params.get("user"):
+        raise StartupRefused(
+            m.fatal("28000", "no PostgreSQL user name specified in startup packet"), "no user"
+        )
+    if params.get("replication", "false").lower() not in ("false", "off", "no", "0"):
+        raise StartupRefused(
+            m.fatal("42501", "replication connections are not allowed through the gateway"),
+            "replication requested",
+        )
+    return StartupRequest(params, tls)
+
+
+async def authenticate(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    request: StartupRequest,
+    validator: TokenValidator,
+    allow_cleartext_without_tls: bool,
+) -> Principal:
+    if not request.tls and not allow_cleartext_without_tls:
+        raise StartupRefused(
+            m.fatal(
+                "28000",
+                "the gateway requires TLS: the password is a bearer token",
+                hint="Connect with sslmode=require (or verify-full).",
+            ),
+            "cleartext token without TLS refused",
+        )
+    writer.write(m.authentication(m.AUTH_CLEARTEXT))
+    msg = await m.read_message(reader, MAX_TOKEN_LENGTH + 64)
+    if msg.type != m.PASSWORD_MESSAGE:
+        raise m.ProtocolViolation(
+            f"expected password response, got message type {chr(msg.type)!r}"
+        )
+    token = msg.body.rstrip(b"\0").decode("utf-8", "replace").strip()
+    try:
+        return validator.validate(token)
+    except TokenError as e:
+        raise StartupRefused(
+            m.fatal(
+                "28P01",
+                f'password authentication failed for user "{request.user}": '
+                f"token rejected ({e.category})",
+            ),
+            f"token rejected: {e}",
+        ) from None

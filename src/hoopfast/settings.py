@@ -1,0 +1,69 @@
+"""Gateway settings from ``HOOPFAST_*`` environment variables.
+
+Deployment knobs live here (SREs tune them without editing files); what the
+gateway connects to and who may do what lives in the TOML file that
+``config`` points at.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def parse_hostport(value: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """'host:port', ':port' or '[v6]:port' -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"expected host:port, got {value!r}")
+    host = host.strip("[]") or default_host
+    number = int(port)
+    if not 0 <= number <= 65535:
+        raise ValueError(f"port out of range in {value!r}")
+    return host, number
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HOOPFAST_", extra="ignore")
+
+    #: The TOML file with connections and identity (see docs/configuration.md).
+    config: Path = Path("hoopfast.toml")
+    #: Where the PostgreSQL listener binds.
+    pg_listen: str = "127.0.0.1:15432"
+    #: Directory for local state: the development issuer's keys, the SQLite store.
+    state_dir: Path = Path(".hoopfast")
+
+    #: TLS certificate and key the gateway presents to clients (PEM). Without
+    #: them SSLRequest is answered 'N'.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    #: Development only: accept the token as a cleartext password on a
+    #: connection without TLS. Off by default: tokens are bearer credentials.
+    allow_cleartext_without_tls: bool = False
+
+    #: Cap on the startup packet (before authentication, so it is tight).
+    pg_max_startup_packet: int = Field(default=10_000, ge=64, le=1_000_000)
+    #: Cap on any one message after authentication; PostgreSQL's own limit on a
+    #: field is 1 GB, so a DataRow may legitimately approach that.
+    pg_max_message: int = Field(default=1 << 30, ge=1 << 16, le=(1 << 31) - 1)
+    #: Seconds a client may take to finish startup and authentication.
+    pg_auth_timeout: float = Field(default=30.0, gt=0)
+    #: Seconds to connect and authenticate to the upstream.
+    pg_upstream_connect_timeout: float = Field(default=10.0, gt=0)
+    #: Per-transport write-buffer high-water mark: above it, the gateway stops
+    #: reading from the other side until the buffer drains (back-pressure).
+    pg_write_high_water: int = Field(default=256 * 1024, ge=1024)
+
+    log_level: str = "INFO"
+
+    @field_validator("pg_listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        parse_hostport(value)
+        return value
+
+    @property
+    def pg_listen_address(self) -> tuple[str, int]:
+        return parse_hostport(self.pg_listen)

@@ -1,0 +1,143 @@
+"""A real gateway for tests: in this process, on its own uvloop thread, in
+front of a throwaway cluster, so tests can also look inside (sessions open,
+buffers) while real clients talk to it over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import uvloop
+
+from hoopfast.config import load_config
+from hoopfast.devtls import CertFiles
+from hoopfast.identity.devissuer import DevIssuer
+from hoopfast.identity.tokens import TokenValidator
+from hoopfast.proxy.postgres.server import PgGateway
+from hoopfast.settings import Settings
+
+T = TypeVar("T")
+
+
+@dataclass
+class RunningGateway:
+    gateway: PgGateway
+    loop: asyncio.AbstractEventLoop
+    issuer: DevIssuer
+    certs: CertFiles
+    host: str = "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return self.gateway.port
+
+    def token(self, sub: str = "alice", groups: tuple[str, ...] = ("analysts",), **kw: Any) -> str:
+        return self.issuer.issue(sub, groups, **kw)
+
+    def conninfo(
+        self,
+        connection: str = "main",
+        *,
+        token: str | None = None,
+        sslmode: str = "verify-full",
+        user: str = "alice",
+        **extra: str | int,
+    ) -> str:
+        params: dict[str, str | int] = {
+            "host": self.host,
+            "port": self.port,
+            "dbname": connection,
+            "user": user,
+            "password": token if token is not None else self.token(user),
+            "sslmode": sslmode,
+            **extra,
+        }
+        if sslmode.startswith("verify"):
+            params.setdefault("sslrootcert", str(self.certs.ca_file))
+        return " ".join(f"{k}='{_quote(str(v))}'" for k, v in params.items())
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the gateway's loop and return its result."""
+        future: Future[T] = Future()
+
+        def run() -> None:
+            try:
+                future.set_result(fn())
+            except BaseException as e:
+                future.set_exception(e)
+
+        self.loop.call_soon_threadsafe(run)
+        return future.result(10)
+
+    def session_count(self) -> int:
+        return self.call(lambda: len(self.gateway._tasks))
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Every session finished and released its sockets (leak check)."""
+        deadline = time.monotonic() + timeout
+        while (count := self.session_count()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert count == 0, f"{count} session(s) still open"
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+@contextmanager
+def run_gateway(settings: Settings, issuer: DevIssuer, certs: CertFiles) -> Iterator[RunningGateway]:
+    loop = uvloop.new_event_loop()
+    config = load_config(settings.config)
+    gateway = PgGateway(settings, config, TokenValidator(config.identity))
+    ready: Future[None] = Future()
+
+    def main() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(gateway.start())
+        except BaseException as e:
+            ready.set_exception(e)
+            return
+        ready.set_result(None)
+        loop.run_forever()
+
+    thread = threading.Thread(target=main, name="gateway", daemon=True)
+    thread.start()
+    ready.result(10)
+    try:
+        yield RunningGateway(gateway, loop, issuer, certs)
+    finally:
+        asyncio.run_coroutine_threadsafe(gateway.close(), loop).result(20)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def write_config(path: Path, jwks_file: Path, connections: dict[str, dict[str, Any]]) -> Path:
+    lines = [
+        "[identity]",
+        'issuer = "hoopfast-dev"',
+        'audience = "hoopfast"',
+        f'jwks_file = "{jwks_file}"',
+        "",
+    ]
+    for name, conn in connections.items():
+        lines.append(f"[connections.{name}]")
+        for key, value in conn.items():
+            if isinstance(value, dict):
+                inner = ", ".join(f'{k} = "{v}"' for k, v in value.items())
+                lines.append(f"{key} = {{ {inner} }}")
+            elif isinstance(value, int):
+                lines.append(f"{key} = {value}")
+            else:
+                lines.append(f'{key} = "{value}"')
+        lines.append("")
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

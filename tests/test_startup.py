@@ -1,0 +1,178 @@
+"""Startup and authentication through the gateway: TLS, tokens, and what
+the client is told when it is refused (never a secret)."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import struct
+import time
+
+import psycopg
+import pytest
+
+from hoopfast.proxy.postgres import messages as m
+from tests.gateway import RunningGateway
+
+
+def connect(gw: RunningGateway, **kw: object) -> psycopg.Connection[tuple[object, ...]]:
+    return psycopg.connect(gw.conninfo(**kw), autocommit=True)  # type: ignore[arg-type]
+
+
+def test_token_identifies_person_and_gateway_holds_credential(idle_gateway: RunningGateway) -> None:
+    with connect(idle_gateway) as conn:
+        # The session runs as the configured upstream role, not as the person.
+        assert conn.execute("SELECT current_user").fetchone() == ("app",)
+        assert conn.pgconn.ssl_in_use
+
+
+@pytest.mark.parametrize(
+    ("make_token", "category"),
+    [
+        (lambda gw: gw.token(ttl=-120), "expired"),
+        (lambda gw: gw.token(audience="someone-else"), "wrong audience"),
+        (lambda gw: gw.token(issuer="https://evil.example"), "wrong issuer"),
+        (lambda gw: gw.token()[:-6] + "AAAAAA", "bad signature"),
+        (lambda gw: "not-a-token", "malformed"),
+    ],
+)
+def test_bad_tokens_are_refused_with_a_category(
+    idle_gateway: RunningGateway, make_token: object, category: str
+) -> None:
+    token = make_token(idle_gateway)  # type: ignore[operator]
+    with pytest.raises(psycopg.OperationalError) as err:
+        connect(idle_gateway, token=token)
+    text = str(err.value)
+    assert "28P01" in (err.value.sqlstate or "28P01")
+    assert f"token rejected ({category})" in text
+    assert token not in text
+
+
+def test_cleartext_token_without_tls_is_refused(idle_gateway: RunningGateway) -> None:
+    with pytest.raises(psycopg.OperationalError, match="requires TLS"):
+        connect(idle_gateway, sslmode="disable")
+
+
+def test_unknown_connection(idle_gateway: RunningGateway) -> None:
+    with pytest.raises(psycopg.OperationalError, match='connection "nope" does not exist'):
+        connect(idle_gateway, connection="nope")
+
+
+@pytest.mark.parametrize("connection", ["main", "md5", "plain"])
+def test_upstream_auth_methods(idle_gateway: RunningGateway, connection: str) -> None:
+    """SCRAM-SHA-256 (with channel binding over TLS), MD5 and cleartext upstream."""
+    with connect(idle_gateway, connection=connection) as conn:
+        assert conn.execute("SELECT count(*) FROM pgbench_branches").fetchone() == (1,)
+
+
+@pytest.mark.parametrize(
+    ("connection", "sqlstate", "message"),
+    [
+        ("wrongpw", "08004", "could not authenticate to the upstream"),
+        ("nosecret", "08004", "does not have"),
+        ("down", "08001", "could not connect to the upstream"),
+    ],
+)
+def test_upstream_failures_are_reported_without_internals(
+    idle_gateway: RunningGateway, connection: str, sqlstate: str, message: str
+) -> None:
+    with pytest.raises(psycopg.OperationalError) as err:
+        connect(idle_gateway, connection=connection)
+    text = str(err.value)
+    assert message in text
+    assert err.value.sqlstate in (sqlstate, None)
+    assert "not-the-password" not in text and "app" not in text.replace("upstream", "")
+
+
+def _raw(gw: RunningGateway) -> socket.socket:
+    return socket.create_connection((gw.host, gw.port), timeout=5)
+
+
+def _read_error(sock: socket.socket) -> dict[str, str]:
+    data = b""
+    while len(data) < 5 or len(data) < 1 + struct.unpack_from("!I", data, 1)[0]:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    assert data[:1] == b"E", data
+    body = data[5 : 1 + struct.unpack_from("!I", data, 1)[0]]
+    return {p[:1].decode(): p[1:].decode() for p in body.split(b"\0") if p}
+
+
+@pytest.mark.parametrize("length", [0, 3, 7, 10_001, 2**31 - 1])
+def test_startup_length_out_of_bounds_is_fatal_08P01(
+    idle_gateway: RunningGateway, length: int
+) -> None:
+    with _raw(idle_gateway) as sock:
+        sock.sendall(struct.pack("!II", length, m.PROTOCOL_3_0))
+        fields = _read_error(sock)
+    assert fields["C"] == "08P01" and fields["S"] == "FATAL"
+    assert "invalid length of startup packet" in fields["M"]
+
+
+def test_garbage_and_half_sent_packets_do_not_hurt_other_sessions(
+    idle_gateway: RunningGateway,
+) -> None:
+    with connect(idle_gateway) as conn:
+        for payload in (b"\xff" * 64, b"\x00\x00\x00\x20\x00\x03", b"GET / HTTP/1.1\r\n\r\n"):
+            with _raw(idle_gateway) as sock:
+                sock.sendall(payload)
+                sock.shutdown(socket.SHUT_WR)
+                while sock.recv(4096):
+                    pass
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_unencrypted_bytes_after_ssl_request_are_refused(idle_gateway: RunningGateway) -> None:
+    """Bytes pipelined after SSLRequest must not be taken as if they had come
+    over TLS (CVE-2021-23214): the gateway refuses instead of handshaking."""
+    with _raw(idle_gateway) as sock:
+        sock.sendall(struct.pack("!II", 8, m.SSL_REQUEST) + psycopg_free_startup())
+        fields = _read_error(sock)
+    assert fields["C"] == "08P01"
+    assert "unencrypted data after SSL request" in fields["M"]
+
+
+def psycopg_free_startup() -> bytes:
+    from hoopfast.core import encode_startup
+
+    return encode_startup({"user": "alice", "database": "main"})
+
+
+def test_gssenc_request_is_declined_then_startup_continues(idle_gateway: RunningGateway) -> None:
+    with _raw(idle_gateway) as sock:
+        sock.sendall(struct.pack("!II", 8, m.GSSENC_REQUEST))
+        assert sock.recv(1) == b"N"
+        sock.sendall(struct.pack("!II", 8, m.SSL_REQUEST))
+        assert sock.recv(1) == b"S"
+        context = ssl.create_default_context(cafile=str(idle_gateway.certs.ca_file))
+        with context.wrap_socket(sock, server_hostname="localhost") as tls:
+            tls.sendall(psycopg_free_startup())
+            header = tls.recv(9)
+            assert header[:1] == b"R" and struct.unpack("!I", header[5:9])[0] == m.AUTH_CLEARTEXT
+
+
+def test_newer_protocol_minor_is_negotiated_down(idle_gateway: RunningGateway) -> None:
+    with _raw(idle_gateway) as sock:
+        sock.sendall(struct.pack("!II", 8, m.SSL_REQUEST))
+        assert sock.recv(1) == b"S"
+        context = ssl.create_default_context(cafile=str(idle_gateway.certs.ca_file))
+        with context.wrap_socket(sock, server_hostname="localhost") as tls:
+            from hoopfast.core import encode_startup
+
+            tls.sendall(
+                encode_startup(
+                    {"user": "alice", "database": "main", "_pq_.future": "1"}, (3 << 16) | 2
+                )
+            )
+            data = tls.recv(4096)
+            assert data[:1] == b"v"
+            newest_minor, count = struct.unpack_from("!II", data, 5)
+            assert newest_minor == 0 and count == 1
+            assert b"_pq_.future\0" in data
+
+
+def test_replication_connections_are_refused(idle_gateway: RunningGateway) -> None:
+    with pytest.raises(psycopg.OperationalError, match="replication connections are not allowed"):
+        connect(idle_gateway, replication="database")
