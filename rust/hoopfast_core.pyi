@@ -4,13 +4,14 @@ Implements the contract of :mod:`hoopfast.core.abc`, with the same behaviour
 and output bytes as the reference :mod:`hoopfast.core._python`.
 """
 
-from typing import Final
+from typing import Final, final
 
 IMPLEMENTATION: Final[str]
 
 class FramingError(ValueError):
     """A message header with an impossible length; the stream cannot be framed."""
 
+@final
 class Framer:
     """Incremental framer for one direction of a post-startup message stream."""
 

@@ -117,6 +117,7 @@ class _Conn:
         if self.dead:
             return
         self.dead = True
+        self.resumed.set()  # wake a stalled pump so it can finish
         for w in (self.client_w, self.server_w):
             if rst:
                 sock = w.get_extra_info("socket")
@@ -227,11 +228,15 @@ class FaultProxy:
             self._server.close()
         for conn in list(self._conns):
             conn.abort(rst=False)
+        # Handlers notice the aborted transports and finish by themselves; only
+        # stragglers are cancelled.
         current = asyncio.current_task()
         tasks = [t for t in self._tasks if t is not current]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=2)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         if self._closed is not None:
             self._closed.set()
 
@@ -361,6 +366,12 @@ class FaultProxy:
         if task is not None:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        # Python 3.11's start_server logs a bogus error when a handler task ends
+        # cancelled (it calls task.exception()); a cancelled handler just returns.
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._serve(client_r, client_w)
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         if len(self._conns) >= self.max_connections:
             client_w.transport.abort()
             return
@@ -437,7 +448,7 @@ class FaultProxy:
                 data = data[k:]
             if kind == "inject":
                 conn.injected[direction] = True
-                await self._write(writer, f.inject, f)
+                await self._write(conn, writer, f.inject, f, None)
             elif kind == "stall":
                 conn.resumed.clear()
                 while not conn.unstalled[direction] and not conn.dead:
@@ -458,21 +469,34 @@ class FaultProxy:
         writer: asyncio.StreamWriter,
         f: Faults,
     ) -> None:
-        await self._write(writer, data, f)
-        conn.offset[direction] += len(data)
-        self.bytes_forwarded[direction] += len(data)
+        await self._write(conn, writer, data, f, direction)
 
-    async def _write(self, writer: asyncio.StreamWriter, data: bytes, f: Faults) -> None:
-        if not f.piece_size:
-            writer.write(data)
-            await writer.drain()
-            return
+    async def _write(
+        self,
+        conn: _Conn,
+        writer: asyncio.StreamWriter,
+        data: bytes,
+        f: Faults,
+        direction: Direction | None,
+    ) -> None:
+        """Write *data* (in pieces if asked); count it as source bytes of *direction*."""
+        piece_size = f.piece_size
         i = 0
-        while i < len(data):
-            size = self._rng.randint(1, f.piece_size) if f.random_pieces else f.piece_size
-            # TCP_NODELAY is on (asyncio and uvloop set it), so each write is its own segment.
-            writer.write(data[i : i + size])
+        while i < len(data) and not conn.dead:
+            if piece_size is None:
+                size = len(data)
+            elif f.random_pieces:
+                size = self._rng.randint(1, piece_size)
+            else:
+                size = piece_size
+            piece = data[i : i + size]
+            # TCP_NODELAY is on (asyncio and uvloop set it): each write is its own segment.
+            writer.write(piece)
             await writer.drain()
-            i += size
-            # Yield even without a delay so the peer gets a chance to read partial data.
-            await asyncio.sleep(f.piece_delay)
+            i += len(piece)
+            if direction is not None:
+                conn.offset[direction] += len(piece)
+                self.bytes_forwarded[direction] += len(piece)
+            if piece_size is not None:
+                # Yield even without a delay so the peer can read partial data.
+                await asyncio.sleep(f.piece_delay)

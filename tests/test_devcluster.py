@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import psycopg
 import pytest
@@ -76,8 +77,10 @@ def test_layout_and_permissions(cluster: DevCluster) -> None:
 @pytest.mark.parametrize("name", list(ROLES))
 def test_role_login_verify_full(cluster: DevCluster, name: str) -> None:
     password, method = ROLES[name]
-    extra = {"require_auth": method} if HAS_REQUIRE_AUTH else {}
-    with psycopg.connect(cluster.dsn(name, password, sslmode="verify-full", **extra)) as conn:
+    dsn = cluster.dsn(name, password, sslmode="verify-full")
+    if HAS_REQUIRE_AUTH:
+        dsn += f" require_auth={method}"
+    with psycopg.connect(dsn) as conn:
         user, ssl = conn.execute(
             "SELECT current_user, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
         ).fetchone()  # type: ignore[misc]
@@ -116,7 +119,7 @@ def test_stored_hashes_and_hba(cluster: DevCluster) -> None:
 def test_hostssl_only(cluster: DevCluster) -> None:
     with psycopg.connect(cluster.dsn("tls_only", "tls-pw")) as conn:
         assert conn.pgconn.ssl_in_use
-    with pytest.raises(psycopg.OperationalError, match="no encryption|rejects"):
+    with pytest.raises(psycopg.OperationalError, match=r"no encryption|rejects"):
         psycopg.connect(cluster.dsn("tls_only", "tls-pw", sslmode="disable"))
 
 
@@ -182,14 +185,16 @@ def _pgbench(cluster: DevCluster) -> str:
 
 
 @pytest.mark.parametrize("secrets", ["plain", "authid"])
-def test_pgbouncer_pgbench(cluster: DevCluster, tmp_path: Path, secrets: str) -> None:
+def test_pgbouncer_pgbench(
+    cluster: DevCluster, tmp_path: Path, secrets: Literal["plain", "authid"]
+) -> None:
     try:
         find_pgbouncer()
     except DevClusterError:
         pytest.skip("pgbouncer not installed")
     with PgBouncer(
         cluster, tmp_path / "bouncer", users={"bench": "bench-pw"}, secrets=secrets
-    ) as bouncer:  # type: ignore[arg-type]
+    ) as bouncer:
         assert bouncer.running and bouncer.port not in (5432, cluster.port)
         env = {**os.environ, "PGPASSWORD": "bench-pw", "PGSSLMODE": "disable"}
         base = [_pgbench(cluster), "-h", bouncer.host, "-p", str(bouncer.port), "-U", "bench"]

@@ -5,22 +5,17 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any, TypeVar
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]
 import psycopg
 import pytest
 import uvloop
 
-sys.path.insert(0, str(Path(__file__).parent))  # no conftest: make faultproxy importable
-
-from faultproxy import FaultProxy, Faults  # noqa: E402
-
-from hoopfast.devcluster import DevCluster  # noqa: E402
+from hoopfast.devcluster import DevCluster
+from tests.faultproxy import FaultProxy, Faults
 
 T = TypeVar("T")
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
@@ -89,7 +84,7 @@ def test_inject_and_torn(loop_name: str) -> None:
             r, w = await asyncio.open_connection("127.0.0.1", p.port)
             w.write(b"abcdef")
             await w.drain()
-            reads = []
+            reads: list[bytes] = []
             while sum(map(len, reads)) < 10:
                 reads.append(await r.read(100))
             assert b"".join(reads) == b"0123456789"
@@ -247,9 +242,12 @@ def test_drop_mid_session_psycopg(cluster: DevCluster, how: str) -> None:
 
 
 def test_garbage_psycopg(cluster: DevCluster) -> None:
-    with FaultProxy(cluster.host, cluster.port, downstream=Faults.garbage(b"\x00junk")) as p:
-        with pytest.raises(psycopg.OperationalError):
-            psycopg.connect(cluster.dsn("app", "app-pw", port=p.port, connect_timeout=5))
+    garbage = Faults.garbage(b"\x00junk")
+    with (
+        FaultProxy(cluster.host, cluster.port, downstream=garbage) as p,
+        pytest.raises(psycopg.OperationalError),
+    ):
+        psycopg.connect(cluster.dsn("app", "app-pw", port=p.port, connect_timeout=5))
 
 
 @pytest.mark.parametrize("loop_name", list(LOOPS))

@@ -22,7 +22,11 @@ const HELD_INITIAL_CAPACITY: usize = 64 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FramingError {
     /// A header declared a length under 4 or over the configured maximum.
-    BadLength { code: u8, length: i32, max_length: u32 },
+    BadLength {
+        code: u8,
+        length: i32,
+        max_length: u32,
+    },
     /// An earlier error broke the stream; nothing more can be framed.
     Broken,
 }
@@ -30,7 +34,11 @@ pub enum FramingError {
 impl fmt::Display for FramingError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FramingError::BadLength { code, length, max_length } => write!(
+            FramingError::BadLength {
+                code,
+                length,
+                max_length,
+            } => write!(
                 f,
                 "invalid message length {length} for type {} (allowed 4..{max_length})",
                 type_name(*code)
@@ -63,7 +71,11 @@ impl Prefix {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Item {
     /// Forward `prefix` followed by `data[start..end]` unchanged.
-    Pass { prefix: Prefix, start: usize, end: usize },
+    Pass {
+        prefix: Prefix,
+        start: usize,
+        end: usize,
+    },
     /// An intercepted message wholly inside the chunk: `data[start..end]`.
     Whole { code: u8, start: usize, end: usize },
     /// An intercepted message assembled across chunks.
@@ -159,7 +171,11 @@ impl Framer {
         self.header_len = 0;
         self.held = None;
         self.remaining = 0;
-        FramingError::BadLength { code, length, max_length: self.max_length }
+        FramingError::BadLength {
+            code,
+            length,
+            max_length: self.max_length,
+        }
     }
 
     /// Frame one chunk, appending items to `out` (which is not cleared).
@@ -195,13 +211,17 @@ impl Framer {
             self.remaining = remaining;
             if self.intercept[usize::from(code)] {
                 if remaining > 0 {
-                    let mut held = Vec::with_capacity((remaining + HEADER_LEN).min(HELD_INITIAL_CAPACITY));
+                    let mut held =
+                        Vec::with_capacity((remaining + HEADER_LEN).min(HELD_INITIAL_CAPACITY));
                     held.extend_from_slice(&head);
                     self.held = Some(held);
                     self.held_code = code;
                 } else {
                     self.messages += 1;
-                    out.push(Item::Held { code, message: head.to_vec() });
+                    out.push(Item::Held {
+                        code,
+                        message: head.to_vec(),
+                    });
                 }
             } else {
                 prefix.bytes[..old].copy_from_slice(&head[..old]);
@@ -234,7 +254,10 @@ impl Framer {
                         if self.remaining == 0 {
                             self.messages += 1;
                             let message = self.held.take().unwrap_or_default();
-                            out.push(Item::Held { code: self.held_code, message });
+                            out.push(Item::Held {
+                                code: self.held_code,
+                                message,
+                            });
                         }
                     }
                 }
@@ -251,16 +274,25 @@ impl Framer {
             let payload = self.check(code, length)?;
             if self.intercept[usize::from(code)] {
                 if let Some(start) = run.take() {
-                    out.push(Item::Pass { prefix, start, end: pos });
+                    out.push(Item::Pass {
+                        prefix,
+                        start,
+                        end: pos,
+                    });
                     prefix = Prefix::default();
                 }
                 let total = payload + HEADER_LEN;
                 if total <= n - pos {
-                    out.push(Item::Whole { code, start: pos, end: pos + total });
+                    out.push(Item::Whole {
+                        code,
+                        start: pos,
+                        end: pos + total,
+                    });
                     self.messages += 1;
                     pos += total;
                 } else {
-                    let mut held = Vec::with_capacity(total.min(HELD_INITIAL_CAPACITY).max(n - pos));
+                    let mut held =
+                        Vec::with_capacity(total.min(HELD_INITIAL_CAPACITY).max(n - pos));
                     held.extend_from_slice(rest);
                     self.held = Some(held);
                     self.held_code = code;
@@ -285,7 +317,11 @@ impl Framer {
         }
 
         if let Some(start) = run {
-            out.push(Item::Pass { prefix, start, end: pos });
+            out.push(Item::Pass {
+                prefix,
+                start,
+                end: pos,
+            });
         }
         Ok(())
     }
@@ -318,21 +354,42 @@ fn check_intercept(types: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
     }
 }
 
+/// The `intercept` argument: `bytes` only (like the reference implementation).
+#[derive(Default)]
+pub struct Intercept(Vec<u8>);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Intercept {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        check_intercept(&obj).map(Intercept)
+    }
+}
+
 #[pymethods]
 impl PyFramer {
     #[new]
-    #[pyo3(signature = (max_length, intercept = None))]
-    fn new(max_length: &Bound<'_, PyAny>, intercept: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
-        let py = max_length.py();
+    #[pyo3(
+        signature = (max_length, intercept = Intercept::default()),
+        text_signature = "(max_length, intercept=b'')"
+    )]
+    fn new(max_length: &Bound<'_, PyAny>, intercept: Intercept) -> PyResult<Self> {
         let index = max_length.call_method0("__index__").map_err(|_| {
             pyo3::exceptions::PyTypeError::new_err(format!(
                 "'{}' object cannot be interpreted as an integer",
-                max_length.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                max_length
+                    .get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default()
             ))
         })?;
-        let value: Option<i64> = index.extract().ok();
-        let max = match value {
-            Some(v) if (4..=i64::from(INT32_MAX)).contains(&v) => v as u32,
+        let max = match index
+            .extract::<i64>()
+            .ok()
+            .and_then(|v| u32::try_from(v).ok())
+        {
+            Some(v) if (4..=INT32_MAX).contains(&v) => v,
             _ => {
                 return Err(pyo3::exceptions::PyValueError::new_err(format!(
                     "max_length must be between 4 and {INT32_MAX}, not {}",
@@ -340,21 +397,25 @@ impl PyFramer {
                 )))
             }
         };
-        let types = match intercept {
-            Some(t) => check_intercept(t)?,
-            None => Vec::new(),
-        };
-        let _ = py;
-        Ok(PyFramer { inner: Framer::new(max, &types), items: Vec::new() })
+        Ok(PyFramer {
+            inner: Framer::new(max, &intercept.0),
+            items: Vec::new(),
+        })
     }
 
     /// Frame one chunk; see `hoopfast.core.abc.Framer.feed`.
     fn feed<'py>(&mut self, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
         let py = data.py();
+        if self.inner.is_broken() {
+            return Err(exc::FramingError::new_err(FramingError::Broken.to_string()));
+        }
         let chunk = data.cast::<PyBytes>().map_err(|_| {
             pyo3::exceptions::PyTypeError::new_err(format!(
                 "feed() needs bytes, not {}",
-                data.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                data.get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default()
             ))
         })?;
         let bytes = chunk.as_bytes();
@@ -367,7 +428,12 @@ impl PyFramer {
             return Err(exc::FramingError::new_err(e.to_string()));
         }
         // Fast path: the whole chunk passes through, hand back the same object.
-        if let [Item::Pass { prefix, start: 0, end }] = items.as_slice() {
+        if let [Item::Pass {
+            prefix,
+            start: 0,
+            end,
+        }] = items.as_slice()
+        {
             if prefix.is_empty() && *end == bytes.len() {
                 self.items = items;
                 return PyList::new(py, [chunk]);
@@ -392,11 +458,17 @@ impl PyFramer {
                 }
                 Item::Whole { code, start, end } => {
                     let msg = PyBytes::new(py, &bytes[start..end]);
-                    list.append(PyTuple::new(py, [code.into_pyobject(py)?.into_any(), msg.into_any()])?)?;
+                    list.append(PyTuple::new(
+                        py,
+                        [code.into_pyobject(py)?.into_any(), msg.into_any()],
+                    )?)?;
                 }
                 Item::Held { code, message } => {
                     let msg = PyBytes::new(py, &message);
-                    list.append(PyTuple::new(py, [code.into_pyobject(py)?.into_any(), msg.into_any()])?)?;
+                    list.append(PyTuple::new(
+                        py,
+                        [code.into_pyobject(py)?.into_any(), msg.into_any()],
+                    )?)?;
                 }
             }
         }
@@ -463,7 +535,14 @@ mod tests {
         let mut f = Framer::new(1 << 20, b"E");
         let mut out = Vec::new();
         f.feed(&data, &mut out).unwrap();
-        assert_eq!(out, vec![Item::Pass { prefix: Prefix::default(), start: 0, end: data.len() }]);
+        assert_eq!(
+            out,
+            vec![Item::Pass {
+                prefix: Prefix::default(),
+                start: 0,
+                end: data.len()
+            }]
+        );
         assert_eq!(f.messages(), 3);
         assert!(f.at_boundary());
         assert_eq!(f.buffered(), 0);
@@ -511,7 +590,9 @@ mod tests {
             let mut f = Framer::new(max, b"");
             let mut out = Vec::new();
             let err = f.feed(&data, &mut out).unwrap_err();
-            assert!(err.to_string().contains(&format!("invalid message length {len} for type 'Q'")));
+            assert!(err
+                .to_string()
+                .contains(&format!("invalid message length {len} for type 'Q'")));
             assert_eq!(f.messages(), 1);
             assert!(!f.at_boundary());
             assert_eq!(f.feed(b"", &mut out), Err(FramingError::Broken));

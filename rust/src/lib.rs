@@ -10,7 +10,10 @@ use pyo3::prelude::*;
 #[pymodule]
 fn hoopfast_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("IMPLEMENTATION", "compiled")?;
-    m.add("FramingError", m.py().get_type::<framer::exc::FramingError>())?;
+    m.add(
+        "FramingError",
+        m.py().get_type::<framer::exc::FramingError>(),
+    )?;
     m.add_class::<framer::PyFramer>()?;
     messages::register(m)?;
     Ok(())

@@ -14,13 +14,17 @@ const NULL: [u8; 4] = (-1i32).to_be_bytes();
 /// Decode a whole DataRow into borrowed column values (None = NULL).
 pub fn decode(message: &[u8]) -> Result<Vec<Option<&[u8]>>> {
     let mut r = Reader::new(body(message, &[DATA_ROW], WHAT)?);
-    let count = r.i16().ok_or_else(|| CodecError::new("DataRow lacks its column count"))?;
+    let count = r
+        .i16()
+        .ok_or_else(|| CodecError::new("DataRow lacks its column count"))?;
     let count = usize::try_from(count)
         .map_err(|_| CodecError(format!("negative DataRow column count {count}")))?;
     // Each column needs at least 4 bytes: never pre-allocate beyond the buffer.
     let mut values = Vec::with_capacity(count.min(r.remaining() / 4));
     for _ in 0..count {
-        let size = r.i32().ok_or_else(|| CodecError::new("DataRow truncated in a column length"))?;
+        let size = r
+            .i32()
+            .ok_or_else(|| CodecError::new("DataRow truncated in a column length"))?;
         if size < 0 {
             if size != -1 {
                 return Err(CodecError(format!("invalid DataRow column length {size}")));
@@ -29,12 +33,16 @@ pub fn decode(message: &[u8]) -> Result<Vec<Option<&[u8]>>> {
             continue;
         }
         let size = usize::try_from(size).map_err(|_| CodecError::new("DataRow column too long"))?;
-        let value =
-            r.take(size).ok_or_else(|| CodecError::new("DataRow truncated in a column value"))?;
+        let value = r
+            .take(size)
+            .ok_or_else(|| CodecError::new("DataRow truncated in a column value"))?;
         values.push(Some(value));
     }
     if r.remaining() != 0 {
-        return Err(CodecError(format!("{} trailing bytes after DataRow columns", r.remaining())));
+        return Err(CodecError(format!(
+            "{} trailing bytes after DataRow columns",
+            r.remaining()
+        )));
     }
     Ok(values)
 }
@@ -42,7 +50,10 @@ pub fn decode(message: &[u8]) -> Result<Vec<Option<&[u8]>>> {
 /// The size of the whole encoded message.
 pub fn encoded_len(values: &[Option<&[u8]>]) -> Result<usize> {
     if values.len() > INT16_MAX {
-        return Err(CodecError(format!("too many DataRow columns: {}", values.len())));
+        return Err(CodecError(format!(
+            "too many DataRow columns: {}",
+            values.len()
+        )));
     }
     let mut payload = 2usize;
     for v in values {
@@ -129,7 +140,10 @@ pub fn py_encode_data_row<'py>(
             }
         }
     }
-    let slices: Vec<Option<&[u8]>> = objs.iter().map(|o| o.as_ref().map(|b| b.as_bytes())).collect();
+    let slices: Vec<Option<&[u8]>> = objs
+        .iter()
+        .map(|o| o.as_ref().map(|b| b.as_bytes()))
+        .collect();
     let total = encoded_len(&slices)?;
     PyBytes::new_with(py, total, |buf| Ok(write(&slices, buf)?))
 }
@@ -152,7 +166,10 @@ mod tests {
             assert_eq!(msg.len(), encoded_len(&row).unwrap());
             assert_eq!(decode(&msg).unwrap(), row);
         }
-        assert_eq!(encode(&[Some(b"ab"), None]).unwrap(), b"D\0\0\0\x10\0\x02\0\0\0\x02ab\xff\xff\xff\xff");
+        assert_eq!(
+            encode(&[Some(b"ab"), None]).unwrap(),
+            b"D\0\0\0\x10\0\x02\0\0\0\x02ab\xff\xff\xff\xff"
+        );
     }
 
     #[test]

@@ -21,7 +21,9 @@ pub fn decode(message: &[u8]) -> Result<Vec<(u8, &[u8])>> {
             .ok_or_else(|| CodecError::new("ErrorResponse/Notice fields lack their terminator"))?;
         if code == 0 {
             if r.remaining() != 0 {
-                return Err(CodecError::new("trailing bytes after ErrorResponse/Notice fields"));
+                return Err(CodecError::new(
+                    "trailing bytes after ErrorResponse/Notice fields",
+                ));
             }
             return Ok(fields);
         }
@@ -35,7 +37,9 @@ pub fn decode(message: &[u8]) -> Result<Vec<(u8, &[u8])>> {
 /// Encode a whole 'E'/'N' message; codes must be non-zero, values NUL-free.
 pub fn encode(kind: u8, fields: &[(u8, &[u8])]) -> Result<Vec<u8>> {
     if kind != ERROR_RESPONSE && kind != NOTICE_RESPONSE {
-        return Err(CodecError(format!("kind must be ord('E') or ord('N'), not {kind}")));
+        return Err(CodecError(format!(
+            "kind must be ord('E') or ord('N'), not {kind}"
+        )));
     }
     let mut payload_len = 1usize;
     for (code, value) in fields {
@@ -116,8 +120,11 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let fields: Vec<(u8, &[u8])> =
-            vec![(b'S', b"ERROR"), (b'C', b"42P01"), (b'M', b"relation \"x\" does not exist")];
+        let fields: Vec<(u8, &[u8])> = vec![
+            (b'S', b"ERROR"),
+            (b'C', b"42P01"),
+            (b'M', b"relation \"x\" does not exist"),
+        ];
         for kind in [b'E', b'N'] {
             let msg = encode(kind, &fields).unwrap();
             assert_eq!(msg[0], kind);

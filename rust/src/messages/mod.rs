@@ -69,10 +69,16 @@ pub fn type_name(code: u8) -> String {
 /// Check the header of a whole message and return its payload.
 pub fn body<'a>(message: &'a [u8], expected: &[u8], what: &str) -> Result<&'a [u8]> {
     let [code, l0, l1, l2, l3, payload @ ..] = message else {
-        return Err(CodecError(format!("{what} message too short: {} bytes", message.len())));
+        return Err(CodecError(format!(
+            "{what} message too short: {} bytes",
+            message.len()
+        )));
     };
     if !expected.contains(code) {
-        return Err(CodecError(format!("not a {what} message: type {}", type_name(*code))));
+        return Err(CodecError(format!(
+            "not a {what} message: type {}",
+            type_name(*code)
+        )));
     }
     let length = i32::from_be_bytes([*l0, *l1, *l2, *l3]);
     let actual = message.len() - 1;
@@ -156,10 +162,14 @@ pub fn lossy(raw: &[u8]) -> std::borrow::Cow<'_, str> {
 pub fn int_in(obj: &Bound<'_, PyAny>, lo: i64, hi: i64, what: &str) -> PyResult<i64> {
     match obj.extract::<i64>() {
         Ok(v) if (lo..=hi).contains(&v) => Ok(v),
-        Ok(v) => Err(PyValueError::new_err(format!("{what} {v} out of range {lo}..{hi}"))),
+        Ok(v) => Err(PyValueError::new_err(format!(
+            "{what} {v} out of range {lo}..{hi}"
+        ))),
         Err(e) if e.is_instance_of::<PyOverflowError>(obj.py()) => {
             let shown = obj.call_method0("__index__")?.str()?.to_string();
-            Err(PyValueError::new_err(format!("{what} {shown} out of range {lo}..{hi}")))
+            Err(PyValueError::new_err(format!(
+                "{what} {shown} out of range {lo}..{hi}"
+            )))
         }
         Err(e) => Err(e),
     }
@@ -171,8 +181,14 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(error_response::py_encode_fields, m)?)?;
     m.add_function(wrap_pyfunction!(data_row::py_decode_data_row, m)?)?;
     m.add_function(wrap_pyfunction!(data_row::py_encode_data_row, m)?)?;
-    m.add_function(wrap_pyfunction!(row_description::py_decode_row_description, m)?)?;
-    m.add_function(wrap_pyfunction!(row_description::py_encode_row_description, m)?)?;
+    m.add_function(wrap_pyfunction!(
+        row_description::py_decode_row_description,
+        m
+    )?)?;
+    m.add_function(wrap_pyfunction!(
+        row_description::py_encode_row_description,
+        m
+    )?)?;
     m.add_function(wrap_pyfunction!(startup::py_decode_startup, m)?)?;
     m.add_function(wrap_pyfunction!(startup::py_encode_startup, m)?)?;
     Ok(())
@@ -189,6 +205,51 @@ mod tests {
         assert!(body(b"D\0\0\0", b"D", "DataRow").is_err());
         assert!(body(b"X\0\0\0\x04", b"D", "DataRow").is_err());
         assert!(body(b"D\xff\xff\xff\xff", b"D", "DataRow").is_err());
+    }
+
+    /// Deterministic garbage through every decoder and the framer: errors
+    /// are fine, panics are not.
+    #[test]
+    fn garbage_never_panics() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let pool: [&[u8]; 8] = [
+            b"\0",
+            b"\xff\xff\xff\xff",
+            b"\0\x01",
+            b"a",
+            b"\xc3",
+            b"\0\0\0\x04",
+            b"E",
+            b"D",
+        ];
+        for _ in 0..20_000 {
+            let mut buf = Vec::new();
+            for _ in 0..(next() % 12) {
+                buf.extend_from_slice(pool[(next() % 8) as usize]);
+            }
+            let mut framed = buf.clone();
+            if next() % 2 == 0 {
+                let code = [b'E', b'N', b'D', b'T'][(next() % 4) as usize];
+                framed = vec![code];
+                framed.extend_from_slice(&((buf.len() + 4) as i32).to_be_bytes());
+                framed.extend_from_slice(&buf);
+            }
+            let _ = error_response::decode(&framed);
+            let _ = data_row::decode(&framed);
+            let _ = row_description::decode(&framed);
+            let _ = startup::decode(&buf);
+            let mut f = crate::framer::Framer::new(4 + (next() % 64) as u32, b"EN");
+            let mut out = Vec::new();
+            let cut = (next() as usize) % (framed.len() + 1);
+            let _ = f.feed(&framed[..cut], &mut out);
+            let _ = f.feed(&framed[cut..], &mut out);
+        }
     }
 
     #[test]

@@ -27,12 +27,16 @@ pub struct Field<'a> {
 
 pub fn decode(message: &[u8]) -> Result<Vec<Field<'_>>> {
     let mut r = Reader::new(body(message, &[ROW_DESCRIPTION], WHAT)?);
-    let count = r.i16().ok_or_else(|| CodecError::new("RowDescription lacks its field count"))?;
+    let count = r
+        .i16()
+        .ok_or_else(|| CodecError::new("RowDescription lacks its field count"))?;
     let count = usize::try_from(count)
         .map_err(|_| CodecError(format!("negative RowDescription field count {count}")))?;
     let mut fields = Vec::with_capacity(count.min(r.remaining() / (FIELD_TAIL_LEN + 1)));
     for _ in 0..count {
-        let name = r.cstr().ok_or_else(|| CodecError::new("unterminated RowDescription field name"))?;
+        let name = r
+            .cstr()
+            .ok_or_else(|| CodecError::new("unterminated RowDescription field name"))?;
         let truncated = || CodecError::new("RowDescription truncated in a field");
         let mut tail = Reader::new(r.take(FIELD_TAIL_LEN).ok_or_else(truncated)?);
         let field = (|| {
@@ -60,7 +64,10 @@ pub fn decode(message: &[u8]) -> Result<Vec<Field<'_>>> {
 
 pub fn encode(fields: &[Field<'_>]) -> Result<Vec<u8>> {
     if fields.len() > INT16_MAX {
-        return Err(CodecError(format!("too many RowDescription fields: {}", fields.len())));
+        return Err(CodecError(format!(
+            "too many RowDescription fields: {}",
+            fields.len()
+        )));
     }
     let mut payload = 2usize;
     for f in fields {
@@ -120,7 +127,11 @@ pub fn py_encode_row_description(fields: &Bound<'_, PyAny>) -> PyResult<Vec<u8>>
         let name = parts[0].cast::<PyBytes>().map_err(|_| {
             PyTypeError::new_err(format!(
                 "field name must be bytes, not {}",
-                parts[0].get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                parts[0]
+                    .get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default()
             ))
         })?;
         if name.as_bytes().contains(&0) {
@@ -133,7 +144,12 @@ pub fn py_encode_row_description(fields: &Bound<'_, PyAny>) -> PyResult<Vec<u8>>
             int_in(&parts[2], i16r.0, i16r.1, "column attnum")? as i16,
             int_in(&parts[3], u32r.0, u32r.1, "type oid")? as u32,
             int_in(&parts[4], i16r.0, i16r.1, "type size")? as i16,
-            int_in(&parts[5], i64::from(i32::MIN), i64::from(i32::MAX), "type modifier")? as i32,
+            int_in(
+                &parts[5],
+                i64::from(i32::MIN),
+                i64::from(i32::MAX),
+                "type modifier",
+            )? as i32,
             int_in(&parts[6], i16r.0, i16r.1, "format code")? as i16,
         ));
         names.push(name.clone());
@@ -141,15 +157,17 @@ pub fn py_encode_row_description(fields: &Bound<'_, PyAny>) -> PyResult<Vec<u8>>
     let fields: Vec<Field<'_>> = names
         .iter()
         .zip(&nums)
-        .map(|(n, &(table_oid, attnum, type_oid, typlen, typmod, format))| Field {
-            name: n.as_bytes(),
-            table_oid,
-            attnum,
-            type_oid,
-            typlen,
-            typmod,
-            format,
-        })
+        .map(
+            |(n, &(table_oid, attnum, type_oid, typlen, typmod, format))| Field {
+                name: n.as_bytes(),
+                table_oid,
+                attnum,
+                type_oid,
+                typlen,
+                typmod,
+                format,
+            },
+        )
         .collect();
     Ok(encode(&fields)?)
 }
@@ -161,8 +179,24 @@ mod tests {
     #[test]
     fn round_trip() {
         let fields = vec![
-            Field { name: b"id", table_oid: 16384, attnum: 1, type_oid: 23, typlen: 4, typmod: -1, format: 0 },
-            Field { name: b"", table_oid: u32::MAX, attnum: i16::MIN, type_oid: 0, typlen: -1, typmod: i32::MIN, format: 1 },
+            Field {
+                name: b"id",
+                table_oid: 16384,
+                attnum: 1,
+                type_oid: 23,
+                typlen: 4,
+                typmod: -1,
+                format: 0,
+            },
+            Field {
+                name: b"",
+                table_oid: u32::MAX,
+                attnum: i16::MIN,
+                type_oid: 0,
+                typlen: -1,
+                typmod: i32::MIN,
+                format: 1,
+            },
         ];
         let msg = encode(&fields).unwrap();
         assert_eq!(decode(&msg).unwrap(), fields);
@@ -171,7 +205,16 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        let ok = encode(&[Field { name: b"a", table_oid: 1, attnum: 1, type_oid: 1, typlen: 1, typmod: 1, format: 0 }]).unwrap();
+        let ok = encode(&[Field {
+            name: b"a",
+            table_oid: 1,
+            attnum: 1,
+            type_oid: 1,
+            typlen: 1,
+            typmod: 1,
+            format: 0,
+        }])
+        .unwrap();
         for cut in 5..ok.len() {
             let mut m = ok[..cut].to_vec();
             let len = (cut - 1) as u32;
@@ -183,6 +226,15 @@ mod tests {
         let len = (trailing.len() - 1) as u32;
         trailing[1..5].copy_from_slice(&len.to_be_bytes());
         assert!(decode(&trailing).is_err());
-        assert!(encode(&[Field { name: b"a\0", table_oid: 0, attnum: 0, type_oid: 0, typlen: 0, typmod: 0, format: 0 }]).is_err());
+        assert!(encode(&[Field {
+            name: b"a\0",
+            table_oid: 0,
+            attnum: 0,
+            type_oid: 0,
+            typlen: 0,
+            typmod: 0,
+            format: 0
+        }])
+        .is_err());
     }
 }

@@ -29,7 +29,10 @@ fn is_v3(code: u32) -> bool {
 pub fn decode(packet: &[u8]) -> Result<(u32, Vec<(String, String)>)> {
     let mut r = Reader::new(packet);
     let (Some(length), Some(code)) = (r.i32(), r.u32()) else {
-        return Err(CodecError(format!("startup packet too short: {} bytes", packet.len())));
+        return Err(CodecError(format!(
+            "startup packet too short: {} bytes",
+            packet.len()
+        )));
     };
     if usize::try_from(length).ok() != Some(packet.len()) {
         return Err(CodecError(format!(
@@ -69,9 +72,17 @@ pub fn decode(packet: &[u8]) -> Result<(u32, Vec<(String, String)>)> {
             if !(4 + CANCEL_SECRET_MIN..=4 + CANCEL_SECRET_MAX).contains(&n) {
                 return Err(CodecError(format!("CancelRequest body of {n} bytes")));
             }
-            let pid = r.i32().ok_or_else(|| CodecError::new("CancelRequest without pid"))?;
+            let pid = r
+                .i32()
+                .ok_or_else(|| CodecError::new("CancelRequest without pid"))?;
             let secret = r.take(r.remaining()).unwrap_or_default();
-            Ok((code, vec![("pid".to_owned(), pid.to_string()), ("secret".to_owned(), hex(secret))]))
+            Ok((
+                code,
+                vec![
+                    ("pid".to_owned(), pid.to_string()),
+                    ("secret".to_owned(), hex(secret)),
+                ],
+            ))
         }
         _ => Ok((code, Vec::new())),
     }
@@ -100,7 +111,9 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
     if raw.is_empty() || raw.len() % 2 != 0 {
         return None;
     }
-    raw.chunks_exact(2).map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?)).collect()
+    raw.chunks_exact(2)
+        .map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?))
+        .collect()
 }
 
 fn parse_pid(s: &str) -> Option<i32> {
@@ -113,7 +126,11 @@ fn parse_pid(s: &str) -> Option<i32> {
     if trimmed.len() > 10 {
         return None;
     }
-    let v: i64 = if trimmed.is_empty() { 0 } else { trimmed.parse().ok()? };
+    let v: i64 = if trimmed.is_empty() {
+        0
+    } else {
+        trimmed.parse().ok()?
+    };
     let v = if s.starts_with('-') { -v } else { v };
     i32::try_from(v).ok()
 }
@@ -121,10 +138,15 @@ fn parse_pid(s: &str) -> Option<i32> {
 fn encode_cancel(params: &[(&str, &str)]) -> Result<Vec<u8>> {
     let get = |k: &str| params.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
     let (Some(pid), Some(secret), 2) = (get("pid"), get("secret"), params.len()) else {
-        return Err(CodecError::new("a CancelRequest takes exactly \"pid\" and \"secret\""));
+        return Err(CodecError::new(
+            "a CancelRequest takes exactly \"pid\" and \"secret\"",
+        ));
     };
-    let pid = parse_pid(pid)
-        .ok_or_else(|| CodecError(format!("CancelRequest pid must be a decimal Int32: {pid:?}")))?;
+    let pid = parse_pid(pid).ok_or_else(|| {
+        CodecError(format!(
+            "CancelRequest pid must be a decimal Int32: {pid:?}"
+        ))
+    })?;
     let secret = unhex(secret)
         .filter(|s| (CANCEL_SECRET_MIN..=CANCEL_SECRET_MAX).contains(&s.len()))
         .ok_or_else(|| {
@@ -146,10 +168,14 @@ pub fn encode(code: u32, params: &[(&str, &str)]) -> Result<Vec<u8>> {
                 return Err(CodecError::new("startup parameter name must not be empty"));
             }
             if key.as_bytes().contains(&0) {
-                return Err(CodecError::new("startup parameter name must not contain NUL"));
+                return Err(CodecError::new(
+                    "startup parameter name must not contain NUL",
+                ));
             }
             if value.as_bytes().contains(&0) {
-                return Err(CodecError::new("startup parameter value must not contain NUL"));
+                return Err(CodecError::new(
+                    "startup parameter value must not contain NUL",
+                ));
             }
             body.extend_from_slice(key.as_bytes());
             body.push(0);
@@ -162,7 +188,9 @@ pub fn encode(code: u32, params: &[(&str, &str)]) -> Result<Vec<u8>> {
         encode_cancel(params)?
     } else {
         if !params.is_empty() {
-            return Err(CodecError(format!("startup code {code} takes no parameters")));
+            return Err(CodecError(format!(
+                "startup code {code} takes no parameters"
+            )));
         }
         Vec::new()
     };
@@ -192,20 +220,30 @@ pub fn py_decode_startup<'py>(
     Ok((code, dict))
 }
 
+/// The `code` argument: a Python int in `0..=u32::MAX`, else ValueError.
+pub struct Code(u32);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Code {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        let v = int_in(&obj, 0, i64::from(u32::MAX), "startup code")?;
+        Ok(Code(u32::try_from(v).unwrap_or_default()))
+    }
+}
+
 #[pyfunction(name = "encode_startup")]
-#[pyo3(signature = (params, code = None))]
-pub fn py_encode_startup(
-    params: &Bound<'_, PyAny>,
-    code: Option<&Bound<'_, PyAny>>,
-) -> PyResult<Vec<u8>> {
-    let code = match code {
-        Some(c) => int_in(c, 0, i64::from(u32::MAX), "startup code")? as u32,
-        None => PROTOCOL_3_0,
-    };
+#[pyo3(signature = (params, code = Code(PROTOCOL_3_0)), text_signature = "(params, code=196608)")]
+pub fn py_encode_startup(params: &Bound<'_, PyAny>, code: Code) -> PyResult<Vec<u8>> {
+    let code = code.0;
     let mapping = params.cast::<PyMapping>().map_err(|_| {
         PyTypeError::new_err(format!(
             "params must be a dict, not {}",
-            params.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+            params
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
         ))
     })?;
     let mut owned: Vec<(String, String)> = Vec::new();
@@ -216,7 +254,10 @@ pub fn py_encode_startup(
         };
         owned.push((k.to_str()?.to_owned(), v.to_str()?.to_owned()));
     }
-    let borrowed: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let borrowed: Vec<(&str, &str)> = owned
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     Ok(encode(code, &borrowed)?)
 }
 
@@ -226,15 +267,23 @@ mod tests {
 
     #[test]
     fn round_trip_v3() {
-        let params = [("user", "alice"), ("database", "db"), ("application_name", "ünï")];
+        let params = [
+            ("user", "alice"),
+            ("database", "db"),
+            ("application_name", "ünï"),
+        ];
         for code in [PROTOCOL_3_0, 196_610] {
             let pkt = encode(code, &params).unwrap();
             let (c, got) = decode(&pkt).unwrap();
             assert_eq!(c, code);
-            let got: Vec<(&str, &str)> = got.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let got: Vec<(&str, &str)> =
+                got.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             assert_eq!(got, params);
         }
-        assert_eq!(encode(PROTOCOL_3_0, &[]).unwrap(), b"\0\0\0\x09\0\x03\0\0\0");
+        assert_eq!(
+            encode(PROTOCOL_3_0, &[]).unwrap(),
+            b"\0\0\0\x09\0\x03\0\0\0"
+        );
     }
 
     #[test]
@@ -244,17 +293,39 @@ mod tests {
             assert_eq!(pkt.len(), 8);
             assert_eq!(decode(&pkt).unwrap(), (code, vec![]));
         }
-        let pkt = encode(CANCEL_REQUEST_CODE, &[("pid", "-42"), ("secret", "DEADbeef")]).unwrap();
+        let pkt = encode(
+            CANCEL_REQUEST_CODE,
+            &[("pid", "-42"), ("secret", "DEADbeef")],
+        )
+        .unwrap();
         assert_eq!(&pkt[8..], b"\xff\xff\xff\xd6\xde\xad\xbe\xef");
         let (_, p) = decode(&pkt).unwrap();
-        assert_eq!(p, vec![("pid".into(), "-42".into()), ("secret".into(), "deadbeef".into())]);
+        assert_eq!(
+            p,
+            vec![
+                ("pid".into(), "-42".into()),
+                ("secret".into(), "deadbeef".into())
+            ]
+        );
         let long = "ab".repeat(256);
         assert!(encode(CANCEL_REQUEST_CODE, &[("pid", "1"), ("secret", &long)]).is_ok());
         let too_long = "ab".repeat(257);
         assert!(encode(CANCEL_REQUEST_CODE, &[("pid", "1"), ("secret", &too_long)]).is_err());
-        assert!(encode(CANCEL_REQUEST_CODE, &[("pid", "+1"), ("secret", "00000000")]).is_err());
-        assert!(encode(CANCEL_REQUEST_CODE, &[("pid", "2147483648"), ("secret", "00000000")]).is_err());
-        assert!(encode(CANCEL_REQUEST_CODE, &[("pid", "-2147483648"), ("secret", "00000000")]).is_ok());
+        assert!(encode(
+            CANCEL_REQUEST_CODE,
+            &[("pid", "+1"), ("secret", "00000000")]
+        )
+        .is_err());
+        assert!(encode(
+            CANCEL_REQUEST_CODE,
+            &[("pid", "2147483648"), ("secret", "00000000")]
+        )
+        .is_err());
+        assert!(encode(
+            CANCEL_REQUEST_CODE,
+            &[("pid", "-2147483648"), ("secret", "00000000")]
+        )
+        .is_ok());
         assert!(encode(SSL_REQUEST_CODE, &[("a", "b")]).is_err());
     }
 

@@ -62,10 +62,7 @@ def _type_name(code: int) -> str:
 
 
 def _bad_length(code: int, length: int, max_length: int) -> str:
-    return (
-        f"invalid message length {length} for type {_type_name(code)}"
-        f" (allowed 4..{max_length})"
-    )
+    return f"invalid message length {length} for type {_type_name(code)} (allowed 4..{max_length})"
 
 
 def _intercept_table(types: bytes) -> bytes:
@@ -123,12 +120,7 @@ class Framer:
 
     @property
     def at_boundary(self) -> bool:
-        return (
-            not self._broken
-            and not self._remaining
-            and not self._header
-            and self._held is None
-        )
+        return not self._broken and not self._remaining and not self._header and self._held is None
 
     def _fail(self, messages: int, code: int, length: int) -> FramingError:
         self._broken = True
@@ -534,8 +526,7 @@ def _encode_cancel(params: Mapping[str, str]) -> bytes:
         CANCEL_SECRET_MIN <= len(secret) // 2 <= CANCEL_SECRET_MAX
     ):
         raise ValueError(
-            f"CancelRequest secret must be {CANCEL_SECRET_MIN}..{CANCEL_SECRET_MAX}"
-            " bytes as hex"
+            f"CancelRequest secret must be {CANCEL_SECRET_MIN}..{CANCEL_SECRET_MAX} bytes as hex"
         )
     return _I32.pack(int(pid)) + bytes.fromhex(secret)
 

@@ -93,7 +93,8 @@ class Core(Protocol):
         """A whole startup-phase packet (Int32 length, Int32 code, body) ->
         (code, parameters). Parameters are empty for SSLRequest,
         GSSENCRequest and CancelRequest; a CancelRequest yields
-        {"pid": ..., "secret": ...} as decimal strings."""
+        {"pid": decimal str, "secret": lowercase hex of 4..256 bytes}
+        (protocol 3.2 allows cancel keys longer than 4 bytes)."""
         ...
 
     def encode_startup(self, params: dict[str, str], code: int = 196608) -> bytes: ...
