@@ -4,8 +4,6 @@ reference; read its docstring), typed so that the per-chunk path
 (data_received) runs without interpreter dispatch, in the style of asyncpg's
 Cython protocol."""
 
-import asyncio
-
 
 cdef class Pump:
     cdef public object framer
@@ -67,6 +65,3 @@ cdef class Pump:
         if peer is not None and not peer.is_closing():
             peer.resume_reading()
 
-
-# asyncio checks isinstance(protocol, asyncio.Protocol) in a few places.
-asyncio.Protocol.register(Pump)

@@ -82,12 +82,14 @@ def certs(state_dir: Path) -> CertFiles:
 
 
 @pytest.fixture(scope="session")
-def gateway_config(
-    state_dir: Path, cluster: DevCluster, roles: Roles, issuer: DevIssuer
-) -> Path:
+def gateway_config(state_dir: Path, cluster: DevCluster, roles: Roles, issuer: DevIssuer) -> Path:
     secrets_dir = state_dir / "secrets"
     secrets_dir.mkdir(exist_ok=True)
-    for name, (_, password) in {"scram": roles.scram, "md5": roles.md5, "plain": roles.plain}.items():
+    for name, (_, password) in {
+        "scram": roles.scram,
+        "md5": roles.md5,
+        "plain": roles.plain,
+    }.items():
         (secrets_dir / name).write_text(password + "\n")
     (secrets_dir / "wrong").write_text("not-the-password\n")
     base = {"host": cluster.host, "port": cluster.port, "database": "app"}
@@ -107,9 +109,18 @@ def gateway_config(
             "password": {"file": str(secrets_dir / "plain")},
             "tls": "require",
         },
-        "wrongpw": {**base, "user": roles.scram[0], "password": {"file": str(secrets_dir / "wrong")}},
+        "wrongpw": {
+            **base,
+            "user": roles.scram[0],
+            "password": {"file": str(secrets_dir / "wrong")},
+        },
         "nosecret": {**base, "user": roles.scram[0]},
-        "down": {**base, "port": free_port(), "user": roles.scram[0], "password": {"file": str(secrets_dir / "scram")}},
+        "down": {
+            **base,
+            "port": free_port(),
+            "user": roles.scram[0],
+            "password": {"file": str(secrets_dir / "scram")},
+        },
     }
     return write_config(state_dir / "hoopfast.toml", issuer.jwks_file, connections)
 

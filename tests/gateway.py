@@ -77,7 +77,7 @@ class RunningGateway:
         return future.result(10)
 
     def session_count(self) -> int:
-        return self.call(lambda: len(self.gateway._tasks))
+        return self.call(lambda: len(self.gateway.active))
 
     def wait_idle(self, timeout: float = 10.0) -> None:
         """Every session finished and released its sockets (leak check)."""
@@ -92,7 +92,9 @@ def _quote(value: str) -> str:
 
 
 @contextmanager
-def run_gateway(settings: Settings, issuer: DevIssuer, certs: CertFiles) -> Iterator[RunningGateway]:
+def run_gateway(
+    settings: Settings, issuer: DevIssuer, certs: CertFiles
+) -> Iterator[RunningGateway]:
     loop = uvloop.new_event_loop()
     config = load_config(settings.config)
     gateway = PgGateway(settings, config, TokenValidator(config.identity))

@@ -138,8 +138,21 @@ def test_parameters_round_trip_equal_direct(via: Connect, direct: Connect) -> No
         asyncpg.Range(1, 5),
     ]
     types = [
-        "int8", "numeric", "float8", "text", "bytea", "int4", "bool", "timestamptz", "date",
-        "interval", "jsonb", "int4[]", "text[]", "uuid", "int4range",
+        "int8",
+        "numeric",
+        "float8",
+        "text",
+        "bytea",
+        "int4",
+        "bool",
+        "timestamptz",
+        "date",
+        "interval",
+        "jsonb",
+        "int4[]",
+        "text[]",
+        "uuid",
+        "int4range",
     ]
     query = "SELECT " + ", ".join(f"${i + 1}::{t}" for i, t in enumerate(types))
 
@@ -170,7 +183,9 @@ def test_large_fetch_equal_direct(via: Connect, direct: Connect) -> None:
 
 def test_prepared_statements_reused(via: Connect, direct: Connect) -> None:
     async def scenario(conn: asyncpg.Connection) -> Any:
-        stmt = await conn.prepare("SELECT aid, abalance, $2::text FROM pgbench_accounts WHERE aid = $1")
+        stmt = await conn.prepare(
+            "SELECT aid, abalance, $2::text FROM pgbench_accounts WHERE aid = $1"
+        )
         results = [tuple(await stmt.fetchrow(i, f"p{i}")) for i in range(1, 301)]
         described = (
             [t.name for t in stmt.get_parameters()],
@@ -184,12 +199,17 @@ def test_prepared_statements_reused(via: Connect, direct: Connect) -> None:
         )
         named = await conn.prepare("SELECT $1::text || '!'", name="my_named_stmt")
         assert await named.fetchval("hi") == "hi!"
-        names = await conn.fetch("SELECT name FROM pg_prepared_statements WHERE name = 'my_named_stmt'")
+        names = await conn.fetch(
+            "SELECT name FROM pg_prepared_statements WHERE name = 'my_named_stmt'"
+        )
         return results, described, [r[0] for r in prepared], len(names)
 
     results, described, prepared, named = both(via, direct, scenario)
     assert results[0] == (1, 0, "p1") and len(results) == 300
-    assert described == (["int4", "text"], [("aid", "int4"), ("abalance", "int4"), ("text", "text")])
+    assert described == (
+        ["int4", "text"],
+        [("aid", "int4"), ("abalance", "int4"), ("text", "text")],
+    )
     assert "SELECT $1::int + 1" in prepared
     assert named == 1
 
@@ -203,7 +223,9 @@ def test_executemany(via: Connect, direct: Connect) -> None:
         )
         with pytest.raises(asyncpg.NotNullViolationError):
             await conn.execute("ALTER TABLE em ALTER COLUMN i SET NOT NULL")
-            await conn.executemany("INSERT INTO em VALUES ($1, $2, $3)", [(1, "a", b""), (None, "b", b"")])
+            await conn.executemany(
+                "INSERT INTO em VALUES ($1, $2, $3)", [(1, "a", b""), (None, "b", b"")]
+            )
         return tuple(await conn.fetchrow("SELECT count(*), sum(i), max(s), sum(length(b)) FROM em"))
 
     assert both(via, direct, scenario) == (5000, sum(range(5000)), "s999", 50000)
@@ -217,7 +239,12 @@ def test_copy_equal_direct(via: Connect, direct: Connect) -> None:
         await conn.execute("SET TimeZone = 'UTC'")
         await conn.execute("CREATE TEMP TABLE cp (i int, s text, ts timestamptz, b bytea)")
         records = [
-            (i, f"r{i}\t\n", dt.datetime(2020, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=i), None if i % 5 else b"\x01\x02")
+            (
+                i,
+                f"r{i}\t\n",
+                dt.datetime(2020, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=i),
+                None if i % 5 else b"\x01\x02",
+            )
             for i in range(50000)
         ]
         status_records = await conn.copy_records_to_table("cp", records=records)
@@ -232,7 +259,9 @@ def test_copy_equal_direct(via: Connect, direct: Connect) -> None:
         out_text = io.BytesIO()
         await conn.copy_from_table("cp", output=out_text)
         out_binary = io.BytesIO()
-        await conn.copy_from_query("SELECT * FROM cp ORDER BY i, s", output=out_binary, format="binary")
+        await conn.copy_from_query(
+            "SELECT * FROM cp ORDER BY i, s", output=out_binary, format="binary"
+        )
         chunks: list[bytes] = []
 
         async def sink(chunk: bytes) -> None:
@@ -308,7 +337,9 @@ def test_cursors(via: Connect, direct: Connect) -> None:
             total = 0
             count = 0
             async for record in conn.cursor(
-                "SELECT aid, abalance FROM pgbench_accounts WHERE aid > $1 ORDER BY aid", 10, prefetch=333
+                "SELECT aid, abalance FROM pgbench_accounts WHERE aid > $1 ORDER BY aid",
+                10,
+                prefetch=333,
             ):
                 total += record["aid"]
                 count += 1
@@ -336,7 +367,13 @@ def test_errors_carry_fields_and_session_survives(via: Connect, direct: Connect)
             try:
                 await conn.fetch(query, *args)
             except (asyncpg.PostgresError, asyncpg.DataError) as ex:
-                seen.append((type(ex).__name__, getattr(ex, "sqlstate", None), getattr(ex, "position", None)))
+                seen.append(
+                    (
+                        type(ex).__name__,
+                        getattr(ex, "sqlstate", None),
+                        getattr(ex, "position", None),
+                    )
+                )
         seen.append(await conn.fetchval("SELECT 'alive'"))
         return seen
 
@@ -354,7 +391,9 @@ def test_listeners_and_log_messages(via: Connect) -> None:
         listener, sender = await via(), await via()
         try:
             queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
-            await listener.add_listener("events", lambda c, pid, ch, payload: queue.put_nowait((ch, payload)))
+            await listener.add_listener(
+                "events", lambda c, pid, ch, payload: queue.put_nowait((ch, payload))
+            )
             for i in range(20):
                 await sender.execute(f"NOTIFY events, 'n{i}'")
             await sender.execute("SELECT pg_notify('events', $1)", "x" * 7000)
@@ -363,7 +402,9 @@ def test_listeners_and_log_messages(via: Connect) -> None:
 
             logs: list[tuple[str, str]] = []
             listener.add_log_listener(lambda c, msg: logs.append((msg.severity, msg.message)))
-            await listener.execute("DO $$ BEGIN RAISE NOTICE 'hello %', 1; RAISE WARNING 'w'; END $$")
+            await listener.execute(
+                "DO $$ BEGIN RAISE NOTICE 'hello %', 1; RAISE WARNING 'w'; END $$"
+            )
             await listener.fetchval("SELECT 1")
             assert logs == [("NOTICE", "hello 1"), ("WARNING", "w")]
             await listener.remove_listener("events", lambda *a: None)
@@ -415,9 +456,7 @@ def test_statement_timeout_setting(via: Connect, direct: Connect) -> None:
 
 def test_pool_parallel_queries(idle_gateway: RunningGateway) -> None:
     async def main() -> None:
-        pool = await asyncpg.create_pool(
-            min_size=2, max_size=4, **_gateway_kwargs(idle_gateway)
-        )
+        pool = await asyncpg.create_pool(min_size=2, max_size=4, **_gateway_kwargs(idle_gateway))
         try:
             assert pool.get_size() == 2
             started = time.monotonic()
@@ -484,7 +523,9 @@ def test_other_upstream_auth_connections(via: Connect) -> None:
                 out.append(
                     (
                         await conn.fetchval("SELECT current_user"),
-                        await conn.fetchval("SELECT sum(g) FROM generate_series(1, $1::int) g", 1000),
+                        await conn.fetchval(
+                            "SELECT sum(g) FROM generate_series(1, $1::int) g", 1000
+                        ),
                     )
                 )
             finally:
@@ -492,3 +533,76 @@ def test_other_upstream_auth_connections(via: Connect) -> None:
         return out
 
     assert asyncio.run(main()) == [("app_md5", 500500), ("app_plain", 500500)]
+
+
+def test_many_concurrent_connections(via: Connect) -> None:
+    async def one(i: int) -> tuple[int, int]:
+        conn = await via()
+        try:
+            async with conn.transaction():
+                await conn.execute("CREATE TEMP TABLE c (i int) ON COMMIT DROP")
+                await conn.copy_records_to_table("c", records=[(j,) for j in range(i * 100)])
+                total = await conn.fetchval("SELECT coalesce(sum(i), 0) FROM c")
+            return i, total
+        finally:
+            await conn.close()
+
+    async def main() -> list[tuple[int, int]]:
+        return await asyncio.gather(*(one(i) for i in range(30)))
+
+    assert asyncio.run(main()) == [(i, sum(range(i * 100))) for i in range(30)]
+
+
+def test_timeout_while_result_is_streaming(via: Connect) -> None:
+    """The timeout fires while rows are flowing (not during a sleep): the
+    cancel must reach the upstream and the protocol state resynchronise."""
+
+    async def main() -> None:
+        conn = await via()
+        try:
+            with pytest.raises(asyncio.TimeoutError):
+                await conn.fetch(
+                    "SELECT g, repeat('x', 100) FROM generate_series(1, 50000000) g", timeout=0.5
+                )
+            assert await conn.fetchval("SELECT 'resynced'", timeout=5) == "resynced"
+            stmt = await conn.prepare("SELECT $1::int * 3")
+            assert [await stmt.fetchval(i) for i in range(10)] == [i * 3 for i in range(10)]
+        finally:
+            await conn.close()
+
+    asyncio.run(main())
+
+
+def test_copy_in_with_a_notice_per_row(via: Connect, direct: Connect) -> None:
+    """Both directions busy at once: the client streams COPY data while the
+    server streams a NOTICE for every row back, more than socket buffers
+    hold (flow control in the gateway must not deadlock). asyncpg keeps
+    reading while it writes; psycopg would deadlock even when direct."""
+
+    async def scenario(conn: asyncpg.Connection) -> Any:
+        await conn.execute(
+            "CREATE TEMP TABLE noisy (i int, pad text);"
+            "CREATE FUNCTION pg_temp.shout() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE NOTICE 'row % %', NEW.i, repeat('.', 200); RETURN NEW; END $$;"
+            "CREATE TRIGGER noisy_t BEFORE INSERT ON noisy"
+            " FOR EACH ROW EXECUTE FUNCTION pg_temp.shout()"
+        )
+        notices = []
+        conn.add_log_listener(lambda c, msg: notices.append(msg.message))
+        status = await asyncio.wait_for(
+            conn.copy_records_to_table("noisy", records=[(i, "p" * 300) for i in range(30000)]), 30
+        )
+        await conn.fetchval("SELECT 1")
+        return (
+            status,
+            len(notices),
+            notices[-1][:10],
+            tuple(await conn.fetchrow("SELECT count(*), sum(i) FROM noisy")),
+        )
+
+    assert both(via, direct, scenario) == (
+        "COPY 30000",
+        30000,
+        "row 29999 ",
+        (30000, sum(range(30000))),
+    )

@@ -3,6 +3,7 @@ happens when a side misbehaves or disappears."""
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import threading
 import time
@@ -24,7 +25,7 @@ def raw(gw: RunningGateway, connection: str = "main") -> RawClient:
 
 def _session_transports(gw: RunningGateway) -> list[tuple[Any, Any]]:
     out = []
-    for session in gw.gateway.sessions.values():
+    for session in gw.gateway.active:
         cp, sp = session._client_pump, session._server_pump
         if cp is not None and sp is not None:
             out.append((cp.transport, sp.transport))
@@ -46,7 +47,9 @@ def test_slow_client_does_not_make_the_gateway_buffer_the_result(
         for _ in range(40):
             received += client.recv_some(16384)
             sizes = gw.call(
-                lambda: [(c.get_write_buffer_size(), s.is_reading()) for c, s in _session_transports(gw)]
+                lambda: [
+                    (c.get_write_buffer_size(), s.is_reading()) for c, s in _session_transports(gw)
+                ]
             )
             for size, reading in sizes:
                 peak = max(peak, size)
@@ -64,9 +67,10 @@ def test_slow_client_does_not_make_the_gateway_buffer_the_result(
 
 
 def test_cancel_request_reaches_the_right_upstream_session(idle_gateway: RunningGateway) -> None:
-    with psycopg.connect(idle_gateway.conninfo(), autocommit=True) as busy, psycopg.connect(
-        idle_gateway.conninfo(), autocommit=True
-    ) as other:
+    with (
+        psycopg.connect(idle_gateway.conninfo(), autocommit=True) as busy,
+        psycopg.connect(idle_gateway.conninfo(), autocommit=True) as other,
+    ):
         # The client sees the gateway's key, not the upstream backend's.
         upstream_pid = busy.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
         assert busy.info.backend_pid != upstream_pid
@@ -93,7 +97,15 @@ def test_psql_ctrl_c_cancels_the_running_query(idle_gateway: RunningGateway) -> 
 
     started = time.monotonic()
     proc = subprocess.Popen(
-        ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-c", "SELECT pg_sleep(30)", idle_gateway.conninfo()],
+        [
+            "psql",
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            "SELECT pg_sleep(30)",
+            idle_gateway.conninfo(),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, "PGCONNECT_TIMEOUT": "5"},
@@ -179,9 +191,10 @@ def idle_gateway_sessions_drop_to(gw: RunningGateway, n: int, timeout: float = 1
 def test_upstream_dying_mid_query_gives_the_client_an_error(
     idle_gateway: RunningGateway, cluster: Any
 ) -> None:
-    with psycopg.connect(idle_gateway.conninfo(), autocommit=True) as victim, psycopg.connect(
-        idle_gateway.conninfo(), autocommit=True
-    ) as bystander:
+    with (
+        psycopg.connect(idle_gateway.conninfo(), autocommit=True) as victim,
+        psycopg.connect(idle_gateway.conninfo(), autocommit=True) as bystander,
+    ):
         pid = victim.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
         threading.Timer(0.3, lambda: cluster.execute(f"SELECT pg_terminate_backend({pid})")).start()
         with pytest.raises(psycopg.OperationalError) as err:
@@ -196,6 +209,7 @@ def test_upstream_vanishing_without_a_word_is_reported(
     """Kill the upstream socket under a session (no FATAL from the server):
     the client gets 08006 from the gateway rather than a silent hang."""
     with raw(idle_gateway) as client:
+
         def cut() -> None:
             for _, server in _session_transports(idle_gateway):
                 server.abort()
@@ -205,6 +219,17 @@ def test_upstream_vanishing_without_a_word_is_reported(
         assert kind == "E"
         fields = error_fields(body)
         assert fields["C"] == "08006" and "upstream" in fields["M"]
+
+
+def test_gateway_shutdown_tells_clients(make_settings: Any, issuer: Any, certs: Any) -> None:
+    from tests.gateway import run_gateway
+
+    with run_gateway(make_settings(), issuer, certs) as gw:
+        client = raw(gw)
+        asyncio.run_coroutine_threadsafe(gw.gateway.close(), gw.loop).result(15)
+        kind, body = client.read_message()
+        assert kind == "E" and error_fields(body)["C"] == "57P01"
+        client.close()
 
 
 def test_terminate_closes_cleanly(idle_gateway: RunningGateway) -> None:

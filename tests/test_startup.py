@@ -6,7 +6,6 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
-import time
 
 import psycopg
 import pytest

@@ -11,12 +11,11 @@ from pathlib import Path
 from hoopfast import __version__
 from hoopfast.config import load_config, parse_duration
 from hoopfast.errors import ConfigurationError
+from hoopfast.settings import Settings
 
 
-def _settings():  # type: ignore[no-untyped-def]
+def _settings() -> Settings:
     from pydantic import ValidationError
-
-    from hoopfast.settings import Settings
 
     try:
         return Settings()
@@ -69,7 +68,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         if conn.password is not None and conn.password.env is None:
             assert conn.password.file is not None
             if not conn.password.file.exists():
-                problems.append(f"connections.{name}.password.file: {conn.password.file} does not exist")
+                problems.append(
+                    f"connections.{name}.password.file: {conn.password.file} does not exist"
+                )
     if config.identity.jwks_file is not None and not config.identity.jwks_file.exists():
         problems.append(f"identity.jwks_file: {config.identity.jwks_file} does not exist")
     for p in problems:
@@ -110,9 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("version", help="print the version and the active implementation").set_defaults(
         func=cmd_version
     )
-    sub.add_parser("serve", help="run the gateway (settings from HOOPFAST_* variables)").set_defaults(
-        func=cmd_serve
-    )
+    sub.add_parser(
+        "serve", help="run the gateway (settings from HOOPFAST_* variables)"
+    ).set_defaults(func=cmd_serve)
     check = sub.add_parser("check-config", help="validate the TOML configuration")
     check.add_argument("file", nargs="?", help="default: $HOOPFAST_CONFIG")
     check.set_defaults(func=cmd_check_config)

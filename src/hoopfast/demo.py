@@ -5,6 +5,7 @@ and the exact psql command line to connect. Ctrl-C stops it all."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from pathlib import Path
@@ -94,8 +95,6 @@ def run_demo(directory: Path) -> int:
             flush=True,
         )
         install_event_loop()
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve(settings))
-        except KeyboardInterrupt:
-            pass
     return 0

@@ -33,9 +33,7 @@ def _load(name: str) -> tuple[ModuleType, type]:
         from hoopfast.core._pump import Pump as PyPump
 
         return _python, PyPump
-    raise ConfigurationError(
-        f"HOOPFAST_IMPL={name!r} is not one of {', '.join(IMPLEMENTATIONS)}"
-    )
+    raise ConfigurationError(f"HOOPFAST_IMPL={name!r} is not one of {', '.join(IMPLEMENTATIONS)}")
 
 
 def _select() -> tuple[str, tuple[ModuleType, type]]:

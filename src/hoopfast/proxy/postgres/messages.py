@@ -87,7 +87,9 @@ def error_response(
     return core.encode_fields(kind, [(k, v.replace("\0", "")) for k, v in fields])
 
 
-def fatal(sqlstate: str, message: str, *, detail: str | None = None, hint: str | None = None) -> bytes:
+def fatal(
+    sqlstate: str, message: str, *, detail: str | None = None, hint: str | None = None
+) -> bytes:
     return error_response("FATAL", sqlstate, message, detail=detail, hint=hint)
 
 

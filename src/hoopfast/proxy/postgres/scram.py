@@ -26,9 +26,7 @@ def saslprep(password: str) -> str:
     if password.isascii() and password.isprintable():
         return password
     mapped = "".join(
-        " " if stringprep.in_table_c12(c) else c
-        for c in password
-        if not stringprep.in_table_b1(c)
+        " " if stringprep.in_table_c12(c) else c for c in password if not stringprep.in_table_b1(c)
     )
     normalized = unicodedata.normalize("NFKC", mapped)
     for c in normalized:

@@ -28,13 +28,17 @@ def server_ssl_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 class PgGateway:
-    def __init__(self, settings: Settings, config: GatewayConfig, validator: TokenValidator) -> None:
+    def __init__(
+        self, settings: Settings, config: GatewayConfig, validator: TokenValidator
+    ) -> None:
         self.settings = settings
         self.config = config
         self.validator = validator
         self.ssl_context = server_ssl_context(settings)
-        self.sessions: dict[int, PgSession] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        #: Every session, from accept to close.
+        self.active: set[PgSession] = set()
+        #: Sessions past startup, by the cancel key (pid) the client was given.
+        self.by_key: dict[int, PgSession] = {}
         self._server: asyncio.Server | None = None
 
     async def start(self) -> asyncio.Server:
@@ -50,30 +54,28 @@ class PgGateway:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = PgSession(self, reader, writer)
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
+        self.active.add(session)
         try:
             await session.run()
         finally:
-            self._tasks.discard(task)
+            self.active.discard(session)
 
     def register(self, session: PgSession) -> tuple[int, bytes]:
         """A fresh cancel key for the session: the client never learns the
         upstream's, so it cannot cancel anyone else's query directly."""
         while True:
             pid = secrets.randbelow(2**31 - 2) + 1
-            if pid not in self.sessions:
+            if pid not in self.by_key:
                 break
-        self.sessions[pid] = session
+        self.by_key[pid] = session
         return pid, secrets.token_bytes(4)
 
     def unregister(self, session: PgSession) -> None:
-        if self.sessions.get(session.pid) is session:
-            del self.sessions[session.pid]
+        if self.by_key.get(session.pid) is session:
+            del self.by_key[session.pid]
 
     async def cancel(self, pid: int, secret: bytes) -> None:
-        session = self.sessions.get(pid)
+        session = self.by_key.get(pid)
         # Compare in constant time; a wrong key is ignored silently, as PostgreSQL does.
         if session is None or not hmac.compare_digest(session.secret, secret):
             log.info("cancel request for unknown key ignored")
@@ -87,12 +89,12 @@ class PgGateway:
         except upstream.UpstreamError as e:
             log.warning("session %s: cancel could not reach upstream: %s", session.id, e)
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = 10.0) -> None:
+        """Stop accepting, tell every client why, and wait for the sessions."""
         if self._server is not None:
             self._server.close()
-        for session in list(self.sessions.values()):
-            session.end_reason = "gateway shutting down"
-            if session.upstream is not None:
-                session.upstream.writer.close()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=10)
+        for session in list(self.active):
+            session.shutdown()
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.active and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)

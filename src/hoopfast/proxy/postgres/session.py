@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import ssl
@@ -84,7 +85,9 @@ class PgSession:
             self.writer.write(e.error_message)
         except UpstreamError as e:
             self.end_reason = f"upstream: {e}"
-            self.writer.write(m.fatal(e.sqlstate, f"{e.message} (connection {self.connection_name!r})"))
+            self.writer.write(
+                m.fatal(e.sqlstate, f"{e.message} (connection {self.connection_name!r})")
+            )
         except TimeoutError:
             self.end_reason = "startup timed out"
             self.writer.write(m.fatal("08006", "startup and authentication did not finish in time"))
@@ -121,7 +124,9 @@ class PgSession:
             password = conn.password.resolve() if conn.password else None
         except ConfigurationError as e:
             log.error("session %s: %s", self.id, e)
-            raise UpstreamError("08004", "the gateway has no credential for this connection") from None
+            raise UpstreamError(
+                "08004", "the gateway has no credential for this connection"
+            ) from None
         forwarded = {k: v for k, v in request.params.items() if k not in _NOT_FORWARDED}
         async with asyncio.timeout(gw.settings.pg_upstream_connect_timeout):
             self.upstream = await upstream.connect(conn, forwarded, password)
@@ -165,7 +170,10 @@ class PgSession:
         self._client_pump = Pump(Framer(max_message, _CLIENT_INTERCEPT), self, FramingError)
         self._server_pump = Pump(Framer(max_message, _SERVER_INTERCEPT), self, FramingError)
         # Bytes the stream readers already buffered belong to the relay now.
-        leftovers = [(self._client_pump, _take(self.reader)), (self._server_pump, _take(self.upstream.reader))]
+        leftovers = [
+            (self._client_pump, _take(self.reader)),
+            (self._server_pump, _take(self.upstream.reader)),
+        ]
         self._open_sides = 2
         self._client_pump.attach(client_transport, server_transport)
         self._server_pump.attach(server_transport, client_transport)
@@ -224,6 +232,18 @@ class PgSession:
 
     # -- phase 3 -----------------------------------------------------------
 
+    def shutdown(self) -> None:
+        """The gateway is stopping: end the session as PostgreSQL does on a
+        fast shutdown."""
+        self.end_reason = "gateway shutting down"
+        self._terminating = True
+        if self._client_pump is not None:
+            self._fail_client("57P01", "terminating connection due to administrator command")
+        else:
+            self.writer.close()
+            if self.upstream is not None:
+                self.upstream.writer.close()
+
     async def _close(self) -> None:
         self.gateway.unregister(self)
         if self.upstream is not None and not self.upstream.writer.is_closing():
@@ -233,10 +253,8 @@ class PgSession:
         if self._client_pump is None:
             # Still the stream's protocol: wait for the close to complete. (After
             # the relay, the pumps saw connection_lost on both sides already.)
-            try:
+            with contextlib.suppress(OSError, TimeoutError, ssl.SSLError):
                 await asyncio.wait_for(self.writer.wait_closed(), 5)
-            except (OSError, TimeoutError, ssl.SSLError):
-                pass
         if self.principal is not None:
             log.info(
                 "session %s: %s on %s ended after %.3fs: %s (client sent %d bytes, server %d)",

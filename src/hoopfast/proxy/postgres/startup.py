@@ -138,9 +138,7 @@ async def authenticate(
     writer.write(m.authentication(m.AUTH_CLEARTEXT))
     msg = await m.read_message(reader, MAX_TOKEN_LENGTH + 64)
     if msg.type != m.PASSWORD_MESSAGE:
-        raise m.ProtocolViolation(
-            f"expected password response, got message type {chr(msg.type)!r}"
-        )
+        raise m.ProtocolViolation(f"expected password response, got message type {chr(msg.type)!r}")
     token = msg.body.rstrip(b"\0").decode("utf-8", "replace").strip()
     try:
         return validator.validate(token)

@@ -110,9 +110,7 @@ async def _open(conn: Connection) -> tuple[asyncio.StreamReader, asyncio.StreamW
     return reader, writer
 
 
-async def connect(
-    conn: Connection, client_params: dict[str, str], secret: str | None
-) -> Upstream:
+async def connect(conn: Connection, client_params: dict[str, str], secret: str | None) -> Upstream:
     """Open, authenticate, and read the startup answer up to ReadyForQuery."""
     reader, writer = await _open(conn)
     upstream = Upstream(reader, writer)
