@@ -67,9 +67,7 @@ def main() -> int:
         print(json.dumps({"error": f"{type(e).__name__}: {e}"}))
         return 1
     print(
-        json.dumps(
-            {"seconds": t2 - t1, "connect_seconds": t1 - t0, "bytes": nbytes, "rows": rows}
-        )
+        json.dumps({"seconds": t2 - t1, "connect_seconds": t1 - t0, "bytes": nbytes, "rows": rows})
     )
     return 0
 

@@ -47,7 +47,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,9 +96,7 @@ def _kill_children() -> None:
                 p.wait(5)
 
 
-def run_child(
-    argv: Sequence[str], *, env: dict[str, str], timeout: float
-) -> tuple[int, str, str]:
+def run_child(argv: Sequence[str], *, env: dict[str, str], timeout: float) -> tuple[int, str, str]:
     """Run a client program (pgbench, the large-result client); killed on cleanup."""
     proc = subprocess.Popen(
         list(argv),
@@ -314,9 +312,7 @@ class Gateway:
         except OSError:
             return []
         return [
-            line
-            for line in text.splitlines()
-            if re.search(r"\b(ERROR|CRITICAL|Traceback)\b", line)
+            line for line in text.splitlines() if re.search(r"\b(ERROR|CRITICAL|Traceback)\b", line)
         ]
 
     @property
@@ -462,7 +458,9 @@ def setup(stack: contextlib.ExitStack, workdir: Path, args: argparse.Namespace) 
         "hoopfast": impl_line,
         "postgresql": pg_version,
         "pgbench": _version([pgbench, "--version"]),
-        "pgbouncer": _version([str(shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"), "--version"]),
+        "pgbouncer": _version(
+            [str(shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"), "--version"]
+        ),
         "python": platform.python_version(),
         "psycopg": _module_version("psycopg") + f" (libpq {_libpq_version()})",
         "uvloop": _module_version("uvloop"),
@@ -519,7 +517,9 @@ def _libpq_version() -> str:
 _ERROR_RE = re.compile(r"\b(error|abort(ed)?|fatal)\b", re.IGNORECASE)
 
 
-def run_pgbench(env: Env, target: str, extra: list[str], duration: float) -> tuple[float, dict[str, Any]]:
+def run_pgbench(
+    env: Env, target: str, extra: list[str], duration: float
+) -> tuple[float, dict[str, Any]]:
     """One pgbench run; returns (tps, details) or raises RuntimeError with the output."""
     argv = [env.pgbench, "-n", *extra, "-T", str(int(duration)), env.conninfo(target)]
     pid = env.pid(target)
@@ -563,7 +563,9 @@ def run_pgbench(env: Env, target: str, extra: list[str], duration: float) -> tup
     return float(tps_m[1]), details
 
 
-def run_client(env: Env, target: str, mode: str, query: str, timeout: float = 900) -> dict[str, Any]:
+def run_client(
+    env: Env, target: str, mode: str, query: str, timeout: float = 900
+) -> dict[str, Any]:
     argv = [sys.executable, str(CLIENT), mode, env.conninfo(target), query]
     rc, out, err = run_child(argv, env=client_env(env.secret(target)), timeout=timeout)
     try:
@@ -602,7 +604,10 @@ def pgbench_cases(args: argparse.Namespace) -> list[tuple[Measurement, list[str]
 def large_cases() -> list[tuple[Measurement, str]]:
     return [
         (Measurement("large result: SELECT * FROM big", "large", "s", False), "select"),
-        (Measurement("large result: COPY (SELECT * FROM big) TO STDOUT", "large", "s", False), "copy"),
+        (
+            Measurement("large result: COPY (SELECT * FROM big) TO STDOUT", "large", "s", False),
+            "copy",
+        ),
     ]
 
 
@@ -677,7 +682,9 @@ def measure_memory(env: Env, args: argparse.Namespace) -> list[Measurement]:
         for size in sizes:
             rows = size // 1000
             human = f"{size // 1000**3} GB" if size >= 1000**3 else f"{size // 1000**2} MB"
-            m = Measurement(f"gateway peak RSS growth, {human} result ({label})", "memory", "MiB", False)
+            m = Measurement(
+                f"gateway peak RSS growth, {human} result ({label})", "memory", "MiB", False
+            )
             m.extra.update(result_bytes=size, mode=mode, rows=rows)
             query = f"SELECT repeat('x', 1000) AS payload FROM generate_series(1, {rows})"
             for target in ("hoopfast", "pgbouncer"):
@@ -785,7 +792,9 @@ def render(results: list[Measurement], info: dict[str, Any]) -> str:
     ]
     for m in results:
         target, status = evaluate(m, memory)
-        status_md = {"met": "✅ met", "not met": "❌ not met", "FAILED": "FAILED"}.get(status, status)
+        status_md = {"met": "✅ met", "not met": "❌ not met", "FAILED": "FAILED"}.get(
+            status, status
+        )
         if m.group == "memory":
             lines.append(
                 f"| {m.case} | — | {_cell(m, 'pgbouncer')} | {_cell(m, 'hoopfast')} | — | — | — "
@@ -822,7 +831,7 @@ def render(results: list[Measurement], info: dict[str, Any]) -> str:
         "without TLS. Direct and PgBouncer clients authenticate with SCRAM; gateway clients "
         "send a dev token (Ed25519 JWT) as cleartext password, and the gateway does SCRAM upstream.",
         "- PgBouncer: session mode, pool 100, server connections reused across client connections "
-        "(matters for -C). \"CPU\" columns: CPU used by the proxy process during the run "
+        '(matters for -C). "CPU" columns: CPU used by the proxy process during the run '
         "(100% = one core).",
         "- large result: seconds from query start to the last byte, client in a separate process; "
         "lower is better. RSS rows: peak RSS growth of the proxy process while one client reads the "
@@ -868,11 +877,15 @@ def git_revision() -> str:
     try:
         rev = subprocess.run(
             ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, timeout=10,
+            capture_output=True,
+            text=True,
+            timeout=10,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10,
+            capture_output=True,
+            text=True,
+            timeout=10,
         ).stdout.strip()
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
@@ -889,7 +902,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clients", default="1,8,64", help="pgbench -S client counts (default 1,8,64)")
     p.add_argument("--impl", choices=("compiled", "python"), help="HOOPFAST_IMPL for the gateway")
     p.add_argument("--rounds", type=int, help="rounds per case (default 2, quick 1)")
-    p.add_argument("--out", type=Path, help="also write the markdown here and raw numbers to FILE.json")
+    p.add_argument(
+        "--out", type=Path, help="also write the markdown here and raw numbers to FILE.json"
+    )
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs) afterwards")
     args = p.parse_args(argv)
     args.duration = args.duration or (3.0 if args.quick else 10.0)
@@ -913,8 +928,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = " ".join(
         shlex.quote(a)
-        for a in [os.path.relpath(sys.executable, Path.cwd()) if sys.executable.startswith(str(REPO)) else sys.executable,
-                  os.path.relpath(__file__, Path.cwd()), *(sys.argv[1:] if argv is None else argv)]
+        for a in [
+            os.path.relpath(sys.executable, Path.cwd())
+            if sys.executable.startswith(str(REPO))
+            else sys.executable,
+            os.path.relpath(__file__, Path.cwd()),
+            *(sys.argv[1:] if argv is None else argv),
+        ]
     )
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGHUP, _on_sigterm)
@@ -945,7 +965,9 @@ def main(argv: list[str] | None = None) -> int:
                 **machine_info(),
             }
             if env.gateway.pid is None:
-                info["gateway_log_problems"].insert(0, "the gateway process is not running any more")
+                info["gateway_log_problems"].insert(
+                    0, "the gateway process is not running any more"
+                )
             report = render(results, info)
             print(report, flush=True)
             if args.out:
@@ -971,7 +993,9 @@ def main(argv: list[str] | None = None) -> int:
                     ],
                 }
                 json_path = args.out.with_name(args.out.name + ".json")
-                json_path.write_text(json.dumps(raw, indent=2, default=str) + "\n", encoding="utf-8")
+                json_path.write_text(
+                    json.dumps(raw, indent=2, default=str) + "\n", encoding="utf-8"
+                )
                 log(f"wrote {args.out} and {json_path}")
             if any(m.failed(t) for m in results for t in TARGETS):
                 rc = 1

@@ -1,0 +1,122 @@
+"""Fault injection around the gateway with a real fault proxy: torn packets
+and dropped peers, on both sides, with real clients."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from hoopfast.devcluster import DevCluster
+from hoopfast.devtls import CertFiles
+from hoopfast.identity.devissuer import DevIssuer
+from hoopfast.settings import Settings
+from tests.faultproxy import FaultProxy, Faults
+from tests.gateway import RunningGateway, run_gateway, write_config
+
+QUERY = "SELECT g, repeat('z', g % 300), g::numeric / 7 FROM generate_series(1, 3000) g"
+
+
+@pytest.fixture(scope="module")
+def upstream_proxy(cluster: DevCluster) -> Iterator[FaultProxy]:
+    with FaultProxy(cluster.host, cluster.port) as proxy:
+        yield proxy
+
+
+@pytest.fixture(scope="module")
+def faulty_gateway(
+    upstream_proxy: FaultProxy,
+    state_dir: Path,
+    roles: Any,
+    issuer: DevIssuer,
+    certs: CertFiles,
+    make_settings: Callable[..., Settings],
+) -> Iterator[RunningGateway]:
+    """A gateway whose upstream connection goes through the fault proxy."""
+    secret = state_dir / "secrets" / "scram"
+    config = write_config(
+        state_dir / "faulty.toml",
+        issuer.jwks_file,
+        {
+            "main": {
+                "host": upstream_proxy.host,
+                "port": upstream_proxy.port,
+                "database": "app",
+                "user": roles.scram[0],
+                "password": {"file": str(secret)},
+            }
+        },
+    )
+    with run_gateway(make_settings(config=config), issuer, certs) as gw:
+        yield gw
+
+
+def direct_result(cluster: DevCluster, roles: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(cluster.dsn(*roles.scram, dbname="app")) as conn:
+        return conn.execute(QUERY).fetchall()
+
+
+def test_torn_packets_from_the_upstream(
+    faulty_gateway: RunningGateway, upstream_proxy: FaultProxy, cluster: DevCluster, roles: Any
+) -> None:
+    expected = direct_result(cluster, roles)
+    upstream_proxy.downstream = Faults.torn(max_piece=7)
+    upstream_proxy.upstream = Faults.torn(max_piece=3)
+    try:
+        with psycopg.connect(faulty_gateway.conninfo(), autocommit=True) as conn:
+            assert conn.execute(QUERY).fetchall() == expected
+            with conn.cursor(binary=True) as cur:
+                assert cur.execute(QUERY).fetchall() == expected
+    finally:
+        upstream_proxy.downstream = upstream_proxy.upstream = Faults()
+    faulty_gateway.wait_idle()
+
+
+def test_torn_packets_from_the_client(
+    gateway: RunningGateway, cluster: DevCluster, roles: Any
+) -> None:
+    expected = direct_result(cluster, roles)
+    with FaultProxy(
+        gateway.host,
+        gateway.port,
+        upstream=Faults.torn(max_piece=5),
+        downstream=Faults.torn(max_piece=11),
+    ) as proxy:
+        conninfo = gateway.conninfo().replace(f"port='{gateway.port}'", f"port='{proxy.port}'")
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            assert conn.execute(QUERY).fetchall() == expected
+            # Extended protocol, prepared: Parse/Bind/Execute torn too.
+            for _ in range(3):
+                cur = conn.execute("SELECT %s::int + 1", (41,), prepare=True)
+                assert cur.fetchone() == (42,)
+    gateway.wait_idle()
+
+
+def test_upstream_dropped_mid_result(
+    faulty_gateway: RunningGateway, upstream_proxy: FaultProxy
+) -> None:
+    with psycopg.connect(faulty_gateway.conninfo(), autocommit=True) as conn:
+        conn.execute("SELECT 1")
+        upstream_proxy.downstream = Faults.drop(after=0, rst=True)
+        try:
+            with pytest.raises(psycopg.OperationalError):
+                conn.execute(QUERY).fetchall()
+        finally:
+            upstream_proxy.downstream = Faults()
+    faulty_gateway.wait_idle()
+    # The gateway still serves new sessions.
+    with psycopg.connect(faulty_gateway.conninfo(), autocommit=True) as conn:
+        assert conn.execute("SELECT 7").fetchone() == (7,)
+    faulty_gateway.wait_idle()
+
+
+def test_client_dropped_mid_result(gateway: RunningGateway) -> None:
+    with FaultProxy(gateway.host, gateway.port, downstream=Faults.drop(after=20_000)) as proxy:
+        conninfo = gateway.conninfo().replace(f"port='{gateway.port}'", f"port='{proxy.port}'")
+        with pytest.raises(psycopg.OperationalError):
+            with psycopg.connect(conninfo, autocommit=True) as conn:
+                conn.execute(QUERY).fetchall()
+    gateway.wait_idle()
