@@ -406,7 +406,7 @@ def setup(stack: contextlib.ExitStack, workdir: Path, args: argparse.Namespace) 
     with psycopg.connect(direct, password=password, autocommit=True) as conn:
         conn.execute(
             "CREATE TABLE big AS SELECT g AS id, repeat(md5(g::text), 3) AS payload"
-            " FROM generate_series(1, %s) g" % int(args.big_rows)
+            f" FROM generate_series(1, {int(args.big_rows)}) g"
         )
         conn.execute("VACUUM ANALYZE big")
         big_bytes = conn.execute("SELECT pg_total_relation_size('big')").fetchone()[0]
@@ -756,7 +756,7 @@ def evaluate(m: Measurement, memory: list[Measurement]) -> tuple[str, str]:
     """(target text, status) for one row."""
     hd, hp = m.ratio("hoopfast", "direct"), m.ratio("hoopfast", "pgbouncer")
     if m.group == "pgbench" and m.extra.get("clients") == 8:
-        target = f"≥ pgbouncer and ≥ {TPS_VS_DIRECT} × direct"
+        target = f"≥ pgbouncer and ≥ {TPS_VS_DIRECT} × direct"  # noqa: RUF001
         if hd is None or hp is None:
             return target, "FAILED"
         return target, "met" if hp >= 1.0 and hd >= TPS_VS_DIRECT else "not met"
@@ -803,8 +803,10 @@ def render(results: list[Measurement], info: dict[str, Any]) -> str:
             continue
         lines.append(
             f"| {m.case} | {_cell(m, 'direct')} | {_cell(m, 'pgbouncer')} | {_cell(m, 'hoopfast')} "
-            f"| {_ratio(m.ratio('hoopfast', 'direct'))} | {_ratio(m.ratio('hoopfast', 'pgbouncer'))} "
-            f"| {_ratio(m.ratio('pgbouncer', 'direct'))} | {_cpu(m, 'pgbouncer')} | {_cpu(m, 'hoopfast')} "
+            f"| {_ratio(m.ratio('hoopfast', 'direct'))} "
+            f"| {_ratio(m.ratio('hoopfast', 'pgbouncer'))} "
+            f"| {_ratio(m.ratio('pgbouncer', 'direct'))} "
+            f"| {_cpu(m, 'pgbouncer')} | {_cpu(m, 'hoopfast')} "
             f"| {target} | {status_md} |"
         )
     table = "\n".join(lines)
@@ -823,19 +825,24 @@ def render(results: list[Measurement], info: dict[str, Any]) -> str:
         f"- hoopfast: {v['hoopfast']} (HOOPFAST_IMPL={info['impl'] or 'unset'})",
         f"- PostgreSQL {v['postgresql']}; {v['pgbench']}; {v['pgbouncer']}; Python {v['python']}; "
         f"psycopg {v['psycopg']}; uvloop {v['uvloop']}",
-        f"- mode: {'quick' if info['quick'] else 'full'}; {info['rounds']} round(s), median per target; "
+        f"- mode: {'quick' if info['quick'] else 'full'}; {info['rounds']} round(s), "
+        "median per target; "
         f"pgbench -T {info['duration']} s, -j = min(c, 2); pgbench scale {info['scale']}; "
         f"table big = {info['big_rows']:,} rows, {info['big_bytes'] / MiB:.0f} MiB on disk",
-        "- all clients connect WITHOUT TLS (sslmode=disable) to all three targets; the gateway runs "
-        "with HOOPFAST_ALLOW_CLEARTEXT_WITHOUT_TLS=1 and, like PgBouncer, connects upstream "
+        "- all clients connect WITHOUT TLS (sslmode=disable) to all three targets; the gateway "
+        "runs with HOOPFAST_ALLOW_CLEARTEXT_WITHOUT_TLS=1 and, like PgBouncer, connects upstream "
         "without TLS. Direct and PgBouncer clients authenticate with SCRAM; gateway clients "
-        "send a dev token (Ed25519 JWT) as cleartext password, and the gateway does SCRAM upstream.",
+        "send a dev token (Ed25519 JWT) as cleartext password, and the gateway does SCRAM "
+        "upstream.",
         "- PgBouncer: session mode, pool 100, server connections reused across client connections "
         '(matters for -C). "CPU" columns: CPU used by the proxy process during the run '
         "(100% = one core).",
-        "- large result: seconds from query start to the last byte, client in a separate process; "
-        "lower is better. RSS rows: peak RSS growth of the proxy process while one client reads the "
-        "result (VmHWM after reset via /proc/PID/clear_refs, plus 5 ms sampling).",
+        "- large result: seconds from query start to the last byte, client in a separate "
+        "process; lower is better. RSS rows: peak RSS growth of the proxy process while one "
+        "client reads the result (VmHWM after reset via /proc/PID/clear_refs, plus 5 ms "
+        "sampling).",
+        f"- load average (1 min) at start / end of the measurements: {info['load_start']} / "
+        f"{info['load_end']} (the machine is shared: other work competes for the same cores)",
         "",
         table,
         "",
@@ -949,9 +956,13 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(_kill_children)  # runs first: pgbench/clients before servers
         try:
             env = setup(stack, workdir, args)
+            load_start = f"{os.getloadavg()[0]:.2f}"
             results = measure(env, args)
+            load_end = f"{os.getloadavg()[0]:.2f}"
             info: dict[str, Any] = {
                 "started": started,
+                "load_start": load_start,
+                "load_end": load_end,
                 "command": command,
                 "impl": args.impl,
                 "quick": args.quick,
