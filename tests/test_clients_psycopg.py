@@ -4,6 +4,7 @@ results (rows, types, errors, notices, parameter status...)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -256,10 +257,14 @@ def test_large_result_equal_direct(
 
     with via(connection) as conn:
         got = scenario(conn)
-    with direct() as conn:
-        expected = scenario(conn)
-    assert got == expected
+    if query not in _DIRECT_RESULTS:  # the same for every connection
+        with direct() as conn:
+            _DIRECT_RESULTS[query] = scenario(conn)
+    assert got == _DIRECT_RESULTS[query]
     assert len(got) == 200000 and got[-1][0] == 200000
+
+
+_DIRECT_RESULTS: dict[str, Any] = {}
 
 
 def test_streaming_with_slow_consumer_and_early_break(
@@ -268,7 +273,7 @@ def test_streaming_with_slow_consumer_and_early_break(
     """Backpressure: the client stops reading for a while (the gateway must
     buffer at most its high-water mark and resume), then abandons the stream
     (psycopg cancels the rest) and the session stays usable."""
-    query = "SELECT g, repeat('x', 200) FROM generate_series(1, 300000) g"
+    query = "SELECT g, repeat('x', 200) FROM generate_series(1, 100000) g"
 
     def scenario(conn: Conn) -> Any:
         seen = 0
@@ -285,7 +290,7 @@ def test_streaming_with_slow_consumer_and_early_break(
                 break
         return seen, total, broke_at, conn.execute("SELECT 'usable'").fetchone()
 
-    assert both(via, direct, scenario) == (300000, 300000 * 300001 // 2, 1000, ("usable",))
+    assert both(via, direct, scenario) == (100000, 100000 * 100001 // 2, 1000, ("usable",))
 
 
 def test_client_vanishes_mid_result_and_mid_copy(via: Callable[..., Conn]) -> None:
@@ -387,13 +392,15 @@ def test_pipeline_error_discards_until_sync(
         with conn.pipeline() as p:
             conn.execute("INSERT INTO pe VALUES (1)")
             p.sync()
-            before = conn.execute("INSERT INTO pe VALUES (2)")
-            bad = conn.execute("SELECT 1/0")
-            after = conn.execute("INSERT INTO pe VALUES (3)")
+            # Where psycopg raises depends on when the error arrives (it
+            # reads results opportunistically): any of these calls may.
             with pytest.raises(e.DivisionByZero):
+                conn.execute("INSERT INTO pe VALUES (2)")
+                conn.execute("SELECT 1/0")
+                conn.execute("INSERT INTO pe VALUES (3)")
                 p.sync()
-            # The statements after the error, up to the Sync, were skipped.
-            outcome.append((before.statusmessage, bad.pgresult is None, after.pgresult is None))
+            with contextlib.suppress(e.PipelineAborted):
+                p.sync()
             cur = conn.execute("SELECT 'after sync'")
         outcome.append(cur.fetchone())
         outcome.append(conn.execute("SELECT array_agg(i ORDER BY i) FROM pe").fetchone())
@@ -799,7 +806,7 @@ def test_cancel_during_copy_out(via: Callable[..., Conn], direct: Callable[..., 
         with (
             pytest.raises(e.QueryCanceled) as err,
             conn.cursor().copy(
-                "COPY (SELECT g, repeat('c', 200) FROM generate_series(1, 100000000) g) TO STDOUT"
+                "COPY (SELECT generate_series(1, 100000000), repeat('c', 200)) TO STDOUT"
             ) as copy,
         ):
             for chunk in copy:
@@ -978,3 +985,22 @@ def test_protocol_3_2_client_is_negotiated_down(
         return conn.pgconn.protocol_version, conn.execute("SELECT 1").fetchone()
 
     assert both(via, direct, scenario, max_protocol_version="latest") == (3, (1,))
+
+
+@pytest.mark.parametrize(
+    "options",
+    ["-c work_mem=bogus", "-c no_such_setting=1", "-c default_transaction_isolation=nope"],
+)
+def test_bad_startup_options_are_refused_like_direct(
+    via: Callable[..., Conn], direct: Callable[..., Conn], options: str
+) -> None:
+    """The upstream refuses the startup: the client gets the server's error."""
+    errors = []
+    for connect in (via, direct):
+        with pytest.raises(psycopg.OperationalError) as err:
+            connect(options=options).close()
+        errors.append(str(err.value).rsplit(" failed: ", 1)[-1])
+    assert errors[0] == errors[1]
+    assert errors[0].startswith("FATAL:  ") and (
+        "invalid value" in errors[0] or "unrecognized" in errors[0]
+    )

@@ -167,8 +167,8 @@ def test_newer_protocol_minor_is_negotiated_down(idle_gateway: RunningGateway) -
             )
             data = tls.recv(4096)
             assert data[:1] == b"v"
-            newest_minor, count = struct.unpack_from("!II", data, 5)
-            assert newest_minor == 0 and count == 1
+            newest, count = struct.unpack_from("!II", data, 5)
+            assert newest == m.PROTOCOL_3_0 and count == 1
             assert b"_pq_.future\0" in data
 
 

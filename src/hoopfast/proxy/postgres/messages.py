@@ -109,8 +109,11 @@ def ready_for_query(status: bytes = b"I") -> bytes:
     return build(READY_FOR_QUERY, status)
 
 
-def negotiate_protocol_version(newest_minor: int, unrecognized: list[str]) -> bytes:
-    body = _INT32.pack(newest_minor) + _INT32.pack(len(unrecognized))
+def negotiate_protocol_version(newest: int, unrecognized: list[str]) -> bytes:
+    """``newest`` is a whole version number (3 << 16 | minor): the docs call the
+    field "newest minor version", but PostgreSQL sends PG_PROTOCOL_LATEST and
+    libpq (18) compares it as a whole version."""
+    body = _INT32.pack(newest) + _INT32.pack(len(unrecognized))
     return build(NEGOTIATE_PROTOCOL_VERSION, body + b"".join(cstring(o) for o in unrecognized))
 
 

@@ -105,7 +105,7 @@ async def _startup(
     # rather than refused, as PostgreSQL does.
     options = sorted(k for k in params if k.startswith("_pq_."))
     if code & 0xFFFF or options:
-        writer.write(m.negotiate_protocol_version(0, options))
+        writer.write(m.negotiate_protocol_version(m.PROTOCOL_3_0, options))
     params = {k: v for k, v in params.items() if not k.startswith("_pq_.")}
     if not params.get("user"):
         raise StartupRefused(
