@@ -292,3 +292,26 @@ def test_verbose_errors_and_single_transaction(both: Both) -> None:
     # Rolled back as a whole, so the table does not exist.
     out = both.run("-c", "SELECT to_regclass('single_tx_probe') IS NULL")
     assert out.stdout == "t\n"
+
+
+def test_connection_from_environment_variables(idle_gateway: RunningGateway) -> None:
+    """How people usually run psql: PGHOST, PGPASSWORD (the token), ..."""
+    env = _env()
+    env.update(
+        PGHOST=idle_gateway.host,
+        PGPORT=str(idle_gateway.port),
+        PGUSER="alice",
+        PGDATABASE="main",
+        PGPASSWORD=idle_gateway.token(),
+        PGSSLMODE="verify-full",
+        PGSSLROOTCERT=str(idle_gateway.certs.ca_file),
+        PGAPPNAME="from-env",
+    )
+    proc = subprocess.run(
+        [PSQL, "-X", "-A", "-t", "-c", "SELECT current_user, current_setting('application_name')"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "app|from-env\n", "")

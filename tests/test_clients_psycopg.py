@@ -966,11 +966,6 @@ def test_client_encoding_from_startup(
     assert shown == (encoding,) and row == (text, len(text))
 
 
-@pytest.mark.xfail(
-    reason="gateway bug: NegotiateProtocolVersion carries 0, PostgreSQL sends the full "
-    "version 3.0 (196608); libpq 18 with max_protocol_version=3.2 refuses to connect",
-    strict=True,
-)
 def test_protocol_3_2_client_is_negotiated_down(
     via: Callable[..., Conn], direct: Callable[..., Conn]
 ) -> None:

@@ -236,3 +236,19 @@ def test_terminate_closes_cleanly(idle_gateway: RunningGateway) -> None:
     with raw(idle_gateway) as client:
         client.send(m.build(m.TERMINATE))
         assert client.recv_some() == 0
+
+
+def test_own_notifications_carry_the_pid_the_client_knows(idle_gateway: RunningGateway) -> None:
+    with psycopg.connect(idle_gateway.conninfo(), autocommit=True) as me, psycopg.connect(
+        idle_gateway.conninfo(), autocommit=True
+    ) as other:
+        me.execute("LISTEN hf_channel")
+        me.execute("NOTIFY hf_channel, 'mine'")
+        other.execute("NOTIFY hf_channel, 'theirs'")
+        got = {}
+        for note in me.notifies(timeout=5, stop_after=2):
+            got[note.payload] = note.pid
+        assert got["mine"] == me.info.backend_pid
+        # The other session's pid is the upstream's (it is not this session's
+        # to translate), and in any case not mistaken for ours.
+        assert got["theirs"] != me.info.backend_pid

@@ -35,6 +35,7 @@ READY_FOR_QUERY = ord("Z")
 ERROR_RESPONSE = ord("E")
 NOTICE_RESPONSE = ord("N")
 NEGOTIATE_PROTOCOL_VERSION = ord("v")
+NOTIFICATION_RESPONSE = ord("A")
 # Frontend message types.
 PASSWORD_MESSAGE = ord("p")
 TERMINATE = ord("X")

@@ -35,7 +35,7 @@ _NOT_FORWARDED = frozenset({"user", "database", "replication"})
 
 # Messages each direction hands to the session instead of passing through.
 _CLIENT_INTERCEPT = bytes([m.TERMINATE])
-_SERVER_INTERCEPT = bytes([m.ERROR_RESPONSE])
+_SERVER_INTERCEPT = bytes([m.ERROR_RESPONSE, m.NOTIFICATION_RESPONSE])
 
 
 class PgSession:
@@ -193,7 +193,18 @@ class PgSession:
                 fields = dict(core.decode_fields(message))
                 if fields.get("V", fields.get("S")) in ("FATAL", "PANIC"):
                     self._upstream_sent_fatal = True
+            elif type_code == m.NOTIFICATION_RESPONSE:
+                message = self._own_notification(message)
             pump.peer.write(message)
+
+    def _own_notification(self, message: bytes) -> bytes:
+        """A NOTIFY this very session sent names the upstream backend's pid;
+        the client knows the session by the gateway's pid, and clients
+        compare the two to skip their own notifications."""
+        assert self.upstream is not None
+        if len(message) >= 9 and int.from_bytes(message[5:9], "big", signed=True) == self.upstream.pid:
+            return message[:5] + self.pid.to_bytes(4, "big", signed=True) + message[9:]
+        return message
 
     def pump_violation(self, pump: Any, error: Exception) -> None:
         if pump is self._client_pump:
