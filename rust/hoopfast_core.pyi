@@ -6,6 +6,20 @@ and output bytes as the reference :mod:`hoopfast.core._python`.
 
 from typing import Final, final
 
+__all__ = [
+    "IMPLEMENTATION",
+    "FramingError",
+    "Framer",
+    "decode_fields",
+    "encode_fields",
+    "decode_data_row",
+    "encode_data_row",
+    "decode_row_description",
+    "encode_row_description",
+    "decode_startup",
+    "encode_startup",
+]
+
 IMPLEMENTATION: Final[str]
 
 class FramingError(ValueError):

@@ -116,7 +116,9 @@ def test_upstream_dropped_mid_result(
 def test_client_dropped_mid_result(gateway: RunningGateway) -> None:
     with FaultProxy(gateway.host, gateway.port, downstream=Faults.drop(after=20_000)) as proxy:
         conninfo = gateway.conninfo().replace(f"port='{gateway.port}'", f"port='{proxy.port}'")
-        with pytest.raises(psycopg.OperationalError):
-            with psycopg.connect(conninfo, autocommit=True) as conn:
-                conn.execute(QUERY).fetchall()
+        with (
+            pytest.raises(psycopg.OperationalError),
+            psycopg.connect(conninfo, autocommit=True) as conn,
+        ):
+            conn.execute(QUERY).fetchall()
     gateway.wait_idle()

@@ -239,9 +239,10 @@ def test_terminate_closes_cleanly(idle_gateway: RunningGateway) -> None:
 
 
 def test_own_notifications_carry_the_pid_the_client_knows(idle_gateway: RunningGateway) -> None:
-    with psycopg.connect(idle_gateway.conninfo(), autocommit=True) as me, psycopg.connect(
-        idle_gateway.conninfo(), autocommit=True
-    ) as other:
+    with (
+        psycopg.connect(idle_gateway.conninfo(), autocommit=True) as me,
+        psycopg.connect(idle_gateway.conninfo(), autocommit=True) as other,
+    ):
         me.execute("LISTEN hf_channel")
         me.execute("NOTIFY hf_channel, 'mine'")
         other.execute("NOTIFY hf_channel, 'theirs'")

@@ -202,7 +202,10 @@ class PgSession:
         the client knows the session by the gateway's pid, and clients
         compare the two to skip their own notifications."""
         assert self.upstream is not None
-        if len(message) >= 9 and int.from_bytes(message[5:9], "big", signed=True) == self.upstream.pid:
+        if (
+            len(message) >= 9
+            and int.from_bytes(message[5:9], "big", signed=True) == self.upstream.pid
+        ):
             return message[:5] + self.pid.to_bytes(4, "big", signed=True) + message[9:]
         return message
 
