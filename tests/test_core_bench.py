@@ -7,7 +7,6 @@ with ``pytest tests/test_core_bench.py --benchmark-enable``.
 
 from __future__ import annotations
 
-import os
 import struct
 from types import ModuleType
 from typing import Any
@@ -15,27 +14,7 @@ from typing import Any
 import pytest
 
 from hoopfast.core import _python
-
-
-def _load_compiled() -> tuple[ModuleType | None, str]:
-    try:
-        import hoopfast_core
-    except ImportError as e:
-        if os.environ.get("HOOPFAST_IMPL", "").strip().lower() == "compiled":
-            raise ImportError(f"HOOPFAST_IMPL=compiled but hoopfast_core fails: {e}") from e
-        return None, f"hoopfast_core is not importable: {e}"
-    return hoopfast_core, ""
-
-
-COMPILED, _WHY = _load_compiled()
-IMPLS = [
-    pytest.param(_python, id="python"),
-    pytest.param(
-        COMPILED,
-        id="compiled",
-        marks=pytest.mark.skipif(COMPILED is None, reason=_WHY),
-    ),
-]
+from tests.impls import IMPLS
 
 
 def msg(code: bytes, payload: bytes = b"") -> bytes:

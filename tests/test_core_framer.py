@@ -8,7 +8,6 @@ missing extension fails the run.
 from __future__ import annotations
 
 import itertools
-import os
 import struct
 from types import ModuleType
 from typing import Any
@@ -18,31 +17,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hoopfast.core import _python
+from tests.impls import COMPILED, IMPLS, needs_both
 
 # --------------------------------------------------------------------------
 # Implementations
 
 
-def _load_compiled() -> tuple[ModuleType | None, str]:
-    try:
-        import hoopfast_core
-    except ImportError as e:
-        if os.environ.get("HOOPFAST_IMPL", "").strip().lower() == "compiled":
-            raise ImportError(f"HOOPFAST_IMPL=compiled but hoopfast_core fails: {e}") from e
-        return None, f"hoopfast_core is not importable: {e}"
-    return hoopfast_core, ""
-
-
-COMPILED, _WHY = _load_compiled()
-IMPLS = [
-    pytest.param(_python, id="python"),
-    pytest.param(
-        COMPILED,
-        id="compiled",
-        marks=pytest.mark.skipif(COMPILED is None, reason=_WHY),
-    ),
-]
-needs_both = pytest.mark.skipif(COMPILED is None, reason=_WHY)
 BIG = 1 << 30
 
 # --------------------------------------------------------------------------

@@ -40,9 +40,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import datetime as _dt
 import glob
-import ipaddress
 import os
 import pwd
 import re
@@ -59,6 +57,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
+
+from hoopfast.devtls import generate_tls_material
 
 if TYPE_CHECKING:
     import psycopg
@@ -282,103 +282,6 @@ def _port_in_use(log_text: str) -> bool:
 
 
 # --------------------------------------------------------------------------- TLS
-
-
-@dataclass(frozen=True)
-class _TlsMaterial:
-    ca_cert_pem: bytes
-    ca_key_pem: bytes
-    server_cert_pem: bytes
-    server_key_pem: bytes
-
-
-def _generate_tls(common_name: str = "localhost") -> _TlsMaterial:
-    """A throwaway CA and a server certificate for localhost / 127.0.0.1 / ::1."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = _dt.datetime.now(_dt.UTC)
-    not_before, not_after = now - _dt.timedelta(days=1), now + _dt.timedelta(days=365)
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "hoopfast devcluster"),
-            x509.NameAttribute(
-                NameOID.COMMON_NAME, f"hoopfast devcluster CA {secrets.token_hex(4)}"
-            ),
-        ]
-    )
-    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(ca_ski, critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName(common_name),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                    x509.IPAddress(ipaddress.ip_address("::1")),
-                ]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    def key_pem(k: ec.EllipticCurvePrivateKey) -> bytes:
-        return k.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-
-    return _TlsMaterial(
-        ca_cert_pem=ca_cert.public_bytes(serialization.Encoding.PEM),
-        ca_key_pem=key_pem(ca_key),
-        server_cert_pem=cert.public_bytes(serialization.Encoding.PEM),
-        server_key_pem=key_pem(key),
-    )
 
 
 # --------------------------------------------------------------------------- cluster
@@ -666,7 +569,7 @@ class DevCluster:
             pwfile.unlink(missing_ok=True)
 
         if self._tls:
-            material = _generate_tls()
+            material = generate_tls_material()
             _mkdir(self._tls_dir, mode=0o755)
             _write(self._tls_dir / "ca.crt", material.ca_cert_pem.decode(), mode=0o644)
             _write(self._tls_dir / "ca.key", material.ca_key_pem.decode(), mode=0o600)
