@@ -8,6 +8,7 @@ client-first message carries an empty ``n=``, exactly like libpq.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import secrets
@@ -60,15 +61,37 @@ def _attributes(message: bytes) -> dict[str, str]:
     return attrs
 
 
+@functools.lru_cache(maxsize=256)
+def _derive_keys(password: bytes, salt: bytes, iterations: int) -> tuple[bytes, bytes]:
+    """(ClientKey, ServerKey). PBKDF2 is deliberately slow (4096 rounds by
+    default) and its inputs are fixed per upstream role, so a gateway that
+    opens many upstream connections derives them once, as pgbouncer does. The
+    cache lives in this process only, next to the password it derives from."""
+    salted = hashlib.pbkdf2_hmac("sha256", password, salt, iterations)
+    return (
+        hmac.digest(salted, b"Client Key", "sha256"),
+        hmac.digest(salted, b"Server Key", "sha256"),
+    )
+
+
 class ScramClient:
-    def __init__(self, password: str, channel_binding: bytes | None = None) -> None:
+    def __init__(
+        self,
+        password: str,
+        channel_binding: bytes | None = None,
+        *,
+        username: str = "",
+        nonce: str | None = None,
+    ) -> None:
         """``channel_binding``: the tls-server-end-point data of the upstream
-        certificate, when the server offered SCRAM-SHA-256-PLUS over TLS."""
+        certificate, when the server offered SCRAM-SHA-256-PLUS over TLS.
+        ``username`` and ``nonce`` exist for test vectors; PostgreSQL takes the
+        user from the startup packet, and the nonce must be random."""
         self._password = saslprep(password).encode("utf-8")
-        self._nonce = base64.b64encode(secrets.token_bytes(18)).decode("ascii")
+        self._nonce = nonce or base64.b64encode(secrets.token_bytes(18)).decode("ascii")
         self._cbind = channel_binding
         self._gs2 = "p=tls-server-end-point,," if channel_binding is not None else "n,,"
-        self._client_first_bare = f"n=,r={self._nonce}"
+        self._client_first_bare = f"n={username},r={self._nonce}"
         self._server_signature: bytes | None = None
 
     @property
@@ -93,10 +116,8 @@ class ScramClient:
         if not 1 <= count <= 10_000_000:
             raise ProtocolViolation("SCRAM iteration count out of range")
 
-        salted = hashlib.pbkdf2_hmac("sha256", self._password, salt, count)
-        client_key = hmac.digest(salted, b"Client Key", "sha256")
+        client_key, server_key = _derive_keys(self._password, salt, count)
         stored_key = hashlib.sha256(client_key).digest()
-        server_key = hmac.digest(salted, b"Server Key", "sha256")
 
         cbind_input = self._gs2.encode("ascii") + (self._cbind or b"")
         without_proof = f"c={base64.b64encode(cbind_input).decode('ascii')},r={nonce}"
