@@ -109,6 +109,15 @@ def gateway_config(state_dir: Path, cluster: DevCluster, roles: Roles, issuer: D
             "password": {"file": str(secrets_dir / "plain")},
             "tls": "require",
         },
+        # verify-full against a name the upstream certificate does not carry.
+        "badtls": {
+            **base,
+            "user": roles.scram[0],
+            "password": {"file": str(secrets_dir / "scram")},
+            "tls": "verify-full",
+            "tls_ca_file": str(cluster.ca_file),
+            "tls_server_name": "db.example.invalid",
+        },
         "wrongpw": {
             **base,
             "user": roles.scram[0],

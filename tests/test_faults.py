@@ -122,3 +122,26 @@ def test_client_dropped_mid_result(gateway: RunningGateway) -> None:
         ):
             conn.execute(QUERY).fetchall()
     gateway.wait_idle()
+
+
+def test_no_descriptor_leaks_after_many_failed_and_good_sessions(gateway: RunningGateway) -> None:
+    import os
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    gateway.wait_idle()
+    before = open_fds()
+    for i in range(30):
+        if i % 3 == 0:
+            with pytest.raises(psycopg.OperationalError):
+                psycopg.connect(gateway.conninfo(token="bad"))
+        elif i % 3 == 1:
+            with pytest.raises(psycopg.OperationalError):
+                psycopg.connect(gateway.conninfo(connection="down"))
+        else:
+            with psycopg.connect(gateway.conninfo(), autocommit=True) as conn:
+                conn.execute("SELECT 1")
+    gateway.wait_idle()
+    # A little slack for descriptors the runtime opens lazily (e.g. the loop's).
+    assert open_fds() <= before + 3

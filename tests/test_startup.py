@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
+from typing import Any
 
 import psycopg
 import pytest
@@ -70,6 +71,7 @@ def test_upstream_auth_methods(idle_gateway: RunningGateway, connection: str) ->
         ("wrongpw", "08004", "could not authenticate to the upstream"),
         ("nosecret", "08004", "does not have"),
         ("down", "08001", "could not connect to the upstream"),
+        ("badtls", "08001", "could not establish TLS with the upstream"),
     ],
 )
 def test_upstream_failures_are_reported_without_internals(
@@ -175,3 +177,20 @@ def test_newer_protocol_minor_is_negotiated_down(idle_gateway: RunningGateway) -
 def test_replication_connections_are_refused(idle_gateway: RunningGateway) -> None:
     with pytest.raises(psycopg.OperationalError, match="replication connections are not allowed"):
         connect(idle_gateway, replication="database")
+
+
+def test_cleartext_without_tls_when_the_development_setting_allows_it(
+    make_settings: Any, issuer: Any, certs: Any
+) -> None:
+    from tests.gateway import run_gateway
+
+    settings = make_settings(
+        allow_cleartext_without_tls=True, tls_cert_file=None, tls_key_file=None
+    )
+    with run_gateway(settings, issuer, certs) as gw:
+        with connect(gw, sslmode="disable") as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        # Without a certificate the gateway answers SSLRequest with 'N'.
+        with pytest.raises(psycopg.OperationalError, match="SSL"):
+            connect(gw, sslmode="require")
+        gw.wait_idle()
