@@ -71,6 +71,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 TPS_VS_DIRECT = 0.75  # pgbench -S at 8 clients: hoopfast >= 0.75 x direct (and >= pgbouncer)
 LARGE_MAX_RATIO = 1.25  # large result: hoopfast/direct <= 1.25
 CONNECT_MIN_RATIO = 0.8  # pgbench -C: hoopfast/direct >= 0.8
+#: Large-result runs per target per round (each takes well under a second).
+LARGE_REPS = 3
 RSS_FLAT_SLACK = 16 * MiB  # "flat": growth(largest) - growth(smallest) <= 16 MiB
 
 
@@ -642,21 +644,10 @@ def measure(env: Env, args: argparse.Namespace) -> list[Measurement]:
                 m.extra.setdefault("details", {}).setdefault(target, []).append(details)
                 time.sleep(0.5)
         for m, mode in large:
-            for target in round_order(r):
-                log(f"round {r + 1}/{args.rounds} {m.case} -> {target}")
-                pid = env.pid(target)
-                cpu0 = cpu_seconds(pid)
-                try:
-                    result = run_client(env, target, mode, big_query)
-                except RuntimeError as e:
-                    _note_failure(m, target, e)
-                    continue
-                cpu1 = cpu_seconds(pid)
-                m.runs[target].append(result["seconds"])
-                if cpu0 is not None and cpu1 is not None:
-                    # Summed over rounds below: one run is too short for 10 ms CPU ticks.
-                    m.extra.setdefault("cpu_seconds", {}).setdefault(target, []).append(cpu1 - cpu0)
-                m.extra.setdefault("details", {}).setdefault(target, []).append(result)
+            # A run takes well under a second: several per round, order alternating.
+            for rep in range(LARGE_REPS):
+                for target in round_order(r * LARGE_REPS + rep):
+                    measure_large(env, m, mode, target, big_query, r, args.rounds)
     for m, _ in large:
         for target, spent in m.extra.get("cpu_seconds", {}).items():
             wall = sum(m.runs[target])
@@ -665,6 +656,25 @@ def measure(env: Env, args: argparse.Namespace) -> list[Measurement]:
     results = [m for m, _ in pgb] + [m for m, _ in large]
     results.extend(measure_memory(env, args))
     return results
+
+
+def measure_large(
+    env: Env, m: Measurement, mode: str, target: str, query: str, r: int, rounds: int
+) -> None:
+    log(f"round {r + 1}/{rounds} {m.case} -> {target}")
+    pid = env.pid(target)
+    cpu0 = cpu_seconds(pid)
+    try:
+        result = run_client(env, target, mode, query)
+    except RuntimeError as e:
+        _note_failure(m, target, e)
+        return
+    cpu1 = cpu_seconds(pid)
+    m.runs[target].append(result["seconds"])
+    if cpu0 is not None and cpu1 is not None:
+        # Summed over all runs in measure(): one run is too short for 10 ms CPU ticks.
+        m.extra.setdefault("cpu_seconds", {}).setdefault(target, []).append(cpu1 - cpu0)
+    m.extra.setdefault("details", {}).setdefault(target, []).append(result)
 
 
 def measure_memory(env: Env, args: argparse.Namespace) -> list[Measurement]:
@@ -826,7 +836,7 @@ def render(results: list[Measurement], info: dict[str, Any]) -> str:
         f"- PostgreSQL {v['postgresql']}; {v['pgbench']}; {v['pgbouncer']}; Python {v['python']}; "
         f"psycopg {v['psycopg']}; uvloop {v['uvloop']}",
         f"- mode: {'quick' if info['quick'] else 'full'}; {info['rounds']} round(s), "
-        "median per target; "
+        f"median per target (large results: {LARGE_REPS} runs per round); "
         f"pgbench -T {info['duration']} s, -j = min(c, 2); pgbench scale {info['scale']}; "
         f"table big = {info['big_rows']:,} rows, {info['big_bytes'] / MiB:.0f} MiB on disk",
         "- all clients connect WITHOUT TLS (sslmode=disable) to all three targets; the gateway "
