@@ -7,7 +7,7 @@ RUN curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
 ENV PATH=/root/.cargo/bin:$PATH
 WORKDIR /src
 COPY . .
-RUN pip install --no-cache-dir "maturin>=1.4,<2" "Cython>=3.0" "setuptools>=68" wheel \
+RUN pip install --no-cache-dir "maturin>=1.4,<2" "Cython>=3.0" "setuptools>=77" wheel \
     && (cd rust && maturin build --release -o /wheels) \
     && pip wheel --no-build-isolation --no-deps -w /wheels .
 

@@ -29,7 +29,7 @@ $(VENV)/bin/python:
 	$(PY) -m pip install -q --upgrade pip
 
 $(STAMP): $(VENV)/bin/python pyproject.toml setup.py ext/_cpump.pyx $(RUST_SOURCES)
-	$(PY) -m pip install -q "maturin>=1.4,<2" "Cython>=3.0" "setuptools>=68" wheel
+	$(PY) -m pip install -q "maturin>=1.4,<2" "Cython>=3.0" "setuptools>=77" wheel
 	rm -rf rust/target/wheels
 	cd rust && ../$(PY) -m maturin build --release -q -o target/wheels
 	$(PY) -m pip install -q --force-reinstall --no-deps rust/target/wheels/hoopfast_core-*.whl

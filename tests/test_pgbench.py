@@ -42,6 +42,36 @@ def run_pgbench(cluster: DevCluster, conninfo: str, *args: str) -> tuple[int, in
     return int(processed[1]), int(failed[1]), output
 
 
+def test_initialise_through_the_gateway(
+    idle_gateway: RunningGateway, cluster: DevCluster, roles: Roles
+) -> None:
+    """pgbench -i: DROP/CREATE, client-side data generation with COPY FROM
+    STDIN, VACUUM and primary keys, all through the gateway."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    proc = subprocess.run(
+        [_pgbench(cluster), "-i", "-s", "1", "-I", "dtgvp", idle_gateway.conninfo()],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "done in" in proc.stderr
+    with psycopg.connect(cluster.dsn(*roles.scram, dbname="app")) as conn:
+        counts = conn.execute(
+            "SELECT (SELECT count(*) FROM pgbench_accounts),"
+            " (SELECT count(*) FROM pgbench_branches),"
+            " (SELECT count(*) FROM pgbench_tellers)"
+        ).fetchone()
+        assert counts == (100_000, 1, 10)
+        # 'p': the primary keys exist, so the DDL went through too.
+        keys = conn.execute(
+            "SELECT count(*) FROM pg_indexes WHERE tablename LIKE 'pgbench_%' "
+            "AND indexname LIKE '%_pkey'"
+        ).fetchone()
+        assert keys == (3,)
+
+
 @pytest.mark.parametrize("mode", ["simple", "extended", "prepared"])
 def test_select_only_all_query_modes(
     idle_gateway: RunningGateway, cluster: DevCluster, mode: str
