@@ -50,11 +50,11 @@ test: install system-deps ## lint, the Rust tests, then the whole suite once per
 
 .PHONY: test-compiled
 test-compiled: install ## the suite on the compiled core (Rust + Cython)
-	HOOPFAST_IMPL=compiled $(PY) -m pytest -q $(PYTEST_ARGS)
+	HOOPFAST_IMPL=compiled $(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: test-python
 test-python: install ## the suite on the pure-Python reference
-	HOOPFAST_IMPL=python $(PY) -m pytest -q -p no:randomly $(PYTEST_ARGS)
+	HOOPFAST_IMPL=python $(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: cargo-test
 cargo-test: ## the Rust crate's own tests

@@ -194,3 +194,32 @@ def test_cleartext_without_tls_when_the_development_setting_allows_it(
         with pytest.raises(psycopg.OperationalError, match="SSL"):
             connect(gw, sslmode="require")
         gw.wait_idle()
+
+
+def test_too_many_clients(make_settings: Any, issuer: Any, certs: Any) -> None:
+    from tests.gateway import run_gateway
+
+    with run_gateway(make_settings(pg_max_client_connections=2), issuer, certs) as gw:
+        with connect(gw) as first, connect(gw) as second:
+            with pytest.raises(psycopg.OperationalError, match="too many clients"):
+                connect(gw)
+            assert first.execute("SELECT 1").fetchone() == (1,)
+            assert second.execute("SELECT 2").fetchone() == (2,)
+        # Once they leave, there is room again.
+        gw.wait_idle()
+        with connect(gw) as again:
+            assert again.execute("SELECT 3").fetchone() == (3,)
+        gw.wait_idle()
+
+
+def test_silent_client_is_dropped_after_the_auth_timeout(
+    make_settings: Any, issuer: Any, certs: Any
+) -> None:
+    from tests.gateway import run_gateway
+
+    with run_gateway(make_settings(pg_auth_timeout=0.5), issuer, certs) as gw, _raw(gw) as sock:
+        sock.settimeout(5)
+        fields = _read_error(sock)
+        assert fields["S"] == "FATAL" and "did not finish in time" in fields["M"]
+        assert sock.recv(4096) == b""  # then closed by the gateway
+        gw.wait_idle()

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     #: Cap on any one message after authentication; PostgreSQL's own limit on a
     #: field is 1 GB, so a DataRow may legitimately approach that.
     pg_max_message: int = Field(default=1 << 30, ge=1 << 16, le=(1 << 31) - 1)
+    #: Client connections at once, counting those still authenticating; past
+    #: it a client gets 53300 "too many clients", as from PostgreSQL.
+    pg_max_client_connections: int = Field(default=2000, ge=1)
     #: Seconds a client may take to finish startup and authentication.
     pg_auth_timeout: float = Field(default=30.0, gt=0)
     #: Seconds to connect and authenticate to the upstream.

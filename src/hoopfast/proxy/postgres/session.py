@@ -109,6 +109,12 @@ class PgSession:
             self.end_reason = "cancel request"
             await gw.cancel(request.pid, request.secret)
             return False
+        if len(gw.active) > gw.settings.pg_max_client_connections:
+            # Checked after the startup packet, as PostgreSQL does, so the
+            # client reads the error in the encryption it asked for.
+            raise startup.StartupRefused(
+                m.fatal("53300", "sorry, too many clients already"), "too many clients"
+            )
         self.principal = await startup.authenticate(
             self.reader, self.writer, request, gw.validator, gw.settings.allow_cleartext_without_tls
         )
