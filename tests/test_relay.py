@@ -253,3 +253,31 @@ def test_own_notifications_carry_the_pid_the_client_knows(idle_gateway: RunningG
         # The other session's pid is the upstream's (it is not this session's
         # to translate), and in any case not mistaken for ours.
         assert got["theirs"] != me.info.backend_pid
+
+
+def test_queries_pipelined_before_login_completes_are_not_lost(
+    idle_gateway: RunningGateway,
+) -> None:
+    """The password and 300 KB of queries in one write: the bytes after the
+    password reach the relay, including what the startup reader had paused on."""
+    from hoopfast.core import encode_startup
+
+    gw = idle_gateway
+    client = RawClient(gw.host, gw.port, ca_file=gw.certs.ca_file)
+    with client:
+        client.send(encode_startup({"user": "alice", "database": "main"}))
+        kind, _ = client.read_message()
+        assert kind == "R"
+        queries = b"".join(
+            m.build(ord("Q"), f"SELECT {i}, repeat('p', 1000)".encode() + b"\0") for i in range(300)
+        )
+        client.send(m.build(m.PASSWORD_MESSAGE, gw.token().encode() + b"\0") + queries)
+        while client.read_message()[0] != "Z":  # login answer
+            pass
+        for i in range(300):
+            out = client.read_until_ready()
+            assert [k for k, _ in out] == ["T", "D", "C", "Z"]
+            assert out[1][1][6:].startswith(str(i).encode())
+        # And the session still reads what comes after the burst.
+        client.query("SELECT 'after'")
+        assert [k for k, _ in client.read_until_ready()] == ["T", "D", "C", "Z"]
