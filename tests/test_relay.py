@@ -281,3 +281,30 @@ def test_queries_pipelined_before_login_completes_are_not_lost(
         # And the session still reads what comes after the burst.
         client.query("SELECT 'after'")
         assert [k for k, _ in client.read_until_ready()] == ["T", "D", "C", "Z"]
+
+
+def test_session_ends_when_its_token_expires(idle_gateway: RunningGateway) -> None:
+    # Expired 28 s ago: still inside the 30 s clock-skew leeway, so the login
+    # is accepted, and the session ends when the leeway runs out.
+    leeway = idle_gateway.gateway.config.identity.leeway
+    token = idle_gateway.token(ttl=-(leeway - 2))
+    with psycopg.connect(idle_gateway.conninfo(token=token), autocommit=True) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        time.sleep(3.2)
+        with pytest.raises(psycopg.OperationalError) as err:
+            conn.execute("SELECT 1")
+        assert "token expired" in str(err.value)
+
+
+def test_expiry_grace_keeps_the_session_a_little_longer(
+    make_settings: Any, issuer: Any, certs: Any
+) -> None:
+    from tests.gateway import run_gateway
+
+    with run_gateway(make_settings(session_expiry_grace=60), issuer, certs) as gw:
+        leeway = gw.gateway.config.identity.leeway
+        token = gw.token(ttl=-(leeway - 1))
+        with psycopg.connect(gw.conninfo(token=token), autocommit=True) as conn:
+            time.sleep(2.2)
+            assert conn.execute("SELECT 'still here'").fetchone() == ("still here",)
+        gw.wait_idle()

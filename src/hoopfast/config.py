@@ -14,6 +14,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -99,11 +100,18 @@ class Identity(_Strict):
 
     issuer: str
     audience: str
-    #: A JWKS document on disk, or a URL serving one.
+    #: Where the issuer's public keys come from: exactly one of a JWKS document
+    #: on disk, a URL serving one, or OIDC discovery from the issuer
+    #: (``{issuer}/.well-known/openid-configuration`` -> ``jwks_uri``).
     jwks_file: Path | None = None
     jwks_url: str | None = None
+    discovery: bool = False
     algorithms: list[str] = Field(default_factory=lambda: ["EdDSA", "RS256", "ES256"])
-    leeway: float = 30.0
+    leeway: float = Field(default=30.0, ge=0)
+    #: Refetch the keys (jwks_url / discovery) this often, for key rotation.
+    jwks_refresh_interval: float = Field(default=3600.0, gt=0)
+    #: At most one refetch per this interval, however many tokens name an unknown key.
+    jwks_min_refresh_interval: float = Field(default=60.0, gt=0)
     #: Claim that names the person, and where the groups are.
     identity_claim: str = "sub"
     groups_claim: str = "groups"
@@ -111,15 +119,22 @@ class Identity(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _durations(cls, data: object) -> object:
-        if isinstance(data, dict) and "leeway" in data:
+        if isinstance(data, dict):
             data = dict(data)
-            data["leeway"] = parse_duration(data["leeway"])
+            for key in ("leeway", "jwks_refresh_interval", "jwks_min_refresh_interval"):
+                if key in data and isinstance(data[key], str | int | float):
+                    data[key] = parse_duration(data[key])
         return data
 
     @model_validator(mode="after")
     def _one_keyset(self) -> Identity:
-        if (self.jwks_file is None) == (self.jwks_url is None):
-            raise ValueError("give exactly one of 'jwks_file' or 'jwks_url'")
+        sources = [self.jwks_file is not None, self.jwks_url is not None, self.discovery]
+        if sum(sources) != 1:
+            raise ValueError(
+                "give exactly one of 'jwks_file' or 'jwks_url', or set 'discovery = true'"
+            )
+        if self.discovery:
+            _check_provider_url("issuer", self.issuer)
         refused = {a for a in self.algorithms if a.lower() == "none" or a.startswith("HS")}
         if refused:
             # Symmetric algorithms would let anyone holding the verification key
@@ -128,6 +143,20 @@ class Identity(_Strict):
         if not self.algorithms:
             raise ValueError("at least one algorithm is required")
         return self
+
+
+_LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
+
+
+def _check_provider_url(name: str, url: str) -> None:
+    """Keys fetched over plain HTTP could be swapped in transit: https only,
+    except on the loopback interface (tests, a local provider)."""
+    parsed = urlsplit(url)
+    if parsed.scheme == "https" and parsed.hostname:
+        return
+    if parsed.scheme == "http" and parsed.hostname in _LOOPBACK_HOSTS:
+        return
+    raise ValueError(f"{name} must be an https:// URL (http:// only for localhost): {url!r}")
 
 
 class GatewayConfig(_Strict):

@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     #: reading from the other side until the buffer drains (back-pressure).
     pg_write_high_water: int = Field(default=256 * 1024, ge=1024)
 
+    #: Seconds a session may outlive its token's expiry. 0 (the default):
+    #: the session ends when the token does.
+    session_expiry_grace: float = Field(default=0.0, ge=0)
+
     log_level: str = "INFO"
 
     @field_validator("pg_listen")

@@ -63,6 +63,7 @@ class PgSession:
         self._done: asyncio.Future[None] | None = None
         self._terminating = False
         self._upstream_sent_fatal = False
+        self._expiry: asyncio.TimerHandle | None = None
 
     # -- phase 1 ----------------------------------------------------------
 
@@ -197,7 +198,31 @@ class PgSession:
         for transport in (client_transport, server_transport):
             if not transport.is_closing() and not transport.is_reading():
                 transport.resume_reading()
-        await self._done
+        self._schedule_expiry(loop)
+        try:
+            await self._done
+        finally:
+            if self._expiry is not None:
+                self._expiry.cancel()
+
+    def _schedule_expiry(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A session never outlives the token that opened it: it ends when the
+        gateway would start refusing that token (exp + the identity leeway for
+        clock skew), plus the configured grace, none by default."""
+        assert self.principal is not None
+        leeway = self.gateway.config.identity.leeway
+        remaining = self.principal.expires_at + leeway - time.time()
+        delay = max(0.0, remaining + self.gateway.settings.session_expiry_grace)
+        self._expiry = loop.call_later(delay, self._token_expired)
+
+    def _token_expired(self) -> None:
+        self.end_reason = "token expired"
+        self._terminating = True
+        self._fail_client(
+            "28000",
+            "terminating connection because the token expired",
+            hint="Obtain a new token and reconnect.",
+        )
 
     def pump_message(self, pump: Any, type_code: int, message: bytes) -> None:
         if pump is self._client_pump:
@@ -250,13 +275,13 @@ class PgSession:
         if self._open_sides <= 0 and self._done is not None and not self._done.done():
             self._done.set_result(None)
 
-    def _fail_client(self, sqlstate: str, message: str) -> None:
+    def _fail_client(self, sqlstate: str, message: str, *, hint: str | None = None) -> None:
         """Tell the client why, if that can be done without cutting a message
         in half, and close both sides."""
         client = self._client_pump.transport
         framer = self._server_pump.framer
         if not client.is_closing() and (framer.at_boundary or framer.buffered):
-            client.write(m.fatal(sqlstate, message))
+            client.write(m.fatal(sqlstate, message, hint=hint))
         for transport in (client, self._server_pump.transport):
             if not transport.is_closing():
                 transport.close()
