@@ -18,6 +18,7 @@ __all__ = [
     "encode_row_description",
     "decode_startup",
     "encode_startup",
+    "fingerprint",
 ]
 
 IMPLEMENTATION: Final[str]
@@ -56,3 +57,7 @@ def encode_row_description(
 ) -> bytes: ...
 def decode_startup(packet: bytes) -> tuple[int, dict[str, str]]: ...
 def encode_startup(params: dict[str, str], code: int = 196608) -> bytes: ...
+def fingerprint(sql: str) -> tuple[bytes, int]:
+    """(16-byte key, statement count): a policy-verdict cache key under which
+    statements differing only in literal values are equal (rules in
+    hoopfast.core._python.fingerprint)."""

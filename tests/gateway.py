@@ -97,7 +97,8 @@ def run_gateway(
 ) -> Iterator[RunningGateway]:
     loop = uvloop.new_event_loop()
     config = load_config(settings.config)
-    gateway = PgGateway(settings, config, TokenValidator(config.identity))
+    validator = TokenValidator(config.identity)
+    gateway = PgGateway(settings, config, validator)
     ready: Future[None] = Future()
 
     def main() -> None:
@@ -120,6 +121,7 @@ def run_gateway(
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+        validator.close()
 
 
 def write_config(path: Path, jwks_file: Path, connections: dict[str, dict[str, Any]]) -> Path:

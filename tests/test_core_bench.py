@@ -95,3 +95,45 @@ def test_bench_encode_data_row(benchmark: Any, impl: ModuleType) -> None:
     encoded = _python.encode_data_row(values)
     assert impl.encode_data_row(values) == encoded
     assert benchmark(impl.encode_data_row, values) == encoded
+
+
+PGBENCH_SELECT = "SELECT abalance FROM pgbench_accounts WHERE aid = 12345;"
+# A ~2 KB reporting query: joins, literals of every kind, comments, casts.
+QUERY_2K = (
+    "/* report: daily revenue */\n"
+    "WITH recent AS (\n"
+    "  SELECT o.id, o.customer_id, o.total::numeric(12, 2) AS total, o.created_at\n"
+    '  FROM "Sales".orders o\n'
+    "  WHERE o.created_at >= TIMESTAMP '2024-01-01 00:00:00'\n"
+    "    AND o.status IN ('paid', 'shipped', 'delivered') -- not refunded\n"
+    "    AND o.total > 10.50 AND o.region_id = ANY($1)\n"
+    ")\n"
+    "SELECT c.id, c.name, E'\\t' || c.email AS email,\n"
+    "       sum(r.total) AS revenue, count(*) AS orders,\n"
+    "       max(r.created_at) AS last_order, $$note: it's fine$$ AS note\n"
+    "FROM recent r\n"
+    "JOIN customers c ON c.id = r.customer_id\n"
+    "LEFT JOIN \"Loyalty\" l ON l.customer_id = c.id AND l.tier <> 'none'\n"
+    "WHERE c.country = 'DE' AND c.created_at < now() - interval '30 days'\n"
+)
+QUERY_2K += "".join(
+    f"  AND (c.flags & {1 << (i % 16)} = 0 OR c.score BETWEEN {i}.5 AND 1e{i % 9}"
+    f" OR c.tag = 'tag_{i}')\n"
+    for i in range(18)
+)
+QUERY_2K += "GROUP BY c.id, c.name, c.email\nORDER BY revenue DESC\nLIMIT 100 OFFSET 0;\n"
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bench_fingerprint_pgbench(benchmark: Any, impl: ModuleType) -> None:
+    expected = _python.fingerprint(PGBENCH_SELECT)
+    assert expected[1] == 1
+    assert benchmark(impl.fingerprint, PGBENCH_SELECT) == expected
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bench_fingerprint_2k(benchmark: Any, impl: ModuleType) -> None:
+    assert 1900 <= len(QUERY_2K.encode()) <= 2300
+    expected = _python.fingerprint(QUERY_2K)
+    assert expected[1] == 1
+    assert benchmark(impl.fingerprint, QUERY_2K) == expected

@@ -5,8 +5,8 @@
 //!
 //! A small hand-written lexer over PostgreSQL's lexical rules (scan.l,
 //! assuming `standard_conforming_strings = on`) turns the text into a token
-//! stream, each token a kind byte plus, for tokens whose text matters, a
-//! little-endian u64 length and the bytes. The key is the BLAKE2b-128 digest
+//! stream, each token a kind byte plus, for tokens whose text matters, its
+//! length (unsigned LEB128) and the bytes. The key is the BLAKE2b-128 digest
 //! of that stream. The lexer works on bytes and never panics: every index is
 //! checked, unterminated quotes and comments become one verbatim token.
 
@@ -81,12 +81,29 @@ impl<'a> Lexer<'a> {
         } else {
             self.in_statement = true;
         }
-        self.after_uescape = kind == K_WORD && text == Some(b"uescape");
+        self.after_uescape = false;
         self.out.push(kind);
         if let Some(t) = text {
-            self.out.extend_from_slice(&(t.len() as u64).to_le_bytes());
+            self.length(t.len());
             self.out.extend_from_slice(t);
         }
+    }
+
+    /// A token's length, as an unsigned LEB128 varint.
+    fn length(&mut self, mut n: usize) {
+        while n >= 0x80 {
+            self.out.push((n & 0x7f) as u8 | 0x80);
+            n >>= 7;
+        }
+        self.out.push(n as u8);
+    }
+
+    /// A keyword or identifier, ASCII-lowercased straight into the stream.
+    fn emit_word(&mut self, word: &[u8]) {
+        self.emit(K_WORD, None);
+        self.length(word.len());
+        self.out.extend(word.iter().map(u8::to_ascii_lowercase));
+        self.after_uescape = word.eq_ignore_ascii_case(b"uescape");
     }
 
     fn rest(&self, start: usize) -> &'a [u8] {
@@ -169,7 +186,8 @@ impl<'a> Lexer<'a> {
 
     fn literal(&mut self, kind: u8, start: usize, end: usize) {
         if self.after_uescape {
-            self.emit(K_VERBATIM, Some(&self.s[start..end]));
+            let s = self.s;
+            self.emit(K_VERBATIM, Some(&s[start..end]));
         } else {
             self.emit(kind, None);
         }
@@ -286,8 +304,7 @@ impl<'a> Lexer<'a> {
             while j < s.len() && is_ident_cont(s[j]) {
                 j += 1;
             }
-            let word = s[i..j].to_ascii_lowercase();
-            self.emit(K_WORD, Some(&word));
+            self.emit_word(&s[i..j]);
             return Some(j);
         }
         if c.is_ascii_digit() || (c == b'.' && c1.is_ascii_digit()) {
@@ -377,7 +394,7 @@ fn integer_kind(digits: &[u8], radix: u32) -> u8 {
 pub fn normalize(sql: &[u8]) -> (Vec<u8>, usize) {
     let mut lx = Lexer {
         s: sql,
-        out: Vec::with_capacity(DOMAIN.len() + sql.len() + 16),
+        out: Vec::with_capacity(DOMAIN.len() + sql.len() * 2 + 16),
         statements: 0,
         in_statement: false,
         after_uescape: false,
@@ -523,11 +540,15 @@ mod tests {
 
     #[test]
     fn blake2b_matches_reference() {
-        // hashlib.blake2b(b"", digest_size=16) and (b"abc" * 100).
+        // hashlib.blake2b(data, digest_size=16) for b"", b"abc" * 100, b"x" * 128.
         assert_eq!(hex(&blake2b_128(b"")), "cae66941d9efbd404e4d88758ea67670");
         assert_eq!(
             hex(&blake2b_128(&b"abc".repeat(100))),
-            include_str!("../tests_data_blake2b_abc100.txt").trim()
+            "a9ef5419348600c6473d41e3e6869ca2"
+        );
+        assert_eq!(
+            hex(&blake2b_128(&[b'x'; 128])),
+            "874acca82a22239ec64a3e70c3ae494e"
         );
     }
 
@@ -572,12 +593,45 @@ mod tests {
         assert_eq!(count("/* unterminated"), 1);
     }
 
+    #[test]
+    fn lexical_details() {
+        // Quote continuation needs a newline; UESCAPE's string is kept.
+        assert_eq!(key("SELECT 'a'\n 'b'"), key("SELECT 'ab'"));
+        assert_ne!(key("SELECT 'a' 'b'"), key("SELECT 'ab'"));
+        assert_ne!(
+            key("SELECT U&'d!0061' UESCAPE '!'"),
+            key("SELECT U&'d!0061' UESCAPE '#'")
+        );
+        // int4 / int8 / numeric, in any radix, with separators.
+        assert_eq!(key("SELECT 0x7fff_ffff"), key("SELECT 1"));
+        assert_eq!(key("SELECT 0x8000_0000"), key("SELECT 5000000000"));
+        assert_eq!(key("SELECT 99999999999999999999"), key("SELECT 1.5"));
+        assert_ne!(key("SELECT 1..2"), key("SELECT 1.0.2"));
+        // A doubled quote at the end leaves the string unterminated.
+        assert_eq!(count("'ab'';SELECT 1"), 1);
+        assert_eq!(blake2b_128(&normalize(b"x").0), key("X"));
+    }
+
     /// Deterministic garbage from a quote-rich alphabet: never panics.
     #[test]
     fn garbage_never_panics() {
         let pool: [&[u8]; 16] = [
-            b"'", b"\"", b"$", b"$a$", b"-", b"/", b"*", b"\\", b"E", b"U&", b"0x", b"1",
-            b".", b"\n", b"\xc3\xa9", b";",
+            b"'",
+            b"\"",
+            b"$",
+            b"$a$",
+            b"-",
+            b"/",
+            b"*",
+            b"\\",
+            b"E",
+            b"U&",
+            b"0x",
+            b"1",
+            b".",
+            b"\n",
+            b"\xc3\xa9",
+            b";",
         ];
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         for _ in 0..50_000 {

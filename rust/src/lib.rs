@@ -1,7 +1,8 @@
-//! hoopfast_core: the compiled hot path of hoopfast (PostgreSQL framing and
-//! message codec). This file only registers the Python module; the logic is
-//! in [`framer`] and [`messages`].
+//! hoopfast_core: the compiled hot path of hoopfast (PostgreSQL framing,
+//! message codec, SQL fingerprints). This file only registers the Python
+//! module; the logic is in [`framer`], [`messages`] and [`fingerprint`].
 
+pub mod fingerprint;
 pub mod framer;
 pub mod messages;
 
@@ -16,5 +17,6 @@ fn hoopfast_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
     m.add_class::<framer::PyFramer>()?;
     messages::register(m)?;
+    m.add_function(wrap_pyfunction!(fingerprint::py_fingerprint, m)?)?;
     Ok(())
 }

@@ -39,3 +39,4 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     finally:
         log.info("shutting down")
         await gateway.close()
+        validator.close()

@@ -1,4 +1,4 @@
-"""The hot-path core: message framing and codec.
+"""The hot-path core: message framing, codec and SQL fingerprints.
 
 Selected once, at import, like psycopg's ``PSYCOPG_IMPL``:
 
@@ -64,6 +64,7 @@ decode_row_description = core.decode_row_description
 encode_row_description = core.encode_row_description
 decode_startup = core.decode_startup
 encode_startup = core.encode_startup
+fingerprint = core.fingerprint
 
 __all__ = [
     "IMPLEMENTATION",
@@ -79,4 +80,5 @@ __all__ = [
     "encode_fields",
     "encode_row_description",
     "encode_startup",
+    "fingerprint",
 ]

@@ -11,6 +11,7 @@ payload (not the type byte), then the payload.
 
 from __future__ import annotations
 
+import hashlib
 import operator
 import re
 import struct
@@ -531,6 +532,320 @@ def _encode_cancel(params: Mapping[str, str]) -> bytes:
     return _I32.pack(int(pid)) + bytes.fromhex(secret)
 
 
+# --------------------------------------------------------------------------
+# SQL statement fingerprints
+
+_FP_DOMAIN = b"hoopfast-fingerprint-1\0"  # prefix of the hashed stream; versions the scheme
+# Token kinds (one byte each in the hashed stream).
+_K_WORD = b"w"  # keyword or unquoted identifier, ASCII-lowercased
+_K_QIDENT = b"q"  # quoted identifier, verbatim with its quotes (and U& prefix)
+_K_OP = b"o"  # operator or punctuation, verbatim
+_K_SEMI = b";"  # statement separator
+_K_PARAM = b"p"  # $n, its digits verbatim
+_K_VERBATIM = b"v"  # string constant right after UESCAPE, verbatim
+_K_UNTERMINATED = b"u"  # unterminated quote or comment: the rest of the input
+_K_STR = b"s"  # '...', E'...', U&'...', $tag$...$tag$
+_K_NSTR = b"n"  # N'...'
+_K_BSTR = b"b"  # B'...'
+_K_XSTR = b"x"  # X'...'
+_K_INT4 = b"i"  # integer constant that fits int4
+_K_INT8 = b"l"  # integer constant that fits int8
+_K_NUMERIC = b"d"  # any other numeric constant
+_INT4_MAX = 0x7FFFFFFF
+_INT8_MAX = 0x7FFFFFFFFFFFFFFF
+
+_SPACE = frozenset(b" \t\n\r\f\v")
+_OP_CHARS = frozenset(b"~!@#^&|`?+-*/%<>=")
+_DIGITS = frozenset(b"0123456789")
+_IDENT_START = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_" + bytes(range(0x80, 0x100))
+)
+_WS_RUN = re.compile(rb"[ \t\n\r\f\v]+")
+_LINE_COMMENT = re.compile(rb"--[^\n\r]*")
+_IDENT = re.compile(rb"[A-Za-z_\x80-\xff][A-Za-z_0-9$\x80-\xff]*")
+_OPERATOR = re.compile(rb"(?:[~!@#^&|`?+*%<>=]|-(?!-)|/(?!\*))+")
+_DECINTEGER = re.compile(rb"[0-9](?:_?[0-9])*")
+_RADIX_INTEGER = re.compile(rb"0(?:[xX](?:_?[0-9a-fA-F])+|[oO](?:_?[0-7])+|[bB](?:_?[01])+)")
+_EXPONENT = re.compile(rb"[eE][-+]?[0-9](?:_?[0-9])*")
+_PARAM = re.compile(rb"\$([0-9]+)")
+_DOLLAR_DELIM = re.compile(rb"\$(?:[A-Za-z_\x80-\xff][A-Za-z_0-9\x80-\xff]*)?\$")
+# The rest of a quoted body up to its closing quote (possessive: no backtracking
+# into a doubled quote, so "'ab''" stays unterminated).
+_PLAIN_BODY = re.compile(rb"(?:[^']++|'')*+'")
+_ESCAPE_BODY = re.compile(rb"(?:[^'\\]++|''|\\.)*+'", re.DOTALL)
+_QIDENT_BODY = re.compile(rb'(?:[^"]++|"")*+"')
+# Between two string constants that PostgreSQL joins into one ("quote continuation").
+_CONTINUATION_GAP = re.compile(rb"(?:[ \t\n\r\f\v]|--[^\n\r]*)*")
+_STRING_PREFIXES = {
+    ord("e"): (_ESCAPE_BODY, _K_STR),
+    ord("E"): (_ESCAPE_BODY, _K_STR),
+    ord("b"): (_PLAIN_BODY, _K_BSTR),
+    ord("B"): (_PLAIN_BODY, _K_BSTR),
+    ord("x"): (_PLAIN_BODY, _K_XSTR),
+    ord("X"): (_PLAIN_BODY, _K_XSTR),
+    ord("n"): (_PLAIN_BODY, _K_NSTR),
+    ord("N"): (_PLAIN_BODY, _K_NSTR),
+}
+_QUOTE = ord("'")
+_DQUOTE = ord('"')
+_DOLLAR = ord("$")
+_DOT = ord(".")
+_SEMICOLON = ord(";")
+_COLON = ord(":")
+
+
+def _integer_kind(digits: bytes, radix: int) -> bytes:
+    """int4, int8 or numeric, as PostgreSQL types an integer constant."""
+    digits = digits.replace(b"_", b"").lstrip(b"0")
+    if len(digits) > 64:  # beyond any int8 in any radix (and int()'s digit limit)
+        return _K_NUMERIC
+    value = int(digits or b"0", radix)
+    if value <= _INT4_MAX:
+        return _K_INT4
+    return _K_INT8 if value <= _INT8_MAX else _K_NUMERIC
+
+
+def _varint(n: int) -> bytes:
+    """A token length as an unsigned LEB128 varint."""
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+class _Unterminated(Exception):
+    """A quote or comment runs to the end of the input."""
+
+
+class _FingerprintLexer:
+    """One pass over the UTF-8 bytes of a statement; see :func:`fingerprint`."""
+
+    def __init__(self, s: bytes) -> None:
+        self.s = s
+        self.out = [_FP_DOMAIN]
+        self.statements = 0
+        self.in_statement = False
+        self.after_uescape = False
+
+    def emit(self, kind: bytes, text: bytes | None = None) -> None:
+        if kind == _K_SEMI:
+            if self.in_statement:
+                self.statements += 1
+            self.in_statement = False
+        else:
+            self.in_statement = True
+        self.after_uescape = kind == _K_WORD and text == b"uescape"
+        self.out.append(kind)
+        if text is not None:
+            self.out.append(_varint(len(text)))
+            self.out.append(text)
+
+    def literal(self, kind: bytes, start: int, end: int) -> None:
+        if self.after_uescape:  # U&'...' UESCAPE '!': the escape character matters
+            self.emit(_K_VERBATIM, self.s[start:end])
+        else:
+            self.emit(kind)
+
+    def string(self, start: int, body: int, pattern: re.Pattern[bytes], kind: bytes) -> int:
+        """A quoted string constant whose body starts at ``body``, with any
+        quote continuations; returns its end."""
+        s = self.s
+        while True:
+            m = pattern.match(s, body)
+            if m is None:
+                raise _Unterminated
+            end = m.end()
+            gap = _CONTINUATION_GAP.match(s, end)
+            assert gap is not None  # it matches the empty string
+            after = gap.end()
+            if after < len(s) and s[after] == _QUOTE and (b"\n" in gap[0] or b"\r" in gap[0]):
+                body = after + 1
+                continue
+            self.literal(kind, start, end)
+            return end
+
+    def number(self, i: int) -> int:
+        """A numeric constant at ``i`` (a digit, or a dot before a digit)."""
+        s = self.s
+        m = _RADIX_INTEGER.match(s, i)
+        if m is not None:
+            radix = {b"x": 16, b"o": 8, b"b": 2}[s[i + 1 : i + 2].lower()]
+            self.emit(_integer_kind(s[i + 2 : m.end()], radix))
+            return m.end()
+        integer = True
+        m = _DECINTEGER.match(s, i)
+        j = i if m is None else m.end()
+        if s[j : j + 1] == b"." and s[j + 1 : j + 2] != b".":
+            integer = False
+            m = _DECINTEGER.match(s, j + 1)
+            j = j + 1 if m is None else m.end()
+        m = _EXPONENT.match(s, j)
+        if m is not None:
+            integer = False
+            j = m.end()
+        self.emit(_integer_kind(s[i:j], 10) if integer else _K_NUMERIC)
+        return j
+
+    def step(self, i: int) -> int:
+        """One token, whitespace run or comment at ``i``; returns the next position."""
+        s = self.s
+        c = s[i]
+        c1 = s[i + 1] if i + 1 < len(s) else 0
+        if c in _SPACE:
+            return _WS_RUN.match(s, i).end()  # type: ignore[union-attr]
+        if c == 0x2D and c1 == 0x2D:  # --
+            return _LINE_COMMENT.match(s, i).end()  # type: ignore[union-attr]
+        if c == 0x2F and c1 == 0x2A:  # /* ... */, nested
+            depth, j = 1, i + 2
+            while True:
+                close = s.find(b"*/", j)
+                if close < 0:
+                    raise _Unterminated
+                opened = s.find(b"/*", j, close + 1)
+                if opened >= 0:
+                    depth, j = depth + 1, opened + 2
+                    continue
+                depth, j = depth - 1, close + 2
+                if depth == 0:
+                    return j
+        if c == _QUOTE:
+            return self.string(i, i + 1, _PLAIN_BODY, _K_STR)
+        if c == _DQUOTE:
+            m = _QIDENT_BODY.match(s, i + 1)
+            if m is None:
+                raise _Unterminated
+            self.emit(_K_QIDENT, s[i : m.end()])
+            return m.end()
+        if c in _IDENT_START:
+            if c1 == _QUOTE and c in _STRING_PREFIXES:
+                pattern, kind = _STRING_PREFIXES[c]
+                return self.string(i, i + 2, pattern, kind)
+            if c in b"uU" and c1 == 0x26:  # U&'...' or U&"..."
+                c2 = s[i + 2 : i + 3]
+                if c2 == b"'":
+                    return self.string(i, i + 3, _PLAIN_BODY, _K_STR)
+                if c2 == b'"':
+                    m = _QIDENT_BODY.match(s, i + 3)
+                    if m is None:
+                        raise _Unterminated
+                    self.emit(_K_QIDENT, s[i : m.end()])
+                    return m.end()
+            m = _IDENT.match(s, i)
+            assert m is not None
+            self.emit(_K_WORD, m[0].lower())
+            return m.end()
+        if c in _DIGITS or (c == _DOT and c1 in _DIGITS):
+            return self.number(i)
+        if c == _DOLLAR:
+            m = _PARAM.match(s, i)
+            if m is not None:
+                self.emit(_K_PARAM, m[1])
+                return m.end()
+            m = _DOLLAR_DELIM.match(s, i)
+            if m is not None:
+                found = s.find(m[0], m.end())
+                if found < 0:
+                    raise _Unterminated
+                end = found + len(m[0])
+                self.literal(_K_STR, i, end)
+                return end
+            self.emit(_K_OP, b"$")
+            return i + 1
+        if c == _SEMICOLON:
+            self.emit(_K_SEMI)
+            return i + 1
+        if c in _OP_CHARS:
+            m = _OPERATOR.match(s, i)
+            assert m is not None
+            self.emit(_K_OP, m[0])
+            return m.end()
+        pair = s[i : i + 2]
+        n = 2 if pair in (b"::", b":=", b"..") else 1
+        self.emit(_K_OP, s[i : i + n])
+        return i + n
+
+    def run(self) -> tuple[bytes, int]:
+        s, i = self.s, 0
+        while i < len(s):
+            try:
+                i = self.step(i)
+            except _Unterminated:
+                self.emit(_K_UNTERMINATED, s[i:])
+                break
+        if self.in_statement:
+            self.statements += 1
+        return b"".join(self.out), self.statements
+
+
+def _normalize(sql: str) -> tuple[bytes, int]:
+    """The hashed token stream of ``sql`` and its statement count (for tests)."""
+    if not isinstance(sql, str):
+        raise TypeError(f"sql must be str, not {type(sql).__name__}")
+    return _FingerprintLexer(sql.encode("utf-8")).run()
+
+
+def fingerprint(sql: str) -> tuple[bytes, int]:
+    """A cache key for a SQL statement text: ``(16-byte key, statement_count)``.
+
+    Statements that differ only in literal values get the same key; anything
+    that can change their meaning keeps them apart. The key is for a cache of
+    policy verdicts only: it says nothing about what a statement does. In
+    particular a ``DO $$ ... $$`` body (or ``EXECUTE 'sql'``, a string passed
+    to ``dblink``, a ``'name'::regclass`` ...) is a literal here, so
+    ``DO $$ BEGIN DELETE FROM t; END $$`` and ``DO $$ BEGIN SELECT 1; END $$``
+    share a key: classifying such bodies and values is the policy's job, and a
+    policy whose verdict depends on a literal value must not be cached under
+    this key.
+
+    A hand-written lexer over PostgreSQL's lexical rules (SQL Syntax, Lexical
+    Structure; scan.l), run over the UTF-8 bytes, assuming
+    ``standard_conforming_strings = on`` (so backslashes escape only in
+    ``E'...'``):
+
+    - Whitespace is dropped, ``-- ...`` comments too, and ``/* ... */``
+      comments, which nest as in PostgreSQL.
+    - Keywords and unquoted identifiers (letters, digits, ``_``, ``$`` and
+      any non-ASCII byte) are ASCII-lowercased, as PostgreSQL folds them.
+      Quoted identifiers ``"..."`` (``""`` doubled) and ``U&"..."`` are kept
+      exactly as written, quotes included: ``"Users"`` is not ``users``.
+    - Constants become a placeholder of their kind, since the kind can change
+      which function or operator PostgreSQL picks: strings (``'...'`` with
+      ``''`` doubling, ``E'...'`` with backslash escapes, ``U&'...'`` and
+      ``$tag$...$tag$`` dollar quotes) are one kind; ``N'...'``, ``B'...'``
+      and ``X'...'`` one kind each; string pieces joined by a newline
+      (PostgreSQL's quote continuation) are one constant. Numbers are typed as
+      PostgreSQL types them: an integer (decimal, ``0x``, ``0o``, ``0b``,
+      ``_`` separators) up to 2**31-1 is int4, up to 2**63-1 int8, anything
+      else (larger, or with a point or exponent: ``3.5``, ``.5``, ``1e10``)
+      numeric. A string right after ``UESCAPE`` is kept verbatim (the
+      escape character changes the value of the U& constant before it).
+    - Parameters ``$1``, ``$2`` ... are kept with their number (a distinct
+      kind from constants: swapping them can change meaning).
+    - Operators (runs of ``+-*/<>=~!@#%^&|`?``, cut before ``--`` and
+      ``/*``) and punctuation (``::``, ``:=``, ``..`` and single characters)
+      are kept verbatim; ``;`` is kept and separates statements.
+    - An unterminated quote, dollar quote or comment makes the rest of the
+      input, from its opening, one "unterminated" token kept verbatim.
+
+    Tokens are written as a kind byte, plus a length (unsigned LEB128) and
+    the bytes for those whose text is kept; the key is the BLAKE2b-128
+    digest of that stream. ``statement_count`` counts the ``;``-separated
+    statements that hold at least one token (so ``SELECT 1;;`` is 1). It
+    over-counts a ``BEGIN ATOMIC ... END`` function body, whose ``;`` do not
+    end the statement.
+
+    Differences that never change meaning may still separate keys (``- 1``
+    vs ``1``, ``SELECT 1`` vs ``SELECT 1;``, identifiers longer than 63
+    bytes): that costs a cache miss, never a wrong hit.
+    """
+    stream, statements = _normalize(sql)
+    return hashlib.blake2b(stream, digest_size=16).digest(), statements
+
+
 __all__ = [
     "IMPLEMENTATION",
     "Framer",
@@ -543,4 +858,5 @@ __all__ = [
     "encode_fields",
     "encode_row_description",
     "encode_startup",
+    "fingerprint",
 ]

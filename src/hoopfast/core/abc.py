@@ -98,3 +98,11 @@ class Core(Protocol):
         ...
 
     def encode_startup(self, params: dict[str, str], code: int = 196608) -> bytes: ...
+
+    def fingerprint(self, sql: str) -> tuple[bytes, int]:
+        """(16-byte key, statement count) of a SQL text, for a cache of policy
+        verdicts: statements that differ only in literal values share a key,
+        anything that can change meaning keeps them apart. Literal bodies
+        (``DO $$ ... $$``) are not looked into: that is the policy's job. See
+        :func:`hoopfast.core._python.fingerprint` for the rules."""
+        ...

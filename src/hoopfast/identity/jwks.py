@@ -116,9 +116,7 @@ class KeySet:
             self._load_file_at_startup()
         else:
             self._startup_fetch()
-            self._thread = threading.Thread(
-                target=self._run, name="hoopfast-jwks", daemon=True
-            )
+            self._thread = threading.Thread(target=self._run, name="hoopfast-jwks", daemon=True)
             self._thread.start()
 
     # -- reading (the validator's side: never blocks on the network) --------
@@ -159,9 +157,7 @@ class KeySet:
             sig = _file_signature(path.stat())
             self._keys = parse_jwks(json.loads(path.read_text(encoding="utf-8")))
         except OSError as e:
-            raise ConfigurationError(
-                f"identity.jwks_file {path}: {e.strerror or e}"
-            ) from None
+            raise ConfigurationError(f"identity.jwks_file {path}: {e.strerror or e}") from None
         except ValueError as e:  # includes JSONDecodeError
             raise ConfigurationError(f"identity.jwks_file {path}: {e}") from None
         self._file_sig = sig

@@ -8,17 +8,18 @@ signature, wrong audience, ...) and nothing of the token or the keys.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-import urllib.request
 from collections import OrderedDict
 from typing import Any, Literal
 
 import jwt
 
 from hoopfast.config import Identity
+from hoopfast.identity.jwks import KeySet, PublicKey
 from hoopfast.identity.principal import Principal
+
+__all__ = ["MAX_TOKEN_LENGTH", "KeySet", "TokenError", "TokenValidator"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,14 @@ Category = Literal[
 #: JWTs are compact; a bigger "password" is not a token.
 MAX_TOKEN_LENGTH = 16 * 1024
 
+#: The key type each allowed algorithm needs: a token may not pick a key of
+#: another family (e.g. an RSA key used as an HMAC secret).
+_KEY_TYPE = {
+    **{a: "RSA" for a in ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")},
+    **{a: "EC" for a in ("ES256", "ES384", "ES512", "ES256K")},
+    **{a: "OKP" for a in ("EdDSA", "Ed25519", "Ed448")},
+}
+
 
 class TokenError(Exception):
     def __init__(self, category: Category, detail: str = "") -> None:
@@ -44,48 +53,6 @@ class TokenError(Exception):
         # `detail` is for the gateway log only; it never contains the token.
         self.detail = detail
         super().__init__(category if not detail else f"{category}: {detail}")
-
-
-class KeySet:
-    """The provider's public keys by ``kid``, from a JWKS file or URL."""
-
-    def __init__(self, identity: Identity) -> None:
-        self._identity = identity
-        self._keys: dict[str | None, jwt.PyJWK] = {}
-        self.refresh()
-
-    def _fetch(self) -> dict[str, Any]:
-        if self._identity.jwks_file is not None:
-            data = json.loads(self._identity.jwks_file.read_text(encoding="utf-8"))
-        else:
-            assert self._identity.jwks_url is not None
-            with urllib.request.urlopen(self._identity.jwks_url, timeout=10) as response:
-                data = json.loads(response.read(1 << 20))
-        if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
-            raise ValueError("not a JWKS document (no 'keys' list)")
-        return data
-
-    def refresh(self) -> None:
-        keys: dict[str | None, jwt.PyJWK] = {}
-        for entry in self._fetch()["keys"]:
-            try:
-                key = jwt.PyJWK.from_dict(entry)
-            except jwt.PyJWKError as e:
-                log.warning("skipping unusable JWKS key %s: %s", entry.get("kid"), e)
-                continue
-            if key.key_type == "oct":
-                # A shared secret in a public key set is a key-confusion trap.
-                log.warning("skipping symmetric JWKS key %s", entry.get("kid"))
-                continue
-            keys[entry.get("kid")] = key
-        if not keys:
-            raise ValueError("the JWKS has no usable asymmetric key")
-        self._keys = keys
-
-    def get(self, kid: str | None) -> jwt.PyJWK | None:
-        if kid is None and len(self._keys) == 1:
-            return next(iter(self._keys.values()))
-        return self._keys.get(kid)
 
 
 def _claim(claims: dict[str, Any], path: str) -> Any:
@@ -113,24 +80,34 @@ class TokenValidator:
     def __init__(self, identity: Identity, keys: KeySet | None = None) -> None:
         self.identity = identity
         self.keys = keys or KeySet(identity)
-        self._cache: OrderedDict[str, Principal] = OrderedDict()
+        # token -> (principal, kid of the key that verified it)
+        self._cache: OrderedDict[str, tuple[Principal, str | None]] = OrderedDict()
+
+    def close(self) -> None:
+        """Stop the key set's background refresh."""
+        self.keys.close()
 
     def validate(self, token: str, now: float | None = None) -> Principal:
+        """Synchronous and network-free: the keys come from a cached snapshot."""
         now = time.time() if now is None else now
         cached = self._cache.get(token)
         if cached is not None:
-            if now <= cached.expires_at + self.identity.leeway:
+            principal, kid = cached
+            if now > principal.expires_at + self.identity.leeway:
+                del self._cache[token]
+                raise TokenError("expired")
+            if self.keys.peek(kid) is not None:
                 self._cache.move_to_end(token)
-                return cached
+                return principal
+            # The key that signed it has been withdrawn: judge the token afresh.
             del self._cache[token]
-            raise TokenError("expired")
-        principal = self._verify(token, now)
-        self._cache[token] = principal
+        principal, kid = self._verify(token, now)
+        self._cache[token] = (principal, kid)
         if len(self._cache) > self.CACHE_SIZE:
             self._cache.popitem(last=False)
         return principal
 
-    def _verify(self, token: str, now: float) -> Principal:
+    def _verify(self, token: str, now: float) -> tuple[Principal, str | None]:
         if not token or len(token) > MAX_TOKEN_LENGTH:
             raise TokenError("malformed", "empty or oversized token")
         try:
@@ -138,11 +115,18 @@ class TokenValidator:
         except jwt.DecodeError as e:
             raise TokenError("malformed", str(e)) from None
         algorithm = header.get("alg")
-        if algorithm not in self.identity.algorithms:
+        if algorithm not in self.identity.algorithms or algorithm not in _KEY_TYPE:
             raise TokenError("algorithm not allowed", f"alg={algorithm!r}")
-        key = self.keys.get(header.get("kid"))
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise TokenError("malformed", "kid is not a string")
+        key: PublicKey | None = self.keys.get(kid)
         if key is None:
-            raise TokenError("unknown key", f"kid={header.get('kid')!r}")
+            raise TokenError("unknown key", self.keys.why_unknown(kid))
+        if key.kty != _KEY_TYPE[algorithm] or (key.alg is not None and key.alg != algorithm):
+            raise TokenError(
+                "algorithm not allowed", f"alg={algorithm!r} does not fit key {key.kid!r}"
+            )
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -179,10 +163,11 @@ class TokenValidator:
         if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
             raise TokenError("malformed", f"claim {self.identity.groups_claim} is not a list")
         jti = claims.get("jti")
-        return Principal(
+        principal = Principal(
             subject=subject,
             groups=tuple(groups),
             token_id=jti if isinstance(jti, str) else None,
             issuer=claims["iss"],
             expires_at=float(claims["exp"]),
         )
+        return principal, key.kid
