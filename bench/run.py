@@ -232,6 +232,9 @@ issuer = "hoopfast-dev"
 audience = "hoopfast"
 jwks_file = "{jwks}"
 
+[roles.bench]
+groups = ["bench"]
+
 [connections.{name}]
 host = "127.0.0.1"
 port = {port}
@@ -239,6 +242,7 @@ database = "{database}"
 user = "{user}"
 password = {{ file = "{secret}" }}
 tls = "disable"
+grants = {{ bench = {{}} }}
 """
 
 

@@ -121,6 +121,18 @@ def gateway_config(state_dir: Path, cluster: DevCluster, roles: Roles, issuer: D
             "tls_ca_file": str(cluster.ca_file),
             "tls_server_name": "db.example.invalid",
         },
+        "readonly": {
+            **base,
+            "user": roles.scram[0],
+            "password": {"file": str(secrets_dir / "scram")},
+            "grants": {"analyst": {"read_only": True}},
+        },
+        "restricted": {
+            **base,
+            "user": roles.scram[0],
+            "password": {"file": str(secrets_dir / "scram")},
+            "grants": {"auditor": {}},
+        },
         "wrongpw": {
             **base,
             "user": roles.scram[0],

@@ -124,24 +124,44 @@ def run_gateway(
         validator.close()
 
 
-def write_config(path: Path, jwks_file: Path, connections: dict[str, dict[str, Any]]) -> Path:
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+#: Roles of the test configuration: the default token's group holds "analyst".
+TEST_ROLES = {"analyst": {"groups": ["analysts"]}, "auditor": {"groups": ["auditors"]}}
+
+
+def write_config(
+    path: Path,
+    jwks_file: Path,
+    connections: dict[str, dict[str, Any]],
+    roles: dict[str, dict[str, Any]] | None = None,
+) -> Path:
+    """A gateway TOML file. Connections without ``grants`` grant "analyst"."""
     lines = [
         "[identity]",
         'issuer = "hoopfast-dev"',
         'audience = "hoopfast"',
-        f'jwks_file = "{jwks_file}"',
+        f"jwks_file = {_toml(str(jwks_file))}",
         "",
     ]
+    for name, role in (roles if roles is not None else TEST_ROLES).items():
+        lines.append(f"[roles.{name}]")
+        lines.extend(f"{key} = {_toml(value)}" for key, value in role.items())
+        lines.append("")
     for name, conn in connections.items():
+        conn = {"grants": {"analyst": {}}, **conn}
         lines.append(f"[connections.{name}]")
-        for key, value in conn.items():
-            if isinstance(value, dict):
-                inner = ", ".join(f'{k} = "{v}"' for k, v in value.items())
-                lines.append(f"{key} = {{ {inner} }}")
-            elif isinstance(value, int):
-                lines.append(f"{key} = {value}")
-            else:
-                lines.append(f'{key} = "{value}"')
+        lines.extend(f"{key} = {_toml(value)}" for key, value in conn.items())
         lines.append("")
     path.write_text("\n".join(lines), encoding="utf-8")
     return path

@@ -223,3 +223,32 @@ def test_silent_client_is_dropped_after_the_auth_timeout(
         assert fields["S"] == "FATAL" and "did not finish in time" in fields["M"]
         assert sock.recv(4096) == b""  # then closed by the gateway
         gw.wait_idle()
+
+
+def test_no_role_for_the_connection_is_refused_naming_it(idle_gateway: RunningGateway) -> None:
+    outsider = idle_gateway.token(groups=("outsiders",))
+    with pytest.raises(psycopg.OperationalError) as err:
+        connect(idle_gateway, token=outsider)
+    assert err.value.sqlstate in ("28000", None)
+    assert 'has no access to connection "main"' in str(err.value)
+    # A connection granted only to another role refuses analysts, admits auditors.
+    with pytest.raises(psycopg.OperationalError, match="no access"):
+        connect(idle_gateway, connection="restricted")
+    auditor = idle_gateway.token("carol", groups=("auditors",))
+    with connect(idle_gateway, connection="restricted", token=auditor) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_read_only_grant_opens_a_read_only_upstream_session(idle_gateway: RunningGateway) -> None:
+    with connect(idle_gateway, connection="readonly") as conn:
+        assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+        assert conn.execute("SELECT count(*) FROM pgbench_branches").fetchone() == (1,)
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            conn.execute("CREATE TABLE ro_probe (i int)")
+    # The client cannot turn it off with its own startup parameter or options.
+    with connect(
+        idle_gateway,
+        connection="readonly",
+        options="-c default_transaction_read_only=off",
+    ) as conn:
+        assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)

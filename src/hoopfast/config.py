@@ -78,6 +78,20 @@ class SecretRef(_Strict):
             ) from None
 
 
+class Role(_Strict):
+    """A role is held by everyone in any of its identity-provider groups."""
+
+    groups: list[str] = Field(min_length=1)
+
+
+class Grant(_Strict):
+    """What one role may do on one connection."""
+
+    #: Open the upstream session with default_transaction_read_only=on, so the
+    #: database itself refuses writes (defence in depth under the guardrails).
+    read_only: bool = False
+
+
 class Connection(_Strict):
     """One upstream PostgreSQL database that clients reach by name."""
 
@@ -93,6 +107,8 @@ class Connection(_Strict):
     tls_server_name: str | None = None
     #: Extra startup parameters sent upstream (e.g. {"search_path" = "app"}).
     options: dict[str, str] = Field(default_factory=dict)
+    #: Which roles may use this connection, and how. No grant, no access.
+    grants: dict[str, Grant] = Field(default_factory=dict)
 
 
 class Identity(_Strict):
@@ -161,7 +177,20 @@ def _check_provider_url(name: str, url: str) -> None:
 
 class GatewayConfig(_Strict):
     identity: Identity
+    roles: dict[ConnectionName, Role] = Field(default_factory=dict)
     connections: dict[ConnectionName, Connection] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _grants_name_roles(self) -> GatewayConfig:
+        unknown = [
+            f"connections.{name}.grants.{role}"
+            for name, conn in self.connections.items()
+            for role in conn.grants
+            if role not in self.roles
+        ]
+        if unknown:
+            raise ValueError(f"grants name roles that are not defined: {', '.join(unknown)}")
+        return self
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,9 @@ issuer = "hoopfast-dev"
 audience = "hoopfast"
 jwks_file = "{jwks}"
 
+[roles.analyst]
+groups = ["analysts"]
+
 [connections.demo]
 host = "127.0.0.1"
 port = {port}
@@ -53,6 +56,7 @@ password = {{ file = "{secret}" }}
 tls = "verify-full"
 tls_ca_file = "{ca}"
 tls_server_name = "localhost"
+grants = {{ analyst = {{}} }}
 """
 
 

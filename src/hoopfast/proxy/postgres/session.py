@@ -21,6 +21,7 @@ from hoopfast.config import Connection
 from hoopfast.core import Framer, FramingError, Pump
 from hoopfast.errors import ConfigurationError
 from hoopfast.identity.principal import Principal
+from hoopfast.policy.access import Access, access_to
 from hoopfast.proxy.postgres import messages as m
 from hoopfast.proxy.postgres import startup, upstream
 from hoopfast.proxy.postgres.upstream import Upstream, UpstreamError, UpstreamRefused
@@ -52,6 +53,7 @@ class PgSession:
         self.connection_name = ""
         self.connection: Connection | None = None
         self.upstream: Upstream | None = None
+        self.access: Access | None = None
         # The cancel key the client sees; the upstream's own key stays here.
         self.pid = 0
         self.secret = b""
@@ -126,7 +128,18 @@ class PgSession:
                 m.fatal("3D000", f'connection "{request.database}" does not exist'),
                 "unknown connection",
             )
+        access = access_to(self.principal, conn, gw.config)
+        if access is None:
+            raise startup.StartupRefused(
+                m.fatal(
+                    "28000",
+                    f'user "{self.principal.subject}" has no access to connection '
+                    f'"{request.database}"',
+                ),
+                "no role grants this connection",
+            )
         self.connection = conn
+        self.access = access
         try:
             password = conn.password.resolve() if conn.password else None
         except ConfigurationError as e:
@@ -135,6 +148,10 @@ class PgSession:
                 "08004", "the gateway has no credential for this connection"
             ) from None
         forwarded = {k: v for k, v in request.params.items() if k not in _NOT_FORWARDED}
+        if access.read_only:
+            # Set after the client's own parameters (and after `options`, which
+            # PostgreSQL applies first), so the client cannot override it here.
+            forwarded["default_transaction_read_only"] = "on"
         try:
             async with asyncio.timeout(gw.settings.pg_upstream_connect_timeout):
                 self.upstream = await upstream.connect(conn, forwarded, password)

@@ -1,0 +1,36 @@
+"""Who may reach which connection: identity-provider groups -> roles ->
+connection grants. Decided once per session, at startup; no grant, no access."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hoopfast.config import Connection, GatewayConfig
+from hoopfast.identity.principal import Principal
+
+
+@dataclass(frozen=True)
+class Access:
+    #: The principal's roles that this connection grants, sorted.
+    roles: tuple[str, ...]
+    #: True only when *every* granting role is read-only: grants add up, so
+    #: one read-write role makes the session read-write.
+    read_only: bool
+
+
+def roles_of(principal: Principal, config: GatewayConfig) -> frozenset[str]:
+    groups = set(principal.groups)
+    return frozenset(
+        name for name, role in config.roles.items() if groups.intersection(role.groups)
+    )
+
+
+def access_to(principal: Principal, connection: Connection, config: GatewayConfig) -> Access | None:
+    """The principal's access to ``connection``, or None when no role grants it."""
+    granted = sorted(roles_of(principal, config).intersection(connection.grants))
+    if not granted:
+        return None
+    return Access(
+        roles=tuple(granted),
+        read_only=all(connection.grants[r].read_only for r in granted),
+    )
