@@ -96,55 +96,23 @@ def gateway_config(state_dir: Path, cluster: DevCluster, roles: Roles, issuer: D
         (secrets_dir / name).write_text(password + "\n")
     (secrets_dir / "wrong").write_text("not-the-password\n")
     base = {"host": cluster.host, "port": cluster.port, "database": "app"}
+
+    def as_role(role: tuple[str, str], secret: str) -> dict[str, Any]:
+        return {**base, "user": role[0], "password": {"file": str(secrets_dir / secret)}}
+
+    scram = as_role(roles.scram, "scram")
+    verify = {"tls": "verify-full", "tls_ca_file": str(cluster.ca_file)}
     connections: dict[str, dict[str, Any]] = {
-        "main": {
-            **base,
-            "user": roles.scram[0],
-            "password": {"file": str(secrets_dir / "scram")},
-            "tls": "verify-full",
-            "tls_ca_file": str(cluster.ca_file),
-            "tls_server_name": "localhost",
-        },
-        "md5": {**base, "user": roles.md5[0], "password": {"file": str(secrets_dir / "md5")}},
-        "plain": {
-            **base,
-            "user": roles.plain[0],
-            "password": {"file": str(secrets_dir / "plain")},
-            "tls": "require",
-        },
+        "main": {**scram, **verify, "tls_server_name": "localhost"},
+        "md5": as_role(roles.md5, "md5"),
+        "plain": {**as_role(roles.plain, "plain"), "tls": "require"},
         # verify-full against a name the upstream certificate does not carry.
-        "badtls": {
-            **base,
-            "user": roles.scram[0],
-            "password": {"file": str(secrets_dir / "scram")},
-            "tls": "verify-full",
-            "tls_ca_file": str(cluster.ca_file),
-            "tls_server_name": "db.example.invalid",
-        },
-        "readonly": {
-            **base,
-            "user": roles.scram[0],
-            "password": {"file": str(secrets_dir / "scram")},
-            "grants": {"analyst": {"read_only": True}},
-        },
-        "restricted": {
-            **base,
-            "user": roles.scram[0],
-            "password": {"file": str(secrets_dir / "scram")},
-            "grants": {"auditor": {}},
-        },
-        "wrongpw": {
-            **base,
-            "user": roles.scram[0],
-            "password": {"file": str(secrets_dir / "wrong")},
-        },
+        "badtls": {**scram, **verify, "tls_server_name": "db.example.invalid"},
+        "readonly": {**scram, "grants": {"analyst": {"read_only": True}}},
+        "restricted": {**scram, "grants": {"auditor": {}}},
+        "wrongpw": as_role(roles.scram, "wrong"),
         "nosecret": {**base, "user": roles.scram[0]},
-        "down": {
-            **base,
-            "port": free_port(),
-            "user": roles.scram[0],
-            "password": {"file": str(secrets_dir / "scram")},
-        },
+        "down": {**scram, "port": free_port()},
     }
     return write_config(state_dir / "hoopfast.toml", issuer.jwks_file, connections)
 
