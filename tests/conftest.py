@@ -104,8 +104,10 @@ def gateway_config(state_dir: Path, cluster: DevCluster, roles: Roles, issuer: D
     verify = {"tls": "verify-full", "tls_ca_file": str(cluster.ca_file)}
     connections: dict[str, dict[str, Any]] = {
         "main": {**scram, **verify, "tls_server_name": "localhost"},
-        "md5": as_role(roles.md5, "md5"),
-        "plain": {**as_role(roles.plain, "plain"), "tls": "require"},
+        "md5": {**as_role(roles.md5, "md5"), "require_auth": ["md5"]},
+        "plain": {**as_role(roles.plain, "plain"), "tls": "require", "require_auth": ["password"]},
+        # A server that asks for md5 where only SCRAM is allowed is refused.
+        "downgrade": as_role(roles.md5, "md5"),
         # verify-full against a name the upstream certificate does not carry.
         "badtls": {**scram, **verify, "tls_server_name": "db.example.invalid"},
         "readonly": {**scram, "grants": {"analyst": {"read_only": True}}},
@@ -113,6 +115,7 @@ def gateway_config(state_dir: Path, cluster: DevCluster, roles: Roles, issuer: D
         "wrongpw": as_role(roles.scram, "wrong"),
         "nosecret": {**base, "user": roles.scram[0]},
         "down": {**scram, "port": free_port()},
+        "nodb": {**scram, "database": "no_such_database"},
     }
     return write_config(state_dir / "hoopfast.toml", issuer.jwks_file, connections)
 

@@ -145,3 +145,90 @@ def test_no_descriptor_leaks_after_many_failed_and_good_sessions(gateway: Runnin
     gateway.wait_idle()
     # A little slack for descriptors the runtime opens lazily (e.g. the loop's).
     assert open_fds() <= before + 3
+
+
+def test_client_vanishing_while_the_upstream_connects_leaks_nothing(
+    faulty_gateway: RunningGateway, upstream_proxy: FaultProxy
+) -> None:
+    import socket
+    import struct as _struct
+
+    from tests.rawclient import RawClient
+
+    upstream_proxy.downstream = Faults(latency=1.0)  # a slow upstream
+    try:
+        client = RawClient(
+            faulty_gateway.host, faulty_gateway.port, ca_file=faulty_gateway.certs.ca_file
+        )
+        from hoopfast.core import encode_startup
+        from hoopfast.proxy.postgres import messages as m
+
+        client.send(encode_startup({"user": "alice", "database": "main"}))
+        assert client.read_message()[0] == "R"
+        client.send(m.build(m.PASSWORD_MESSAGE, faulty_gateway.token().encode() + b"\0"))
+        # Gone (reset) while the gateway is still logging in upstream.
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _struct.pack("ii", 1, 0))
+        client.close()
+        faulty_gateway.wait_idle(timeout=15)
+    finally:
+        upstream_proxy.downstream = Faults()
+
+
+def test_forged_bytes_before_the_upstream_tls_handshake_are_refused(
+    state_dir: Path,
+    roles: Any,
+    issuer: DevIssuer,
+    certs: CertFiles,
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A man in the middle answers the gateway's SSLRequest with 'S' plus a
+    forged AuthenticationOk: the gateway must not read it as TLS data."""
+    import socket
+    import threading
+
+    from hoopfast.proxy.postgres import messages as m
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certs.cert_file, certs.key_file)
+
+    def mitm() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(8)
+            conn.sendall(b"S" + m.authentication(m.AUTH_OK) + m.ready_for_query())
+            # Then a genuine handshake (tls = "require" checks no certificate).
+            try:
+                with context.wrap_socket(conn, server_side=True) as tls:
+                    tls.settimeout(5)
+                    tls.recv(4096)
+            except (OSError, ssl.SSLError):
+                pass
+
+    thread = threading.Thread(target=mitm, daemon=True)
+    thread.start()
+    config = write_config(
+        state_dir / "mitm.toml",
+        issuer.jwks_file,
+        {
+            "main": {
+                "host": "127.0.0.1",
+                "port": port,
+                "database": "app",
+                "user": roles.scram[0],
+                "password": {"file": str(state_dir / "secrets" / "scram")},
+                "tls": "require",
+            }
+        },
+    )
+    with run_gateway(make_settings(config=config), issuer, certs) as gw:
+        with pytest.raises(psycopg.OperationalError) as err:
+            psycopg.connect(gw.conninfo())
+        assert "could not establish TLS with the upstream" in str(err.value)
+        gw.wait_idle()
+    listener.close()
+    thread.join(5)

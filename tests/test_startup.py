@@ -72,6 +72,7 @@ def test_upstream_auth_methods(idle_gateway: RunningGateway, connection: str) ->
         ("nosecret", "08004", "does not have"),
         ("down", "08001", "could not connect to the upstream"),
         ("badtls", "08001", "could not establish TLS with the upstream"),
+        ("downgrade", "08004", "method this connection does not allow"),
     ],
 )
 def test_upstream_failures_are_reported_without_internals(
@@ -252,3 +253,13 @@ def test_read_only_grant_opens_a_read_only_upstream_session(idle_gateway: Runnin
         options="-c default_transaction_read_only=off",
     ) as conn:
         assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+
+
+def test_upstream_refusal_after_login_does_not_name_upstream_objects(
+    idle_gateway: RunningGateway,
+) -> None:
+    with pytest.raises(psycopg.OperationalError) as err:
+        connect(idle_gateway, connection="nodb")
+    assert err.value.sqlstate in ("3D000", None)
+    assert "the upstream database refused the connection" in str(err.value)
+    assert "no_such_database" not in str(err.value)

@@ -78,6 +78,9 @@ class SecretRef(_Strict):
             ) from None
 
 
+AuthMethod = Literal["scram-sha-256", "md5", "password", "trust"]
+
+
 class Role(_Strict):
     """A role is held by everyone in any of its identity-provider groups."""
 
@@ -107,6 +110,12 @@ class Connection(_Strict):
     tls_server_name: str | None = None
     #: Extra startup parameters sent upstream (e.g. {"search_path" = "app"}).
     options: dict[str, str] = Field(default_factory=dict)
+    #: Upstream authentication methods the gateway accepts (libpq's
+    #: require_auth): a server asking for another one is refused, so nobody in
+    #: the middle can talk the gateway into sending the secret in clear.
+    require_auth: list[AuthMethod] = Field(
+        default_factory=lambda: list[AuthMethod](["scram-sha-256"]), min_length=1
+    )
     #: Which roles may use this connection, and how. No grant, no access.
     grants: dict[str, Grant] = Field(default_factory=dict)
 

@@ -93,6 +93,8 @@ class ScramClient:
         self._gs2 = "p=tls-server-end-point,," if channel_binding is not None else "n,,"
         self._client_first_bare = f"n={username},r={self._nonce}"
         self._server_signature: bytes | None = None
+        #: True once the server has proved it knows the password.
+        self.verified = False
 
     @property
     def mechanism(self) -> str:
@@ -142,6 +144,7 @@ class ScramClient:
         if not hmac.compare_digest(received, self._server_signature):
             # The server does not know the password: it is not the server we meant.
             raise ProtocolViolation("SCRAM server signature mismatch")
+        self.verified = True
 
 
 def md5_password(password: str, user: str, salt: bytes) -> bytes:

@@ -54,6 +54,7 @@ class PgGateway:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = PgSession(self, reader, writer)
+        session.task = asyncio.current_task()
         self.active.add(session)
         try:
             await session.run()
@@ -97,4 +98,11 @@ class PgGateway:
             session.shutdown()
         deadline = asyncio.get_running_loop().time() + timeout
         while self.active and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+        # Whatever did not finish by itself (e.g. stuck connecting upstream) is
+        # cancelled; each session's own cleanup still runs.
+        for session in list(self.active):
+            if session.task is not None:
+                session.task.cancel()
+        while self.active and asyncio.get_running_loop().time() < deadline + 5:
             await asyncio.sleep(0.02)

@@ -54,6 +54,8 @@ class PgSession:
         self.connection: Connection | None = None
         self.upstream: Upstream | None = None
         self.access: Access | None = None
+        #: The task running this session (set by the server, for shutdown).
+        self.task: asyncio.Task[None] | None = None
         # The cancel key the client sees; the upstream's own key stays here.
         self.pid = 0
         self.secret = b""
@@ -84,8 +86,11 @@ class PgSession:
             self.end_reason = f"protocol violation: {e}"
             self.writer.write(m.fatal("08P01", str(e)))
         except UpstreamRefused as e:
-            self.end_reason = f"upstream refused: {e.sqlstate}"
-            self.writer.write(e.error_message)
+            self.end_reason = f"upstream refused: {e}"
+            self.writer.write(
+                e.relayed
+                or m.fatal(e.sqlstate, f"{e.message} (connection {self.connection_name!r})")
+            )
         except UpstreamError as e:
             self.end_reason = f"upstream: {e}"
             self.writer.write(
@@ -194,6 +199,17 @@ class PgSession:
         client_transport.set_write_buffer_limits(high=high, low=high // 4)
         server_transport.set_write_buffer_limits(high=high, low=high // 4)
 
+        if (
+            self._terminating
+            or client_transport.is_closing()
+            or self.reader.at_eof()
+            or self.reader.exception() is not None
+        ):
+            # The client left (or the gateway began shutting down) while the
+            # upstream was connecting: its connection_lost went to the stream
+            # protocol, so a pump attached now would wait for it forever.
+            self.end_reason = "client went away during upstream connect"
+            return
         max_message = settings.pg_max_message
         self._client_pump = Pump(Framer(max_message, _CLIENT_INTERCEPT), self, FramingError)
         self._server_pump = Pump(Framer(max_message, _SERVER_INTERCEPT), self, FramingError)
@@ -249,7 +265,11 @@ class PgSession:
             pump.peer.write(message)
         else:
             if type_code == m.ERROR_RESPONSE:
-                fields = dict(core.decode_fields(message))
+                try:
+                    fields = dict(core.decode_fields(message))
+                except ValueError as e:
+                    self.pump_violation(pump, e)
+                    return
                 if fields.get("V", fields.get("S")) in ("FATAL", "PANIC"):
                     self._upstream_sent_fatal = True
             elif type_code == m.NOTIFICATION_RESPONSE:

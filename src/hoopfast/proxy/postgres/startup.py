@@ -80,6 +80,8 @@ async def negotiate(
             writer.write(b"S")
             await writer.drain()
             await writer.start_tls(ssl_context)
+            if _buffered(reader):
+                raise m.ProtocolViolation("received unencrypted data after SSL request")
             tls = True
         elif code == m.GSSENC_REQUEST:
             writer.write(b"N")  # GSSAPI encryption is not offered; clients fall back

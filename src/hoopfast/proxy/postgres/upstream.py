@@ -46,12 +46,22 @@ class UpstreamError(Exception):
 
 
 class UpstreamRefused(UpstreamError):
-    """The upstream answered the startup with an ErrorResponse after
-    authentication (e.g. too many connections); relayed as is."""
+    """The upstream refused the session after authentication (too many
+    connections, no such database, ...). The client gets its SQLSTATE and a
+    general message; the upstream's own words, which name its roles and
+    databases, go to the log."""
 
-    def __init__(self, error_message: bytes, fields: dict[str, str]) -> None:
-        self.error_message = error_message
-        super().__init__(fields.get("C", "08004"), fields.get("M", "upstream refused"))
+    #: Refusals of what the *client* sent (an invalid value for one of its own
+    #: startup parameters, an unknown setting): the text names only that, and
+    #: the client needs it, so these are relayed as the server wrote them.
+    CLIENT_CAUSED = frozenset({"22023", "42704"})
+
+    def __init__(self, fields: dict[str, str], error_message: bytes) -> None:
+        sqlstate = fields.get("C", "08004")
+        super().__init__(
+            sqlstate, "the upstream database refused the connection", fields.get("M", "")
+        )
+        self.relayed = error_message if sqlstate in self.CLIENT_CAUSED else None
 
 
 @dataclass
@@ -82,6 +92,10 @@ def client_ssl_context(conn: Connection) -> ssl.SSLContext:
     return context
 
 
+def _buffered(reader: asyncio.StreamReader) -> int:
+    return len(reader._buffer)  # type: ignore[attr-defined]
+
+
 async def _open(conn: Connection) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     try:
         reader, writer = await asyncio.open_connection(conn.host, conn.port)
@@ -91,22 +105,37 @@ async def _open(conn: Connection) -> tuple[asyncio.StreamReader, asyncio.StreamW
         ) from None
     if conn.tls == "disable":
         return reader, writer
-    writer.write(m.ssl_request())
-    answer = await reader.readexactly(1)
-    if answer != b"S":
-        writer.close()
-        raise UpstreamError(
-            "08001", "could not connect to the upstream database", "server does not support TLS"
-        )
     try:
+        writer.write(m.ssl_request())
+        answer = await reader.readexactly(1)
+        if answer != b"S":
+            raise UpstreamError(
+                "08001",
+                "could not connect to the upstream database",
+                "server does not support TLS",
+            )
+        if _buffered(reader):
+            # Bytes after 'S' but before the handshake would be read as if they
+            # came over TLS: a man in the middle could forge the whole startup.
+            raise UpstreamError(
+                "08001",
+                "could not establish TLS with the upstream database",
+                "received unencrypted data after SSL response",
+            )
         await writer.start_tls(
             client_ssl_context(conn), server_hostname=conn.tls_server_name or conn.host
         )
-    except (ssl.SSLError, OSError) as e:
+    except UpstreamError:
+        writer.close()
+        raise
+    except (ssl.SSLError, OSError, asyncio.IncompleteReadError) as e:
         writer.close()
         raise UpstreamError(
             "08001", "could not establish TLS with the upstream database", str(e)
         ) from None
+    except BaseException:
+        writer.close()  # cancelled (timeout, shutdown): never leak the socket
+        raise
     return reader, writer
 
 
@@ -133,6 +162,19 @@ async def connect(conn: Connection, client_params: dict[str, str], secret: str |
     return upstream
 
 
+_METHODS = {m.AUTH_CLEARTEXT: "password", m.AUTH_MD5: "md5", m.AUTH_SASL: "scram-sha-256"}
+
+
+def _method_refused(conn: Connection, method: str) -> UpstreamError:
+    # Like libpq's require_auth: a server (or a man in the middle) must not be
+    # able to talk the gateway down to a weaker method and collect the secret.
+    return UpstreamError(
+        "08004",
+        "the upstream database asked for an authentication method this connection does not allow",
+        f"{method} not in require_auth {list(conn.require_auth)}",
+    )
+
+
 def _require_secret(conn: Connection, secret: str | None) -> str:
     if secret is None:
         raise UpstreamError(
@@ -155,6 +197,7 @@ def _refused(fields: dict[str, str]) -> UpstreamError:
 async def _authenticate(upstream: Upstream, conn: Connection, secret: str | None) -> None:
     reader, writer = upstream.reader, upstream.writer
     scram: ScramClient | None = None
+    code_seen: int | None = None
     while True:
         msg = await m.read_message(reader, _MAX_STARTUP_MESSAGE)
         if msg.type == m.ERROR_RESPONSE:
@@ -165,7 +208,17 @@ async def _authenticate(upstream: Upstream, conn: Connection, secret: str | None
             raise m.ProtocolViolation(f"unexpected message {chr(msg.type)!r} during authentication")
         (code,) = struct.unpack_from("!I", msg.body)
         if code == m.AUTH_OK:
+            if scram is not None and not scram.verified:
+                # Skipping SASLFinal would skip the proof that the server knows
+                # the password: that server is not the one we meant.
+                raise m.ProtocolViolation("server ended SCRAM before proving its identity")
+            if code_seen is None and "trust" not in conn.require_auth:
+                raise _method_refused(conn, "trust (no authentication)")
             return
+        code_seen = code
+        method = _METHODS.get(code)
+        if method is not None and method not in conn.require_auth:
+            raise _method_refused(conn, method)
         if code == m.AUTH_CLEARTEXT:
             writer.write(m.build(m.PASSWORD_MESSAGE, m.cstring(_require_secret(conn, secret))))
         elif code == m.AUTH_MD5:
@@ -229,7 +282,7 @@ async def _read_until_ready(upstream: Upstream) -> None:
         elif msg.type == m.NOTICE_RESPONSE:
             upstream.notices.append(msg.raw)
         elif msg.type == m.ERROR_RESPONSE:
-            raise UpstreamRefused(msg.raw, dict(decode_fields(msg.raw)))
+            raise UpstreamRefused(dict(decode_fields(msg.raw)), msg.raw)
         elif msg.type == m.READY_FOR_QUERY:
             return
         else:
