@@ -263,3 +263,22 @@ def test_upstream_refusal_after_login_does_not_name_upstream_objects(
     assert err.value.sqlstate in ("3D000", None)
     assert "the upstream database refused the connection" in str(err.value)
     assert "no_such_database" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "requests",
+    [(m.GSSENC_REQUEST, m.GSSENC_REQUEST), (m.SSL_REQUEST, m.SSL_REQUEST)],
+)
+def test_repeated_encryption_negotiation_is_a_protocol_violation(
+    make_settings: Any, issuer: Any, certs: Any, requests: tuple[int, int]
+) -> None:
+    from tests.gateway import run_gateway
+
+    # Without a certificate, SSLRequest is answered 'N' and could be repeated.
+    settings = make_settings(tls_cert_file=None, tls_key_file=None)
+    with run_gateway(settings, issuer, certs) as gw, _raw(gw) as sock:
+        sock.sendall(struct.pack("!II", 8, requests[0]))
+        assert sock.recv(1) == b"N"
+        sock.sendall(struct.pack("!II", 8, requests[1]))
+        fields = _read_error(sock)
+        assert fields["C"] == "08P01" and "encryption negotiation" in fields["M"]

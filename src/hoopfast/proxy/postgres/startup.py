@@ -60,16 +60,21 @@ async def negotiate(
     max_packet: int,
 ) -> StartupRequest | CancelTarget:
     tls = False
+    negotiated: set[int] = set()
     while True:
         packet = await m.read_startup_packet(reader, max_packet)
         try:
             code, params = decode_startup(packet)
         except ValueError as e:
             raise m.ProtocolViolation(f"malformed startup packet: {e}") from None
+        if code in (m.SSL_REQUEST, m.GSSENC_REQUEST):
+            # Each may be asked once (libpq tries GSSENC, then SSL); a client
+            # repeating them would only keep a connection slot busy.
+            if code in negotiated or tls:
+                raise m.ProtocolViolation("unexpected encryption negotiation request")
+            negotiated.add(code)
 
         if code == m.SSL_REQUEST:
-            if tls:
-                raise m.ProtocolViolation("SSLRequest on an encrypted connection")
             if ssl_context is None:
                 writer.write(b"N")
                 continue
