@@ -52,12 +52,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hoopfast.devcluster import DevCluster, PgBouncer, free_port
+from hoopfast.devconfig import write_gateway_config
+from hoopfast.identity.devissuer import DevIssuer
+
 REPO = Path(__file__).resolve().parent.parent
 BENCH_DIR = Path(__file__).resolve().parent
 CLIENT = BENCH_DIR / "_client.py"
-
-from hoopfast.devcluster import DevCluster, PgBouncer, free_port  # noqa: E402
-from hoopfast.identity.devissuer import DevIssuer  # noqa: E402
 
 TARGETS = ("direct", "pgbouncer", "hoopfast")
 ROLE = "bench"
@@ -223,27 +224,6 @@ class Measurement:
 
 
 # --------------------------------------------------------------------------- setup
-
-
-GATEWAY_CONFIG = """\
-# Written by bench/run.py.
-[identity]
-issuer = "hoopfast-dev"
-audience = "hoopfast"
-jwks_file = "{jwks}"
-
-[roles.bench]
-groups = ["bench"]
-
-[connections.{name}]
-host = "127.0.0.1"
-port = {port}
-database = "{database}"
-user = "{user}"
-password = {{ file = "{secret}" }}
-tls = "disable"
-grants = {{ bench = {{}} }}
-"""
 
 
 class Gateway:
@@ -432,17 +412,23 @@ def setup(stack: contextlib.ExitStack, workdir: Path, args: argparse.Namespace) 
     secret_file = workdir / "bench.password"
     secret_file.write_text(password + "\n", encoding="utf-8")
     secret_file.chmod(0o600)
-    config = workdir / "hoopfast.toml"
-    config.write_text(
-        GATEWAY_CONFIG.format(
-            jwks=jwks,
-            name=CONNECTION,
-            port=cluster.port,
-            database=DATABASE,
-            user=ROLE,
-            secret=secret_file,
-        ),
-        encoding="utf-8",
+    # Upstream without TLS, like PgBouncer's, for a fair comparison.
+    config = write_gateway_config(
+        workdir / "hoopfast.toml",
+        jwks,
+        {
+            CONNECTION: {
+                "host": "127.0.0.1",
+                "port": cluster.port,
+                "database": DATABASE,
+                "user": ROLE,
+                "password": {"file": secret_file},
+                "tls": "disable",
+                "grants": {"bench": {}},
+            }
+        },
+        {"bench": {"groups": ["bench"]}},
+        header="Written by bench/run.py.",
     )
     gateway = Gateway(workdir, config, args.impl)
     stack.callback(gateway.stop)

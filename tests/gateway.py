@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 import uvloop
 
 from hoopfast.config import load_config
+from hoopfast.devcluster import make_conninfo
+from hoopfast.devconfig import write_gateway_config
 from hoopfast.devtls import CertFiles
 from hoopfast.identity.devissuer import DevIssuer
 from hoopfast.identity.tokens import TokenValidator
@@ -61,7 +63,7 @@ class RunningGateway:
         }
         if sslmode.startswith("verify"):
             params.setdefault("sslrootcert", str(self.certs.ca_file))
-        return " ".join(f"{k}='{_quote(str(v))}'" for k, v in params.items())
+        return make_conninfo(params)
 
     def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the gateway's loop and return its result."""
@@ -85,10 +87,6 @@ class RunningGateway:
         while (count := self.session_count()) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert count == 0, f"{count} session(s) still open"
-
-
-def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
 @contextmanager
@@ -124,18 +122,6 @@ def run_gateway(
         validator.close()
 
 
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 #: Roles of the test configuration: the default token's group holds "analyst".
 TEST_ROLES = {"analyst": {"groups": ["analysts"]}, "auditor": {"groups": ["auditors"]}}
 
@@ -147,21 +133,9 @@ def write_config(
     roles: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
     """A gateway TOML file. Connections without ``grants`` grant "analyst"."""
-    lines = [
-        "[identity]",
-        'issuer = "hoopfast-dev"',
-        'audience = "hoopfast"',
-        f"jwks_file = {_toml(str(jwks_file))}",
-        "",
-    ]
-    for name, role in (roles if roles is not None else TEST_ROLES).items():
-        lines.append(f"[roles.{name}]")
-        lines.extend(f"{key} = {_toml(value)}" for key, value in role.items())
-        lines.append("")
-    for name, conn in connections.items():
-        conn = {"grants": {"analyst": {}}, **conn}
-        lines.append(f"[connections.{name}]")
-        lines.extend(f"{key} = {_toml(value)}" for key, value in conn.items())
-        lines.append("")
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
+    return write_gateway_config(
+        path,
+        jwks_file,
+        {name: {"grants": {"analyst": {}}, **conn} for name, conn in connections.items()},
+        roles if roles is not None else TEST_ROLES,
+    )

@@ -85,7 +85,7 @@ def test_torn_packets_from_the_client(
         upstream=Faults.torn(max_piece=5),
         downstream=Faults.torn(max_piece=11),
     ) as proxy:
-        conninfo = gateway.conninfo().replace(f"port='{gateway.port}'", f"port='{proxy.port}'")
+        conninfo = gateway.conninfo(port=proxy.port)
         with psycopg.connect(conninfo, autocommit=True) as conn:
             assert conn.execute(QUERY).fetchall() == expected
             # Extended protocol, prepared: Parse/Bind/Execute torn too.
@@ -115,7 +115,7 @@ def test_upstream_dropped_mid_result(
 
 def test_client_dropped_mid_result(gateway: RunningGateway) -> None:
     with FaultProxy(gateway.host, gateway.port, downstream=Faults.drop(after=20_000)) as proxy:
-        conninfo = gateway.conninfo().replace(f"port='{gateway.port}'", f"port='{proxy.port}'")
+        conninfo = gateway.conninfo(port=proxy.port)
         with (
             pytest.raises(psycopg.OperationalError),
             psycopg.connect(conninfo, autocommit=True) as conn,

@@ -268,7 +268,8 @@ def _conninfo_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _make_conninfo(params: Mapping[str, str | int | None]) -> str:
+def make_conninfo(params: Mapping[str, str | int | None]) -> str:
+    """A libpq conninfo string; None values are left out."""
     return " ".join(f"{k}={_conninfo_quote(str(v))}" for k, v in params.items() if v is not None)
 
 
@@ -767,7 +768,7 @@ class DevCluster:
             "sslrootcert": str(self.ca_file) if self._tls else None,
         }
         params.update(extra)
-        return _make_conninfo(params)
+        return make_conninfo(params)
 
     def __repr__(self) -> str:
         state = "running" if self._running else "stopped"
@@ -867,7 +868,7 @@ class PgBouncer:
             "sslmode": "disable",
         }
         params.update(extra)
-        return _make_conninfo(params)
+        return make_conninfo(params)
 
     def __enter__(self) -> Self:
         self.start()

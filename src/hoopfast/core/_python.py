@@ -266,10 +266,6 @@ def _frame(code: int, payload: bytes, what: str) -> bytes:
     return bytes((code,)) + length.to_bytes(4, "big") + payload
 
 
-def _decode(raw: bytes | memoryview) -> str:
-    return bytes(raw).decode("utf-8", "replace")
-
-
 def _encode_cstring(value: str, what: str) -> bytes:
     raw = value.encode("utf-8")
     if b"\0" in raw:

@@ -98,10 +98,6 @@ def authentication(code: int, extra: bytes = b"") -> bytes:
     return build(AUTHENTICATION, _INT32.pack(code) + extra)
 
 
-def parameter_status(name: str, value: str) -> bytes:
-    return build(PARAMETER_STATUS, cstring(name) + cstring(value))
-
-
 def backend_key_data(pid: int, secret: int) -> bytes:
     return build(BACKEND_KEY_DATA, struct.pack("!iI", pid, secret))
 
@@ -124,6 +120,14 @@ def ssl_request() -> bytes:
 
 def cancel_request(pid: int, secret: int) -> bytes:
     return struct.pack("!IIiI", 16, CANCEL_REQUEST, pid, secret)
+
+
+def stream_buffer(reader: asyncio.StreamReader) -> bytearray:
+    """What a StreamReader has received but not handed out yet. There is no
+    public accessor; the startup phases need it to refuse bytes pipelined
+    before a TLS handshake and to hand leftovers to the relay."""
+    buffer: bytearray = reader._buffer  # type: ignore[attr-defined]
+    return buffer
 
 
 async def read_startup_packet(reader: asyncio.StreamReader, max_length: int) -> bytes:

@@ -96,13 +96,15 @@ class PgGateway:
             self._server.close()
         for session in list(self.active):
             session.shutdown()
-        deadline = asyncio.get_running_loop().time() + timeout
-        while self.active and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.02)
+        await self._until_idle(timeout)
         # Whatever did not finish by itself (e.g. stuck connecting upstream) is
         # cancelled; each session's own cleanup still runs.
         for session in list(self.active):
             if session.task is not None:
                 session.task.cancel()
-        while self.active and asyncio.get_running_loop().time() < deadline + 5:
+        await self._until_idle(5.0)
+
+    async def _until_idle(self, timeout: float) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.active and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.02)

@@ -364,7 +364,7 @@ class PgSession:
 
 
 def _take(reader: asyncio.StreamReader) -> bytes:
-    buffer: bytearray = reader._buffer  # type: ignore[attr-defined]
+    buffer = m.stream_buffer(reader)
     data = bytes(buffer)
     buffer.clear()
     return data

@@ -48,11 +48,6 @@ class CancelTarget:
     secret: bytes
 
 
-def _buffered(reader: asyncio.StreamReader) -> int:
-    # StreamReader has no public accessor for this; asyncpg-style code reads it too.
-    return len(reader._buffer)  # type: ignore[attr-defined]
-
-
 async def negotiate(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
@@ -78,14 +73,14 @@ async def negotiate(
             if ssl_context is None:
                 writer.write(b"N")
                 continue
-            if _buffered(reader):
+            if m.stream_buffer(reader):
                 # Bytes sent after SSLRequest but before the handshake would be
                 # taken as if they came over TLS (CVE-2021-23214): refuse.
                 raise m.ProtocolViolation("received unencrypted data after SSL request")
             writer.write(b"S")
             await writer.drain()
             await writer.start_tls(ssl_context)
-            if _buffered(reader):
+            if m.stream_buffer(reader):
                 raise m.ProtocolViolation("received unencrypted data after SSL request")
             tls = True
         elif code == m.GSSENC_REQUEST:

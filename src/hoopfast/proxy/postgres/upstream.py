@@ -92,10 +92,6 @@ def client_ssl_context(conn: Connection) -> ssl.SSLContext:
     return context
 
 
-def _buffered(reader: asyncio.StreamReader) -> int:
-    return len(reader._buffer)  # type: ignore[attr-defined]
-
-
 async def _open(conn: Connection) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     try:
         reader, writer = await asyncio.open_connection(conn.host, conn.port)
@@ -114,7 +110,7 @@ async def _open(conn: Connection) -> tuple[asyncio.StreamReader, asyncio.StreamW
                 "could not connect to the upstream database",
                 "server does not support TLS",
             )
-        if _buffered(reader):
+        if m.stream_buffer(reader):
             # Bytes after 'S' but before the handshake would be read as if they
             # came over TLS: a man in the middle could forge the whole startup.
             raise UpstreamError(
