@@ -14,11 +14,12 @@ help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F ':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 .PHONY: system-deps
-system-deps: ## Debian packages the tests and benchmarks need (pgbouncer, PostgreSQL server binaries)
+system-deps: ## Debian packages the build, tests and benchmarks need (libclang for pg_query, pgbouncer, PostgreSQL)
 	@need=""; \
 	command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || need="$$need pgbouncer"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need="$$need postgresql"; \
 	command -v psql >/dev/null || need="$$need postgresql-client"; \
+	ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || need="$$need libclang-dev"; \
 	if [ -n "$$need" ]; then \
 	  echo "installing:$$need"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; \
@@ -28,7 +29,7 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(STAMP): $(VENV)/bin/python pyproject.toml setup.py ext/_cpump.pyx $(RUST_SOURCES)
+$(STAMP): $(VENV)/bin/python pyproject.toml setup.py ext/_cpump.pyx $(RUST_SOURCES) | system-deps
 	$(PY) -m pip install -q "maturin>=1.4,<2" "Cython>=3.0" "setuptools>=77" wheel
 	rm -rf rust/target/wheels
 	cd rust && ../$(PY) -m maturin build --release -q -o target/wheels

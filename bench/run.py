@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Side-by-side benchmark: PostgreSQL direct vs PgBouncer vs the hoopfast gateway.
+"""Side-by-side benchmark: PostgreSQL direct vs PgBouncer vs the hoopfast gateway
+(with and without its statement guardrails).
 
 One command, on this machine, in one run::
 
@@ -11,16 +12,23 @@ One command, on this machine, in one run::
    ``big`` of 1M rows (~130 MB; quick: 100k rows);
 2. PgBouncer (session mode) in front of it;
 3. the gateway as a subprocess (``hoopfast serve``, settings from HOOPFAST_*),
-   upstream without TLS like PgBouncer's;
+   upstream without TLS like PgBouncer's, and a second one with the same
+   config and HOOPFAST_GUARDRAILS=false ("unguarded"), to measure what the
+   statement guardrails cost;
 4. pgbench -S in every query mode and client count, pgbench -S -C (a new
-   connection per transaction), large results (plain SELECT and COPY), and
-   the gateway's RSS across results of 10 MB / 100 MB / 1 GB;
-5. one markdown table with the ratios and the targets (met / not met);
+   connection per transaction), against all four targets; large results
+   (plain SELECT and COPY), and the gateway's RSS across results of 10 MB /
+   100 MB / 1 GB (direct, PgBouncer and the guarded gateway only);
+5. the guardrails' per-statement cost on a verdict-cache hit, timed in a
+   process of its own (``bench/_client.py policy``, the same code as
+   tests/test_policy_bench.py) under the gateway's core implementation;
+6. one markdown table with the ratios and the targets (met / not met), and a
+   guardrails table (hoopfast / unguarded, CPU per transaction, policy cost);
    ``--out FILE`` also writes it to FILE and the raw numbers to FILE.json.
 
-Every client connects WITHOUT TLS to all three targets (sslmode=disable), so
-the comparison is about proxying, not encryption; the gateway therefore runs
-with HOOPFAST_ALLOW_CLEARTEXT_WITHOUT_TLS=1 (development only).
+Every client connects WITHOUT TLS to all targets (sslmode=disable), so the
+comparison is about proxying, not encryption; the gateways therefore run with
+HOOPFAST_ALLOW_CLEARTEXT_WITHOUT_TLS=1 (development only).
 
 Everything started here (gateway, pgbouncer, cluster, pgbench, clients) is
 stopped on exit, on Ctrl-C and on errors. A failing case is reported (FAILED
@@ -60,7 +68,10 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH_DIR = Path(__file__).resolve().parent
 CLIENT = BENCH_DIR / "_client.py"
 
-TARGETS = ("direct", "pgbouncer", "hoopfast")
+#: "unguarded" is the gateway with HOOPFAST_GUARDRAILS=false (pgbench cases only).
+TARGETS = ("direct", "pgbouncer", "hoopfast", "unguarded")
+#: The targets of the large-result cases.
+LARGE_TARGETS = ("direct", "pgbouncer", "hoopfast")
 ROLE = "bench"
 DATABASE = "bench"
 CONNECTION = "bench"  # the gateway's connection name == the dbname clients ask for
@@ -75,6 +86,10 @@ CONNECT_MIN_RATIO = 0.8  # pgbench -C: hoopfast/direct >= 0.8
 #: Large-result runs per target per round (each takes well under a second).
 LARGE_REPS = 3
 RSS_FLAT_SLACK = 16 * MiB  # "flat": growth(largest) - growth(smallest) <= 16 MiB
+GUARD_MIN_RATIO = 0.95  # pgbench -S: hoopfast (guardrails on) / unguarded >= 0.95
+POLICY_MAX_US = 3.0  # guardrails' cost per statement on a verdict-cache hit < 3 us
+#: The log line an unguarded gateway writes at start, on purpose.
+UNGUARDED_NOTICE = "HOOPFAST_GUARDRAILS is off"
 
 
 def log(msg: str) -> None:
@@ -155,6 +170,19 @@ def reset_hwm(pid: int) -> bool:
         return False
 
 
+def syscalls(pid: int | None) -> tuple[int, int] | None:
+    """(read-like, write-like) system calls of *pid* so far (/proc/PID/io
+    syscr, syscw: read/readv and write/writev, which libuv uses on sockets)."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/io", encoding="ascii") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        return int(fields["syscr"]), int(fields["syscw"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def cpu_seconds(pid: int | None) -> float | None:
     if pid is None:
         return None
@@ -229,13 +257,22 @@ class Measurement:
 class Gateway:
     """``hoopfast serve`` as a subprocess."""
 
-    def __init__(self, workdir: Path, config: Path, impl: str | None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config: Path,
+        impl: str | None,
+        *,
+        guardrails: bool = True,
+        name: str = "gateway",
+    ) -> None:
         self.workdir = workdir
         self.config = config
         self.impl = impl
+        self.guardrails = guardrails
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log_file = workdir / "gateway.log"
+        self.log_file = workdir / f"{name}.log"
 
     def command(self) -> list[str]:
         exe = Path(sys.executable).parent / "hoopfast"
@@ -251,6 +288,7 @@ class Gateway:
             HOOPFAST_STATE_DIR=str(self.workdir / "state"),
             HOOPFAST_ALLOW_CLEARTEXT_WITHOUT_TLS="1",
             HOOPFAST_LOG_LEVEL="WARNING",
+            HOOPFAST_GUARDRAILS="true" if self.guardrails else "false",
         )
         if self.impl:
             env["HOOPFAST_IMPL"] = self.impl
@@ -298,7 +336,10 @@ class Gateway:
         except OSError:
             return []
         return [
-            line for line in text.splitlines() if re.search(r"\b(ERROR|CRITICAL|Traceback)\b", line)
+            line
+            for line in text.splitlines()
+            if re.search(r"\b(ERROR|CRITICAL|Traceback)\b", line)
+            and not (not self.guardrails and UNGUARDED_NOTICE in line)
         ]
 
     @property
@@ -322,6 +363,7 @@ class Env:
     cluster: DevCluster
     bouncer: PgBouncer
     gateway: Gateway
+    unguarded: Gateway
     password: str
     token: str
     pgbench: str
@@ -336,17 +378,21 @@ class Env:
             "direct": self.cluster.port,
             "pgbouncer": self.bouncer.port,
             "hoopfast": self.gateway.port,
+            "unguarded": self.unguarded.port,
         }[target]
-        user = PERSON if target == "hoopfast" else ROLE
-        dbname = CONNECTION if target == "hoopfast" else DATABASE
+        gateway = target in ("hoopfast", "unguarded")
+        user = PERSON if gateway else ROLE
+        dbname = CONNECTION if gateway else DATABASE
         return f"host=127.0.0.1 port={port} user={user} dbname={dbname} sslmode=disable"
 
     def secret(self, target: str) -> str:
-        return self.token if target == "hoopfast" else self.password
+        return self.token if target in ("hoopfast", "unguarded") else self.password
 
     def pid(self, target: str) -> int | None:
         if target == "hoopfast":
             return self.gateway.pid
+        if target == "unguarded":
+            return self.unguarded.pid
         if target == "pgbouncer":
             proc = self.bouncer._proc  # no public accessor
             return proc.pid if proc is not None and proc.poll() is None else None
@@ -395,8 +441,8 @@ def setup(stack: contextlib.ExitStack, workdir: Path, args: argparse.Namespace) 
             f" FROM generate_series(1, {int(args.big_rows)}) g"
         )
         conn.execute("VACUUM ANALYZE big")
-        big_bytes = conn.execute("SELECT pg_total_relation_size('big')").fetchone()[0]
-        pg_version = conn.execute("SHOW server_version").fetchone()[0]
+        big_bytes = _one(conn.execute("SELECT pg_total_relation_size('big')").fetchone())
+        pg_version = _one(conn.execute("SHOW server_version").fetchone())
 
     log("starting PgBouncer (session mode)")
     bouncer = PgBouncer(cluster, workdir / "pgbouncer", users={ROLE: password})
@@ -433,6 +479,10 @@ def setup(stack: contextlib.ExitStack, workdir: Path, args: argparse.Namespace) 
     gateway = Gateway(workdir, config, args.impl)
     stack.callback(gateway.stop)
     gateway.start()
+    log("starting the unguarded gateway (same config, HOOPFAST_GUARDRAILS=false)")
+    unguarded = Gateway(workdir, config, args.impl, guardrails=False, name="gateway-unguarded")
+    stack.callback(unguarded.stop)
+    unguarded.start()
 
     try:
         vout = subprocess.run(
@@ -461,6 +511,7 @@ def setup(stack: contextlib.ExitStack, workdir: Path, args: argparse.Namespace) 
         cluster=cluster,
         bouncer=bouncer,
         gateway=gateway,
+        unguarded=unguarded,
         password=password,
         token=token,
         pgbench=pgbench,
@@ -474,14 +525,22 @@ def setup(stack: contextlib.ExitStack, workdir: Path, args: argparse.Namespace) 
         with psycopg.connect(
             env.conninfo(target), password=env.secret(target), autocommit=True, connect_timeout=20
         ) as conn:
-            n = conn.execute("SELECT count(*) FROM pgbench_branches").fetchone()[0]
+            n = _one(conn.execute("SELECT count(*) FROM pgbench_branches").fetchone())
             if n != args.scale:
                 raise RuntimeError(f"{target}: unexpected pgbench_branches count {n}")
     log(
         f"ready: direct :{cluster.port}, pgbouncer :{bouncer.port}, "
-        f"hoopfast :{gateway.port} (pid {gateway.pid}, {impl_line})"
+        f"hoopfast :{gateway.port} (pid {gateway.pid}, {impl_line}), "
+        f"unguarded :{unguarded.port} (pid {unguarded.pid})"
     )
     return env
+
+
+def _one(row: tuple[Any, ...] | None) -> Any:
+    """The single value of a one-row, one-column result."""
+    if row is None:
+        raise RuntimeError("query returned no row")
+    return row[0]
 
 
 def _module_version(name: str) -> str:
@@ -515,11 +574,11 @@ def run_pgbench(
     """One pgbench run; returns (tps, details) or raises RuntimeError with the output."""
     argv = [env.pgbench, "-n", *extra, "-T", str(int(duration)), env.conninfo(target)]
     pid = env.pid(target)
-    cpu0 = cpu_seconds(pid)
+    cpu0, io0 = cpu_seconds(pid), syscalls(pid)
     t0 = time.monotonic()
     rc, out, err = run_child(argv, env=client_env(env.secret(target)), timeout=duration + 180)
     wall = time.monotonic() - t0
-    cpu1 = cpu_seconds(pid)
+    cpu1, io1 = cpu_seconds(pid), syscalls(pid)
     text = out + err
     problems = []
     if rc != 0:
@@ -552,6 +611,8 @@ def run_pgbench(
         details["connection_ms"] = float(conn_t[1])
     if cpu0 is not None and cpu1 is not None:
         details["proxy_cpu"] = (cpu1 - cpu0) / wall  # cores used by the proxy process
+    if io0 is not None and io1 is not None:
+        details["proxy_reads"], details["proxy_writes"] = io1[0] - io0[0], io1[1] - io0[1]
     return float(tps_m[1]), details
 
 
@@ -569,9 +630,9 @@ def run_client(
     return result
 
 
-def round_order(r: int) -> tuple[str, ...]:
-    """direct, pgbouncer, hoopfast on even rounds; reversed on odd ones."""
-    return TARGETS if r % 2 == 0 else tuple(reversed(TARGETS))
+def round_order(r: int, targets: tuple[str, ...] = TARGETS) -> tuple[str, ...]:
+    """direct, pgbouncer, hoopfast, unguarded on even rounds; reversed on odd ones."""
+    return targets if r % 2 == 0 else tuple(reversed(targets))
 
 
 def _note_failure(m: Measurement, target: str, error: Exception) -> None:
@@ -611,8 +672,9 @@ def measure(env: Env, args: argparse.Namespace) -> list[Measurement]:
     # Warm-up (not counted): table pages into the OS cache, the gateway's code paths.
     log("warm-up")
     for target in TARGETS:
-        with contextlib.suppress(RuntimeError):
-            run_client(env, target, "copy", big_query)
+        if target in LARGE_TARGETS:
+            with contextlib.suppress(RuntimeError):
+                run_client(env, target, "copy", big_query)
         with contextlib.suppress(RuntimeError):
             run_pgbench(env, target, ["-S", "-M", "simple", "-c", "2", "-j", "2"], 1)
 
@@ -636,7 +698,7 @@ def measure(env: Env, args: argparse.Namespace) -> list[Measurement]:
         for m, mode in large:
             # A run takes well under a second: several per round, order alternating.
             for rep in range(LARGE_REPS):
-                for target in round_order(r * LARGE_REPS + rep):
+                for target in round_order(r * LARGE_REPS + rep, LARGE_TARGETS):
                     measure_large(env, m, mode, target, big_query, r, args.rounds)
     for m, _ in large:
         for target, spent in m.extra.get("cpu_seconds", {}).items():
@@ -719,6 +781,29 @@ def measure_memory(env: Env, args: argparse.Namespace) -> list[Measurement]:
     return out
 
 
+def measure_policy(args: argparse.Namespace) -> dict[str, Any]:
+    """The guardrails' cost per statement (cache hit, and a miss for
+    reference), timed by ``bench/_client.py policy`` in a process of its own:
+    no sockets, the runner's threads out of the way, and the core
+    implementation the gateway runs (HOOPFAST_IMPL is read at import)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HOOPFAST_", "PG"))}
+    if args.impl:
+        env["HOOPFAST_IMPL"] = args.impl
+    checks, repeat = 20_000, (3 if args.quick else 7)
+    log(f"policy: {repeat} x {checks} cache-hit checks in-process (bench/_client.py policy)")
+    argv = [sys.executable, str(CLIENT), "policy", str(checks), str(repeat)]
+    rc, out, err = run_child(argv, env=env, timeout=600)
+    try:
+        result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        result = {"error": f"exit {rc}: {(out + err).strip()[-2000:]}"}
+    if rc != 0 and "error" not in result:
+        result["error"] = f"exit {rc}: {err.strip()[-2000:]}"
+    if "error" in result:
+        log(f"FAILED policy: {result['error']}")
+    return result
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -783,35 +868,185 @@ def evaluate(m: Measurement, memory: list[Measurement]) -> tuple[str, str]:
     return "—", "—"
 
 
-def render(results: list[Measurement], info: dict[str, Any]) -> str:
+def evaluate_guard(m: Measurement) -> tuple[str, str]:
+    """(target text, status) of the guardrails' rule for one pgbench case."""
+    if m.group != "pgbench":
+        return "—", "—"
+    target = f"hoopfast/unguarded ≥ {GUARD_MIN_RATIO}"
+    ratio = m.ratio("hoopfast", "unguarded")
+    if ratio is None:
+        return target, "FAILED"
+    return target, "met" if ratio >= GUARD_MIN_RATIO else "not met"
+
+
+def evaluate_policy(policy: dict[str, Any], key: str) -> str:
+    value = policy.get(key)
+    if "error" in policy or not isinstance(value, int | float):
+        return "FAILED"
+    return "met" if value / 1000 < POLICY_MAX_US else "not met"
+
+
+def cpu_us_per_txn(m: Measurement, target: str) -> float | None:
+    """The proxy's CPU time per transaction (µs), over all runs of a case."""
+    runs = [d for d in m.extra.get("details", {}).get(target, []) if "proxy_cpu" in d]
+    cpu = sum(d["proxy_cpu"] * d["wall_seconds"] for d in runs)
+    txns = sum(d["transactions"] for d in runs)
+    return cpu / txns * 1e6 if txns else None
+
+
+def syscalls_per_txn(m: Measurement, target: str) -> tuple[float, float] | None:
+    """The proxy's (reads, writes) per transaction, over all runs of a case."""
+    runs = [d for d in m.extra.get("details", {}).get(target, []) if "proxy_writes" in d]
+    txns = sum(d["transactions"] for d in runs)
+    if not txns:
+        return None
+    return (
+        sum(d["proxy_reads"] for d in runs) / txns,
+        sum(d["proxy_writes"] for d in runs) / txns,
+    )
+
+
+def _rw(value: tuple[float, float] | None) -> str:
+    return "—" if value is None else f"{value[0]:.2f} / {value[1]:.2f}"
+
+
+def policy_ns_per_txn(m: Measurement, policy: dict[str, Any]) -> float | None:
+    """The in-process cost of the messages the guardrails judge in one
+    pgbench -S transaction: a Query (-M simple), a Parse (-M extended), none
+    for -M prepared (it parses once per connection)."""
+    mode = m.extra.get("mode")
+    if mode == "prepared":
+        return 0.0
+    value = policy.get("query_message_ns" if mode == "simple" else "parse_message_ns")
+    return float(value) if isinstance(value, int | float) else None
+
+
+_STATUS_MD = {"met": "✅ met", "not met": "❌ not met", "FAILED": "FAILED"}
+
+
+def _us(value: float | None, digits: int = 1) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def render_guardrails(results: list[Measurement], policy: dict[str, Any]) -> list[str]:
+    """The guardrails section: hoopfast vs the unguarded gateway, and the
+    per-statement policy cost."""
+    lines = [
+        "### Guardrails",
+        "",
+        "hoopfast = the gateway as shipped (guardrails on); unguarded = the same config with "
+        "HOOPFAST_GUARDRAILS=false (Query, Parse and FunctionCall are then relayed without "
+        "being intercepted). µs CPU / txn: the gateway process's CPU time divided by pgbench's "
+        "transactions, over all runs. Policy µs / txn: the in-process cost (table below) of "
+        "the messages judged per transaction — one Query (simple), one Parse (extended), none "
+        "(prepared: one Parse per connection). Reads / writes per txn: the gateway's read and "
+        "write system calls per transaction (/proc/PID/io syscr, syscw).",
+        "",
+        "| case | hoopfast | unguarded | hoopfast/unguarded | hoopfast µs CPU / txn "
+        "| unguarded µs CPU / txn | difference | policy µs / txn (in-process) "
+        "| policy share of hoopfast CPU | hoopfast reads / writes per txn "
+        "| unguarded reads / writes per txn | target | status |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for m in results:
+        if m.group not in ("pgbench", "connect"):
+            continue
+        target, status = evaluate_guard(m)
+        on, off = cpu_us_per_txn(m, "hoopfast"), cpu_us_per_txn(m, "unguarded")
+        diff = on - off if on is not None and off is not None else None
+        pol = policy_ns_per_txn(m, policy)
+        pol_us = pol / 1000 if pol is not None else None
+        share = f"{pol_us / on:.1%}" if pol_us is not None and on else "—"
+        lines.append(
+            f"| {m.case} | {_cell(m, 'hoopfast')} | {_cell(m, 'unguarded')} "
+            f"| {_ratio(m.ratio('hoopfast', 'unguarded'))} | {_us(on)} | {_us(off)} "
+            f"| {'—' if diff is None else f'{diff:+.1f}'} | {_us(pol_us, 2)} | {share} "
+            f"| {_rw(syscalls_per_txn(m, 'hoopfast'))} | {_rw(syscalls_per_txn(m, 'unguarded'))} "
+            f"| {target} | {_STATUS_MD.get(status, status)} |"
+        )
+    lines += [""]
+    if "error" in policy:
+        lines += [f"Policy timing FAILED: {str(policy['error']).splitlines()[0]}", ""]
+        return lines
+    lines += [
+        f"Policy cost per statement for `{policy.get('text')}` with a random aid (so the "
+        f"literal differs and the fingerprint does not), in-process, core implementation "
+        f"`{policy.get('implementation')}`: median over {policy.get('repeat')} passes of the "
+        f"mean of {policy.get('checks'):,} statements (loop overhead included); the miss is "
+        f"the median of {policy.get('check_miss_runs')} checks on a fresh policy.",
+        "",
+        "| what | µs per statement | target | status |",
+        "|---|---:|---|---|",
+    ]
+    rows = [
+        ("fingerprint (`hoopfast.core.fingerprint`) alone", "fingerprint_ns", False),
+        ("`Rules.check`, verdict-cache hit", "check_hit_ns", True),
+        (
+            f"`Rules.check`, cache hit, {len(policy.get('deny_patterns', []))} deny_patterns",
+            "check_hit_patterns_ns",
+            False,
+        ),
+        (
+            "whole Query message: find NUL, decode UTF-8, `Rules.check` (-M simple)",
+            "query_message_ns",
+            True,
+        ),
+        ("whole Parse message, the same (-M extended)", "parse_message_ns", False),
+        (
+            "`Rules.check`, cache miss (sqlglot classification), for reference",
+            "check_miss_ns",
+            False,
+        ),
+    ]
+    for label, key, has_target in rows:
+        value = policy.get(key)
+        us = value / 1000 if isinstance(value, int | float) else None
+        if has_target:
+            status = evaluate_policy(policy, key)
+            target = f"< {POLICY_MAX_US:g} µs"
+        else:
+            target, status = "—", "—"
+        lines.append(f"| {label} | {_us(us, 2)} | {target} | {_STATUS_MD.get(status, status)} |")
+    lines.append("")
+    return lines
+
+
+def policy_statuses(policy: dict[str, Any]) -> list[str]:
+    return [evaluate_policy(policy, key) for key in ("check_hit_ns", "query_message_ns")]
+
+
+def render(results: list[Measurement], info: dict[str, Any], policy: dict[str, Any]) -> str:
     memory = [m for m in results if m.group == "memory"]
     lines = [
-        "| case | direct | pgbouncer | hoopfast | hoopfast/direct | hoopfast/pgbouncer "
-        "| pgbouncer/direct | pgbouncer CPU | hoopfast CPU | target | status |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "| case | direct | pgbouncer | hoopfast | unguarded | hoopfast/direct "
+        "| hoopfast/pgbouncer | pgbouncer/direct | hoopfast/unguarded | pgbouncer CPU "
+        "| hoopfast CPU | target | status |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for m in results:
         target, status = evaluate(m, memory)
-        status_md = {"met": "✅ met", "not met": "❌ not met", "FAILED": "FAILED"}.get(
-            status, status
-        )
+        status_md = _STATUS_MD.get(status, status)
         if m.group == "memory":
             lines.append(
-                f"| {m.case} | — | {_cell(m, 'pgbouncer')} | {_cell(m, 'hoopfast')} | — | — | — "
-                f"| — | — | {target} | {status_md} |"
+                f"| {m.case} | — | {_cell(m, 'pgbouncer')} | {_cell(m, 'hoopfast')} | — | — "
+                f"| — | — | — | — | — | {target} | {status_md} |"
             )
             continue
         lines.append(
             f"| {m.case} | {_cell(m, 'direct')} | {_cell(m, 'pgbouncer')} | {_cell(m, 'hoopfast')} "
+            f"| {_cell(m, 'unguarded')} "
             f"| {_ratio(m.ratio('hoopfast', 'direct'))} "
             f"| {_ratio(m.ratio('hoopfast', 'pgbouncer'))} "
             f"| {_ratio(m.ratio('pgbouncer', 'direct'))} "
+            f"| {_ratio(m.ratio('hoopfast', 'unguarded'))} "
             f"| {_cpu(m, 'pgbouncer')} | {_cpu(m, 'hoopfast')} "
             f"| {target} | {status_md} |"
         )
     table = "\n".join(lines)
 
     statuses = [evaluate(m, memory)[1] for m in results]
+    statuses += [evaluate_guard(m)[1] for m in results]
+    statuses += policy_statuses(policy)
     met = statuses.count("met")
     not_met = statuses.count("not met")
     failed = statuses.count("FAILED")
@@ -829,11 +1064,13 @@ def render(results: list[Measurement], info: dict[str, Any]) -> str:
         f"median per target (large results: {LARGE_REPS} runs per round); "
         f"pgbench -T {info['duration']} s, -j = min(c, 2); pgbench scale {info['scale']}; "
         f"table big = {info['big_rows']:,} rows, {info['big_bytes'] / MiB:.0f} MiB on disk",
-        "- all clients connect WITHOUT TLS (sslmode=disable) to all three targets; the gateway "
+        "- all clients connect WITHOUT TLS (sslmode=disable) to all targets; the gateway "
         "runs with HOOPFAST_ALLOW_CLEARTEXT_WITHOUT_TLS=1 and, like PgBouncer, connects upstream "
         "without TLS. Direct and PgBouncer clients authenticate with SCRAM; gateway clients "
         "send a dev token (Ed25519 JWT) as cleartext password, and the gateway does SCRAM "
         "upstream.",
+        "- unguarded: a second gateway process, same config, HOOPFAST_GUARDRAILS=false; it "
+        "runs in the pgbench cases only (— elsewhere).",
         "- PgBouncer: session mode, pool 100, server connections reused across client connections "
         '(matters for -C). "CPU" columns: CPU used by the proxy process during the run '
         "(100% = one core).",
@@ -846,6 +1083,7 @@ def render(results: list[Measurement], info: dict[str, Any]) -> str:
         "",
         table,
         "",
+        *render_guardrails(results, policy),
         f"Targets: {met} met, {not_met} not met, {failed} failed.",
     ]
     if info.get("gateway_log_problems"):
@@ -957,6 +1195,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             env = setup(stack, workdir, args)
             load_start = f"{os.getloadavg()[0]:.2f}"
+            policy = measure_policy(args)
             results = measure(env, args)
             load_end = f"{os.getloadavg()[0]:.2f}"
             info: dict[str, Any] = {
@@ -972,20 +1211,23 @@ def main(argv: list[str] | None = None) -> int:
                 "big_rows": args.big_rows,
                 "big_bytes": env.big_bytes,
                 "versions": {**env.versions, "git": git_revision()},
-                "gateway_log_problems": env.gateway.log_problems(),
+                "gateway_log_problems": env.gateway.log_problems()
+                + [f"(unguarded) {line}" for line in env.unguarded.log_problems()],
                 **machine_info(),
             }
-            if env.gateway.pid is None:
-                info["gateway_log_problems"].insert(
-                    0, "the gateway process is not running any more"
-                )
-            report = render(results, info)
+            for gw, what in ((env.gateway, "gateway"), (env.unguarded, "unguarded gateway")):
+                if gw.pid is None:
+                    info["gateway_log_problems"].insert(
+                        0, f"the {what} process is not running any more"
+                    )
+            report = render(results, info, policy)
             print(report, flush=True)
             if args.out:
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.write_text(report, encoding="utf-8")
                 raw = {
                     "info": info,
+                    "policy": policy,
                     "results": [
                         {
                             "case": m.case,
@@ -998,6 +1240,10 @@ def main(argv: list[str] | None = None) -> int:
                             "proxy_cpu": m.cpu,
                             "target": evaluate(m, [x for x in results if x.group == "memory"])[0],
                             "status": evaluate(m, [x for x in results if x.group == "memory"])[1],
+                            "guardrails_target": evaluate_guard(m)[0],
+                            "guardrails_status": evaluate_guard(m)[1],
+                            "cpu_us_per_txn": {t: cpu_us_per_txn(m, t) for t in TARGETS},
+                            "syscalls_per_txn": {t: syscalls_per_txn(m, t) for t in TARGETS},
                             "extra": m.extra,
                         }
                         for m in results
@@ -1008,7 +1254,7 @@ def main(argv: list[str] | None = None) -> int:
                     json.dumps(raw, indent=2, default=str) + "\n", encoding="utf-8"
                 )
                 log(f"wrote {args.out} and {json_path}")
-            if any(m.failed(t) for m in results for t in TARGETS):
+            if any(m.failed(t) for m in results for t in TARGETS) or "error" in policy:
                 rc = 1
         except KeyboardInterrupt:
             log("interrupted: cleaning up")
@@ -1024,7 +1270,7 @@ def main(argv: list[str] | None = None) -> int:
             # A second Ctrl-C must not cut the cleanup short.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            log("cleaning up (clients, gateway, pgbouncer, cluster)")
+            log("cleaning up (clients, gateways, pgbouncer, cluster)")
             _kill_children()
     return rc
 

@@ -19,6 +19,7 @@ __all__ = [
     "decode_startup",
     "encode_startup",
     "fingerprint",
+    "pg_parse",
 ]
 
 IMPLEMENTATION: Final[str]
@@ -61,3 +62,14 @@ def fingerprint(sql: str) -> tuple[bytes, int]:
     """(16-byte key, statement count): a policy-verdict cache key under which
     statements differing only in literal values are equal (rules in
     hoopfast.core._python.fingerprint)."""
+
+def pg_parse(sql: str) -> list[tuple[str, list[str], list[tuple[str, str]], list[str]]]:
+    """PostgreSQL's own grammar (libpg_query) on ``sql``: per statement,
+    ``(kind, flags, [(table, context)], [function])``. ``kind`` is the parse
+    node (``"SelectStmt"``, ``"DeleteStmt"``, ... or ``"Other"``); flags are
+    ``analyze``, ``into``, ``locking``, ``copy_from``, ``copy_file``,
+    ``set:NAME``, ``reset:NAME``, ``reset_all``, ``set_transaction``; table
+    contexts are ``select``, ``dml``, ``ddl``, ``call`` or ``none``. Raises
+    ValueError(message, position) when the grammar rejects the text
+    (position: 1-based character index, 0 when unknown). Not part of the hot-path
+    contract (no pure-Python twin): both implementations use it."""

@@ -1,10 +1,12 @@
 //! hoopfast_core: the compiled hot path of hoopfast (PostgreSQL framing,
-//! message codec, SQL fingerprints). This file only registers the Python
-//! module; the logic is in [`framer`], [`messages`] and [`fingerprint`].
+//! message codec, SQL fingerprints, PostgreSQL-grammar cross-check). This
+//! file only registers the Python module; the logic is in [`framer`],
+//! [`messages`], [`fingerprint`] and [`pgparse`].
 
 pub mod fingerprint;
 pub mod framer;
 pub mod messages;
+pub mod pgparse;
 
 use pyo3::prelude::*;
 
@@ -18,5 +20,6 @@ fn hoopfast_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<framer::PyFramer>()?;
     messages::register(m)?;
     m.add_function(wrap_pyfunction!(fingerprint::py_fingerprint, m)?)?;
+    m.add_function(wrap_pyfunction!(pgparse::py_pg_parse, m)?)?;
     Ok(())
 }

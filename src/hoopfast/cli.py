@@ -1,4 +1,5 @@
-"""The ``hoopfast`` command: serve · check-config · token · version · demo."""
+"""The ``hoopfast`` command: serve · check-config · token · version · demo · login · connect
+· logout."""
 
 from __future__ import annotations
 
@@ -7,11 +8,15 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hoopfast import __version__
 from hoopfast.config import load_config, parse_duration
 from hoopfast.errors import ConfigurationError
 from hoopfast.settings import Settings
+
+if TYPE_CHECKING:
+    from hoopfast.identity.login import DeviceAuthorization, LoginError, StoredToken, TokenStore
 
 
 def _settings() -> Settings:
@@ -104,6 +109,149 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.dir))
 
 
+def _token_store(args: argparse.Namespace) -> TokenStore:
+    from hoopfast.identity.login import TokenStore, default_token_file
+
+    return TokenStore(Path(args.token_file) if args.token_file else default_token_file())
+
+
+def _login_failed(command: str, error: LoginError) -> int:
+    print(f"hoopfast {command}: {error}", file=sys.stderr)
+    return error.exit_code
+
+
+def _describe_expiry(token: StoredToken) -> str:
+    import time
+
+    if token.expires_at is None:
+        return "with no known expiry"
+    when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(token.expires_at))
+    return f"valid until {when}"
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    from hoopfast.identity.login import ClientSettings, LoginError, device_login, token_warnings
+
+    def prompt(device: DeviceAuthorization) -> None:
+        print(device.prompt(), file=sys.stderr, flush=True)
+
+    try:
+        client = ClientSettings.resolve(
+            issuer=args.issuer,
+            client_id=args.client_id,
+            client_secret=args.client_secret,
+            scope=args.scope,
+            audience=args.audience,
+            use_id_token=True if args.use_id_token else None,
+        )
+        store = _token_store(args)
+        token = device_login(client, on_prompt=prompt)
+        store.put(token)
+    except LoginError as e:
+        return _login_failed("login", e)
+    except KeyboardInterrupt:
+        print("hoopfast login: cancelled", file=sys.stderr)
+        return 130
+    who = f" as {token.username}" if token.username else ""
+    print(
+        f"Logged in to {token.issuer}{who}; the {token.kind.replace('_', ' ')} is "
+        f"{_describe_expiry(token)}{' (refreshable)' if token.refresh_token else ''}.\n"
+        f"Stored in {store.path}.",
+        file=sys.stderr,
+    )
+    for warning in token_warnings(token):
+        print(f"hoopfast login: warning: {warning}", file=sys.stderr)
+    if args.print:
+        print(token.token)
+    return 0
+
+
+_CONNECT_USAGE = "hoopfast connect CONNECTION [options] [-- psql arguments]"
+
+
+def _connect_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="the gateway (default: $HOOPFAST_GATEWAY_HOST or 127.0.0.1)")
+    parser.add_argument("--port", help="its port (default: $HOOPFAST_GATEWAY_PORT or 15432)")
+    parser.add_argument(
+        "--user", help="user name to show (default: the token's; the gateway uses the token)"
+    )
+    parser.add_argument("--sslmode", default="require", help="libpq sslmode (default: require)")
+    _login_selection(parser)
+
+
+def _login_selection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--issuer", help="which login to use (default: $HOOPFAST_LOGIN_ISSUER, or the only one)"
+    )
+    parser.add_argument("--client-id", help="default: $HOOPFAST_LOGIN_CLIENT_ID")
+    parser.add_argument("--token-file", help="default: $HOOPFAST_TOKEN_FILE or ~/.config/...")
+
+
+def _stored_login(args: argparse.Namespace, store: TokenStore) -> StoredToken:
+    import os
+
+    from hoopfast.identity.login import ENV_CLIENT_ID, ENV_ISSUER
+
+    return store.find(
+        args.issuer or os.environ.get(ENV_ISSUER) or None,
+        args.client_id or os.environ.get(ENV_CLIENT_ID) or None,
+    )
+
+
+def cmd_connect(args: argparse.Namespace) -> int:
+    from hoopfast.identity.login import LoginError, exec_psql, fresh_token, psql_command
+
+    # CONNECTION and options after it run up to a "--" that starts psql's own
+    # arguments (argparse alone cannot split them: it eats the first "--").
+    rest: list[str] = args.rest
+    psql_args: list[str] = []
+    if "--" in rest:
+        cut = rest.index("--")
+        rest, psql_args = rest[:cut], rest[cut + 1 :]
+    options = argparse.ArgumentParser(prog="hoopfast connect", usage=_CONNECT_USAGE)
+    _connect_options(options)
+    options.add_argument("connection")
+    options.parse_args(rest, namespace=args)
+
+    def warn(message: str) -> None:
+        print(f"hoopfast connect: warning: {message}", file=sys.stderr)
+
+    try:
+        store = _token_store(args)
+        token = fresh_token(store, _stored_login(args, store), warn=warn)
+        command = psql_command(
+            args.connection,
+            token,
+            host=args.host,
+            port=args.port,
+            user=args.user,
+            sslmode=args.sslmode,
+            extra_args=psql_args,
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        exec_psql(command)
+    except LoginError as e:
+        return _login_failed("connect", e)
+
+
+def cmd_logout(args: argparse.Namespace) -> int:
+    from hoopfast.identity.login import LoginError
+
+    try:
+        store = _token_store(args)
+        if args.all:
+            count = store.clear()
+            print(f"Removed {count} stored login(s) from {store.path}.", file=sys.stderr)
+            return 0
+        token = _stored_login(args, store)
+        store.delete(token.issuer, token.client_id)
+    except LoginError as e:
+        return _login_failed("logout", e)
+    print(f"Logged out of {token.issuer} (client {token.client_id}).", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hoopfast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -132,6 +280,60 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="a throwaway cluster, sample data and the gateway")
     demo.add_argument("--dir", default=".hoopfast/demo", help="where the demo keeps its files")
     demo.set_defaults(func=cmd_demo)
+
+    login = sub.add_parser(
+        "login",
+        help="get a token from the OIDC provider (device authorization grant)",
+        description="Log in with the OAuth 2.0 device authorization grant and store the token. "
+        "Instructions go to stderr; see docs/login.md.",
+    )
+    login.add_argument("--issuer", help="the OIDC issuer URL (default: $HOOPFAST_LOGIN_ISSUER)")
+    login.add_argument("--client-id", help="the public client (default: $HOOPFAST_LOGIN_CLIENT_ID)")
+    login.add_argument(
+        "--client-secret",
+        help="only for providers that want one from device clients, e.g. Google "
+        "(default: $HOOPFAST_LOGIN_CLIENT_SECRET)",
+    )
+    login.add_argument(
+        "--scope",
+        help="scopes to ask for (default: $HOOPFAST_LOGIN_SCOPE or "
+        "'openid profile email offline_access')",
+    )
+    login.add_argument(
+        "--audience", help="audience parameter some providers need (Auth0, Okta custom servers)"
+    )
+    login.add_argument(
+        "--use-id-token",
+        action="store_true",
+        help="present the id_token instead of the access token (e.g. Google, whose access "
+        "tokens are opaque; default: $HOOPFAST_LOGIN_USE_ID_TOKEN)",
+    )
+    login.add_argument("--token-file", help="default: $HOOPFAST_TOKEN_FILE or ~/.config/...")
+    login.add_argument(
+        "--print", action="store_true", help="also print the token to stdout (for scripts)"
+    )
+    login.set_defaults(func=cmd_login)
+
+    connect = sub.add_parser(
+        "connect",
+        help="run psql against the gateway with the stored token",
+        usage=_CONNECT_USAGE,
+        description="Run psql against the gateway; the token goes in PGPASSWORD, refreshed "
+        "first if it is about to expire.",
+    )
+    _connect_options(connect)
+    connect.add_argument(
+        "rest",
+        nargs=argparse.REMAINDER,
+        metavar="CONNECTION [options] [-- psql arguments]",
+        help="the gateway connection (the database name); psql's own arguments follow --",
+    )
+    connect.set_defaults(func=cmd_connect)
+
+    logout = sub.add_parser("logout", help="forget a stored token")
+    _login_selection(logout)
+    logout.add_argument("--all", action="store_true", help="forget every stored token")
+    logout.set_defaults(func=cmd_logout)
     return parser
 
 

@@ -87,12 +87,100 @@ class Role(_Strict):
     groups: list[str] = Field(min_length=1)
 
 
+#: Statement classes a grant can allow, deny or send to review (see
+#: :mod:`hoopfast.policy.classify`; ``unknown`` has its own setting).
+StatementClass = Literal[
+    "read",
+    "write",
+    "ddl",
+    "dcl",
+    "session",
+    "role",
+    "file",
+    "maintenance",
+    "procedural",
+    "transaction",
+    "lock",
+]
+
+#: Allowed when a grant does not say: everything but changing identity
+#: (``role``) and server-side files/programs (``file``).
+DEFAULT_ALLOW: tuple[StatementClass, ...] = (
+    "read",
+    "write",
+    "ddl",
+    "dcl",
+    "session",
+    "maintenance",
+    "procedural",
+    "transaction",
+    "lock",
+)
+
+#: Denied when a grant does not say: functions that reach outside the
+#: database, other sessions or the server's configuration.
+DEFAULT_DENY_FUNCTIONS: tuple[str, ...] = (
+    "dblink",
+    "dblink_exec",
+    "dblink_connect",
+    "dblink_connect_u",
+    "dblink_send_query",
+    "dblink_open",
+    "pg_terminate_backend",
+    "pg_cancel_backend",
+    "pg_reload_conf",
+    "pg_rotate_logfile",
+    "pg_promote",
+    "pg_switch_wal",
+    "pg_create_restore_point",
+    "pg_read_file",
+    "pg_read_binary_file",
+    "pg_ls_dir",
+    "lo_import",
+    "lo_export",
+)
+
+
 class Grant(_Strict):
     """What one role may do on one connection."""
 
     #: Open the upstream session with default_transaction_read_only=on, so the
-    #: database itself refuses writes (defence in depth under the guardrails).
+    #: database itself refuses writes (defence in depth under the guardrails),
+    #: and deny every statement class that changes anything.
     read_only: bool = False
+    #: Statement classes this role may run (default: :data:`DEFAULT_ALLOW`).
+    allow: list[StatementClass] = Field(default_factory=lambda: list(DEFAULT_ALLOW))
+    #: Classes denied even if ``allow`` lists them.
+    deny: list[StatementClass] = Field(default_factory=list)
+    #: Classes that need a second person's approval (verdict ``review``).
+    review: list[StatementClass] = Field(default_factory=list)
+    #: Verdict for statements the gateway cannot fully classify.
+    unknown: Literal["deny", "review", "allow"] = "deny"
+    #: Tables ("table" or "schema.table", as stored in the catalog) no
+    #: statement may name.
+    deny_tables: list[str] = Field(default_factory=list)
+    #: Schemas no statement may name a table or function in.
+    deny_schemas: list[str] = Field(default_factory=list)
+    #: Functions ("name" or "schema.name") no statement may call.
+    deny_functions: list[str] = Field(default_factory=lambda: list(DEFAULT_DENY_FUNCTIONS))
+    #: Regular expressions (Python syntax) searched in the statement text as
+    #: received; a match denies it.
+    deny_patterns: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Grant:
+        both = sorted(set(self.deny) & set(self.review))
+        if both:
+            raise ValueError(f"classes both denied and sent to review: {', '.join(both)}")
+        for i, pattern in enumerate(self.deny_patterns):
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"deny_patterns[{i}] is not a valid expression: {e}") from None
+        for name in (*self.deny_tables, *self.deny_schemas, *self.deny_functions):
+            if not name or name != name.strip() or ".." in name or name.startswith("."):
+                raise ValueError(f"not a valid object name: {name!r}")
+        return self
 
 
 class Connection(_Strict):

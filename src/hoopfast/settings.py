@@ -63,6 +63,15 @@ class Settings(BaseSettings):
     #: the session ends when the token does.
     session_expiry_grace: float = Field(default=0.0, ge=0)
 
+    #: Statement guardrails (classification, deny/review). Off ONLY to
+    #: measure what they cost (bench/): with them off every statement reaches
+    #: the database unchecked, and the gateway says so loudly at start.
+    guardrails: bool = True
+
+    #: Seconds between checks of the config file for changes (a change
+    #: reloads it, as SIGHUP does); 0 turns the check off.
+    config_poll_interval: float = Field(default=2.0, ge=0)
+
     log_level: str = "INFO"
 
     @field_validator("pg_listen")

@@ -39,6 +39,9 @@ NOTIFICATION_RESPONSE = ord("A")
 # Frontend message types.
 PASSWORD_MESSAGE = ord("p")
 TERMINATE = ord("X")
+QUERY = ord("Q")
+PARSE = ord("P")
+FUNCTION_CALL = ord("F")
 
 _HEADER = struct.Struct("!cI")
 _INT32 = struct.Struct("!I")
@@ -76,6 +79,7 @@ def error_response(
     *,
     detail: str | None = None,
     hint: str | None = None,
+    position: int = 0,
     kind: int = ERROR_RESPONSE,
 ) -> bytes:
     """An ErrorResponse (or NoticeResponse with ``kind='N'``) as PostgreSQL
@@ -85,6 +89,8 @@ def error_response(
         fields.append(("D", detail))
     if hint:
         fields.append(("H", hint))
+    if position:
+        fields.append(("P", str(position)))
     return core.encode_fields(kind, [(k, v.replace("\0", "")) for k, v in fields])
 
 

@@ -8,9 +8,12 @@ import hmac
 import logging
 import secrets
 import ssl
+from pathlib import Path
 
-from hoopfast.config import GatewayConfig
+from hoopfast.config import GatewayConfig, load_config
+from hoopfast.errors import ConfigurationError
 from hoopfast.identity.tokens import TokenValidator
+from hoopfast.policy.guard import Policy
 from hoopfast.proxy.postgres import upstream
 from hoopfast.proxy.postgres.session import PgSession
 from hoopfast.settings import Settings
@@ -33,6 +36,7 @@ class PgGateway:
     ) -> None:
         self.settings = settings
         self.config = config
+        self.policy = Policy(config)
         self.validator = validator
         self.ssl_context = server_ssl_context(settings)
         #: Every session, from accept to close.
@@ -40,6 +44,30 @@ class PgGateway:
         #: Sessions past startup, by the cancel key (pid) the client was given.
         self.by_key: dict[int, PgSession] = {}
         self._server: asyncio.Server | None = None
+
+    def reload(self, config: GatewayConfig) -> None:
+        """Swap in a new configuration, atomically: new sessions use it at
+        once, open sessions at their next statement (a session whose access
+        it removes is ended). The identity section and the listener are
+        read at start only."""
+        if config.identity != self.config.identity:
+            log.warning("identity settings changed: they take effect after a restart")
+        self.config = config
+        self.policy = Policy(
+            config, self.policy.version + 1, classifications=self.policy.classifications
+        )
+        log.info("configuration reloaded (policy version %d)", self.policy.version)
+
+    def reload_file(self, path: Path) -> bool:
+        """Reload from ``path``; a file that does not validate changes
+        nothing (the current policy stays) and says why in the log."""
+        try:
+            config = load_config(path)
+        except ConfigurationError as e:
+            log.error("configuration reload failed; keeping the current configuration: %s", e)
+            return False
+        self.reload(config)
+        return True
 
     async def start(self) -> asyncio.Server:
         host, port = self.settings.pg_listen_address

@@ -14,6 +14,7 @@ import logging
 import secrets
 import ssl
 import time
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, cast
 
 from hoopfast import core
@@ -21,9 +22,18 @@ from hoopfast.config import Connection
 from hoopfast.core import Framer, FramingError, Pump
 from hoopfast.errors import ConfigurationError
 from hoopfast.identity.principal import Principal
-from hoopfast.policy.access import Access, access_to
+from hoopfast.policy.access import Access, access_to, roles_of
+from hoopfast.policy.classify import Classification
+from hoopfast.policy.guard import (
+    CLIENT_ENCODINGS,
+    Rules,
+    Verdict,
+    clean_encoding_name,
+    function_call_classification,
+    merge,
+)
 from hoopfast.proxy.postgres import messages as m
-from hoopfast.proxy.postgres import startup, upstream
+from hoopfast.proxy.postgres import params, startup, upstream
 from hoopfast.proxy.postgres.upstream import Upstream, UpstreamError, UpstreamRefused
 
 if TYPE_CHECKING:
@@ -34,8 +44,10 @@ log = logging.getLogger("hoopfast.session")
 #: Startup parameters that are the gateway's to set, not the client's.
 _NOT_FORWARDED = frozenset({"user", "database", "replication"})
 
-# Messages each direction hands to the session instead of passing through.
-_CLIENT_INTERCEPT = bytes([m.TERMINATE])
+# Messages each direction hands to the session instead of passing through:
+# from the client, every message that carries SQL (or runs a function).
+_CLIENT_INTERCEPT = bytes([m.TERMINATE, m.QUERY, m.PARSE, m.FUNCTION_CALL])
+_CLIENT_INTERCEPT_UNGUARDED = bytes([m.TERMINATE])  # HOOPFAST_GUARDRAILS=false
 _SERVER_INTERCEPT = bytes([m.ERROR_RESPONSE, m.NOTIFICATION_RESPONSE])
 
 
@@ -68,6 +80,17 @@ class PgSession:
         self._terminating = False
         self._upstream_sent_fatal = False
         self._expiry: asyncio.TimerHandle | None = None
+        #: The statement policy for this person on this connection.
+        self.rules: Rules | None = None
+        #: Prepared statements (SQL PREPARE and named Parse) by name, with
+        #: what their bodies do, so EXECUTE is judged by its body.
+        self._prepared: dict[str, Classification] = {}
+        #: Refused statements whose stand-in error has not come back yet:
+        #: token -> verdict. See _refuse.
+        self._refusals: OrderedDict[bytes, Verdict] = OrderedDict()
+        self.refused = 0
+        #: Python codec of the session's client encoding.
+        self._codec = "utf-8"
 
     # -- phase 1 ----------------------------------------------------------
 
@@ -145,6 +168,24 @@ class PgSession:
             )
         self.connection = conn
         self.access = access
+        self.rules = gw.policy.rules_for(request.database, access.roles)
+        assert self.rules is not None  # access_to found a grant
+        try:
+            requested = params.requested_settings(request.params)
+        except params.OptionsError as e:
+            raise startup.StartupRefused(
+                m.fatal("42501", f"startup options refused: {e}"), "startup options refused"
+            ) from None
+        verdict = self.rules.check_startup(requested)
+        if verdict.action != "allow":
+            raise startup.StartupRefused(
+                m.fatal(
+                    "42501",
+                    f"startup parameter refused by hoopfast policy (rule {verdict.rule}): "
+                    f"{verdict.message}",
+                ),
+                f"startup parameter refused ({verdict.rule})",
+            )
         try:
             password = conn.password.resolve() if conn.password else None
         except ConfigurationError as e:
@@ -153,6 +194,18 @@ class PgSession:
                 "08004", "the gateway has no credential for this connection"
             ) from None
         forwarded = {k: v for k, v in request.params.items() if k not in _NOT_FORWARDED}
+        # The analysis decodes statements in the client encoding, pinned here
+        # (SET client_encoding is refused; RESET returns to this). Encodings it
+        # cannot read were refused above; SQL_ASCII (no conversion at all)
+        # becomes UTF8, which libpq and drivers follow from ParameterStatus.
+        encoding = clean_encoding_name(requested.get("client_encoding", "UTF8"))
+        self._codec = CLIENT_ENCODINGS[encoding]
+        forwarded["client_encoding"] = (
+            "UTF8" if self._codec == "utf-8" else requested["client_encoding"]
+        )
+        # Both lexers assume it (E'...' is the only string with backslash
+        # escapes); SET of it is refused, and RESET returns to this value.
+        forwarded["standard_conforming_strings"] = "on"
         if access.read_only:
             # Set after the client's own parameters (and after `options`, which
             # PostgreSQL applies first), so the client cannot override it here.
@@ -211,7 +264,8 @@ class PgSession:
             self.end_reason = "client went away during upstream connect"
             return
         max_message = settings.pg_max_message
-        self._client_pump = Pump(Framer(max_message, _CLIENT_INTERCEPT), self, FramingError)
+        intercept = _CLIENT_INTERCEPT if settings.guardrails else _CLIENT_INTERCEPT_UNGUARDED
+        self._client_pump = Pump(Framer(max_message, intercept), self, FramingError)
         self._server_pump = Pump(Framer(max_message, _SERVER_INTERCEPT), self, FramingError)
         # Bytes the stream readers already buffered belong to the relay now.
         leftovers = [
@@ -259,12 +313,21 @@ class PgSession:
 
     def pump_message(self, pump: Any, type_code: int, message: bytes) -> None:
         if pump is self._client_pump:
-            if type_code == m.TERMINATE:
-                self._terminating = True
-                self.end_reason = "client terminated"
-            pump.peer.write(message)
+            if type_code == m.QUERY:
+                self._on_query(pump.peer, message)
+            elif type_code == m.PARSE:
+                self._on_parse(pump.peer, message)
+            elif type_code == m.FUNCTION_CALL:
+                self._on_function_call(pump.peer, message)
+            else:
+                if type_code == m.TERMINATE:
+                    self._terminating = True
+                    self.end_reason = "client terminated"
+                pump.peer.write(message)
         else:
             if type_code == m.ERROR_RESPONSE:
+                if self._refusals:
+                    message = self._refusal_error(message)
                 try:
                     fields = dict(core.decode_fields(message))
                 except ValueError as e:
@@ -275,6 +338,152 @@ class PgSession:
             elif type_code == m.NOTIFICATION_RESPONSE:
                 message = self._own_notification(message)
             pump.peer.write(message)
+
+    # -- guardrails -----------------------------------------------------------
+
+    def _current_rules(self) -> Rules | None:
+        """The rules under the gateway's current policy (a reload takes
+        effect at each session's next statement); None when the reload took
+        this person's access away, which ends the session."""
+        rules = self.rules
+        assert rules is not None and self.principal is not None
+        policy = self.gateway.policy
+        if rules.version == policy.version:
+            return rules
+        fresh = policy.rules_for(self.connection_name, roles_of(self.principal, policy.config))
+        if fresh is None:
+            self.end_reason = "access revoked by a policy reload"
+            self._terminating = True
+            self._fail_client("28000", f'access to connection "{self.connection_name}" was revoked')
+            return None
+        self.rules = fresh
+        return fresh
+
+    def _on_query(self, upstream_transport: Any, message: bytes) -> None:
+        rules = self._current_rules()
+        if rules is None:
+            return
+        # The server executes the text up to the first NUL (and rejects the
+        # message if anything follows it), so that is what is judged.
+        end = message.find(b"\0", 5)
+        if end < 0:
+            self._refuse(upstream_transport, None, _MALFORMED)
+            return
+        self._judge(upstream_transport, message, message[5:end], None, rules)
+
+    def _on_parse(self, upstream_transport: Any, message: bytes) -> None:
+        rules = self._current_rules()
+        if rules is None:
+            return
+        name_end = message.find(b"\0", 5)
+        end = message.find(b"\0", name_end + 1) if name_end >= 0 else -1
+        if end < 0:
+            self._refuse(upstream_transport, b"", _MALFORMED)
+            return
+        name = message[5:name_end]
+        allowed = self._judge(upstream_transport, message, message[name_end + 1 : end], name, rules)
+        if allowed is not None and name:
+            self._remember(name.decode("utf-8", "surrogateescape"), allowed)
+
+    def _on_function_call(self, upstream_transport: Any, message: bytes) -> None:
+        rules = self._current_rules()
+        if rules is None:
+            return
+        if len(message) < 9:
+            self._refuse(upstream_transport, None, _MALFORMED)
+            return
+        oid = int.from_bytes(message[5:9], "big")
+        verdict = rules.check_classification(function_call_classification(oid))
+        if verdict.action == "allow":
+            upstream_transport.write(message)
+        else:
+            self._refuse(upstream_transport, None, verdict)
+
+    def _judge(
+        self,
+        upstream_transport: Any,
+        message: bytes,
+        text: bytes,
+        parse_name: bytes | None,
+        rules: Rules,
+    ) -> Classification | None:
+        """Forward ``message`` if policy allows its SQL ``text``; else refuse
+        it. Returns what the allowed text does."""
+        try:
+            sql = text.decode(self._codec)
+        except UnicodeDecodeError:
+            self._refuse(upstream_transport, parse_name, _UNDECODABLE)
+            return None
+        decision = rules.check(sql, self._prepared)
+        if decision.verdict.action != "allow":
+            self._refuse(upstream_transport, parse_name, decision.verdict)
+            return None
+        c = decision.classification
+        if c.deallocates or c.prepares:
+            for name in c.deallocates:
+                if name == "*":
+                    self._prepared.clear()
+                else:
+                    self._prepared.pop(name, None)
+            for name in c.prepares:
+                self._remember(name, c)
+        upstream_transport.write(message)
+        return c
+
+    def _remember(self, name: str, c: Classification) -> None:
+        # If the server refuses a re-PREPARE (the name exists), it keeps the
+        # old body: the union covers both.
+        old = self._prepared.pop(name, None)
+        self._prepared[name] = merge([old, c]) if old is not None else c
+        if len(self._prepared) > _MAX_PREPARED:
+            # Forgotten names make EXECUTE "unknown" (denied), never allowed.
+            del self._prepared[next(iter(self._prepared))]
+
+    def _refuse(
+        self,
+        upstream_transport: Any,
+        parse_name: bytes | None,
+        verdict: Verdict,
+    ) -> None:
+        """Refuse a statement without sending it, keeping the protocol in step.
+
+        The upstream gets a stand-in in its place: a Query (or a Parse, under
+        the client's statement name) whose text is one random identifier,
+        which PostgreSQL rejects as a syntax error naming it. So the error
+        comes back exactly where the statement's own answer would have, the
+        server aborts an open transaction and skips the rest of an extended
+        query up to Sync just as for any error, and ReadyForQuery carries the
+        true transaction status. The gateway swaps the stand-in's error for
+        its own (_refusal_error). If an earlier error already put the server
+        in skip mode, the stand-in is skipped and the client sees that error,
+        as it would have without the gateway."""
+        token = b"hoopfast_refused_" + secrets.token_hex(12).encode()
+        self._refusals[token] = verdict
+        while len(self._refusals) > _MAX_REFUSALS:
+            self._refusals.popitem(last=False)
+        if parse_name is None:
+            stand_in = m.build(m.QUERY, token + b"\0")
+        else:
+            stand_in = m.build(m.PARSE, parse_name + b"\0" + token + b"\0\0\0")
+        upstream_transport.write(stand_in)
+        self.refused += 1
+        assert self.principal is not None
+        log.warning(
+            "session %s: %s on %s: statement %s (rule %s): %s",
+            self.id,
+            self.principal.subject,
+            self.connection_name,
+            "held for review" if verdict.action == "review" else "denied",
+            verdict.rule,
+            verdict.message,
+        )
+
+    def _refusal_error(self, message: bytes) -> bytes:
+        for token, verdict in self._refusals.items():
+            if token in message:
+                del self._refusals[token]
+                return _refusal_message(verdict, self.rules)
+        return message
 
     def _own_notification(self, message: bytes) -> bytes:
         """A NOTIFY this very session sent names the upstream backend's pid;
@@ -361,6 +570,41 @@ class PgSession:
             )
         else:
             log.info("session %s from %s ended: %s", self.id, self.client_address, self.end_reason)
+
+
+_MAX_PREPARED = 10_000
+_MAX_REFUSALS = 64
+_MALFORMED = Verdict("deny", "protocol", "malformed message", "08P01")
+_UNDECODABLE = Verdict(
+    "deny", "encoding", "the statement is not valid in the client encoding", "22021"
+)
+
+
+def _refusal_message(verdict: Verdict, rules: Rules | None) -> bytes:
+    roles = ", ".join(rules.roles) if rules is not None else ""
+    sqlstate = verdict.sqlstate
+    if verdict.rule == "syntax":
+        return m.error_response(
+            "ERROR",
+            sqlstate,
+            verdict.message,
+            position=verdict.position,
+        )
+    if verdict.action == "review":
+        return m.error_response(
+            "ERROR",
+            sqlstate,
+            f"approval required: {verdict.message}",
+            detail=f"hoopfast policy rule: {verdict.rule} (roles: {roles})",
+            hint="This statement needs a second person's approval; approvals are "
+            "not enabled on this gateway yet.",
+        )
+    return m.error_response(
+        "ERROR",
+        sqlstate,
+        f"permission denied by hoopfast policy: {verdict.message}",
+        detail=f"hoopfast policy rule: {verdict.rule} (roles: {roles})",
+    )
 
 
 def _take(reader: asyncio.StreamReader) -> bytes:

@@ -1,0 +1,256 @@
+//! PostgreSQL's own grammar, through libpg_query (the `pg_query` crate), as
+//! an independent second reading of a statement for the policy's
+//! cross-check (src/hoopfast/policy/crosscheck.py).
+//!
+//! Only what the cross-check compares is returned: per statement, its node
+//! type, a few flags that change its class, the tables it names (with the
+//! context libpg_query gives them: select, dml, ddl) and the functions it
+//! calls. The mapping from these to statement classes is Python's, beside
+//! the classifier it checks.
+
+use std::ffi::CString;
+
+use pg_query::protobuf::node::Node as NodeEnum;
+use pg_query::{Context, NodeRef};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+/// One statement as PostgreSQL's grammar reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgStatement {
+    pub kind: &'static str,
+    /// "analyze" (EXPLAIN with an ANALYZE option, whatever its value),
+    /// "into" (SELECT INTO), "locking" (FOR UPDATE/SHARE anywhere),
+    /// "copy_from", "copy_file" (a server file or PROGRAM),
+    /// "set:NAME" / "reset:NAME" / "reset_all" / "set_transaction".
+    pub flags: Vec<String>,
+    pub tables: Vec<(String, &'static str)>,
+    pub functions: Vec<String>,
+}
+
+macro_rules! stmt_kind {
+    ($node:expr; $($variant:ident),* $(,)?) => {
+        match $node {
+            $(Some(NodeEnum::$variant(..)) => stringify!($variant),)*
+            _ => "Other",
+        }
+    };
+}
+
+fn kind_of(node: Option<&NodeEnum>) -> &'static str {
+    stmt_kind!(node; InsertStmt, DeleteStmt, UpdateStmt, MergeStmt, SelectStmt, SetOperationStmt, ReturnStmt, PlassignStmt, CreateSchemaStmt, AlterTableStmt, ReplicaIdentityStmt, AlterCollationStmt, AlterDomainStmt, GrantStmt, GrantRoleStmt, AlterDefaultPrivilegesStmt, CopyStmt, VariableSetStmt, VariableShowStmt, CreateStmt, CreateTableSpaceStmt, DropTableSpaceStmt, AlterTableSpaceOptionsStmt, AlterTableMoveAllStmt, CreateExtensionStmt, AlterExtensionStmt, AlterExtensionContentsStmt, CreateFdwStmt, AlterFdwStmt, CreateForeignServerStmt, AlterForeignServerStmt, CreateForeignTableStmt, CreateUserMappingStmt, AlterUserMappingStmt, DropUserMappingStmt, ImportForeignSchemaStmt, CreatePolicyStmt, AlterPolicyStmt, CreateAmStmt, CreateTrigStmt, CreateEventTrigStmt, AlterEventTrigStmt, CreatePlangStmt, CreateRoleStmt, AlterRoleStmt, AlterRoleSetStmt, DropRoleStmt, CreateSeqStmt, AlterSeqStmt, DefineStmt, CreateDomainStmt, CreateOpClassStmt, CreateOpFamilyStmt, AlterOpFamilyStmt, DropStmt, TruncateStmt, CommentStmt, SecLabelStmt, DeclareCursorStmt, ClosePortalStmt, FetchStmt, IndexStmt, CreateStatsStmt, AlterStatsStmt, CreateFunctionStmt, AlterFunctionStmt, DoStmt, CallStmt, RenameStmt, AlterObjectDependsStmt, AlterObjectSchemaStmt, AlterOwnerStmt, AlterOperatorStmt, AlterTypeStmt, RuleStmt, NotifyStmt, ListenStmt, UnlistenStmt, TransactionStmt, CompositeTypeStmt, CreateEnumStmt, CreateRangeStmt, AlterEnumStmt, ViewStmt, LoadStmt, CreatedbStmt, AlterDatabaseStmt, AlterDatabaseRefreshCollStmt, AlterDatabaseSetStmt, DropdbStmt, AlterSystemStmt, ClusterStmt, VacuumStmt, ExplainStmt, CreateTableAsStmt, RefreshMatViewStmt, CheckPointStmt, DiscardStmt, LockStmt, ConstraintsSetStmt, ReindexStmt, CreateConversionStmt, CreateCastStmt, CreateTransformStmt, PrepareStmt, ExecuteStmt, DeallocateStmt, DropOwnedStmt, ReassignOwnedStmt, AlterTsdictionaryStmt, AlterTsconfigurationStmt, CreatePublicationStmt, AlterPublicationStmt, CreateSubscriptionStmt, AlterSubscriptionStmt, DropSubscriptionStmt)
+}
+
+fn context_name(context: Context) -> &'static str {
+    match context {
+        Context::Select => "select",
+        Context::DML => "dml",
+        Context::DDL => "ddl",
+        Context::Call => "call",
+        Context::None => "none",
+    }
+}
+
+fn flags_of(result: &pg_query::ParseResult) -> Vec<String> {
+    let mut flags = Vec::new();
+    for (node, _depth, _context, _) in result.protobuf.nodes() {
+        match node {
+            NodeRef::ExplainStmt(s) => {
+                let analyze = s.options.iter().any(|o| {
+                    matches!(&o.node, Some(NodeEnum::DefElem(d)) if d.defname.eq_ignore_ascii_case("analyze"))
+                });
+                if analyze {
+                    flags.push("analyze".to_owned());
+                }
+            }
+            NodeRef::SelectStmt(s) => {
+                if s.into_clause.is_some() {
+                    flags.push("into".to_owned());
+                }
+                if !s.locking_clause.is_empty() {
+                    flags.push("locking".to_owned());
+                }
+            }
+            NodeRef::CopyStmt(s) => {
+                if s.is_from {
+                    flags.push("copy_from".to_owned());
+                }
+                if s.is_program || !s.filename.is_empty() {
+                    flags.push("copy_file".to_owned());
+                }
+            }
+            NodeRef::VariableSetStmt(s) => {
+                // VariableSetKind: 1 SET VALUE, 2 SET DEFAULT, 3 SET CURRENT,
+                // 4 SET MULTI (SET TRANSACTION ...), 5 RESET, 6 RESET ALL.
+                let name = s.name.to_ascii_lowercase();
+                flags.push(match s.kind {
+                    4 => "set_transaction".to_owned(),
+                    5 => format!("reset:{name}"),
+                    6 => "reset_all".to_owned(),
+                    _ => format!("set:{name}"),
+                });
+            }
+            _ => {}
+        }
+    }
+    flags
+}
+
+/// PostgreSQL's grammar rejects the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyntaxError {
+    pub message: String,
+    /// 1-based character position, as in ErrorResponse's P field; 0: none.
+    pub position: i32,
+}
+
+impl From<String> for SyntaxError {
+    fn from(message: String) -> Self {
+        SyntaxError { message, position: 0 }
+    }
+}
+
+impl From<&str> for SyntaxError {
+    fn from(message: &str) -> Self {
+        SyntaxError { message: message.to_owned(), position: 0 }
+    }
+}
+
+/// libpg_query's C API, for the one thing the crate does not pass on: where
+/// in the text a syntax error is (signatures from pg_query.h).
+mod ffi {
+    use std::os::raw::{c_char, c_int};
+
+    #[repr(C)]
+    pub struct PgQueryError {
+        pub message: *mut c_char,
+        pub funcname: *mut c_char,
+        pub filename: *mut c_char,
+        pub lineno: c_int,
+        pub cursorpos: c_int,
+        pub context: *mut c_char,
+    }
+
+    #[repr(C)]
+    pub struct PgQueryParseResult {
+        pub parse_tree: *mut c_char,
+        pub stderr_buffer: *mut c_char,
+        pub error: *mut PgQueryError,
+    }
+
+    extern "C" {
+        pub fn pg_query_parse(input: *const c_char) -> PgQueryParseResult;
+        pub fn pg_query_free_parse_result(result: PgQueryParseResult);
+    }
+}
+
+fn error_position(sql: &str) -> i32 {
+    let Ok(input) = CString::new(sql) else { return 0 };
+    // SAFETY: a NUL-terminated input; the result is freed exactly once, and
+    // the error pointer is read only while the result is alive.
+    unsafe {
+        let result = ffi::pg_query_parse(input.as_ptr());
+        let position = if result.error.is_null() { 0 } else { (*result.error).cursorpos };
+        ffi::pg_query_free_parse_result(result);
+        position
+    }
+}
+
+/// Parse `sql` and describe each statement. Err: PostgreSQL's grammar
+/// rejects the text (libpg_query's message, and where).
+pub fn parse(sql: &str) -> Result<Vec<PgStatement>, SyntaxError> {
+    let whole = match pg_query::parse(sql) {
+        Ok(whole) => whole,
+        Err(pg_query::Error::Parse(message)) => {
+            return Err(SyntaxError { message, position: error_position(sql) })
+        }
+        Err(e) => return Err(e.to_string().into()),
+    };
+    let mut out = Vec::with_capacity(whole.protobuf.stmts.len());
+    for raw in &whole.protobuf.stmts {
+        let start = usize::try_from(raw.stmt_location).map_err(|_| "bad statement location")?;
+        let end = if raw.stmt_len == 0 {
+            sql.len()
+        } else {
+            start + usize::try_from(raw.stmt_len).map_err(|_| "bad statement length")?
+        };
+        let text = sql.get(start..end).ok_or("statement boundary inside a character")?;
+        // Parsed alone, so tables and functions are per statement.
+        let one = pg_query::parse(text).map_err(|e| SyntaxError::from(e.to_string()))?;
+        let node = raw.stmt.as_ref().and_then(|n| n.node.as_ref());
+        let mut tables: Vec<(String, &'static str)> =
+            one.tables.iter().map(|(name, ctx)| (name.clone(), context_name(*ctx))).collect();
+        tables.sort();
+        let mut functions: Vec<String> = one.functions.iter().map(|(name, _)| name.clone()).collect();
+        functions.sort();
+        functions.dedup();
+        out.push(PgStatement { kind: kind_of(node), flags: flags_of(&one), tables, functions });
+    }
+    Ok(out)
+}
+
+type PyStatement = (String, Vec<String>, Vec<(String, String)>, Vec<String>);
+
+/// `pg_parse(sql) -> [(kind, flags, [(table, context)], [function])]`;
+/// ValueError(message, position) when PostgreSQL's grammar rejects the text.
+#[pyfunction]
+#[pyo3(name = "pg_parse")]
+pub fn py_pg_parse(sql: &str) -> PyResult<Vec<PyStatement>> {
+    let statements = parse(sql).map_err(|e| PyValueError::new_err((e.message, e.position)))?;
+    Ok(statements
+        .into_iter()
+        .map(|s| {
+            (
+                s.kind.to_owned(),
+                s.flags,
+                s.tables.into_iter().map(|(t, c)| (t, c.to_owned())).collect(),
+                s.functions,
+            )
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(sql: &str) -> Vec<&'static str> {
+        parse(sql).unwrap().into_iter().map(|s| s.kind).collect()
+    }
+
+    #[test]
+    fn statement_kinds_and_boundaries() {
+        assert_eq!(kinds("SELECT 1; DELETE FROM t; SET ROLE x"), ["SelectStmt", "DeleteStmt", "VariableSetStmt"]);
+        assert_eq!(kinds("SELECT ';'; SELECT $$;$$"), ["SelectStmt", "SelectStmt"]);
+        let err = parse("SELECT 1; SELEC 1").unwrap_err();
+        assert_eq!(err.message, "syntax error at or near \"SELEC\"");
+        assert_eq!(err.position, 11);
+    }
+
+    #[test]
+    fn data_modifying_cte_is_dml() {
+        let s = &parse("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d").unwrap()[0];
+        assert_eq!(s.kind, "SelectStmt");
+        assert!(s.tables.contains(&("t".to_owned(), "dml")));
+    }
+
+    #[test]
+    fn flags() {
+        let f = |sql: &str| parse(sql).unwrap().remove(0).flags;
+        assert_eq!(f("EXPLAIN (ANALYZE false) DELETE FROM t"), ["analyze"]);
+        assert!(f("EXPLAIN DELETE FROM t").is_empty());
+        assert_eq!(f("SELECT * INTO n FROM t"), ["into"]);
+        assert_eq!(f("SELECT * FROM t FOR UPDATE"), ["locking"]);
+        assert_eq!(f("COPY t FROM PROGRAM 'x'"), ["copy_from", "copy_file"]);
+        assert_eq!(f("SET ROLE admin"), ["set:role"]);
+        assert_eq!(f("SET SESSION AUTHORIZATION admin"), ["set:session_authorization"]);
+        assert_eq!(f("RESET ALL"), ["reset_all"]);
+    }
+
+    #[test]
+    fn identifiers_as_postgresql_folds_them() {
+        let s = &parse("SELECT * FROM PUBLIC.PAYROLL, \"Secret\", U&\"\\0070ay\"").unwrap()[0];
+        let names: Vec<&str> = s.tables.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(names, ["Secret", "pay", "public.payroll"]);
+    }
+}
