@@ -5,20 +5,55 @@ reference; read its docstring), typed so that the per-chunk path
 Cython protocol."""
 
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.string cimport memchr
+
+
+cdef object _fast_text(int type_code, bytes message):
+    """hoopfast/core/_pump.py fast_text, without building slices."""
+    cdef const char* buf = PyBytes_AS_STRING(message)
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(message)
+    cdef Py_ssize_t start
+    cdef const char* nul
+    if type_code == 81:  # Query: one string, the NUL its last byte
+        start = 5
+        if size <= start:
+            return None
+        nul = <const char*>memchr(buf + start, 0, size - start)
+        if nul == NULL or nul - buf != size - 1:
+            return None
+    elif type_code == 80 and size > 6 and buf[5] == 0:  # unnamed Parse
+        start = 6
+        nul = <const char*>memchr(buf + start, 0, size - start)
+        if nul == NULL:
+            return None
+    else:
+        return None
+    try:
+        return PyUnicode_DecodeUTF8(buf + start, nul - (buf + start), NULL)
+    except UnicodeDecodeError:
+        return None
+
+
 cdef class Pump:
     cdef public object framer
     cdef public object owner
     cdef public object transport
     cdef public object peer
     cdef public unsigned long long bytes_in
+    cdef public object fast
     cdef object _framing_error
     cdef object _feed
     cdef object _peer_write
+    cdef object _fingerprint
 
-    def __init__(self, framer, owner, framing_error):
+    def __init__(self, framer, owner, framing_error, fingerprint=None):
         self.framer = framer
         self.owner = owner
         self._framing_error = framing_error
+        self._fingerprint = fingerprint
+        self.fast = None
         self._feed = framer.feed
         self.transport = None
         self.peer = None
@@ -36,18 +71,40 @@ cdef class Pump:
 
     def data_received(self, bytes data):
         cdef list items
+        cdef list out
         cdef object item
+        cdef object forward
+        cdef object sql
+        cdef object fast
+        cdef int type_code
+        cdef bytes message
         self.bytes_in += len(data)
         try:
             items = self._feed(data)
         except self._framing_error as e:
             self.owner.pump_violation(self, e)
             return
+        if len(items) == 1 and type(items[0]) is bytes:
+            self._peer_write(items[0])
+            return
+        out = []
         for item in items:
             if type(item) is bytes:
-                self._peer_write(item)
-            else:
-                self.owner.pump_message(self, (<tuple>item)[0], (<tuple>item)[1])
+                out.append(item)
+                continue
+            type_code = (<tuple>item)[0]
+            message = (<tuple>item)[1]
+            fast = self.fast
+            if fast is not None:
+                sql = _fast_text(type_code, message)
+                if sql is not None and (<tuple>self._fingerprint(sql))[0] in <dict>fast:
+                    out.append(message)
+                    continue
+            forward = self.owner.pump_message(self, type_code, message)
+            if forward:
+                out.append(forward)
+        if out and not self.peer.is_closing():
+            self._peer_write(out[0] if len(out) == 1 else b"".join(out))
 
     def eof_received(self):
         return False

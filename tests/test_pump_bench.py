@@ -32,17 +32,19 @@ class SinkTransport:
 
     def __init__(self) -> None:
         self.written = 0
+        self.writes: list[bytes] = []
 
     def write(self, data: bytes) -> None:
         self.written += len(data)
+        self.writes.append(data)
 
     def is_closing(self) -> bool:
         return False
 
 
 class Owner:
-    def pump_message(self, pump: Any, type_code: int, message: bytes) -> None:
-        pump.peer.write(message)
+    def pump_message(self, pump: Any, type_code: int, message: bytes) -> bytes | None:
+        return message
 
     def pump_violation(self, pump: Any, error: Exception) -> None:
         raise error
@@ -83,3 +85,73 @@ def test_pump_pgbench_chunk(benchmark: Any, pump_class: Any, core: Any) -> None:
 class _Attachable:
     def set_protocol(self, protocol: Any) -> None:
         pass
+
+
+class Rewriter(Owner):
+    """Replaces every intercepted message, as the guardrails do."""
+
+    def pump_message(self, pump: Any, type_code: int, message: bytes) -> bytes | None:
+        return b"<" + message + b">" if type_code != ord("X") else None
+
+
+@pytest.mark.parametrize(("pump_class", "core"), _pumps())
+def test_one_write_per_chunk_with_intercepted_messages(pump_class: Any, core: Any) -> None:
+    """A pipelined Parse/Bind/Execute/Sync with the Parse intercepted goes out
+    in one write (one system call), in order, with the owner's replacement."""
+    sink = SinkTransport()
+    pump = pump_class(core.Framer(1 << 30, b"PX"), Rewriter(), core.FramingError)
+    pump.attach(_Attachable(), sink)
+    parse, bind, execute, sync = (
+        msg(b"P", b"\0SELECT 1\0\0\0"),
+        msg(b"B", b"\0\0" + b"\0" * 6),
+        msg(b"E", b"\0" + b"\0" * 4),
+        msg(b"S"),
+    )
+    pump.data_received(parse + bind + execute + sync)
+    assert sink.writes == [b"<" + parse + b">" + bind + execute + sync]
+    pump.data_received(bind + msg(b"X"))  # a dropped message: the rest still goes
+    assert sink.writes[1:] == [bind]
+    pump.data_received(msg(b"X"))  # nothing at all to forward: no write
+    assert len(sink.writes) == 2
+
+
+class Counting(Owner):
+    def __init__(self) -> None:
+        self.seen: list[bytes] = []
+
+    def pump_message(self, pump: Any, type_code: int, message: bytes) -> bytes | None:
+        self.seen.append(message)
+        return message
+
+
+@pytest.mark.parametrize(("pump_class", "core"), _pumps())
+def test_fast_path_passes_only_known_statements(pump_class: Any, core: Any) -> None:
+    """Statements whose fingerprint is in ``fast`` pass without the owner;
+    everything the fast path cannot read exactly goes to the owner."""
+    sink, owner = SinkTransport(), Counting()
+    pump = pump_class(core.Framer(1 << 30, b"QPX"), owner, core.FramingError, core.fingerprint)
+    pump.attach(_Attachable(), sink)
+    known = "SELECT abalance FROM a WHERE aid = 1"
+    pump.fast = {core.fingerprint(known)[0]: True}
+
+    def query(text: bytes) -> bytes:
+        return msg(b"Q", text + b"\0")
+
+    passed = [
+        query(b"SELECT abalance FROM a WHERE aid = 2"),  # same fingerprint
+        msg(b"P", b"\0" + known.encode() + b"\0\0\0"),  # unnamed Parse
+    ]
+    to_owner = [
+        query(b"SELECT abalance FROM a WHERE aid = 1; DELETE FROM a"),
+        query(known.encode() + b"\0DELETE FROM a"),  # bytes after the NUL
+        query(b"SELECT abalance FROM a WHERE aid = '\xff'"),  # not UTF-8
+        msg(b"P", b"s1\0" + known.encode() + b"\0\0\0"),  # named: the owner tracks it
+        msg(b"Q", known.encode()),  # no NUL at all
+    ]
+    for message in passed + to_owner:
+        pump.data_received(message)
+    assert owner.seen == to_owner
+    assert b"".join(sink.writes) == b"".join(passed + to_owner)
+    pump.fast = None
+    pump.data_received(passed[0])
+    assert owner.seen[-1] == passed[0]

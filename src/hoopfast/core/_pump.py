@@ -3,7 +3,17 @@ build of the same class; :mod:`hoopfast.core` picks one.
 
 A Pump is the asyncio protocol of one socket. It frames what that socket
 receives and writes it to the *peer* socket; intercepted messages go to the
-owner instead, which decides what to forward. Back-pressure: when this
+owner instead, which returns what to forward in their place. Everything one
+received chunk yields is written with one ``write`` (one system call, not one
+per intercepted message: a pipelined Parse/Bind/Execute/Sync stays one
+send).
+
+The guardrails' fast path lives here too, so a statement already judged
+never leaves compiled code: ``fast`` (set by the owner) holds the
+fingerprints of statement texts that may pass exactly as sent. A Query, or
+an unnamed Parse, whose UTF-8 text has such a fingerprint is forwarded
+without calling the owner; anything else (a new statement, a named Parse,
+text that is not UTF-8, ``fast`` unset) goes to the owner. Back-pressure: when this
 socket's write buffer crosses its high-water mark, the loop calls
 ``pause_writing`` here, and the pump stops reading from the peer (whose bytes
 would only pile up in that buffer) until ``resume_writing``.
@@ -16,20 +26,65 @@ from typing import Any, Protocol
 
 
 class PumpOwner(Protocol):
-    def pump_message(self, pump: Any, type_code: int, message: bytes) -> None: ...
+    def pump_message(self, pump: Any, type_code: int, message: bytes) -> bytes | None:
+        """What to forward in the message's place (None or b"": nothing)."""
+        ...
 
     def pump_violation(self, pump: Any, error: Exception) -> None: ...
 
     def pump_closed(self, pump: Any, error: Exception | None) -> None: ...
 
 
-class Pump(asyncio.Protocol):
-    __slots__ = ("_framing_error", "bytes_in", "framer", "owner", "peer", "transport")
+_QUERY = ord("Q")
+_PARSE = ord("P")
 
-    def __init__(self, framer: Any, owner: PumpOwner, framing_error: type[Exception]) -> None:
+
+def fast_text(type_code: int, message: bytes) -> str | None:
+    """The SQL of a Query, or of an unnamed Parse, if it is exactly one
+    NUL-terminated UTF-8 string; else None (the owner decides)."""
+    if type_code == _QUERY:
+        start = 5
+        end = message.find(b"\0", start)
+        if end != len(message) - 1:
+            return None
+    elif type_code == _PARSE and len(message) > 6 and message[5] == 0:
+        start = 6
+        end = message.find(b"\0", start)
+        if end < 0:
+            return None
+    else:
+        return None
+    try:
+        return message[start:end].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+class Pump(asyncio.Protocol):
+    __slots__ = (
+        "_fingerprint",
+        "_framing_error",
+        "bytes_in",
+        "fast",
+        "framer",
+        "owner",
+        "peer",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        framer: Any,
+        owner: PumpOwner,
+        framing_error: type[Exception],
+        fingerprint: Any = None,
+    ) -> None:
         self.framer = framer
         self.owner = owner
         self._framing_error = framing_error
+        self._fingerprint = fingerprint
+        #: Fingerprints of statements that pass as sent (see the module docstring).
+        self.fast: dict[bytes, Any] | None = None
         self.transport: asyncio.Transport | None = None
         self.peer: asyncio.Transport | None = None
         self.bytes_in = 0
@@ -52,11 +107,27 @@ class Pump(asyncio.Protocol):
             return
         peer = self.peer
         assert peer is not None
+        if len(items) == 1 and type(items[0]) is bytes:
+            peer.write(items[0])  # the common case: nothing intercepted
+            return
+        out: list[bytes] = []
         for item in items:
             if type(item) is bytes:
-                peer.write(item)
-            else:
-                self.owner.pump_message(self, item[0], item[1])
+                out.append(item)
+                continue
+            type_code, message = item
+            fast = self.fast
+            if fast is not None:
+                sql = fast_text(type_code, message)
+                if sql is not None and self._fingerprint(sql)[0] in fast:
+                    out.append(message)
+                    continue
+            forward = self.owner.pump_message(self, type_code, message)
+            if forward:
+                out.append(forward)
+        # The owner may have closed the peer (ending the session).
+        if out and not peer.is_closing():
+            peer.write(out[0] if len(out) == 1 else b"".join(out))
 
     def eof_received(self) -> bool:
         return False  # close our side; connection_lost follows

@@ -324,6 +324,11 @@ class Rules:
         self._grants = [_GrantRules(role, g) for role, g in grants]
         self.read_only = all(g.read_only for g in self._grants)
         self._cache: OrderedDict[bytes, Decision] = OrderedDict()
+        #: Fingerprints whose text may pass exactly as sent, whatever the
+        #: session: allowed, no patterns to run, nothing for the session to
+        #: track. The relay pumps look these up without leaving compiled
+        #: code (hoopfast.core._pump); read-only for them.
+        self.fast: dict[bytes, bool] = {}
         self._cache_size = cache_size
         self._classifications = classifications
         self._patterns = any(g.patterns for g in self._grants)
@@ -337,8 +342,15 @@ class Rules:
             decision = self._decide(c)
             if not c.executes and not c.value_dependent:
                 self._cache[key] = decision
+                if (
+                    decision.verdict.action == "allow"
+                    and not self._patterns
+                    and not (c.prepares or c.deallocates)
+                ):
+                    self.fast[key] = True
                 if len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
+                    old, _ = self._cache.popitem(last=False)
+                    self.fast.pop(old, None)
         c = decision.classification
         if c.executes:
             bodies = [c]

@@ -56,6 +56,8 @@ class PgGateway:
         self.policy = Policy(
             config, self.policy.version + 1, classifications=self.policy.classifications
         )
+        for session in self.active:
+            session.policy_changed()
         log.info("configuration reloaded (policy version %d)", self.policy.version)
 
     def reload_file(self, path: Path) -> bool:

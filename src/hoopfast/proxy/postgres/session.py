@@ -89,6 +89,7 @@ class PgSession:
         #: token -> verdict. See _refuse.
         self._refusals: OrderedDict[bytes, Verdict] = OrderedDict()
         self.refused = 0
+        self._refused_with = b""
         #: Python codec of the session's client encoding.
         self._codec = "utf-8"
 
@@ -264,8 +265,15 @@ class PgSession:
             self.end_reason = "client went away during upstream connect"
             return
         max_message = settings.pg_max_message
-        intercept = _CLIENT_INTERCEPT if settings.guardrails else _CLIENT_INTERCEPT_UNGUARDED
-        self._client_pump = Pump(Framer(max_message, intercept), self, FramingError)
+        if settings.guardrails:
+            self._client_pump = Pump(
+                Framer(max_message, _CLIENT_INTERCEPT), self, FramingError, core.fingerprint
+            )
+            self._use_fast_path()
+        else:
+            self._client_pump = Pump(
+                Framer(max_message, _CLIENT_INTERCEPT_UNGUARDED), self, FramingError
+            )
         self._server_pump = Pump(Framer(max_message, _SERVER_INTERCEPT), self, FramingError)
         # Bytes the stream readers already buffered belong to the relay now.
         leftovers = [
@@ -311,33 +319,33 @@ class PgSession:
             hint="Obtain a new token and reconnect.",
         )
 
-    def pump_message(self, pump: Any, type_code: int, message: bytes) -> None:
+    def pump_message(self, pump: Any, type_code: int, message: bytes) -> bytes | None:
+        """An intercepted message; returns what to forward in its place (the
+        pump writes it together with the rest of the chunk)."""
         if pump is self._client_pump:
             if type_code == m.QUERY:
-                self._on_query(pump.peer, message)
-            elif type_code == m.PARSE:
-                self._on_parse(pump.peer, message)
-            elif type_code == m.FUNCTION_CALL:
-                self._on_function_call(pump.peer, message)
-            else:
-                if type_code == m.TERMINATE:
-                    self._terminating = True
-                    self.end_reason = "client terminated"
-                pump.peer.write(message)
-        else:
-            if type_code == m.ERROR_RESPONSE:
-                if self._refusals:
-                    message = self._refusal_error(message)
-                try:
-                    fields = dict(core.decode_fields(message))
-                except ValueError as e:
-                    self.pump_violation(pump, e)
-                    return
-                if fields.get("V", fields.get("S")) in ("FATAL", "PANIC"):
-                    self._upstream_sent_fatal = True
-            elif type_code == m.NOTIFICATION_RESPONSE:
-                message = self._own_notification(message)
-            pump.peer.write(message)
+                return self._on_query(message)
+            if type_code == m.PARSE:
+                return self._on_parse(message)
+            if type_code == m.FUNCTION_CALL:
+                return self._on_function_call(message)
+            if type_code == m.TERMINATE:
+                self._terminating = True
+                self.end_reason = "client terminated"
+            return message
+        if type_code == m.ERROR_RESPONSE:
+            if self._refusals:
+                message = self._refusal_error(message)
+            try:
+                fields = dict(core.decode_fields(message))
+            except ValueError as e:
+                self.pump_violation(pump, e)
+                return None
+            if fields.get("V", fields.get("S")) in ("FATAL", "PANIC"):
+                self._upstream_sent_fatal = True
+        elif type_code == m.NOTIFICATION_RESPONSE:
+            message = self._own_notification(message)
+        return message
 
     # -- guardrails -----------------------------------------------------------
 
@@ -357,66 +365,71 @@ class PgSession:
             self._fail_client("28000", f'access to connection "{self.connection_name}" was revoked')
             return None
         self.rules = fresh
+        self._use_fast_path()
         return fresh
 
-    def _on_query(self, upstream_transport: Any, message: bytes) -> None:
+    def _use_fast_path(self) -> None:
+        """Let the client pump pass statements the rules already allowed
+        without calling back here (only for UTF-8 sessions: the pump reads
+        the text as UTF-8)."""
+        assert self.rules is not None
+        self._client_pump.fast = self.rules.fast if self._codec == "utf-8" else None
+
+    def policy_changed(self) -> None:
+        """A reload: the next statement must come here to pick up the new
+        rules (and end the session if they no longer grant it)."""
+        if self._client_pump is not None:
+            self._client_pump.fast = None
+
+    def _on_query(self, message: bytes) -> bytes | None:
         rules = self._current_rules()
         if rules is None:
-            return
+            return None
         # The server executes the text up to the first NUL (and rejects the
         # message if anything follows it), so that is what is judged.
         end = message.find(b"\0", 5)
         if end < 0:
-            self._refuse(upstream_transport, None, _MALFORMED)
-            return
-        self._judge(upstream_transport, message, message[5:end], None, rules)
+            return self._refuse(None, _MALFORMED)
+        c = self._judge(message[5:end], None, rules)
+        return message if c is not None else self._refused_with
 
-    def _on_parse(self, upstream_transport: Any, message: bytes) -> None:
+    def _on_parse(self, message: bytes) -> bytes | None:
         rules = self._current_rules()
         if rules is None:
-            return
+            return None
         name_end = message.find(b"\0", 5)
         end = message.find(b"\0", name_end + 1) if name_end >= 0 else -1
         if end < 0:
-            self._refuse(upstream_transport, b"", _MALFORMED)
-            return
+            return self._refuse(b"", _MALFORMED)
         name = message[5:name_end]
-        allowed = self._judge(upstream_transport, message, message[name_end + 1 : end], name, rules)
-        if allowed is not None and name:
-            self._remember(name.decode("utf-8", "surrogateescape"), allowed)
+        c = self._judge(message[name_end + 1 : end], name, rules)
+        if c is None:
+            return self._refused_with
+        if name:
+            self._remember(name.decode("utf-8", "surrogateescape"), c)
+        return message
 
-    def _on_function_call(self, upstream_transport: Any, message: bytes) -> None:
+    def _on_function_call(self, message: bytes) -> bytes | None:
         rules = self._current_rules()
         if rules is None:
-            return
+            return None
         if len(message) < 9:
-            self._refuse(upstream_transport, None, _MALFORMED)
-            return
+            return self._refuse(None, _MALFORMED)
         oid = int.from_bytes(message[5:9], "big")
         verdict = rules.check_classification(function_call_classification(oid))
-        if verdict.action == "allow":
-            upstream_transport.write(message)
-        else:
-            self._refuse(upstream_transport, None, verdict)
+        return message if verdict.action == "allow" else self._refuse(None, verdict)
 
-    def _judge(
-        self,
-        upstream_transport: Any,
-        message: bytes,
-        text: bytes,
-        parse_name: bytes | None,
-        rules: Rules,
-    ) -> Classification | None:
-        """Forward ``message`` if policy allows its SQL ``text``; else refuse
-        it. Returns what the allowed text does."""
+    def _judge(self, text: bytes, parse_name: bytes | None, rules: Rules) -> Classification | None:
+        """What the SQL ``text`` does, if policy allows it; None when it was
+        refused (the stand-in to send is then in ``_refused_with``)."""
         try:
             sql = text.decode(self._codec)
         except UnicodeDecodeError:
-            self._refuse(upstream_transport, parse_name, _UNDECODABLE)
+            self._refused_with = self._refuse(parse_name, _UNDECODABLE)
             return None
         decision = rules.check(sql, self._prepared)
         if decision.verdict.action != "allow":
-            self._refuse(upstream_transport, parse_name, decision.verdict)
+            self._refused_with = self._refuse(parse_name, decision.verdict)
             return None
         c = decision.classification
         if c.deallocates or c.prepares:
@@ -427,7 +440,6 @@ class PgSession:
                     self._prepared.pop(name, None)
             for name in c.prepares:
                 self._remember(name, c)
-        upstream_transport.write(message)
         return c
 
     def _remember(self, name: str, c: Classification) -> None:
@@ -439,12 +451,7 @@ class PgSession:
             # Forgotten names make EXECUTE "unknown" (denied), never allowed.
             del self._prepared[next(iter(self._prepared))]
 
-    def _refuse(
-        self,
-        upstream_transport: Any,
-        parse_name: bytes | None,
-        verdict: Verdict,
-    ) -> None:
+    def _refuse(self, parse_name: bytes | None, verdict: Verdict) -> bytes:
         """Refuse a statement without sending it, keeping the protocol in step.
 
         The upstream gets a stand-in in its place: a Query (or a Parse, under
@@ -456,7 +463,7 @@ class PgSession:
         true transaction status. The gateway swaps the stand-in's error for
         its own (_refusal_error). If an earlier error already put the server
         in skip mode, the stand-in is skipped and the client sees that error,
-        as it would have without the gateway."""
+        as it would have without the gateway. Returns the stand-in."""
         token = b"hoopfast_refused_" + secrets.token_hex(12).encode()
         self._refusals[token] = verdict
         while len(self._refusals) > _MAX_REFUSALS:
@@ -465,7 +472,6 @@ class PgSession:
             stand_in = m.build(m.QUERY, token + b"\0")
         else:
             stand_in = m.build(m.PARSE, parse_name + b"\0" + token + b"\0\0\0")
-        upstream_transport.write(stand_in)
         self.refused += 1
         assert self.principal is not None
         log.warning(
@@ -477,6 +483,7 @@ class PgSession:
             verdict.rule,
             verdict.message,
         )
+        return stand_in
 
     def _refusal_error(self, message: bytes) -> bytes:
         for token, verdict in self._refusals.items():
