@@ -20,6 +20,7 @@ __all__ = [
     "encode_startup",
     "fingerprint",
     "pg_parse",
+    "PatternSet",
 ]
 
 IMPLEMENTATION: Final[str]
@@ -73,3 +74,13 @@ def pg_parse(sql: str) -> list[tuple[str, list[str], list[tuple[str, str]], list
     ValueError(message, position) when the grammar rejects the text
     (position: 1-based character index, 0 when unknown). Not part of the hot-path
     contract (no pure-Python twin): both implementations use it."""
+
+@final
+class PatternSet:
+    """Deny patterns in the regex crate's syntax (linear time; no look-around
+    or backreferences), searched in one pass."""
+
+    def __new__(cls, patterns: list[str]) -> PatternSet: ...
+    def first_match(self, text: str) -> int | None:
+        """Index of the first pattern (in the given order) found in ``text``."""
+    def __len__(self) -> int: ...

@@ -11,6 +11,7 @@ from hoopfast.config import GatewayConfig
 from hoopfast.policy.classify import classify
 from hoopfast.policy.crosscheck import crosscheck
 from hoopfast.policy.guard import Policy, Rules, function_call_classification
+from tests.impls import IMPLS
 
 
 def make_rules(grants: dict[str, dict[str, Any]], roles: tuple[str, ...] | None = None) -> Rules:
@@ -182,3 +183,25 @@ def test_no_grant_no_rules() -> None:
     )
     assert Policy(config).rules_for("db", ("r",)) is None
     assert Policy(config).rules_for("nope", ("r",)) is None
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_pattern_set_both_implementations(impl: Any) -> None:
+    patterns = impl.PatternSet([r"(?i)\bpg_sleep\s*\(", "secret_word", r"\d{16}"])
+    assert len(patterns) == 3
+    assert patterns.first_match("SELECT 1") is None
+    assert patterns.first_match("select PG_SLEEP (1), 'secret_word'") == 0
+    assert patterns.first_match("select 'secret_word 4111111111111111'") == 1
+    assert patterns.first_match("select 'é' || '4111111111111111'") == 2
+    with pytest.raises(ValueError):
+        impl.PatternSet(["("])
+
+
+def test_patterns_use_the_compiled_syntax() -> None:
+    """Backreferences and look-around would let one statement run a pattern
+    for exponential time; the compiled engine has neither, and the config
+    is validated with it."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"deny_patterns\[0\]"):
+        make_rules({"r": {"deny_patterns": [r"(a+)+\1"]}})

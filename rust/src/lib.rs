@@ -1,11 +1,12 @@
 //! hoopfast_core: the compiled hot path of hoopfast (PostgreSQL framing,
 //! message codec, SQL fingerprints, PostgreSQL-grammar cross-check). This
 //! file only registers the Python module; the logic is in [`framer`],
-//! [`messages`], [`fingerprint`] and [`pgparse`].
+//! [`messages`], [`fingerprint`], [`patterns`] and [`pgparse`].
 
 pub mod fingerprint;
 pub mod framer;
 pub mod messages;
+pub mod patterns;
 pub mod pgparse;
 
 use pyo3::prelude::*;
@@ -21,5 +22,6 @@ fn hoopfast_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     messages::register(m)?;
     m.add_function(wrap_pyfunction!(fingerprint::py_fingerprint, m)?)?;
     m.add_function(wrap_pyfunction!(pgparse::py_pg_parse, m)?)?;
+    m.add_class::<patterns::PyPatternSet>()?;
     Ok(())
 }

@@ -163,7 +163,8 @@ class Grant(_Strict):
     deny_schemas: list[str] = Field(default_factory=list)
     #: Functions ("name" or "schema.name") no statement may call.
     deny_functions: list[str] = Field(default_factory=lambda: list(DEFAULT_DENY_FUNCTIONS))
-    #: Regular expressions (Python syntax) searched in the statement text as
+    #: Regular expressions (the Rust regex crate's syntax: linear time, no
+    #: look-around or backreferences) searched in the statement text as
     #: received; a match denies it.
     deny_patterns: list[str] = Field(default_factory=list)
 
@@ -172,10 +173,15 @@ class Grant(_Strict):
         both = sorted(set(self.deny) & set(self.review))
         if both:
             raise ValueError(f"classes both denied and sent to review: {', '.join(both)}")
+        try:  # validate with the compiled engine's syntax wherever it is installed
+            from hoopfast_core import PatternSet
+        except ImportError:  # pragma: no cover - the reference, stricter nowhere
+            from hoopfast.core import PatternSet  # type: ignore[assignment]
+
         for i, pattern in enumerate(self.deny_patterns):
             try:
-                re.compile(pattern)
-            except re.error as e:
+                PatternSet([pattern])
+            except ValueError as e:
                 raise ValueError(f"deny_patterns[{i}] is not a valid expression: {e}") from None
         for name in (*self.deny_tables, *self.deny_schemas, *self.deny_functions):
             if not name or name != name.strip() or ".." in name or name.startswith("."):

@@ -65,11 +65,13 @@ encode_row_description = core.encode_row_description
 decode_startup = core.decode_startup
 encode_startup = core.encode_startup
 fingerprint = core.fingerprint
+PatternSet = core.PatternSet
 
 __all__ = [
     "IMPLEMENTATION",
     "Framer",
     "FramingError",
+    "PatternSet",
     "Pump",
     "core",
     "decode_data_row",

@@ -777,6 +777,30 @@ class _FingerprintLexer:
         return b"".join(self.out), self.statements
 
 
+class PatternSet:
+    """Deny patterns searched in a statement text (reference of
+    ``hoopfast_core.PatternSet``, which uses the regex crate: linear time,
+    no look-around or backreferences; ``re`` accepts more, so configs are
+    validated with the compiled one when it is installed)."""
+
+    __slots__ = ("_patterns",)
+
+    def __init__(self, patterns: list[str]) -> None:
+        try:
+            self._patterns = [re.compile(p) for p in patterns]
+        except re.error as e:
+            raise ValueError(str(e)) from None
+
+    def first_match(self, text: str) -> int | None:
+        for i, pattern in enumerate(self._patterns):
+            if pattern.search(text):
+                return i
+        return None
+
+    def __len__(self) -> int:
+        return len(self._patterns)
+
+
 def _normalize(sql: str) -> tuple[bytes, int]:
     """The hashed token stream of ``sql`` and its statement count (for tests)."""
     if not isinstance(sql, str):
@@ -846,6 +870,7 @@ __all__ = [
     "IMPLEMENTATION",
     "Framer",
     "FramingError",
+    "PatternSet",
     "decode_data_row",
     "decode_fields",
     "decode_row_description",

@@ -66,12 +66,29 @@ class Framer(Protocol):
         ...
 
 
+@runtime_checkable
+class PatternSet(Protocol):
+    """Deny patterns (regular expressions) searched in one statement text."""
+
+    def __init__(self, patterns: list[str]) -> None:
+        """Raises ValueError naming the problem if a pattern does not compile."""
+        ...
+
+    def first_match(self, text: str) -> int | None:
+        """Index of the first pattern (in the given order) found anywhere in
+        ``text``, or None."""
+        ...
+
+    def __len__(self) -> int: ...
+
+
 class Core(Protocol):
     """What an implementation module exports."""
 
     IMPLEMENTATION: str
     FramingError: type[ValueError]
     Framer: type[Framer]
+    PatternSet: type[PatternSet]
 
     def decode_fields(self, message: bytes) -> list[tuple[str, str]]:
         """ErrorResponse ('E') / NoticeResponse ('N') -> [(code_char, value)]."""

@@ -21,7 +21,6 @@ most permissive verdict any one of them gives (allow > review > deny).
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -195,17 +194,18 @@ class _GrantRules:
         self.deny_table_names = frozenset(t.rsplit(".", 1)[-1] for t in grant.deny_tables)
         self.deny_schemas = frozenset(grant.deny_schemas)
         self.deny_functions = frozenset(grant.deny_functions)
-        self.patterns = [(f"pattern:{i}", re.compile(p)) for i, p in enumerate(grant.deny_patterns)]
+        self.patterns = core.PatternSet(grant.deny_patterns) if grant.deny_patterns else None
 
     def match_patterns(self, verdict: Verdict, sql: str) -> Verdict:
         """Patterns see the raw text, literals included, so they run per
-        statement rather than being cached by fingerprint."""
-        if verdict.action == "deny":
+        statement rather than being cached by fingerprint (all of a grant's
+        patterns in one pass: hoopfast_core.PatternSet)."""
+        if verdict.action == "deny" or self.patterns is None:
             return verdict
-        for rule, rx in self.patterns:
-            if rx.search(sql):
-                return Verdict("deny", rule, "the statement matches a denied pattern")
-        return verdict
+        hit = self.patterns.first_match(sql)
+        if hit is None:
+            return verdict
+        return Verdict("deny", f"pattern:{hit}", "the statement matches a denied pattern")
 
     def decide(self, c: Classification) -> Verdict:
         if c.syntax_error is not None:
@@ -363,10 +363,13 @@ class Rules:
                 bodies.append(body)
             decision = self._decide(merge(bodies), keep=c)
         if self._patterns:
-            verdict = _best(
-                g.match_patterns(v, sql)
-                for g, v in zip(self._grants, decision.per_grant, strict=True)
-            )
+            if len(self._grants) == 1:
+                verdict = self._grants[0].match_patterns(decision.verdict, sql)
+            else:
+                verdict = _best(
+                    g.match_patterns(v, sql)
+                    for g, v in zip(self._grants, decision.per_grant, strict=True)
+                )
             if verdict is not decision.verdict:
                 return Decision(verdict, c, decision.per_grant)
         return decision
