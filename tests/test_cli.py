@@ -139,3 +139,15 @@ def test_bad_setting_is_reported_by_variable_name() -> None:
     out = hoopfast("serve", env={"HOOPFAST_PG_LISTEN": "nowhere"})
     assert out.returncode == 2
     assert "HOOPFAST_PG_LISTEN" in out.stderr
+
+
+def test_configuration_doc_example_validates() -> None:
+    """The TOML in docs/configuration.md is the reference people copy."""
+    import tomllib
+
+    from hoopfast.config import GatewayConfig
+
+    text = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    block = text.split("## The TOML file", 1)[1].split("```toml", 1)[1].split("```", 1)[0]
+    config = GatewayConfig.model_validate(tomllib.loads(block))
+    assert config.connections["orders"].grants["support"].review == ["ddl"]
