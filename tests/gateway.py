@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import uvloop
 
 from hoopfast.config import load_config
-from hoopfast.devcluster import make_conninfo
+from hoopfast.conninfo import make_conninfo
 from hoopfast.devconfig import write_gateway_config
 from hoopfast.devtls import CertFiles
 from hoopfast.identity.devissuer import DevIssuer

@@ -4,8 +4,13 @@ get 42501, never reach the database, and leave the session usable."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import socket
 import struct
 import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +22,7 @@ from psycopg import errors as pg_errors
 from psycopg.pq import TransactionStatus
 
 from hoopfast.core import encode_startup
-from hoopfast.devcluster import DevCluster
+from hoopfast.devcluster import DevCluster, free_port
 from hoopfast.devtls import CertFiles
 from hoopfast.identity.devissuer import DevIssuer
 from hoopfast.settings import Settings
@@ -532,3 +537,87 @@ def test_reload_applies_to_open_sessions_and_bad_file_keeps_policy(
         finally:
             conn.close()
         running.wait_idle()
+
+
+def _serve(config: Path, certs: CertFiles, state_dir: Path, poll: float) -> tuple[Any, int]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HOOPFAST_", "PG"))}
+    env.update(
+        HOOPFAST_CONFIG=str(config),
+        HOOPFAST_PG_LISTEN=f"127.0.0.1:{port}",
+        HOOPFAST_STATE_DIR=str(state_dir),
+        HOOPFAST_TLS_CERT_FILE=str(certs.cert_file),
+        HOOPFAST_TLS_KEY_FILE=str(certs.key_file),
+        HOOPFAST_CONFIG_POLL_INTERVAL=str(poll),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hoopfast", "serve"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, port
+        assert proc.poll() is None, proc.communicate()[0]
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("hoopfast serve did not start")
+
+
+def _payroll_verdict(gw: RunningGateway, port: int) -> str:
+    info = gw.conninfo("rw").replace(f"port={gw.port}", f"port={port}")
+    with psycopg.connect(info, autocommit=True) as conn:
+        try:
+            conn.execute("SELECT count(*) FROM payroll")
+        except pg_errors.InsufficientPrivilege:
+            return "denied"
+    return "allowed"
+
+
+def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("how", ["sighup", "file change"])
+def test_serve_reloads(
+    how: str,
+    tmp_path: Path,
+    base: dict[str, Any],
+    issuer: DevIssuer,
+    certs: CertFiles,
+    state_dir: Path,
+    gw: RunningGateway,
+) -> None:
+    """The real process: SIGHUP (file polling off), or the file watcher."""
+    config = tmp_path / "serve.toml"
+
+    def write(grant: dict[str, Any]) -> None:
+        write_config(config, issuer.jwks_file, {"rw": {**base, "grants": {"analyst": grant}}})
+        if how == "sighup":
+            proc.send_signal(signal.SIGHUP)
+
+    write_config(config, issuer.jwks_file, {"rw": {**base, "grants": {"analyst": {}}}})
+    proc, port = _serve(config, certs, state_dir, 0 if how == "sighup" else 0.1)
+    try:
+        assert _payroll_verdict(gw, port) == "allowed"
+        write({"deny_tables": ["payroll"]})
+        assert _until(lambda: _payroll_verdict(gw, port) == "denied")
+        # An invalid file keeps the policy in force, and says why.
+        write({"allow": ["no_such_class"]})
+        time.sleep(0.5)
+        assert _payroll_verdict(gw, port) == "denied"
+        write({})
+        assert _until(lambda: _payroll_verdict(gw, port) == "allowed")
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=20)[0]
+    assert "configuration reload failed" in out and "grants.analyst.allow.0" in out, out

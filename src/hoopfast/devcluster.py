@@ -58,6 +58,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
+from hoopfast.conninfo import make_conninfo
 from hoopfast.devtls import generate_tls_material
 
 if TYPE_CHECKING:
@@ -259,18 +260,6 @@ def _tail(path: Path, lines: int = 30) -> str:
     except OSError:
         return f"(no log at {path})"
     return "\n".join(text.splitlines()[-lines:])
-
-
-def _conninfo_quote(value: str) -> str:
-    """Quote a libpq conninfo value (single quotes, backslash escapes)."""
-    if value and re.fullmatch(r"[A-Za-z0-9_./:@+-]+", value):
-        return value
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def make_conninfo(params: Mapping[str, str | int | None]) -> str:
-    """A libpq conninfo string; None values are left out."""
-    return " ".join(f"{k}={_conninfo_quote(str(v))}" for k, v in params.items() if v is not None)
 
 
 def _hba_word(name: str) -> str:

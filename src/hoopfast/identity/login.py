@@ -939,7 +939,7 @@ def psql_command(
     The connection name is the database name the gateway routes on; the user
     name is informational (the gateway identifies the person from the token).
     """
-    from hoopfast.devcluster import make_conninfo
+    from hoopfast.conninfo import make_conninfo
 
     port = port or environ.get(ENV_GATEWAY_PORT) or DEFAULT_GATEWAY_PORT
     if not str(port).isdigit() or not 0 < int(port) < 65536:
