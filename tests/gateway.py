@@ -126,16 +126,35 @@ def run_gateway(
 TEST_ROLES = {"analyst": {"groups": ["analysts"]}, "auditor": {"groups": ["auditors"]}}
 
 
+#: The grant of connections that do not name one: an application's, with
+#: procedural code allowed (the client tests run DO blocks and functions to
+#: make notices and errors); the guardrail tests configure their own.
+APP_GRANT = {
+    "allow": [
+        "read",
+        "write",
+        "ddl",
+        "dcl",
+        "session",
+        "maintenance",
+        "procedural",
+        "transaction",
+        "lock",
+    ]
+}
+
+
 def write_config(
     path: Path,
     jwks_file: Path,
     connections: dict[str, dict[str, Any]],
     roles: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
-    """A gateway TOML file. Connections without ``grants`` grant "analyst"."""
+    """A gateway TOML file. Connections without ``grants`` grant "analyst"
+    :data:`APP_GRANT`."""
     return write_gateway_config(
         path,
         jwks_file,
-        {name: {"grants": {"analyst": {}}, **conn} for name, conn in connections.items()},
+        {name: {"grants": {"analyst": APP_GRANT}, **conn} for name, conn in connections.items()},
         roles if roles is not None else TEST_ROLES,
     )

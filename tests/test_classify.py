@@ -280,13 +280,15 @@ BYPASS_CASES: list[tuple[str, set[str]]] = [
     # role changes hidden in other forms
     ("SELECT pg_catalog.set_config('role', 'admin', false)", {"read", "session", "role"}),
     ("SELECT \"set_config\"('role', 'x', false)", {"read", "session", "role"}),
-    ("SET SESSION SESSION AUTHORIZATION DEFAULT", {"session", "role"}),
+    # Back to the login identity, as RESET SESSION AUTHORIZATION.
+    ("SET SESSION SESSION AUTHORIZATION DEFAULT", {"session"}),
     ("SET SESSION ROLE admin", {"session", "role"}),
     ('SET U&"\\0072ole" = admin', {"session", "role"}),
     ("SET", {"session", "role"}),
     # role / user mapping statements are dcl whatever sqlglot makes of them
     ("DROP OWNED BY r", {"dcl"}),
-    ("ALTER ROLE CURRENT_USER SET role = admin", {"dcl"}),
+    # Stored for the role's later sessions: judged as SET role.
+    ("ALTER ROLE CURRENT_USER SET role = admin", {"dcl", "role", "session"}),
     ("CREATE USER MAPPING FOR u SERVER s OPTIONS (user 'x')", {"ddl", "dcl"}),
     ("ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO u", {"dcl"}),
     # SELECT INTO anywhere in a set operation
@@ -371,7 +373,7 @@ SETTINGS_CASES: list[tuple[str, set[str]]] = [
     ("DISCARD ALL", {"all"}),
     ("SET ROLE a; SET search_path = b", {"role", "search_path"}),
     ("SELECT 1", set()),
-    ("ALTER ROLE r SET search_path = x", set()),
+    ("ALTER ROLE r SET search_path = x", {"search_path"}),
 ]
 
 

@@ -84,6 +84,7 @@ def guard_config(base: dict[str, Any], issuer: DevIssuer, gateway_config: Path) 
                 }
             },
         },
+        "reviewed": {**base, "grants": {"analyst": {"review": ["ddl"]}}},
         "readers": {
             **base,
             "grants": {"analyst": {"allow": ["read", "transaction"], "unknown": "review"}},
@@ -297,10 +298,12 @@ def test_quoted_name_that_differs_by_case_is_another_table(via: Callable[..., Co
 
 
 def test_review_verdict(via: Callable[..., Conn], direct: Conn) -> None:
-    conn = via("guarded")
+    conn = via("reviewed")
     err = refused(conn, "CREATE TABLE gr_new_review (x int)", rule="class:ddl")
     assert "approval required" in (err.diag.message_primary or "")
     assert _state(direct)[1] == (0,)
+    # Where tables are denied, DDL (which can rename, move or wrap them) is refused.
+    refused(via("guarded"), "CREATE TABLE gr_new_review (x int)", rule="class:ddl")
 
 
 def test_allow_list_and_unknown_verdict(via: Callable[..., Conn]) -> None:

@@ -1,10 +1,9 @@
 """Adversarial review of the statement guardrails: attacks that try to get a
 statement past the policy it should be refused by.
 
-Every test asserts the SAFE behaviour. Attacks that currently succeed are
-marked ``xfail(strict=True, reason="BYPASS: ...")``: the suite stays green,
-and a fix turns them into unexpected passes (strict), so the marker must then
-be removed.
+Every test asserts the SAFE behaviour. The section "Bypasses found in
+review" holds attacks that worked when the review was written (as strict
+xfails) and were fixed since; they stay as regression tests.
 
 Through a real gateway in front of the throwaway cluster, as an upstream user
 of its own (``adv_up``) with objects of its own (``adv_*``), so attacks that
@@ -261,15 +260,10 @@ def action(rules: Any, sql: str) -> str:
 
 
 # ================================================================================
-# BYPASSES (attacks that currently succeed): xfail(strict=True)
+# Bypasses found in review, fixed since
 # ================================================================================
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BYPASS: the default grant denies class 'role', but allows 'procedural', and "
-    "a DO block runs set_config('role', ...) unseen",
-)
 def test_do_block_changes_role_under_default_grant(via: Callable[..., Conn]) -> None:
     conn = via("adv_rw")
     denied(conn, f"SET ROLE {TARGET}")
@@ -278,11 +272,6 @@ def test_do_block_changes_role_under_default_grant(via: Callable[..., Conn]) -> 
     assert conn.execute("SELECT current_user").fetchone() == (UP,)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BYPASS: the default deny_functions (pg_terminate_backend ...) are not applied "
-    "inside DO blocks, which the default grant allows: one person kills another's session",
-)
 def test_do_block_calls_a_default_denied_function(via: Callable[..., Conn], direct: Conn) -> None:
     victim = via("adv_rw")
     pid = victim.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
@@ -293,11 +282,6 @@ def test_do_block_calls_a_default_denied_function(via: Callable[..., Conn], dire
     assert alive.fetchone() == (1,)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BYPASS: ALTER ROLE <self> SET role = ... is plain dcl (allowed by default); "
-    "pg_query's flags do not look into AlterRoleSetStmt; the next session starts as that role",
-)
 def test_alter_role_set_role_takes_effect_next_session(
     via: Callable[..., Conn], direct: Conn
 ) -> None:
@@ -308,11 +292,6 @@ def test_alter_role_set_role_takes_effect_next_session(
         direct.execute(f"ALTER ROLE {UP} RESET role")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BYPASS: ALTER ROLE <self> SET search_path = <denied schema> is allowed (dcl); "
-    "the next session reaches the schema's tables unqualified",
-)
 def test_alter_role_set_search_path_reaches_denied_schema(
     via: Callable[..., Conn], direct: Conn
 ) -> None:
@@ -325,11 +304,6 @@ def test_alter_role_set_search_path_reaches_denied_schema(
         direct.execute(f"ALTER ROLE {UP} RESET search_path")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BYPASS: CREATE SCHEMA ... CREATE VIEW v AS SELECT ... FROM <denied table>: "
-    "neither parser reports the schema elements' tables",
-)
 def test_create_schema_with_view_over_denied_table(via: Callable[..., Conn], direct: Conn) -> None:
     conn = via("adv_guard")
     denied(conn, "CREATE VIEW adv_v AS SELECT salary FROM adv_secret")
@@ -340,11 +314,6 @@ def test_create_schema_with_view_over_denied_table(via: Callable[..., Conn], dir
         direct.execute("DROP SCHEMA IF EXISTS adv_s CASCADE")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BYPASS: ALTER TABLE <denied schema>.t SET SCHEMA public names no relation "
-    "for either parser (AlterObjectSchemaStmt)",
-)
 def test_alter_table_set_schema_moves_table_out_of_denied_schema(
     via: Callable[..., Conn], direct: Conn
 ) -> None:
@@ -357,11 +326,6 @@ def test_alter_table_set_schema_moves_table_out_of_denied_schema(
         direct.execute("DROP TABLE IF EXISTS public.moved")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BYPASS: ALTER TABLE <denied qualified table> SET SCHEMA x: a qualified "
-    "deny_tables entry (public.t) does not cover x.t afterwards",
-)
 def test_alter_table_set_schema_moves_denied_table(via: Callable[..., Conn], direct: Conn) -> None:
     conn = via("adv_guard")
     denied(conn, "SELECT salary FROM adv_secret2")
@@ -377,10 +341,6 @@ def test_alter_table_set_schema_moves_denied_table(via: Callable[..., Conn], dir
         direct.execute("DROP SCHEMA IF EXISTS adv_other CASCADE")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BYPASS: ALTER SCHEMA <denied> RENAME TO x names no relation; x.t is then open",
-)
 def test_alter_schema_rename_escapes_deny_schemas(via: Callable[..., Conn], direct: Conn) -> None:
     conn = via("adv_guard")
     denied(conn, "SELECT k FROM adv_vault_b.keys")
@@ -394,11 +354,6 @@ def test_alter_schema_rename_escapes_deny_schemas(via: Callable[..., Conn], dire
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BYPASS: CREATE RULE actions are not walked (pg_query reports only the rule's "
-    "table): an INSERT rule copies a denied table into an allowed one",
-)
 def test_create_rule_copies_denied_table(via: Callable[..., Conn], direct: Conn) -> None:
     conn = via("adv_guard")
     try:
@@ -415,11 +370,6 @@ def test_create_rule_copies_denied_table(via: Callable[..., Conn], direct: Conn)
         direct.execute("TRUNCATE adv_copy")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BYPASS: pg_stats (a catalog view) shows a denied table's column values "
-    "(most_common_vals, histogram_bounds) once it is analyzed (autovacuum does)",
-)
 def test_pg_stats_shows_denied_table_values(via: Callable[..., Conn]) -> None:
     conn = via("adv_guard")
     denied(conn, "SELECT salary FROM adv_secret")
@@ -429,8 +379,9 @@ def test_pg_stats_shows_denied_table_values(via: Callable[..., Conn]) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="BYPASS: a function called in attribute notation (t.f for f(t)) is no FuncCall "
-    "for either parser, so deny_functions never sees it",
+    reason="KNOWN GAP (docs/guardrails.md): a function called in attribute notation "
+    "(t.f for f(t), only for a function of one composite argument, so a user's function) "
+    "is a column reference to both parsers",
 )
 def test_attribute_notation_calls_denied_function(via: Callable[..., Conn]) -> None:
     conn = via("adv_guard")
@@ -438,12 +389,6 @@ def test_attribute_notation_calls_denied_function(via: Callable[..., Conn]) -> N
     assert not leaks(conn, "SELECT i.adv_fn FROM adv_items i", "adv_fn ran")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BYPASS: set_config(E'standard_conforming_strings', 'off', false) is only '*' "
-    "(role); the pins test exact names, so a grant allowing role turns the lexers' "
-    "assumption off, and a backslash then hides a denied table in a 'string'",
-)
 def test_role_grant_unpins_standard_conforming_strings(via: Callable[..., Conn]) -> None:
     conn = via("adv_roleok")
     denied(conn, "SET standard_conforming_strings = off")
@@ -454,11 +399,6 @@ def test_role_grant_unpins_standard_conforming_strings(via: Callable[..., Conn])
     assert not leaks(conn, sql, SECRET)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BYPASS: set_config(E'search_path', ...) is '*', not search_path: with role "
-    "allowed, deny_schemas' search_path rule never fires",
-)
 def test_role_grant_unpins_search_path_where_schemas_denied() -> None:
     rules = make_rules({"r": {"allow": ["read", "session", "role"], "deny_schemas": ["vault"]}})
     assert action(rules, "SET search_path = vault") == "deny:schema"
@@ -481,11 +421,6 @@ def _reload_gateway(
     return write, run_gateway(make_settings(config=config), issuer, certs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BYPASS: a reload applies at the next Query/Parse/FunctionCall; Bind/Execute of "
-    "a statement parsed before it still runs a now-denied table",
-)
 def test_reload_does_not_reach_already_parsed_statements(
     tmp_path: Path,
     adv_base: dict[str, Any],
@@ -507,11 +442,6 @@ def test_reload_does_not_reach_already_parsed_statements(
         assert "D" not in kinds(reply), "a denied table was read after the reload"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BYPASS: revoking access ends a session only at its next Query/Parse/"
-    "FunctionCall; Bind/Execute of prepared statements keeps writing",
-)
 def test_revoked_session_keeps_executing_prepared_statements(
     tmp_path: Path,
     adv_base: dict[str, Any],
@@ -545,11 +475,6 @@ def test_revoked_session_keeps_executing_prepared_statements(
 # -- bypasses shown on the policy engine alone -------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BYPASS: a qualified deny_functions entry (documented as 'schema.name') does "
-    "not deny the unqualified call, unlike deny_tables",
-)
 def test_qualified_deny_functions_entry_covers_unqualified_call() -> None:
     rules = make_rules({"r": {"deny_functions": ["pg_catalog.pg_cancel_backend"]}})
     assert action(rules, "SELECT pg_catalog.pg_cancel_backend(1)").startswith("deny")
@@ -563,12 +488,6 @@ def test_qualified_deny_functions_entry_covers_unqualified_call() -> None:
         "ROLLBACK PREPARED 'someone_elses_write'",
     ],
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="BYPASS: COMMIT/ROLLBACK PREPARED are class transaction, allowed read-only, and "
-    "PostgreSQL runs them in read-only sessions: they commit or discard another session's "
-    "prepared writes (needs max_prepared_transactions > 0)",
-)
 def test_read_only_refuses_finishing_prepared_transactions(sql: str) -> None:
     assert action(make_rules({"r": {"read_only": True}}), sql).startswith("deny")
 
@@ -580,11 +499,6 @@ def test_read_only_refuses_finishing_prepared_transactions(sql: str) -> None:
         "ALTER ROLE CURRENT_USER IN DATABASE app SET role = 'adv_target'",
         "ALTER USER CURRENT_USER SET session_authorization = 'x'",
     ],
-)
-@pytest.mark.xfail(
-    strict=True,
-    reason="BYPASS: role/database-level SET role is not class role (pg_query flags do not "
-    "descend into Alter*SetStmt); the next session starts as that role",
 )
 def test_default_grant_refuses_persistent_role_settings(sql: str) -> None:
     assert action(make_rules({"r": {}}), sql).startswith("deny")
@@ -598,11 +512,6 @@ def test_default_grant_refuses_persistent_role_settings(sql: str) -> None:
         "CREATE OPERATOR ### (FUNCTION = pg_terminate_backend, LEFTARG = int4, RIGHTARG = int8)",
         "CREATE OPERATOR !!! (PROCEDURE = pg_cancel_backend, RIGHTARG = int4)",
     ],
-)
-@pytest.mark.xfail(
-    strict=True,
-    reason="BYPASS: CREATE OPERATOR over a denied function is plain ddl (allowed by "
-    "default); `SELECT pg_backend_pid() ### 0::int8` then calls it",
 )
 def test_default_deny_functions_cover_operator_definitions(sql: str) -> None:
     assert action(make_rules({"r": {}}), sql).startswith("deny")
@@ -619,10 +528,6 @@ def test_default_deny_functions_cover_operator_definitions(sql: str) -> None:
         "ALTER TABLE payroll SET SCHEMA elsewhere",
         "CREATE RULE r AS ON DELETE TO t DO ALSO SELECT * FROM payroll",
     ],
-)
-@pytest.mark.xfail(
-    strict=True,
-    reason="BYPASS: statements that name a denied table where neither parser reports it",
 )
 def test_every_statement_naming_a_denied_table_is_refused(sql: str) -> None:
     rules = make_rules({"r": {"deny_tables": ["public.payroll"]}})
@@ -793,12 +698,6 @@ def test_set_config_verdict_is_not_taken_from_the_cache(via: Callable[..., Conn]
     assert conn.execute("SELECT current_user").fetchone() == (UP,)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CACHE POISONING (denial of service, not a bypass): set_config(E'jit', ...) is "
-    "classified '*' and cached in the gateway-wide ClassificationCache under the "
-    "fingerprint it shares with set_config('jit', ...), which is then refused for everyone",
-)
 def test_set_config_classification_cannot_be_poisoned(via: Callable[..., Conn]) -> None:
     shape = "SELECT set_config({}, 'on', true) AS adv_poison"
     victim = via("adv_rw")

@@ -24,19 +24,16 @@ import pytest
 from hoopfast.cli import main
 from hoopfast.config import Identity
 from hoopfast.identity import login
-from hoopfast.identity.login import (
+from hoopfast.identity.login import ClientSettings
+from hoopfast.identity.oauth import (
     AccessDenied,
-    ClientSettings,
     DeviceCodeExpired,
-    StoredToken,
-    TokenStore,
     discover_provider,
-    fresh_token,
     poll_for_token,
     start_device_authorization,
-    unverified_claims,
 )
 from hoopfast.identity.tokens import TokenValidator
+from hoopfast.identity.tokenstore import StoredToken, TokenStore, fresh_token, unverified_claims
 from tests.fake_oidc import FakeOIDC
 
 CLIENT = FakeOIDC.CLIENT_ID

@@ -79,16 +79,22 @@ fn flags_of(result: &pg_query::ParseResult) -> Vec<String> {
                     flags.push("copy_file".to_owned());
                 }
             }
-            NodeRef::VariableSetStmt(s) => {
-                // VariableSetKind: 1 SET VALUE, 2 SET DEFAULT, 3 SET CURRENT,
-                // 4 SET MULTI (SET TRANSACTION ...), 5 RESET, 6 RESET ALL.
-                let name = s.name.to_ascii_lowercase();
-                flags.push(match s.kind {
-                    4 => "set_transaction".to_owned(),
-                    5 => format!("reset:{name}"),
-                    6 => "reset_all".to_owned(),
-                    _ => format!("set:{name}"),
-                });
+            NodeRef::VariableSetStmt(s) => flags.push(setting_flag(s, false)),
+            // Settings stored for later sessions of a role or database.
+            NodeRef::AlterRoleSetStmt(s) => {
+                if let Some(set) = &s.setstmt {
+                    flags.push(setting_flag(set, true));
+                }
+            }
+            NodeRef::AlterDatabaseSetStmt(s) => {
+                if let Some(set) = &s.setstmt {
+                    flags.push(setting_flag(set, true));
+                }
+            }
+            NodeRef::LockStmt(s) => {
+                if s.mode == 1 {
+                    flags.push("access_share".to_owned()); // AccessShareLock
+                }
             }
             _ => {}
         }
@@ -153,6 +159,29 @@ fn error_position(sql: &str) -> i32 {
         let position = if result.error.is_null() { 0 } else { (*result.error).cursorpos };
         ffi::pg_query_free_parse_result(result);
         position
+    }
+}
+
+fn setting_flag(s: &pg_query::protobuf::VariableSetStmt, stored: bool) -> String {
+    // VariableSetKind: 1 SET VALUE, 2 SET DEFAULT, 3 SET CURRENT,
+    // 4 SET MULTI (SET TRANSACTION ...), 5 RESET, 6 RESET ALL.
+    let name = s.name.to_ascii_lowercase();
+    let none = s.args.len() == 1
+        && matches!(&s.args[0].node, Some(NodeEnum::AConst(c))
+            if matches!(&c.val, Some(pg_query::protobuf::a_const::Val::Sval(v)) if v.sval.eq_ignore_ascii_case("none")));
+    match s.kind {
+        // A stored RESET ALL can drop any setting an administrator stored.
+        6 if stored => "set:*".to_owned(),
+        4 => "set_transaction".to_owned(),
+        5 | 6 if !stored && (s.kind == 6 || name == "role" || name == "session_authorization") => {
+            // Back to the login identity / the startup values.
+            "reset_all".to_owned()
+        }
+        5 => format!("reset:{name}"),
+        // SET ROLE NONE, SET SESSION AUTHORIZATION DEFAULT: back to the login identity.
+        _ if !stored && name == "role" && none => "reset_all".to_owned(),
+        2 if !stored && name == "session_authorization" => "reset_all".to_owned(),
+        _ => format!("set:{name}"),
     }
 }
 
@@ -245,6 +274,16 @@ mod tests {
         assert_eq!(f("SET ROLE admin"), ["set:role"]);
         assert_eq!(f("SET SESSION AUTHORIZATION admin"), ["set:session_authorization"]);
         assert_eq!(f("RESET ALL"), ["reset_all"]);
+        assert_eq!(f("RESET ROLE"), ["reset_all"]);
+        assert_eq!(f("SET ROLE NONE"), ["reset_all"]);
+        assert_eq!(f("SET SESSION AUTHORIZATION DEFAULT"), ["reset_all"]);
+        assert_eq!(f("RESET search_path"), ["reset:search_path"]);
+        assert_eq!(f("ALTER ROLE app SET role = admin"), ["set:role"]);
+        assert_eq!(f("ALTER ROLE app IN DATABASE d SET search_path = v"), ["set:search_path"]);
+        assert_eq!(f("ALTER DATABASE app SET role = x"), ["set:role"]);
+        assert_eq!(f("ALTER ROLE app RESET ALL"), ["set:*"]);
+        assert_eq!(f("LOCK t IN ACCESS SHARE MODE"), ["access_share"]);
+        assert!(f("LOCK t").is_empty());
     }
 
     #[test]

@@ -16,7 +16,8 @@ from hoopfast.errors import ConfigurationError
 from hoopfast.settings import Settings
 
 if TYPE_CHECKING:
-    from hoopfast.identity.login import DeviceAuthorization, LoginError, StoredToken, TokenStore
+    from hoopfast.identity.oauth import DeviceAuthorization, LoginError
+    from hoopfast.identity.tokenstore import StoredToken, TokenStore
 
 
 def _settings() -> Settings:
@@ -110,7 +111,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _token_store(args: argparse.Namespace) -> TokenStore:
-    from hoopfast.identity.login import TokenStore, default_token_file
+    from hoopfast.identity.tokenstore import TokenStore, default_token_file
 
     return TokenStore(Path(args.token_file) if args.token_file else default_token_file())
 
@@ -130,7 +131,9 @@ def _describe_expiry(token: StoredToken) -> str:
 
 
 def cmd_login(args: argparse.Namespace) -> int:
-    from hoopfast.identity.login import ClientSettings, LoginError, device_login, token_warnings
+    from hoopfast.identity.login import ClientSettings, device_login
+    from hoopfast.identity.oauth import LoginError
+    from hoopfast.identity.tokenstore import token_warnings
 
     def prompt(device: DeviceAuthorization) -> None:
         print(device.prompt(), file=sys.stderr, flush=True)
@@ -190,7 +193,7 @@ def _login_selection(parser: argparse.ArgumentParser) -> None:
 def _stored_login(args: argparse.Namespace, store: TokenStore) -> StoredToken:
     import os
 
-    from hoopfast.identity.login import ENV_CLIENT_ID, ENV_ISSUER
+    from hoopfast.identity.tokenstore import ENV_CLIENT_ID, ENV_ISSUER
 
     return store.find(
         args.issuer or os.environ.get(ENV_ISSUER) or None,
@@ -199,7 +202,9 @@ def _stored_login(args: argparse.Namespace, store: TokenStore) -> StoredToken:
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
-    from hoopfast.identity.login import LoginError, exec_psql, fresh_token, psql_command
+    from hoopfast.identity.login import exec_psql, psql_command
+    from hoopfast.identity.oauth import LoginError
+    from hoopfast.identity.tokenstore import fresh_token
 
     # CONNECTION and options after it run up to a "--" that starts psql's own
     # arguments (argparse alone cannot split them: it eats the first "--").
@@ -236,7 +241,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
 
 
 def cmd_logout(args: argparse.Namespace) -> int:
-    from hoopfast.identity.login import LoginError
+    from hoopfast.identity.oauth import LoginError
 
     try:
         store = _token_store(args)

@@ -104,7 +104,9 @@ StatementClass = Literal[
 ]
 
 #: Allowed when a grant does not say: everything but changing identity
-#: (``role``) and server-side files/programs (``file``).
+#: (``role``), server-side files/programs (``file``) and code the gateway
+#: cannot look into (``procedural``: a DO block can do what any class does,
+#: including what ``role`` and ``file`` deny).
 DEFAULT_ALLOW: tuple[StatementClass, ...] = (
     "read",
     "write",
@@ -112,7 +114,6 @@ DEFAULT_ALLOW: tuple[StatementClass, ...] = (
     "dcl",
     "session",
     "maintenance",
-    "procedural",
     "transaction",
     "lock",
 )

@@ -529,6 +529,10 @@ class _Acc:
         if bare in ROLE_FUNCTIONS:
             self.classes |= {"role", "session"}
             self.settings.add("*")
+            # Texts with set_config are never cached by fingerprint, readable
+            # name or not: set_config(E'jit', ...) must not decide for
+            # set_config('jit', ...) under the same key, nor the reverse.
+            self.value_dependent = True
         if bare in WRITE_FUNCTIONS:
             self.classes.add("write")
         if bare in PROCEDURAL_FUNCTIONS or bare.startswith(PROCEDURAL_PREFIXES):
@@ -915,6 +919,10 @@ def _classify_statement(sql: str, chunk: list[Token], end: int, acc: _Acc, depth
         acc.classes |= _KEYWORD_HEADS[head]
         if head in ("BEGIN", "START"):
             _transaction_modes(chunk, acc, default=False)
+        if head in ("COMMIT", "ROLLBACK") and len(chunk) > 1 and _word(chunk[1]) == "PREPARED":
+            # Finishes a prepared transaction, someone else's writes included:
+            # PostgreSQL allows it in a read-only session.
+            acc.classes.add("write")
         return
     allowed = _TREE_HEADS.get(head)
     if allowed is None:
@@ -1000,6 +1008,12 @@ def _by_keywords(sql: str, head: str, chunk: list[Token], acc: _Acc, depth: int)
         return True
     if nxt in _ROLE_WORDS or (head == "ALTER" and nxt == "DEFAULT") or nxt == "OWNED":
         acc.classes.add("dcl")
+        if head == "ALTER" and nxt in _ROLE_WORDS:
+            _stored_settings(chunk, acc)
+        return True
+    if head == "ALTER" and nxt == "DATABASE":
+        acc.classes.add("ddl")
+        _stored_settings(chunk, acc)
         return True
     if head == "ALTER" and nxt == "SYSTEM":
         acc.unknown("ALTER SYSTEM")
@@ -1021,6 +1035,22 @@ def _by_keywords(sql: str, head: str, chunk: list[Token], acc: _Acc, depth: int)
                 _create_as_execute(sql, chunk, k, acc, depth)
                 return True
     return False
+
+
+def _stored_settings(chunk: list[Token], acc: _Acc) -> None:
+    """ALTER ROLE|USER|GROUP|DATABASE ... SET name ... | RESET name|ALL:
+    settings stored for every later session of that role or database, so
+    they are judged as if set now (``ALTER ROLE app SET role = admin`` is a
+    role change). RESET ALL could drop any stored setting: ``*``."""
+    for i, tok in enumerate(chunk):
+        w = _word(tok)
+        if w not in ("SET", "RESET") or i + 1 >= len(chunk):
+            continue
+        if w == "RESET" and _word(chunk[i + 1]) == "ALL":
+            acc.add_setting("*")
+            continue
+        name, _ = _dotted_name(chunk, i + 1)
+        acc.add_setting(name.lower() if name else "*")
 
 
 def _create_as_execute(sql: str, chunk: list[Token], as_at: int, acc: _Acc, depth: int) -> None:
@@ -1085,7 +1115,13 @@ def _classify_rest(head: str, text: str, rest: list[Token], acc: _Acc, depth: in
             raise _Unknown("CALL must contain one call")
         _merge(acc, inner, _without_read(inner, rest) | {"procedural"})
     else:  # LOCK
-        acc.classes.add("lock")
+        words = [_word(t) for t in rest]
+        # ACCESS SHARE (what pg_dump takes) only keeps the table from being
+        # dropped or altered meanwhile: a read, allowed in read-only sessions.
+        access_share = any(
+            words[k : k + 4] == ["IN", "ACCESS", "SHARE", "MODE"] for k in range(len(words))
+        )
+        acc.classes.add("read" if access_share else "lock")
         _lock_relations(rest, acc)
 
 
@@ -1231,6 +1267,15 @@ def _set(chunk: list[Token], acc: _Acc) -> None:
         return
     if w == "TRANSACTION" and w2 != "SNAPSHOT":
         _transaction_modes(chunk, acc, default=False)
+        return
+    if w == "CONSTRAINTS":
+        return  # SET CONSTRAINTS ...: this transaction's constraint timing
+    after = _word(chunk[i + 2]) if i + 2 < len(chunk) else ""
+    if ((w, w2) == ("ROLE", "NONE") and i + 2 == len(chunk)) or (
+        (w, w2, after) == ("SESSION", "AUTHORIZATION", "DEFAULT") and i + 3 == len(chunk)
+    ):
+        # Back to the login identity, as RESET ROLE (see _reset).
+        acc.settings.add("all")
         return
     special = _SPECIAL_SETTINGS.get((w, w2)) or _SPECIAL_SETTING_WORDS.get(w)
     if special is not None and w2 not in ("TO", "=", "."):

@@ -66,6 +66,22 @@ _DDL_KINDS = frozenset({"IndexStmt", "ViewStmt", "RuleStmt", "CompositeTypeStmt"
 _DEFINES_DML = frozenset(
     {"RuleStmt", "CreateFunctionStmt", "CreateTrigStmt", "ViewStmt", "CopyStmt"}
 )
+#: Statements that bind a function to syntax (an operator, a cast, a
+#: trigger, an aggregate...), so that a later statement calls it without
+#: naming it: procedural, whatever the classifier says.
+_BINDS_FUNCTIONS = frozenset(
+    {
+        "DefineStmt",
+        "CreateCastStmt",
+        "CreateTrigStmt",
+        "CreateEventTrigStmt",
+        "CreateTransformStmt",
+        "CreateConversionStmt",
+        "CreateOpClassStmt",
+        "AlterOperatorStmt",
+        "CreatePlangStmt",
+    }
+)
 #: Which reported classes satisfy an expected one.
 _SATISFIES: dict[str, frozenset[str]] = {
     "ddl": frozenset({"ddl", "dcl", "procedural"}),
@@ -78,6 +94,8 @@ def _expected(kind: str, flags: list[str], tables: list[tuple[str, str]]) -> set
         return set()  # plans only; whatever it plans does not run
     expected: set[str] = set()
     cls = _KIND_CLASS.get(kind)
+    if kind == "LockStmt" and "access_share" in flags:
+        cls = None  # a read (see classify: LOCK ... IN ACCESS SHARE MODE)
     if cls is not None:
         expected.add(cls)
     elif kind in _DDL_KINDS or kind.startswith(_DDL_PREFIXES):
@@ -102,6 +120,8 @@ def _settings(flags: list[str]) -> set[str]:
             names.add("all")
         elif flag in ("reset:role", "reset:session_authorization"):
             names.add("all")  # back to the login identity (see classify._reset)
+        elif flag in ("set:*", "reset:*"):
+            names.add("*")
         elif flag.startswith(("set:", "reset:")):
             names.add(flag.split(":", 1)[1] or "*")
     return names
@@ -144,6 +164,8 @@ def crosscheck(sql: str, c: Classification) -> Classification:
                 return _unknown(
                     c, f"PostgreSQL's grammar reads a {kind} as {cls}; the classifier did not"
                 )
+        if kind in _BINDS_FUNCTIONS:
+            extra_classes.add("procedural")
         relations.update(name for name, _ in tables)
         for name in funcs:
             functions.add(name)
@@ -152,7 +174,12 @@ def crosscheck(sql: str, c: Classification) -> Classification:
     new_functions = functions - c.functions
     for name in new_functions:
         extra_classes |= function_classes(name)
-    if relations <= c.relations and not new_functions and settings <= c.settings:
+    if (
+        relations <= c.relations
+        and not new_functions
+        and settings <= c.settings
+        and extra_classes <= c.classes
+    ):
         return c
     return replace(
         c,

@@ -97,6 +97,12 @@ def clean_encoding_name(name: str) -> str:
 
 
 _EMPTY: frozenset[str] = frozenset()
+#: Settings the gateway pins (see the session): no statement may change them.
+_PINNED_SETTINGS = frozenset({"client_encoding", "standard_conforming_strings", "search_path"})
+#: Classes that can reshape the schema around a denied table.
+_RESHAPING = frozenset({"ddl", "dcl", "maintenance"})
+#: Catalog views that sample column values.
+_STATISTICS_VIEWS = frozenset({"pg_stats", "pg_stats_ext", "pg_stats_ext_exprs"})
 
 
 def classes_of(c: Classification) -> frozenset[str]:
@@ -194,6 +200,8 @@ class _GrantRules:
         self.deny_table_names = frozenset(t.rsplit(".", 1)[-1] for t in grant.deny_tables)
         self.deny_schemas = frozenset(grant.deny_schemas)
         self.deny_functions = frozenset(grant.deny_functions)
+        # As for tables: "pg_catalog.f" also denies a bare f(...).
+        self.deny_function_names = frozenset(f.rsplit(".", 1)[-1] for f in grant.deny_functions)
         self.patterns = core.PatternSet(grant.deny_patterns) if grant.deny_patterns else None
 
     def match_patterns(self, verdict: Verdict, sql: str) -> Verdict:
@@ -225,7 +233,11 @@ class _GrantRules:
                 return Verdict(
                     "deny", "read_only", "read-only access: the session cannot be made read-write"
                 )
-        if "standard_conforming_strings" in c.settings:
+        settings = c.settings
+        if "*" in settings:
+            # A parameter the analysis cannot name could be any of the pinned ones.
+            settings = settings | _PINNED_SETTINGS
+        if "standard_conforming_strings" in settings:
             # Both lexers read backslashes in '...' as PostgreSQL does with
             # this on; off, 'a\\' would hide a quote from them.
             return Verdict(
@@ -233,22 +245,33 @@ class _GrantRules:
                 "standard_conforming_strings",
                 "standard_conforming_strings is fixed on by the gateway",
             )
-        if "client_encoding" in c.settings:
+        if "client_encoding" in settings:
             return Verdict(
                 "deny", "client_encoding", "client_encoding is fixed at UTF8 by the gateway"
             )
-        if self.deny_schemas and "search_path" in c.settings:
+        if self.deny_schemas and "search_path" in settings:
             return Verdict(
                 "deny", "schema", "search_path cannot be changed where schemas are denied"
             )
-        if (self.deny_tables or self.deny_schemas) and "procedural" in classes:
-            # A DO block, procedure or query_to_xml() runs SQL the gateway
-            # cannot see, which could name any table.
-            return Verdict(
-                "deny",
-                "procedural",
-                "procedural code is not allowed where tables or schemas are denied",
-            )
+        if self.deny_tables or self.deny_schemas:
+            if "procedural" in classes:
+                # A DO block, procedure or query_to_xml() runs SQL the
+                # gateway cannot see, which could name any table.
+                return Verdict(
+                    "deny",
+                    "procedural",
+                    "procedural code is not allowed where tables or schemas are denied",
+                )
+            hit = sorted(classes & _RESHAPING)
+            if hit:
+                # DDL can rename, move or wrap a denied table (a view, a rule,
+                # SET SCHEMA, ALTER SCHEMA RENAME...) in ways no parser
+                # reports as a name.
+                return Verdict(
+                    "deny",
+                    f"class:{hit[0]}",
+                    f"{hit[0]} statements are not allowed where tables or schemas are denied",
+                )
         verdict = self._objects(c)
         if verdict is not None:
             return verdict
@@ -278,9 +301,25 @@ class _GrantRules:
                 return Verdict("deny", f"table:{rel}", f"table {rel} is not allowed")
             if len(parts) >= 2 and parts[-2] in self.deny_schemas:
                 return Verdict("deny", f"schema:{parts[-2]}", f"schema {parts[-2]} is not allowed")
+            if (
+                (self.deny_tables or self.deny_schemas)
+                and parts[-1] in _STATISTICS_VIEWS
+                and (len(parts) == 1 or parts[-2] == "pg_catalog")
+            ):
+                # Their most_common_vals and histograms are samples of
+                # every table's values.
+                return Verdict(
+                    "deny",
+                    f"table:{rel}",
+                    f"{rel} shows values of denied tables",
+                )
         for fn in sorted(c.functions):
             parts = fn.split(".")
-            if fn in self.deny_functions or parts[-1] in self.deny_functions:
+            if (
+                fn in self.deny_functions
+                or parts[-1] in self.deny_functions
+                or (len(parts) == 1 and fn in self.deny_function_names)
+            ):
                 return Verdict("deny", f"function:{fn}", f"function {fn} is not allowed")
             if len(parts) >= 2 and parts[-2] in self.deny_schemas:
                 return Verdict("deny", f"schema:{parts[-2]}", f"schema {parts[-2]} is not allowed")
@@ -321,6 +360,7 @@ class Rules:
         self.version = version
         self.connection = connection
         self.roles = tuple(role for role, _ in grants)
+        self._grant_configs = grants
         self._grants = [_GrantRules(role, g) for role, g in grants]
         self.read_only = all(g.read_only for g in self._grants)
         self._cache: OrderedDict[bytes, Decision] = OrderedDict()
@@ -400,6 +440,11 @@ class Rules:
             deallocates=_EMPTY,
         )
         return self._decide(c).verdict
+
+    def same_grants(self, other: Rules) -> bool:
+        """Both judge every statement alike (a reload that did not touch
+        these grants)."""
+        return self._grant_configs == other._grant_configs
 
     def check_classification(self, c: Classification) -> Verdict:
         """The verdict for something already classified (not cached)."""

@@ -41,6 +41,7 @@ PASSWORD_MESSAGE = ord("p")
 TERMINATE = ord("X")
 QUERY = ord("Q")
 PARSE = ord("P")
+BIND = ord("B")
 FUNCTION_CALL = ord("F")
 
 _HEADER = struct.Struct("!cI")

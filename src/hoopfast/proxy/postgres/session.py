@@ -90,6 +90,10 @@ class PgSession:
         self._refusals: OrderedDict[bytes, Verdict] = OrderedDict()
         self.refused = 0
         self._refused_with = b""
+        #: After a reload that changed the rules: prepared statements the new
+        #: rules refuse, and whether the unnamed one predates it.
+        self._revoked: set[str] = set()
+        self._stale_unnamed = False
         #: Python codec of the session's client encoding.
         self._codec = "utf-8"
 
@@ -329,6 +333,8 @@ class PgSession:
                 return self._on_parse(message)
             if type_code == m.FUNCTION_CALL:
                 return self._on_function_call(message)
+            if type_code == m.BIND:
+                return self._on_bind(message)
             if type_code == m.TERMINATE:
                 self._terminating = True
                 self.end_reason = "client terminated"
@@ -350,36 +356,81 @@ class PgSession:
     # -- guardrails -----------------------------------------------------------
 
     def _current_rules(self) -> Rules | None:
-        """The rules under the gateway's current policy (a reload takes
-        effect at each session's next statement); None when the reload took
-        this person's access away, which ends the session."""
+        """The rules under the gateway's current policy; None when a reload
+        took this person's access away (the session is then ending)."""
         rules = self.rules
-        assert rules is not None and self.principal is not None
+        assert rules is not None
+        if rules.version != self.gateway.policy.version:
+            self.policy_changed()
+            if self._terminating:
+                return None
+            rules = self.rules
+        return rules
+
+    def _use_fast_path(self) -> None:
+        """Let the client pump pass statements the rules already allowed
+        without calling back here: only under the current policy, for UTF-8
+        sessions (the pump reads the text as UTF-8), and not while the next
+        unnamed Parse must be seen here (see policy_changed)."""
+        rules = self.rules
+        assert rules is not None
+        usable = (
+            self._codec == "utf-8"
+            and not self._stale_unnamed
+            and rules.version == self.gateway.policy.version
+        )
+        self._client_pump.fast = rules.fast if usable else None
+
+    def policy_changed(self) -> None:
+        """A reload (called for every session at once, and again lazily by
+        a session that was still starting). A session whose person lost the
+        grant ends now. If the rules for it changed, statements prepared
+        under the old ones must not run unjudged: named ones the new rules
+        refuse are revoked, and the unnamed statement (which the fast path
+        may have passed without this session seeing it) counts as stale
+        until the client parses a new one; Binds of either are refused
+        (``_on_bind``)."""
+        pump = self._client_pump
+        if pump is None or self.rules is None or self.principal is None or self._terminating:
+            return
+        pump.fast = None
         policy = self.gateway.policy
-        if rules.version == policy.version:
-            return rules
         fresh = policy.rules_for(self.connection_name, roles_of(self.principal, policy.config))
         if fresh is None:
             self.end_reason = "access revoked by a policy reload"
             self._terminating = True
             self._fail_client("28000", f'access to connection "{self.connection_name}" was revoked')
-            return None
+            return
+        if not fresh.same_grants(self.rules):
+            self._revoked |= {
+                name
+                for name, c in self._prepared.items()
+                if fresh.check_classification(c).action != "allow"
+            }
+            self._stale_unnamed = True
         self.rules = fresh
+        self._guard_binds()
         self._use_fast_path()
-        return fresh
 
-    def _use_fast_path(self) -> None:
-        """Let the client pump pass statements the rules already allowed
-        without calling back here (only for UTF-8 sessions: the pump reads
-        the text as UTF-8)."""
-        assert self.rules is not None
-        self._client_pump.fast = self.rules.fast if self._codec == "utf-8" else None
+    def _guard_binds(self) -> None:
+        """Intercept Bind only while some prepared statement must be judged
+        again (the common case pays nothing)."""
+        watch = self._stale_unnamed or bool(self._revoked)
+        self._client_pump.framer.set_intercept(
+            _CLIENT_INTERCEPT + bytes([m.BIND]) if watch else _CLIENT_INTERCEPT
+        )
 
-    def policy_changed(self) -> None:
-        """A reload: the next statement must come here to pick up the new
-        rules (and end the session if they no longer grant it)."""
-        if self._client_pump is not None:
-            self._client_pump.fast = None
+    def _on_bind(self, message: bytes) -> bytes | None:
+        portal_end = message.find(b"\0", 5)
+        end = message.find(b"\0", portal_end + 1) if portal_end >= 0 else -1
+        if end < 0:
+            return message  # malformed: the server refuses it
+        name = message[portal_end + 1 : end]
+        if (not name and self._stale_unnamed) or (
+            name and name.decode("utf-8", "surrogateescape") in self._revoked
+        ):
+            return self._refuse(b"", _PREPARED_BEFORE_RELOAD, kind=m.BIND)
+        return message
 
     def _on_query(self, message: bytes) -> bytes | None:
         rules = self._current_rules()
@@ -403,6 +454,12 @@ class PgSession:
             return self._refuse(b"", _MALFORMED)
         name = message[5:name_end]
         c = self._judge(message[name_end + 1 : end], name, rules)
+        if not name and self._stale_unnamed:
+            # Allowed or refused (the stand-in fails, as a failed Parse does),
+            # the unnamed statement from before the reload is gone.
+            self._stale_unnamed = False
+            self._guard_binds()
+            self._use_fast_path()
         if c is None:
             return self._refused_with
         if name:
@@ -436,8 +493,12 @@ class PgSession:
             for name in c.deallocates:
                 if name == "*":
                     self._prepared.clear()
+                    self._revoked.clear()
                 else:
                     self._prepared.pop(name, None)
+                    self._revoked.discard(name)
+            if c.deallocates:
+                self._guard_binds()
             for name in c.prepares:
                 self._remember(name, c)
         return c
@@ -451,7 +512,7 @@ class PgSession:
             # Forgotten names make EXECUTE "unknown" (denied), never allowed.
             del self._prepared[next(iter(self._prepared))]
 
-    def _refuse(self, parse_name: bytes | None, verdict: Verdict) -> bytes:
+    def _refuse(self, parse_name: bytes | None, verdict: Verdict, kind: int = m.PARSE) -> bytes:
         """Refuse a statement without sending it, keeping the protocol in step.
 
         The upstream gets a stand-in in its place: a Query (or a Parse, under
@@ -470,6 +531,9 @@ class PgSession:
             self._refusals.popitem(last=False)
         if parse_name is None:
             stand_in = m.build(m.QUERY, token + b"\0")
+        elif kind == m.BIND:
+            # A Bind of a statement named by the token: "does not exist".
+            stand_in = m.build(m.BIND, b"\0" + token + b"\0" + b"\0\0\0\0\0\0")
         else:
             stand_in = m.build(m.PARSE, parse_name + b"\0" + token + b"\0\0\0")
         self.refused += 1
@@ -579,6 +643,11 @@ class PgSession:
             log.info("session %s from %s ended: %s", self.id, self.client_address, self.end_reason)
 
 
+_PREPARED_BEFORE_RELOAD = Verdict(
+    "deny",
+    "policy_changed",
+    "the access policy changed after this statement was prepared; prepare it again",
+)
 _MAX_PREPARED = 10_000
 _MAX_REFUSALS = 64
 _MALFORMED = Verdict("deny", "protocol", "malformed message", "08P01")
