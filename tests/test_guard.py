@@ -209,5 +209,5 @@ def test_patterns_use_the_compiled_syntax() -> None:
     is validated with it."""
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError, match=r"deny_patterns\[0\]"):
+    with pytest.raises(ValidationError, match=r"deny_patterns[\s\S]*\[0\] is not a valid"):
         make_rules({"r": {"deny_patterns": [r"(a+)+\1"]}})

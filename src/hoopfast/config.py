@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -169,24 +170,35 @@ class Grant(_Strict):
     #: received; a match denies it.
     deny_patterns: list[str] = Field(default_factory=list)
 
-    @model_validator(mode="after")
-    def _consistent(self) -> Grant:
-        both = sorted(set(self.deny) & set(self.review))
-        if both:
-            raise ValueError(f"classes both denied and sent to review: {', '.join(both)}")
+    @field_validator("deny_patterns")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
         try:  # validate with the compiled engine's syntax wherever it is installed
             from hoopfast_core import PatternSet
         except ImportError:  # pragma: no cover - the reference, stricter nowhere
             from hoopfast.core import PatternSet  # type: ignore[assignment]
 
-        for i, pattern in enumerate(self.deny_patterns):
+        for i, pattern in enumerate(patterns):
             try:
                 PatternSet([pattern])
             except ValueError as e:
-                raise ValueError(f"deny_patterns[{i}] is not a valid expression: {e}") from None
-        for name in (*self.deny_tables, *self.deny_schemas, *self.deny_functions):
+                first = str(e).strip().splitlines()[-1]
+                raise ValueError(f"[{i}] is not a valid expression: {first}") from None
+        return patterns
+
+    @field_validator("deny_tables", "deny_schemas", "deny_functions")
+    @classmethod
+    def _object_names(cls, names: list[str]) -> list[str]:
+        for name in names:
             if not name or name != name.strip() or ".." in name or name.startswith("."):
                 raise ValueError(f"not a valid object name: {name!r}")
+        return names
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Grant:
+        both = sorted(set(self.deny) & set(self.review))
+        if both:
+            raise ValueError(f"classes both denied and sent to review: {', '.join(both)}")
         return self
 
 
