@@ -18,6 +18,7 @@ from hoopfast.devcluster import DevCluster, free_port
 from hoopfast.devtls import CertFiles, make_dev_certificates
 from hoopfast.identity.devissuer import DevIssuer
 from hoopfast.settings import Settings
+from tests.fake_oidc import FakeOIDC
 from tests.gateway import RunningGateway, run_gateway, write_config
 
 
@@ -151,3 +152,19 @@ def idle_gateway(gateway: RunningGateway) -> Iterator[RunningGateway]:
     """The shared gateway, checked for leaked sessions after the test."""
     yield gateway
     gateway.wait_idle()
+
+
+@pytest.fixture
+def app_admin(cluster: DevCluster) -> Iterator[Any]:
+    """A superuser connection to the test database, around the gateway (to
+    see what a statement did, or did not do)."""
+    with cluster.connect("app") as conn:
+        yield conn
+
+
+@pytest.fixture
+def provider() -> Iterator[FakeOIDC]:
+    """A real OIDC provider on loopback (tests/fake_oidc.py)."""
+    p = FakeOIDC()
+    yield p
+    p.close()

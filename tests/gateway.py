@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psycopg
 import uvloop
 
-from hoopfast.config import load_config
+from hoopfast.config import DEFAULT_ALLOW, load_config
 from hoopfast.conninfo import make_conninfo
 from hoopfast.devconfig import write_gateway_config
 from hoopfast.devtls import CertFiles
@@ -129,19 +130,7 @@ TEST_ROLES = {"analyst": {"groups": ["analysts"]}, "auditor": {"groups": ["audit
 #: The grant of connections that do not name one: an application's, with
 #: procedural code allowed (the client tests run DO blocks and functions to
 #: make notices and errors); the guardrail tests configure their own.
-APP_GRANT = {
-    "allow": [
-        "read",
-        "write",
-        "ddl",
-        "dcl",
-        "session",
-        "maintenance",
-        "procedural",
-        "transaction",
-        "lock",
-    ]
-}
+APP_GRANT = {"allow": [*DEFAULT_ALLOW, "procedural"]}
 
 
 def write_config(
@@ -158,3 +147,26 @@ def write_config(
         {name: {"grants": {"analyst": APP_GRANT}, **conn} for name, conn in connections.items()},
         roles if roles is not None else TEST_ROLES,
     )
+
+
+@contextmanager
+def opened_connections(
+    gw: RunningGateway, default: str = "main"
+) -> Iterator[Callable[..., psycopg.Connection[Any]]]:
+    """``connect(connection=default, **kw)``: an autocommit psycopg
+    connection through ``gw``. All are closed afterwards, and the gateway
+    must then have no session left (leak check)."""
+    opened: list[psycopg.Connection[Any]] = []
+
+    def connect(connection: str = default, **kw: Any) -> psycopg.Connection[Any]:
+        kw.setdefault("autocommit", True)
+        conn = psycopg.connect(gw.conninfo(connection), **kw)
+        opened.append(conn)
+        return conn
+
+    try:
+        yield connect
+    finally:
+        for conn in opened:
+            conn.close()
+    gw.wait_idle()

@@ -27,7 +27,7 @@ from hoopfast.devtls import CertFiles
 from hoopfast.identity.devissuer import DevIssuer
 from hoopfast.settings import Settings
 from tests.conftest import Roles
-from tests.gateway import RunningGateway, run_gateway, write_config
+from tests.gateway import RunningGateway, opened_connections, run_gateway, write_config
 from tests.rawclient import RawClient, error_fields
 
 Conn = psycopg.Connection[Any]
@@ -107,30 +107,14 @@ def gw(
 
 @pytest.fixture
 def via(gw: RunningGateway) -> Iterator[Callable[..., Conn]]:
-    opened: list[Conn] = []
-
-    def connect(connection: str = "ro", **kw: Any) -> Conn:
-        kw.setdefault("autocommit", True)
-        conn = psycopg.connect(gw.conninfo(connection), **kw)
-        opened.append(conn)
-        return conn
-
-    yield connect
-    for conn in opened:
-        conn.close()
-    gw.wait_idle()
+    with opened_connections(gw, "ro") as connect:
+        yield connect
 
 
-@pytest.fixture
-def direct(cluster: DevCluster) -> Iterator[Conn]:
-    with cluster.connect("app") as conn:
-        yield conn
-
-
-def _state(direct: Conn) -> Any:
+def _state(app_admin: Conn) -> Any:
     """What the statements under test could have changed."""
-    items = direct.execute("SELECT count(*), max(name) FROM gr_items").fetchone()
-    tables = direct.execute(
+    items = app_admin.execute("SELECT count(*), max(name) FROM gr_items").fetchone()
+    tables = app_admin.execute(
         "SELECT count(*) FROM pg_class WHERE relname LIKE 'gr\\_new%'"
     ).fetchone()
     return items, tables
@@ -192,11 +176,11 @@ READ_ONLY_REFUSED = [
 
 
 @pytest.mark.parametrize("sql", READ_ONLY_REFUSED)
-def test_read_only_refuses_every_write(via: Callable[..., Conn], direct: Conn, sql: str) -> None:
-    before = _state(direct)
+def test_read_only_refuses_every_write(via: Callable[..., Conn], app_admin: Conn, sql: str) -> None:
+    before = _state(app_admin)
     conn = via("ro")
     refused(conn, sql)
-    assert _state(direct) == before
+    assert _state(app_admin) == before
 
 
 READ_ONLY_ALLOWED = [
@@ -228,8 +212,8 @@ def test_read_only_upstream_session_is_read_only_too(via: Callable[..., Conn]) -
     assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
 
 
-def test_prepare_execute_tracked_by_body(via: Callable[..., Conn], direct: Conn) -> None:
-    before = _state(direct)
+def test_prepare_execute_tracked_by_body(via: Callable[..., Conn], app_admin: Conn) -> None:
+    before = _state(app_admin)
     conn = via("ro")
     conn.execute("PREPARE gr_read (int) AS SELECT name FROM gr_items WHERE id = $1")
     assert conn.execute("EXECUTE gr_read(3)").fetchone() == ("item 3",)
@@ -239,7 +223,7 @@ def test_prepare_execute_tracked_by_body(via: Callable[..., Conn], direct: Conn)
     refused(conn, "EXECUTE gr_read(pg_terminate_backend(1))")
     conn.execute("DEALLOCATE gr_read")
     refused(conn, "EXECUTE gr_read(1)", rule="unknown")
-    assert _state(direct) == before
+    assert _state(app_admin) == before
 
 
 def test_execute_of_a_protocol_prepared_statement(via: Callable[..., Conn]) -> None:
@@ -297,11 +281,11 @@ def test_quoted_name_that_differs_by_case_is_another_table(via: Callable[..., Co
     conn.execute("SELECT count(*) FROM gr_items")
 
 
-def test_review_verdict(via: Callable[..., Conn], direct: Conn) -> None:
+def test_review_verdict(via: Callable[..., Conn], app_admin: Conn) -> None:
     conn = via("reviewed")
     err = refused(conn, "CREATE TABLE gr_new_review (x int)", rule="class:ddl")
     assert "approval required" in (err.diag.message_primary or "")
-    assert _state(direct)[1] == (0,)
+    assert _state(app_admin)[1] == (0,)
     # Where tables are denied, DDL (which can rename, move or wrap them) is refused.
     refused(via("guarded"), "CREATE TABLE gr_new_review (x int)", rule="class:ddl")
 
@@ -314,7 +298,7 @@ def test_allow_list_and_unknown_verdict(via: Callable[..., Conn]) -> None:
     assert "approval required" in (err.diag.message_primary or "")
 
 
-def test_refusal_inside_transaction_aborts_it(via: Callable[..., Conn], direct: Conn) -> None:
+def test_refusal_inside_transaction_aborts_it(via: Callable[..., Conn], app_admin: Conn) -> None:
     """As any error would: COMMIT after a refused statement rolls back."""
     conn = via("guarded", autocommit=False)
     conn.execute("UPDATE gr_items SET name = 'changed' WHERE id = 1")
@@ -322,22 +306,22 @@ def test_refusal_inside_transaction_aborts_it(via: Callable[..., Conn], direct: 
         conn.execute("SELECT * FROM payroll")
     assert conn.info.transaction_status == TransactionStatus.INERROR
     conn.commit()  # COMMIT of a failed transaction is a ROLLBACK
-    assert direct.execute("SELECT name FROM gr_items WHERE id = 1").fetchone() == ("item 1",)
+    assert app_admin.execute("SELECT name FROM gr_items WHERE id = 1").fetchone() == ("item 1",)
     assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
-def test_extended_protocol_refusals(via: Callable[..., Conn], direct: Conn) -> None:
-    before = _state(direct)
+def test_extended_protocol_refusals(via: Callable[..., Conn], app_admin: Conn) -> None:
+    before = _state(app_admin)
     conn = via("ro")
     for prepare in (False, True):
         with pytest.raises(pg_errors.InsufficientPrivilege):
             conn.execute("DELETE FROM gr_items WHERE id = %s", (1,), prepare=prepare)
         assert conn.execute("SELECT %s::int + 1", (1,), prepare=prepare).fetchone() == (2,)
-    assert _state(direct) == before
+    assert _state(app_admin) == before
 
 
-def test_pipeline_stops_at_the_refused_statement(via: Callable[..., Conn], direct: Conn) -> None:
-    before = _state(direct)
+def test_pipeline_stops_at_the_refused_statement(via: Callable[..., Conn], app_admin: Conn) -> None:
+    before = _state(app_admin)
     conn = via("ro")
     with pytest.raises(pg_errors.InsufficientPrivilege), conn.pipeline():
         first = conn.execute("SELECT %s::int", (1,))
@@ -345,7 +329,7 @@ def test_pipeline_stops_at_the_refused_statement(via: Callable[..., Conn], direc
         conn.execute("SELECT %s::int", (3,))
     assert first.fetchone() == (1,)
     assert conn.execute("SELECT 5").fetchone() == (5,)
-    assert _state(direct) == before
+    assert _state(app_admin) == before
 
 
 def test_unnamed_statement_is_gone_after_a_refused_parse(gw: RunningGateway) -> None:
@@ -437,7 +421,7 @@ def test_sql_ascii_client_is_pinned_to_utf8(via: Callable[..., Conn]) -> None:
 
 
 def test_ascii_safe_client_encoding_is_analysed_in_that_encoding(
-    via: Callable[..., Conn], direct: Conn
+    via: Callable[..., Conn], app_admin: Conn
 ) -> None:
     """LATIN1 statements are decoded as LATIN1 for the analysis, so a
     refusal and a pass-through both work on what the server will read."""

@@ -28,7 +28,7 @@ from hoopfast.devcluster import DevCluster
 from hoopfast.devtls import CertFiles
 from hoopfast.identity.devissuer import DevIssuer
 from hoopfast.settings import Settings
-from tests.gateway import RunningGateway, run_gateway, write_config
+from tests.gateway import RunningGateway, opened_connections, run_gateway, write_config
 from tests.rawclient import RawClient, error_fields
 from tests.test_guard import make_rules
 
@@ -151,24 +151,8 @@ def agw(
 
 @pytest.fixture
 def via(agw: RunningGateway) -> Iterator[Callable[..., Conn]]:
-    opened: list[Conn] = []
-
-    def connect(connection: str, **kw: Any) -> Conn:
-        kw.setdefault("autocommit", True)
-        conn = psycopg.connect(agw.conninfo(connection), **kw)
-        opened.append(conn)
-        return conn
-
-    yield connect
-    for conn in opened:
-        conn.close()
-    agw.wait_idle()
-
-
-@pytest.fixture
-def direct(cluster: DevCluster) -> Iterator[Conn]:
-    with cluster.connect("app") as conn:
-        yield conn
+    with opened_connections(agw, "") as connect:
+        yield connect
 
 
 # -- helpers --------------------------------------------------------------------
@@ -272,28 +256,30 @@ def test_do_block_changes_role_under_default_grant(via: Callable[..., Conn]) -> 
     assert conn.execute("SELECT current_user").fetchone() == (UP,)
 
 
-def test_do_block_calls_a_default_denied_function(via: Callable[..., Conn], direct: Conn) -> None:
+def test_do_block_calls_a_default_denied_function(
+    via: Callable[..., Conn], app_admin: Conn
+) -> None:
     victim = via("adv_rw")
     pid = victim.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
     attacker = via("adv_rw")
     denied(attacker, f"SELECT pg_terminate_backend({pid})")
     attempt(attacker, f"DO $$BEGIN PERFORM pg_terminate_backend({pid}, 2000); END$$")
-    alive = direct.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,))
+    alive = app_admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,))
     assert alive.fetchone() == (1,)
 
 
 def test_alter_role_set_role_takes_effect_next_session(
-    via: Callable[..., Conn], direct: Conn
+    via: Callable[..., Conn], app_admin: Conn
 ) -> None:
     try:
         attempt(via("adv_rw"), f"ALTER ROLE {UP} SET role = '{TARGET}'")
         assert via("adv_rw").execute("SELECT current_user").fetchone() == (UP,)
     finally:
-        direct.execute(f"ALTER ROLE {UP} RESET role")
+        app_admin.execute(f"ALTER ROLE {UP} RESET role")
 
 
 def test_alter_role_set_search_path_reaches_denied_schema(
-    via: Callable[..., Conn], direct: Conn
+    via: Callable[..., Conn], app_admin: Conn
 ) -> None:
     try:
         conn = via("adv_guard")
@@ -301,21 +287,23 @@ def test_alter_role_set_search_path_reaches_denied_schema(
         attempt(conn, f"ALTER ROLE {UP} SET search_path = adv_vault")
         assert not leaks(via("adv_guard"), "SELECT k FROM keys", "vault-key")
     finally:
-        direct.execute(f"ALTER ROLE {UP} RESET search_path")
+        app_admin.execute(f"ALTER ROLE {UP} RESET search_path")
 
 
-def test_create_schema_with_view_over_denied_table(via: Callable[..., Conn], direct: Conn) -> None:
+def test_create_schema_with_view_over_denied_table(
+    via: Callable[..., Conn], app_admin: Conn
+) -> None:
     conn = via("adv_guard")
     denied(conn, "CREATE VIEW adv_v AS SELECT salary FROM adv_secret")
     try:
         attempt(conn, "CREATE SCHEMA adv_s CREATE VIEW v AS SELECT salary FROM adv_secret")
         assert not leaks(conn, "SELECT salary FROM adv_s.v", SECRET)
     finally:
-        direct.execute("DROP SCHEMA IF EXISTS adv_s CASCADE")
+        app_admin.execute("DROP SCHEMA IF EXISTS adv_s CASCADE")
 
 
 def test_alter_table_set_schema_moves_table_out_of_denied_schema(
-    via: Callable[..., Conn], direct: Conn
+    via: Callable[..., Conn], app_admin: Conn
 ) -> None:
     conn = via("adv_guard")
     denied(conn, "SELECT k FROM adv_vault.moved")
@@ -323,10 +311,12 @@ def test_alter_table_set_schema_moves_table_out_of_denied_schema(
         attempt(conn, "ALTER TABLE adv_vault.moved SET SCHEMA public")
         assert not leaks(conn, "SELECT k FROM public.moved", "moved-key")
     finally:
-        direct.execute("DROP TABLE IF EXISTS public.moved")
+        app_admin.execute("DROP TABLE IF EXISTS public.moved")
 
 
-def test_alter_table_set_schema_moves_denied_table(via: Callable[..., Conn], direct: Conn) -> None:
+def test_alter_table_set_schema_moves_denied_table(
+    via: Callable[..., Conn], app_admin: Conn
+) -> None:
     conn = via("adv_guard")
     denied(conn, "SELECT salary FROM adv_secret2")
     try:
@@ -334,27 +324,29 @@ def test_alter_table_set_schema_moves_denied_table(via: Callable[..., Conn], dir
         attempt(conn, "ALTER TABLE adv_secret2 SET SCHEMA adv_other")
         assert not leaks(conn, "SELECT salary FROM adv_other.adv_secret2", SECRET)
     finally:
-        direct.execute(
+        app_admin.execute(
             "DO $$BEGIN IF to_regclass('adv_other.adv_secret2') IS NOT NULL THEN "
             "ALTER TABLE adv_other.adv_secret2 SET SCHEMA public; END IF; END$$"
         )
-        direct.execute("DROP SCHEMA IF EXISTS adv_other CASCADE")
+        app_admin.execute("DROP SCHEMA IF EXISTS adv_other CASCADE")
 
 
-def test_alter_schema_rename_escapes_deny_schemas(via: Callable[..., Conn], direct: Conn) -> None:
+def test_alter_schema_rename_escapes_deny_schemas(
+    via: Callable[..., Conn], app_admin: Conn
+) -> None:
     conn = via("adv_guard")
     denied(conn, "SELECT k FROM adv_vault_b.keys")
     try:
         attempt(conn, "ALTER SCHEMA adv_vault_b RENAME TO adv_vault_b2")
         assert not leaks(conn, "SELECT k FROM adv_vault_b2.keys", "b-key")
     finally:
-        direct.execute(
+        app_admin.execute(
             "DO $$BEGIN IF EXISTS (SELECT FROM pg_namespace WHERE nspname = 'adv_vault_b2') "
             "THEN ALTER SCHEMA adv_vault_b2 RENAME TO adv_vault_b; END IF; END$$"
         )
 
 
-def test_create_rule_copies_denied_table(via: Callable[..., Conn], direct: Conn) -> None:
+def test_create_rule_copies_denied_table(via: Callable[..., Conn], app_admin: Conn) -> None:
     conn = via("adv_guard")
     try:
         attempt(
@@ -365,9 +357,9 @@ def test_create_rule_copies_denied_table(via: Callable[..., Conn], direct: Conn)
         attempt(conn, "INSERT INTO adv_items VALUES (1000, 'x')")
         assert not leaks(conn, "SELECT salary FROM adv_copy", SECRET)
     finally:
-        direct.execute("DROP RULE IF EXISTS adv_r ON adv_items")
-        direct.execute("DELETE FROM adv_items WHERE id = 1000")
-        direct.execute("TRUNCATE adv_copy")
+        app_admin.execute("DROP RULE IF EXISTS adv_r ON adv_items")
+        app_admin.execute("DELETE FROM adv_items WHERE id = 1000")
+        app_admin.execute("TRUNCATE adv_copy")
 
 
 def test_pg_stats_shows_denied_table_values(via: Callable[..., Conn]) -> None:
@@ -448,7 +440,7 @@ def test_revoked_session_keeps_executing_prepared_statements(
     issuer: DevIssuer,
     make_settings: Callable[..., Settings],
     certs: CertFiles,
-    direct: Conn,
+    app_admin: Conn,
 ) -> None:
     write, gateway = _reload_gateway(tmp_path, adv_base, issuer, make_settings, certs)
     try:
@@ -466,10 +458,10 @@ def test_revoked_session_keeps_executing_prepared_statements(
                 raw.read_until_ready()
             except (ConnectionError, OSError):
                 pass
-        row = direct.execute("SELECT name FROM adv_items WHERE id = 1").fetchone()
+        row = app_admin.execute("SELECT name FROM adv_items WHERE id = 1").fetchone()
         assert row == ("item 1",)
     finally:
-        direct.execute("UPDATE adv_items SET name = 'item 1' WHERE id = 1")
+        app_admin.execute("UPDATE adv_items SET name = 'item 1' WHERE id = 1")
 
 
 # -- bypasses shown on the policy engine alone -------------------------------------
@@ -594,10 +586,10 @@ RO_REFUSED = [
 
 
 @pytest.mark.parametrize("sql", RO_REFUSED)
-def test_read_only_refuses_tricks(via: Callable[..., Conn], direct: Conn, sql: str) -> None:
-    before = direct.execute("SELECT count(*), max(name) FROM adv_items").fetchone()
+def test_read_only_refuses_tricks(via: Callable[..., Conn], app_admin: Conn, sql: str) -> None:
+    before = app_admin.execute("SELECT count(*), max(name) FROM adv_items").fetchone()
     denied(via("adv_ro"), sql)
-    assert direct.execute("SELECT count(*), max(name) FROM adv_items").fetchone() == before
+    assert app_admin.execute("SELECT count(*), max(name) FROM adv_items").fetchone() == before
 
 
 GUARD_REFUSED = [
@@ -719,8 +711,8 @@ def test_reset_all_and_discard_all_keep_the_pins(via: Callable[..., Conn]) -> No
 # -- prepared statements --------------------------------------------------------------
 
 
-def test_prepared_statement_name_tricks(via: Callable[..., Conn], direct: Conn) -> None:
-    before = direct.execute("SELECT count(*) FROM adv_items").fetchone()
+def test_prepared_statement_name_tricks(via: Callable[..., Conn], app_admin: Conn) -> None:
+    before = app_admin.execute("SELECT count(*) FROM adv_items").fetchone()
     conn = via("adv_guard")
     denied(conn, "PREPARE leak AS SELECT salary FROM adv_secret")
     denied(conn, "EXECUTE leak")
@@ -748,11 +740,11 @@ def test_prepared_statement_name_tricks(via: Callable[..., Conn], direct: Conn) 
     conn.rollback()
     conn.autocommit = True
     denied(conn, "EXECUTE kept")
-    assert direct.execute("SELECT count(*) FROM adv_items").fetchone() == before
+    assert app_admin.execute("SELECT count(*) FROM adv_items").fetchone() == before
 
 
-def test_protocol_level_statement_names(agw: RunningGateway, direct: Conn) -> None:
-    before = direct.execute("SELECT count(*), max(name) FROM adv_items").fetchone()
+def test_protocol_level_statement_names(agw: RunningGateway, app_admin: Conn) -> None:
+    before = app_admin.execute("SELECT count(*), max(name) FROM adv_items").fetchone()
     with RawClient(agw.host, agw.port, ca_file=agw.certs.ca_file) as raw:
         raw.startup("adv_ro", agw.token())
         # A named Parse refused: neither Bind nor SQL EXECUTE of the name runs it.
@@ -786,7 +778,7 @@ def test_protocol_level_statement_names(agw: RunningGateway, direct: Conn) -> No
             + SYNC
         )
         assert kinds(raw.read_until_ready()) == ["1", "2", "D", "C", "E", "Z"]
-    assert direct.execute("SELECT count(*), max(name) FROM adv_items").fetchone() == before
+    assert app_admin.execute("SELECT count(*), max(name) FROM adv_items").fetchone() == before
     agw.wait_idle()
 
 
@@ -821,20 +813,22 @@ def test_refused_query_split_into_single_bytes(agw: RunningGateway) -> None:
         (b"SELECT 1\xed\xa0\x80", "22021"),  # UTF-8 encoded surrogate
     ],
 )
-def test_invalid_utf8_refused(agw: RunningGateway, direct: Conn, text: bytes, state: str) -> None:
-    before = direct.execute("SELECT count(*) FROM adv_items").fetchone()
+def test_invalid_utf8_refused(
+    agw: RunningGateway, app_admin: Conn, text: bytes, state: str
+) -> None:
+    before = app_admin.execute("SELECT count(*) FROM adv_items").fetchone()
     with RawClient(agw.host, agw.port, ca_file=agw.certs.ca_file) as raw:
         raw.startup("adv_rw", agw.token())
         raw.send(msg("Q", text + b"\0"))
         assert sqlstates(raw.read_until_ready()) == [state]
         raw.send(parse("", text) + bind("") + execute() + SYNC)
         assert sqlstates(raw.read_until_ready()) == [state]
-    assert direct.execute("SELECT count(*) FROM adv_items").fetchone() == before
+    assert app_admin.execute("SELECT count(*) FROM adv_items").fetchone() == before
     agw.wait_idle()
 
 
-def test_nul_inside_parse_text(agw: RunningGateway, direct: Conn) -> None:
-    before = direct.execute("SELECT count(*) FROM adv_items").fetchone()
+def test_nul_inside_parse_text(agw: RunningGateway, app_admin: Conn) -> None:
+    before = app_admin.execute("SELECT count(*) FROM adv_items").fetchone()
     with RawClient(agw.host, agw.port, ca_file=agw.certs.ca_file) as raw:
         raw.startup("adv_ro", agw.token())
         body = b"\0SELECT 1\0DELETE FROM adv_items\0\0\0"
@@ -843,19 +837,21 @@ def test_nul_inside_parse_text(agw: RunningGateway, direct: Conn) -> None:
         assert "E" in kinds(reply) and "D" not in kinds(reply)
         raw.query("SELECT 1")
         assert kinds(raw.read_until_ready()) == ["T", "D", "C", "Z"]
-    assert direct.execute("SELECT count(*) FROM adv_items").fetchone() == before
+    assert app_admin.execute("SELECT count(*) FROM adv_items").fetchone() == before
     agw.wait_idle()
 
 
-def test_fast_path_oids_are_the_large_object_functions(agw: RunningGateway, direct: Conn) -> None:
+def test_fast_path_oids_are_the_large_object_functions(
+    agw: RunningGateway, app_admin: Conn
+) -> None:
     """The fast-path table allows by OID: the OIDs must be what it says."""
     from hoopfast.policy.guard import _FAST_PATH
 
-    rows = direct.execute(
+    rows = app_admin.execute(
         "SELECT oid::int, proname FROM pg_proc WHERE oid = ANY(%s)", (list(_FAST_PATH),)
     ).fetchall()
     assert dict(rows) == {oid: name for oid, (name, _) in _FAST_PATH.items()}
-    set_config = direct.execute("SELECT 'set_config(text,text,boolean)'::regprocedure::oid")
+    set_config = app_admin.execute("SELECT 'set_config(text,text,boolean)'::regprocedure::oid")
     oid = int(set_config.fetchone()[0])  # type: ignore[index]
     with RawClient(agw.host, agw.port, ca_file=agw.certs.ca_file) as raw:
         raw.startup("adv_ro", agw.token())

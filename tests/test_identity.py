@@ -25,13 +25,6 @@ MakeValidator = Callable[..., TokenValidator]
 
 
 @pytest.fixture
-def provider() -> Iterator[FakeOIDC]:
-    p = FakeOIDC()
-    yield p
-    p.close()
-
-
-@pytest.fixture
 def make_validator(provider: FakeOIDC) -> Iterator[MakeValidator]:
     made: list[TokenValidator] = []
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +37,6 @@ from hoopfast.identity.tokenstore import StoredToken, TokenStore, fresh_token, u
 from tests.fake_oidc import FakeOIDC
 
 CLIENT = FakeOIDC.CLIENT_ID
-
-
-@pytest.fixture
-def provider() -> Iterator[FakeOIDC]:
-    p = FakeOIDC()
-    yield p
-    p.close()
 
 
 @pytest.fixture
