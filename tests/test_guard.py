@@ -211,3 +211,26 @@ def test_patterns_use_the_compiled_syntax() -> None:
 
     with pytest.raises(ValidationError, match=r"deny_patterns[\s\S]*\[0\] is not a valid"):
         make_rules({"r": {"deny_patterns": [r"(a+)+\1"]}})
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        # pg_dump's statement: judged as SET of the one parameter it names.
+        (
+            "SELECT set_config(name, 'view, foreign-table', false) FROM pg_settings "
+            "WHERE name = 'restrict_nonsystem_relation_kind'",
+            "allow",
+        ),
+        ("SELECT set_config(name, 'x', false) FROM pg_settings WHERE name = 'role'", "deny"),
+        (
+            "SELECT set_config(name, 'x', false) FROM pg_settings WHERE name = 'role' OR true",
+            "deny",
+        ),
+        ("SELECT set_config(name, 'x', false) FROM pg_settings WHERE name = E'role'", "deny"),
+        ("SELECT pg_catalog.set_config('search_path', '', false)", "allow"),
+    ],
+)
+def test_set_config_forms_read_only_clients_send(sql: str, expected: str) -> None:
+    rules = make_rules({"r": {"read_only": True}})
+    assert rules.check(sql).verdict.action == expected

@@ -608,3 +608,19 @@ def test_serve_reloads(
         proc.terminate()
         out = proc.communicate(timeout=20)[0]
     assert "configuration reload failed" in out and "grants.analyst.allow.0" in out, out
+
+
+def test_pg_dump_through_a_read_only_grant(gw: RunningGateway, cluster: DevCluster) -> None:
+    """pg_dump is a demanding read-only client: SET of many settings,
+    REPEATABLE READ READ ONLY transactions, LOCK ... IN ACCESS SHARE MODE,
+    pg_catalog.set_config('search_path', ...), catalog functions, COPY TO."""
+    result = subprocess.run(
+        [str(cluster.bindir / "pg_dump"), "-d", gw.conninfo("ro"), "-t", "gr_items"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "CREATE TABLE public.gr_items" in result.stdout
+    assert "COPY public.gr_items (id, name) FROM stdin;" in result.stdout
+    assert "item 10" in result.stdout

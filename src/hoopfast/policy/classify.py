@@ -894,6 +894,8 @@ def _merge(acc: _Acc, inner: _Acc, classes: set[str] | frozenset[str] | None = N
 def _classify_statement(sql: str, chunk: list[Token], end: int, acc: _Acc, depth: int) -> None:
     head = _word(chunk[0])
 
+    if head == "SELECT" and _settings_lookup_set_config(sql, chunk, acc):
+        return
     if head in _REST_HEADS:
         # sqlglot's tokenizer folds the rest of some of these statements into
         # one string token; re-tokenize the text after the keyword.
@@ -1483,11 +1485,53 @@ def _anonymous(node: exp.Anonymous, acc: _Acc) -> None:
         if isinstance(left, (exp.Identifier, exp.Column, exp.Var)):
             quals.insert(0, _ident_name(left))
         if quals:
+            if quals == ["pg_catalog"] and name == "set_config" and _set_config_name(node, acc):
+                acc.functions.add("pg_catalog.set_config")
+                return  # pg_dump: SELECT pg_catalog.set_config('search_path', '', false)
             acc.add_function(".".join([*quals, name]))
             return
-    if name in ("set_config", "pg_catalog.set_config") and _set_config_name(node, acc):
+    if name == "set_config" and _set_config_name(node, acc):
         return
     acc.add_function(name)
+
+
+#: ``SELECT set_config(name, 'v', false) FROM pg_settings WHERE name = 'x'``:
+#: what pg_dump (15.8+, 16.4+, 17+) sends to set restrict_nonsystem_relation_kind
+#: only where the server has it. "S" stands for a plain '...' constant.
+_SETTINGS_LOOKUP = (
+    "SELECT SET_CONFIG ( NAME , S , ? ) FROM PG_SETTINGS WHERE NAME = S".split(),
+    "SELECT PG_CATALOG . SET_CONFIG ( NAME , S , ? ) FROM PG_CATALOG . PG_SETTINGS "
+    "WHERE NAME = S".split(),
+)
+
+
+def _settings_lookup_set_config(sql: str, chunk: list[Token], acc: _Acc) -> bool:
+    """That exact statement shape changes one parameter, the one named by the
+    last constant: judge it as ``SET`` of it (value-dependent, never cached)."""
+    for shape in _SETTINGS_LOOKUP:
+        if len(chunk) != len(shape):
+            continue
+        for tok, want in zip(chunk, shape, strict=True):
+            if want == "S":
+                if tok.token_type != TokenType.STRING or sql[tok.start : tok.start + 1] != "'":
+                    break
+            elif want == "?":
+                if _word(tok) not in ("TRUE", "FALSE"):
+                    break
+            elif _word(tok) != want:
+                break
+        else:
+            last = chunk[-1]
+            name = sql[last.start + 1 : last.end]
+            if "'" in name or not name:
+                return False  # '' doubling or empty: not a plain parameter name
+            acc.classes |= {"read", "session"}
+            acc.functions |= {"set_config"}
+            acc.relations.add("pg_settings")
+            acc.add_setting(name.lower())
+            acc.value_dependent = True
+            return True
+    return False
 
 
 def _set_config_name(node: exp.Anonymous, acc: _Acc) -> bool:
