@@ -624,3 +624,17 @@ def test_pg_dump_through_a_read_only_grant(gw: RunningGateway, cluster: DevClust
     assert "CREATE TABLE public.gr_items" in result.stdout
     assert "COPY public.gr_items (id, name) FROM stdin;" in result.stdout
     assert "item 10" in result.stdout
+
+
+def test_psql_meta_commands_through_a_read_only_grant(
+    gw: RunningGateway, cluster: DevCluster
+) -> None:
+    """psql's \\d family runs catalog queries the guardrails must not refuse."""
+    commands = ["\\d gr_items", "\\dt", "\\l", "\\df", "\\du", "\\dn+", "\\di", "\\sf upper(text)"]
+    argv = [str(cluster.bindir / "psql"), gw.conninfo("ro"), "-X", "-v", "ON_ERROR_STOP=1"]
+    for command in commands:
+        argv += ["-c", command]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "hoopfast" not in result.stderr
+    assert 'Table "public.gr_items"' in result.stdout
