@@ -8,12 +8,18 @@ keeps a bounded cache from the statement's fingerprint to its decision. The
 fingerprint (:func:`hoopfast.core.fingerprint`) keeps everything that can
 change what a statement does and replaces only literal values, and the
 classifier never looks at literal values, so every text under one key gets the
-same decision. The two exceptions are not cached under the key alone:
+same decision. The exceptions are not cached under the key alone:
 
 * ``deny_patterns`` see the raw text (literals included), so they run on every
   statement, after the cache;
 * ``EXECUTE name`` depends on what the session prepared under that name, so
-  the session resolves it (:meth:`Rules.check` takes the session's map).
+  the session resolves it (:meth:`Rules.check` takes the session's map);
+* ``set_config('name', ...)``, the one literal the classifier reads, is marked
+  ``value_dependent`` and never cached.
+
+Decisions that leave nothing to do per statement (allowed, no patterns,
+nothing to track) also go into :attr:`Rules.fast`, which the relay pump looks
+up itself, without calling Python (:mod:`hoopfast.core._pump`).
 
 Grants add up: a person whose roles grant a connection several ways gets the
 most permissive verdict any one of them gives (allow > review > deny).
