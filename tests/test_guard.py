@@ -234,3 +234,16 @@ def test_patterns_use_the_compiled_syntax() -> None:
 def test_set_config_forms_read_only_clients_send(sql: str, expected: str) -> None:
     rules = make_rules({"r": {"read_only": True}})
     assert rules.check(sql).verdict.action == expected
+
+
+def test_an_analysis_failure_is_not_cached_for_the_fingerprint() -> None:
+    """A text the classifier fails on (here sqlglot's tokenizer, on an E''
+    string continued on the next line) is refused, but must not get every
+    text of the same shape refused, for everyone, from then on."""
+    rules = make_rules({"r": {}})
+    odd = "SELECT E''\n'\\''"
+    assert action(rules, odd) == "deny:unknown"
+    assert action(rules, "SELECT 'plain'") == "allow"
+    # The fingerprint lexer reads it as PostgreSQL does (one string constant),
+    # so once the plain spelling is judged, the odd one shares its verdict.
+    assert action(rules, odd) == "allow"

@@ -190,6 +190,7 @@ READ_ONLY_ALLOWED = [
     ("SELECT count(*) FROM gr_items WHERE name <> 'INSERT INTO x'", [(10,)]),
     ("select /* DELETE */ count(*) from gr_items -- UPDATE", [(10,)]),
     ("EXPLAIN (COSTS OFF) DELETE FROM gr_items", None),
+    ("EXPLAIN (ANALYZE off, COSTS off) DELETE FROM gr_items", None),
     ("SHOW default_transaction_read_only", [("on",)]),
     ("SET search_path = public", None),
     ("BEGIN READ ONLY; SELECT 1; COMMIT", None),

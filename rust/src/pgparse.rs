@@ -56,8 +56,11 @@ fn flags_of(result: &pg_query::ParseResult) -> Vec<String> {
     for (node, _depth, _context, _) in result.protobuf.nodes() {
         match node {
             NodeRef::ExplainStmt(s) => {
-                let analyze = s.options.iter().any(|o| {
-                    matches!(&o.node, Some(NodeEnum::DefElem(d)) if d.defname.eq_ignore_ascii_case("analyze"))
+                let analyze = s.options.iter().any(|o| match &o.node {
+                    Some(NodeEnum::DefElem(d)) if d.defname.eq_ignore_ascii_case("analyze") => {
+                        option_on(d.arg.as_deref().and_then(|a| a.node.as_ref()))
+                    }
+                    _ => false,
                 });
                 if analyze {
                     flags.push("analyze".to_owned());
@@ -159,6 +162,21 @@ fn error_position(sql: &str) -> i32 {
         let position = if result.error.is_null() { 0 } else { (*result.error).cursorpos };
         ffi::pg_query_free_parse_result(result);
         position
+    }
+}
+
+/// Whether a boolean option (`ANALYZE`, `ANALYZE off`, `ANALYZE 0`...) is on,
+/// as PostgreSQL's defGetBoolean reads it. Anything not plainly off counts
+/// as on: this reading only ever adds to what the classifier must report.
+fn option_on(arg: Option<&NodeEnum>) -> bool {
+    match arg {
+        None => true,
+        Some(NodeEnum::Integer(i)) => i.ival != 0,
+        Some(NodeEnum::Boolean(b)) => b.boolval,
+        Some(NodeEnum::String(v)) => {
+            !matches!(v.sval.to_ascii_lowercase().as_str(), "off" | "false" | "no" | "0" | "f" | "n")
+        }
+        Some(_) => true,
     }
 }
 
@@ -266,7 +284,13 @@ mod tests {
     #[test]
     fn flags() {
         let f = |sql: &str| parse(sql).unwrap().remove(0).flags;
-        assert_eq!(f("EXPLAIN (ANALYZE false) DELETE FROM t"), ["analyze"]);
+        assert_eq!(f("EXPLAIN (ANALYZE) DELETE FROM t"), ["analyze"]);
+        assert_eq!(f("EXPLAIN ANALYZE DELETE FROM t"), ["analyze"]);
+        assert_eq!(f("EXPLAIN (ANALYZE on) DELETE FROM t"), ["analyze"]);
+        assert_eq!(f("EXPLAIN (ANALYZE 1) DELETE FROM t"), ["analyze"]);
+        assert!(f("EXPLAIN (ANALYZE false) DELETE FROM t").is_empty());
+        assert!(f("EXPLAIN (ANALYZE off) DELETE FROM t").is_empty());
+        assert!(f("EXPLAIN (ANALYZE 0) DELETE FROM t").is_empty());
         assert!(f("EXPLAIN DELETE FROM t").is_empty());
         assert_eq!(f("SELECT * INTO n FROM t"), ["into"]);
         assert_eq!(f("SELECT * FROM t FOR UPDATE"), ["locking"]);

@@ -1499,9 +1499,44 @@ def _anonymous(node: exp.Anonymous, acc: _Acc) -> None:
 #: what pg_dump (15.8+, 16.4+, 17+) sends to set restrict_nonsystem_relation_kind
 #: only where the server has it. "S" stands for a plain '...' constant.
 _SETTINGS_LOOKUP = (
-    "SELECT SET_CONFIG ( NAME , S , ? ) FROM PG_SETTINGS WHERE NAME = S".split(),
-    "SELECT PG_CATALOG . SET_CONFIG ( NAME , S , ? ) FROM PG_CATALOG . PG_SETTINGS "
-    "WHERE NAME = S".split(),
+    [
+        "SELECT",
+        "SET_CONFIG",
+        "(",
+        "NAME",
+        ",",
+        "S",
+        ",",
+        "?",
+        ")",
+        "FROM",
+        "PG_SETTINGS",
+        "WHERE",
+        "NAME",
+        "=",
+        "S",
+    ],
+    [
+        "SELECT",
+        "PG_CATALOG",
+        ".",
+        "SET_CONFIG",
+        "(",
+        "NAME",
+        ",",
+        "S",
+        ",",
+        "?",
+        ")",
+        "FROM",
+        "PG_CATALOG",
+        ".",
+        "PG_SETTINGS",
+        "WHERE",
+        "NAME",
+        "=",
+        "S",
+    ],
 )
 
 

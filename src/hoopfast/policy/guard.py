@@ -386,7 +386,7 @@ class Rules:
         if decision is None:
             c = self._classifications.get(key, sql, statements)
             decision = self._decide(c)
-            if not c.executes and not c.value_dependent:
+            if not (c.executes or c.value_dependent or c.unknown):
                 self._cache[key] = decision
                 if (
                     decision.verdict.action == "allow"
@@ -486,7 +486,11 @@ class ClassificationCache:
                 c = unknown_classification(
                     f"statement boundaries are ambiguous ({c.statements} vs {statements})"
                 )
-            if c.value_dependent:
+            if c.value_dependent or c.unknown:
+                # An unknown result says "the analysis failed on this text",
+                # not "texts of this shape are unknown": one odd spelling of a
+                # literal (a tokenizer corner case) must not get every text
+                # with the same fingerprint refused, for everyone.
                 return c
             self._items[key] = c
             if len(self._items) > self._size:
