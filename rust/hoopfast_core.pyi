@@ -21,6 +21,7 @@ __all__ = [
     "fingerprint",
     "pg_parse",
     "PatternSet",
+    "MaskPlan",
 ]
 
 IMPLEMENTATION: Final[str]
@@ -84,3 +85,25 @@ class PatternSet:
     def first_match(self, text: str) -> int | None:
         """Index of the first pattern (in the given order) found in ``text``."""
     def __len__(self) -> int: ...
+
+@final
+class MaskPlan:
+    """Masking rules for the columns of one RowDescription, applied to whole
+    buffers of DataRow messages (see docs/masking.md). A rule is
+    ``(strategy, format_code, type_oid, detectors, keep_first, keep_last)``
+    or None for a column left untouched; ValueError on a bad rule."""
+
+    def __new__(
+        cls,
+        columns: list[tuple[str, int, int, list[str], int, int] | None],
+        hmac_key: bytes,
+        text_detectors: list[str] | None = None,
+    ) -> MaskPlan: ...
+    @property
+    def masks_anything(self) -> bool:
+        """True when some column has a rule (``apply`` can change a row)."""
+    def mask_text(self, text: str) -> str:
+        """Every detector match in ``text`` replaced by ``[REDACTED:<name>]``."""
+    def apply(self, buffer: bytes) -> bytes:
+        """Masked copy of a buffer of whole DataRows; the same object when
+        nothing changed. ValueError on a malformed DataRow."""

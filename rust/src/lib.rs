@@ -1,10 +1,11 @@
 //! hoopfast_core: the compiled hot path of hoopfast (PostgreSQL framing,
 //! message codec, SQL fingerprints, PostgreSQL-grammar cross-check). This
 //! file only registers the Python module; the logic is in [`framer`],
-//! [`messages`], [`fingerprint`], [`patterns`] and [`pgparse`].
+//! [`messages`], [`fingerprint`], [`patterns`], [`mask`] and [`pgparse`].
 
 pub mod fingerprint;
 pub mod framer;
+pub mod mask;
 pub mod messages;
 pub mod patterns;
 pub mod pgparse;
@@ -23,5 +24,6 @@ fn hoopfast_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fingerprint::py_fingerprint, m)?)?;
     m.add_function(wrap_pyfunction!(pgparse::py_pg_parse, m)?)?;
     m.add_class::<patterns::PyPatternSet>()?;
+    m.add_class::<mask::PyMaskPlan>()?;
     Ok(())
 }

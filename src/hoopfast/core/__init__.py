@@ -16,6 +16,7 @@ from types import ModuleType
 from typing import cast
 
 from hoopfast.core.abc import Core
+from hoopfast.core.abc import MaskPlan as MaskPlanContract
 from hoopfast.errors import ConfigurationError
 
 IMPLEMENTATIONS = ("compiled", "python")
@@ -66,11 +67,13 @@ decode_startup = core.decode_startup
 encode_startup = core.encode_startup
 fingerprint = core.fingerprint
 PatternSet = core.PatternSet
+MaskPlan: type[MaskPlanContract] = core.MaskPlan
 
 __all__ = [
     "IMPLEMENTATION",
     "Framer",
     "FramingError",
+    "MaskPlan",
     "PatternSet",
     "Pump",
     "core",

@@ -17,6 +17,8 @@ import re
 import struct
 from collections.abc import Mapping
 
+from hoopfast.core._mask import MaskPlan
+
 IMPLEMENTATION = "python"
 
 # Message type codes handled by the codec.
@@ -870,6 +872,7 @@ __all__ = [
     "IMPLEMENTATION",
     "Framer",
     "FramingError",
+    "MaskPlan",
     "PatternSet",
     "decode_data_row",
     "decode_fields",

@@ -82,6 +82,48 @@ class PatternSet(Protocol):
     def __len__(self) -> int: ...
 
 
+#: One column's masking rule:
+#: (strategy, format_code, type_oid, detectors, keep_first, keep_last).
+ColumnRule = tuple[str, int, int, list[str], int, int]
+
+
+@runtime_checkable
+class MaskPlan(Protocol):
+    """Masking rules for the columns of one RowDescription (docs/masking.md).
+
+    ``columns`` holds one :data:`ColumnRule` or None (untouched) per column.
+    Strategies: ``redact``, ``same_length``, ``partial``, ``hash``, ``null``,
+    ``default``, ``fake``, ``detect``. A column that is not text, or is in
+    binary format, may only be nulled or set to its type's default.
+    ``text_detectors`` (default: every detector named by a rule) are those
+    :meth:`mask_text` applies.
+    """
+
+    def __init__(
+        self,
+        columns: list[ColumnRule | None],
+        hmac_key: bytes,
+        text_detectors: list[str] | None = None,
+    ) -> None:
+        """Raises ValueError naming the column and the problem for a bad rule."""
+        ...
+
+    @property
+    def masks_anything(self) -> bool:
+        """True when some column has a rule (``apply`` can change a row)."""
+        ...
+
+    def mask_text(self, text: str) -> str:
+        """Every detector match in ``text`` replaced by ``[REDACTED:<name>]``."""
+        ...
+
+    def apply(self, buffer: bytes) -> bytes:
+        """A buffer of whole DataRow messages with the values masked and the
+        lengths re-encoded; the same object when no value changed. Raises
+        ValueError on a malformed DataRow or a wrong column count."""
+        ...
+
+
 class Core(Protocol):
     """What an implementation module exports."""
 
@@ -89,6 +131,7 @@ class Core(Protocol):
     FramingError: type[ValueError]
     Framer: type[Framer]
     PatternSet: type[PatternSet]
+    MaskPlan: type[MaskPlan]
 
     def decode_fields(self, message: bytes) -> list[tuple[str, str]]:
         """ErrorResponse ('E') / NoticeResponse ('N') -> [(code_char, value)]."""
