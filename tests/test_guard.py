@@ -247,3 +247,19 @@ def test_an_analysis_failure_is_not_cached_for_the_fingerprint() -> None:
     # The fingerprint lexer reads it as PostgreSQL does (one string constant),
     # so once the plain spelling is judged, the odd one shares its verdict.
     assert action(rules, odd) == "allow"
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        # Found by running psycopg's own test suite through the gateway.
+        ("SET standard_conforming_strings TO on", "allow"),  # the pinned value: no change
+        ("SET standard_conforming_strings TO off", "deny:standard_conforming_strings"),
+        ("SET standard_conforming_strings TO 'on'", "deny:standard_conforming_strings"),
+        ("select null::numeric(2,-3)", "allow"),  # negative scale, PostgreSQL 15+
+        ("SELECT set_config($1, $2, false)", "deny:setting"),  # the name is a bound parameter
+        ("SET client_encoding TO 'LATIN1'", "deny:client_encoding"),
+    ],
+)
+def test_statements_real_clients_send(sql: str, expected: str) -> None:
+    assert action(make_rules({"r": {}}), sql) == expected

@@ -82,7 +82,19 @@ fn flags_of(result: &pg_query::ParseResult) -> Vec<String> {
                     flags.push("copy_file".to_owned());
                 }
             }
-            NodeRef::VariableSetStmt(s) => flags.push(setting_flag(s, false)),
+            NodeRef::VariableSetStmt(s) => {
+                // SET standard_conforming_strings TO on: the value the gateway
+                // pins, so no change (the classifier decides the spelling).
+                let pinned_on = s.name.eq_ignore_ascii_case("standard_conforming_strings")
+                    && s.kind == 1
+                    && s.args.len() == 1
+                    && matches!(&s.args[0].node, Some(NodeEnum::AConst(c))
+                        if matches!(&c.val, Some(pg_query::protobuf::a_const::Val::Sval(v))
+                            if matches!(v.sval.to_ascii_lowercase().as_str(), "on" | "true" | "yes")));
+                if !pinned_on {
+                    flags.push(setting_flag(s, false));
+                }
+            }
             // Settings stored for later sessions of a role or database.
             NodeRef::AlterRoleSetStmt(s) => {
                 if let Some(set) = &s.setstmt {
@@ -302,6 +314,8 @@ mod tests {
         assert_eq!(f("SET ROLE NONE"), ["reset_all"]);
         assert_eq!(f("SET SESSION AUTHORIZATION DEFAULT"), ["reset_all"]);
         assert_eq!(f("RESET search_path"), ["reset:search_path"]);
+        assert!(f("SET standard_conforming_strings TO on").is_empty());
+        assert_eq!(f("SET standard_conforming_strings TO off"), ["set:standard_conforming_strings"]);
         assert_eq!(f("ALTER ROLE app SET role = admin"), ["set:role"]);
         assert_eq!(f("ALTER ROLE app IN DATABASE d SET search_path = v"), ["set:search_path"]);
         assert_eq!(f("ALTER DATABASE app SET role = x"), ["set:role"]);

@@ -935,7 +935,7 @@ def _classify_statement(sql: str, chunk: list[Token], end: int, acc: _Acc, depth
 
     if head == "COPY":
         chunk = _copy_with(chunk)
-    chunk = _drop_array_type_brackets(chunk)
+    chunk = _drop_array_type_brackets(_drop_negative_scales(chunk))
     parsed = _DIALECT.parser().parse(chunk, sql)
     if len(parsed) != 1 or parsed[0] is None:
         raise _Unknown("parser did not return exactly one statement")
@@ -952,6 +952,27 @@ def _classify_statement(sql: str, chunk: list[Token], end: int, acc: _Acc, depth
         _walk(tree, stmt)
     _crosscheck(chunk, stmt)
     _merge(acc, stmt)
+
+
+def _drop_negative_scales(chunk: list[Token]) -> list[Token]:
+    """``numeric(2, -3)``: PostgreSQL 15+ allows a negative scale, sqlglot's
+    type parser does not. A type modifier never changes what a statement
+    does: leave the minus out of the parse."""
+    out: list[Token] = []
+    for i, tok in enumerate(chunk):
+        if (
+            tok.token_type == TokenType.DASH
+            and 3 <= i < len(chunk) - 1
+            and chunk[i - 1].token_type == TokenType.COMMA
+            and chunk[i - 2].token_type == TokenType.NUMBER
+            and chunk[i - 3].token_type == TokenType.L_PAREN
+            and i >= 4
+            and _word(chunk[i - 4]) in ("NUMERIC", "DECIMAL")
+            and chunk[i + 1].token_type == TokenType.NUMBER
+        ):
+            continue
+        out.append(tok)
+    return out
 
 
 def _drop_array_type_brackets(chunk: list[Token]) -> list[Token]:
@@ -1295,7 +1316,15 @@ def _generic_setting(chunk: list[Token], i: int, acc: _Acc, follow: tuple[str, .
         and (j == len(chunk) if not follow else j < len(chunk))
         and (not follow or _word(chunk[j]) in follow or chunk[j].token_type == TokenType.EQ)
     ):
-        acc.add_setting(name.translate(_ASCII_LOWER))
+        lowered = name.translate(_ASCII_LOWER)
+        if (
+            lowered == "standard_conforming_strings"
+            and j + 2 == len(chunk)
+            and chunk[j + 1].token_type not in _LITERAL_TOKENS
+            and _word(chunk[j + 1]) in ("ON", "TRUE", "YES")
+        ):
+            return  # the value the gateway pins (a keyword, so in the fingerprint): no change
+        acc.add_setting(lowered)
     else:
         acc.add_setting("*")
 

@@ -103,8 +103,6 @@ def clean_encoding_name(name: str) -> str:
 
 
 _EMPTY: frozenset[str] = frozenset()
-#: Settings the gateway pins (see the session): no statement may change them.
-_PINNED_SETTINGS = frozenset({"client_encoding", "standard_conforming_strings", "search_path"})
 #: Classes that can reshape the schema around a denied table.
 _RESHAPING = frozenset({"ddl", "dcl", "maintenance"})
 #: Catalog views that sample column values.
@@ -242,7 +240,13 @@ class _GrantRules:
         settings = c.settings
         if "*" in settings:
             # A parameter the analysis cannot name could be any of the pinned ones.
-            settings = settings | _PINNED_SETTINGS
+            return Verdict(
+                "deny",
+                "setting",
+                "the statement changes a run-time parameter the gateway cannot name "
+                "(set_config() with a bound parameter or an expression as the name); "
+                "write the parameter name as a constant",
+            )
         if "standard_conforming_strings" in settings:
             # Both lexers read backslashes in '...' as PostgreSQL does with
             # this on; off, 'a\\' would hide a quote from them.
@@ -253,7 +257,10 @@ class _GrantRules:
             )
         if "client_encoding" in settings:
             return Verdict(
-                "deny", "client_encoding", "client_encoding is fixed at UTF8 by the gateway"
+                "deny",
+                "client_encoding",
+                "client_encoding is fixed for the session by the gateway "
+                "(choose it when connecting)",
             )
         if self.deny_schemas and "search_path" in settings:
             return Verdict(
