@@ -1527,45 +1527,9 @@ def _anonymous(node: exp.Anonymous, acc: _Acc) -> None:
 #: ``SELECT set_config(name, 'v', false) FROM pg_settings WHERE name = 'x'``:
 #: what pg_dump (15.8+, 16.4+, 17+) sends to set restrict_nonsystem_relation_kind
 #: only where the server has it. "S" stands for a plain '...' constant.
-_SETTINGS_LOOKUP = (
-    [
-        "SELECT",
-        "SET_CONFIG",
-        "(",
-        "NAME",
-        ",",
-        "S",
-        ",",
-        "?",
-        ")",
-        "FROM",
-        "PG_SETTINGS",
-        "WHERE",
-        "NAME",
-        "=",
-        "S",
-    ],
-    [
-        "SELECT",
-        "PG_CATALOG",
-        ".",
-        "SET_CONFIG",
-        "(",
-        "NAME",
-        ",",
-        "S",
-        ",",
-        "?",
-        ")",
-        "FROM",
-        "PG_CATALOG",
-        ".",
-        "PG_SETTINGS",
-        "WHERE",
-        "NAME",
-        "=",
-        "S",
-    ],
+_SETTINGS_LOOKUP = tuple(
+    tuple(f"SELECT {q}SET_CONFIG ( NAME , S , ? ) FROM {q}PG_SETTINGS WHERE NAME = S".split(" "))
+    for q in ("", "PG_CATALOG . ")
 )
 
 
