@@ -12,7 +12,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from hoopfast.devcluster import DevCluster
 from hoopfast.proxy.postgres import messages as m
+from tests.conftest import Roles
 from tests.gateway import RunningGateway
 from tests.rawclient import RawClient, error_fields
 
@@ -238,21 +240,27 @@ def test_terminate_closes_cleanly(idle_gateway: RunningGateway) -> None:
         assert client.recv_some() == 0
 
 
-def test_own_notifications_carry_the_pid_the_client_knows(idle_gateway: RunningGateway) -> None:
+def test_notifications_carry_the_pids_clients_know(
+    idle_gateway: RunningGateway, cluster: DevCluster, roles: Roles
+) -> None:
+    """A notification names its sender by the pid the sender's own client
+    knows, for this session and for every other session of the gateway; a
+    sender that is not a gateway session keeps its upstream pid."""
     with (
         psycopg.connect(idle_gateway.conninfo(), autocommit=True) as me,
         psycopg.connect(idle_gateway.conninfo(), autocommit=True) as other,
+        psycopg.connect(cluster.dsn(*roles.scram, dbname="app"), autocommit=True) as outside,
     ):
         me.execute("LISTEN hf_channel")
         me.execute("NOTIFY hf_channel, 'mine'")
         other.execute("NOTIFY hf_channel, 'theirs'")
+        outside.execute("NOTIFY hf_channel, 'outside'")
         got = {}
-        for note in me.notifies(timeout=5, stop_after=2):
+        for note in me.notifies(timeout=5, stop_after=3):
             got[note.payload] = note.pid
         assert got["mine"] == me.info.backend_pid
-        # The other session's pid is the upstream's (it is not this session's
-        # to translate), and in any case not mistaken for ours.
-        assert got["theirs"] != me.info.backend_pid
+        assert got["theirs"] == other.info.backend_pid != me.info.backend_pid
+        assert got["outside"] == outside.info.backend_pid
 
 
 def test_queries_pipelined_before_login_completes_are_not_lost(

@@ -10,7 +10,7 @@ import secrets
 import ssl
 from pathlib import Path
 
-from hoopfast.config import GatewayConfig, load_config
+from hoopfast.config import Connection, GatewayConfig, load_config
 from hoopfast.errors import ConfigurationError
 from hoopfast.identity.tokens import TokenValidator
 from hoopfast.policy.guard import Policy
@@ -43,6 +43,8 @@ class PgGateway:
         self.active: set[PgSession] = set()
         #: Sessions past startup, by the cancel key (pid) the client was given.
         self.by_key: dict[int, PgSession] = {}
+        #: (upstream host, port, backend pid) -> the pid the client was given.
+        self._by_upstream: dict[tuple[str, int, int], int] = {}
         self._server: asyncio.Server | None = None
 
     def reload(self, config: GatewayConfig) -> None:
@@ -99,11 +101,22 @@ class PgGateway:
             if pid not in self.by_key:
                 break
         self.by_key[pid] = session
+        if session.upstream is not None and session.connection is not None:
+            conn = session.connection
+            self._by_upstream[(conn.host, conn.port, session.upstream.pid)] = pid
         return pid, secrets.token_bytes(4)
 
     def unregister(self, session: PgSession) -> None:
         if self.by_key.get(session.pid) is session:
             del self.by_key[session.pid]
+            if session.upstream is not None and session.connection is not None:
+                conn = session.connection
+                self._by_upstream.pop((conn.host, conn.port, session.upstream.pid), None)
+
+    def gateway_pid(self, connection: Connection, upstream_pid: int) -> int | None:
+        """The pid a client of this gateway knows the upstream backend
+        ``upstream_pid`` of ``connection``'s server by, if it is one of ours."""
+        return self._by_upstream.get((connection.host, connection.port, upstream_pid))
 
     async def cancel(self, pid: int, secret: bytes) -> None:
         session = self.by_key.get(pid)

@@ -350,7 +350,7 @@ class PgSession:
             if fields.get("V", fields.get("S")) in ("FATAL", "PANIC"):
                 self._upstream_sent_fatal = True
         elif type_code == m.NOTIFICATION_RESPONSE:
-            message = self._own_notification(message)
+            message = self._notification(message)
         return message
 
     # -- guardrails -----------------------------------------------------------
@@ -556,17 +556,19 @@ class PgSession:
                 return _refusal_message(verdict, self.rules)
         return message
 
-    def _own_notification(self, message: bytes) -> bytes:
-        """A NOTIFY this very session sent names the upstream backend's pid;
-        the client knows the session by the gateway's pid, and clients
-        compare the two to skip their own notifications."""
-        assert self.upstream is not None
-        if (
-            len(message) >= 9
-            and int.from_bytes(message[5:9], "big", signed=True) == self.upstream.pid
-        ):
-            return message[:5] + self.pid.to_bytes(4, "big", signed=True) + message[9:]
-        return message
+    def _notification(self, message: bytes) -> bytes:
+        """A NotificationResponse names the sending backend's pid upstream;
+        clients know sessions by the gateway's pids (they compare them to
+        skip their own notifications, or to tell who sent one), so a sender
+        that is a session of this gateway is named by its gateway pid."""
+        assert self.connection is not None
+        if len(message) < 9:
+            return message
+        sender = int.from_bytes(message[5:9], "big", signed=True)
+        pid = self.gateway.gateway_pid(self.connection, sender)
+        if pid is None:
+            return message
+        return message[:5] + pid.to_bytes(4, "big", signed=True) + message[9:]
 
     def pump_violation(self, pump: Any, error: Exception) -> None:
         if pump is self._client_pump:
