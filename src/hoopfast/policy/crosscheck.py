@@ -116,12 +116,8 @@ def _expected(kind: str, flags: list[str], tables: list[tuple[str, str]]) -> set
 def _settings(flags: list[str]) -> set[str]:
     names: set[str] = set()
     for flag in flags:
-        if flag == "reset_all":
+        if flag == "reset_all":  # incl. RESET ROLE & co. (pgparse.rs setting_flag)
             names.add("all")
-        elif flag in ("reset:role", "reset:session_authorization"):
-            names.add("all")  # back to the login identity (see classify._reset)
-        elif flag in ("set:*", "reset:*"):
-            names.add("*")
         elif flag.startswith(("set:", "reset:")):
             names.add(flag.split(":", 1)[1] or "*")
     return names

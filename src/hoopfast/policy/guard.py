@@ -145,10 +145,6 @@ def unknown_classification(reason: str) -> Classification:
         functions=_EMPTY,
         statements=1,
         reason=reason,
-        settings=_EMPTY,
-        prepares=_EMPTY,
-        executes=_EMPTY,
-        deallocates=_EMPTY,
     )
 
 
@@ -448,9 +444,6 @@ class Rules:
             functions=_EMPTY,
             statements=0,
             settings=names,
-            prepares=_EMPTY,
-            executes=_EMPTY,
-            deallocates=_EMPTY,
         )
         return self._decide(c).verdict
 

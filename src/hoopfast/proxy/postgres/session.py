@@ -89,7 +89,6 @@ class PgSession:
         #: token -> verdict. See _refuse.
         self._refusals: OrderedDict[bytes, Verdict] = OrderedDict()
         self.refused = 0
-        self._refused_with = b""
         #: After a reload that changed the rules: prepared statements the new
         #: rules refuse, and whether the unnamed one predates it.
         self._revoked: set[str] = set()
@@ -441,8 +440,8 @@ class PgSession:
         end = message.find(b"\0", 5)
         if end < 0:
             return self._refuse(None, _MALFORMED)
-        c = self._judge(message[5:end], None, rules)
-        return message if c is not None else self._refused_with
+        judged = self._judge(message[5:end], None, rules)
+        return judged if isinstance(judged, bytes) else message
 
     def _on_parse(self, message: bytes) -> bytes | None:
         rules = self._current_rules()
@@ -453,17 +452,17 @@ class PgSession:
         if end < 0:
             return self._refuse(b"", _MALFORMED)
         name = message[5:name_end]
-        c = self._judge(message[name_end + 1 : end], name, rules)
+        judged = self._judge(message[name_end + 1 : end], name, rules)
         if not name and self._stale_unnamed:
             # Allowed or refused (the stand-in fails, as a failed Parse does),
             # the unnamed statement from before the reload is gone.
             self._stale_unnamed = False
             self._guard_binds()
             self._use_fast_path()
-        if c is None:
-            return self._refused_with
+        if isinstance(judged, bytes):
+            return judged
         if name:
-            self._remember(name.decode("utf-8", "surrogateescape"), c)
+            self._remember(name.decode("utf-8", "surrogateescape"), judged)
         return message
 
     def _on_function_call(self, message: bytes) -> bytes | None:
@@ -476,18 +475,16 @@ class PgSession:
         verdict = rules.check_classification(function_call_classification(oid))
         return message if verdict.action == "allow" else self._refuse(None, verdict)
 
-    def _judge(self, text: bytes, parse_name: bytes | None, rules: Rules) -> Classification | None:
-        """What the SQL ``text`` does, if policy allows it; None when it was
-        refused (the stand-in to send is then in ``_refused_with``)."""
+    def _judge(self, text: bytes, parse_name: bytes | None, rules: Rules) -> Classification | bytes:
+        """What the SQL ``text`` does, if policy allows it; else the stand-in
+        to send in its place (see _refuse)."""
         try:
             sql = text.decode(self._codec)
         except UnicodeDecodeError:
-            self._refused_with = self._refuse(parse_name, _UNDECODABLE)
-            return None
+            return self._refuse(parse_name, _UNDECODABLE)
         decision = rules.check(sql, self._prepared)
         if decision.verdict.action != "allow":
-            self._refused_with = self._refuse(parse_name, decision.verdict)
-            return None
+            return self._refuse(parse_name, decision.verdict)
         c = decision.classification
         if c.deallocates or c.prepares:
             for name in c.deallocates:
