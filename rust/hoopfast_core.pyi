@@ -31,9 +31,12 @@ class FramingError(ValueError):
 
 @final
 class Framer:
-    """Incremental framer for one direction of a post-startup message stream."""
+    """Incremental framer for one direction of a post-startup message stream.
 
-    def __new__(cls, max_length: int, intercept: bytes = ...) -> Framer: ...
+    Adjacent intercepted messages of one type in ``batch`` within a chunk come
+    out as one ``(type_code, concatenated messages)`` item."""
+
+    def __new__(cls, max_length: int, intercept: bytes = ..., batch: bytes = ...) -> Framer: ...
     def feed(self, data: bytes) -> list[bytes | tuple[int, bytes]]:
         """Frame one chunk; raises FramingError on a length under 4 or over
         max_length, and on every call after that."""

@@ -151,3 +151,5 @@ def test_configuration_doc_example_validates() -> None:
     block = text.split("## The TOML file", 1)[1].split("```toml", 1)[1].split("```", 1)[0]
     config = GatewayConfig.model_validate(tomllib.loads(block))
     assert config.connections["orders"].grants["support"].review == ["ddl"]
+    masking = config.connections["orders"].masking
+    assert masking is not None and len(masking.rules) == 4 and masking.catalog_ttl == 60

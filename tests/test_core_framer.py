@@ -39,6 +39,12 @@ def header(code: bytes, length: int) -> bytes:
     return code + struct.pack("!i", length)
 
 
+def row(i: int) -> bytes:
+    """A one-column DataRow."""
+    value = str(i).encode()
+    return msg(b"D", struct.pack("!hi", 1, len(value)) + value)
+
+
 def normalise(items: list[Any]) -> list[Any]:
     """Coalesce adjacent bytes items (across feed calls) and drop empty ones."""
     out: list[Any] = []
@@ -57,21 +63,56 @@ def joined(items: list[Any]) -> bytes:
     return b"".join(i if isinstance(i, bytes) else i[1] for i in items)
 
 
-def check_items(items: list[Any]) -> None:
-    """Shape of one feed() result: no empty runs, adjacent runs coalesced."""
-    prev_bytes = False
+def split_messages(whole: bytes) -> list[bytes]:
+    """Whole messages laid end to end -> the messages (asserting they fit)."""
+    out = []
+    pos = 0
+    while pos < len(whole):
+        assert len(whole) - pos >= 5, "truncated header"
+        end = pos + 1 + struct.unpack_from("!i", whole, pos + 1)[0]
+        assert pos + 5 <= end <= len(whole), "bad or truncated message"
+        out.append(whole[pos:end])
+        pos = end
+    return out
+
+
+def check_items(items: list[Any], batch: bytes = b"") -> None:
+    """Shape of one feed() result: no empty runs, adjacent runs coalesced,
+    tuples hold one whole message, or (batch types) several, never split
+    across adjacent tuples."""
+    prev: Any = None
     for item in items:
         if isinstance(item, bytes):
             assert item, "empty pass-through item"
-            assert not prev_bytes, "adjacent pass-through items not coalesced"
-            prev_bytes = True
+            assert not isinstance(prev, bytes), "adjacent pass-through items not coalesced"
         else:
             assert isinstance(item, tuple) and len(item) == 2
             code, whole = item
             assert isinstance(code, int) and isinstance(whole, bytes)
-            assert whole[0] == code
-            assert struct.unpack_from("!i", whole, 1)[0] == len(whole) - 1
-            prev_bytes = False
+            parts = split_messages(whole)
+            assert parts and all(m[0] == code for m in parts)
+            if code in batch:
+                assert not (isinstance(prev, tuple) and prev[0] == code), "batch not merged"
+            else:
+                assert len(parts) == 1, "several messages in a non-batch item"
+        prev = item
+
+
+def merge_batches(items: list[Any], batch: bytes) -> list[Any]:
+    """The batch contract, applied to one unbatched feed() result."""
+    out: list[Any] = []
+    for item in items:
+        if (
+            isinstance(item, tuple)
+            and item[0] in batch
+            and out
+            and isinstance(out[-1], tuple)
+            and out[-1][0] == item[0]
+        ):
+            out[-1] = (item[0], out[-1][1] + item[1])
+        else:
+            out.append(item)
+    return out
 
 
 def feed_all(framer: Any, chunks: list[bytes]) -> list[Any]:
@@ -264,6 +305,118 @@ class TestFramer:
         with pytest.raises(TypeError):
             f.set_intercept("E")
 
+    # ----------------------------------------------------------------------
+    # batch
+
+    def test_batch_chunk_of_rows_is_one_item(self, impl: ModuleType) -> None:
+        data = b"".join(row(i) for i in range(5000))
+        assert len(data) > 65536
+        f = impl.Framer(BIG, b"DE", batch=b"D")
+        out = f.feed(data)
+        assert out == [(ord("D"), data)]
+        assert out[0][1] is data  # the chunk is all one batch: no copy
+        assert f.messages == 5000 and f.at_boundary and f.buffered == 0
+        # Pass-through messages around the rows stay separate items.
+        f = impl.Framer(BIG, b"D", b"D")
+        head, tail = msg(b"T", b"\x00\x00"), msg(b"C", b"SELECT 5000\x00") + msg(b"Z", b"I")
+        out = f.feed(head + data + tail)
+        assert out == [head, (ord("D"), data), tail]
+        assert f.messages == 5003
+
+    def test_batch_64k_chunks_one_item_each(self, impl: ModuleType) -> None:
+        rows = b"".join(row(i) for i in range(20_000))
+        f = impl.Framer(BIG, b"D", b"D")
+        out = []
+        for i in range(0, len(rows), 65536):
+            items = f.feed(rows[i : i + 65536])
+            check_items(items, b"D")
+            assert len(items) == 1 and items[0][0] == ord("D")
+            out += items
+        assert joined(out) == rows
+        assert f.messages == 20_000 and f.at_boundary
+
+    def test_batch_interleaved_with_other_intercepted_type(self, impl: ModuleType) -> None:
+        err = msg(b"E", b"SERROR\x00\x00")
+        note = msg(b"N", b"SNOTICE\x00\x00")
+        c = msg(b"C", b"x\x00")
+        rows = [row(i) for i in range(8)]
+        data = (
+            (rows[0] + rows[1] + err + err + rows[2] + note + rows[3] + rows[4] + rows[5])
+            + c
+            + rows[6]
+            + rows[7]
+        )
+        f = impl.Framer(BIG, b"DEN", b"D")
+        out = f.feed(data)
+        check_items(out, b"D")
+        assert out == [
+            (ord("D"), rows[0] + rows[1]),
+            (ord("E"), err),
+            (ord("E"), err),  # E is not in batch: one item per message
+            (ord("D"), rows[2]),
+            (ord("N"), note),
+            (ord("D"), rows[3] + rows[4] + rows[5]),
+            c,
+            (ord("D"), rows[6] + rows[7]),
+        ]
+        assert f.messages == 12
+        # Batching E as well merges the two errors, nothing else.
+        f = impl.Framer(BIG, b"DEN", b"DE")
+        assert f.feed(data)[1:3] == [(ord("E"), err + err), (ord("D"), rows[2])]
+
+    def test_batch_held_row_then_whole_rows(self, impl: ModuleType) -> None:
+        rows = [row(i) for i in range(5)]
+        data = b"".join(rows)
+        for cut in range(1, len(rows[0])):  # inside the header and inside the body
+            f = impl.Framer(BIG, b"D", b"D")
+            assert f.feed(data[:cut]) == []
+            assert f.buffered == cut
+            out = f.feed(data[cut:])
+            assert out == [(ord("D"), data)]  # the held row merges with the rest
+            assert f.messages == 5 and f.at_boundary and f.buffered == 0
+        # The held row stays apart from rows that follow a pass-through item.
+        c = msg(b"C", b"x\x00")
+        f = impl.Framer(BIG, b"D", b"D")
+        assert f.feed(rows[0][:7]) == []
+        assert f.feed(rows[0][7:] + c + rows[1] + rows[2] + rows[3][:3]) == [
+            (ord("D"), rows[0]),
+            c,
+            (ord("D"), rows[1] + rows[2]),
+        ]
+        assert f.buffered == 3
+        # A batch never reaches back into an earlier feed() call.
+        assert f.feed(rows[3][3:] + rows[4]) == [(ord("D"), rows[3] + rows[4])]
+
+    def test_batch_held_empty_message_then_whole(self, impl: ModuleType) -> None:
+        data = msg(b"D") + row(1) + msg(b"D") + row(2)
+        f = impl.Framer(BIG, b"D", b"D")
+        assert f.feed(data[:3]) == []
+        assert f.feed(data[3:]) == [(ord("D"), data)]
+        assert f.messages == 4
+
+    def test_batch_without_intercept_has_no_effect(self, impl: ModuleType) -> None:
+        data = row(1) + row(2) + msg(b"E") + row(3)
+        f = impl.Framer(BIG, b"E", b"DZ")
+        assert f.feed(data) == [row(1) + row(2), (ord("E"), msg(b"E")), row(3)]
+        f.set_intercept(b"DE")  # batch is kept and applies to the new set
+        assert f.feed(data) == [
+            (ord("D"), row(1) + row(2)),
+            (ord("E"), msg(b"E")),
+            (ord("D"), row(3)),
+        ]
+        f.set_intercept(b"")
+        out = f.feed(data)
+        assert out == [data] and out[0] is data
+
+    def test_batch_validation(self, impl: ModuleType) -> None:
+        for bad in ("D", bytearray(b"D"), memoryview(b"D"), [68], None):
+            with pytest.raises(TypeError, match="batch must be bytes"):
+                impl.Framer(100, b"D", bad)
+            with pytest.raises(TypeError, match="batch must be bytes"):
+                impl.Framer(100, batch=bad)
+        assert impl.Framer(100, batch=b"").feed(row(1)) == [row(1)]
+        assert impl.Framer(100, b"D", b"\x00\xffD").feed(row(1) * 2) == [(ord("D"), row(1) * 2)]
+
 
 # --------------------------------------------------------------------------
 # Property tests: both implementations on random streams and random chunking
@@ -418,24 +571,90 @@ def test_bad_length_differential(
     cuts=st.lists(st.integers(0, 200), max_size=8),
     max_length=st.integers(4, 300),
     intercept=st.binary(max_size=6),
+    batch=st.one_of(st.just(b""), st.binary(max_size=6)),
 )
 def test_garbage_differential(
-    data: bytes, cuts: list[int], max_length: int, intercept: bytes
+    data: bytes, cuts: list[int], max_length: int, intercept: bytes, batch: bytes
 ) -> None:
     """Arbitrary bytes: same items, same errors, same state in both."""
     assert COMPILED is not None
     cuts = sorted(min(c, len(data)) for c in cuts)
     traces = []
     for impl in (_python, COMPILED):
-        f = impl.Framer(max_length, intercept)
+        f = impl.Framer(max_length, intercept, batch)
         trace: list[Any] = []
         for chunk in chunked(data, cuts):
             try:
                 items = f.feed(chunk)
-                check_items(items)
+                check_items(items, batch)
                 trace.append(items)
             except impl.FramingError as e:
                 trace.append(("error", str(e)))
             trace.append((f.buffered, f.messages, f.at_boundary))
         traces.append(trace)
     assert traces[0] == traces[1]
+
+
+# --------------------------------------------------------------------------
+# Property tests for batch: result sets dominated by runs of small rows
+
+BATCH_STREAM_TYPES = b"DDDDDDEENCZ1"
+
+
+@st.composite
+def batch_streams(draw: st.DrawFn) -> tuple[bytes, bytes, bytes, list[int]]:
+    """(intercept, batch, data, cut points)."""
+    intercept = draw(st.sampled_from([b"D", b"D", b"DE", b"DEN", b"E", b""]))
+    batch = draw(st.sampled_from([b"D", b"D", b"DE", b"DEN", b"E", b"Z", b""]))
+    size = st.one_of(st.integers(0, 12), st.integers(0, 40), st.integers(41, 3000))
+    parts = draw(st.lists(st.tuples(st.sampled_from(BATCH_STREAM_TYPES), size), max_size=60))
+    data = b"".join(msg(code, _FILL[i : i + n]) for i, (code, n) in enumerate(parts))
+    cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=20)))
+    return intercept, batch, data, cuts
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@PROP
+@given(stream=batch_streams())
+def test_random_batch_contract(impl: ModuleType, stream: Any) -> None:
+    """Per chunk, batched output == the unbatched output with adjacent tuples
+    of a batch type merged; counters identical; items rebuild the input."""
+    intercept, batch, data, cuts = stream
+    plain, batched = impl.Framer(BIG, intercept), impl.Framer(BIG, intercept, batch)
+    out: list[Any] = []
+    for chunk in chunked(data, cuts):
+        want = merge_batches(plain.feed(chunk), batch)
+        got = batched.feed(chunk)
+        check_items(got, batch)
+        assert got == want
+        assert (batched.buffered, batched.messages, batched.at_boundary) == (
+            plain.buffered,
+            plain.messages,
+            plain.at_boundary,
+        )
+        out += got
+    assert joined(out) == data
+    assert batched.at_boundary and batched.buffered == 0
+
+
+@needs_both
+@PROP
+@given(stream=batch_streams(), switches=st.lists(st.sampled_from([b"", b"D", b"DE", b"E"])))
+def test_random_batch_differential(stream: Any, switches: list[bytes]) -> None:
+    intercept, batch, data, cuts = stream
+    assert COMPILED is not None
+    py, rs = _python.Framer(BIG, intercept, batch), COMPILED.Framer(BIG, intercept, batch)
+    out: list[Any] = []
+    for i, chunk in enumerate(chunked(data, cuts)):
+        a, b = py.feed(chunk), rs.feed(chunk)
+        assert a == b
+        out += a
+        assert (py.buffered, py.messages, py.at_boundary) == (
+            rs.buffered,
+            rs.messages,
+            rs.at_boundary,
+        )
+        if i < len(switches):
+            py.set_intercept(switches[i])
+            rs.set_intercept(switches[i])
+    assert joined(out) == data

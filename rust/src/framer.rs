@@ -6,6 +6,15 @@
 //! case (a chunk of complete pass-through messages) allocates nothing. The
 //! pyo3 wrapper ([`PyFramer`]) turns those items into Python objects and hands
 //! back the very same `bytes` object when the whole chunk passes through.
+//!
+//! Batching (the `batch` type codes) is done in the core, as the items are
+//! produced: an intercepted message of a batch type that directly follows one
+//! of the same type in the same `feed` call widens the previous item instead of
+//! adding one. Adjacent whole messages are contiguous in the chunk, so a run of
+//! them stays a single `data[start..end]` slice and the wrapper builds one
+//! `bytes` object for it with one copy; doing it in the wrapper instead would
+//! need a second pass over the items and could not keep the core's own output
+//! (and its unit tests) in the form Python sees.
 
 use std::fmt;
 
@@ -76,10 +85,18 @@ pub enum Item {
         start: usize,
         end: usize,
     },
-    /// An intercepted message wholly inside the chunk: `data[start..end]`.
+    /// An intercepted message wholly inside the chunk: `data[start..end]`
+    /// (with batching, a run of adjacent messages of type `code`).
     Whole { code: u8, start: usize, end: usize },
-    /// An intercepted message assembled across chunks.
-    Held { code: u8, message: Vec<u8> },
+    /// An intercepted message assembled across chunks, followed by
+    /// `data[start..end]`: the whole messages of the same batch type that come
+    /// right after it in this chunk (an empty range without batching).
+    Held {
+        code: u8,
+        message: Vec<u8>,
+        start: usize,
+        end: usize,
+    },
 }
 
 impl Item {
@@ -92,7 +109,16 @@ impl Item {
                 v
             }
             Item::Whole { start, end, .. } => data.get(*start..*end).unwrap_or_default().to_vec(),
-            Item::Held { message, .. } => message.clone(),
+            Item::Held {
+                message,
+                start,
+                end,
+                ..
+            } => {
+                let mut v = message.clone();
+                v.extend_from_slice(data.get(*start..*end).unwrap_or_default());
+                v
+            }
         }
     }
 }
@@ -102,6 +128,8 @@ impl Item {
 pub struct Framer {
     max_length: u32,
     intercept: [bool; 256],
+    /// Intercepted types whose adjacent whole messages come out as one item.
+    batch: [bool; 256],
     /// A partial header (fewer than 5 bytes) from earlier chunks.
     header: [u8; HEADER_LEN],
     header_len: usize,
@@ -120,6 +148,7 @@ impl Framer {
         let mut f = Framer {
             max_length,
             intercept: [false; 256],
+            batch: [false; 256],
             header: [0; HEADER_LEN],
             header_len: 0,
             remaining: 0,
@@ -137,6 +166,21 @@ impl Framer {
         for &t in types {
             self.intercept[usize::from(t)] = true;
         }
+    }
+
+    /// Intercepted types whose adjacent whole messages (within one `feed`
+    /// call) are merged into one item; types not intercepted are unaffected.
+    pub fn set_batch(&mut self, types: &[u8]) {
+        self.batch = [false; 256];
+        for &t in types {
+            self.batch[usize::from(t)] = true;
+        }
+    }
+
+    /// `self` with [`Framer::set_batch`] applied.
+    pub fn with_batch(mut self, types: &[u8]) -> Self {
+        self.set_batch(types);
+        self
     }
 
     pub fn buffered(&self) -> usize {
@@ -178,7 +222,33 @@ impl Framer {
         }
     }
 
-    /// Frame one chunk, appending items to `out` (which is not cleared).
+    /// Emit the whole intercepted message `data[start..end]`, merging it into
+    /// the previous item of this call (`out[base..]`) when both are of the
+    /// same batch type. Adjacent intercepted items are always contiguous in
+    /// the chunk (anything between them would be a pass-through item), so
+    /// merging only moves an `end`.
+    #[inline]
+    fn push_whole(&self, out: &mut Vec<Item>, base: usize, code: u8, start: usize, end: usize) {
+        if self.batch[usize::from(code)] && out.len() > base {
+            match out.last_mut() {
+                Some(Item::Whole {
+                    code: c, end: e, ..
+                })
+                | Some(Item::Held {
+                    code: c, end: e, ..
+                }) if *c == code => {
+                    debug_assert_eq!(*e, start);
+                    *e = end;
+                    return;
+                }
+                _ => {}
+            }
+        }
+        out.push(Item::Whole { code, start, end });
+    }
+
+    /// Frame one chunk, appending items to `out` (which is not cleared;
+    /// batching never merges into items from earlier calls).
     /// On error nothing useful is left in `out` and the framer is broken.
     pub fn feed(&mut self, data: &[u8], out: &mut Vec<Item>) -> Result<(), FramingError> {
         if self.broken {
@@ -188,6 +258,7 @@ impl Framer {
         if n == 0 {
             return Ok(());
         }
+        let base = out.len();
         let mut pos = 0usize;
         // Start of the pending pass-through run in `data`, and what precedes it.
         let mut run: Option<usize> = None;
@@ -221,6 +292,8 @@ impl Framer {
                     out.push(Item::Held {
                         code,
                         message: head.to_vec(),
+                        start: pos,
+                        end: pos,
                     });
                 }
             } else {
@@ -257,6 +330,8 @@ impl Framer {
                             out.push(Item::Held {
                                 code: self.held_code,
                                 message,
+                                start: pos,
+                                end: pos,
                             });
                         }
                     }
@@ -283,11 +358,7 @@ impl Framer {
                 }
                 let total = payload + HEADER_LEN;
                 if total <= n - pos {
-                    out.push(Item::Whole {
-                        code,
-                        start: pos,
-                        end: pos + total,
-                    });
+                    self.push_whole(out, base, code, pos, pos + total);
                     self.messages += 1;
                     pos += total;
                 } else {
@@ -344,14 +415,18 @@ pub struct PyFramer {
     items: Vec<Item>,
 }
 
-fn check_intercept(types: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+fn check_types(types: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u8>> {
     match types.cast::<PyBytes>() {
         Ok(b) => Ok(b.as_bytes().to_vec()),
         Err(_) => Err(pyo3::exceptions::PyTypeError::new_err(format!(
-            "intercept must be bytes, not {}",
+            "{what} must be bytes, not {}",
             types.get_type().name()?
         ))),
     }
+}
+
+fn check_intercept(types: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    check_types(types, "intercept")
 }
 
 /// The `intercept` argument: `bytes` only (like the reference implementation).
@@ -366,14 +441,26 @@ impl<'a, 'py> FromPyObject<'a, 'py> for Intercept {
     }
 }
 
+/// The `batch` argument: `bytes` only, like `intercept`.
+#[derive(Default)]
+pub struct Batch(Vec<u8>);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Batch {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        check_types(&obj, "batch").map(Batch)
+    }
+}
+
 #[pymethods]
 impl PyFramer {
     #[new]
     #[pyo3(
-        signature = (max_length, intercept = Intercept::default()),
-        text_signature = "(max_length, intercept=b'')"
+        signature = (max_length, intercept = Intercept::default(), batch = Batch::default()),
+        text_signature = "(max_length, intercept=b'', batch=b'')"
     )]
-    fn new(max_length: &Bound<'_, PyAny>, intercept: Intercept) -> PyResult<Self> {
+    fn new(max_length: &Bound<'_, PyAny>, intercept: Intercept, batch: Batch) -> PyResult<Self> {
         let index = max_length.call_method0("__index__").map_err(|_| {
             pyo3::exceptions::PyTypeError::new_err(format!(
                 "'{}' object cannot be interpreted as an integer",
@@ -398,7 +485,7 @@ impl PyFramer {
             }
         };
         Ok(PyFramer {
-            inner: Framer::new(max, &intercept.0),
+            inner: Framer::new(max, &intercept.0).with_batch(&batch.0),
             items: Vec::new(),
         })
     }
@@ -457,14 +544,34 @@ impl PyFramer {
                     list.append(obj)?;
                 }
                 Item::Whole { code, start, end } => {
-                    let msg = PyBytes::new(py, &bytes[start..end]);
+                    // One slice and one copy for a whole batch; a chunk that
+                    // is all one batch (or one message) is handed back as is.
+                    let msg = if start == 0 && end == bytes.len() {
+                        chunk.clone()
+                    } else {
+                        PyBytes::new(py, &bytes[start..end])
+                    };
                     list.append(PyTuple::new(
                         py,
                         [code.into_pyobject(py)?.into_any(), msg.into_any()],
                     )?)?;
                 }
-                Item::Held { code, message } => {
-                    let msg = PyBytes::new(py, &message);
+                Item::Held {
+                    code,
+                    message,
+                    start,
+                    end,
+                } => {
+                    let tail = &bytes[start..end];
+                    let msg = if tail.is_empty() {
+                        PyBytes::new(py, &message)
+                    } else {
+                        PyBytes::new_with(py, message.len() + tail.len(), |buf| {
+                            buf[..message.len()].copy_from_slice(&message);
+                            buf[message.len()..].copy_from_slice(tail);
+                            Ok(())
+                        })?
+                    };
                     list.append(PyTuple::new(
                         py,
                         [code.into_pyobject(py)?.into_any(), msg.into_any()],
@@ -624,6 +731,184 @@ mod tests {
             let items = run(&mut f, &[&data[..cut], &data[cut..]]);
             assert_eq!(items.iter().filter(|(c, _)| *c == b'E').count(), 2);
             assert_eq!(f.messages(), 3);
+        }
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    fn msg(code: u8, payload: &[u8]) -> Vec<u8> {
+        let mut v = vec![code];
+        v.extend_from_slice(&((payload.len() + 4) as i32).to_be_bytes());
+        v.extend_from_slice(payload);
+        v
+    }
+
+    /// One chunk's items as (None for pass-through | Some(code), bytes).
+    type Items = Vec<(Option<u8>, Vec<u8>)>;
+
+    fn feed(f: &mut Framer, chunk: &[u8]) -> Items {
+        // A non-empty `out` checks that nothing merges into earlier items.
+        let mut out = vec![Item::Whole {
+            code: b'D',
+            start: 0,
+            end: 0,
+        }];
+        f.feed(chunk, &mut out).unwrap();
+        out.drain(1..)
+            .map(|it| {
+                let kind = match &it {
+                    Item::Pass { .. } => None,
+                    Item::Whole { code, .. } | Item::Held { code, .. } => Some(*code),
+                };
+                (kind, it.to_vec(chunk))
+            })
+            .collect()
+    }
+
+    /// The contract: adjacent intercepted items of one batch type merged.
+    fn merged(items: Items, batch: &[u8]) -> Items {
+        let mut out: Items = Vec::new();
+        for (kind, bytes) in items {
+            if let (Some(code), Some((Some(last), prev))) = (kind, out.last_mut()) {
+                if code == *last && batch.contains(&code) {
+                    prev.extend_from_slice(&bytes);
+                    continue;
+                }
+            }
+            out.push((kind, bytes));
+        }
+        out
+    }
+
+    fn rows(n: usize) -> Vec<u8> {
+        (0..n)
+            .flat_map(|i| msg(b'D', format!("row {i}").as_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn many_rows_make_one_item() {
+        let data = rows(1000);
+        let mut f = Framer::new(1 << 20, b"DE").with_batch(b"D");
+        let mut out = Vec::new();
+        f.feed(&data, &mut out).unwrap();
+        assert_eq!(
+            out,
+            vec![Item::Whole {
+                code: b'D',
+                start: 0,
+                end: data.len()
+            }]
+        );
+        assert_eq!(f.messages(), 1000);
+        assert!(f.at_boundary());
+    }
+
+    #[test]
+    fn runs_are_cut_by_other_items() {
+        let e = msg(b'E', b"SERROR\0\0");
+        let c = msg(b'C', b"SELECT 2\0");
+        let data = [rows(2), e.clone(), e.clone(), rows(3), c.clone(), rows(1)].concat();
+        let mut f = Framer::new(1 << 20, b"DE").with_batch(b"D");
+        let items = feed(&mut f, &data);
+        assert_eq!(
+            items,
+            vec![
+                (Some(b'D'), rows(2)),
+                (Some(b'E'), e.clone()),
+                (Some(b'E'), e),
+                (Some(b'D'), rows(3)),
+                (None, c),
+                (Some(b'D'), rows(1)),
+            ]
+        );
+        assert_eq!(f.messages(), 9);
+    }
+
+    #[test]
+    fn held_row_merges_with_following_rows() {
+        let data = rows(5);
+        let first = msg(b'D', b"row 0").len();
+        let mut f = Framer::new(1 << 20, b"D").with_batch(b"D");
+        assert!(feed(&mut f, &data[..3]).is_empty());
+        let mut out = Vec::new();
+        f.feed(&data[3..], &mut out).unwrap();
+        assert_eq!(
+            out,
+            vec![Item::Held {
+                code: b'D',
+                message: data[..first].to_vec(),
+                start: first - 3,
+                end: data.len() - 3,
+            }]
+        );
+        assert_eq!(f.messages(), 5);
+        // Split inside the header of an empty row, too.
+        let data = [msg(b'D', b""), rows(2)].concat();
+        let mut f = Framer::new(1 << 20, b"D").with_batch(b"D");
+        assert!(feed(&mut f, &data[..2]).is_empty());
+        assert_eq!(feed(&mut f, &data[2..]), vec![(Some(b'D'), data.clone())]);
+    }
+
+    #[test]
+    fn batch_without_intercept_changes_nothing() {
+        let data = rows(10);
+        let mut f = Framer::new(1 << 20, b"E").with_batch(b"D");
+        let mut out = Vec::new();
+        f.feed(&data, &mut out).unwrap();
+        assert_eq!(
+            out,
+            vec![Item::Pass {
+                prefix: Prefix::default(),
+                start: 0,
+                end: data.len()
+            }]
+        );
+    }
+
+    #[test]
+    fn every_two_and_three_way_split_matches_the_contract() {
+        let e = msg(b'E', b"SERROR\0\0");
+        let data = [
+            msg(b'D', b""),
+            rows(2),
+            msg(b'C', b"x\0"),
+            rows(1),
+            e.clone(),
+            e,
+            rows(2),
+            msg(b'E', b""),
+            msg(b'D', b"abcdefgh"),
+        ]
+        .concat();
+        let n = data.len();
+        for batch in [&b"D"[..], b"DE", b"E", b"DZ"] {
+            for a in 0..=n {
+                for b in (a..=n).step_by(3) {
+                    let chunks = [&data[..a], &data[a..b], &data[b..]];
+                    let mut plain = Framer::new(1000, b"DE");
+                    let mut batched = Framer::new(1000, b"DE").with_batch(batch);
+                    let mut all = Vec::new();
+                    for c in chunks {
+                        let want = merged(feed(&mut plain, c), batch);
+                        let got = feed(&mut batched, c);
+                        assert_eq!(got, want, "batch {batch:?} cuts {a} {b}");
+                        assert_eq!(
+                            (
+                                batched.messages(),
+                                batched.buffered(),
+                                batched.at_boundary()
+                            ),
+                            (plain.messages(), plain.buffered(), plain.at_boundary())
+                        );
+                        all.extend(got.into_iter().flat_map(|(_, v)| v));
+                    }
+                    assert_eq!(all, data);
+                }
+            }
         }
     }
 }

@@ -202,6 +202,118 @@ class Grant(_Strict):
         return self
 
 
+#: Masking strategies (docs/masking.md).
+MaskStrategy = Literal[
+    "redact", "same_length", "partial", "hash", "null", "default", "fake", "detect"
+]
+
+#: Value detectors (docs/masking.md), in the engine's order.
+DETECTORS: tuple[str, ...] = (
+    "pem_private_key",
+    "jwt",
+    "azure_storage_key",
+    "aws_access_key",
+    "gcp_api_key",
+    "email",
+    "iban",
+    "card",
+    "us_ssn",
+    "uk_nino",
+    "mac",
+    "ipv6",
+    "ipv4",
+    "phone",
+    "secret",
+)
+Detector = Literal[
+    "pem_private_key",
+    "jwt",
+    "azure_storage_key",
+    "aws_access_key",
+    "gcp_api_key",
+    "email",
+    "iban",
+    "card",
+    "us_ssn",
+    "uk_nino",
+    "mac",
+    "ipv6",
+    "ipv4",
+    "phone",
+    "secret",
+]
+
+_COLUMN_GLOB = re.compile(r"^[^.\s]+(?:\.[^.\s]+){0,2}$")
+
+
+class MaskRule(_Strict):
+    """Which result columns to mask, and how (docs/masking.md)."""
+
+    #: Column globs, matched against the column a result field comes from
+    #: (resolved from the catalog, so an alias does not hide it): "email"
+    #: (any table), "customers.card", "public.customers.ssn", "*.notes",
+    #: "pii.*.*". Computed fields (no source column) match a one-part glob
+    #: by their output name.
+    columns: list[str] = Field(default_factory=list)
+    #: Type names ("inet", "date", "jsonb", "varchar"...) whose columns this
+    #: rule masks wherever they come from.
+    types: list[str] = Field(default_factory=list)
+    strategy: MaskStrategy = "redact"
+    #: For ``detect``: the detectors to apply (default: all of them).
+    detectors: list[Detector] = Field(default_factory=list)
+    #: For ``partial``: characters kept at each end.
+    keep_first: int = Field(default=0, ge=0, le=1000)
+    keep_last: int = Field(default=0, ge=0, le=1000)
+    #: Roles this rule applies to (default: everyone on the connection).
+    roles: list[str] = Field(default_factory=list)
+    #: What a column gets where the strategy cannot produce a value its
+    #: type decoder parses (a non-text type, a binary result): never the
+    #: raw value.
+    fallback: Literal["null", "default"] = "null"
+
+    @field_validator("columns")
+    @classmethod
+    def _globs(cls, columns: list[str]) -> list[str]:
+        for glob in columns:
+            if not _COLUMN_GLOB.match(glob):
+                raise ValueError(
+                    f"not a column glob (column, table.column or schema.table.column): {glob!r}"
+                )
+        return columns
+
+    @model_validator(mode="after")
+    def _selects_something(self) -> MaskRule:
+        if not self.columns and not self.types:
+            raise ValueError("a rule needs 'columns' or 'types'")
+        return self
+
+
+class Masking(_Strict):
+    """Masking of result values on one connection. Nobody sees unmasked
+    values: the only way around a rule is a time-boxed grant through the
+    approval flow (not configurable here)."""
+
+    #: HMAC-SHA-256 key of the ``hash`` and ``fake`` strategies (at least 32
+    #: bytes). Without one, a random key per gateway process: masked values
+    #: still join within a process, not across restarts or replicas.
+    key: SecretRef | None = None
+    #: Detectors run over every text value no column rule covers (computed
+    #: columns such as upper(email) or row_to_json(c) included), and over
+    #: error and notice texts and COPY output.
+    detectors: list[Detector] = Field(default_factory=list)
+    rules: list[MaskRule] = Field(default_factory=list)
+    #: How long the column catalog (table OID, attnum -> name) read from the
+    #: upstream is reused before it is read again.
+    catalog_ttl: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _durations(cls, data: object) -> object:
+        if isinstance(data, dict) and isinstance(data.get("catalog_ttl"), str):
+            data = {**data, "catalog_ttl": parse_duration(data["catalog_ttl"])}
+        return data
+
+
 class Connection(_Strict):
     """One upstream PostgreSQL database that clients reach by name."""
 
@@ -225,6 +337,8 @@ class Connection(_Strict):
     )
     #: Which roles may use this connection, and how. No grant, no access.
     grants: dict[str, Grant] = Field(default_factory=dict)
+    #: Masking of result values (none when absent).
+    masking: Masking | None = None
 
 
 class Identity(_Strict):
@@ -306,6 +420,16 @@ class GatewayConfig(_Strict):
         ]
         if unknown:
             raise ValueError(f"grants name roles that are not defined: {', '.join(unknown)}")
+        unknown = [
+            f"connections.{name}.masking.rules[{i}]: {role}"
+            for name, conn in self.connections.items()
+            if conn.masking is not None
+            for i, rule in enumerate(conn.masking.rules)
+            for role in rule.roles
+            if role not in self.roles
+        ]
+        if unknown:
+            raise ValueError(f"masking rules name roles that are not defined: {', '.join(unknown)}")
         return self
 
 
@@ -343,6 +467,9 @@ def _resolve_relative(data: dict[str, object], base: Path) -> None:
             fix(conn, ("tls_ca_file",))
             if isinstance(conn, dict):
                 fix(conn.get("password"), ("file",))
+                masking = conn.get("masking")
+                if isinstance(masking, dict):
+                    fix(masking.get("key"), ("file",))
 
 
 def load_config(path: Path) -> GatewayConfig:

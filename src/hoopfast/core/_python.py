@@ -68,13 +68,23 @@ def _bad_length(code: int, length: int, max_length: int) -> str:
     return f"invalid message length {length} for type {_type_name(code)} (allowed 4..{max_length})"
 
 
-def _intercept_table(types: bytes) -> bytes:
+def _intercept_table(types: bytes, what: str = "intercept") -> bytes:
     if not isinstance(types, bytes):
-        raise TypeError(f"intercept must be bytes, not {type(types).__name__}")
+        raise TypeError(f"{what} must be bytes, not {type(types).__name__}")
     table = bytearray(256)
     for code in types:
         table[code] = 1
     return bytes(table)
+
+
+def _batched(head: bytes | bytearray, data: bytes, start: int, end: int) -> bytes:
+    """One batch item's message bytes: ``head`` (a message completed in this
+    chunk from held bytes, or empty) then the whole messages ``data[start:end]``."""
+    if not head:
+        return data[start:end]  # the chunk itself when it is all batch
+    if start == end:
+        return bytes(head)
+    return b"".join((head, memoryview(data)[start:end]))
 
 
 class Framer:
@@ -82,10 +92,13 @@ class Framer:
 
     Pass-through messages are forwarded as soon as their bytes arrive; only a
     partial 5-byte header (until its type and length are known) and
-    intercepted messages (until complete) are held.
+    intercepted messages (until complete) are held. Adjacent intercepted
+    messages of one ``batch`` type in a chunk come out as one item, sliced
+    from the chunk once.
     """
 
     __slots__ = (
+        "_batch",
         "_broken",
         "_header",
         "_held",
@@ -96,12 +109,13 @@ class Framer:
         "_remaining",
     )
 
-    def __init__(self, max_length: int, intercept: bytes = b"") -> None:
+    def __init__(self, max_length: int, intercept: bytes = b"", batch: bytes = b"") -> None:
         max_length = operator.index(max_length)
         if not 4 <= max_length <= INT32_MAX:
             raise ValueError(f"max_length must be between 4 and {INT32_MAX}, not {max_length}")
         self._max_length = max_length
         self._intercept = _intercept_table(intercept)
+        self._batch = _intercept_table(batch, "batch")
         self._header = b""  # a partial header (1..4 bytes) from earlier chunks
         self._remaining = 0  # payload bytes of the current message still to come
         self._held: bytearray | None = None  # the intercepted message being collected
@@ -144,6 +158,7 @@ class Framer:
             return out
         append = out.append
         intercept = self._intercept
+        batch = self._batch
         max_length = self._max_length
         messages = self._messages
         remaining = self._remaining
@@ -151,6 +166,12 @@ class Framer:
         pos = 0
         run = -1  # start in data of the pending pass-through run, -1 for none
         prefix = b""  # header bytes from earlier chunks that start the pending run
+        # The pending batch of whole intercepted messages of type bcode: bhead
+        # (a message completed here from held bytes, or empty) then
+        # data[brun:pos]; brun is -1 for none. Never pending with a run.
+        brun = -1
+        bcode = 0
+        bhead: bytes | bytearray = b""
 
         if self._header:
             # Complete the header held from earlier chunks first.
@@ -171,7 +192,10 @@ class Framer:
                     self._held_type = code
                 else:
                     messages += 1
-                    append((code, head))
+                    if batch[code]:
+                        brun, bcode, bhead = pos, code, head
+                    else:
+                        append((code, head))
             else:
                 prefix = old
                 run = 0
@@ -196,7 +220,11 @@ class Framer:
                     remaining -= take
                     if not remaining:
                         messages += 1
-                        append((self._held_type, bytes(held)))
+                        code = self._held_type
+                        if batch[code]:
+                            brun, bcode, bhead = pos, code, held
+                        else:
+                            append((code, bytes(held)))
                         held = None
                 continue
             if n - pos < 5:
@@ -212,23 +240,40 @@ class Framer:
                     prefix = b""
                 end = pos + 1 + length
                 if end <= n:
-                    append((code, data[pos:end]))
                     messages += 1
+                    if brun >= 0:
+                        if code == bcode:  # extends the pending batch
+                            pos = end
+                            continue
+                        append((bcode, _batched(bhead, data, brun, pos)))
+                        brun = -1
+                    if batch[code]:
+                        brun, bcode, bhead = pos, code, b""
+                    else:
+                        append((code, data[pos:end]))
                     pos = end
                 else:
+                    if brun >= 0:
+                        append((bcode, _batched(bhead, data, brun, pos)))
+                        brun = -1
                     held = bytearray(data[pos:])
                     self._held_type = code
                     remaining = end - n
                     pos = n
             else:
                 if run < 0:
+                    if brun >= 0:
+                        append((bcode, _batched(bhead, data, brun, pos)))
+                        brun = -1
                     run = pos
                 pos += 5
                 remaining = length - 4
                 if not remaining:
                     messages += 1
 
-        if run >= 0:
+        if brun >= 0:
+            append((bcode, _batched(bhead, data, brun, pos)))
+        elif run >= 0:
             if prefix:
                 append(prefix + data[run:pos])
             elif run == 0 and pos == n:

@@ -21,7 +21,8 @@ Value = bytes | None
 FieldDescription = tuple[bytes, int, int, int, int, int, int]
 
 #: One item out of :meth:`Framer.feed`: a run of bytes to forward unchanged, or
-#: a complete intercepted message as (type_code, whole_message_including_header).
+#: a complete intercepted message as (type_code, whole_message_including_header)
+#: (with ``batch``, several adjacent ones of that type, concatenated).
 FeedItem = bytes | tuple[int, bytes]
 
 
@@ -35,9 +36,19 @@ class Framer(Protocol):
     whose type is in ``intercept`` are held until complete and returned whole.
     Order is preserved: concatenating the bytes items and the whole messages
     of the tuple items reproduces the input exactly.
+
+    ``batch`` (type codes, like ``intercept``) merges intercepted messages:
+    take the list ``feed`` would return without it; every run of adjacent
+    tuple items of one type code in ``batch`` becomes one tuple
+    ``(type_code, concatenation of those messages)``. Nothing else changes
+    (pass-through items, order, ``messages``, ``buffered``, ``at_boundary``);
+    a message completed from held bytes comes out in the chunk where it
+    completes and merges with the whole ones of its type right after it.
+    Types in ``batch`` that are not intercepted have no effect. So a chunk of
+    DataRows reaches Python as one ``bytes`` object, not one per row.
     """
 
-    def __init__(self, max_length: int, intercept: bytes = b"") -> None: ...
+    def __init__(self, max_length: int, intercept: bytes = b"", batch: bytes = b"") -> None: ...
 
     def feed(self, data: bytes) -> list[FeedItem]:
         """Frame one chunk. Raises FramingError on a length under 4 or over
@@ -47,7 +58,8 @@ class Framer(Protocol):
 
     def set_intercept(self, types: bytes) -> None:
         """Change the set of intercepted type codes (takes effect for the next
-        message header; a message already being passed through stays so)."""
+        message header; a message already being passed through stays so).
+        ``batch`` is kept."""
         ...
 
     @property

@@ -16,6 +16,9 @@ class Access:
     #: True only when *every* granting role is read-only: grants add up, so
     #: one read-write role makes the session read-write.
     read_only: bool
+    #: Sees masked values unmasked. Only the approval flow may set this (a
+    #: time-boxed grant by a second person); no configuration does.
+    unmasked: bool = False
 
 
 def roles_of(principal: Principal, config: GatewayConfig) -> frozenset[str]:

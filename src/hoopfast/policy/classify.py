@@ -474,6 +474,8 @@ class Classification:
     #: or 0). Set by the cross-check (hoopfast.policy.crosscheck), never by
     #: classify().
     syntax_error: tuple[str, int] | None = None
+    #: A COPY ... TO STDOUT (its rows leave as CopyData, not DataRows).
+    copies_out: bool = False
 
     @property
     def unknown(self) -> bool:
@@ -492,6 +494,7 @@ class _Acc:
     __slots__ = (
         "arg_classes",
         "classes",
+        "copies_out",
         "deallocates",
         "executes",
         "functions",
@@ -514,6 +517,7 @@ class _Acc:
         self.arg_classes: set[str] = set()
         self.reason: str | None = None
         self.value_dependent = False
+        self.copies_out = False
 
     def unknown(self, reason: str) -> None:
         self.classes.add("unknown")
@@ -581,6 +585,7 @@ def classify(sql: str) -> Classification:
         executes=frozenset(acc.executes),
         deallocates=frozenset(acc.deallocates),
         value_dependent=acc.value_dependent,
+        copies_out=acc.copies_out,
     )
 
 
@@ -887,6 +892,7 @@ def _merge(acc: _Acc, inner: _Acc, classes: set[str] | frozenset[str] | None = N
     acc.deallocates |= inner.deallocates
     acc.arg_classes |= inner.arg_classes
     acc.value_dependent = acc.value_dependent or inner.value_dependent
+    acc.copies_out = acc.copies_out or inner.copies_out
     if "unknown" in inner.classes:
         acc.unknown(inner.reason or "inner statement unknown")
 
@@ -950,6 +956,8 @@ def _classify_statement(sql: str, chunk: list[Token], end: int, acc: _Acc, depth
         stmt.unknown(f"{head} statement parsed as {type(tree).__name__}")
     else:
         _walk(tree, stmt)
+    if head == "COPY" and not (isinstance(tree, exp.Copy) and tree.args.get("kind")):
+        stmt.copies_out = True  # whatever the parse, only COPY ... FROM is not out
     _crosscheck(chunk, stmt)
     _merge(acc, stmt)
 

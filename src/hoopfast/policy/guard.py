@@ -135,6 +135,7 @@ def merge(parts: Iterable[Classification]) -> Classification:
         executes=frozenset(),
         deallocates=frozenset().union(*(p.deallocates for p in items)),
         value_dependent=any(p.value_dependent for p in items),
+        copies_out=any(p.copies_out for p in items),
     )
 
 

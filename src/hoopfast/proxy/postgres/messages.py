@@ -43,6 +43,20 @@ QUERY = ord("Q")
 PARSE = ord("P")
 BIND = ord("B")
 FUNCTION_CALL = ord("F")
+DESCRIBE = ord("D")  # from the client; from the server "D" is DataRow
+EXECUTE = ord("E")  # from the client; from the server "E" is ErrorResponse
+SYNC = ord("S")  # from the client; from the server "S" is ParameterStatus
+# From the server, during the relay.
+DATA_ROW = ord("D")
+ROW_DESCRIPTION = ord("T")
+NO_DATA = ord("n")
+COMMAND_COMPLETE = ord("C")
+EMPTY_QUERY = ord("I")
+PORTAL_SUSPENDED = ord("s")
+COPY_OUT_RESPONSE = ord("H")
+COPY_BOTH_RESPONSE = ord("W")
+COPY_DATA = ord("d")
+COPY_DONE = ord("c")
 
 _HEADER = struct.Struct("!cI")
 _INT32 = struct.Struct("!I")

@@ -13,6 +13,7 @@ from pathlib import Path
 from hoopfast.config import Connection, GatewayConfig, load_config
 from hoopfast.errors import ConfigurationError
 from hoopfast.identity.tokens import TokenValidator
+from hoopfast.masking.catalog import CatalogCache
 from hoopfast.policy.guard import Policy
 from hoopfast.proxy.postgres import upstream
 from hoopfast.proxy.postgres.session import PgSession
@@ -46,6 +47,24 @@ class PgGateway:
         #: (upstream host, port, backend pid) -> the pid the client was given.
         self._by_upstream: dict[tuple[str, int, int], int] = {}
         self._server: asyncio.Server | None = None
+        #: Column catalogs of the upstreams, for masking.
+        self.catalogs = CatalogCache()
+        # The masking key when the configuration names none: masked values
+        # join within this process only.
+        self._process_mask_key = secrets.token_bytes(32)
+
+    def mask_key(self, connection: Connection) -> bytes:
+        """The HMAC key of the hash and fake strategies on ``connection``.
+        Raises ConfigurationError when the configured secret is unreadable."""
+        masking = connection.masking
+        if masking is None or masking.key is None:
+            return self._process_mask_key
+        key = masking.key.resolve().encode("utf-8")
+        if len(key) < 32:
+            raise ConfigurationError(
+                f"the masking key ({masking.key.describe()}) is under 32 bytes"
+            )
+        return key
 
     def reload(self, config: GatewayConfig) -> None:
         """Swap in a new configuration, atomically: new sessions use it at

@@ -22,6 +22,8 @@ from hoopfast.config import Connection
 from hoopfast.core import Framer, FramingError, Pump
 from hoopfast.errors import ConfigurationError
 from hoopfast.identity.principal import Principal
+from hoopfast.masking.catalog import CATALOG_SQL, TYPES_SQL, Catalog
+from hoopfast.masking.rules import masks_for
 from hoopfast.policy.access import Access, access_to, roles_of
 from hoopfast.policy.classify import Classification
 from hoopfast.policy.guard import (
@@ -33,7 +35,8 @@ from hoopfast.policy.guard import (
     merge,
 )
 from hoopfast.proxy.postgres import messages as m
-from hoopfast.proxy.postgres import params, startup, upstream
+from hoopfast.proxy.postgres import params, resultmask, startup, upstream
+from hoopfast.proxy.postgres.resultmask import ResultMasker, Unmaskable
 from hoopfast.proxy.postgres.upstream import Upstream, UpstreamError, UpstreamRefused
 
 if TYPE_CHECKING:
@@ -49,6 +52,8 @@ _NOT_FORWARDED = frozenset({"user", "database", "replication"})
 _CLIENT_INTERCEPT = bytes([m.TERMINATE, m.QUERY, m.PARSE, m.FUNCTION_CALL])
 _CLIENT_INTERCEPT_UNGUARDED = bytes([m.TERMINATE])  # HOOPFAST_GUARDRAILS=false
 _SERVER_INTERCEPT = bytes([m.ERROR_RESPONSE, m.NOTIFICATION_RESPONSE])
+# Masked sessions get DataRows and CopyData a chunk's worth at a time.
+_SERVER_BATCH = bytes([m.DATA_ROW, m.COPY_DATA])
 
 
 class PgSession:
@@ -95,6 +100,12 @@ class PgSession:
         self._stale_unnamed = False
         #: Python codec of the session's client encoding.
         self._codec = "utf-8"
+        #: Masks results, when the connection has masking rules for this person.
+        self._masker: ResultMasker | None = None
+        #: Whether statements are judged (HOOPFAST_GUARDRAILS, which a masked
+        #: session ignores: COPY out of masked tables is refused there).
+        self._guarded = True
+        self._client_types = _CLIENT_INTERCEPT
 
     # -- phase 1 ----------------------------------------------------------
 
@@ -219,6 +230,7 @@ class PgSession:
                 self.upstream = await upstream.connect(conn, forwarded, password)
         except TimeoutError:
             raise UpstreamError("08001", "timed out connecting to the upstream database") from None
+        await self._start_masking(conn, access)
         self.pid, self.secret = gw.register(self)
         up = self.upstream
         self.writer.write(
@@ -241,6 +253,37 @@ class PgSession:
             request.tls,
         )
         return True
+
+    async def _start_masking(self, conn: Connection, access: Access) -> None:
+        """Masking for this person on this connection, with the column
+        catalog read from the upstream (reused by the connection's sessions
+        for masking.catalog_ttl). Fails closed: no catalog, no session."""
+        if conn.masking is None:
+            return
+        try:
+            key = self.gateway.mask_key(conn)
+        except ConfigurationError as e:
+            log.error("session %s: %s", self.id, e)
+            raise startup.StartupRefused(
+                m.fatal("08004", "masking is misconfigured on this connection"),
+                "masking key unavailable",
+            ) from None
+        masks = masks_for(conn.masking, access.roles, key, access.unmasked)
+        if masks is None:
+            return
+        up = self.upstream
+        assert up is not None
+        max_message = self.gateway.settings.pg_max_message
+
+        async def load() -> Catalog:
+            columns = await upstream.fetch_rows(up, CATALOG_SQL, max_message)
+            types = await upstream.fetch_rows(up, TYPES_SQL, max_message)
+            return Catalog.from_rows(columns, types)
+
+        catalog = await self.gateway.catalogs.get(
+            self.connection_name, conn.masking.catalog_ttl, load
+        )
+        self._masker = ResultMasker(masks, catalog)
 
     # -- phase 2 ------------------------------------------------------------
 
@@ -268,16 +311,26 @@ class PgSession:
             self.end_reason = "client went away during upstream connect"
             return
         max_message = settings.pg_max_message
-        if settings.guardrails:
-            self._client_pump = Pump(
-                Framer(max_message, _CLIENT_INTERCEPT), self, FramingError, core.fingerprint
-            )
-            self._use_fast_path()
+        self._guarded = settings.guardrails or self._masker is not None
+        server_types = _SERVER_INTERCEPT
+        if self._guarded:
+            self._client_types = _CLIENT_INTERCEPT
         else:
-            self._client_pump = Pump(
-                Framer(max_message, _CLIENT_INTERCEPT_UNGUARDED), self, FramingError
-            )
-        self._server_pump = Pump(Framer(max_message, _SERVER_INTERCEPT), self, FramingError)
+            self._client_types = _CLIENT_INTERCEPT_UNGUARDED
+        if self._masker is not None:
+            self._client_types += resultmask.CLIENT_TYPES
+            server_types += resultmask.SERVER_TYPES
+        self._client_pump = Pump(
+            Framer(max_message, self._client_types),
+            self,
+            FramingError,
+            core.fingerprint if self._guarded else None,
+        )
+        if self._guarded:
+            self._use_fast_path()
+        self._server_pump = Pump(
+            Framer(max_message, server_types, _SERVER_BATCH), self, FramingError
+        )
         # Bytes the stream readers already buffered belong to the relay now.
         leftovers = [
             (self._client_pump, _take(self.reader)),
@@ -326,18 +379,10 @@ class PgSession:
         """An intercepted message; returns what to forward in its place (the
         pump writes it together with the rest of the chunk)."""
         if pump is self._client_pump:
-            if type_code == m.QUERY:
-                return self._on_query(message)
-            if type_code == m.PARSE:
-                return self._on_parse(message)
-            if type_code == m.FUNCTION_CALL:
-                return self._on_function_call(message)
-            if type_code == m.BIND:
-                return self._on_bind(message)
-            if type_code == m.TERMINATE:
-                self._terminating = True
-                self.end_reason = "client terminated"
-            return message
+            forward = self._client_message(type_code, message)
+            if forward and self._masker is not None:
+                forward = self._masker.client_message(forward)
+            return forward
         if type_code == m.ERROR_RESPONSE:
             if self._refusals:
                 message = self._refusal_error(message)
@@ -350,6 +395,34 @@ class PgSession:
                 self._upstream_sent_fatal = True
         elif type_code == m.NOTIFICATION_RESPONSE:
             message = self._notification(message)
+        if self._masker is not None:
+            try:
+                return self._masker.server_message(type_code, message)
+            except Unmaskable as e:
+                self.end_reason = f"unmaskable result: {e}"
+                self._terminating = True
+                self._fail_client("0A000", f"the gateway cannot mask this result: {e}")
+                return None
+            except ValueError as e:  # a malformed DataRow or CopyData
+                self.pump_violation(pump, e)
+                return None
+        return message
+
+    def _client_message(self, type_code: int, message: bytes) -> bytes | None:
+        if type_code == m.TERMINATE:
+            self._terminating = True
+            self.end_reason = "client terminated"
+            return message
+        if not self._guarded:
+            return message
+        if type_code == m.QUERY:
+            return self._on_query(message)
+        if type_code == m.PARSE:
+            return self._on_parse(message)
+        if type_code == m.FUNCTION_CALL:
+            return self._on_function_call(message)
+        if type_code == m.BIND:
+            return self._on_bind(message)
         return message
 
     # -- guardrails -----------------------------------------------------------
@@ -374,7 +447,8 @@ class PgSession:
         rules = self.rules
         assert rules is not None
         usable = (
-            self._codec == "utf-8"
+            self._masker is None  # the masker must see every Query
+            and self._codec == "utf-8"
             and not self._stale_unnamed
             and rules.version == self.gateway.policy.version
         )
@@ -400,6 +474,21 @@ class PgSession:
             self._terminating = True
             self._fail_client("28000", f'access to connection "{self.connection_name}" was revoked')
             return
+        conn = policy.config.connections[self.connection_name]
+        assert self.connection is not None
+        if conn.masking != self.connection.masking or (
+            conn.masking is not None and fresh.roles != self.rules.roles
+        ):
+            # Simple and closed: a session never runs on with masking it was
+            # not set up for (the catalog, the protocol tracking).
+            self.end_reason = "masking rules changed by a policy reload"
+            self._terminating = True
+            self._fail_client(
+                "57P01",
+                "terminating connection because the masking rules changed",
+                hint="Reconnect.",
+            )
+            return
         if not fresh.same_grants(self.rules):
             self._revoked |= {
                 name
@@ -416,7 +505,7 @@ class PgSession:
         again (the common case pays nothing)."""
         watch = self._stale_unnamed or bool(self._revoked)
         self._client_pump.framer.set_intercept(
-            _CLIENT_INTERCEPT + bytes([m.BIND]) if watch else _CLIENT_INTERCEPT
+            self._client_types + bytes([m.BIND]) if watch else self._client_types
         )
 
     def _on_bind(self, message: bytes) -> bytes | None:
@@ -486,6 +575,18 @@ class PgSession:
         if decision.verdict.action != "allow":
             return self._refuse(parse_name, decision.verdict)
         c = decision.classification
+        if c.copies_out and self._masker is not None:
+            tables = self._masker.masks.masked_tables(c.relations, self._masker.catalog)
+            if tables:
+                return self._refuse(
+                    parse_name,
+                    Verdict(
+                        "deny",
+                        "masking:copy",
+                        f"COPY out of {', '.join(tables)} is refused: it has masked "
+                        "columns (read them with SELECT, which masks them)",
+                    ),
+                )
         if c.deallocates or c.prepares:
             for name in c.deallocates:
                 if name == "*":

@@ -14,7 +14,7 @@ import struct
 from dataclasses import dataclass, field
 
 from hoopfast.config import Connection
-from hoopfast.core import decode_fields, encode_startup
+from hoopfast.core import decode_data_row, decode_fields, encode_startup
 from hoopfast.proxy.postgres import messages as m
 from hoopfast.proxy.postgres.scram import (
     MECHANISM,
@@ -298,3 +298,33 @@ async def send_cancel(conn: Connection, pid: int, secret: int) -> None:
         pass
     finally:
         writer.close()
+
+
+class QueryFailed(UpstreamError):
+    """A query the gateway itself ran upstream failed."""
+
+
+async def fetch_rows(upstream: Upstream, sql: str, max_message: int) -> list[list[bytes | None]]:
+    """Run one query of the gateway's own on an idle upstream session (before
+    the relay starts) and return its rows in text format. The session ends
+    up idle again; nothing of this reaches the client."""
+    upstream.writer.write(m.build(m.QUERY, m.cstring(sql)))
+    rows: list[list[bytes | None]] = []
+    error: dict[str, str] | None = None
+    while True:
+        msg = await m.read_message(upstream.reader, max_message)
+        if msg.type == m.DATA_ROW:
+            rows.append(decode_data_row(msg.raw))
+        elif msg.type == m.ERROR_RESPONSE:
+            error = dict(decode_fields(msg.raw))
+        elif msg.type == m.READY_FOR_QUERY:
+            break
+        elif msg.type == m.NOTICE_RESPONSE:
+            upstream.notices.append(msg.raw)
+    if error is not None:
+        raise QueryFailed(
+            error.get("C", "XX000"),
+            "the gateway could not read the upstream catalog",
+            error.get("M", ""),
+        )
+    return rows

@@ -1,0 +1,274 @@
+"""The masking rules of one person on one connection, compiled per
+RowDescription into a :class:`hoopfast.core.MaskPlan`.
+
+Which rule covers a result field:
+
+1. the first rule (in file order, among those for the person's roles) whose
+   column glob matches the field's source column, read from the catalog by
+   (table OID, attnum), so ``SELECT email AS e`` is still the email column;
+   a computed field (no source) is matched by its output name against
+   one-part globs, and so is a field whose table the catalog does not know;
+2. else the first rule whose ``types`` name the field's type;
+3. else, for a text or json field, the connection's ``detectors``.
+
+The engine only produces values the client's type decoder parses: a text
+strategy on a field it cannot apply to (a non-text type, jsonb in binary)
+becomes the rule's ``fallback`` (null or the type's default). Text, varchar,
+bpchar, name and json have the same bytes in binary format as in text
+format, so binary results (asyncpg) of those types are masked like text.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any
+
+from hoopfast import core
+from hoopfast.config import DETECTORS, Masking, MaskRule
+from hoopfast.core.abc import ColumnRule, FieldDescription
+from hoopfast.core.abc import MaskPlan as MaskPlanType
+from hoopfast.masking import lineage
+from hoopfast.masking.catalog import Catalog, Column
+from hoopfast.masking.lineage import ANY_COLUMN, Source
+
+log = logging.getLogger("hoopfast.masking")
+
+# Type OIDs (pg_type.dat) whose values the engine treats as text.
+_TEXT_TYPES = frozenset({25, 1043, 1042, 19, 705})  # text varchar bpchar name unknown
+_JSON = 114
+_JSONB = 3802
+_JSON_STRATEGIES = frozenset({"redact", "hash", "null", "default", "detect"})
+_ANY_TYPE = frozenset({"null", "default"})
+
+#: Built-in type names rules may use without a catalog lookup (and aliases
+#: as people write them).
+BUILTIN_TYPES: dict[str, int] = {
+    "bool": 16, "boolean": 16, "bytea": 17, "name": 19, "int8": 20, "bigint": 20,
+    "int2": 21, "smallint": 21, "int4": 23, "integer": 23, "int": 23, "text": 25,
+    "oid": 26, "json": 114, "xml": 142, "float4": 700, "real": 700, "float8": 701,
+    "double precision": 701, "money": 790, "macaddr": 829, "inet": 869, "cidr": 650,
+    "bpchar": 1042, "char": 1042, "character": 1042, "varchar": 1043,
+    "character varying": 1043, "date": 1082, "time": 1083, "timestamp": 1114,
+    "timestamptz": 1184, "interval": 1186, "timetz": 1266, "numeric": 1700,
+    "decimal": 1700, "uuid": 2950, "jsonb": 3802, "macaddr8": 774,
+}  # fmt: skip
+
+
+def _matches(glob: tuple[str, ...], column: Column) -> bool:
+    names = (column.schema, column.table, column.name)[-len(glob) :]
+    if column.name == ANY_COLUMN:  # lineage: some column of this table
+        names, glob = names[:-1], glob[:-1]
+    return all(fnmatchcase(n, g) for n, g in zip(names, glob, strict=True))
+
+
+@dataclass(frozen=True)
+class _Rule:
+    index: int
+    rule: MaskRule
+    globs: tuple[tuple[str, ...], ...]
+    detectors: tuple[str, ...]
+
+
+#: A compiled RowDescription: (plan, fields, column rules, positions of
+#: fields lineage may still cover).
+_Entry = tuple[
+    MaskPlanType | None, list[FieldDescription], list[ColumnRule | None], tuple[int, ...]
+]
+
+
+class Masks:
+    """Masking for one person on one connection."""
+
+    def __init__(self, masking: Masking, roles: tuple[str, ...], key: bytes) -> None:
+        self.masking = masking
+        self.roles = roles
+        self.key = key
+        self._rules = [
+            _Rule(
+                i,
+                r,
+                tuple(tuple(g.split(".")) for g in r.columns),
+                tuple(r.detectors or DETECTORS),
+            )
+            for i, r in enumerate(masking.rules)
+            if not r.roles or set(r.roles) & set(roles)
+        ]
+        self.detectors: list[str] = list(masking.detectors)
+        #: Errors and notices can quote any value (``SELECT email::int``):
+        #: every detector runs over their texts.
+        self.text_plan = core.MaskPlan([], key, list(DETECTORS))
+        #: COPY output gets what a text column no rule covers gets.
+        self.copy_plan = core.MaskPlan([], key, self.detectors) if self.detectors else None
+        self._plans: dict[bytes, _Entry] = {}
+        self._lineage_plans: dict[tuple[bytes, bytes], MaskPlanType | None] = {}
+
+    @property
+    def has_column_rules(self) -> bool:
+        return bool(self._rules)
+
+    def masked_tables(self, names: frozenset[str], catalog: Catalog) -> list[str]:
+        """Of the relations a statement names, those with a column some rule
+        covers by a column glob (COPY out of them is refused)."""
+        return [
+            name
+            for name in sorted(names)
+            if any(
+                _matches(g, c)
+                for cols in catalog.tables_named(name)
+                for c in cols
+                for r in self._rules
+                for g in r.globs
+            )
+        ]
+
+    def plan_for(
+        self, row_description: bytes, catalog: Catalog, sql: str | None = None
+    ) -> MaskPlanType | None:
+        """The plan for the DataRows under this RowDescription; None when
+        nothing in it is masked. ``sql``, the statement the rows answer
+        when known, lets the lineage cover computed fields. Cached per
+        RowDescription, and per statement fingerprint where lineage adds
+        something."""
+        entry = self._plans.get(row_description)
+        if entry is None:
+            fields = core.decode_row_description(row_description)
+            chosen = [self._chosen(f, catalog) for f in fields]
+            columns = [self._column_rule(r, f) for r, f in zip(chosen, fields, strict=True)]
+            # Fields with no source column and no rule: lineage may find one.
+            open_ = tuple(
+                i for i, (f, r) in enumerate(zip(fields, chosen, strict=True))
+                if r is None and catalog.column(f[1], f[2]) is None
+            )  # fmt: skip
+            entry = (self._compile(columns), fields, columns, open_ if self._rules else ())
+            self._remember(self._plans, row_description, entry)
+        plan, fields, columns, open_ = entry
+        if not open_ or sql is None:
+            return plan
+        key = (row_description, core.fingerprint(sql)[0])
+        try:
+            return self._lineage_plans[key]
+        except KeyError:
+            pass
+        sources = lineage.output_sources(sql)
+        if sources is not None and len(sources) == len(fields):
+            columns = list(columns)
+            for i in open_:
+                rule = self._rule_for_sources(sources[i], catalog)
+                if rule is not None:
+                    columns[i] = self._column_rule(rule, fields[i])
+            plan = self._compile(columns)
+        self._remember(self._lineage_plans, key, plan)
+        return plan
+
+    def _compile(self, columns: list[ColumnRule | None]) -> MaskPlanType | None:
+        if all(c is None for c in columns):
+            return None
+        try:
+            return core.MaskPlan(columns, self.key, None)
+        except ValueError as e:  # a bug here must not unmask: null what had a rule
+            log.error("masking plan refused (%s); nulling the masked columns", e)
+            return core.MaskPlan(
+                [None if c is None else ("null", 0, 0, [], 0, 0) for c in columns], self.key, None
+            )
+
+    @staticmethod
+    def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+        if len(cache) >= _MAX_PLANS:
+            cache.clear()
+        cache[key] = value
+
+    def _chosen(self, field: FieldDescription, catalog: Catalog) -> _Rule | None:
+        """The rule covering a field by its source column (or, with none,
+        its name), else by its type."""
+        name, table_oid, attnum, type_oid = field[:4]
+        source = catalog.column(table_oid, attnum)
+        if source is None:
+            # Computed, or a table the catalog does not know yet: by name.
+            by_name = Column("", "", name.decode("utf-8", "replace"))
+            for r in self._rules:
+                if any(len(g) == 1 and _matches(g, by_name) for g in r.globs):
+                    return r
+        else:
+            for r in self._rules:
+                if any(_matches(g, source) for g in r.globs):
+                    return r
+        for r in self._rules:
+            if any(_type_oid(t, catalog) == type_oid for t in r.rule.types):
+                return r
+        return None
+
+    def _rule_for_sources(self, sources: frozenset[Source], catalog: Catalog) -> _Rule | None:
+        """The first rule covering any column a computed field reads."""
+        columns = [c for s in sources for c in _candidates(s, catalog)]
+        for r in self._rules:
+            if any(_matches(g, c) for g in r.globs for c in columns):
+                return r
+        return None
+
+    def _column_rule(self, chosen: _Rule | None, field: FieldDescription) -> ColumnRule | None:
+        type_oid, fmt = field[3], field[6]
+        if chosen is None:
+            if self.detectors and (
+                type_oid in _TEXT_TYPES or type_oid == _JSON or (type_oid == _JSONB and fmt == 0)
+            ):
+                return ("detect", _engine_format(type_oid, fmt), type_oid, self.detectors, 0, 0)
+            return None
+        rule = chosen.rule
+        fmt = _engine_format(type_oid, fmt)
+        strategy = rule.strategy
+        if not _applies(strategy, fmt, type_oid):
+            strategy = rule.fallback
+        return (strategy, fmt, type_oid, list(chosen.detectors), rule.keep_first, rule.keep_last)
+
+
+def _candidates(source: Source, catalog: Catalog) -> list[Column]:
+    """The catalog columns a lineage source can be (an unqualified table may
+    be in any schema)."""
+    schema, table, name = source
+    if schema:
+        return [Column(schema, table, name)]
+    tables = catalog.tables_named(table)
+    if not tables:
+        return [Column("", table, name)]
+    return [Column(cols[0].schema, table, name) for cols in tables]
+
+
+_MAX_PLANS = 1024
+
+
+def _engine_format(type_oid: int, fmt: int) -> int:
+    """Binary text and json values are the text bytes: mask them as text."""
+    return 0 if type_oid in _TEXT_TYPES or type_oid == _JSON else fmt
+
+
+def _applies(strategy: str, fmt: int, type_oid: int) -> bool:
+    if strategy in _ANY_TYPE:
+        return True
+    if fmt != 0:
+        return False
+    if type_oid in _TEXT_TYPES:
+        return True
+    return type_oid in (_JSON, _JSONB) and strategy in _JSON_STRATEGIES
+
+
+def _type_oid(name: str, catalog: Catalog) -> int:
+    oid = BUILTIN_TYPES.get(name.lower())
+    if oid is None:
+        oid = catalog.types.get(name, -1)
+    return oid
+
+
+def masks_for(
+    masking: Masking | None, roles: tuple[str, ...], key: bytes, unmasked: bool
+) -> Masks | None:
+    """The masking of a session, or None when nothing is masked. ``unmasked``
+    is the approval flow's hook (a time-boxed grant by a second person); no
+    configuration sets it."""
+    if masking is None or unmasked:
+        return None
+    masks = Masks(masking, roles, key)
+    if not masks.has_column_rules and not masks.detectors:
+        return None
+    return masks

@@ -1,0 +1,260 @@
+"""Every path a value leaves by, masked with the plan of the result it
+belongs to.
+
+The protocol (PostgreSQL 3.0, "Message Flow") does not repeat a result's
+RowDescription before its DataRows in the extended protocol: a client that
+described a statement once (JDBC, psycopg's prepared statements, asyncpg)
+sends Bind/Execute many times and gets bare DataRows. So the gateway puts a
+Describe of the portal in front of every Execute it forwards, and swallows
+that Describe's answer (RowDescription or NoData) after taking the plan from
+it: the rows that follow are those of exactly that portal, in the result
+formats the Bind asked for. A simple Query sends its RowDescription itself
+(SELECT, FETCH, EXECUTE alike).
+
+To know which RowDescription answers which Describe, the client messages
+that get answers are queued in order (Query and FunctionCall, Describe,
+the injected Describe, Sync) and the server's answers consumed against them:
+ReadyForQuery ends a Query or a Sync; after an ErrorResponse in the extended
+protocol the server skips everything up to Sync, and so does the queue.
+
+DataRows with no plan known (which the protocol does not allow) end the
+session: the gateway never forwards a row it could not judge.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from hoopfast import core
+from hoopfast.core.abc import MaskPlan
+from hoopfast.masking.catalog import Catalog
+from hoopfast.masking.rules import Masks
+from hoopfast.proxy.postgres import messages as m
+
+# What a queued client message waits for.
+_SIMPLE = 0  # Query or FunctionCall: answers up to ReadyForQuery
+_DESCRIBE = 1  # the client's Describe: RowDescription or NoData (after ParameterDescription)
+_INJECTED = 2  # the gateway's Describe: its answer is swallowed
+_SYNC = 3  # ReadyForQuery
+
+#: Client messages the tracker must see.
+CLIENT_TYPES = bytes([m.QUERY, m.FUNCTION_CALL, m.PARSE, m.BIND, m.DESCRIBE, m.EXECUTE, m.SYNC])
+#: Statement and portal texts remembered for the lineage, at most.
+_MAX_NAMES = 1000
+#: Server messages it must see (DataRows in batches).
+SERVER_TYPES = bytes(
+    [
+        m.ROW_DESCRIPTION,
+        m.NO_DATA,
+        m.DATA_ROW,
+        m.COMMAND_COMPLETE,
+        m.EMPTY_QUERY,
+        m.PORTAL_SUSPENDED,
+        m.ERROR_RESPONSE,
+        m.NOTICE_RESPONSE,
+        m.READY_FOR_QUERY,
+        m.COPY_OUT_RESPONSE,
+        m.COPY_BOTH_RESPONSE,
+        m.COPY_DATA,
+        m.COPY_DONE,
+    ]
+)
+
+# Error and notice fields that can carry values: message, detail, hint,
+# context, internal query.
+_TEXT_FIELDS = frozenset("MDHWq")
+
+
+class Unmaskable(Exception):
+    """The server sent something the gateway cannot mask; the session ends."""
+
+
+class _NoPlan:
+    """No RowDescription announced the rows to come."""
+
+
+_UNKNOWN = _NoPlan()
+
+
+class ResultMasker:
+    def __init__(self, masks: Masks, catalog: Catalog) -> None:
+        self.masks = masks
+        self.catalog = catalog
+        #: (what it waits for, the statement text when known), in order.
+        self._queue: deque[tuple[int, str | None]] = deque()
+        #: Statement texts by prepared-statement name, and by portal name,
+        #: so a result can be read with its statement (lineage). Never a
+        #: security decision: a stale text can only add masking.
+        self._statements: dict[bytes, str] = {}
+        self._portals: dict[bytes, str | None] = {}
+        self._plan: MaskPlan | _NoPlan | None = _UNKNOWN
+        self._copy: MaskPlan | _NoPlan | None = _UNKNOWN
+        #: Values masked so far (DataRow buffers changed), for the log.
+        self.masked_batches = 0
+
+    # -- client -> server -----------------------------------------------------
+
+    def client_message(self, message: bytes) -> bytes:
+        """Note what the server will answer; returns what to forward (an
+        Execute gets a Describe of its portal in front)."""
+        kind = message[0]
+        if kind == m.QUERY:
+            self._queue.append((_SIMPLE, _text(message[5:-1])))
+        elif kind == m.FUNCTION_CALL:
+            self._queue.append((_SIMPLE, None))
+        elif kind == m.SYNC:
+            self._queue.append((_SYNC, None))
+        elif kind == m.DESCRIBE:
+            self._queue.append((_DESCRIBE, None))
+        elif kind == m.EXECUTE:
+            end = message.find(b"\0", 5)
+            if end < 0:
+                return message  # malformed: the server refuses it
+            portal = message[5:end]
+            self._queue.append((_INJECTED, self._portals.get(portal)))
+            return m.build(m.DESCRIBE, b"P" + message[5 : end + 1]) + message
+        elif kind == m.PARSE:
+            name_end = message.find(b"\0", 5)
+            end = message.find(b"\0", name_end + 1) if name_end >= 0 else -1
+            if end >= 0:
+                text = _text(message[name_end + 1 : end])
+                _bounded_set(self._statements, message[5:name_end], text or "")
+        elif kind == m.BIND:
+            portal_end = message.find(b"\0", 5)
+            end = message.find(b"\0", portal_end + 1) if portal_end >= 0 else -1
+            if end >= 0:
+                statement = self._statements.get(message[portal_end + 1 : end])
+                _bounded_set(self._portals, message[5:portal_end], statement)
+        return message
+
+    # -- server -> client -----------------------------------------------------
+
+    def server_message(self, kind: int, message: bytes) -> bytes | None:
+        """What to forward in the message's place (None: nothing). Raises
+        Unmaskable or ValueError (a malformed DataRow)."""
+        if kind == m.DATA_ROW:
+            plan = self._plan
+            if plan is None:
+                return message
+            if isinstance(plan, _NoPlan):
+                raise Unmaskable("data rows without a row description")
+            out = plan.apply(message)
+            if out is not message:
+                self.masked_batches += 1
+            return out
+        if kind == m.COPY_DATA:
+            return self._copy_data(message)
+        if kind == m.ROW_DESCRIPTION:
+            head, sql = self._answered((_DESCRIBE, _INJECTED))
+            plan = self.masks.plan_for(message, self.catalog, sql or None)
+            if head == _DESCRIBE:
+                return message  # a statement or portal described: rows come later
+            self._plan = plan
+            return None if head == _INJECTED else message
+        if kind == m.NO_DATA:
+            head, _ = self._answered((_DESCRIBE, _INJECTED))
+            if head == _INJECTED:
+                self._plan = None  # e.g. a COPY portal: its own messages follow
+                return None
+            return message
+        if kind in (m.COMMAND_COMPLETE, m.EMPTY_QUERY, m.PORTAL_SUSPENDED):
+            self._plan = _UNKNOWN
+            self._copy = _UNKNOWN
+            return message
+        if kind in (m.ERROR_RESPONSE, m.NOTICE_RESPONSE):
+            if kind == m.ERROR_RESPONSE:
+                self._plan = _UNKNOWN
+                self._copy = _UNKNOWN
+                if self._queue and self._queue[0][0] != _SIMPLE:
+                    # Extended protocol: the server skips to the next Sync.
+                    while self._queue and self._queue[0][0] != _SYNC:
+                        self._queue.popleft()
+            return self._mask_fields(message)
+        if kind == m.READY_FOR_QUERY:
+            while self._queue:
+                if self._queue.popleft()[0] in (_SIMPLE, _SYNC):
+                    break
+            self._plan = _UNKNOWN
+            return message
+        if kind == m.COPY_OUT_RESPONSE:
+            if len(message) > 5 and message[5] != 0 and self.masks.copy_plan is not None:
+                raise Unmaskable("a binary COPY cannot be masked; use text or CSV format")
+            self._copy = self.masks.copy_plan
+            return message
+        if kind == m.COPY_BOTH_RESPONSE:
+            raise Unmaskable("replication streams cannot be masked")
+        if kind == m.COPY_DONE:
+            self._copy = _UNKNOWN
+        return message
+
+    def _answered(self, kinds: tuple[int, ...]) -> tuple[int, str | None]:
+        """The queued message a RowDescription/NoData answers, popped if it
+        is a Describe; a Query's for one of its results."""
+        queue = self._queue
+        if queue and queue[0][0] in kinds:
+            return queue.popleft()
+        if queue and queue[0][0] == _SIMPLE:
+            return queue[0]
+        return (_SIMPLE, None)
+
+    def _copy_data(self, message: bytes) -> bytes:
+        plan = self._copy
+        if plan is None:
+            return message
+        if isinstance(plan, _NoPlan):
+            raise Unmaskable("COPY data outside a COPY")
+        # A batch of CopyData messages (one line or row each, in practice).
+        out: list[bytes] = []
+        changed = False
+        pos = 0
+        n = len(message)
+        while pos < n:
+            if n - pos < 5 or message[pos] != m.COPY_DATA:
+                raise ValueError("malformed CopyData")
+            end = pos + 1 + int.from_bytes(message[pos + 1 : pos + 5], "big")
+            if end > n or end < pos + 5:
+                raise ValueError("malformed CopyData length")
+            data = message[pos + 5 : end]
+            masked = _mask_bytes(plan, data)
+            if masked is not data:
+                changed = True
+                out.append(m.build(m.COPY_DATA, masked))
+            else:
+                out.append(message[pos:end])
+            pos = end
+        return b"".join(out) if changed else message
+
+    def _mask_fields(self, message: bytes) -> bytes:
+        fields = core.decode_fields(message)
+        plan = self.masks.text_plan
+        masked = [(k, plan.mask_text(v) if k in _TEXT_FIELDS else v) for k, v in fields]
+        if masked == fields:
+            return message
+        return core.encode_fields(message[0], masked)
+
+
+def _text(sql: bytes) -> str | None:
+    """A statement's text for the lineage (UTF-8 or ASCII-compatible:
+    identifiers and keywords are what matter)."""
+    try:
+        return sql.decode("utf-8")
+    except UnicodeDecodeError:
+        return sql.decode("latin-1")
+
+
+def _bounded_set(names: dict[bytes, Any], key: bytes, value: Any) -> None:
+    names.pop(key, None)
+    names[key] = value
+    if len(names) > _MAX_NAMES:
+        del names[next(iter(names))]
+
+
+def _mask_bytes(plan: MaskPlan, data: bytes) -> bytes:
+    """Detectors over one COPY line. Masked matches are ASCII tokens with no
+    delimiter, quote or backslash in them, so text and CSV stay parseable."""
+    # Latin-1 maps bytes to code points one to one: exact in every client
+    # encoding the gateway accepts (all ASCII-safe), and the detectors are ASCII.
+    text = data.decode("latin-1")
+    masked = plan.mask_text(text)
+    return data if masked == text else masked.encode("latin-1")
