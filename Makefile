@@ -14,12 +14,14 @@ help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F ':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 .PHONY: system-deps
-system-deps: ## Debian packages the build, tests and benchmarks need (libclang for pg_query, pgbouncer, PostgreSQL)
+system-deps: ## Debian packages the build, tests and benchmarks need (libclang for pg_query, pgbouncer, PostgreSQL, a JDK and pgjdbc)
 	@need=""; \
 	command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || need="$$need pgbouncer"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need="$$need postgresql"; \
 	command -v psql >/dev/null || need="$$need postgresql-client"; \
 	ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || need="$$need libclang-dev"; \
+	{ command -v javac >/dev/null && command -v java >/dev/null; } || ls /usr/lib/jvm/*/bin/javac >/dev/null 2>&1 || need="$$need default-jdk-headless"; \
+	[ -f /usr/share/java/postgresql.jar ] || need="$$need libpostgresql-jdbc-java"; \
 	if [ -n "$$need" ]; then \
 	  echo "installing:$$need"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; \
@@ -63,7 +65,7 @@ cargo-test: ## the Rust crate's own tests
 
 .PHONY: lint
 lint: install ## ruff, mypy, and stubtest for the compiled modules
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench fuzz
 	$(VENV)/bin/mypy
 	HOOPFAST_IMPL=compiled $(PY) -m mypy.stubtest --allowlist .stubtest-allowlist hoopfast_core hoopfast.core._cpump
 

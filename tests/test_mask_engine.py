@@ -460,6 +460,34 @@ def test_compiled_matches_reference_on_garbage(buf: bytes, ncols: int) -> None:
     assert results[0] == results[1]
 
 
+@needs_both
+def test_fuzz_row_decoder_briefly(tmp_path: Any) -> None:
+    """fuzz/mask_rows.py (atheris, coverage-guided by the reference) for a
+    few seconds: malformed DataRows give ValueError from both engines and
+    nothing else, and well-formed ones the same bytes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "fuzz" / "mask_rows.py"
+    runs = os.environ.get("MASK_FUZZ_RUNS", "30000")
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            f"-runs={runs}",
+            "-max_len=512",
+            "-seed=1",
+            f"-artifact_prefix={tmp_path}/",  # a crash input lands there, not in the checkout
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"Done {runs} runs" in out.stderr
+
+
 # --------------------------------------------------------------------------
 # Benchmark: 10k rows, two masked columns plus detectors on a free-text column.
 

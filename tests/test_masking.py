@@ -18,12 +18,17 @@ from typing import Any
 import asyncpg
 import psycopg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from psycopg import errors as pg_errors
 
-from hoopfast.config import ConfigFileError, load_config
+from hoopfast.config import ConfigFileError, Masking, load_config
 from hoopfast.devcluster import DevCluster
 from hoopfast.devtls import CertFiles
 from hoopfast.identity.devissuer import DevIssuer
+from hoopfast.masking.catalog import Catalog
+from hoopfast.masking.rules import Masks
+from hoopfast.proxy.postgres.resultmask import ResultMasker, Unmaskable
 from hoopfast.settings import Settings
 from tests.conftest import Roles
 from tests.gateway import RunningGateway, opened_connections, run_gateway, write_config
@@ -605,3 +610,51 @@ def test_lineage_applies_the_source_columns_rule(
                 cur.execute(sql, (1,), prepare=mode == "prepared")
                 row = cur.fetchone()
     assert row == expected
+
+
+# -- the protocol follower on its own: any message sequence, only clear errors ----
+
+_SERVER_KINDS = b"TnDCIsENZHWdcA1"
+_CLIENT_KINDS = b"QFPBDESH"
+
+
+def _offline_masker() -> ResultMasker:
+    masking = Masking.model_validate(MASKING | {"key": None})
+    catalog = Catalog.from_rows(
+        [[b"16384", b"1", b"public", b"customers", b"email"]], [[b"25", b"text"]]
+    )
+    return ResultMasker(Masks(masking, ("analyst",), b"k" * 32), catalog)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.booleans(),
+            st.sampled_from(list(_SERVER_KINDS)),
+            st.sampled_from(list(_CLIENT_KINDS)),
+            st.binary(max_size=40),
+        ),
+        max_size=30,
+    )
+)
+def test_result_masker_takes_any_sequence(steps: list[tuple[bool, int, int, bytes]]) -> None:
+    """Whatever the peers send (well-formed or not), the follower answers
+    with bytes, None, or Unmaskable/ValueError (the session then ends):
+    never another exception."""
+    masker = _offline_masker()
+    description = bytes.fromhex(
+        "540000001e0001656d61696c0000004000000100000019ffffffffffff0000"
+    )  # one text field "email" from table 16384, column 1
+    for from_server, server_kind, client_kind, body in steps:
+        try:
+            if from_server:
+                payload = description[5:] if server_kind == ord("T") and body[:1] == b"x" else body
+                message = bytes([server_kind]) + (len(payload) + 4).to_bytes(4, "big") + payload
+                out = masker.server_message(server_kind, message)
+                assert out is None or isinstance(out, bytes)
+            else:
+                message = bytes([client_kind]) + (len(body) + 4).to_bytes(4, "big") + body
+                assert isinstance(masker.client_message(message), bytes)
+        except (Unmaskable, ValueError):
+            pass

@@ -218,10 +218,12 @@ impl Detectors {
         let Some(set) = &self.set else {
             return Vec::new();
         };
-        let hits = set.matches(text);
-        if !hits.matched_any() {
+        // Most values hold nothing: is_match may stop early and needs no
+        // overlapping search, so it is the cheap way to say so.
+        if !set.is_match(text) {
             return Vec::new();
         }
+        let hits = set.matches(text);
         let mut found: Vec<Span> = Vec::new();
         for (k, &i) in self.ids.iter().enumerate() {
             if !hits.matched(k) {
@@ -789,6 +791,9 @@ fn char_ranges(v: &[u8]) -> Vec<(usize, usize)> {
 }
 
 fn char_count(v: &[u8]) -> usize {
+    if v.is_ascii() {
+        return v.len();
+    }
     match std::str::from_utf8(v) {
         Ok(s) => s.chars().count(),
         Err(_) => v.len(),
@@ -796,6 +801,18 @@ fn char_count(v: &[u8]) -> usize {
 }
 
 fn keep(v: &[u8], first: usize, last: usize) -> Vec<u8> {
+    if v.is_ascii() {
+        // One byte per character: no table of character positions.
+        let n = v.len();
+        if first.saturating_add(last) >= n {
+            return vec![b'*'; n];
+        }
+        let mut out = Vec::with_capacity(n);
+        out.extend_from_slice(&v[..first]);
+        out.resize(n - last, b'*');
+        out.extend_from_slice(&v[n - last..]);
+        return out;
+    }
     let chars = char_ranges(v);
     let n = chars.len();
     if first.saturating_add(last) >= n {
@@ -814,16 +831,27 @@ fn keep(v: &[u8], first: usize, last: usize) -> Vec<u8> {
 
 type HmacSha256 = Hmac<Sha256>;
 
-fn hmac_digest(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    // new_from_slice accepts any key length for HMAC.
-    let mut mac = match HmacSha256::new_from_slice(key) {
-        Ok(m) => m,
-        Err(_) => unreachable_hmac(),
-    };
-    for p in parts {
-        mac.update(p);
+/// The plan's HMAC key, with its inner and outer pads hashed once: each
+/// value then costs a clone and the two compressions of its own data,
+/// instead of four.
+pub struct Keyed(HmacSha256);
+
+impl Keyed {
+    fn new(key: &[u8]) -> Self {
+        // new_from_slice accepts any key length for HMAC.
+        match HmacSha256::new_from_slice(key) {
+            Ok(m) => Keyed(m),
+            Err(_) => unreachable_hmac(),
+        }
     }
-    mac.finalize().into_bytes().into()
+
+    fn digest(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut mac = self.0.clone();
+        for p in parts {
+            mac.update(p);
+        }
+        mac.finalize().into_bytes().into()
+    }
 }
 
 #[cold]
@@ -842,8 +870,8 @@ fn hex16(digest: &[u8; 32]) -> [u8; 16] {
     out
 }
 
-fn fake(key: &[u8], v: &[u8]) -> Vec<u8> {
-    let seed = hmac_digest(key, &[b"fake:", v]);
+fn fake(key: &Keyed, v: &[u8]) -> Vec<u8> {
+    let seed = key.digest(&[b"fake:", v]);
     let mut out = v.to_vec();
     let mut stream = [0u8; 32];
     let mut used = 32;
@@ -875,7 +903,7 @@ fn fake(key: &[u8], v: &[u8]) -> Vec<u8> {
 }
 
 impl Masker {
-    fn apply<'a>(&'a self, key: &[u8], v: &'a [u8]) -> Masked<'a> {
+    fn apply<'a>(&'a self, key: &Keyed, v: &'a [u8]) -> Masked<'a> {
         match self {
             Masker::Null => Masked::Null,
             Masker::Const(None) => Masked::Null,
@@ -893,7 +921,7 @@ impl Masker {
                 }
             }
             Masker::Hash { json } => {
-                let h = hex16(&hmac_digest(key, &[v]));
+                let h = hex16(&key.digest(&[v]));
                 let mut out = Vec::with_capacity(18);
                 if *json {
                     out.push(b'"');
@@ -925,7 +953,7 @@ impl Masker {
 
 pub struct MaskPlan {
     maskers: Vec<Option<Masker>>,
-    key: Vec<u8>,
+    key: Keyed,
     text: Detectors,
 }
 
@@ -966,7 +994,7 @@ impl MaskPlan {
         }
         Ok(MaskPlan {
             maskers,
-            key: key.to_vec(),
+            key: Keyed::new(key),
             text: Detectors::new(union),
         })
     }
