@@ -38,7 +38,7 @@ Conn = psycopg.Connection[Any]
 KEY = "k" * 40
 
 SETUP = """
-DROP TABLE IF EXISTS customers, tickets, plain_items CASCADE;
+DROP TABLE IF EXISTS customers, tickets, plain_items, devices CASCADE;
 CREATE TABLE customers (
     id int PRIMARY KEY,
     name text,
@@ -66,10 +66,13 @@ CREATE TABLE tickets (id int, body text);
 INSERT INTO tickets VALUES (1, 'reach me at ann.lee@example.com or 123-45-6789'),
                            (2, 'no pii');
 CREATE TABLE plain_items (id int, label text);
+CREATE TABLE devices (id int, addr inet);
+INSERT INTO devices VALUES (1, '10.0.0.1');
 INSERT INTO plain_items SELECT g, 'label ' || g FROM generate_series(1, 5) g;
 ALTER TABLE customers OWNER TO app;
 ALTER TABLE tickets OWNER TO app;
 ALTER TABLE plain_items OWNER TO app;
+ALTER TABLE devices OWNER TO app;
 """
 
 MASKING = {
@@ -315,6 +318,12 @@ def test_copy_out(via: Callable[..., Conn]) -> None:
     with (
         pytest.raises(pg_errors.InsufficientPrivilege),
         conn.cursor().copy("COPY (SELECT upper(email) FROM customers) TO STDOUT") as copy,
+    ):
+        b"".join(copy)
+    # A rule by type covers COPY too: "devices" has no column rule, but an inet.
+    with (
+        pytest.raises(pg_errors.InsufficientPrivilege, match="devices"),
+        conn.cursor().copy("COPY devices TO STDOUT") as copy,
     ):
         b"".join(copy)
     # Other tables: the connection's detectors run over every line.
@@ -621,7 +630,7 @@ _CLIENT_KINDS = b"QFPBDESH"
 def _offline_masker() -> ResultMasker:
     masking = Masking.model_validate(MASKING | {"key": None})
     catalog = Catalog.from_rows(
-        [[b"16384", b"1", b"public", b"customers", b"email"]], [[b"25", b"text"]]
+        [[b"16384", b"1", b"public", b"customers", b"email", b"25"]], [[b"25", b"text"]]
     )
     return ResultMasker(Masks(masking, ("analyst",), b"k" * 32), catalog)
 

@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 #: materialized views, foreign and partitioned tables), outside the system
 #: schemas. Qualified throughout: the session's search_path is the client's.
 CATALOG_SQL = """\
-SELECT c.oid, a.attnum, n.nspname, c.relname, a.attname
+SELECT c.oid, a.attnum, n.nspname, c.relname, a.attname,
+       CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END
 FROM pg_catalog.pg_attribute a
 JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
 WHERE a.attnum > 0 AND NOT a.attisdropped
   AND c.relkind IN ('r', 'v', 'm', 'f', 'p')
   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
@@ -41,6 +43,9 @@ class Column:
     schema: str
     table: str
     name: str
+    #: The type (a domain's base type, as RowDescription reports it); 0
+    #: where unknown. Not part of a column's identity.
+    type_oid: int = field(default=0, compare=False)
 
 
 @dataclass
@@ -58,9 +63,10 @@ class Catalog:
     def from_rows(cls, columns: list[Row], types: list[Row]) -> Catalog:
         by_key: dict[tuple[int, int], Column] = {}
         tables: dict[int, list[Column]] = {}
-        for oid, attnum, schema, table, name in columns:
-            assert oid and attnum and schema and table and name  # NOT NULL catalog columns
-            col = Column(schema.decode(), table.decode(), name.decode())
+        for oid, attnum, schema, table, name, type_oid in columns:
+            # NOT NULL catalog columns
+            assert oid and attnum and schema and table and name and type_oid
+            col = Column(schema.decode(), table.decode(), name.decode(), int(type_oid))
             by_key[int(oid), int(attnum)] = col
             tables.setdefault(int(oid), []).append(col)
         type_oids = {name.decode(): int(oid) for oid, name in types if oid and name}

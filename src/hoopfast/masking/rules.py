@@ -110,18 +110,24 @@ class Masks:
 
     def masked_tables(self, names: frozenset[str], catalog: Catalog) -> list[str]:
         """Of the relations a statement names, those with a column some rule
-        covers by a column glob (COPY out of them is refused)."""
+        covers, by a column glob or by its type (COPY out of them is
+        refused)."""
         return [
             name
             for name in sorted(names)
             if any(
-                _matches(g, c)
+                self._covers(r, c, catalog)
                 for cols in catalog.tables_named(name)
                 for c in cols
                 for r in self._rules
-                for g in r.globs
             )
         ]
+
+    @staticmethod
+    def _covers(rule: _Rule, column: Column, catalog: Catalog) -> bool:
+        return any(_matches(g, column) for g in rule.globs) or any(
+            _type_oid(t, catalog) == column.type_oid for t in rule.rule.types
+        )
 
     def plan_for(
         self, row_description: bytes, catalog: Catalog, sql: str | None = None
