@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import functools
 import json
 import os
 import platform
@@ -55,10 +56,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hoopfast.devcluster import DevCluster, PgBouncer, free_port
 from hoopfast.devconfig import write_gateway_config
@@ -217,6 +218,38 @@ class RssSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+@dataclass
+class PeakRss:
+    """A process's memory around one piece of work."""
+
+    before: int
+    after: int
+    peak: int
+    hwm_reset: bool
+    sampled_max: int
+
+    @property
+    def growth_mib(self) -> float:
+        return (self.peak - self.before) / MiB
+
+
+_T = TypeVar("_T")
+
+
+def measure_peak_rss(pid: int, work: Callable[[], _T]) -> tuple[_T, PeakRss]:
+    """Run ``work`` and report the peak RSS of ``pid`` meanwhile: VmHWM reset
+    through /proc/PID/clear_refs where allowed, plus 5 ms sampling."""
+    before = proc_status(pid)
+    hwm_reset = reset_hwm(pid)
+    if hwm_reset:
+        before = proc_status(pid)
+    with RssSampler(pid) as sampler:
+        result = work()
+    after = proc_status(pid)
+    peak = max(sampler.max_rss, after["VmHWM"] if hwm_reset else 0, after["VmRSS"])
+    return result, PeakRss(before["VmRSS"], after["VmRSS"], peak, hwm_reset, sampler.max_rss)
 
 
 # --------------------------------------------------------------------------- results
@@ -414,17 +447,65 @@ def find_pgbench(cluster: DevCluster) -> str:
     return found
 
 
-def setup(stack: contextlib.ExitStack, workdir: Path, args: argparse.Namespace) -> Env:
-    password = secrets.token_urlsafe(18)
+def start_cluster(stack: contextlib.ExitStack, workdir: Path, password: str) -> DevCluster:
+    """A throwaway cluster (TLS on, SCRAM) with the bench role and database."""
     log("starting PostgreSQL (DevCluster, TLS on, SCRAM)")
     cluster = DevCluster(workdir / "pg", tls=True)
     stack.callback(cluster.stop)
     cluster.start()
     cluster.add_role(ROLE, password, "scram-sha-256")
     cluster.create_database(DATABASE, owner=ROLE)
+    return cluster
+
+
+def direct_conninfo(cluster: DevCluster) -> str:
+    return f"host=127.0.0.1 port={cluster.port} user={ROLE} dbname={DATABASE} sslmode=disable"
+
+
+def start_pgbouncer(
+    stack: contextlib.ExitStack, workdir: Path, cluster: DevCluster, password: str
+) -> PgBouncer:
+    log("starting PgBouncer (session mode)")
+    bouncer = PgBouncer(cluster, workdir / "pgbouncer", users={ROLE: password})
+    stack.callback(bouncer.stop)
+    bouncer.start()
+    return bouncer
+
+
+def gateway_identity(workdir: Path, password: str) -> tuple[Path, str, Path]:
+    """The development issuer's JWKS file, a token for PERSON, and the
+    upstream password in a file for the gateway config."""
+    state = workdir / "state"
+    state.mkdir(parents=True, exist_ok=True)
+    issuer = DevIssuer(state)
+    jwks = issuer.write_jwks()
+    token = issuer.issue(PERSON, ["bench"], ttl=12 * 3600)
+    secret_file = workdir / "bench.password"
+    secret_file.write_text(password + "\n", encoding="utf-8")
+    secret_file.chmod(0o600)
+    return jwks, token, secret_file
+
+
+def bench_connection(cluster: DevCluster, secret_file: Path) -> dict[str, Any]:
+    """The gateway's connection to the cluster: without TLS, like PgBouncer's
+    upstream, for a fair comparison."""
+    return {
+        "host": "127.0.0.1",
+        "port": cluster.port,
+        "database": DATABASE,
+        "user": ROLE,
+        "password": {"file": secret_file},
+        "tls": "disable",
+        "grants": {"bench": {}},
+    }
+
+
+def setup(stack: contextlib.ExitStack, workdir: Path, args: argparse.Namespace) -> Env:
+    password = secrets.token_urlsafe(18)
+    cluster = start_cluster(stack, workdir, password)
     pgbench = find_pgbench(cluster)
 
-    direct = f"host=127.0.0.1 port={cluster.port} user={ROLE} dbname={DATABASE} sslmode=disable"
+    direct = direct_conninfo(cluster)
     log(f"pgbench -i -s {args.scale}")
     rc, out, err = run_child(
         [pgbench, "-i", "-q", "-s", str(args.scale), direct], env=client_env(password), timeout=900
@@ -444,35 +525,14 @@ def setup(stack: contextlib.ExitStack, workdir: Path, args: argparse.Namespace) 
         big_bytes = _one(conn.execute("SELECT pg_total_relation_size('big')").fetchone())
         pg_version = _one(conn.execute("SHOW server_version").fetchone())
 
-    log("starting PgBouncer (session mode)")
-    bouncer = PgBouncer(cluster, workdir / "pgbouncer", users={ROLE: password})
-    stack.callback(bouncer.stop)
-    bouncer.start()
+    bouncer = start_pgbouncer(stack, workdir, cluster, password)
 
     log("starting the gateway (hoopfast serve)")
-    state = workdir / "state"
-    state.mkdir(parents=True, exist_ok=True)
-    issuer = DevIssuer(state)
-    jwks = issuer.write_jwks()
-    token = issuer.issue(PERSON, ["bench"], ttl=12 * 3600)
-    secret_file = workdir / "bench.password"
-    secret_file.write_text(password + "\n", encoding="utf-8")
-    secret_file.chmod(0o600)
-    # Upstream without TLS, like PgBouncer's, for a fair comparison.
+    jwks, token, secret_file = gateway_identity(workdir, password)
     config = write_gateway_config(
         workdir / "hoopfast.toml",
         jwks,
-        {
-            CONNECTION: {
-                "host": "127.0.0.1",
-                "port": cluster.port,
-                "database": DATABASE,
-                "user": ROLE,
-                "password": {"file": secret_file},
-                "tls": "disable",
-                "grants": {"bench": {}},
-            }
-        },
+        {CONNECTION: bench_connection(cluster, secret_file)},
         {"bench": {"groups": ["bench"]}},
         header="Written by bench/run.py.",
     )
@@ -484,29 +544,9 @@ def setup(stack: contextlib.ExitStack, workdir: Path, args: argparse.Namespace) 
     stack.callback(unguarded.stop)
     unguarded.start()
 
-    try:
-        vout = subprocess.run(
-            [*gateway.command()[:-1], "version"],
-            env=gateway.env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout
-        impl_line = " / ".join(vout.split("\n")[:2]).strip()
-    except (OSError, subprocess.SubprocessError):
-        impl_line = "unknown"
-
-    versions = {
-        "hoopfast": impl_line,
-        "postgresql": pg_version,
-        "pgbench": _version([pgbench, "--version"]),
-        "pgbouncer": _version(
-            [str(shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"), "--version"]
-        ),
-        "python": platform.python_version(),
-        "psycopg": _module_version("psycopg") + f" (libpq {_libpq_version()})",
-        "uvloop": _module_version("uvloop"),
-    }
+    versions = software_versions(gateway, pg_version)
+    versions["pgbench"] = _version([pgbench, "--version"])
+    impl_line = versions["hoopfast"]
     env = Env(
         cluster=cluster,
         bouncer=bouncer,
@@ -534,6 +574,32 @@ def setup(stack: contextlib.ExitStack, workdir: Path, args: argparse.Namespace) 
         f"unguarded :{unguarded.port} (pid {unguarded.pid})"
     )
     return env
+
+
+def software_versions(gateway: Gateway, pg_version: str) -> dict[str, str]:
+    """What the report says ran: the gateway (as `hoopfast version` prints
+    it), the servers and the client libraries."""
+    try:
+        vout = subprocess.run(
+            [*gateway.command()[:-1], "version"],
+            env=gateway.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+        impl_line = " / ".join(vout.split("\n")[:2]).strip()
+    except (OSError, subprocess.SubprocessError):
+        impl_line = "unknown"
+    return {
+        "hoopfast": impl_line,
+        "postgresql": pg_version,
+        "pgbouncer": _version(
+            [str(shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"), "--version"]
+        ),
+        "python": platform.python_version(),
+        "psycopg": _module_version("psycopg") + f" (libpq {_libpq_version()})",
+        "uvloop": _module_version("uvloop"),
+    }
 
 
 def _one(row: tuple[Any, ...] | None) -> Any:
@@ -755,26 +821,20 @@ def measure_memory(env: Env, args: argparse.Namespace) -> list[Measurement]:
                     _note_failure(m, target, RuntimeError("process not running"))
                     continue
                 log(f"memory: {m.case} -> {target}")
-                before = proc_status(pid)
-                hwm_reset = reset_hwm(pid)
-                if hwm_reset:
-                    before = proc_status(pid)
                 try:
-                    with RssSampler(pid) as sampler:
-                        result = run_client(env, target, mode, query)
+                    result, rss = measure_peak_rss(
+                        pid, functools.partial(run_client, env, target, mode, query)
+                    )
                 except RuntimeError as e:
                     _note_failure(m, target, e)
                     continue
-                after = proc_status(pid)
-                peak = max(sampler.max_rss, after["VmHWM"] if hwm_reset else 0, after["VmRSS"])
-                growth = (peak - before["VmRSS"]) / MiB
-                m.runs[target].append(growth)
+                m.runs[target].append(rss.growth_mib)
                 m.extra.setdefault("details", {})[target] = {
-                    "rss_before": before["VmRSS"],
-                    "rss_after": after["VmRSS"],
-                    "peak_rss": peak,
-                    "hwm_reset": hwm_reset,
-                    "sampled_max_rss": sampler.max_rss,
+                    "rss_before": rss.before,
+                    "rss_after": rss.after,
+                    "peak_rss": rss.peak,
+                    "hwm_reset": rss.hwm_reset,
+                    "sampled_max_rss": rss.sampled_max,
                     "client": result,
                 }
             out.append(m)
@@ -1169,29 +1229,75 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    command = " ".join(
+def command_line(script: str, argv: list[str] | None) -> str:
+    """How this run was started, for the report (paths relative to here)."""
+    return " ".join(
         shlex.quote(a)
         for a in [
             os.path.relpath(sys.executable, Path.cwd())
             if sys.executable.startswith(str(REPO))
             else sys.executable,
-            os.path.relpath(__file__, Path.cwd()),
+            os.path.relpath(script, Path.cwd()),
             *(sys.argv[1:] if argv is None else argv),
         ]
     )
+
+
+def started_at() -> str:
+    return _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+
+
+@dataclass
+class BenchRun:
+    stack: contextlib.ExitStack
+    workdir: Path
+    #: How the run was started and when, for the report.
+    command: str
+    started: str
+
+
+@contextlib.contextmanager
+def bench_session(
+    prefix: str, keep: bool, script: str, argv: list[str] | None
+) -> Iterator[BenchRun]:
+    """A work directory and an exit stack for one benchmark run: SIGTERM and
+    SIGHUP interrupt it like Ctrl-C, child processes are killed first on the
+    way out, and the directory goes unless ``keep``."""
+    command = command_line(script, argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGHUP, _on_sigterm)
-    started = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    workdir = Path(tempfile.mkdtemp(prefix="hoopfast-bench-"))
-    rc = 0
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
     with contextlib.ExitStack() as stack:
-        if not args.keep:
+        if not keep:
             stack.callback(shutil.rmtree, workdir, True)
         else:
             stack.callback(log, f"work directory kept: {workdir}")
-        stack.callback(_kill_children)  # runs first: pgbench/clients before servers
+        stack.callback(_kill_children)  # runs first: clients before servers
+        yield BenchRun(stack, workdir, command, started_at())
+
+
+def write_report(out: Path, report: str, raw: dict[str, Any]) -> None:
+    """The markdown report at ``out`` and the raw data next to it (.json)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report, encoding="utf-8")
+    json_path = out.with_name(out.name + ".json")
+    json_path.write_text(json.dumps(raw, indent=2, default=str) + "\n", encoding="utf-8")
+    log(f"wrote {out} and {json_path}")
+
+
+def end_cleanup() -> None:
+    # A second Ctrl-C must not cut the cleanup short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    log("cleaning up (clients, gateways, pgbouncer, cluster)")
+    _kill_children()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    rc = 0
+    with bench_session("hoopfast-bench-", args.keep, __file__, argv) as run:
+        stack, workdir, command, started = run.stack, run.workdir, run.command, run.started
         try:
             env = setup(stack, workdir, args)
             load_start = f"{os.getloadavg()[0]:.2f}"
@@ -1223,8 +1329,6 @@ def main(argv: list[str] | None = None) -> int:
             report = render(results, info, policy)
             print(report, flush=True)
             if args.out:
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(report, encoding="utf-8")
                 raw = {
                     "info": info,
                     "policy": policy,
@@ -1249,11 +1353,7 @@ def main(argv: list[str] | None = None) -> int:
                         for m in results
                     ],
                 }
-                json_path = args.out.with_name(args.out.name + ".json")
-                json_path.write_text(
-                    json.dumps(raw, indent=2, default=str) + "\n", encoding="utf-8"
-                )
-                log(f"wrote {args.out} and {json_path}")
+                write_report(args.out, report, raw)
             if any(m.failed(t) for m in results for t in TARGETS) or "error" in policy:
                 rc = 1
         except KeyboardInterrupt:
@@ -1267,11 +1367,7 @@ def main(argv: list[str] | None = None) -> int:
                     log("gateway log tail:\n" + "\n".join(gw_log.read_text().splitlines()[-20:]))
             rc = 2
         finally:
-            # A second Ctrl-C must not cut the cleanup short.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            log("cleaning up (clients, gateways, pgbouncer, cluster)")
-            _kill_children()
+            end_cleanup()
     return rc
 
 
