@@ -10,7 +10,9 @@ returns: an unqualified column counts for every table of its scope, an
 unresolvable one for every table in the statement. Lineage only ever adds
 masking, so a wrong extra source costs a masked value, never an exposed one.
 It gives up (None) on what it cannot line up with the RowDescription by
-position: ``*``, several statements, anything but a query.
+position: ``*``, several statements, anything but a query. A whole-row
+reference (``row_to_json(c)``, ``(c).address``) stands for every column of
+its table.
 """
 
 from __future__ import annotations
@@ -46,10 +48,12 @@ def output_sources(sql: str) -> list[frozenset[Source]] | None:
     if root is None:
         return None
     scope_of: dict[int, Scope] = {}
-    for scope in root.traverse():
+    for scope in root.traverse():  # inner scopes first: a column belongs to the innermost
         for column in scope.columns:
-            scope_of[id(column)] = scope
-    every_table = frozenset(_table_source(t) for t in tree.find_all(exp.Table))
+            scope_of.setdefault(id(column), scope)
+    every_table = frozenset(
+        _table_source(t) for t in tree.find_all(exp.Table) if isinstance(t.this, exp.Identifier)
+    )  # tables, not table functions
     return _outputs(root, scope_of, every_table, 0)
 
 
@@ -105,13 +109,24 @@ def _resolve(
             if qualifier in s.sources:
                 candidates = [s.sources[qualifier]]
             s = s.parent
+    elif name in scope.sources:
+        # A whole-row reference (row_to_json(c), (c).address, c::text): it
+        # carries every column of that source.
+        source = scope.sources[name]
+        if isinstance(source, exp.Table) and isinstance(source.this, exp.Identifier):
+            return {(*_table_source(source), ANY_COLUMN)}
+        # A subquery's or a table function's row: what it reads, at most.
+        return {(schema, table, ANY_COLUMN) for schema, table in every_table}
     else:
         candidates = list(scope.sources.values())
     if not candidates:
         return {(schema, table, name) for schema, table in every_table}
     found: set[Source] = set()
     for source in candidates:
-        if isinstance(source, exp.Table):
+        if isinstance(source, exp.Table) and not isinstance(source.this, exp.Identifier):
+            # A table function's column: computed from its arguments.
+            found |= {(schema, table, ANY_COLUMN) for schema, table in every_table}
+        elif isinstance(source, exp.Table):
             found.add((*_table_source(source), name))
         elif isinstance(source, Scope):
             inner = _outputs_named(source, name, scope_of, every_table, depth + 1)

@@ -230,14 +230,16 @@ class Masks:
 
 
 def _candidates(source: Source, catalog: Catalog) -> list[Column]:
-    """The catalog columns a lineage source can be (an unqualified table may
-    be in any schema)."""
+    """The catalog columns a lineage source can be: an unqualified table may
+    be in any schema, and "any column" of a table the catalog knows is each
+    of its columns. A table it does not know stays as given (then "any
+    column" matches every rule on that table name, and every one-part glob)."""
     schema, table, name = source
-    if schema:
-        return [Column(schema, table, name)]
-    tables = catalog.tables_named(table)
+    tables = [cols for cols in catalog.tables_named(f"{schema}.{table}" if schema else table)]
     if not tables:
-        return [Column("", table, name)]
+        return [Column(schema, table, name)]
+    if name == ANY_COLUMN:
+        return [c for cols in tables for c in cols]
     return [Column(cols[0].schema, table, name) for cols in tables]
 
 

@@ -23,6 +23,7 @@ session: the gateway never forwards a row it could not judge.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from typing import Any
 
@@ -228,10 +229,48 @@ class ResultMasker:
     def _mask_fields(self, message: bytes) -> bytes:
         fields = core.decode_fields(message)
         plan = self.masks.text_plan
-        masked = [(k, plan.mask_text(v) if k in _TEXT_FIELDS else v) for k, v in fields]
+        sqlstate = next((v for k, v in fields if k == "C"), "")
+        quotes_values = self.masks.has_column_rules and sqlstate[:2] in _VALUE_CLASSES
+        masked = []
+        for k, v in fields:
+            if k in _TEXT_FIELDS:
+                if quotes_values:
+                    v = _without_values(k, v)
+                v = plan.mask_text(v)
+            masked.append((k, v))
         if masked == fields:
             return message
         return core.encode_fields(message[0], masked)
+
+
+#: SQLSTATE classes whose messages quote the values involved: 22 (data
+#: exception: `invalid input syntax for type integer: "<value>"`) and 23
+#: (integrity constraint violation: `Key (email)=(<value>) already exists`,
+#: `Failing row contains (<row>)`). Detectors only recognise what they
+#: recognise (an address they do not), so with column rules those values go.
+_VALUE_CLASSES = ("22", "23")
+_REDACTED = "[REDACTED]"
+_KEY_VALUES = re.compile(r"\)=\(.*\)", re.DOTALL)
+_FAILING_ROW = re.compile(r"(Failing row contains )\(.*\)", re.DOTALL)
+
+
+def _without_values(field: str, text: str) -> str:
+    """``text`` (a field of an error of a class in _VALUE_CLASSES) with the
+    quoted and parenthesised values it carries replaced."""
+    text = _KEY_VALUES.sub(f")=({_REDACTED})", text)
+    text = _FAILING_ROW.sub(rf"\1({_REDACTED})", text)
+    lines = []
+    for line in text.split("\n"):
+        first = line.find('"')
+        if field == "W" and line.startswith("JSON data, line "):
+            line = line[: line.find(":") + 1] + f" {_REDACTED}"
+        elif first >= 0:
+            # A value may hold quotes itself: everything from the first quote
+            # to the last one goes.
+            last = line.rfind('"')
+            line = line[:first] + f'"{_REDACTED}"' + (line[last + 1 :] if last > first else "")
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def _text(sql: bytes) -> str | None:
