@@ -185,7 +185,7 @@ def test_jdbc_masks_prepared_binary_fetch_and_errors(
     [[sqlstate, message, primary]] = records.get("error", [[]])
     assert sqlstate == "22P02", report
     assert RAW_EMAIL not in message and RAW_EMAIL not in primary
-    assert "[REDACTED:email]" in message and "[REDACTED:email]" in primary, report
+    assert primary == 'invalid input syntax for type integer: "[REDACTED]"', report
     assert records.get("after") == [[BO_EMAIL]], report
 
     gw.wait_idle()

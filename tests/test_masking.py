@@ -325,17 +325,71 @@ def test_errors_and_notices_are_masked(via: Callable[..., Conn]) -> None:
     with pytest.raises(pg_errors.CheckViolation) as info4:
         conn.execute(
             "CREATE TEMP TABLE chk (a text CHECK (a <> x), x text);"
-            "INSERT INTO chk SELECT address, address FROM customers WHERE id = 1"
+            "INSERT INTO chk VALUES ('same', 'same')"
         )
     assert info4.value.diag.message_detail == "Failing row contains ([REDACTED])."
+    # Data turned into names: quoted texts the statement does not contain go.
+    with pytest.raises(pg_errors.UndefinedTable) as info6:
+        conn.execute("SELECT quote_ident(address)::regclass FROM customers WHERE id = 1")
+    assert info6.value.diag.message_primary == 'relation "[REDACTED]" does not exist'
+    with pytest.raises(pg_errors.UndefinedTable) as info7:
+        conn.execute("SELECT * FROM no_such_table")
+    assert info7.value.diag.message_primary == 'relation "no_such_table" does not exist'
     with pytest.raises(pg_errors.InvalidTextRepresentation) as info5:
         conn.execute("SELECT (address || '}')::json FROM customers WHERE id = 1")
     assert "Main St" not in str(info5.value) + (info5.value.diag.context or "")
-    notices: list[str] = []
-    conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
-    conn.execute("DO $$ BEGIN RAISE NOTICE 'mail me at eve@example.net'; END $$")
-    assert notices == ["mail me at [REDACTED:email]"]
     assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_notices_get_detectors(gw: RunningGateway) -> None:
+    with opened_connections(gw, "detect_only") as connect:
+        conn = connect()
+        notices: list[str] = []
+        conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+        conn.execute("DO $$ BEGIN RAISE NOTICE 'mail me at eve@example.net'; END $$")
+    assert notices == ["mail me at [REDACTED:email]"]
+
+
+MASKING_REFUSALS = {
+    # Procedural code can read masked columns and hand values out anywhere.
+    "DO $$ BEGIN RAISE NOTICE '%', (SELECT address FROM customers LIMIT 1); END $$": (
+        "masking:procedural"
+    ),
+    "CREATE FUNCTION f() RETURNS text LANGUAGE sql AS 'SELECT address FROM customers'": (
+        "masking:procedural"
+    ),
+    # SQL in a string: lineage cannot follow it.
+    "SELECT query_to_xml('SELECT address FROM customers', false, false, '')": (
+        "masking:procedural"
+    ),
+    "SELECT table_to_xml('customers', false, false, '')": "masking:procedural",
+    # Writes that would store masked values where no rule covers them.
+    "CREATE TEMP TABLE leak AS SELECT address FROM customers": "masking:write",
+    "SELECT email INTO TEMP leak2 FROM customers": "masking:write",
+    "UPDATE customers SET name = address WHERE id = 3": "masking:write",
+    "INSERT INTO tickets SELECT id, notes FROM customers": "masking:write",
+    "WITH c AS (SELECT * FROM customers) INSERT INTO tickets SELECT id, address FROM c": (
+        "masking:write"
+    ),
+}
+
+
+@pytest.mark.parametrize("sql", list(MASKING_REFUSALS))
+def test_what_masking_cannot_follow_is_refused(via: Callable[..., Conn], sql: str) -> None:
+    conn = via()
+    with pytest.raises(pg_errors.InsufficientPrivilege) as info:
+        conn.execute(sql)
+    assert f"rule: {MASKING_REFUSALS[sql]}" in (info.value.diag.message_detail or "")
+    assert conn.execute("SELECT email FROM customers WHERE id = 1").fetchone() == (ANN_EMAIL,)
+
+
+def test_writes_that_move_no_masked_value_run(via: Callable[..., Conn]) -> None:
+    conn = via(autocommit=False)
+    conn.execute("UPDATE customers SET name = 'Ann Lee' WHERE email = 'ann.lee@example.com'")
+    conn.execute("UPDATE customers SET email = 'new@example.com' WHERE id = 3")
+    conn.execute("INSERT INTO customers (id, email) VALUES (99, 'z@example.com')")
+    conn.execute("DELETE FROM customers WHERE email = 'z@example.com'")
+    conn.rollback()
 
 
 def test_copy_out(via: Callable[..., Conn]) -> None:

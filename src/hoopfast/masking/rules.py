@@ -32,6 +32,7 @@ from hoopfast.core.abc import MaskPlan as MaskPlanType
 from hoopfast.masking import lineage
 from hoopfast.masking.catalog import Catalog, Column
 from hoopfast.masking.lineage import ANY_COLUMN, Source
+from hoopfast.policy.classify import Classification
 
 log = logging.getLogger("hoopfast.masking")
 
@@ -123,6 +124,40 @@ class Masks:
             )
         ]
 
+    def refusal(self, sql: str, c: Classification, catalog: Catalog) -> tuple[str, str] | None:
+        """(rule, message) when a statement would take masked values where
+        masking cannot follow them, to be refused; None when it may run.
+        Only connections with column rules refuse anything here."""
+        if not self._rules:
+            return None
+        if "procedural" in c.classes:
+            # Also query_to_xml, ts_stat & co.: SQL given as a string, which
+            # the classifier counts as procedural and masking cannot follow.
+            return (
+                "masking:procedural",
+                "procedural code (DO, CREATE FUNCTION, CALL, functions that run SQL "
+                "text) is refused on a masked connection: it can read masked columns "
+                "and hand the values out unmasked",
+            )
+        masked = self.masked_tables(c.relations, catalog)
+        if not masked:
+            return None
+        if c.copies_out:
+            return (
+                "masking:copy",
+                f"COPY out of {', '.join(masked)} is refused: it has masked columns "
+                "(read them with SELECT, which masks them)",
+            )
+        if c.classes & {"write", "ddl"}:
+            moved = lineage.moved(sql)
+            if moved is None or self._rule_for_sources(moved, catalog) is not None:
+                return (
+                    "masking:write",
+                    f"the statement would store masked values of {', '.join(masked)} "
+                    "where no rule covers them (a write that reads masked columns)",
+                )
+        return None
+
     @staticmethod
     def _covers(rule: _Rule, column: Column, catalog: Catalog) -> bool:
         return any(_matches(g, column) for g in rule.globs) or any(
@@ -157,14 +192,19 @@ class Masks:
             return self._lineage_plans[key]
         except KeyError:
             pass
-        sources = lineage.output_sources(sql)
-        if sources is not None and len(sources) == len(fields):
-            columns = list(columns)
-            for i in open_:
-                rule = self._rule_for_sources(sources[i], catalog)
-                if rule is not None:
-                    columns[i] = self._column_rule(rule, fields[i])
-            plan = self._compile(columns)
+        found = lineage.sources(sql)
+        columns = list(columns)
+        for i in open_:
+            if found is None:
+                # Unreadable: the field may come from any masked column.
+                rule: _Rule | None = self._rules[0]
+            elif found.columns is not None and len(found.columns) == len(fields):
+                rule = self._rule_for_sources(found.columns[i], catalog)
+            else:
+                rule = self._rule_for_sources(found.everything, catalog)
+            if rule is not None:
+                columns[i] = self._column_rule(rule, fields[i])
+        plan = self._compile(columns)
         self._remember(self._lineage_plans, key, plan)
         return plan
 
@@ -206,10 +246,11 @@ class Masks:
         return None
 
     def _rule_for_sources(self, sources: frozenset[Source], catalog: Catalog) -> _Rule | None:
-        """The first rule covering any column a computed field reads."""
+        """The first rule covering any column a computed field reads, by a
+        column glob or by the column's type."""
         columns = [c for s in sources for c in _candidates(s, catalog)]
         for r in self._rules:
-            if any(_matches(g, c) for g in r.globs for c in columns):
+            if any(self._covers(r, c, catalog) for c in columns):
                 return r
         return None
 

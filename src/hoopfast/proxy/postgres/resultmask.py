@@ -63,8 +63,8 @@ SERVER_TYPES = bytes(
 )
 
 # Error and notice fields that can carry values: message, detail, hint,
-# context, internal query.
-_TEXT_FIELDS = frozenset("MDHWq")
+# context, internal query, and the object names (a RAISE can set them).
+_TEXT_FIELDS = frozenset("MDHWqstcdn")
 
 
 class Unmaskable(Exception):
@@ -88,6 +88,8 @@ class ResultMasker:
         #: so a result can be read with its statement (lineage). Never a
         #: security decision: a stale text can only add masking.
         self._statements: dict[bytes, str] = {}
+        #: The text of the statement whose results come now, where known.
+        self._last_sql: str | None = None
         self._portals: dict[bytes, str | None] = {}
         self._plan: MaskPlan | _NoPlan | None = _UNKNOWN
         self._copy: MaskPlan | _NoPlan | None = _UNKNOWN
@@ -194,7 +196,9 @@ class ResultMasker:
         is a Describe; a Query's for one of its results."""
         queue = self._queue
         if queue and queue[0][0] in kinds:
-            return queue.popleft()
+            head = queue.popleft()
+            self._last_sql = head[1]
+            return head
         if queue and queue[0][0] == _SIMPLE:
             return queue[0]
         return (_SIMPLE, None)
@@ -230,12 +234,15 @@ class ResultMasker:
         fields = core.decode_fields(message)
         plan = self.masks.text_plan
         sqlstate = next((v for k, v in fields if k == "C"), "")
-        quotes_values = self.masks.has_column_rules and sqlstate[:2] in _VALUE_CLASSES
+        known: str | None = None
+        if self.masks.has_column_rules:
+            head = self._queue[0][1] if self._queue else None
+            known = " ".join(t for t in (head, self._last_sql) if t).lower()
         masked = []
         for k, v in fields:
             if k in _TEXT_FIELDS:
-                if quotes_values:
-                    v = _without_values(k, v)
+                if known is not None:
+                    v = _without_values(k, v, sqlstate, known)
                 v = plan.mask_text(v)
             masked.append((k, v))
         if masked == fields:
@@ -243,34 +250,49 @@ class ResultMasker:
         return core.encode_fields(message[0], masked)
 
 
-#: SQLSTATE classes whose messages quote the values involved: 22 (data
-#: exception: `invalid input syntax for type integer: "<value>"`) and 23
-#: (integrity constraint violation: `Key (email)=(<value>) already exists`,
-#: `Failing row contains (<row>)`). Detectors only recognise what they
-#: recognise (an address they do not), so with column rules those values go.
-_VALUE_CLASSES = ("22", "23")
+#: Errors whose detail describes the value itself (data exceptions).
+_VALUE_DETAIL_CLASS = "22"
 _REDACTED = "[REDACTED]"
 _KEY_VALUES = re.compile(r"\)=\(.*\)", re.DOTALL)
 _FAILING_ROW = re.compile(r"(Failing row contains )\(.*\)", re.DOTALL)
+_QUOTED = re.compile(r'"([^"]*)"')
 
 
-def _without_values(field: str, text: str) -> str:
-    """``text`` (a field of an error of a class in _VALUE_CLASSES) with the
-    quoted and parenthesised values it carries replaced."""
+def _without_values(field: str, text: str, sqlstate: str, known: str) -> str:
+    """A field of an error or notice on a connection with column rules,
+    without the values it may quote. PostgreSQL quotes values in messages
+    (`invalid input syntax for type integer: "<value>"`, `relation
+    "<value>" does not exist` after a cast of data to regclass) and in
+    constraint details (`Key (e)=(<value>)`, `Failing row contains
+    (<row>)`). Detectors only recognise what they recognise (an address they
+    do not), so a quoted text stays only if the client's own statement
+    (``known``, lower case) contains it: a misspelt table name, a keyword
+    near a syntax error. Otherwise everything from the first quote to the
+    last goes (a value may hold quotes itself)."""
     text = _KEY_VALUES.sub(f")=({_REDACTED})", text)
     text = _FAILING_ROW.sub(rf"\1({_REDACTED})", text)
-    lines = []
-    for line in text.split("\n"):
-        first = line.find('"')
-        if field == "W" and line.startswith("JSON data, line "):
-            line = line[: line.find(":") + 1] + f" {_REDACTED}"
-        elif first >= 0:
-            # A value may hold quotes itself: everything from the first quote
-            # to the last one goes.
-            last = line.rfind('"')
-            line = line[:first] + f'"{_REDACTED}"' + (line[last + 1 :] if last > first else "")
-        lines.append(line)
-    return "\n".join(lines)
+    if field == "D" and sqlstate.startswith(_VALUE_DETAIL_CLASS):
+        return _REDACTED if text else text
+    if field == "W":
+        return "\n".join(
+            line[: line.find(":") + 1] + f" {_REDACTED}"
+            if line.startswith("JSON data, line ")
+            else _unquoted(line, known)
+            for line in text.split("\n")
+        )
+    return _unquoted(text, known)
+
+
+def _unquoted(text: str, known: str) -> str:
+    first = text.find('"')
+    if first < 0:
+        return text
+    if all(not q or q.lower() in known for q in _QUOTED.findall(text)) and (
+        text.count('"') % 2 == 0
+    ):
+        return text
+    last = text.rfind('"')
+    return text[:first] + f'"{_REDACTED}"' + (text[last + 1 :] if last > first else "")
 
 
 def _text(sql: bytes) -> str | None:

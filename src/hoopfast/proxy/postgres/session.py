@@ -575,18 +575,10 @@ class PgSession:
         if decision.verdict.action != "allow":
             return self._refuse(parse_name, decision.verdict)
         c = decision.classification
-        if c.copies_out and self._masker is not None:
-            tables = self._masker.masks.masked_tables(c.relations, self._masker.catalog)
-            if tables:
-                return self._refuse(
-                    parse_name,
-                    Verdict(
-                        "deny",
-                        "masking:copy",
-                        f"COPY out of {', '.join(tables)} is refused: it has masked "
-                        "columns (read them with SELECT, which masks them)",
-                    ),
-                )
+        if self._masker is not None:
+            refusal = self._masker.masks.refusal(sql, c, self._masker.catalog)
+            if refusal is not None:
+                return self._refuse(parse_name, Verdict("deny", *refusal))
         if c.deallocates or c.prepares:
             for name in c.deallocates:
                 if name == "*":
