@@ -33,6 +33,7 @@ from hoopfast.masking import lineage
 from hoopfast.masking.catalog import Catalog, Column
 from hoopfast.masking.lineage import ANY_COLUMN, Source
 from hoopfast.policy.classify import Classification
+from hoopfast.policy.guard import RESHAPING, STATISTICS_VIEWS
 
 log = logging.getLogger("hoopfast.masking")
 
@@ -139,6 +140,22 @@ class Masks:
                 "text) is refused on a masked connection: it can read masked columns "
                 "and hand the values out unmasked",
             )
+        reshaping = sorted(c.classes & RESHAPING)
+        if reshaping:
+            # ALTER ... TYPE, RENAME (of a column, table or schema), SET
+            # SCHEMA: the rules name columns, tables, schemas and types, and
+            # a changed shape falls out of them.
+            return (
+                f"masking:{reshaping[0]}",
+                f"{reshaping[0]} statements are refused on a masked connection: they "
+                "could reshape the schema out of the masking rules",
+            )
+        stats = sorted(r for r in c.relations if r.rsplit(".", 1)[-1] in STATISTICS_VIEWS)
+        if stats:
+            return (
+                f"masking:table:{stats[0]}",
+                f"{stats[0]} shows samples of column values, masked ones included",
+            )
         masked = self.masked_tables(c.relations, catalog)
         if not masked:
             return None
@@ -148,7 +165,7 @@ class Masks:
                 f"COPY out of {', '.join(masked)} is refused: it has masked columns "
                 "(read them with SELECT, which masks them)",
             )
-        if c.classes & {"write", "ddl"}:
+        if "write" in c.classes:
             moved = lineage.moved(sql)
             if moved is None or self._rule_for_sources(moved, catalog) is not None:
                 return (
@@ -168,8 +185,8 @@ class Masks:
         self, row_description: bytes, catalog: Catalog, sql: str | None = None
     ) -> MaskPlanType | None:
         """The plan for the DataRows under this RowDescription; None when
-        nothing in it is masked. ``sql``, the statement the rows answer
-        when known, lets the lineage cover computed fields. Cached per
+        nothing in it is masked. ``sql`` is the statement the rows answer
+        (None: not known), for the lineage of computed fields. Cached per
         RowDescription, and per statement fingerprint where lineage adds
         something."""
         entry = self._plans.get(row_description)
@@ -185,23 +202,35 @@ class Masks:
             entry = (self._compile(columns), fields, columns, open_ if self._rules else ())
             self._remember(self._plans, row_description, entry)
         plan, fields, columns, open_ = entry
-        if not open_ or sql is None:
+        if not open_:
             return plan
-        key = (row_description, core.fingerprint(sql)[0])
+        key = (row_description, core.fingerprint(sql)[0] if sql is not None else b"")
         try:
             return self._lineage_plans[key]
         except KeyError:
             pass
-        found = lineage.sources(sql)
+        found = lineage.sources(sql) if sql is not None else None
         columns = list(columns)
         for i in open_:
-            if found is None:
-                # Unreadable: the field may come from any masked column.
-                rule: _Rule | None = self._rules[0]
-            elif found.columns is not None and len(found.columns) == len(fields):
+            if (
+                found is not None
+                and found.columns is not None
+                and len(found.columns) == len(fields)
+            ):
                 rule = self._rule_for_sources(found.columns[i], catalog)
-            else:
+            elif found is not None and found.everything:
                 rule = self._rule_for_sources(found.everything, catalog)
+            elif (
+                found is not None
+                and sql is not None
+                and lineage.first_keyword(sql) in _NO_DATA_STATEMENTS
+            ):
+                rule = None
+            else:
+                # Unknown statement, unreadable text, or rows from a name the
+                # gateway did not see defined: the field may come from any
+                # masked column.
+                rule = self._rules[0]
             if rule is not None:
                 columns[i] = self._column_rule(rule, fields[i])
         plan = self._compile(columns)
@@ -285,6 +314,8 @@ def _candidates(source: Source, catalog: Catalog) -> list[Column]:
 
 
 _MAX_PLANS = 1024
+#: Statements whose rows describe the database, not its data.
+_NO_DATA_STATEMENTS = frozenset({"EXPLAIN", "SHOW"})
 
 
 def _engine_format(type_oid: int, fmt: int) -> int:

@@ -104,9 +104,9 @@ def clean_encoding_name(name: str) -> str:
 
 _EMPTY: frozenset[str] = frozenset()
 #: Classes that can reshape the schema around a denied table.
-_RESHAPING = frozenset({"ddl", "dcl", "maintenance"})
+RESHAPING = frozenset({"ddl", "dcl", "maintenance"})
 #: Catalog views that sample column values.
-_STATISTICS_VIEWS = frozenset({"pg_stats", "pg_stats_ext", "pg_stats_ext_exprs"})
+STATISTICS_VIEWS = frozenset({"pg_stats", "pg_stats_ext", "pg_stats_ext_exprs"})
 
 
 def classes_of(c: Classification) -> frozenset[str]:
@@ -272,7 +272,7 @@ class _GrantRules:
                     "procedural",
                     "procedural code is not allowed where tables or schemas are denied",
                 )
-            hit = sorted(classes & _RESHAPING)
+            hit = sorted(classes & RESHAPING)
             if hit:
                 # DDL can rename, move or wrap a denied table (a view, a rule,
                 # SET SCHEMA, ALTER SCHEMA RENAME...) in ways no parser
@@ -313,7 +313,7 @@ class _GrantRules:
                 return Verdict("deny", f"schema:{parts[-2]}", f"schema {parts[-2]} is not allowed")
             if (
                 (self.deny_tables or self.deny_schemas)
-                and parts[-1] in _STATISTICS_VIEWS
+                and parts[-1] in STATISTICS_VIEWS
                 and (len(parts) == 1 or parts[-2] == "pg_catalog")
             ):
                 # Their most_common_vals and histograms are samples of

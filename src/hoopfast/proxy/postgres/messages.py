@@ -46,6 +46,7 @@ FUNCTION_CALL = ord("F")
 DESCRIBE = ord("D")  # from the client; from the server "D" is DataRow
 EXECUTE = ord("E")  # from the client; from the server "E" is ErrorResponse
 SYNC = ord("S")  # from the client; from the server "S" is ParameterStatus
+CLOSE = ord("C")  # from the client; from the server "C" is CommandComplete
 # From the server, during the relay.
 DATA_ROW = ord("D")
 ROW_DESCRIPTION = ord("T")

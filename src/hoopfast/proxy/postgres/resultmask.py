@@ -29,6 +29,7 @@ from typing import Any
 
 from hoopfast import core
 from hoopfast.core.abc import MaskPlan
+from hoopfast.masking import lineage
 from hoopfast.masking.catalog import Catalog
 from hoopfast.masking.rules import Masks
 from hoopfast.proxy.postgres import messages as m
@@ -40,7 +41,9 @@ _INJECTED = 2  # the gateway's Describe: its answer is swallowed
 _SYNC = 3  # ReadyForQuery
 
 #: Client messages the tracker must see.
-CLIENT_TYPES = bytes([m.QUERY, m.FUNCTION_CALL, m.PARSE, m.BIND, m.DESCRIBE, m.EXECUTE, m.SYNC])
+CLIENT_TYPES = bytes(
+    [m.QUERY, m.FUNCTION_CALL, m.PARSE, m.BIND, m.DESCRIBE, m.EXECUTE, m.SYNC, m.CLOSE]
+)
 #: Statement and portal texts remembered for the lineage, at most.
 _MAX_NAMES = 1000
 #: Server messages it must see (DataRows in batches).
@@ -87,7 +90,7 @@ class ResultMasker:
         #: Statement texts by prepared-statement name, and by portal name,
         #: so a result can be read with its statement (lineage). Never a
         #: security decision: a stale text can only add masking.
-        self._statements: dict[bytes, str] = {}
+        self._statements: dict[bytes, str | None] = {}
         #: The text of the statement whose results come now, where known.
         self._last_sql: str | None = None
         self._portals: dict[bytes, str | None] = {}
@@ -103,7 +106,7 @@ class ResultMasker:
         Execute gets a Describe of its portal in front)."""
         kind = message[0]
         if kind == m.QUERY:
-            self._queue.append((_SIMPLE, _text(message[5:-1])))
+            self._queue.append((_SIMPLE, self._statement_text(_text(message[5:-1]))))
         elif kind == m.FUNCTION_CALL:
             self._queue.append((_SIMPLE, None))
         elif kind == m.SYNC:
@@ -121,15 +124,43 @@ class ResultMasker:
             name_end = message.find(b"\0", 5)
             end = message.find(b"\0", name_end + 1) if name_end >= 0 else -1
             if end >= 0:
-                text = _text(message[name_end + 1 : end])
-                _bounded_set(self._statements, message[5:name_end], text or "")
+                name = message[5:name_end]
+                text = self._statement_text(_text(message[name_end + 1 : end]))
+                if name and name in self._statements:
+                    # The server refuses a second Parse of a name in use and
+                    # keeps the first: which text stands is not known here.
+                    text = None
+                _bounded_set(self._statements, name, text)
         elif kind == m.BIND:
             portal_end = message.find(b"\0", 5)
             end = message.find(b"\0", portal_end + 1) if portal_end >= 0 else -1
             if end >= 0:
                 statement = self._statements.get(message[portal_end + 1 : end])
                 _bounded_set(self._portals, message[5:portal_end], statement)
+        elif kind == m.CLOSE and len(message) > 6:
+            names = self._statements if message[5:6] == b"S" else self._portals
+            names.pop(message[6:-1], None)
         return message
+
+    def _statement_text(self, text: str) -> str | None:
+        """The text whose lineage the rows of ``text`` follow: a FETCH's
+        is its cursor's query, an EXECUTE's its prepared statement's (None
+        when the gateway did not see that name defined). DECLARE and
+        PREPARE are remembered on the way; the cursor is a portal too."""
+        named = lineage.named_statement(text)
+        if named is None:
+            return text
+        kind, name, body = named
+        key = name.encode("utf-8", "surrogateescape")
+        if kind == "cursor":
+            _bounded_set(self._portals, key, body)
+        elif kind == "prepared":
+            _bounded_set(self._statements, key, body)
+        elif kind == "fetch":
+            return self._portals.get(key)
+        else:
+            return self._statements.get(key)
+        return text
 
     # -- server -> client -----------------------------------------------------
 
@@ -150,7 +181,7 @@ class ResultMasker:
             return self._copy_data(message)
         if kind == m.ROW_DESCRIPTION:
             head, sql = self._answered((_DESCRIBE, _INJECTED))
-            plan = self.masks.plan_for(message, self.catalog, sql or None)
+            plan = self.masks.plan_for(message, self.catalog, sql)
             if head == _DESCRIBE:
                 return message  # a statement or portal described: rows come later
             self._plan = plan
@@ -170,7 +201,8 @@ class ResultMasker:
                 self._plan = _UNKNOWN
                 self._copy = _UNKNOWN
                 if self._queue and self._queue[0][0] != _SIMPLE:
-                    # Extended protocol: the server skips to the next Sync.
+                    # Extended protocol: the server skips everything up to the
+                    # next Sync, a Query sent in between included.
                     while self._queue and self._queue[0][0] != _SYNC:
                         self._queue.popleft()
             return self._mask_fields(message)
@@ -255,7 +287,6 @@ _VALUE_DETAIL_CLASS = "22"
 _REDACTED = "[REDACTED]"
 _KEY_VALUES = re.compile(r"\)=\(.*\)", re.DOTALL)
 _FAILING_ROW = re.compile(r"(Failing row contains )\(.*\)", re.DOTALL)
-_QUOTED = re.compile(r'"([^"]*)"')
 
 
 def _without_values(field: str, text: str, sqlstate: str, known: str) -> str:
@@ -287,15 +318,14 @@ def _unquoted(text: str, known: str) -> str:
     first = text.find('"')
     if first < 0:
         return text
-    if all(not q or q.lower() in known for q in _QUOTED.findall(text)) and (
-        text.count('"') % 2 == 0
-    ):
-        return text
     last = text.rfind('"')
+    quoted = text[first + 1 : last] if last > first else text[first + 1 :]
+    if quoted and quoted.lower() in known:
+        return text
     return text[:first] + f'"{_REDACTED}"' + (text[last + 1 :] if last > first else "")
 
 
-def _text(sql: bytes) -> str | None:
+def _text(sql: bytes) -> str:
     """A statement's text for the lineage (UTF-8 or ASCII-compatible:
     identifiers and keywords are what matter)."""
     try:
