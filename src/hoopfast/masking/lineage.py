@@ -68,13 +68,15 @@ def sources(sql: str) -> Lineage | None:
         return None
     if not trees:
         return None
-    # A CTE's name is no table (a data-modifying one stays a Table to sqlglot).
+    # A name may be a CTE in one place and a table in another: every name
+    # counts as a table here (over-approximation), and a Table source named
+    # like a CTE (a data-modifying one stays a Table to sqlglot) as any of them.
     ctes = frozenset(c.alias for tree in trees for c in tree.find_all(exp.CTE))
     tables = frozenset(
         _table_source(t)
         for tree in trees
         for t in tree.find_all(exp.Table)
-        if _is_plain_table(t, ctes)  # tables, not table functions
+        if isinstance(t.this, exp.Identifier)  # tables, not table functions
     )
     everything = frozenset((schema, table, ANY_COLUMN) for schema, table in tables)
     columns = None
@@ -155,12 +157,15 @@ class _Walk:
         found: set[Source] = set()
         for source in candidates:
             if isinstance(source, exp.Table):
-                if _is_plain_table(source, self.ctes) and not _renames_columns(source):
-                    found.add((*_table_source(source), name))
-                elif _is_plain_table(source, self.ctes):  # AS c(i, n, ...): any column
-                    found.add((*_table_source(source), ANY_COLUMN))
-                else:  # a table function's or a DML CTE's column: any of the tables, at most
+                if not _is_plain_table(source, self.ctes):
+                    # A table function's or a CTE's column: any of the tables, at most.
                     found |= self.anything
+                if not isinstance(source.this, exp.Identifier):
+                    continue
+                if _renames_columns(source):  # AS c(i, n, ...): any column
+                    found.add((*_table_source(source), ANY_COLUMN))
+                else:
+                    found.add((*_table_source(source), name))
             elif isinstance(source, Scope):
                 inner = self.named(source, name, depth + 1)
                 # Not found by name (a *, a column alias list, LATERAL): any
@@ -174,6 +179,8 @@ class _Walk:
         source = _visible(name, scope)
         if isinstance(source, exp.Table) and _is_plain_table(source, self.ctes):
             return {(*_table_source(source), ANY_COLUMN)}
+        if isinstance(source, exp.Table) and isinstance(source.this, exp.Identifier):
+            return {(*_table_source(source), ANY_COLUMN)} | self.anything
         # A subquery's, a CTE's or a table function's row: what it reads, at most.
         return set(self.anything)
 
@@ -250,11 +257,10 @@ def moved(sql: str) -> frozenset[Source] | None:
         return None  # not parsed (PREPARE, EXECUTE, ...): cannot tell
     found: set[Source] = set()
     for tree in trees:
-        ctes = frozenset(c.alias for c in tree.find_all(exp.CTE))
         named: dict[str, tuple[str, str]] = {}
         anything: set[Source] = set()
         for t in tree.find_all(exp.Table):
-            if _is_plain_table(t, ctes):
+            if isinstance(t.this, exp.Identifier):  # a CTE's name counts as a table too
                 named[t.alias_or_name] = _table_source(t)
                 anything.add((*_table_source(t), ANY_COLUMN))
         assigned = {

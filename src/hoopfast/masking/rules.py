@@ -165,13 +165,17 @@ class Masks:
                 f"COPY out of {', '.join(masked)} is refused: it has masked columns "
                 "(read them with SELECT, which masks them)",
             )
-        if "write" in c.classes:
+        # A write, or a setting (set_config, whose value the server may even
+        # report back in a ParameterStatus), would keep what it reads.
+        stores = "write" in c.classes or bool(c.settings)
+        if stores:
             moved = lineage.moved(sql)
             if moved is None or self._rule_for_sources(moved, catalog) is not None:
                 return (
                     "masking:write",
                     f"the statement would store masked values of {', '.join(masked)} "
-                    "where no rule covers them (a write that reads masked columns)",
+                    "where no rule covers them (a write or a setting that reads masked "
+                    "columns)",
                 )
         return None
 
@@ -310,7 +314,12 @@ def _candidates(source: Source, catalog: Catalog) -> list[Column]:
         return [Column(schema, table, name)]
     if name == ANY_COLUMN:
         return [c for cols in tables for c in cols]
-    return [Column(cols[0].schema, table, name) for cols in tables]
+    # The catalog's own column where it has one: it carries the type, for
+    # rules by type (host(ip) follows an inet rule).
+    return [
+        next((c for c in cols if c.name == name), Column(cols[0].schema, table, name))
+        for cols in tables
+    ]
 
 
 _MAX_PLANS = 1024

@@ -50,6 +50,9 @@ CLOSE = ord("C")  # from the client; from the server "C" is CommandComplete
 # From the server, during the relay.
 DATA_ROW = ord("D")
 ROW_DESCRIPTION = ord("T")
+PARSE_COMPLETE = ord("1")
+BIND_COMPLETE = ord("2")
+CLOSE_COMPLETE = ord("3")
 NO_DATA = ord("n")
 COMMAND_COMPLETE = ord("C")
 EMPTY_QUERY = ord("I")

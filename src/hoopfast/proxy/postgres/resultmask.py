@@ -11,11 +11,15 @@ it: the rows that follow are those of exactly that portal, in the result
 formats the Bind asked for. A simple Query sends its RowDescription itself
 (SELECT, FETCH, EXECUTE alike).
 
-To know which RowDescription answers which Describe, the client messages
-that get answers are queued in order (Query and FunctionCall, Describe,
-the injected Describe, Sync) and the server's answers consumed against them:
-ReadyForQuery ends a Query or a Sync; after an ErrorResponse in the extended
-protocol the server skips everything up to Sync, and so does the queue.
+To know which RowDescription answers which Describe, every client message
+that gets an answer is queued in order (Query and FunctionCall, Parse, Bind,
+Close, Describe, the injected Describe, Execute, Sync) and the server's
+answers consumed against them: ParseComplete, BindComplete and
+CloseComplete end theirs, CommandComplete (or EmptyQueryResponse,
+PortalSuspended) an Execute, ReadyForQuery a Query or a Sync. An
+ErrorResponse to an extended-protocol message makes the server skip
+everything up to the next Sync (a Query sent in between included), and so
+does the queue; one inside a Query ends nothing until its ReadyForQuery.
 
 DataRows with no plan known (which the protocol does not allow) end the
 session: the gateway never forwards a row it could not judge.
@@ -39,6 +43,8 @@ _SIMPLE = 0  # Query or FunctionCall: answers up to ReadyForQuery
 _DESCRIBE = 1  # the client's Describe: RowDescription or NoData (after ParameterDescription)
 _INJECTED = 2  # the gateway's Describe: its answer is swallowed
 _SYNC = 3  # ReadyForQuery
+_COMPLETE = 4  # Parse, Bind, Close: ParseComplete, BindComplete, CloseComplete
+_EXECUTE = 5  # Execute: CommandComplete, EmptyQueryResponse or PortalSuspended
 
 #: Client messages the tracker must see.
 CLIENT_TYPES = bytes(
@@ -51,6 +57,9 @@ SERVER_TYPES = bytes(
     [
         m.ROW_DESCRIPTION,
         m.NO_DATA,
+        m.PARSE_COMPLETE,
+        m.BIND_COMPLETE,
+        m.CLOSE_COMPLETE,
         m.DATA_ROW,
         m.COMMAND_COMPLETE,
         m.EMPTY_QUERY,
@@ -119,10 +128,12 @@ class ResultMasker:
                 return message  # malformed: the server refuses it
             portal = message[5:end]
             self._queue.append((_INJECTED, self._portals.get(portal)))
+            self._queue.append((_EXECUTE, None))
             return m.build(m.DESCRIBE, b"P" + message[5 : end + 1]) + message
         elif kind == m.PARSE:
             name_end = message.find(b"\0", 5)
             end = message.find(b"\0", name_end + 1) if name_end >= 0 else -1
+            self._queue.append((_COMPLETE, None))
             if end >= 0:
                 name = message[5:name_end]
                 text = self._statement_text(_text(message[name_end + 1 : end]))
@@ -132,12 +143,16 @@ class ResultMasker:
                     text = None
                 _bounded_set(self._statements, name, text)
         elif kind == m.BIND:
+            self._queue.append((_COMPLETE, None))
             portal_end = message.find(b"\0", 5)
             end = message.find(b"\0", portal_end + 1) if portal_end >= 0 else -1
             if end >= 0:
                 statement = self._statements.get(message[portal_end + 1 : end])
                 _bounded_set(self._portals, message[5:portal_end], statement)
-        elif kind == m.CLOSE and len(message) > 6:
+        elif kind == m.CLOSE:
+            self._queue.append((_COMPLETE, None))
+            if len(message) <= 6:
+                return message
             names = self._statements if message[5:6] == b"S" else self._portals
             names.pop(message[6:-1], None)
         return message
@@ -186,6 +201,10 @@ class ResultMasker:
                 return message  # a statement or portal described: rows come later
             self._plan = plan
             return None if head == _INJECTED else message
+        if kind in (m.PARSE_COMPLETE, m.BIND_COMPLETE, m.CLOSE_COMPLETE):
+            if self._queue and self._queue[0][0] == _COMPLETE:
+                self._queue.popleft()
+            return message
         if kind == m.NO_DATA:
             head, _ = self._answered((_DESCRIBE, _INJECTED))
             if head == _INJECTED:
@@ -195,6 +214,8 @@ class ResultMasker:
         if kind in (m.COMMAND_COMPLETE, m.EMPTY_QUERY, m.PORTAL_SUSPENDED):
             self._plan = _UNKNOWN
             self._copy = _UNKNOWN
+            if self._queue and self._queue[0][0] == _EXECUTE:
+                self._queue.popleft()
             return message
         if kind in (m.ERROR_RESPONSE, m.NOTICE_RESPONSE):
             if kind == m.ERROR_RESPONSE:
