@@ -37,6 +37,9 @@ TYPES_SQL = "SELECT oid, typname FROM pg_catalog.pg_type WHERE typtype IN ('b', 
 
 Row = list[bytes | None]
 
+#: OIDs below this are the system's (FirstNormalObjectId).
+_FIRST_NORMAL_OID = 16384
+
 
 @dataclass(frozen=True)
 class Column:
@@ -78,8 +81,8 @@ class Catalog:
         if not table_oid:
             return None
         col = self.columns.get((table_oid, attnum))
-        if col is None and table_oid not in self.tables:
-            self.stale = True
+        if col is None and table_oid >= _FIRST_NORMAL_OID and table_oid not in self.tables:
+            self.stale = True  # a system catalog (psql's \d) is never in it
         return col
 
     def tables_named(self, name: str) -> list[list[Column]]:

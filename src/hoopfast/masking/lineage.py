@@ -294,20 +294,41 @@ _DECLARE = re.compile(
 _PREPARE = re.compile(rf"\s*PREPARE\s+{_IDENT}\s*(?:\([^)]*\)\s*)?AS\s+(.*)", re.I | re.DOTALL)
 _FETCH = re.compile(rf"\s*(?:FETCH|MOVE)\b.*?{_IDENT}\s*;?\s*$", re.IGNORECASE | re.DOTALL)
 _EXECUTE = re.compile(rf"\s*EXECUTE\s+{_IDENT}\s*(?:\(.*\))?\s*;?\s*$", re.I | re.DOTALL)
+_CLOSE = re.compile(rf"\s*(CLOSE|DEALLOCATE)\s+(?:PREPARE\s+)?(?:ALL\b|{_IDENT})\s*;?\s*$", re.I)
+_DISCARD = re.compile(r"\s*DISCARD\s+(ALL|PLANS)\s*;?\s*$", re.I)
+#: Statements that define or drop a cursor or prepared statement, anywhere in
+#: a text (a text that has one where named_statement does not read it makes
+#: every remembered name unknown).
+NAMING = re.compile(r"\b(?:DECLARE|PREPARE|CLOSE|DEALLOCATE|DISCARD)\b", re.I)
+_LEADING = re.compile(r"(?:\s+|;|--[^\n]*(?:\n|$)|/\*(?:[^*]|\*(?!/))*\*/)*")
 _KEYWORD = re.compile(r"\s*([A-Za-z]+)")
 
 
 def _ident(match: re.Match[str]) -> str:
-    quoted, bare = match.group(1), match.group(2)
-    return quoted.replace('""', '"') if quoted is not None else bare.lower()
+    return _ident_groups(match.group(1), match.group(2))
+
+
+def _ident_groups(quoted: str | None, bare: str | None) -> str:
+    if quoted is not None:
+        return quoted.replace('""', '"')
+    return bare.lower() if bare is not None else ""
 
 
 def named_statement(sql: str) -> tuple[str, str, str | None] | None:
     """What a statement does with a name, read for the lineage: ("cursor",
     name, query) for DECLARE, ("prepared", name, statement) for PREPARE,
     ("fetch", cursor, None) for FETCH/MOVE, ("execute", name, None) for
-    EXECUTE; None for anything else. Not a security decision: a text it
-    misreads leaves the result without a known statement, which masks more."""
+    EXECUTE, ("close" | "deallocate", name or "", None) for CLOSE and
+    DEALLOCATE ("" for ALL), ("discard", "", None) for DISCARD ALL/PLANS;
+    None for anything else. Leading comments are skipped."""
+    sql = sql[_LEADING.match(sql).end() :]  # type: ignore[union-attr]  # always matches
+    match = _DISCARD.match(sql)
+    if match:
+        return "discard", "", None
+    match = _CLOSE.match(sql)
+    if match:
+        name = _ident_groups(match.group(2), match.group(3))
+        return match.group(1).lower(), name, None
     for pattern, kind in ((_DECLARE, "cursor"), (_PREPARE, "prepared")):
         match = pattern.match(sql)
         if match:

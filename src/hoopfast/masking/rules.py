@@ -228,6 +228,7 @@ class Masks:
                 found is not None
                 and sql is not None
                 and lineage.first_keyword(sql) in _NO_DATA_STATEMENTS
+                and core.fingerprint(sql)[1] == 1  # that statement alone
             ):
                 rule = None
             else:

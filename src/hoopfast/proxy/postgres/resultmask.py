@@ -160,21 +160,36 @@ class ResultMasker:
     def _statement_text(self, text: str) -> str | None:
         """The text whose lineage the rows of ``text`` follow: a FETCH's
         is its cursor's query, an EXECUTE's its prepared statement's (None
-        when the gateway did not see that name defined). DECLARE and
-        PREPARE are remembered on the way; the cursor is a portal too."""
+        when the gateway did not see that name defined, or cannot tell which
+        definition stands). DECLARE and PREPARE are remembered on the way
+        (a cursor is a portal too), CLOSE, DEALLOCATE and DISCARD forget."""
         named = lineage.named_statement(text)
         if named is None:
+            if lineage.NAMING.search(text):
+                # Names defined or dropped in a way not read here (several
+                # statements, ...): no remembered text can be trusted.
+                for names in (self._portals, self._statements):
+                    names.update(dict.fromkeys(names))
             return text
         kind, name, body = named
         key = name.encode("utf-8", "surrogateescape")
-        if kind == "cursor":
-            _bounded_set(self._portals, key, body)
-        elif kind == "prepared":
-            _bounded_set(self._statements, key, body)
+        if kind in ("cursor", "prepared"):
+            names = self._portals if kind == "cursor" else self._statements
+            # The server refuses a name in use and keeps the first definition.
+            _bounded_set(names, key, None if key in names else body)
         elif kind == "fetch":
             return self._portals.get(key)
-        else:
+        elif kind == "execute":
             return self._statements.get(key)
+        elif kind == "discard":
+            self._portals.clear()
+            self._statements.clear()
+        else:
+            names = self._statements if kind == "deallocate" else self._portals
+            if name:
+                names.pop(key, None)
+            else:
+                names.clear()
         return text
 
     # -- server -> client -----------------------------------------------------
