@@ -33,8 +33,9 @@ from typing import Any
 
 from hoopfast import core
 from hoopfast.core.abc import MaskPlan
-from hoopfast.masking import lineage
+from hoopfast.masking import copyout, lineage
 from hoopfast.masking.catalog import Catalog
+from hoopfast.masking.copyout import CopyOut
 from hoopfast.masking.rules import Masks
 from hoopfast.proxy.postgres import messages as m
 
@@ -79,6 +80,11 @@ SERVER_TYPES = bytes(
 _TEXT_FIELDS = frozenset("MDHWqstcdn")
 
 
+#: A queued client message: what it waits for, the statement text when known,
+#: and the COPY it stands for when the session turned one into a SELECT.
+_Entry = tuple[int, str | None, CopyOut | None]
+
+
 class Unmaskable(Exception):
     """The server sent something the gateway cannot mask; the session ends."""
 
@@ -95,7 +101,12 @@ class ResultMasker:
         self.masks = masks
         self.catalog = catalog
         #: (what it waits for, the statement text when known), in order.
-        self._queue: deque[tuple[int, str | None]] = deque()
+        self._queue: deque[_Entry] = deque()
+        #: A COPY the session turned into a SELECT (masking.copyout): the
+        #: next Query is that SELECT, and its rows go out as the COPY's.
+        self.pending_copy: CopyOut | None = None
+        #: The COPY being served: (its options, the column names).
+        self._copying: tuple[CopyOut, list[str]] | None = None
         #: Statement texts by prepared-statement name, and by portal name,
         #: so a result can be read with its statement (lineage). Never a
         #: security decision: a stale text can only add masking.
@@ -115,25 +126,26 @@ class ResultMasker:
         Execute gets a Describe of its portal in front)."""
         kind = message[0]
         if kind == m.QUERY:
-            self._queue.append((_SIMPLE, self._statement_text(_text(message[5:-1]))))
+            copy, self.pending_copy = self.pending_copy, None
+            self._queue.append((_SIMPLE, self._statement_text(_text(message[5:-1])), copy))
         elif kind == m.FUNCTION_CALL:
-            self._queue.append((_SIMPLE, None))
+            self._queue.append((_SIMPLE, None, None))
         elif kind == m.SYNC:
-            self._queue.append((_SYNC, None))
+            self._queue.append((_SYNC, None, None))
         elif kind == m.DESCRIBE:
-            self._queue.append((_DESCRIBE, None))
+            self._queue.append((_DESCRIBE, None, None))
         elif kind == m.EXECUTE:
             end = message.find(b"\0", 5)
             if end < 0:
                 return message  # malformed: the server refuses it
             portal = message[5:end]
-            self._queue.append((_INJECTED, self._portals.get(portal)))
-            self._queue.append((_EXECUTE, None))
+            self._queue.append((_INJECTED, self._portals.get(portal), None))
+            self._queue.append((_EXECUTE, None, None))
             return m.build(m.DESCRIBE, b"P" + message[5 : end + 1]) + message
         elif kind == m.PARSE:
             name_end = message.find(b"\0", 5)
             end = message.find(b"\0", name_end + 1) if name_end >= 0 else -1
-            self._queue.append((_COMPLETE, None))
+            self._queue.append((_COMPLETE, None, None))
             if end >= 0:
                 name = message[5:name_end]
                 text = self._statement_text(_text(message[name_end + 1 : end]))
@@ -143,14 +155,14 @@ class ResultMasker:
                     text = None
                 _bounded_set(self._statements, name, text)
         elif kind == m.BIND:
-            self._queue.append((_COMPLETE, None))
+            self._queue.append((_COMPLETE, None, None))
             portal_end = message.find(b"\0", 5)
             end = message.find(b"\0", portal_end + 1) if portal_end >= 0 else -1
             if end >= 0:
                 statement = self._statements.get(message[portal_end + 1 : end])
                 _bounded_set(self._portals, message[5:portal_end], statement)
         elif kind == m.CLOSE:
-            self._queue.append((_COMPLETE, None))
+            self._queue.append((_COMPLETE, None, None))
             if len(message) <= 6:
                 return message
             names = self._statements if message[5:6] == b"S" else self._portals
@@ -200,28 +212,32 @@ class ResultMasker:
         if kind == m.DATA_ROW:
             plan = self._plan
             if plan is None:
-                return message
+                return message if self._copying is None else self._copy_lines(message)
             if isinstance(plan, _NoPlan):
                 raise Unmaskable("data rows without a row description")
             out = plan.apply(message)
             if out is not message:
                 self.masked_batches += 1
+            if self._copying is not None:
+                return self._copy_lines(out)
             return out
         if kind == m.COPY_DATA:
             return self._copy_data(message)
         if kind == m.ROW_DESCRIPTION:
-            head, sql = self._answered((_DESCRIBE, _INJECTED))
+            head, sql, copy = self._answered((_DESCRIBE, _INJECTED))
             plan = self.masks.plan_for(message, self.catalog, sql)
             if head == _DESCRIBE:
                 return message  # a statement or portal described: rows come later
             self._plan = plan
+            if copy is not None:
+                return self._start_copy(copy, message)
             return None if head == _INJECTED else message
         if kind in (m.PARSE_COMPLETE, m.BIND_COMPLETE, m.CLOSE_COMPLETE):
             if self._queue and self._queue[0][0] == _COMPLETE:
                 self._queue.popleft()
             return message
         if kind == m.NO_DATA:
-            head, _ = self._answered((_DESCRIBE, _INJECTED))
+            head, _, _ = self._answered((_DESCRIBE, _INJECTED))
             if head == _INJECTED:
                 self._plan = None  # e.g. a COPY portal: its own messages follow
                 return None
@@ -229,6 +245,8 @@ class ResultMasker:
         if kind in (m.COMMAND_COMPLETE, m.EMPTY_QUERY, m.PORTAL_SUSPENDED):
             self._plan = _UNKNOWN
             self._copy = _UNKNOWN
+            if self._copying is not None and kind == m.COMMAND_COMPLETE:
+                return self._end_copy(message)
             if self._queue and self._queue[0][0] == _EXECUTE:
                 self._queue.popleft()
             return message
@@ -236,6 +254,7 @@ class ResultMasker:
             if kind == m.ERROR_RESPONSE:
                 self._plan = _UNKNOWN
                 self._copy = _UNKNOWN
+                self._copying = None
                 if self._queue and self._queue[0][0] != _SIMPLE:
                     # Extended protocol: the server skips everything up to the
                     # next Sync, a Query sent in between included.
@@ -259,7 +278,7 @@ class ResultMasker:
             self._copy = _UNKNOWN
         return message
 
-    def _answered(self, kinds: tuple[int, ...]) -> tuple[int, str | None]:
+    def _answered(self, kinds: tuple[int, ...]) -> _Entry:
         """The queued message a RowDescription/NoData answers, popped if it
         is a Describe; a Query's for one of its results."""
         queue = self._queue
@@ -269,7 +288,43 @@ class ResultMasker:
             return head
         if queue and queue[0][0] == _SIMPLE:
             return queue[0]
-        return (_SIMPLE, None)
+        return (_SIMPLE, None, None)
+
+    def _start_copy(self, copy: CopyOut, description: bytes) -> bytes:
+        """The SELECT's RowDescription becomes the COPY's CopyOutResponse
+        (text format, every column text), and its header line if asked."""
+        names = [f[0].decode("latin-1") for f in core.decode_row_description(description)]
+        self._copying = (copy, names)
+        out = m.build(
+            m.COPY_OUT_RESPONSE,
+            b"\0" + len(names).to_bytes(2, "big") + b"\0\0" * len(names),
+        )
+        if copy.header:
+            out += m.build(m.COPY_DATA, copyout.header(copy, names).encode("latin-1"))
+        return out
+
+    def _copy_lines(self, rows: bytes) -> bytes:
+        """DataRows (masked) as the COPY's CopyData lines, one per row."""
+        assert self._copying is not None
+        copy, names = self._copying
+        out = []
+        pos = 0
+        while pos < len(rows):
+            end = pos + 1 + int.from_bytes(rows[pos + 1 : pos + 5], "big")
+            values = core.decode_data_row(rows[pos:end])
+            # Latin-1 is byte for byte: the special characters are ASCII in
+            # every client encoding the gateway accepts.
+            text = [None if v is None else v.decode("latin-1") for v in values]
+            out.append(m.build(m.COPY_DATA, copyout.line(copy, text, names).encode("latin-1")))
+            pos = end
+        return b"".join(out)
+
+    def _end_copy(self, complete: bytes) -> bytes:
+        """The SELECT's CommandComplete ("SELECT n") becomes CopyDone and
+        "COPY n"."""
+        self._copying = None
+        rows = complete[5:-1].rsplit(b" ", 1)[-1]
+        return m.build(m.COPY_DONE) + m.build(m.COMMAND_COMPLETE, b"COPY " + rows + b"\0")
 
     def _copy_data(self, message: bytes) -> bytes:
         plan = self._copy

@@ -22,6 +22,7 @@ from hoopfast.config import Connection
 from hoopfast.core import Framer, FramingError, Pump
 from hoopfast.errors import ConfigurationError
 from hoopfast.identity.principal import Principal
+from hoopfast.masking import copyout
 from hoopfast.masking.catalog import CATALOG_SQL, TYPES_SQL, Catalog
 from hoopfast.masking.rules import masks_for
 from hoopfast.policy.access import Access, access_to, roles_of
@@ -577,6 +578,10 @@ class PgSession:
         c = decision.classification
         if self._masker is not None:
             refusal = self._masker.masks.refusal(sql, c, self._masker.catalog)
+            if refusal is not None and refusal[0] == "masking:copy" and parse_name is None:
+                served = self._copy_as_select(sql, c)
+                if served is not None:
+                    return served
             if refusal is not None:
                 return self._refuse(parse_name, Verdict("deny", *refusal))
         if c.deallocates or c.prepares:
@@ -592,6 +597,23 @@ class PgSession:
             for name in c.prepares:
                 self._remember(name, c)
         return c
+
+    def _copy_as_select(self, sql: str, c: Classification) -> bytes | None:
+        """A COPY ... TO STDOUT of masked columns, sent as the equivalent
+        SELECT whose masked rows the masker writes back as the COPY's
+        (hoopfast.masking.copyout); None when it cannot be (then refused)."""
+        assert self._masker is not None
+        if c.statements != 1:
+            return None
+        try:
+            copy = copyout.parse(sql)
+            select = copy.select.encode(self._codec)
+        except (copyout.NotTranslatable, UnicodeEncodeError):
+            return None
+        if not (copy.delimiter + copy.null + copy.quote + copy.escape).isascii():
+            return None  # the lines are written byte for byte (latin-1)
+        self._masker.pending_copy = copy
+        return m.build(m.QUERY, select + b"\0")
 
     def _remember(self, name: str, c: Classification) -> None:
         # If the server refuses a re-PREPARE (the name exists), it keeps the
