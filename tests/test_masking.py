@@ -816,3 +816,33 @@ def test_result_masker_takes_any_sequence(steps: list[tuple[bool, int, int, byte
                 assert isinstance(masker.client_message(message), bytes)
         except (Unmaskable, ValueError):
             pass
+
+
+def test_pg_dump_and_psql_copy_get_masked_data(gw: RunningGateway, cluster: DevCluster) -> None:
+    """pg_dump's COPY ... TO stdout of a masked table, and psql's \\copy, are
+    served masked (from the equivalent SELECT)."""
+    dump = subprocess.run(
+        [str(cluster.bindir / "pg_dump"), "-d", gw.conninfo("masked"), "-t", "customers"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert dump.returncode == 0, dump.stderr
+    assert "COPY public.customers (id, name, email" in dump.stdout
+    assert f"1\tAnn Lee\t{ANN_EMAIL}\t{ANN_CARD}" in dump.stdout
+    for raw in ("ann.lee@example.com", "123-45-6789", "1 Main St"):
+        assert raw not in dump.stdout
+    copy = subprocess.run(
+        [
+            str(cluster.bindir / "psql"),
+            gw.conninfo("masked"),
+            "-X",
+            "-c",
+            "\\copy (SELECT email, address FROM customers ORDER BY id) TO STDOUT WITH CSV",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert copy.returncode == 0, copy.stderr
+    assert copy.stdout.splitlines()[:2] == [f"{ANN_EMAIL},****", "b*@example.org,****"]
