@@ -579,7 +579,7 @@ class PgSession:
         if self._masker is not None:
             refusal = self._masker.masks.refusal(sql, c, self._masker.catalog)
             if refusal is not None and refusal[0] == "masking:copy" and parse_name is None:
-                served = self._copy_as_select(sql, c)
+                served = self._copy_as_select(sql, c, rules)
                 if served is not None:
                     return served
             if refusal is not None:
@@ -598,10 +598,12 @@ class PgSession:
                 self._remember(name, c)
         return c
 
-    def _copy_as_select(self, sql: str, c: Classification) -> bytes | None:
+    def _copy_as_select(self, sql: str, c: Classification, rules: Rules) -> bytes | None:
         """A COPY ... TO STDOUT of masked columns, sent as the equivalent
         SELECT whose masked rows the masker writes back as the COPY's
-        (hoopfast.masking.copyout); None when it cannot be (then refused)."""
+        (hoopfast.masking.copyout); None when it cannot be (then refused).
+        The SELECT is judged on its own too: it must be one statement that
+        only reads, allowed, whatever the COPY's text looked like."""
         assert self._masker is not None
         if c.statements != 1:
             return None
@@ -612,6 +614,13 @@ class PgSession:
             return None
         if not (copy.delimiter + copy.null + copy.quote + copy.escape).isascii():
             return None  # the lines are written byte for byte (latin-1)
+        judged = rules.check(copy.select, self._prepared)
+        if (
+            judged.verdict.action != "allow"
+            or judged.classification.statements != 1
+            or judged.classification.classes != {"read"}
+        ):
+            return None
         self._masker.pending_copy = copy
         return m.build(m.QUERY, select + b"\0")
 
