@@ -254,10 +254,12 @@ def test_detectors_cover_what_no_rule_sees(gw: RunningGateway) -> None:
     and in whole rows, and JSON stays JSON."""
     with opened_connections(gw, "detect_only") as connect:
         conn = connect()
-        upper, doc = conn.execute(
-            "SELECT upper(email), row_to_json(c)::text FROM customers c WHERE id = 1"
+        upper, doc, xml = conn.execute(
+            "SELECT upper(email), row_to_json(c)::text, xmlelement(name e, email) "
+            "FROM customers c WHERE id = 1"
         ).fetchone()  # type: ignore[misc]
     assert upper == "[REDACTED:email]"
+    assert xml == "<e>[REDACTED:email]</e>"  # xml is text to the detectors
     for raw in ("ann.lee@example.com", "123-45-6789"):
         assert raw not in doc
     assert json.loads(doc)["id"] == 1

@@ -39,6 +39,8 @@ log = logging.getLogger("hoopfast.masking")
 
 # Type OIDs (pg_type.dat) whose values the engine treats as text.
 _TEXT_TYPES = frozenset({25, 1043, 1042, 19, 705})  # text varchar bpchar name unknown
+_TEXT = 25
+_XML = 142
 _JSON = 114
 _JSONB = 3802
 _JSON_STRATEGIES = frozenset({"redact", "hash", "null", "default", "detect"})
@@ -290,6 +292,10 @@ class Masks:
 
     def _column_rule(self, chosen: _Rule | None, field: FieldDescription) -> ColumnRule | None:
         type_oid, fmt = field[3], field[6]
+        if type_oid == _XML:
+            # xml's text and binary forms are its text: mask it as text (the
+            # engine knows no xml), so detectors see table_to_xml's output.
+            type_oid = _TEXT
         if chosen is None:
             if self.detectors and (
                 type_oid in _TEXT_TYPES or type_oid == _JSON or (type_oid == _JSONB and fmt == 0)

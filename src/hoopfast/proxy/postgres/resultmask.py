@@ -100,7 +100,7 @@ class ResultMasker:
     def __init__(self, masks: Masks, catalog: Catalog) -> None:
         self.masks = masks
         self.catalog = catalog
-        #: (what it waits for, the statement text when known), in order.
+        #: The client messages whose answers are still to come, in order.
         self._queue: deque[_Entry] = deque()
         #: A COPY the session turned into a SELECT (masking.copyout): the
         #: next Query is that SELECT, and its rows go out as the COPY's.
@@ -111,12 +111,12 @@ class ResultMasker:
         #: so a result can be read with its statement (lineage). Never a
         #: security decision: a stale text can only add masking.
         self._statements: dict[bytes, str | None] = {}
+        self._portals: dict[bytes, str | None] = {}
         #: The text of the statement whose results come now, where known.
         self._last_sql: str | None = None
-        self._portals: dict[bytes, str | None] = {}
         self._plan: MaskPlan | _NoPlan | None = _UNKNOWN
         self._copy: MaskPlan | _NoPlan | None = _UNKNOWN
-        #: Values masked so far (DataRow buffers changed), for the log.
+        #: DataRow buffers in which something was masked, for the session's log line.
         self.masked_batches = 0
 
     # -- client -> server -----------------------------------------------------

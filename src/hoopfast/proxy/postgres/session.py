@@ -753,7 +753,7 @@ class PgSession:
                 await asyncio.wait_for(self.writer.wait_closed(), 5)
         if self.principal is not None:
             log.info(
-                "session %s: %s on %s ended after %.3fs: %s (client sent %d bytes, server %d)",
+                "session %s: %s on %s ended after %.3fs: %s (client sent %d bytes, server %d%s)",
                 self.id,
                 self.principal.subject,
                 self.connection_name,
@@ -761,6 +761,9 @@ class PgSession:
                 self.end_reason,
                 getattr(self._client_pump, "bytes_in", 0),
                 getattr(self._server_pump, "bytes_in", 0),
+                ""
+                if self._masker is None
+                else f"; {self._masker.masked_batches} result buffers masked",
             )
         else:
             log.info("session %s from %s ended: %s", self.id, self.client_address, self.end_reason)
