@@ -17,7 +17,7 @@ import json
 import socket
 import ssl
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -451,10 +451,11 @@ FIXED_SHAPES = frozenset(
 )
 
 
-def _marked(attacks: dict[str, tuple[str, str]], fixed: frozenset[str]) -> list[Any]:
+def _marked(attacks: Mapping[str, tuple[Any, str]], fixed: frozenset[str] = FIXED) -> list[Any]:
+    """One parameter per attack (its first item), marked as a leak unless fixed."""
     return [
-        pytest.param(sql, marks=_mark(name, why, fixed), id=name)
-        for name, (sql, why) in attacks.items()
+        pytest.param(attack, marks=_mark(name, why, fixed), id=name)
+        for name, (attack, why) in attacks.items()
     ]
 
 
@@ -553,13 +554,7 @@ NAMED_TEXT_ATTACKS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
-@pytest.mark.parametrize(
-    "statements",
-    [
-        pytest.param(statements, marks=_mark(name, why), id=name)
-        for name, (statements, why) in NAMED_TEXT_ATTACKS.items()
-    ],
-)
+@pytest.mark.parametrize("statements", _marked(NAMED_TEXT_ATTACKS))
 def test_named_statement_texts(via: Callable[..., Conn], statements: tuple[str, ...]) -> None:
     conn = via()
     assert_masked("\n".join(_run(conn, sql)[0] for sql in statements))
@@ -719,13 +714,7 @@ LEAKING_SEQUENCES: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
-@pytest.mark.parametrize(
-    "statements",
-    [
-        pytest.param(statements, marks=_mark(name, why), id=name)
-        for name, (statements, why) in LEAKING_SEQUENCES.items()
-    ],
-)
+@pytest.mark.parametrize("statements", _marked(LEAKING_SEQUENCES))
 def test_leaking_sequences(via: Callable[..., Conn], statements: tuple[str, ...]) -> None:
     assert_masked(_steps(via(autocommit=False), *statements))
 

@@ -13,7 +13,7 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -208,23 +208,6 @@ MaskStrategy = Literal[
 ]
 
 #: Value detectors (docs/masking.md), in the engine's order.
-DETECTORS: tuple[str, ...] = (
-    "pem_private_key",
-    "jwt",
-    "azure_storage_key",
-    "aws_access_key",
-    "gcp_api_key",
-    "email",
-    "iban",
-    "card",
-    "us_ssn",
-    "uk_nino",
-    "mac",
-    "ipv6",
-    "ipv4",
-    "phone",
-    "secret",
-)
 Detector = Literal[
     "pem_private_key",
     "jwt",
@@ -242,6 +225,7 @@ Detector = Literal[
     "phone",
     "secret",
 ]
+DETECTORS: tuple[str, ...] = get_args(Detector)
 
 _COLUMN_GLOB = re.compile(r"^[^.\s]+(?:\.[^.\s]+){0,2}$")
 
