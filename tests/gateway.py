@@ -5,6 +5,7 @@ buffers) while real clients talk to it over real sockets."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -65,6 +66,17 @@ class RunningGateway:
         if sslmode.startswith("verify"):
             params.setdefault("sslrootcert", str(self.certs.ca_file))
         return make_conninfo(params)
+
+    def asyncpg_kwargs(self, connection: str = "main", user: str = "alice") -> dict[str, Any]:
+        """asyncpg.connect() keyword arguments for ``connection``, as ``user``."""
+        return {
+            "host": self.host,
+            "port": self.port,
+            "user": user,
+            "password": self.token(user),
+            "database": connection,
+            "ssl": ssl.create_default_context(cafile=str(self.certs.ca_file)),
+        }
 
     def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the gateway's loop and return its result."""

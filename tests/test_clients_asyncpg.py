@@ -26,21 +26,10 @@ Connect = Callable[..., Awaitable[asyncpg.Connection]]
 Scenario = Callable[[asyncpg.Connection], Awaitable[Any]]
 
 
-def _gateway_kwargs(gw: RunningGateway, connection: str = "main") -> dict[str, Any]:
-    return {
-        "host": gw.host,
-        "port": gw.port,
-        "user": "alice",
-        "password": gw.token(),
-        "database": connection,
-        "ssl": ssl.create_default_context(cafile=str(gw.certs.ca_file)),
-    }
-
-
 @pytest.fixture
 def via(idle_gateway: RunningGateway) -> Connect:
     async def connect(connection: str = "main", **kw: Any) -> asyncpg.Connection:
-        return await asyncpg.connect(**_gateway_kwargs(idle_gateway, connection), **kw)
+        return await asyncpg.connect(**idle_gateway.asyncpg_kwargs(connection), **kw)
 
     return connect
 
@@ -456,7 +445,7 @@ def test_statement_timeout_setting(via: Connect, direct: Connect) -> None:
 
 def test_pool_parallel_queries(idle_gateway: RunningGateway) -> None:
     async def main() -> None:
-        pool = await asyncpg.create_pool(min_size=2, max_size=4, **_gateway_kwargs(idle_gateway))
+        pool = await asyncpg.create_pool(min_size=2, max_size=4, **idle_gateway.asyncpg_kwargs())
         try:
             assert pool.get_size() == 2
             started = time.monotonic()

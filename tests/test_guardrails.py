@@ -451,14 +451,7 @@ def test_role_in_startup_packet_refused(gw: RunningGateway) -> None:
 
 def test_asyncpg_refusal_keeps_connection(gw: RunningGateway) -> None:
     async def scenario() -> None:
-        conn = await asyncpg.connect(
-            host=gw.host,
-            port=gw.port,
-            user="alice",
-            password=gw.token(),
-            database="ro",
-            ssl=gw_ssl(gw),
-        )
+        conn = await asyncpg.connect(**gw.asyncpg_kwargs("ro"))
         try:
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await conn.execute("DELETE FROM gr_items")
@@ -469,12 +462,6 @@ def test_asyncpg_refusal_keeps_connection(gw: RunningGateway) -> None:
             await conn.close()
 
     asyncio.run(scenario())
-
-
-def gw_ssl(gw: RunningGateway) -> Any:
-    import ssl
-
-    return ssl.create_default_context(cafile=str(gw.certs.ca_file))
 
 
 def test_psql_refusal_message(gw: RunningGateway, cluster: DevCluster) -> None:

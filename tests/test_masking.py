@@ -9,7 +9,6 @@ import hashlib
 import hmac
 import json
 import re
-import ssl
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -510,14 +509,7 @@ def test_asyncpg(gw: RunningGateway) -> None:
     with Bind/Execute only."""
 
     async def main() -> None:
-        conn = await asyncpg.connect(
-            host=gw.host,
-            port=gw.port,
-            user="alice",
-            password=gw.token("alice"),
-            database="masked",
-            ssl=ssl.create_default_context(cafile=str(gw.certs.ca_file)),
-        )
+        conn = await asyncpg.connect(**gw.asyncpg_kwargs("masked"))
         try:
             stmt = await conn.prepare(
                 "SELECT email, ssn, born, ip, notes FROM customers WHERE id = $1"

@@ -564,14 +564,7 @@ def test_asyncpg_cursor_of_expression(gw: RunningGateway) -> None:
     """asyncpg cursors Parse the query itself: the lineage has its text."""
 
     async def main() -> list[Any]:
-        conn = await asyncpg.connect(
-            host=gw.host,
-            port=gw.port,
-            user="alice",
-            password=gw.token("alice"),
-            database="masked",
-            ssl=ssl.create_default_context(cafile=str(gw.certs.ca_file)),
-        )
+        conn = await asyncpg.connect(**gw.asyncpg_kwargs("masked"))
         try:
             async with conn.transaction():
                 cur = await conn.cursor("SELECT upper(address), c::text FROM customers c")
