@@ -342,7 +342,7 @@ LEAKING_SHAPES: dict[str, tuple[str, str]] = {
     "array_type_brackets": (
         "SELECT upper(address), '{1}'::oid[] FROM customers WHERE id = 1",
         "parser differential: the classifier drops the [] of oid[] before sqlglot "
-        "parses (classify._drop_array_type_brackets), lineage.output_sources does not, "
+        "parses (classify._drop_array_type_brackets), lineage.sources did not, "
         "fails to parse, and returns None",
     ),
     "negative_numeric_scale": (

@@ -26,8 +26,7 @@ import re
 import struct
 from collections.abc import Callable, Sequence
 
-#: One column's rule: (strategy, format_code, type_oid, detectors, keep_first, keep_last).
-ColumnRule = tuple[str, int, int, list[str], int, int]
+from hoopfast.core.abc import ColumnRule
 
 STRATEGIES = ("redact", "same_length", "partial", "hash", "null", "default", "fake", "detect")
 
@@ -90,6 +89,20 @@ _EMAIL_FULL = re.compile(DETECTORS[_INDEX["email"]][1])
 TEXT_TYPES = frozenset({25, 1043, 1042, 19, 705})  # text varchar bpchar name unknown
 JSON_TYPES = frozenset({114, 3802})  # json jsonb
 _JSON_STRATEGIES = ("redact", "hash", "null", "default", "detect")
+
+
+def strategy_applies(strategy: str, format_code: int, type_oid: int) -> bool:
+    """Whether ``strategy`` can mask a column of this format and type and
+    still give the client a value its type decoder parses: text strategies
+    need a text type in text format (json: a subset); null and default fit
+    every column."""
+    if strategy in ("null", "default"):
+        return True
+    if format_code != 0:
+        return False
+    if type_oid in JSON_TYPES:
+        return strategy in _JSON_STRATEGIES
+    return type_oid in TEXT_TYPES
 
 
 def _array(elem: int) -> tuple[bytes, bytes]:
@@ -521,22 +534,20 @@ def _compile_rule(rule: object, key: bytes, index: int) -> tuple[Masker, list[in
         if _INDEX[name] not in ids:
             ids.append(_INDEX[name])
     ids.sort()
-    if strategy not in ("null", "default"):
+    if not strategy_applies(strategy, format_code, type_oid):
         if format_code != 0:
             raise ValueError(
                 f"column {index}: a binary-format column can only be masked with null or default"
             )
         if type_oid in JSON_TYPES:
-            if strategy not in _JSON_STRATEGIES:
-                raise ValueError(
-                    f"column {index}: a json column can only be masked with "
-                    "redact, hash, detect, null or default"
-                )
-        elif type_oid not in TEXT_TYPES:
             raise ValueError(
-                f"column {index}: a column of type {type_oid} (not text) can only be "
-                "masked with null or default"
+                f"column {index}: a json column can only be masked with "
+                "redact, hash, detect, null or default"
             )
+        raise ValueError(
+            f"column {index}: a column of type {type_oid} (not text) can only be "
+            "masked with null or default"
+        )
     if strategy in ("hash", "fake") and not key:
         raise ValueError(f"column {index}: the {strategy} strategy needs a non-empty hmac key")
     if strategy == "detect" and not ids:

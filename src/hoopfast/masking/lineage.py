@@ -57,15 +57,22 @@ class Lineage:
     everything: frozenset[Source]
 
 
-def sources(sql: str) -> Lineage | None:
-    """The lineage of ``sql``; None when it cannot be read."""
+def _parse(sql: str) -> list[exp.Expr] | None:
+    """The statements of ``sql`` with identifiers folded as PostgreSQL folds
+    them; None when sqlglot cannot read the text (or it has ``U&"..."``
+    identifiers, which sqlglot does not decode)."""
     if _UNICODE_IDENTIFIER.search(sql):
         return None
     try:
         trees = [t for t in sqlglot.parse(sql, read="postgres") if t is not None]
-        trees = [normalize_identifiers(t, dialect="postgres") for t in trees]
+        return [normalize_identifiers(t, dialect="postgres") for t in trees]
     except (SqlglotError, RecursionError, ValueError):
         return None
+
+
+def sources(sql: str) -> Lineage | None:
+    """The lineage of ``sql``; None when it cannot be read."""
+    trees = _parse(sql)
     if not trees:
         return None
     # A name may be a CTE in one place and a table in another: every name
@@ -83,13 +90,6 @@ def sources(sql: str) -> Lineage | None:
     if len(trees) == 1 and isinstance(trees[0], exp.Query):
         columns = _query_columns(trees[0], tables, ctes)
     return Lineage(columns, everything)
-
-
-def output_sources(sql: str) -> list[frozenset[Source]] | None:
-    """Per output column, in order, the columns it is computed from; None
-    when that cannot be told by position."""
-    lineage = sources(sql)
-    return None if lineage is None else lineage.columns
 
 
 def _query_columns(
@@ -246,14 +246,8 @@ def moved(sql: str) -> frozenset[Source] | None:
     filter) and outside the columns an UPDATE assigns; a ``*`` or a
     whole-row reference stands for any column of every table. None when
     the text cannot be read. Over-approximates, like everything here."""
-    if _UNICODE_IDENTIFIER.search(sql):
-        return None
-    try:
-        trees = [t for t in sqlglot.parse(sql, read="postgres") if t is not None]
-        trees = [normalize_identifiers(t, dialect="postgres") for t in trees]
-    except (SqlglotError, RecursionError, ValueError):
-        return None
-    if any(isinstance(t, exp.Command) for t in trees):
+    trees = _parse(sql)
+    if trees is None or any(isinstance(t, exp.Command) for t in trees):
         return None  # not parsed (PREPARE, EXECUTE, ...): cannot tell
     found: set[Source] = set()
     for tree in trees:

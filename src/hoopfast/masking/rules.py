@@ -27,6 +27,7 @@ from typing import Any
 
 from hoopfast import core
 from hoopfast.config import DETECTORS, Masking, MaskRule
+from hoopfast.core._mask import TEXT_TYPES, strategy_applies
 from hoopfast.core.abc import ColumnRule, FieldDescription
 from hoopfast.core.abc import MaskPlan as MaskPlanType
 from hoopfast.masking import lineage
@@ -37,14 +38,9 @@ from hoopfast.policy.guard import RESHAPING, STATISTICS_VIEWS
 
 log = logging.getLogger("hoopfast.masking")
 
-# Type OIDs (pg_type.dat) whose values the engine treats as text.
-_TEXT_TYPES = frozenset({25, 1043, 1042, 19, 705})  # text varchar bpchar name unknown
 _TEXT = 25
 _XML = 142
 _JSON = 114
-_JSONB = 3802
-_JSON_STRATEGIES = frozenset({"redact", "hash", "null", "default", "detect"})
-_ANY_TYPE = frozenset({"null", "default"})
 
 #: Built-in type names rules may use without a catalog lookup (and aliases
 #: as people write them).
@@ -86,8 +82,6 @@ class Masks:
     """Masking for one person on one connection."""
 
     def __init__(self, masking: Masking, roles: tuple[str, ...], key: bytes) -> None:
-        self.masking = masking
-        self.roles = roles
         self.key = key
         self._rules = [
             _Rule(
@@ -199,12 +193,9 @@ class Masks:
         if entry is None:
             fields = core.decode_row_description(row_description)
             chosen = [self._chosen(f, catalog) for f in fields]
-            columns = [self._column_rule(r, f) for r, f in zip(chosen, fields, strict=True)]
+            columns = [self._column_rule(r, f) for (r, _), f in zip(chosen, fields, strict=True)]
             # Fields with no source column and no rule: lineage may find one.
-            open_ = tuple(
-                i for i, (f, r) in enumerate(zip(fields, chosen, strict=True))
-                if r is None and catalog.column(f[1], f[2]) is None
-            )  # fmt: skip
+            open_ = tuple(i for i, (r, sourced) in enumerate(chosen) if r is None and not sourced)
             entry = (self._compile(columns), fields, columns, open_ if self._rules else ())
             self._remember(self._plans, row_description, entry)
         plan, fields, columns, open_ = entry
@@ -261,9 +252,10 @@ class Masks:
             cache.clear()
         cache[key] = value
 
-    def _chosen(self, field: FieldDescription, catalog: Catalog) -> _Rule | None:
+    def _chosen(self, field: FieldDescription, catalog: Catalog) -> tuple[_Rule | None, bool]:
         """The rule covering a field by its source column (or, with none,
-        its name), else by its type."""
+        its name), else by its type; and whether the catalog knows the
+        field's source column."""
         name, table_oid, attnum, type_oid = field[:4]
         source = catalog.column(table_oid, attnum)
         if source is None:
@@ -271,15 +263,15 @@ class Masks:
             by_name = Column("", "", name.decode("utf-8", "replace"))
             for r in self._rules:
                 if any(len(g) == 1 and _matches(g, by_name) for g in r.globs):
-                    return r
+                    return r, False
         else:
             for r in self._rules:
                 if any(_matches(g, source) for g in r.globs):
-                    return r
+                    return r, True
         for r in self._rules:
             if any(_type_oid(t, catalog) == type_oid for t in r.rule.types):
-                return r
-        return None
+                return r, source is not None
+        return None, source is not None
 
     def _rule_for_sources(self, sources: frozenset[Source], catalog: Catalog) -> _Rule | None:
         """The first rule covering any column a computed field reads, by a
@@ -296,16 +288,14 @@ class Masks:
             # xml's text and binary forms are its text: mask it as text (the
             # engine knows no xml), so detectors see table_to_xml's output.
             type_oid = _TEXT
+        fmt = _engine_format(type_oid, fmt)
         if chosen is None:
-            if self.detectors and (
-                type_oid in _TEXT_TYPES or type_oid == _JSON or (type_oid == _JSONB and fmt == 0)
-            ):
-                return ("detect", _engine_format(type_oid, fmt), type_oid, self.detectors, 0, 0)
+            if self.detectors and strategy_applies("detect", fmt, type_oid):
+                return ("detect", fmt, type_oid, self.detectors, 0, 0)
             return None
         rule = chosen.rule
-        fmt = _engine_format(type_oid, fmt)
         strategy = rule.strategy
-        if not _applies(strategy, fmt, type_oid):
+        if not strategy_applies(strategy, fmt, type_oid):
             strategy = rule.fallback
         return (strategy, fmt, type_oid, list(chosen.detectors), rule.keep_first, rule.keep_last)
 
@@ -336,17 +326,7 @@ _NO_DATA_STATEMENTS = frozenset({"EXPLAIN", "SHOW"})
 
 def _engine_format(type_oid: int, fmt: int) -> int:
     """Binary text and json values are the text bytes: mask them as text."""
-    return 0 if type_oid in _TEXT_TYPES or type_oid == _JSON else fmt
-
-
-def _applies(strategy: str, fmt: int, type_oid: int) -> bool:
-    if strategy in _ANY_TYPE:
-        return True
-    if fmt != 0:
-        return False
-    if type_oid in _TEXT_TYPES:
-        return True
-    return type_oid in (_JSON, _JSONB) and strategy in _JSON_STRATEGIES
+    return 0 if type_oid in TEXT_TYPES or type_oid == _JSON else fmt
 
 
 def _type_oid(name: str, catalog: Catalog) -> int:
