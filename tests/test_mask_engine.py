@@ -532,3 +532,10 @@ def test_bench_apply(benchmark: Any, plan_cls: Any) -> None:
     assert decoded[0][3] == NOTES[0]
     benchmark.extra_info["MB"] = len(BENCH_ROWS) / 1e6
     benchmark.extra_info["MB/s (first run)"] = len(BENCH_ROWS) / 1e6 / elapsed
+
+
+def test_config_names_the_engines_detectors() -> None:
+    """The TOML schema's detector names are the engine's, in its order."""
+    from hoopfast.config import DETECTORS
+
+    assert DETECTORS == _mask.DETECTOR_NAMES
