@@ -298,11 +298,14 @@ class Gateway:
         *,
         guardrails: bool = True,
         name: str = "gateway",
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.workdir = workdir
         self.config = config
         self.impl = impl
         self.guardrails = guardrails
+        self.name = name
+        self.extra_env = extra_env or {}
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_file = workdir / f"{name}.log"
@@ -322,7 +325,11 @@ class Gateway:
             HOOPFAST_ALLOW_CLEARTEXT_WITHOUT_TLS="1",
             HOOPFAST_LOG_LEVEL="WARNING",
             HOOPFAST_GUARDRAILS="true" if self.guardrails else "false",
+            # Each gateway its own spool (they share the state store); no API.
+            HOOPFAST_SPOOL_DIR=str(self.workdir / f"{self.name}-spool"),
+            HOOPFAST_API_LISTEN="off",
         )
+        env.update(self.extra_env)
         if self.impl:
             env["HOOPFAST_IMPL"] = self.impl
         return env

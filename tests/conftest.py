@@ -129,6 +129,7 @@ def make_settings(
         values: dict[str, Any] = {
             "config": gateway_config,
             "pg_listen": "127.0.0.1:0",
+            "api_listen": "127.0.0.1:0",
             "state_dir": state_dir,
             "tls_cert_file": certs.cert_file,
             "tls_key_file": certs.key_file,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ from hoopfast.devtls import CertFiles
 from hoopfast.identity.devissuer import DevIssuer
 from hoopfast.identity.tokens import TokenValidator
 from hoopfast.proxy.postgres.server import PgGateway
+from hoopfast.serve import Runtime, start_runtime
 from hoopfast.settings import Settings
 
 T = TypeVar("T")
@@ -36,7 +38,13 @@ class RunningGateway:
     loop: asyncio.AbstractEventLoop
     issuer: DevIssuer
     certs: CertFiles
+    runtime: Runtime
     host: str = "127.0.0.1"
+
+    @property
+    def api_url(self) -> str:
+        assert self.runtime.api is not None
+        return f"https://{self.host}:{self.runtime.api.port}"
 
     @property
     def port(self) -> int:
@@ -109,26 +117,29 @@ def run_gateway(
     loop = uvloop.new_event_loop()
     config = load_config(settings.config)
     validator = TokenValidator(config.identity)
-    gateway = PgGateway(settings, config, validator)
-    ready: Future[None] = Future()
+    if settings.spool_dir is None:
+        # Each gateway its own spool (as each replica has); the store is shared.
+        spool = tempfile.mkdtemp(prefix="spool-", dir=settings.state_dir)
+        settings = settings.model_copy(update={"spool_dir": Path(spool)})
+    ready: Future[Runtime] = Future()
 
     def main() -> None:
         asyncio.set_event_loop(loop)
         try:
-            loop.run_until_complete(gateway.start())
+            runtime = loop.run_until_complete(start_runtime(settings, config, validator))
         except BaseException as e:
             ready.set_exception(e)
             return
-        ready.set_result(None)
+        ready.set_result(runtime)
         loop.run_forever()
 
     thread = threading.Thread(target=main, name="gateway", daemon=True)
     thread.start()
-    ready.result(10)
+    runtime = ready.result(20)
     try:
-        yield RunningGateway(gateway, loop, issuer, certs)
+        yield RunningGateway(runtime.gateway, loop, issuer, certs, runtime)
     finally:
-        asyncio.run_coroutine_threadsafe(gateway.close(), loop).result(20)
+        asyncio.run_coroutine_threadsafe(runtime.close(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
@@ -137,6 +148,8 @@ def run_gateway(
 
 #: Roles of the test configuration: the default token's group holds "analyst".
 TEST_ROLES = {"analyst": {"groups": ["analysts"]}, "auditor": {"groups": ["auditors"]}}
+#: Who reads trails in the test configuration.
+TEST_AUDIT = {"roles": ["auditor"]}
 
 
 #: The grant of connections that do not name one: an application's, with
@@ -158,6 +171,7 @@ def write_config(
         jwks_file,
         {name: {"grants": {"analyst": APP_GRANT}, **conn} for name, conn in connections.items()},
         roles if roles is not None else TEST_ROLES,
+        audit=TEST_AUDIT if roles is None else None,
     )
 
 

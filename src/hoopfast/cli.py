@@ -1,5 +1,5 @@
 """The ``hoopfast`` command: serve · check-config · token · version · demo · login · connect
-· logout."""
+· logout · audit."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hoopfast import __version__
+from hoopfast.auditcli import add_audit_parser
 from hoopfast.config import load_config, parse_duration
 from hoopfast.errors import ConfigurationError
 from hoopfast.settings import Settings
@@ -339,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     _login_selection(logout)
     logout.add_argument("--all", action="store_true", help="forget every stored token")
     logout.set_defaults(func=cmd_logout)
+    add_audit_parser(sub)
     return parser
 
 

@@ -389,10 +389,22 @@ def _check_provider_url(name: str, url: str) -> None:
     raise ValueError(f"{name} must be an https:// URL (http:// only for localhost): {url!r}")
 
 
+class Audit(_Strict):
+    """Who reads session trails. Segregation of duties: only these roles,
+    and (unless allowed here) never a trail of one's own sessions."""
+
+    #: Roles whose holders may list, export and replay trails. None by
+    #: default: nobody reads a trail until the configuration names auditors.
+    roles: list[str] = Field(default_factory=list)
+    #: Whether an auditor may read the trail of a session they ran themselves.
+    read_own_sessions: bool = False
+
+
 class GatewayConfig(_Strict):
     identity: Identity
     roles: dict[ConnectionName, Role] = Field(default_factory=dict)
     connections: dict[ConnectionName, Connection] = Field(min_length=1)
+    audit: Audit = Field(default_factory=Audit)
 
     @model_validator(mode="after")
     def _grants_name_roles(self) -> GatewayConfig:
@@ -414,6 +426,9 @@ class GatewayConfig(_Strict):
         ]
         if unknown:
             raise ValueError(f"masking rules name roles that are not defined: {', '.join(unknown)}")
+        unknown = [role for role in self.audit.roles if role not in self.roles]
+        if unknown:
+            raise ValueError(f"audit.roles names roles that are not defined: {', '.join(unknown)}")
         return self
 
 

@@ -31,6 +31,7 @@ def write_gateway_config(
     connections: Mapping[str, Mapping[str, Any]],
     roles: Mapping[str, Mapping[str, Any]],
     *,
+    audit: Mapping[str, Any] | None = None,
     header: str = "",
 ) -> Path:
     """A config trusting the development issuer (its JWKS file), with the
@@ -43,6 +44,10 @@ def write_gateway_config(
         f"jwks_file = {toml_value(jwks_file)}",
         "",
     ]
+    if audit:
+        lines.append("[audit]")
+        lines.extend(f"{key} = {toml_value(value)}" for key, value in audit.items())
+        lines.append("")
     for section, tables in (("roles", roles), ("connections", connections)):
         for name, table in tables.items():
             lines.append(f"[{section}.{name}]")

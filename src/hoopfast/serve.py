@@ -7,12 +7,19 @@ import contextlib
 import logging
 import os
 import signal
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from hoopfast.config import load_config
+from hoopfast.config import GatewayConfig, load_config
+from hoopfast.errors import ConfigurationError
 from hoopfast.identity.tokens import TokenValidator
 from hoopfast.proxy.postgres.server import PgGateway
-from hoopfast.settings import Settings
+from hoopfast.recording.chain import Signer
+from hoopfast.recording.recorder import Recorder, RecorderOptions
+from hoopfast.settings import Settings, parse_hostport
+from hoopfast.store import Store, StoreError, open_store
+from hoopfast.telemetry import Metrics, Tracing
 
 log = logging.getLogger("hoopfast")
 
@@ -24,11 +31,105 @@ def install_event_loop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+@dataclass
+class Runtime:
+    """Everything one gateway process runs, started in dependency order
+    (store, recorder, listener, API) and stopped in reverse."""
+
+    gateway: PgGateway
+    store: Store
+    recorder: Recorder | None
+    api: Any = None
+
+    async def close(self) -> None:
+        await self.gateway.close()
+        if self.api is not None:
+            await self.api.close()
+        if self.recorder is not None:
+            await self.recorder.close()
+        await self.store.close()
+        self.gateway.tracing.shutdown()
+
+
+async def start_runtime(
+    settings: Settings, config: GatewayConfig, validator: TokenValidator
+) -> Runtime:
+    try:
+        store = open_store(settings.store, settings.state_dir)
+    except ValueError as e:
+        raise ConfigurationError(f"HOOPFAST_STORE: {e}") from None
+    try:
+        await store.open()
+    except StoreError as e:
+        raise ConfigurationError(f"cannot open the state store: {e}") from None
+    try:
+        tracing = Tracing.from_env()
+    except ValueError as e:
+        await store.close()
+        raise ConfigurationError(f"OpenTelemetry settings: {e}") from None
+    metrics = Metrics()
+    recorder = None
+    try:
+        if settings.recording:
+            key_file = settings.recording_key_file or settings.state_dir / "recording-key.pem"
+            try:
+                signer = Signer.load_or_create(key_file)
+            except (OSError, ValueError) as e:
+                raise ConfigurationError(f"recording key {key_file}: {e}") from None
+            recorder = Recorder(
+                store,
+                settings.spool_dir or settings.state_dir / "spool",
+                signer,
+                RecorderOptions(
+                    fsync=settings.spool_fsync,
+                    fsync_interval=settings.spool_fsync_interval,
+                    max_bytes=settings.spool_max_bytes,
+                    segment_bytes=settings.spool_segment_bytes,
+                    flush_interval=settings.store_flush_interval,
+                    on_full=settings.recording_on_full,
+                    on_spool_size=metrics.set_recording_spool_bytes,
+                    on_store_error=metrics.recording_store_error,
+                ),
+            )
+            await recorder.start()
+        gateway = PgGateway(settings, config, validator)
+        gateway.recorder = recorder
+        gateway.metrics = metrics
+        gateway.tracing = tracing
+        await gateway.start()
+        runtime = Runtime(gateway, store, recorder)
+        if settings.api_listen != "off":
+            from hoopfast.api.app import create_app
+            from hoopfast.api.server import start_api
+
+            host, port = parse_hostport(settings.api_listen)
+            app = create_app(store, validator, lambda: gateway.config, metrics.render)
+            runtime.api = await start_api(
+                app,
+                host,
+                port,
+                ssl_certfile=settings.tls_cert_file,
+                ssl_keyfile=settings.tls_key_file,
+            )
+    except BaseException:
+        if recorder is not None:
+            await recorder.close()
+        await store.close()
+        tracing.shutdown()
+        raise
+    return runtime
+
+
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     config = load_config(settings.config)
     validator = TokenValidator(config.identity)
-    gateway = PgGateway(settings, config, validator)
-    await gateway.start()
+    runtime = await start_runtime(settings, config, validator)
+    gateway = runtime.gateway
+    if not settings.recording:
+        log.critical(
+            "HOOPFAST_RECORDING is off: sessions are NOT RECORDED "
+            "(this setting exists to measure the recorder's cost, not for use)"
+        )
     if not settings.guardrails:
         log.critical(
             "HOOPFAST_GUARDRAILS is off: statements reach the databases UNCHECKED "
@@ -36,6 +137,10 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         )
     host, _ = settings.pg_listen_address
     log.info("listening for PostgreSQL clients on %s:%d", host, gateway.port)
+    if runtime.api is not None:
+        log.info(
+            "admin API on %s port %d", settings.api_listen.rpartition(":")[0], runtime.api.port
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -56,7 +161,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-        await gateway.close()
+        await runtime.close()
         validator.close()
 
 

@@ -8,6 +8,7 @@ gateway connects to and who may do what lives in the TOML file that
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -72,12 +73,53 @@ class Settings(BaseSettings):
     #: reloads it, as SIGHUP does); 0 turns the check off.
     config_poll_interval: float = Field(default=2.0, ge=0)
 
+    #: The state store (reviews, recordings): ``sqlite:`` (state_dir/hoopfast.db),
+    #: ``sqlite:///path``, or ``postgresql://...`` when several replicas share it.
+    store: str = "sqlite:"
+    #: The HTTP admin API (audit, metrics) binds here; "off" runs none.
+    api_listen: str = "127.0.0.1:8080"
+
+    #: Session recording. Off ONLY to measure what it costs (bench/): with it
+    #: off nothing is recorded, and the gateway says so loudly at start.
+    recording: bool = True
+    #: Result rows and bytes (as the client saw them) kept per statement, and
+    #: result bytes kept per session; past a cap the rest is counted, not kept.
+    record_result_rows: int = Field(default=100, ge=0)
+    record_result_bytes: int = Field(default=64 * 1024, ge=0)
+    record_session_result_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
+    #: The local spool recordings pass through on their way to the store
+    #: (default: state_dir/spool).
+    spool_dir: Path | None = None
+    #: When spool writes reach the disk: "always" (fsync before the client
+    #: sees the statement's result), "batch" (fsync every spool_fsync_interval;
+    #: a kill loses nothing, a power cut at most that long), "off" (the OS decides).
+    spool_fsync: Literal["always", "batch", "off"] = "batch"
+    spool_fsync_interval: float = Field(default=0.2, gt=0)
+    #: Bytes the spool may hold that the store has not taken yet.
+    spool_max_bytes: int = Field(default=1 << 30, ge=1 << 16)
+    spool_segment_bytes: int = Field(default=16 << 20, ge=1 << 12)
+    #: With the spool full: "refuse" new statements (fail closed), or
+    #: "continue" unrecorded (logged loudly, counted in metrics).
+    recording_on_full: Literal["refuse", "continue"] = "refuse"
+    #: Seconds between moves from the spool to the store.
+    store_flush_interval: float = Field(default=0.2, gt=0)
+    #: Ed25519 private key (PEM) that signs sealed sessions (default:
+    #: state_dir/recording-key.pem, created on first start).
+    recording_key_file: Path | None = None
+
     log_level: str = "INFO"
 
     @field_validator("pg_listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
         parse_hostport(value)
+        return value
+
+    @field_validator("api_listen")
+    @classmethod
+    def _check_api_listen(cls, value: str) -> str:
+        if value != "off":
+            parse_hostport(value)
         return value
 
     @property

@@ -10,14 +10,17 @@ import secrets
 import ssl
 from pathlib import Path
 
-from hoopfast.config import Connection, GatewayConfig, load_config
+from hoopfast import core
+from hoopfast.config import DETECTORS, Connection, GatewayConfig, load_config
 from hoopfast.errors import ConfigurationError
 from hoopfast.identity.tokens import TokenValidator
 from hoopfast.masking.catalog import CatalogCache
 from hoopfast.policy.guard import Policy
 from hoopfast.proxy.postgres import upstream
 from hoopfast.proxy.postgres.session import PgSession
+from hoopfast.recording.recorder import Recorder
 from hoopfast.settings import Settings
+from hoopfast.telemetry import Metrics, Tracing
 
 log = logging.getLogger("hoopfast.server")
 
@@ -52,6 +55,13 @@ class PgGateway:
         # The masking key when the configuration names none: masked values
         # join within this process only.
         self._process_mask_key = secrets.token_bytes(32)
+        #: Where sessions record their trails; None only with recording off.
+        self.recorder: Recorder | None = None
+        self.metrics = Metrics()
+        #: Off unless OTEL_TRACES_EXPORTER says otherwise (hoopfast.serve).
+        self.tracing = Tracing(None)
+        #: Bound parameter values reach the trail through every detector.
+        self.param_mask = core.MaskPlan([], self._process_mask_key, list(DETECTORS))
 
     def mask_key(self, connection: Connection) -> bytes:
         """The HMAC key of the hash and fake strategies on ``connection``.

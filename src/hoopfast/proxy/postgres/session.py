@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import secrets
 import ssl
 import time
@@ -28,6 +29,7 @@ from hoopfast.masking.rules import masks_for
 from hoopfast.policy.access import Access, access_to, roles_of
 from hoopfast.policy.classify import Classification
 from hoopfast.policy.guard import (
+    ALLOW,
     CLIENT_ENCODINGS,
     Rules,
     Verdict,
@@ -36,9 +38,12 @@ from hoopfast.policy.guard import (
     merge,
 )
 from hoopfast.proxy.postgres import messages as m
-from hoopfast.proxy.postgres import params, resultmask, startup, upstream
+from hoopfast.proxy.postgres import params, resultmask, startup, trail, upstream
 from hoopfast.proxy.postgres.resultmask import ResultMasker, Unmaskable
+from hoopfast.proxy.postgres.trail import Statement, Trail
 from hoopfast.proxy.postgres.upstream import Upstream, UpstreamError, UpstreamRefused
+from hoopfast.recording.recorder import RecordingUnavailable, SessionRecording
+from hoopfast.telemetry import NOOP_SESSION_SPAN, SessionSpan
 
 if TYPE_CHECKING:
     from hoopfast.proxy.postgres.server import PgGateway
@@ -52,6 +57,8 @@ _NOT_FORWARDED = frozenset({"user", "database", "replication"})
 # from the client, every message that carries SQL (or runs a function).
 _CLIENT_INTERCEPT = bytes([m.TERMINATE, m.QUERY, m.PARSE, m.FUNCTION_CALL])
 _CLIENT_INTERCEPT_UNGUARDED = bytes([m.TERMINATE])  # HOOPFAST_GUARDRAILS=false
+#: Messages that start running SQL: refused while the trail cannot be written.
+_STATEMENTS = frozenset({m.QUERY, m.PARSE, m.BIND, m.FUNCTION_CALL})
 _SERVER_INTERCEPT = bytes([m.ERROR_RESPONSE, m.NOTIFICATION_RESPONSE])
 # Masked sessions get DataRows and CopyData a chunk's worth at a time.
 _SERVER_BATCH = bytes([m.DATA_ROW, m.COPY_DATA])
@@ -66,7 +73,8 @@ class PgSession:
         self.writer = writer
         peer = writer.get_extra_info("peername")
         self.client_address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.id = secrets.token_hex(6)
+        #: Unique across replicas and restarts: recordings are keyed by it.
+        self.id = secrets.token_hex(12)
         self.principal: Principal | None = None
         self.connection_name = ""
         self.connection: Connection | None = None
@@ -107,6 +115,16 @@ class PgSession:
         #: session ignores: COPY out of masked tables is refused there).
         self._guarded = True
         self._client_types = _CLIENT_INTERCEPT
+        #: The audit trail of this session (None when recording is off).
+        self._recording: SessionRecording | None = None
+        self._trail: Trail | None = None
+        #: The last statement judged: its verdict and its text, for the trail.
+        self._verdict: Verdict = Verdict("allow")
+        self._sql: str | None = None
+        self.application_name = ""
+        self.tls: dict[str, str] | None = None
+        self._span: SessionSpan = NOOP_SESSION_SPAN
+        self._counted = False
 
     # -- phase 1 ----------------------------------------------------------
 
@@ -232,6 +250,8 @@ class PgSession:
         except TimeoutError:
             raise UpstreamError("08001", "timed out connecting to the upstream database") from None
         await self._start_masking(conn, access)
+        self.application_name = request.params.get("application_name", "")
+        self._start_recording(request.tls)
         self.pid, self.secret = gw.register(self)
         up = self.upstream
         self.writer.write(
@@ -286,6 +306,87 @@ class PgSession:
         )
         self._masker = ResultMasker(masks, catalog)
 
+    def _start_recording(self, tls: bool) -> None:
+        """Open this session's audit trail and its trace span; no trail, no
+        session (fail closed) unless the gateway runs with recording off."""
+        gw = self.gateway
+        principal = self.principal
+        assert principal is not None
+        self._span = gw.tracing.start_session(
+            self.id,
+            principal.subject,
+            self.connection_name,
+            self.client_address,
+            self.application_name or None,
+        )
+        gw.metrics.session_started(self.connection_name)
+        self._counted = True
+        recorder = gw.recorder
+        if recorder is None and not self._span.recording:
+            return
+        if tls:
+            ssl_object = self.writer.get_extra_info("ssl_object")
+            if ssl_object is not None:
+                cipher = ssl_object.cipher()
+                self.tls = {
+                    "version": ssl_object.version() or "",
+                    "cipher": cipher[0] if cipher else "",
+                }
+        trace_id, span_id = self._span.context_ids()
+        try:
+            if recorder is not None:
+                self._recording = recorder.open_session(
+                    self.id,
+                    principal.subject,
+                    self.connection_name,
+                    {
+                        "groups": list(principal.groups),
+                        "token_id": principal.token_id,
+                        "client_address": self.client_address,
+                        "application_name": self.application_name,
+                        "tls": self.tls,
+                        "roles": list(self.access.roles) if self.access else [],
+                        "trace_id": trace_id,
+                        "span_id": span_id,
+                    },
+                )
+        except RecordingUnavailable as e:
+            if self.gateway.settings.recording_on_full == "refuse":
+                raise startup.StartupRefused(
+                    m.fatal("53000", f"the session cannot be recorded: {e}"),
+                    "recording unavailable",
+                ) from None
+            log.critical("session %s: running UNRECORDED: %s", self.id, e)
+            return
+        settings = self.gateway.settings
+        self._trail = Trail(
+            self._codec,
+            trail.Caps(
+                settings.record_result_rows,
+                settings.record_result_bytes,
+                settings.record_session_result_bytes,
+            ),
+            self.gateway.param_mask.mask_text,
+            self._statement_done,
+        )
+
+    def _statement_done(self, st: Statement) -> None:
+        """A statement's answer is complete (its last message not yet
+        forwarded): into the trail, the trace and the metrics."""
+        verdict = st.verdict.action
+        recording = self._recording
+        if recording is not None and st.verdict is not _RECORDING_FULL:
+            # (A statement refused because the spool is full never ran, and
+            # recording it would only grow the spool.)
+            recording.statement(verdict, st.event(recording.statements + 1))
+        sqlstate = st.error["sqlstate"] if st.error else None
+        self._span.statement(
+            verdict, st.verdict.rule, st.rows, st.server_bytes, st.duration, sqlstate, None
+        )
+        self.gateway.metrics.statement(
+            self.connection_name, verdict, st.duration, 0, st.server_bytes
+        )
+
     # -- phase 2 ------------------------------------------------------------
 
     async def _relay(self) -> None:
@@ -321,6 +422,11 @@ class PgSession:
         if self._masker is not None:
             self._client_types += resultmask.CLIENT_TYPES
             server_types += resultmask.SERVER_TYPES
+        if self._trail is not None:
+            if not self._guarded:
+                self._client_types = _CLIENT_INTERCEPT
+            self._client_types += trail.CLIENT_TYPES
+            server_types += trail.SERVER_TYPES
         self._client_pump = Pump(
             Framer(max_message, self._client_types),
             self,
@@ -329,6 +435,8 @@ class PgSession:
         )
         if self._guarded:
             self._use_fast_path()
+        if self._trail is not None:
+            self._trail.server_bytes = lambda: self._server_pump.bytes_in
         self._server_pump = Pump(
             Framer(max_message, server_types, _SERVER_BATCH), self, FramingError
         )
@@ -381,6 +489,8 @@ class PgSession:
         pump writes it together with the rest of the chunk)."""
         if pump is self._client_pump:
             forward = self._client_message(type_code, message)
+            if self._trail is not None:
+                self._trail_client(type_code, message)
             if forward and self._masker is not None:
                 forward = self._masker.client_message(forward)
             return forward
@@ -398,7 +508,7 @@ class PgSession:
             message = self._notification(message)
         if self._masker is not None:
             try:
-                return self._masker.server_message(type_code, message)
+                masked = self._masker.server_message(type_code, message)
             except Unmaskable as e:
                 self.end_reason = f"unmaskable result: {e}"
                 self._terminating = True
@@ -407,13 +517,79 @@ class PgSession:
             except ValueError as e:  # a malformed DataRow or CopyData
                 self.pump_violation(pump, e)
                 return None
+            if not masked:
+                return masked
+            message = masked
+        if self._trail is not None:
+            try:
+                self._trail_server(type_code, message)
+            except RecordingUnavailable as e:
+                # The statement ran but cannot be recorded: the client must
+                # not see it acknowledged.
+                self.end_reason = f"recording failed: {e}"
+                self._terminating = True
+                self._fail_client("53000", f"the session cannot be recorded: {e}")
+                return None
         return message
+
+    def _recording_refused(self) -> bool:
+        recorder = self.gateway.recorder
+        return (
+            recorder is not None
+            and recorder.full
+            and self.gateway.settings.recording_on_full == "refuse"
+        )
+
+    def _trail_client(self, type_code: int, message: bytes) -> None:
+        """The client's message, with the verdict and text _client_message
+        just judged (or found it could not judge)."""
+        t = self._trail
+        assert t is not None
+        if type_code == m.QUERY or type_code == m.PARSE:
+            sql = self._sql
+            if sql is None:
+                sql = _statement_text(message, type_code, self._codec)
+            if type_code == m.QUERY:
+                t.query(sql, self._verdict)
+            else:
+                end = message.find(b"\0", 5)
+                t.parse(message[5:end] if end >= 0 else b"", sql, self._verdict)
+        elif type_code == m.FUNCTION_CALL:
+            oid = int.from_bytes(message[5:9], "big") if len(message) >= 9 else 0
+            t.function_call(oid, self._verdict)
+        elif type_code == m.BIND:
+            # A Bind the gateway refused (spool full, prepared before a reload).
+            refused = self._verdict if self._verdict.action != "allow" else None
+            t.client_message(type_code, message, refused)
+        elif type_code != m.TERMINATE:
+            t.client_message(type_code, message)
+
+    def _trail_server(self, type_code: int, message: bytes) -> None:
+        t = self._trail
+        assert t is not None
+        if self._masker is None or message[0] == type_code:
+            t.server_message(type_code, message)
+            return
+        # The masker answered with other messages (COPY served from a
+        # SELECT): the trail follows what the client sees.
+        for code, part in _split_messages(message):
+            t.server_message(code, part)
 
     def _client_message(self, type_code: int, message: bytes) -> bytes | None:
         if type_code == m.TERMINATE:
             self._terminating = True
             self.end_reason = "client terminated"
             return message
+        self._sql = None
+        self._verdict = ALLOW if self._guarded else _UNGUARDED
+        if type_code in _STATEMENTS and self._trail is not None and self._recording_refused():
+            # (Bind too: a statement prepared earlier runs without a Parse.)
+            if type_code == m.PARSE:
+                end = message.find(b"\0", 5)
+                return self._refuse(message[5:end] if end >= 0 else b"", _RECORDING_FULL)
+            if type_code == m.BIND:
+                return self._refuse(b"", _RECORDING_FULL, kind=m.BIND)
+            return self._refuse(None, _RECORDING_FULL)
         if not self._guarded:
             return message
         if type_code == m.QUERY:
@@ -449,6 +625,7 @@ class PgSession:
         assert rules is not None
         usable = (
             self._masker is None  # the masker must see every Query
+            and self._trail is None  # and so must the trail
             and self._codec == "utf-8"
             and not self._stale_unnamed
             and rules.version == self.gateway.policy.version
@@ -563,6 +740,7 @@ class PgSession:
             return self._refuse(None, _MALFORMED)
         oid = int.from_bytes(message[5:9], "big")
         verdict = rules.check_classification(function_call_classification(oid))
+        self._verdict = verdict
         return message if verdict.action == "allow" else self._refuse(None, verdict)
 
     def _judge(self, text: bytes, parse_name: bytes | None, rules: Rules) -> Classification | bytes:
@@ -571,8 +749,11 @@ class PgSession:
         try:
             sql = text.decode(self._codec)
         except UnicodeDecodeError:
+            self._sql = text.decode(self._codec, "replace")
             return self._refuse(parse_name, _UNDECODABLE)
+        self._sql = sql
         decision = rules.check(sql, self._prepared)
+        self._verdict = decision.verdict
         if decision.verdict.action != "allow":
             return self._refuse(parse_name, decision.verdict)
         c = decision.classification
@@ -647,6 +828,7 @@ class PgSession:
         in skip mode, the stand-in is skipped and the client sees that error,
         as it would have without the gateway. Returns the stand-in."""
         token = b"hoopfast_refused_" + secrets.token_hex(12).encode()
+        self._verdict = verdict
         self._refusals[token] = verdict
         while len(self._refusals) > _MAX_REFUSALS:
             self._refusals.popitem(last=False)
@@ -742,6 +924,11 @@ class PgSession:
 
     async def _close(self) -> None:
         self.gateway.unregister(self)
+        if self._recording is not None:
+            self._recording.end(self.end_reason)
+        if self._counted:
+            self._span.end(self.end_reason, error=not _CLEAN_END.match(self.end_reason))
+            self.gateway.metrics.session_ended(self.connection_name)
         if self.upstream is not None and not self.upstream.writer.is_closing():
             self.upstream.writer.close()
         if not self.writer.is_closing():
@@ -773,6 +960,16 @@ _PREPARED_BEFORE_RELOAD = Verdict(
     "deny",
     "policy_changed",
     "the access policy changed after this statement was prepared; prepare it again",
+)
+_UNGUARDED = Verdict("allow", "guardrails_off")
+#: End reasons that are not errors (for the session span's status).
+_CLEAN_END = re.compile(r"client (terminated|closed)$")
+_RECORDING_FULL = Verdict(
+    "deny",
+    "recording",
+    "the audit trail cannot be written now (the recording spool is full: the state "
+    "store is not taking it); statements are refused until it drains",
+    "53000",
 )
 _MAX_PREPARED = 10_000
 _MAX_REFUSALS = 64
@@ -814,3 +1011,27 @@ def _take(reader: asyncio.StreamReader) -> bytes:
     data = bytes(buffer)
     buffer.clear()
     return data
+
+
+def _statement_text(message: bytes, type_code: int, codec: str) -> str:
+    """The SQL of a Query or Parse, for the trail when nothing judged it."""
+    start = 5
+    if type_code == m.PARSE:
+        start = message.find(b"\0", 5) + 1
+    end = message.find(b"\0", start)
+    return message[start : end if end >= 0 else len(message)].decode(codec, "replace")
+
+
+def _split_messages(data: bytes) -> list[tuple[int, bytes]]:
+    """Whole messages in ``data``, consecutive DataRows kept together."""
+    parts: list[tuple[int, bytes]] = []
+    pos = 0
+    while pos + 5 <= len(data):
+        code = data[pos]
+        end = pos + 1 + int.from_bytes(data[pos + 1 : pos + 5], "big")
+        if parts and code == m.DATA_ROW and parts[-1][0] == m.DATA_ROW:
+            parts[-1] = (code, parts[-1][1] + data[pos:end])
+        else:
+            parts.append((code, data[pos:end]))
+        pos = end
+    return parts

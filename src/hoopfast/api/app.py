@@ -1,0 +1,652 @@
+"""The admin API's routes: session trails for auditors, metrics, health.
+
+Who may read a trail is decided here, in one place, for every route under
+``/v1``: a valid bearer token (the same tokens the PostgreSQL side accepts),
+a role named in ``audit.roles``, and, unless ``audit.read_own_sessions``,
+never a trail of a session the reader ran (segregation of duties). The
+configuration is read through a getter on every request because the gateway
+reloads it; one request sees one configuration.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import math
+import re
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, cast
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Security
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from hoopfast import __version__
+from hoopfast.config import GatewayConfig
+from hoopfast.identity.principal import Principal
+from hoopfast.identity.tokens import TokenError, TokenValidator
+from hoopfast.policy.access import roles_of
+from hoopfast.store import Store, StoreError
+from hoopfast.store.records import EventFilter, EventRecord, Seal, SessionRow, SigningKey
+
+__all__ = ["EXPORT_PAGE", "create_app", "parse_time"]
+
+log = logging.getLogger(__name__)
+
+#: Events fetched from the store per page of an export: big enough that the
+#: per-query cost vanishes, small enough that memory stays flat.
+EXPORT_PAGE = 1000
+
+#: The Prometheus text exposition format.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4"
+NDJSON = "application/x-ndjson"
+
+
+# --------------------------------------------------------------------------- models
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Problem(BaseModel):
+    """What went wrong (FastAPI's ``detail``); never a token or a secret."""
+
+    detail: str
+
+
+class SealOut(BaseModel):
+    """A finished session's signed chain head (see hoopfast.recording.chain)."""
+
+    session_id: str
+    events: int = Field(description="number of events the seal covers")
+    last_hash: str
+    ended_at: float
+    end_reason: str
+    key_id: str = Field(description="the signing key (GET /v1/audit/keys)")
+    signature: str = Field(description="hex Ed25519 signature over the seal message")
+
+    @classmethod
+    def of(cls, seal: Seal | None) -> SealOut | None:
+        if seal is None:
+            return None
+        return cls(
+            session_id=seal.session_id,
+            events=seal.events,
+            last_hash=seal.last_hash,
+            ended_at=seal.ended_at,
+            end_reason=seal.end_reason,
+            key_id=seal.key_id,
+            signature=seal.signature,
+        )
+
+
+class SessionOut(BaseModel):
+    session_id: str
+    subject: str = Field(description="the person who ran the session")
+    connection: str
+    client_address: str
+    started_at: float = Field(description="Unix seconds")
+    ended_at: float | None = None
+    end_reason: str | None = None
+    stored_events: int
+    statements: int
+    sealed: bool
+
+    @classmethod
+    def of(cls, row: SessionRow) -> SessionOut:
+        return cls(
+            session_id=row.session_id,
+            subject=row.subject,
+            connection=row.connection,
+            client_address=row.client_address,
+            started_at=row.started_at,
+            ended_at=row.ended_at,
+            end_reason=row.end_reason,
+            stored_events=row.stored_events,
+            statements=row.statements,
+            sealed=row.seal is not None,
+        )
+
+
+class SessionPage(BaseModel):
+    sessions: list[SessionOut]
+    next: str | None = Field(
+        None, description="pass as `before` for the next (older) page; null on the last page"
+    )
+
+
+class EventOut(BaseModel):
+    """One recorded event, its content parsed (for replay)."""
+
+    session_id: str
+    seq: int
+    at: float
+    kind: str
+    subject: str
+    connection: str
+    verdict: str
+    hash: str
+    data: dict[str, Any] | None = Field(
+        description="the recorded content (null if it is not a JSON object: see /raw and verify)"
+    )
+
+
+class SessionDetail(BaseModel):
+    session: SessionOut
+    seal: SealOut | None
+    events: list[EventOut]
+
+
+class RawEvent(BaseModel):
+    """A stored record exactly as kept, for verification: ``hash`` is
+    SHA-256 over ``prev_hash``, a newline and ``data`` as given here."""
+
+    session_id: str
+    seq: int
+    at: float
+    kind: str
+    subject: str
+    connection: str
+    verdict: str
+    data: str
+    prev_hash: str
+    hash: str
+
+
+class SessionRaw(BaseModel):
+    session: SessionOut
+    seal: SealOut | None
+    events: list[RawEvent]
+
+
+class ExportLine(BaseModel):
+    """One line of the JSON Lines export."""
+
+    session_id: str
+    seq: int
+    at: float
+    kind: str
+    subject: str
+    connection: str
+    verdict: str
+    hash: str
+    data: dict[str, Any] | None = Field(
+        description="the recorded content; statement results only with include_results"
+    )
+
+
+class EventCount(BaseModel):
+    count: int
+
+
+class KeyOut(BaseModel):
+    key_id: str
+    algorithm: str
+    public_key: str = Field(description="hex raw public key")
+    created_at: float
+
+
+class KeyList(BaseModel):
+    keys: list[KeyOut]
+
+
+# --------------------------------------------------------------------------- context and access
+
+
+@dataclass(frozen=True)
+class _Context:
+    store: Store
+    validator: TokenValidator
+    config: Callable[[], GatewayConfig]
+    metrics: Callable[[], str] | None
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated reader of trails, with the configuration their
+    request is judged under."""
+
+    principal: Principal
+    roles: frozenset[str]
+    read_own_sessions: bool
+
+    @property
+    def excluded_subject(self) -> str | None:
+        """Whose sessions this reader never sees: their own, by default."""
+        return None if self.read_own_sessions else self.principal.subject
+
+
+async def _context(request: Request) -> _Context:
+    return cast(_Context, request.app.state.hoopfast)
+
+
+ContextDep = Annotated[_Context, Depends(_context)]
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="A token from the identity provider: the same one the gateway accepts as "
+    "the PostgreSQL password.",
+)
+
+
+def _unauthorized(detail: str, error: str | None = None) -> HTTPException:
+    challenge = "Bearer"
+    if error is not None:
+        challenge += f' error="invalid_token", error_description="{error}"'
+    return HTTPException(401, detail, headers={"WWW-Authenticate": challenge})
+
+
+async def _auditor(
+    context: ContextDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+) -> Caller:
+    """The caller, if they may read trails at all (401 / 403 otherwise)."""
+    if credentials is None or not credentials.credentials:
+        raise _unauthorized("a bearer token is required (Authorization: Bearer TOKEN)")
+    try:
+        principal = context.validator.validate(credentials.credentials)
+    except TokenError as e:
+        log.info("API token refused: %s", e)  # the category and detail, never the token
+        raise _unauthorized(f"invalid token: {e.category}", e.category) from None
+    config = context.config()
+    roles = roles_of(principal, config)
+    readers = roles.intersection(config.audit.roles)
+    if not readers:
+        if not config.audit.roles:
+            detail = "nobody may read session trails: the configuration names no audit.roles"
+        else:
+            detail = (
+                f"{principal.subject} holds none of the roles that may read session trails "
+                f"({', '.join(sorted(config.audit.roles))})"
+            )
+        raise HTTPException(403, detail)
+    return Caller(principal, frozenset(readers), config.audit.read_own_sessions)
+
+
+AuditorDep = Annotated[Caller, Depends(_auditor)]
+
+
+# --------------------------------------------------------------------------- parameters
+
+_NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
+
+
+def parse_time(name: str, value: str | None) -> float | None:
+    """ISO-8601 (no zone means UTC) or Unix seconds -> Unix seconds.
+    Raises ValueError with a message fit for the person who typed it."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        if _NUMBER.match(text):
+            seconds = float(text)
+        else:
+            moment = datetime.fromisoformat(text)
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            seconds = moment.timestamp()
+    except (ValueError, OverflowError):
+        seconds = math.nan
+    if not math.isfinite(seconds):
+        shown = text if len(text) <= 64 else text[:61] + "..."
+        raise ValueError(
+            f"{name}: not a time: {shown!r} (use ISO-8601 such as 2024-05-01T12:00:00Z, "
+            "where no zone means UTC, or Unix seconds)"
+        )
+    return seconds
+
+
+def _range(since: str | None, until: str | None) -> tuple[float | None, float | None]:
+    try:
+        start, end = parse_time("since", since), parse_time("until", until)
+    except ValueError as e:
+        raise HTTPException(422, str(e)) from None
+    if start is not None and end is not None and start >= end:
+        raise HTTPException(422, "since must be before until")
+    return start, end
+
+
+def _cursor(started_at: float, session_id: str) -> str:
+    raw = json.dumps([started_at, session_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _parse_cursor(text: str) -> tuple[float, str]:
+    try:
+        value = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        started_at, session_id = value
+        if isinstance(started_at, int | float) and isinstance(session_id, str):
+            return float(started_at), session_id
+    except (binascii.Error, ValueError, TypeError):
+        pass
+    raise HTTPException(422, "before: not a cursor from a previous page's `next`")
+
+
+Since = Annotated[
+    str | None,
+    Query(description="from this time on (ISO-8601, no zone = UTC, or Unix seconds)"),
+]
+Until = Annotated[
+    str | None, Query(description="before this time (ISO-8601, no zone = UTC, or Unix seconds)")
+]
+User = Annotated[str | None, Query(description="only sessions of this person (subject)")]
+ConnectionName = Annotated[str | None, Query(description="only this gateway connection")]
+Verdict = Annotated[
+    str | None, Query(description="only events with this verdict (allow, deny, review)")
+]
+
+
+def _parsed(data: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _event_out(event: EventRecord) -> EventOut:
+    return EventOut(
+        session_id=event.session_id,
+        seq=event.seq,
+        at=event.at,
+        kind=event.kind,
+        subject=event.subject,
+        connection=event.connection,
+        verdict=event.verdict,
+        hash=event.hash,
+        data=_parsed(event.data),
+    )
+
+
+def _raw_event(event: EventRecord) -> RawEvent:
+    return RawEvent(
+        session_id=event.session_id,
+        seq=event.seq,
+        at=event.at,
+        kind=event.kind,
+        subject=event.subject,
+        connection=event.connection,
+        verdict=event.verdict,
+        data=event.data,
+        prev_hash=event.prev_hash,
+        hash=event.hash,
+    )
+
+
+def _export_line(event: EventRecord, include_results: bool) -> bytes:
+    data = _parsed(event.data)
+    if data is not None and not include_results:
+        data.pop("results", None)
+    line = {
+        "session_id": event.session_id,
+        "seq": event.seq,
+        "at": event.at,
+        "kind": event.kind,
+        "subject": event.subject,
+        "connection": event.connection,
+        "verdict": event.verdict,
+        "hash": event.hash,
+        "data": data,
+    }
+    return (json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+
+class ExportAborted(Exception):
+    """The store failed in the middle of an export. The stream has started,
+    so the status cannot change any more: the last line says what happened
+    and the response is cut off (no final chunk), so no client can take the
+    partial export for a complete one."""
+
+
+async def _export(
+    store: Store, where: EventFilter, first: list[EventRecord], include_results: bool
+) -> AsyncIterator[bytes]:
+    page = first
+    while page:
+        yield b"".join(_export_line(event, include_results) for event in page)
+        if len(page) < EXPORT_PAGE:
+            return
+        last = page[-1]
+        try:
+            page = await store.events(
+                where, limit=EXPORT_PAGE, after=(last.at, last.session_id, last.seq)
+            )
+        except StoreError as e:
+            log.warning("export aborted: %s", e)
+            yield (json.dumps({"error": f"export aborted: {e}"}) + "\n").encode()
+            raise ExportAborted(str(e)) from e
+
+
+async def _readable_session(context: _Context, caller: Caller, session_id: str) -> SessionRow:
+    row = await context.store.session(session_id)
+    if row is None:
+        raise HTTPException(404, f"no session {session_id!r}")
+    if caller.excluded_subject is not None and row.subject == caller.excluded_subject:
+        raise HTTPException(
+            403,
+            "segregation of duties: nobody reads the trail of a session they ran "
+            "themselves (audit.read_own_sessions is off)",
+        )
+    return row
+
+
+# --------------------------------------------------------------------------- routes
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "no token, or an invalid or expired one"},
+    403: {"model": Problem, "description": "the caller holds no role that may read trails"},
+    422: {"model": Problem, "description": "a parameter is not valid"},
+    503: {"model": Problem, "description": "the state store is unavailable"},
+}
+
+audit = APIRouter(prefix="/v1/audit", tags=["audit"], responses=_ERRORS)
+service = APIRouter(tags=["service"])
+
+
+@service.get("/healthz", response_model=Health, summary="Liveness")
+async def healthz() -> Health:
+    return Health()
+
+
+@service.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    summary="Prometheus metrics",
+    responses={
+        200: {"content": {METRICS_CONTENT_TYPE: {}}, "description": "text exposition format"},
+        404: {"model": Problem, "description": "metrics are not enabled"},
+    },
+)
+async def metrics(context: ContextDep) -> PlainTextResponse:
+    if context.metrics is None:
+        raise HTTPException(404, "metrics are not enabled")
+    return PlainTextResponse(context.metrics(), media_type=METRICS_CONTENT_TYPE)
+
+
+@audit.get("/sessions", response_model=SessionPage, summary="List sessions, newest first")
+async def list_sessions(
+    context: ContextDep,
+    caller: AuditorDep,
+    since: Since = None,
+    until: Until = None,
+    user: User = None,
+    connection: ConnectionName = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="sessions per page")] = 100,
+    before: Annotated[
+        str | None, Query(description="the `next` cursor of the previous page")
+    ] = None,
+) -> SessionPage:
+    start, end = _range(since, until)
+    where = EventFilter(
+        since=start,
+        until=end,
+        subject=user or None,
+        connection=connection or None,
+        exclude_subject=caller.excluded_subject,
+    )
+    after = _parse_cursor(before) if before else None
+    rows = await context.store.sessions(where, limit=limit, before=after)
+    following = _cursor(rows[-1].started_at, rows[-1].session_id) if len(rows) == limit else None
+    return SessionPage(sessions=[SessionOut.of(r) for r in rows], next=following)
+
+
+@audit.get(
+    "/sessions/{session_id}",
+    response_model=SessionDetail,
+    summary="One session with its seal and every event, for replay",
+    responses={404: {"model": Problem, "description": "no such session"}},
+)
+async def get_session(context: ContextDep, caller: AuditorDep, session_id: str) -> SessionDetail:
+    row = await _readable_session(context, caller, session_id)
+    events = await context.store.session_events(session_id)
+    return SessionDetail(
+        session=SessionOut.of(row),
+        seal=SealOut.of(row.seal),
+        events=[_event_out(e) for e in events],
+    )
+
+
+@audit.get(
+    "/sessions/{session_id}/raw",
+    response_model=SessionRaw,
+    summary="One session's stored records exactly as kept, for verification",
+    responses={404: {"model": Problem, "description": "no such session"}},
+)
+async def get_session_raw(context: ContextDep, caller: AuditorDep, session_id: str) -> SessionRaw:
+    row = await _readable_session(context, caller, session_id)
+    events = await context.store.session_events(session_id)
+    return SessionRaw(
+        session=SessionOut.of(row),
+        seal=SealOut.of(row.seal),
+        events=[_raw_event(e) for e in events],
+    )
+
+
+def _event_filter(
+    caller: Caller,
+    since: str | None,
+    until: str | None,
+    user: str | None,
+    connection: str | None,
+    verdict: str | None,
+) -> EventFilter:
+    start, end = _range(since, until)
+    return EventFilter(
+        since=start,
+        until=end,
+        subject=user or None,
+        connection=connection or None,
+        verdict=verdict or None,
+        exclude_subject=caller.excluded_subject,
+    )
+
+
+@audit.get(
+    "/events",
+    response_class=StreamingResponse,
+    summary="Export events as JSON Lines, streamed",
+    description="Every matching event once, in (at, session_id, seq) order, one JSON object "
+    "per line (see ExportLine). The caller's own sessions are left out unless "
+    "audit.read_own_sessions. Should the store fail mid-way, the last line is "
+    '{"error": ...} and the response is cut off.',
+    responses={
+        200: {
+            "content": {NDJSON: {"schema": {"$ref": "#/components/schemas/ExportLine"}}},
+            "description": "JSON Lines",
+        }
+    },
+)
+async def export_events(
+    context: ContextDep,
+    caller: AuditorDep,
+    since: Since = None,
+    until: Until = None,
+    user: User = None,
+    connection: ConnectionName = None,
+    verdict: Verdict = None,
+    include_results: Annotated[
+        bool, Query(description="include the recorded result rows of statements")
+    ] = False,
+) -> StreamingResponse:
+    where = _event_filter(caller, since, until, user, connection, verdict)
+    # The first page is read before the response starts, so a store that is
+    # down answers 503 rather than an empty 200.
+    first = await context.store.events(where, limit=EXPORT_PAGE)
+    return StreamingResponse(
+        _export(context.store, where, first, include_results),
+        media_type=NDJSON,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@audit.get("/events/count", response_model=EventCount, summary="How many events an export has")
+async def count_events(
+    context: ContextDep,
+    caller: AuditorDep,
+    since: Since = None,
+    until: Until = None,
+    user: User = None,
+    connection: ConnectionName = None,
+    verdict: Verdict = None,
+) -> EventCount:
+    where = _event_filter(caller, since, until, user, connection, verdict)
+    return EventCount(count=await context.store.count_events(where))
+
+
+@audit.get("/keys", response_model=KeyList, summary="The public keys that verify seals")
+async def signing_keys(context: ContextDep, caller: AuditorDep) -> KeyList:
+    keys: dict[str, SigningKey] = await context.store.signing_keys()
+    return KeyList(
+        keys=[
+            KeyOut(
+                key_id=k.key_id,
+                algorithm=k.algorithm,
+                public_key=k.public_key,
+                created_at=k.created_at,
+            )
+            for k in sorted(keys.values(), key=lambda k: (k.created_at, k.key_id))
+        ]
+    )
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("%s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse({"detail": str(exc)}, status_code=503)
+
+
+def create_app(
+    store: Store,
+    validator: TokenValidator,
+    config: Callable[[], GatewayConfig],
+    metrics: Callable[[], str] | None = None,
+) -> FastAPI:
+    """The admin API over an opened store. ``config`` is called on every
+    request: the gateway swaps its configuration on reload."""
+    app = FastAPI(
+        title="hoopfast admin API",
+        version=__version__,
+        description="Session trails for auditors, metrics and health of a hoopfast gateway. "
+        "Everything under /v1 needs a bearer token from the identity provider.",
+    )
+    app.state.hoopfast = _Context(store, validator, config, metrics)
+    app.include_router(service)
+    app.include_router(audit)
+    app.add_exception_handler(StoreError, _store_unavailable)
+    # The export's line model is referenced from the NDJSON response; make
+    # sure the schema carries it although no route returns it as JSON.
+    openapi = app.openapi
+
+    def with_export_line() -> dict[str, Any]:
+        schema = openapi()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.setdefault("ExportLine", ExportLine.model_json_schema())
+        return schema
+
+    app.openapi = with_export_line  # type: ignore[method-assign]
+    return app

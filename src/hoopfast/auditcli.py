@@ -1,0 +1,841 @@
+"""``hoopfast audit``: sessions · export · replay · verify, for auditors.
+
+Everything goes through the admin API with the auditor's own token, so the
+API's access rules (auditor roles, never one's own sessions) hold for the
+command line too; nothing here opens the store. ``verify`` fetches the
+records exactly as stored and checks chains and signatures *here*, with the
+store's public keys or keys the auditor pinned, so a compromised gateway
+cannot simply answer "all fine".
+
+Exit codes: 0 ok, 1 failure (verification, network, server), 2 usage or
+authentication (the API's 401/403/422 message is printed). The token is
+never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import ssl
+import sys
+import time
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import quote
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = ["add_audit_parser", "render_replay"]
+
+ENV_API_URL = "HOOPFAST_API_URL"
+ENV_TOKEN = "HOOPFAST_TOKEN"
+DEFAULT_API_URL = "http://127.0.0.1:8080"
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+#: Columns of the CSV export (plus ``results`` with --include-results).
+CSV_COLUMNS = (
+    "session_id",
+    "seq",
+    "at",
+    "kind",
+    "subject",
+    "connection",
+    "verdict",
+    "text",
+    "rows",
+    "bytes",
+    "duration_ms",
+    "sqlstate",
+    "tags",
+)
+
+
+class AuditError(Exception):
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# --------------------------------------------------------------------------- the API client
+
+
+def _detail(response: httpx.Response) -> str:
+    """The API's explanation (FastAPI's ``detail``), as one line."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:300] or response.reason_phrase
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, str):
+        return detail
+    if isinstance(detail, list):  # request validation errors: [{loc, msg}, ...]
+        parts = []
+        for item in detail:
+            if isinstance(item, dict):
+                where = ".".join(str(p) for p in item.get("loc", ())[1:])
+                parts.append(f"{where}: {item.get('msg')}" if where else str(item.get("msg")))
+        if parts:
+            return "; ".join(parts)
+    return response.reason_phrase
+
+
+class Api:
+    """A small synchronous client of the admin API (httpx)."""
+
+    def __init__(self, url: str, token: str, cacert: str | None, timeout: float = 30.0) -> None:
+        import httpx
+
+        verify: ssl.SSLContext | bool = True
+        if cacert:
+            try:
+                verify = ssl.create_default_context(cafile=cacert)
+            except (OSError, ssl.SSLError) as e:
+                raise AuditError(f"cannot use --cacert {cacert}: {e}", EXIT_USAGE) from None
+        self.url = url.rstrip("/")
+        self._client = httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+            verify=verify,
+            # A long export may pause between pages while the store reads.
+            timeout=httpx.Timeout(timeout, read=max(timeout, 120.0)),
+            follow_redirects=False,
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> Api:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check(self, response: httpx.Response) -> None:
+        status = response.status_code
+        if status < 400:
+            return
+        response.read()  # a streamed error body is not read yet
+        detail = _detail(response)
+        if status == 401:
+            raise AuditError(f"the API refused the token (401): {detail}", EXIT_USAGE)
+        if status == 403:
+            raise AuditError(f"not allowed (403): {detail}", EXIT_USAGE)
+        if status == 422:
+            raise AuditError(f"invalid request (422): {detail}", EXIT_USAGE)
+        raise AuditError(f"the API answered {status}: {detail}")
+
+    def _transport_error(self, error: Exception) -> AuditError:
+        return AuditError(f"cannot reach the API at {self.url}: {error}")
+
+    def get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
+        import httpx
+
+        try:
+            response = self._client.get(path, params=_params(params))
+        except httpx.TransportError as e:
+            raise self._transport_error(e) from None
+        self._check(response)
+        try:
+            return response.json()
+        except ValueError:
+            raise AuditError(f"the API at {self.url} did not answer JSON for {path}") from None
+
+    @contextlib.contextmanager
+    def stream(
+        self, path: str, params: Mapping[str, Any] | None = None
+    ) -> Iterator[Iterator[bytes]]:
+        """The response body of ``path``, chunk by chunk."""
+        import httpx
+
+        try:
+            with self._client.stream("GET", path, params=_params(params)) as response:
+                self._check(response)
+                yield response.iter_bytes()
+        except httpx.TransportError as e:
+            raise AuditError(f"the transfer from {self.url} broke off: {e}") from None
+
+
+def _params(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (params or {}).items() if v is not None and v != ""}
+
+
+def _token(args: argparse.Namespace) -> str:
+    """--token, else $HOOPFAST_TOKEN, else the login stored by ``hoopfast
+    login`` (refreshed if about to expire), as ``hoopfast connect`` finds it."""
+    if args.token:
+        return str(args.token)
+    if os.environ.get(ENV_TOKEN):
+        return os.environ[ENV_TOKEN]
+    from hoopfast.identity.oauth import LoginError
+    from hoopfast.identity.tokenstore import (
+        ENV_CLIENT_ID,
+        ENV_ISSUER,
+        TokenStore,
+        default_token_file,
+        fresh_token,
+    )
+
+    def warn(message: str) -> None:
+        print(f"hoopfast audit: warning: {message}", file=sys.stderr)
+
+    store = TokenStore(Path(args.token_file) if args.token_file else default_token_file())
+    try:
+        stored = store.find(
+            args.issuer or os.environ.get(ENV_ISSUER) or None,
+            args.client_id or os.environ.get(ENV_CLIENT_ID) or None,
+        )
+        return fresh_token(store, stored, warn=warn).token
+    except LoginError as e:
+        raise AuditError(f"{e} (or give --token or ${ENV_TOKEN})", EXIT_USAGE) from None
+
+
+def _api(args: argparse.Namespace) -> Api:
+    url = args.api or os.environ.get(ENV_API_URL) or DEFAULT_API_URL
+    if not url.startswith(("http://", "https://")):
+        raise AuditError(f"--api must be an http:// or https:// URL, not {url!r}", EXIT_USAGE)
+    return Api(url, _token(args), args.cacert)
+
+
+# --------------------------------------------------------------------------- formatting
+
+_DURATION_AGO = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _time_arg(value: str | None, now: float | None = None) -> str | None:
+    """A duration such as 24h or 7d means that long ago; anything else
+    (ISO-8601, Unix seconds) goes to the API, which checks it."""
+    if value is None:
+        return None
+    match = _DURATION_AGO.match(value)
+    if match:
+        now = time.time() if now is None else now
+        return repr(now - float(match.group(1)) * _SECONDS[match.group(2)])
+    return value
+
+
+def iso(at: float | None) -> str:
+    """Unix seconds as ISO-8601 UTC, microseconds kept (exports)."""
+    if at is None:
+        return ""
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _when(at: float | None, with_date: bool = True) -> str:
+    """Unix seconds for people: UTC, milliseconds."""
+    if at is None:
+        return "-"
+    moment = datetime.fromtimestamp(at, UTC)
+    text = moment.strftime("%Y-%m-%d %H:%M:%S" if with_date else "%H:%M:%S")
+    return f"{text}.{moment.microsecond // 1000:03d} UTC"
+
+
+def shown(value: object) -> str:
+    """Recorded text made safe for a terminal: the audited person chose it,
+    and escape sequences in it must not act on the auditor's screen."""
+    text = "" if value is None else str(value)
+    if text.isprintable():
+        return text
+    return "".join(
+        ch
+        if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co")
+        else f"\\x{ord(ch):02x}"
+        if ord(ch) < 0x100
+        else f"\\u{ord(ch):04x}"
+        for ch in text
+    )
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    """A plain aligned table for listings."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+    return lines
+
+
+#: Types psql right-aligns: integers, floats, numeric, oid-likes, money.
+_NUMERIC_OIDS = frozenset({20, 21, 23, 26, 28, 29, 700, 701, 790, 1700})
+
+
+def psql_table(columns: list[dict[str, Any]], rows: list[list[str | None]]) -> list[str]:
+    """A result as psql's aligned format shows it: centred headers, numbers
+    right-aligned, NULL as nothing, ``+`` where a value goes on a new line."""
+    names = [shown(c.get("name", "?")) for c in columns]
+    right = [c.get("type_oid") in _NUMERIC_OIDS for c in columns]
+    cells = [[shown(v).split("\n") if v is not None else [""] for v in row] for row in rows]
+    widths = [len(n) for n in names]
+    for row in cells:
+        for i, value in enumerate(row[: len(widths)]):
+            widths[i] = max(widths[i], *(len(part) for part in value))
+
+    def line(parts: list[str], markers: list[str]) -> str:
+        return (" " + "| ".join(p + m for p, m in zip(parts, markers, strict=True))).rstrip()
+
+    out = [line([n.center(w) for n, w in zip(names, widths, strict=True)], [" "] * len(names))]
+    out.append("-" + "-+-".join("-" * w for w in widths) + "-")
+    for row in cells:
+        row = (row + [[""]] * len(widths))[: len(widths)]
+        height = max(len(value) for value in row) if row else 1
+        for k in range(height):
+            parts, markers = [], []
+            for i, value in enumerate(row):
+                part = value[k] if k < len(value) else ""
+                parts.append(part.rjust(widths[i]) if right[i] else part.ljust(widths[i]))
+                markers.append("+" if k + 1 < len(value) else " ")
+            out.append(line(parts, markers))
+    return out
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+#: Command tags psql shows nothing for beyond the table and its row count.
+_TABLE_ONLY_TAGS = frozenset({"SELECT", "FETCH", "SHOW", "EXPLAIN", "VALUES", "TABLE"})
+
+
+def _statement_lines(data: Mapping[str, Any], connection: str, at: Any) -> list[str]:
+    at = data.get("started_at", data.get("at", at))
+    duration = data.get("duration_ms")
+    head = f"[{_when(at if isinstance(at, int | float) else None, with_date=False)}]"
+    if isinstance(duration, int | float):
+        head += f" {duration:.3f} ms"
+    verdict = data.get("verdict") or ""
+    if verdict and verdict != "allow":
+        rule = data.get("rule")
+        head += f"  {verdict.upper()}" + (f" (rule {shown(rule)})" if rule else "")
+    out = [head]
+    text = shown(data.get("text", "")).rstrip("\n").split("\n")
+    out.append(f"{shown(connection)}=> {text[0]}")
+    out += [f"{shown(connection)}-> {more}" for more in text[1:]]
+    params = data.get("params")
+    if isinstance(params, list) and params:
+        values = ", ".join(
+            f"${i}=NULL" if p is None else f"${i}='{shown(p)}'" for i, p in enumerate(params, 1)
+        )
+        out.append(f"  parameters: {values}")
+    results = data.get("results") or []
+    tags = [str(t) for t in data.get("tags") or []]
+    for result in results:
+        if not isinstance(result, dict):
+            continue
+        rows = result.get("rows") or []
+        out += psql_table(result.get("columns") or [], rows)
+        if result.get("truncated"):
+            total = data.get("rows")
+            more = f" of {total}" if isinstance(total, int) and len(results) == 1 else ""
+            out.append(f"({len(rows)}{more} rows recorded; the rest was not kept)")
+        else:
+            out.append(f"({_plural(len(rows), 'row')})")
+        out.append("")
+    for tag in tags:
+        word = tag.split(" ", 1)[0].upper()
+        if word in _TABLE_ONLY_TAGS:
+            if not results:  # rows returned, but no values recorded
+                count = tag.rsplit(" ", 1)[-1]
+                if count.isdigit():
+                    out.append(f"({_plural(int(count), 'row')}; values not recorded)")
+            continue
+        out.append(shown(tag))
+    error = data.get("error")
+    if isinstance(error, dict):
+        message = shown(error.get("message", "")).replace("\n", "\n        ")
+        sqlstate = error.get("sqlstate")
+        out.append(f"ERROR:  {message}" + (f"  (SQLSTATE {shown(sqlstate)})" if sqlstate else ""))
+    elif verdict == "deny":
+        out.append("ERROR:  denied by the gateway's policy")
+    elif verdict == "review":
+        out.append("(held for a second person's review)")
+    while out[-1] == "":
+        out.pop()
+    out.append("")
+    return out
+
+
+def render_replay(detail: Mapping[str, Any]) -> str:
+    """A session as the person saw it: who, from where, when; then each
+    statement with its time, duration, text, result rows and command tag
+    or error, much as psql showed them."""
+    session = detail.get("session") or {}
+    events = detail.get("events") or []
+    seal = detail.get("seal")
+    start = next((e.get("data") or {} for e in events if e.get("kind") == "session_start"), {})
+    end = next((e.get("data") or {} for e in events if e.get("kind") == "session_end"), None)
+    connection = str(session.get("connection", ""))
+    out = [
+        f"Session {shown(session.get('session_id'))}: {shown(session.get('subject'))} "
+        f"on connection {shown(connection)}"
+    ]
+    groups = start.get("groups")
+    if groups:
+        out.append(f"  groups    {', '.join(shown(g) for g in groups)}")
+    client = shown(session.get("client_address") or start.get("client_address") or "-")
+    app = start.get("application_name")
+    out.append(f"  client    {client}" + (f" ({shown(app)})" if app else ""))
+    tls = start.get("tls")
+    if isinstance(tls, dict):
+        out.append(f"  tls       {shown(tls.get('version'))} {shown(tls.get('cipher'))}")
+    elif "tls" in start:
+        out.append("  tls       none")
+    if start.get("token_id"):
+        out.append(f"  token     {shown(start['token_id'])}")
+    out.append(f"  started   {_when(session.get('started_at'))}")
+    if end is not None or session.get("ended_at") is not None:
+        ended = session.get("ended_at") or (end or {}).get("ended_at")
+        reason = session.get("end_reason") or (end or {}).get("reason") or ""
+        out.append(f"  ended     {_when(ended)}" + (f" ({shown(reason)})" if reason else ""))
+    else:
+        out.append("  ended     - (still open, or not yet recorded)")
+    statements = [e for e in events if e.get("kind") == "statement"]
+    out.append(f"  recorded  {_plural(len(statements), 'statement')}, {len(events)} events")
+    if isinstance(seal, dict):
+        out.append(f"  sealed    {seal.get('events')} events, key {shown(seal.get('key_id'))}")
+    else:
+        out.append("  sealed    no")
+    if start.get("trace_id"):
+        out.append(f"  trace     {shown(start['trace_id'])}")
+    out.append("")
+    for event in statements:
+        data = event.get("data")
+        if not isinstance(data, dict):
+            out += [
+                f"[event {event.get('seq')}: content unreadable; run `hoopfast audit verify`]",
+                "",
+            ]
+            continue
+        out += _statement_lines(data, connection, event.get("at"))
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """A one-line progress bar on stderr, redrawn at most ten times a second."""
+
+    WIDTH = 30
+
+    def __init__(
+        self, total: int | None, unit: str = "events", stream: IO[str] | None = None
+    ) -> None:
+        self.total = total
+        self.unit = unit
+        self.stream = stream if stream is not None else sys.stderr
+        self.started = time.monotonic()
+        self._drawn = 0.0
+
+    def update(self, done: int, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._drawn < 0.1:
+            return
+        self._drawn = now
+        rate = done / max(now - self.started, 1e-6)
+        if self.total:
+            fraction = min(done / self.total, 1.0)
+            filled = int(fraction * self.WIDTH)
+            bar = "#" * filled + "-" * (self.WIDTH - filled)
+            text = f"[{bar}] {fraction:4.0%}  {done:,}/{self.total:,} {self.unit}"
+        else:
+            text = f"{done:,} {self.unit}"
+        self.stream.write(f"\r{text}  {rate:,.0f}/s ")
+        self.stream.flush()
+
+    def finish(self, done: int) -> None:
+        self.update(done, force=True)
+        self.stream.write("\n")
+        self.stream.flush()
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _filters(args: argparse.Namespace, *, verdict: bool = False) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "since": _time_arg(args.since),
+        "until": _time_arg(args.until),
+        "user": args.user,
+        "connection": args.connection,
+    }
+    if verdict:
+        params["verdict"] = args.verdict
+    return params
+
+
+def _all_sessions(
+    api: Api, params: Mapping[str, Any], limit: int | None
+) -> Iterator[dict[str, Any]]:
+    """Sessions newest first, following the API's pages."""
+    cursor: str | None = None
+    count = 0
+    while limit is None or count < limit:
+        page_size = 1000 if limit is None else min(1000, limit - count)
+        page = api.get("/v1/audit/sessions", {**params, "limit": page_size, "before": cursor})
+        for session in page.get("sessions", []):
+            count += 1
+            yield session
+        cursor = page.get("next")
+        if not cursor:
+            return
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    with _api(args) as api:
+        # One more than shown tells whether there are more.
+        sessions = list(_all_sessions(api, _filters(args), args.limit + 1))
+    more = len(sessions) > args.limit
+    sessions = sessions[: args.limit]
+    if args.json:
+        for session in sessions:
+            print(json.dumps(session, ensure_ascii=False))
+        return 0
+    rows = [
+        [
+            _when(s.get("started_at")),
+            shown(s.get("session_id")),
+            shown(s.get("subject")),
+            shown(s.get("connection")),
+            shown(s.get("client_address")),
+            str(s.get("statements", "")),
+            str(s.get("stored_events", "")),
+            ("sealed" if s.get("sealed") else "ended")
+            + (f" ({shown(s['end_reason'])})" if s.get("end_reason") else "")
+            if s.get("ended_at") is not None or s.get("sealed")
+            else "open",
+        ]
+        for s in sessions
+    ]
+    headers = ["STARTED", "SESSION", "USER", "CONNECTION", "CLIENT", "STMTS", "EVENTS", "STATE"]
+    for line in _table(headers, rows):
+        print(line)
+    hint = "; more exist: raise --limit" if more else ""
+    print(f"({_plural(len(sessions), 'session')}{hint})")
+    return 0
+
+
+def split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Whole lines (without the newline) from a byte stream: holds at most
+    one chunk and one partial line, whatever the stream's length."""
+    pending = b""
+    for chunk in chunks:
+        if not chunk:
+            continue
+        parts = (pending + chunk).split(b"\n")
+        pending = parts.pop()
+        yield from parts
+    if pending:
+        raise AuditError("the export ended in the middle of a line (cut off)")
+
+
+def _csv_row(event: Mapping[str, Any], include_results: bool) -> list[Any]:
+    data = event.get("data")
+    data = data if isinstance(data, dict) else {}
+    error = data.get("error")
+    tags = data.get("tags")
+    row: list[Any] = [
+        event.get("session_id"),
+        event.get("seq"),
+        iso(event.get("at")),
+        event.get("kind"),
+        event.get("subject"),
+        event.get("connection"),
+        event.get("verdict"),
+        data.get("text", ""),
+        data.get("rows", ""),
+        data.get("bytes", ""),
+        data.get("duration_ms", ""),
+        error.get("sqlstate", "") if isinstance(error, dict) else "",
+        "; ".join(str(t) for t in tags) if isinstance(tags, list) else "",
+    ]
+    if include_results:
+        results = data.get("results")
+        row.append(
+            ""
+            if results is None
+            else json.dumps(results, ensure_ascii=False, separators=(",", ":"))
+        )
+    return ["" if value is None else value for value in row]
+
+
+@contextlib.contextmanager
+def _output(path: str, binary: bool) -> Iterator[IO[Any]]:
+    """The export's destination. A file is written under a temporary name
+    and renamed only when complete, so a broken export never leaves a file
+    that looks whole."""
+    if path == "-":
+        yield sys.stdout.buffer if binary else sys.stdout
+        return
+    target = Path(path)
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        f: IO[Any] = (
+            open(partial, "wb")  # noqa: SIM115 - closed below, renamed when complete
+            if binary
+            else open(partial, "w", encoding="utf-8", newline="")  # noqa: SIM115
+        )
+    except OSError as e:
+        raise AuditError(f"cannot write {path}: {e.strerror}", EXIT_USAGE) from None
+    try:
+        with f:
+            yield f
+        os.replace(partial, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    params = _filters(args, verdict=True)
+    show_progress = args.progress if args.progress is not None else sys.stderr.isatty()
+    written = 0
+    with _api(args) as api:
+        total = api.get("/v1/audit/events/count", params).get("count") if show_progress else None
+        progress = Progress(total) if show_progress else None
+        export_params = {**params, "include_results": "true" if args.include_results else "false"}
+        binary = args.format == "jsonl"
+        with (
+            api.stream("/v1/audit/events", export_params) as chunks,
+            _output(args.output, binary) as out,
+        ):
+            write: Callable[[bytes], None]
+            if binary:
+
+                def write(line: bytes) -> None:
+                    out.write(line + b"\n")
+
+            else:
+                writer = csv.writer(out)
+                header = [*CSV_COLUMNS, "results"] if args.include_results else list(CSV_COLUMNS)
+                writer.writerow(header)
+
+                def write(line: bytes) -> None:
+                    writer.writerow(_csv_row(json.loads(line), args.include_results))
+
+            for line in split_lines(chunks):
+                if line.startswith(b'{"error"'):
+                    raise AuditError(str(json.loads(line).get("error")))
+                write(line)
+                written += 1
+                if progress is not None:
+                    progress.update(written)
+        if progress is not None:
+            progress.finish(written)
+    where = "stdout" if args.output == "-" else args.output
+    print(
+        f"exported {_plural(written, 'event')} to {where}",
+        file=sys.stderr if args.output == "-" else sys.stdout,
+    )
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    with _api(args) as api:
+        detail = api.get(f"/v1/audit/sessions/{quote(args.session_id, safe='')}")
+    sys.stdout.write(render_replay(detail))
+    return 0
+
+
+def _pinned_keys(hex_keys: list[str]) -> dict[str, Any]:
+    from hoopfast.recording.chain import ED25519
+    from hoopfast.store.records import SigningKey
+
+    keys: dict[str, Any] = {}
+    for text in hex_keys:
+        try:
+            raw = bytes.fromhex(text.strip())
+        except ValueError:
+            raw = b""
+        if len(raw) != 32:
+            raise AuditError(
+                f"--public-key {text[:80]!r}: not a hex Ed25519 public key (64 hex digits)",
+                EXIT_USAGE,
+            )
+        # The key id the gateway's signer gives the same key.
+        key_id = hashlib.sha256(raw).hexdigest()[:16]
+        keys[key_id] = SigningKey(key_id, ED25519, raw.hex(), 0.0)
+    return keys
+
+
+def _record(cls: type[Any], values: Mapping[str, Any]) -> Any:
+    """A store record dataclass from the API's JSON (same field names)."""
+    try:
+        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
+    except (KeyError, TypeError) as e:
+        raise AuditError(f"the API answered an incomplete {cls.__name__}: {e}") from None
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from hoopfast.recording.chain import verify_session
+    from hoopfast.store.records import EventRecord, Seal, SigningKey
+
+    with _api(args) as api:
+        if args.public_key:
+            keys = _pinned_keys(args.public_key)
+        else:
+            listed = api.get("/v1/audit/keys").get("keys", [])
+            keys = {k["key_id"]: _record(SigningKey, k) for k in listed}
+        # Oldest first, so that "the first problem" is the earliest one.
+        ids = [s["session_id"] for s in _all_sessions(api, _filters(args), None)]
+        ids.reverse()
+        show_progress = args.progress if args.progress is not None else sys.stderr.isatty()
+        progress = Progress(len(ids), "sessions") if show_progress else None
+        failed = sealed = events = 0
+        for done, session_id in enumerate(ids, 1):
+            raw = api.get(f"/v1/audit/sessions/{quote(session_id, safe='')}/raw")
+            records = [_record(EventRecord, e) for e in raw.get("events", [])]
+            seal = _record(Seal, raw["seal"]) if raw.get("seal") else None
+            problem = verify_session(session_id, records, seal, keys)
+            events += len(records)
+            sealed += seal is not None
+            if problem is not None:
+                failed += 1
+                if progress is not None:
+                    sys.stderr.write("\n")
+                print(f"BROKEN {problem}")
+            if progress is not None:
+                progress.update(done)
+        if progress is not None:
+            progress.finish(len(ids))
+    if failed:
+        print(
+            f"FAILED: {failed} of {_plural(len(ids), 'session')} broken "
+            f"({_plural(events, 'event')} read)"
+        )
+        return EXIT_FAILED
+    open_ = len(ids) - sealed
+    pinned = " with the pinned key(s)" if args.public_key else ""
+    print(
+        f"OK: {_plural(len(ids), 'session')}, {_plural(events, 'event')} verified; "
+        f"{sealed} sealed and signed{pinned}, {open_} not sealed (chain checked)"
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------- the parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a positive number: {text!r}")
+    return value
+
+
+def _run(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except AuditError as e:
+            print(f"hoopfast audit {args.audit_command}: {e}", file=sys.stderr)
+            return e.exit_code
+        except KeyboardInterrupt:
+            print(f"hoopfast audit {args.audit_command}: interrupted", file=sys.stderr)
+            return 130
+
+    return run
+
+
+def add_audit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``audit`` command group, for :func:`hoopfast.cli.build_parser`."""
+    common = argparse.ArgumentParser(add_help=False)
+    api = common.add_argument_group("API and token")
+    api.add_argument("--api", help=f"the admin API (default: ${ENV_API_URL} or {DEFAULT_API_URL})")
+    api.add_argument(
+        "--token",
+        help=f"bearer token (default: ${ENV_TOKEN}, else the token stored by `hoopfast login`)",
+    )
+    api.add_argument("--cacert", help="CA bundle to verify an https API with")
+    api.add_argument("--issuer", help="which stored login (default: $HOOPFAST_LOGIN_ISSUER)")
+    api.add_argument("--client-id", help="default: $HOOPFAST_LOGIN_CLIENT_ID")
+    api.add_argument("--token-file", help="default: $HOOPFAST_TOKEN_FILE or ~/.config/...")
+
+    when = argparse.ArgumentParser(add_help=False)
+    selection = when.add_argument_group("selection")
+    time_help = "ISO-8601 (no zone = UTC), Unix seconds, or a duration ago (24h, 7d)"
+    selection.add_argument("--since", help=f"from this time on: {time_help}")
+    selection.add_argument("--until", help=f"before this time: {time_help}")
+    selection.add_argument("--user", help="only sessions of this person")
+    selection.add_argument("--connection", help="only this gateway connection")
+
+    progress = argparse.ArgumentParser(add_help=False)
+    progress.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
+
+    audit = sub.add_parser(
+        "audit",
+        help="session trails for auditors: sessions, export, replay, verify",
+        description="Read session trails through the admin API with an auditor's token. "
+        "Nobody reads the trail of their own sessions unless the configuration allows it.",
+    )
+    commands = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
+
+    sessions = commands.add_parser(
+        "sessions", parents=[common, when], help="list sessions, newest first"
+    )
+    sessions.add_argument(
+        "--limit", type=_positive, default=50, help="at most this many (default 50)"
+    )
+    sessions.add_argument("--json", action="store_true", help="one JSON object per line")
+    sessions.set_defaults(func=_run(cmd_sessions))
+
+    export = commands.add_parser(
+        "export",
+        parents=[common, when, progress],
+        help="export events to a file (JSON Lines or CSV), streamed",
+        description="Export every matching event once, oldest first. The file appears only "
+        "when the export is complete.",
+    )
+    export.add_argument("--verdict", choices=["allow", "deny", "review"], help="only this verdict")
+    export.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    export.add_argument(
+        "--include-results", action="store_true", help="include the recorded result rows"
+    )
+    export.add_argument("-o", "--output", required=True, help="the file to write ('-': stdout)")
+    export.set_defaults(func=_run(cmd_export))
+
+    replay = commands.add_parser(
+        "replay", parents=[common], help="show a session as the person saw it"
+    )
+    replay.add_argument("session_id")
+    replay.set_defaults(func=_run(cmd_replay))
+
+    verify = commands.add_parser(
+        "verify",
+        parents=[common, when, progress],
+        help="recompute hash chains and check seal signatures",
+        description="Fetch each session's stored records and check, on this machine, that "
+        "every hash links and every seal's signature verifies. Prints the first problem of "
+        "each broken session (session, event, reason) and exits 1 if there is any.",
+    )
+    verify.add_argument(
+        "--public-key",
+        action="append",
+        default=[],
+        metavar="HEX",
+        help="trust only this Ed25519 public key (repeatable; default: the store's keys)",
+    )
+    verify.set_defaults(func=_run(cmd_verify))

@@ -1,0 +1,1 @@
+"""Session recording: the hash chain, the local spool, the recorder."""

@@ -1,0 +1,279 @@
+"""Tamper evidence: each session's events form a hash chain, and a finished
+session's chain head is signed (Ed25519) by the gateway.
+
+An event's hash is SHA-256 over the previous event's hash and the event's
+canonical JSON, so changing, inserting, removing or reordering any stored
+byte breaks the chain at that record; the signed seal fixes the number of
+events and the last hash, so cutting events off the end breaks the seal.
+Verification needs only the public keys (the store keeps them; an auditor
+can also pin them), never a secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from hoopfast.store.records import EventRecord, Seal, SigningKey
+
+#: The previous hash of a session's first event.
+GENESIS = "0" * 64
+ED25519 = "ed25519"
+
+
+def canonical(value: Any) -> str:
+    """The one JSON text of ``value``: sorted keys, no spaces, UTF-8 kept
+    as is, no NaN. Hashes and signatures are computed over exactly this."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def link(prev_hash: str, data: str) -> str:
+    return hashlib.sha256(f"{prev_hash}\n{data}".encode()).hexdigest()
+
+
+def seal_message(
+    session_id: str, events: int, last_hash: str, ended_at: float, end_reason: str
+) -> bytes:
+    return canonical(
+        {
+            "session": session_id,
+            "events": events,
+            "last_hash": last_hash,
+            "ended_at": ended_at,
+            "end_reason": end_reason,
+        }
+    ).encode()
+
+
+class Signer:
+    """The gateway's Ed25519 seal key. The private key lives in a file only
+    the gateway reads (created on first start, mode 0600); its public half
+    goes to the store so any replica's seals verify anywhere."""
+
+    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+        self._key = private_key
+        raw = private_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        self.public_hex = raw.hex()
+        self.key_id = hashlib.sha256(raw).hexdigest()[:16]
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> Signer:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            key = Ed25519PrivateKey.generate()
+            pem = key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(pem)
+            return cls(key)
+        loaded = serialization.load_pem_private_key(data, password=None)
+        if not isinstance(loaded, Ed25519PrivateKey):
+            raise ValueError(f"{path} does not hold an Ed25519 private key")
+        return cls(loaded)
+
+    def signing_key(self) -> SigningKey:
+        return SigningKey(self.key_id, ED25519, self.public_hex, time.time())
+
+    def sign(self, message: bytes) -> str:
+        return self._key.sign(message).hex()
+
+    def seal(
+        self, session_id: str, events: int, last_hash: str, ended_at: float, end_reason: str
+    ) -> Seal:
+        message = seal_message(session_id, events, last_hash, ended_at, end_reason)
+        return Seal(
+            session_id, events, last_hash, ended_at, end_reason, self.key_id, self.sign(message)
+        )
+
+
+class Chain:
+    """The recorder's running state for one session: hands out sequence
+    numbers and links each new event to the one before."""
+
+    __slots__ = ("count", "last_hash", "session_id")
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        self.count = 0
+        self.last_hash = GENESIS
+
+    def append(
+        self,
+        kind: str,
+        at: float,
+        subject: str,
+        connection: str,
+        verdict: str,
+        body: dict[str, Any],
+    ) -> EventRecord:
+        seq = self.count
+        data = canonical(
+            {
+                **body,
+                "session": self.session_id,
+                "seq": seq,
+                "kind": kind,
+                "at": at,
+                "subject": subject,
+                "connection": connection,
+                "verdict": verdict,
+            }
+        )
+        record = EventRecord(
+            self.session_id,
+            seq,
+            at,
+            kind,
+            subject,
+            connection,
+            verdict,
+            data,
+            self.last_hash,
+            link(self.last_hash, data),
+        )
+        self.count = seq + 1
+        self.last_hash = record.hash
+        return record
+
+
+@dataclass(frozen=True)
+class Problem:
+    """The first thing wrong with a session's trail."""
+
+    session_id: str
+    #: The event where the chain breaks; None for a problem with the seal.
+    seq: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"event {self.seq}" if self.seq is not None else "seal"
+        return f"session {self.session_id}, {where}: {self.reason}"
+
+
+_COLUMNS = ("session_id", "seq", "kind", "at", "subject", "connection", "verdict")
+_KEYS = ("session", "seq", "kind", "at", "subject", "connection", "verdict")
+
+
+def verify_events(
+    session_id: str, events: Iterable[EventRecord]
+) -> tuple[int, str, Problem | None]:
+    """Walk one session's events in seq order: (count, last hash, the first
+    problem or None)."""
+    expected_prev = GENESIS
+    count = 0
+    for event in events:
+        if event.session_id != session_id:
+            return count, expected_prev, Problem(session_id, event.seq, "event of another session")
+        if event.seq != count:
+            return (
+                count,
+                expected_prev,
+                Problem(session_id, count, f"event {count} is missing (found {event.seq} next)"),
+            )
+        if event.prev_hash != expected_prev:
+            return (
+                count,
+                expected_prev,
+                Problem(
+                    session_id, event.seq, "previous-hash link does not match the event before"
+                ),
+            )
+        if link(event.prev_hash, event.data) != event.hash:
+            return (
+                count,
+                expected_prev,
+                Problem(session_id, event.seq, "content does not match its hash (record altered)"),
+            )
+        problem = _columns_agree(event)
+        if problem is not None:
+            return count, expected_prev, Problem(session_id, event.seq, problem)
+        expected_prev = event.hash
+        count += 1
+    return count, expected_prev, None
+
+
+def _columns_agree(event: EventRecord) -> str | None:
+    try:
+        data = json.loads(event.data)
+    except ValueError:
+        return "content is not JSON"
+    if not isinstance(data, dict):
+        return "content is not a JSON object"
+    for column, key in zip(_COLUMNS, _KEYS, strict=True):
+        stored = getattr(event, column)
+        inside = data.get(key)
+        if stored != inside and not (
+            isinstance(stored, float)
+            and isinstance(inside, int | float)
+            and math.isclose(stored, inside, rel_tol=0, abs_tol=1e-6)
+        ):
+            return f"stored {column} differs from the hashed content"
+    return None
+
+
+def verify_session(
+    session_id: str,
+    events: Iterable[EventRecord],
+    seal: Seal | None,
+    keys: dict[str, SigningKey],
+) -> Problem | None:
+    """The first problem in one session's trail, or None when the chain is
+    intact and (if sealed) the seal matches it and its signature verifies."""
+    count, last_hash, problem = verify_events(session_id, events)
+    if problem is not None:
+        return problem
+    if seal is None:
+        return None  # still open (or not yet flushed): the chain so far is intact
+    if seal.events != count:
+        return Problem(
+            session_id, None, f"sealed with {seal.events} events, {count} stored (events removed)"
+        )
+    if seal.last_hash != last_hash:
+        return Problem(session_id, None, "sealed chain head differs from the stored chain")
+    key = keys.get(seal.key_id)
+    if key is None:
+        return Problem(session_id, None, f"unknown signing key {seal.key_id}")
+    if key.algorithm != ED25519:
+        return Problem(session_id, None, f"unsupported signature algorithm {key.algorithm}")
+    message = seal_message(session_id, seal.events, seal.last_hash, seal.ended_at, seal.end_reason)
+    try:
+        public = Ed25519PublicKey.from_public_bytes(bytes.fromhex(key.public_key))
+        public.verify(bytes.fromhex(seal.signature), message)
+    except (InvalidSignature, ValueError):
+        return Problem(session_id, None, "signature does not verify")
+    return None
+
+
+def by_session(events: Iterable[EventRecord]) -> Iterator[tuple[str, list[EventRecord]]]:
+    """Group an event stream ordered by session (then seq)."""
+    current: str | None = None
+    group: list[EventRecord] = []
+    for event in events:
+        if event.session_id != current:
+            if current is not None:
+                yield current, group
+            current, group = event.session_id, []
+        group.append(event)
+    if current is not None:
+        yield current, group

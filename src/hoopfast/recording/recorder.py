@@ -1,0 +1,421 @@
+"""The recorder: takes events from the data path without blocking it, keeps
+them in the local spool, and moves them to the state store in batches.
+
+The data path calls ``SessionRecording.statement`` when a statement's answer
+is complete and *before* the gateway forwards the message that completes
+it, so an acknowledged statement is always in the spool (one ``write``; the
+fsync policy decides when it is on disk). A background task moves closed
+spool segments to the store and deletes them once stored. If the store is
+down the spool grows; past its bound ``full`` is set and the session refuses
+new statements (settings.recording_on_full). On start, segments left by a
+previous process (a crash, a kill -9) are replayed into the store, and the
+sessions they leave open are ended and sealed ("gateway stopped").
+
+Each segment starts with a checkpoint of the sessions open at that moment
+(their chain heads), so the spool alone always knows which sessions a crash
+left unsealed, even when their earlier events are long in the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from hoopfast.recording.chain import Chain, Signer
+from hoopfast.recording.spool import Spool, SpoolError, read_segment
+from hoopfast.store import Store, StoreError
+from hoopfast.store.records import SESSION_END, SESSION_START, STATEMENT, EventRecord, Seal
+
+log = logging.getLogger("hoopfast.recording")
+
+#: Events handed to the store per transaction.
+_BATCH = 2000
+_CRASH_REASON = "gateway stopped unexpectedly (recovered from the spool)"
+
+
+class RecordingUnavailable(Exception):
+    """The trail cannot be written: the statement must not run."""
+
+
+@dataclass
+class RecorderOptions:
+    fsync: Literal["always", "batch", "off"] = "batch"
+    fsync_interval: float = 0.2
+    max_bytes: int = 1 << 30
+    segment_bytes: int = 16 << 20
+    flush_interval: float = 0.2
+    #: Past max_bytes: "refuse" (sessions refuse statements; what is in
+    #: flight is still written) or "continue" (events are dropped, counted).
+    on_full: Literal["refuse", "continue"] = "refuse"
+    #: Called with the spool's pending bytes after each change (metrics).
+    on_spool_size: Callable[[int], None] | None = None
+    on_store_error: Callable[[], None] | None = None
+
+
+@dataclass
+class _Open:
+    chain: Chain
+    subject: str
+    connection: str
+    statements: int = 0
+
+
+@dataclass
+class _Replayed:
+    subject: str
+    connection: str
+    count: int
+    last_hash: str
+    sealed: bool = False
+    statements: int = 0
+    last_at: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _encode_event(e: EventRecord) -> bytes:
+    return json.dumps(
+        [
+            "e",
+            e.session_id,
+            e.seq,
+            e.at,
+            e.kind,
+            e.subject,
+            e.connection,
+            e.verdict,
+            e.data,
+            e.prev_hash,
+            e.hash,
+        ],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    ).encode()
+
+
+def _encode_seal(s: Seal) -> bytes:
+    return json.dumps(
+        ["s", s.session_id, s.events, s.last_hash, s.ended_at, s.end_reason, s.key_id, s.signature],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    ).encode()
+
+
+def _decode(payload: bytes) -> EventRecord | Seal | list[list[Any]]:
+    item = json.loads(payload)
+    if item[0] == "e":
+        return EventRecord(*item[1:])
+    if item[0] == "s":
+        return Seal(*item[1:])
+    if item[0] == "c":
+        return list(item[1])
+    raise ValueError(f"unknown spool record {item[0]!r}")
+
+
+class Recorder:
+    def __init__(
+        self, store: Store, spool_dir: Path, signer: Signer, options: RecorderOptions
+    ) -> None:
+        self.store = store
+        self.signer = signer
+        self.options = options
+        self.spool = Spool(spool_dir, options.segment_bytes)
+        self._open: dict[str, _Open] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._key_stored = False
+        self._wake = asyncio.Event()
+        self._closing = False
+        #: The store's last error, or "" while it takes batches.
+        self.store_error = ""
+        #: Set when a spool write failed: nothing more can be recorded.
+        self.broken = ""
+        self.stored_events = 0
+        #: Events not recorded because the spool was full (on_full "continue").
+        self.dropped = 0
+        # Records appended since the last rotation, checkpoints aside: a
+        # segment holding only a checkpoint is not worth rotating.
+        self._unrotated = 0
+
+    # -- lifecycle --------------------------------------------------------
+
+    async def start(self) -> None:
+        """Replay what a previous process left, then start moving segments
+        to the store. Sessions the spool shows open are sealed as ended."""
+        replayed = self._scan()
+        for session_id, r in replayed.items():
+            if r.sealed:
+                continue
+            chain = Chain(session_id)
+            chain.count, chain.last_hash = r.count, r.last_hash
+            at = max(r.last_at, 0.0) or time.time()
+            self._write(
+                chain.append(
+                    SESSION_END,
+                    time.time(),
+                    r.subject,
+                    r.connection,
+                    "",
+                    {"reason": _CRASH_REASON, "statements": r.statements, "ended_at": at},
+                )
+            )
+            self._write_seal(
+                self.signer.seal(session_id, chain.count, chain.last_hash, at, _CRASH_REASON)
+            )
+            log.warning("session %s: recovered from the spool and sealed", session_id)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="recorder")
+
+    def _scan(self) -> dict[str, _Replayed]:
+        """Chain heads of every session in the spool left by an earlier
+        process (checkpoints, then events and seals in order)."""
+        sessions: dict[str, _Replayed] = {}
+        for segment in self.spool.closed_segments():
+            for payload in read_segment(segment):
+                try:
+                    item = _decode(payload)
+                except (ValueError, TypeError, IndexError) as e:
+                    log.error("spool %s: unreadable record skipped: %s", segment.name, e)
+                    continue
+                if isinstance(item, list):
+                    for sid, subject, connection, count, last_hash, statements in item:
+                        if sid not in sessions:
+                            sessions[sid] = _Replayed(
+                                subject, connection, count, last_hash, statements=statements
+                            )
+                elif isinstance(item, EventRecord):
+                    r = sessions.get(item.session_id)
+                    if r is None:
+                        r = sessions[item.session_id] = _Replayed(
+                            item.subject, item.connection, 0, ""
+                        )
+                    if item.seq >= r.count:
+                        r.count, r.last_hash, r.last_at = item.seq + 1, item.hash, item.at
+                        if item.kind == STATEMENT:
+                            r.statements += 1
+                else:
+                    r = sessions.get(item.session_id)
+                    if r is not None:
+                        r.sealed = True
+        return {sid: r for sid, r in sessions.items() if r.count > 0}
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Stop after one last attempt to move everything to the store;
+        what the store did not take stays in the spool for the next start."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+        self.spool.close()
+
+    # -- the data path ----------------------------------------------------
+
+    @property
+    def full(self) -> bool:
+        """Past the spool's bound (or unable to write it): statements must
+        not run unrecorded."""
+        return bool(self.broken) or self.spool.pending_bytes > self.options.max_bytes
+
+    def open_session(
+        self, session_id: str, subject: str, connection: str, body: dict[str, Any]
+    ) -> SessionRecording:
+        """Record a session's start; raises RecordingUnavailable when the
+        trail cannot be written (the session must not start)."""
+        if self.full:
+            raise RecordingUnavailable(self._why_full())
+        chain = Chain(session_id)
+        state = _Open(chain, subject, connection)
+        self._open[session_id] = state
+        self._write(chain.append(SESSION_START, time.time(), subject, connection, "", body))
+        return SessionRecording(self, state)
+
+    def _why_full(self) -> str:
+        if self.broken:
+            return f"the recording spool cannot be written ({self.broken})"
+        return "the recording spool is full because the state store has not taken it" + (
+            f" ({self.store_error})" if self.store_error else ""
+        )
+
+    def _write(self, record: EventRecord) -> None:
+        self._append(_encode_event(record))
+
+    def _write_seal(self, seal: Seal) -> None:
+        self._append(_encode_seal(seal))
+
+    def _append(self, payload: bytes) -> None:
+        if self.broken:
+            raise RecordingUnavailable(self._why_full())
+        if self.options.on_full == "continue" and self.full:
+            self.dropped += 1
+            return
+        try:
+            self.spool.append(payload)
+            if self.options.fsync == "always":
+                self.spool.sync()
+        except (SpoolError, OSError) as e:
+            self.broken = str(e)
+            log.critical("recording stopped: %s", e)
+            raise RecordingUnavailable(self._why_full()) from None
+        self._unrotated += 1
+        if self.spool.current_size >= self.options.segment_bytes:
+            self._rotate()
+        if self.options.on_spool_size is not None:
+            self.options.on_spool_size(self.spool.pending_bytes)
+
+    def _rotate(self) -> None:
+        self.spool.rotate()
+        self._unrotated = 0
+        heads = [
+            [sid, s.subject, s.connection, s.chain.count, s.chain.last_hash, s.statements]
+            for sid, s in self._open.items()
+        ]
+        if heads:
+            payload = json.dumps(["c", heads], ensure_ascii=False, separators=(",", ":"))
+            self.spool.append(payload.encode())
+        self._wake.set()
+
+    def _close_session(self, state: _Open) -> None:
+        self._open.pop(state.chain.session_id, None)
+
+    # -- moving the spool to the store -------------------------------------
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        opts = self.options
+        backoff = opts.flush_interval
+        last_sync = last_flush = loop.time()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._wake.wait(), timeout=min(opts.flush_interval, opts.fsync_interval)
+                )
+            woken = self._wake.is_set()
+            self._wake.clear()
+            now = loop.time()
+            if (
+                opts.fsync == "batch"
+                and self.spool.dirty
+                and now - last_sync >= opts.fsync_interval
+            ):
+                last_sync = now
+                try:
+                    await loop.run_in_executor(None, self.spool.sync)
+                except OSError as e:
+                    self.broken = f"fsync failed: {e.strerror}"
+                    log.critical("recording stopped: %s", self.broken)
+            if not (woken or self._closing or now - last_flush >= opts.flush_interval):
+                continue
+            last_flush = now
+            try:
+                await self._flush()
+            except StoreError as e:
+                if self.store_error != str(e):
+                    log.error("recording: the store refused a batch; spooling locally: %s", e)
+                self.store_error = str(e)
+                if opts.on_store_error is not None:
+                    opts.on_store_error()
+                if self._closing:
+                    return
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if self.store_error:
+                log.warning("recording: the store takes batches again")
+            self.store_error = ""
+            backoff = opts.flush_interval
+            if self._closing:
+                return
+
+    async def _flush(self) -> None:
+        if not self._key_stored:
+            await self.store.add_signing_key(self.signer.signing_key())
+            self._key_stored = True
+        closed = self.spool.closed_segments()
+        if not closed and self._unrotated:
+            self._rotate()
+            closed = self.spool.closed_segments()
+        for segment in closed:
+            events: list[EventRecord] = []
+            seals: list[Seal] = []
+            for payload in read_segment(segment):
+                try:
+                    item = _decode(payload)
+                except (ValueError, TypeError, IndexError):
+                    continue
+                if isinstance(item, EventRecord):
+                    events.append(item)
+                    if len(events) >= _BATCH:
+                        await self.store.write_recording(events, [])
+                        self.stored_events += len(events)
+                        events = []
+                elif isinstance(item, Seal):
+                    seals.append(item)
+            # Seals last: a seal closes its session's row only after its
+            # events are in.
+            await self.store.write_recording(events, seals)
+            self.stored_events += len(events)
+            self.spool.remove(segment)
+            if self.options.on_spool_size is not None:
+                self.options.on_spool_size(self.spool.pending_bytes)
+
+
+class SessionRecording:
+    """One session's trail: statement events, then the end and the seal."""
+
+    __slots__ = ("_recorder", "_state", "ended")
+
+    def __init__(self, recorder: Recorder, state: _Open) -> None:
+        self._recorder = recorder
+        self._state = state
+        self.ended = False
+
+    @property
+    def session_id(self) -> str:
+        return self._state.chain.session_id
+
+    @property
+    def statements(self) -> int:
+        return self._state.statements
+
+    def statement(self, verdict: str, body: dict[str, Any]) -> None:
+        """Raises RecordingUnavailable when the event cannot be written (the
+        caller must then not acknowledge the statement to the client)."""
+        s = self._state
+        s.statements += 1
+        self._recorder._write(
+            s.chain.append(STATEMENT, time.time(), s.subject, s.connection, verdict, body)
+        )
+
+    def end(self, reason: str) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        s = self._state
+        r = self._recorder
+        r._close_session(s)
+        now = time.time()
+        try:
+            r._write(
+                s.chain.append(
+                    SESSION_END,
+                    now,
+                    s.subject,
+                    s.connection,
+                    "",
+                    {"reason": reason, "statements": s.statements, "ended_at": now},
+                )
+            )
+            r._write_seal(
+                r.signer.seal(s.chain.session_id, s.chain.count, s.chain.last_hash, now, reason)
+            )
+        except RecordingUnavailable as e:
+            log.error("session %s: its end could not be recorded: %s", s.chain.session_id, e)

@@ -1,0 +1,132 @@
+"""The recorder's local append-only spool: what the data path recorded,
+on disk before the client sees the statement's result, until the store has
+taken it.
+
+Segment files ``<number>.spool`` in one directory, written in order. Each
+record is framed as a 4-byte big-endian length, a 4-byte CRC-32 and the
+payload (JSON). A record cut short by a crash fails its length or CRC
+check and ends the segment's replay: it was never acknowledged, because
+the write that would have finished it is what precedes the acknowledgement.
+The writer appends to the newest segment only; the flusher takes the closed
+ones (``rotate`` closes the current one), hands their records to the store
+and deletes a segment once the store has all of it.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+_HEADER = struct.Struct(">II")
+_SUFFIX = ".spool"
+
+
+class SpoolError(OSError):
+    """The spool cannot be written (disk full, permissions)."""
+
+
+class Spool:
+    def __init__(self, directory: Path, segment_bytes: int) -> None:
+        self.directory = directory
+        self.segment_bytes = segment_bytes
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        existing = self.segments()
+        self._number = int(existing[-1].stem) + 1 if existing else 1
+        #: Bytes in all segments (what the store has not acknowledged yet).
+        self.pending_bytes = sum(p.stat().st_size for p in existing)
+        self._fd = -1
+        self._size = 0
+        #: Bytes written since the last fsync.
+        self.dirty = False
+        self._open_segment()
+
+    def _path(self, number: int) -> Path:
+        return self.directory / f"{number:012d}{_SUFFIX}"
+
+    def _open_segment(self) -> None:
+        path = self._path(self._number)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self._size = 0
+
+    def segments(self) -> list[Path]:
+        """Every segment, oldest first (the current one last)."""
+        return sorted(self.directory.glob("*" + _SUFFIX))
+
+    @property
+    def current(self) -> Path:
+        return self._path(self._number)
+
+    @property
+    def current_size(self) -> int:
+        return self._size
+
+    def append(self, payload: bytes) -> None:
+        """One record, in one write: after it returns, a kill of the process
+        loses nothing (the page cache holds it); a power cut may, until
+        ``sync``."""
+        frame = _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+        try:
+            written = os.write(self._fd, frame)
+        except OSError as e:
+            raise SpoolError(e.errno, f"cannot write the recording spool: {e.strerror}") from None
+        if written != len(frame):
+            # A short write (disk full): the torn tail fails its CRC on replay.
+            raise SpoolError(28, "cannot write the recording spool: short write (disk full?)")
+        self._size += written
+        self.pending_bytes += written
+        self.dirty = True
+
+    def sync(self) -> None:
+        """fsync the current segment (callable from a worker thread)."""
+        self.dirty = False
+        os.fsync(self._fd)
+
+    def rotate(self) -> None:
+        """Close the current segment (if it holds anything) so the flusher may
+        take it; later records go to a new one."""
+        if self._size == 0:
+            return
+        os.fsync(self._fd)  # a closed segment is complete on disk
+        os.close(self._fd)
+        self._number += 1
+        self._open_segment()
+
+    def closed_segments(self) -> list[Path]:
+        current = self.current
+        return [p for p in self.segments() if p != current]
+
+    def remove(self, segment: Path) -> None:
+        size = segment.stat().st_size
+        segment.unlink()
+        self.pending_bytes = max(0, self.pending_bytes - size)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            try:
+                os.fsync(self._fd)
+            finally:
+                os.close(self._fd)
+                self._fd = -1
+            if self._size == 0:
+                self.current.unlink(missing_ok=True)
+
+
+def read_segment(path: Path) -> Iterator[bytes]:
+    """The payloads of a segment's intact records, in order; stops at the
+    first torn or corrupt record (the crash point)."""
+    data = path.read_bytes()
+    pos = 0
+    end = len(data)
+    while pos + _HEADER.size <= end:
+        length, crc = _HEADER.unpack_from(data, pos)
+        start = pos + _HEADER.size
+        if start + length > end:
+            return
+        payload = data[start : start + length]
+        if zlib.crc32(payload) != crc:
+            return
+        yield payload
+        pos = start + length

@@ -1,0 +1,93 @@
+"""The state store's interface. Two backends implement it: SQLite (WAL), the
+embedded default, and PostgreSQL, when several gateway replicas share state.
+
+Every method is a coroutine and never blocks the event loop (SQLite runs on
+its own thread). Writes of recording records are idempotent: the recorder may
+deliver a batch twice (a crash between the store's commit and the spool's
+acknowledgement), and the second delivery changes nothing.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from hoopfast.store.records import EventFilter, EventRecord, Seal, SessionRow, SigningKey
+
+#: Keyset position in the event order (at, session_id, seq): pages continue
+#: strictly after it.
+EventCursor = tuple[float, str, int]
+
+
+class StoreError(Exception):
+    """The store cannot do it now (unreachable, locked, disk full). The
+    message is for logs and people; it never carries a credential."""
+
+
+class Store(ABC):
+    #: "sqlite" or "postgresql".
+    backend: str
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect and bring the schema to the current version (migrations
+        run in order, each once, in a transaction)."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def schema_version(self) -> int: ...
+
+    # -- recordings: written by the recorder ---------------------------------
+
+    @abstractmethod
+    async def write_recording(self, events: Sequence[EventRecord], seals: Sequence[Seal]) -> None:
+        """Store events and seals in one transaction; already stored ones
+        (same session_id and seq; same session's seal) are left as they are.
+        A session_start event opens its session's row; a seal closes it.
+        Raises StoreError when the store is unavailable (nothing is written)."""
+
+    @abstractmethod
+    async def add_signing_key(self, key: SigningKey) -> None:
+        """Remember a public key (no-op when its key_id is known)."""
+
+    @abstractmethod
+    async def signing_keys(self) -> dict[str, SigningKey]: ...
+
+    # -- recordings: read by the API ----------------------------------------
+
+    @abstractmethod
+    async def sessions(
+        self,
+        where: EventFilter,
+        *,
+        limit: int = 100,
+        before: tuple[float, str] | None = None,
+    ) -> list[SessionRow]:
+        """Sessions, newest first (started_at desc, session_id desc), those
+        started in [since, until) matching subject/connection/session_id and
+        not exclude_subject; ``before`` continues a previous page."""
+
+    @abstractmethod
+    async def session(self, session_id: str) -> SessionRow | None: ...
+
+    @abstractmethod
+    async def events(
+        self,
+        where: EventFilter,
+        *,
+        limit: int = 1000,
+        after: EventCursor | None = None,
+    ) -> list[EventRecord]:
+        """Up to ``limit`` events matching ``where`` in (at, session_id, seq)
+        order, strictly after ``after``. Exports page through millions of
+        events with this, so it must use an index, not OFFSET."""
+
+    @abstractmethod
+    async def count_events(self, where: EventFilter) -> int:
+        """How many events ``events`` would page through (for progress)."""
+
+    @abstractmethod
+    async def session_events(self, session_id: str) -> list[EventRecord]:
+        """All events of one session in seq order (replay, verify)."""

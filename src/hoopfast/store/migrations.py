@@ -1,0 +1,192 @@
+"""The state store's schema, as one ordered list of versioned steps with the
+SQL of each dialect side by side, so the two backends cannot drift apart.
+
+A store records every step it applied in ``schema_version`` (one row per
+version). Opening a store applies the missing steps in order, each in its
+own transaction together with its ``schema_version`` row, under a lock that
+serialises gateways opening the same store (SQLite: ``BEGIN IMMEDIATE``;
+PostgreSQL: ``pg_advisory_xact_lock``, taken before anything else in the
+transaction). A later version is one more :class:`Migration` appended to
+:data:`MIGRATIONS`; a released step is never edited.
+
+Column choices: times are Unix seconds as REAL / double precision (what
+``time.time()`` gives, no time zone to get wrong); PostgreSQL's text keys use
+``COLLATE "C"`` so that both backends order session ids bytewise, and the
+keyset indexes serve ``ORDER BY`` without a sort.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from hoopfast.store.base import StoreError
+
+__all__ = [
+    "ADVISORY_LOCK_KEY",
+    "LATEST_VERSION",
+    "MIGRATIONS",
+    "READ_VERSION_SQL",
+    "RECORD_VERSION_SQL",
+    "VERSION_TABLE_SQL",
+    "Dialect",
+    "Migration",
+    "pending",
+]
+
+Dialect = Literal["sqlite", "postgresql"]
+
+#: pg_advisory_xact_lock key held while migrating: the bytes "hoopfast" as a
+#: signed 64-bit integer, unlikely to collide with another application's.
+ADVISORY_LOCK_KEY = int.from_bytes(b"hoopfast", "big", signed=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    summary: str
+    sqlite: tuple[str, ...]
+    postgresql: tuple[str, ...]
+
+    def statements(self, dialect: Dialect) -> tuple[str, ...]:
+        return self.sqlite if dialect == "sqlite" else self.postgresql
+
+
+_V1_SQLITE = (
+    """
+    CREATE TABLE sessions (
+        session_id     TEXT PRIMARY KEY,
+        subject        TEXT NOT NULL,
+        connection     TEXT NOT NULL,
+        client_address TEXT NOT NULL,
+        started_at     REAL NOT NULL,
+        ended_at       REAL,
+        end_reason     TEXT,
+        stored_events  INTEGER NOT NULL DEFAULT 0,
+        statements     INTEGER NOT NULL DEFAULT 0,
+        events         INTEGER,
+        last_hash      TEXT,
+        key_id         TEXT,
+        signature      TEXT
+    )
+    """,
+    "CREATE INDEX sessions_started ON sessions (started_at, session_id)",
+    "CREATE INDEX sessions_subject ON sessions (subject, started_at, session_id)",
+    "CREATE INDEX sessions_connection ON sessions (connection, started_at, session_id)",
+    # A rowid table, not WITHOUT ROWID: event data can be large (SQLite
+    # advises WITHOUT ROWID only for small rows).
+    """
+    CREATE TABLE events (
+        session_id TEXT NOT NULL,
+        seq        INTEGER NOT NULL,
+        at         REAL NOT NULL,
+        kind       TEXT NOT NULL,
+        subject    TEXT NOT NULL,
+        connection TEXT NOT NULL,
+        verdict    TEXT NOT NULL,
+        data       TEXT NOT NULL,
+        prev_hash  TEXT NOT NULL,
+        hash       TEXT NOT NULL,
+        PRIMARY KEY (session_id, seq)
+    )
+    """,
+    "CREATE INDEX events_at ON events (at, session_id, seq)",
+    "CREATE INDEX events_subject ON events (subject, at, session_id, seq)",
+    "CREATE INDEX events_connection ON events (connection, at, session_id, seq)",
+    """
+    CREATE TABLE signing_keys (
+        key_id     TEXT PRIMARY KEY,
+        algorithm  TEXT NOT NULL,
+        public_key TEXT NOT NULL,
+        created_at REAL NOT NULL
+    )
+    """,
+)
+
+_V1_POSTGRESQL = (
+    """
+    CREATE TABLE sessions (
+        session_id     text COLLATE "C" PRIMARY KEY,
+        subject        text COLLATE "C" NOT NULL,
+        connection     text COLLATE "C" NOT NULL,
+        client_address text NOT NULL,
+        started_at     double precision NOT NULL,
+        ended_at       double precision,
+        end_reason     text,
+        stored_events  bigint NOT NULL DEFAULT 0,
+        statements     bigint NOT NULL DEFAULT 0,
+        events         bigint,
+        last_hash      text,
+        key_id         text,
+        signature      text
+    )
+    """,
+    "CREATE INDEX sessions_started ON sessions (started_at, session_id)",
+    "CREATE INDEX sessions_subject ON sessions (subject, started_at, session_id)",
+    "CREATE INDEX sessions_connection ON sessions (connection, started_at, session_id)",
+    """
+    CREATE TABLE events (
+        session_id text COLLATE "C" NOT NULL,
+        seq        bigint NOT NULL,
+        at         double precision NOT NULL,
+        kind       text NOT NULL,
+        subject    text COLLATE "C" NOT NULL,
+        connection text COLLATE "C" NOT NULL,
+        verdict    text NOT NULL,
+        data       text NOT NULL,
+        prev_hash  text NOT NULL,
+        hash       text NOT NULL,
+        PRIMARY KEY (session_id, seq)
+    )
+    """,
+    "CREATE INDEX events_at ON events (at, session_id, seq)",
+    "CREATE INDEX events_subject ON events (subject, at, session_id, seq)",
+    "CREATE INDEX events_connection ON events (connection, at, session_id, seq)",
+    """
+    CREATE TABLE signing_keys (
+        key_id     text PRIMARY KEY,
+        algorithm  text NOT NULL,
+        public_key text NOT NULL,
+        created_at double precision NOT NULL
+    )
+    """,
+)
+
+#: Every schema version, oldest first; versions are 1, 2, 3, ... in order.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "recordings: sessions, events, signing keys", _V1_SQLITE, _V1_POSTGRESQL),
+)
+
+LATEST_VERSION = MIGRATIONS[-1].version
+
+#: Creates ``schema_version`` if missing (run under the migration lock).
+VERSION_TABLE_SQL: dict[Dialect, str] = {
+    "sqlite": (
+        "CREATE TABLE IF NOT EXISTS schema_version"
+        " (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+    ),
+    "postgresql": (
+        "CREATE TABLE IF NOT EXISTS schema_version"
+        " (version integer PRIMARY KEY, applied_at double precision NOT NULL)"
+    ),
+}
+#: One row, one column: the current version (0 for a new store).
+READ_VERSION_SQL = "SELECT COALESCE(MAX(version), 0) FROM schema_version"
+#: Parameters: version, applied_at (Unix seconds).
+RECORD_VERSION_SQL: dict[Dialect, str] = {
+    "sqlite": "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+    "postgresql": "INSERT INTO schema_version (version, applied_at) VALUES (%s, %s)",
+}
+
+
+def pending(current: int) -> tuple[Migration, ...]:
+    """The steps a store at version ``current`` still needs, in order.
+
+    A store newer than this code is refused rather than used: a later step
+    may have changed what the older code relies on."""
+    if current > LATEST_VERSION:
+        raise StoreError(
+            f"the store's schema is at version {current}, newer than this hoopfast"
+            f" supports ({LATEST_VERSION}): upgrade hoopfast"
+        )
+    return tuple(m for m in MIGRATIONS if m.version > current)

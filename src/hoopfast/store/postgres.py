@@ -1,0 +1,444 @@
+"""The shared state store: PostgreSQL, for several gateway replicas.
+
+One connection, used by one coroutine at a time (an asyncio.Lock): the store
+serves a recorder and an API, not a query workload, so a pool would only add
+idle sessions on the server. After a failure the connection is dropped when
+it is no longer usable, and the next call connects again.
+
+Batches go to the server as one statement over ``unnest`` of parameter
+arrays (binary, so a megabyte of event data is not escaped into an array
+literal): one round trip per table, whatever the batch size.
+
+Errors never show the URL: libpq and psycopg can echo parts of the conninfo,
+so a message that contains the password is replaced by the error's class and
+SQLSTATE, and the psycopg exception is not chained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from typing import Any, TypeAlias, TypeVar
+from urllib.parse import quote
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from hoopfast.store import migrations
+from hoopfast.store.base import EventCursor, Store, StoreError
+from hoopfast.store.records import (
+    SESSION_START,
+    STATEMENT,
+    EventFilter,
+    EventRecord,
+    Seal,
+    SessionRow,
+    SigningKey,
+)
+
+__all__ = ["PostgresStore"]
+
+_T = TypeVar("_T")
+_Conn: TypeAlias = psycopg.AsyncConnection[tuple[Any, ...]]
+
+#: Connection parameters used unless the URL sets them. A dead server must
+#: fail a call in seconds, not after TCP's retransmission timeout of minutes:
+#: keepalives catch it while we wait for a reply, tcp_user_timeout while we
+#: send a batch.
+_DEFAULTS: dict[str, str] = {
+    "connect_timeout": "5",
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "30000",
+    "application_name": "hoopfast",
+}
+
+_EVENT_COLUMNS = "session_id, seq, at, kind, subject, connection, verdict, data, prev_hash, hash"
+_SESSION_COLUMNS = (
+    "session_id, subject, connection, client_address, started_at, stored_events, statements,"
+    " ended_at, end_reason, events, last_hash, key_id, signature"
+)
+
+_INSERT_EVENTS = (
+    f"INSERT INTO events ({_EVENT_COLUMNS})"
+    " SELECT * FROM unnest(%b::text[], %b::bigint[], %b::float8[], %b::text[], %b::text[],"
+    " %b::text[], %b::text[], %b::text[], %b::text[], %b::text[])"
+    " ON CONFLICT DO NOTHING RETURNING session_id, kind"
+)
+_OPEN_SESSIONS = (
+    "INSERT INTO sessions (session_id, subject, connection, client_address, started_at)"
+    " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::float8[])"
+    " ON CONFLICT DO NOTHING"
+)
+_COUNT_EVENTS = (
+    "UPDATE sessions s SET stored_events = s.stored_events + u.n,"
+    " statements = s.statements + u.st"
+    " FROM unnest(%b::text[], %b::bigint[], %b::bigint[]) AS u(session_id, n, st)"
+    " WHERE s.session_id = u.session_id"
+)
+_SEAL_SESSIONS = (
+    "UPDATE sessions s SET ended_at = u.ended_at, end_reason = u.end_reason,"
+    " events = u.events, last_hash = u.last_hash, key_id = u.key_id, signature = u.signature"
+    " FROM unnest(%b::text[], %b::float8[], %b::text[], %b::bigint[], %b::text[], %b::text[],"
+    " %b::text[]) AS u(session_id, ended_at, end_reason, events, last_hash, key_id, signature)"
+    " WHERE s.session_id = u.session_id AND s.signature IS NULL"
+)
+
+
+class PostgresStore(Store):
+    backend = "postgresql"
+
+    def __init__(self, url: str) -> None:
+        """``url``: a libpq URI or conninfo string. Raises ValueError (without
+        the URL's text, which may hold a password) when libpq cannot parse it."""
+        try:
+            params = conninfo_to_dict(url)
+        except psycopg.Error:
+            raise ValueError("the PostgreSQL store URL is not a valid libpq URL") from None
+        self._conninfo = make_conninfo(
+            url, **{k: v for k, v in _DEFAULTS.items() if k not in params}
+        )
+        host = params.get("host") or params.get("hostaddr") or "localhost"
+        port = params.get("port") or "5432"
+        dbname = params.get("dbname") or params.get("user") or ""
+        self.location = f"{host}:{port}/{dbname}"
+        password = str(params.get("password") or "")
+        self._secrets = [s for s in (password, quote(password, safe="")) if s]
+        self._conn: _Conn | None = None
+        self._lock = asyncio.Lock()
+
+    # -- plumbing --------------------------------------------------------------
+
+    async def _run(self, fn: Callable[[_Conn], Awaitable[_T]]) -> _T:
+        async with self._lock:
+            try:
+                if self._conn is None:
+                    self._conn = await psycopg.AsyncConnection.connect(
+                        self._conninfo, autocommit=True
+                    )
+                return await fn(self._conn)
+            except psycopg.Error as e:
+                await self._drop(broken_only=True)
+                raise StoreError(self._describe(e)) from None
+            except BaseException:
+                # Cancelled (or worse) in the middle of a protocol exchange:
+                # the connection's state is unknown, so it is not reused.
+                await self._drop(broken_only=False)
+                raise
+
+    async def _drop(self, *, broken_only: bool) -> None:
+        conn = self._conn
+        if conn is None or (broken_only and not (conn.closed or conn.broken)):
+            return
+        self._conn = None
+        with contextlib.suppress(psycopg.Error):  # it is gone either way
+            await conn.close()
+
+    def _describe(self, e: psycopg.Error) -> str:
+        lines = str(e).strip().splitlines()
+        text = lines[0].strip() if lines else ""
+        if not text or any(secret in text for secret in self._secrets):
+            text = type(e).__name__ + (f" (SQLSTATE {e.sqlstate})" if e.sqlstate else "")
+        return f"the PostgreSQL store at {self.location} is unavailable: {text}"
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self._run(_migrate)
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._drop(broken_only=False)
+
+    async def schema_version(self) -> int:
+        return await self._run(_read_version)
+
+    # -- recordings: written ---------------------------------------------------
+
+    async def write_recording(self, events: Sequence[EventRecord], seals: Sequence[Seal]) -> None:
+        if events or seals:
+            await self._run(lambda conn: _write_recording(conn, events, seals))
+
+    async def add_signing_key(self, key: SigningKey) -> None:
+        async def add(conn: _Conn) -> None:
+            await conn.execute(
+                "INSERT INTO signing_keys (key_id, algorithm, public_key, created_at)"
+                " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (key.key_id, key.algorithm, key.public_key, key.created_at),
+            )
+
+        await self._run(add)
+
+    async def signing_keys(self) -> dict[str, SigningKey]:
+        sql = "SELECT key_id, algorithm, public_key, created_at FROM signing_keys"
+        rows = await self._run(lambda conn: _fetchall(conn, sql, ()))
+        return {row[0]: SigningKey(*row) for row in rows}
+
+    # -- recordings: read ------------------------------------------------------
+
+    async def sessions(
+        self,
+        where: EventFilter,
+        *,
+        limit: int = 100,
+        before: tuple[float, str] | None = None,
+    ) -> list[SessionRow]:
+        if before is not None and where.until is not None:
+            # One upper bound only, for the same reason as in events().
+            if before[0] < where.until:
+                where = replace(where, until=None)
+            else:
+                before = None
+        conditions, params = _session_conditions(where)
+        if before is not None:
+            conditions.append("(started_at, session_id) < (%s, %s)")
+            params.extend(before)
+        sql = (
+            f"SELECT {_SESSION_COLUMNS} FROM sessions{_where(conditions)}"
+            " ORDER BY started_at DESC, session_id DESC LIMIT %s"
+        )
+        params.append(limit)
+        rows = await self._run(lambda conn: _fetchall(conn, sql, params))
+        return [_session_row(row) for row in rows]
+
+    async def session(self, session_id: str) -> SessionRow | None:
+        sql = f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = %s"
+        rows = await self._run(lambda conn: _fetchall(conn, sql, (session_id,)))
+        return _session_row(rows[0]) if rows else None
+
+    async def events(
+        self,
+        where: EventFilter,
+        *,
+        limit: int = 1000,
+        after: EventCursor | None = None,
+    ) -> list[EventRecord]:
+        if after is not None and where.since is not None:
+            # One lower bound only, so that the index range starts at the
+            # cursor: given both, SQLite would start every page at ``since``.
+            if after[0] >= where.since:
+                where = replace(where, since=None)
+            else:
+                after = None
+        conditions, params = _event_conditions(where)
+        if after is not None:
+            # A row comparison: an index condition on events_at (or on the
+            # subject/connection index after its equality).
+            conditions.append("(at, session_id, seq) > (%s, %s, %s)")
+            params.extend(after)
+        sql = (
+            f"SELECT {_EVENT_COLUMNS} FROM events{_where(conditions)}"
+            " ORDER BY at, session_id, seq LIMIT %s"
+        )
+        params.append(limit)
+        rows = await self._run(lambda conn: _fetchall(conn, sql, params))
+        return [EventRecord(*row) for row in rows]
+
+    async def count_events(self, where: EventFilter) -> int:
+        conditions, params = _event_conditions(where)
+        sql = f"SELECT count(*) FROM events{_where(conditions)}"
+        rows = await self._run(lambda conn: _fetchall(conn, sql, params))
+        count: int = rows[0][0]
+        return count
+
+    async def session_events(self, session_id: str) -> list[EventRecord]:
+        sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE session_id = %s ORDER BY seq"
+        rows = await self._run(lambda conn: _fetchall(conn, sql, (session_id,)))
+        return [EventRecord(*row) for row in rows]
+
+
+# -- with the connection ---------------------------------------------------------
+
+
+async def _fetchall(conn: _Conn, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    cursor = await conn.execute(sql, params)
+    return await cursor.fetchall()
+
+
+async def _read_version(conn: _Conn) -> int:
+    rows = await _fetchall(conn, migrations.READ_VERSION_SQL, ())
+    version: int = rows[0][0]
+    return version
+
+
+async def _migrate(conn: _Conn) -> None:
+    """Apply the pending steps, each in its own transaction. The advisory lock
+    comes first, before even ``CREATE TABLE IF NOT EXISTS schema_version``
+    (which is not safe against a concurrent creator), and the version is read
+    under it, so of two gateways opening at once the second finds the work
+    done."""
+    while True:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (migrations.ADVISORY_LOCK_KEY,))
+            await conn.execute(migrations.VERSION_TABLE_SQL["postgresql"])
+            todo = migrations.pending(await _read_version(conn))
+            if not todo:
+                return
+            for statement in todo[0].postgresql:
+                await conn.execute(statement)
+            await conn.execute(
+                migrations.RECORD_VERSION_SQL["postgresql"], (todo[0].version, time.time())
+            )
+
+
+def _client_address(data: str) -> str:
+    """The client address a session_start event's data holds ("" when it does
+    not: the event is stored as it came; ``audit verify`` judges it)."""
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return ""
+    address = value.get("client_address") if isinstance(value, dict) else None
+    return "" if address is None else str(address)
+
+
+def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Rows to one list per column (an ``unnest`` parameter each)."""
+    return [[row[i] for row in rows] for i in range(width)]
+
+
+async def _write_recording(
+    conn: _Conn, events: Sequence[EventRecord], seals: Sequence[Seal]
+) -> None:
+    event_rows = [
+        (
+            e.session_id,
+            e.seq,
+            e.at,
+            e.kind,
+            e.subject,
+            e.connection,
+            e.verdict,
+            e.data,
+            e.prev_hash,
+            e.hash,
+        )
+        for e in events
+    ]
+    starts = [
+        (e.session_id, e.subject, e.connection, _client_address(e.data), e.at)
+        for e in events
+        if e.kind == SESSION_START
+    ]
+    # The first seal of a session wins, as it would one by one (in one UPDATE
+    # ... FROM, which of two matching rows applies is not defined).
+    first_seals: dict[str, Seal] = {}
+    for s in seals:
+        first_seals.setdefault(s.session_id, s)
+    seal_rows = [
+        (s.session_id, s.ended_at, s.end_reason, s.events, s.last_hash, s.key_id, s.signature)
+        for s in first_seals.values()
+    ]
+    async with conn.transaction():
+        added: dict[str, list[int]] = {}
+        if event_rows:
+            # RETURNING lists only the rows inserted: the counters count
+            # those, so a redelivered batch adds nothing.
+            cursor = await conn.execute(_INSERT_EVENTS, _columns(event_rows, 10))
+            for session_id, kind in await cursor.fetchall():
+                counts = added.setdefault(session_id, [0, 0])
+                counts[0] += 1
+                counts[1] += int(kind == STATEMENT)
+        # Sessions are opened before they are counted: a batch may hold both.
+        if starts:
+            await conn.execute(_OPEN_SESSIONS, _columns(starts, 5))
+        if added:
+            counted = [(sid, n, statements) for sid, (n, statements) in added.items()]
+            await conn.execute(_COUNT_EVENTS, _columns(counted, 3))
+        if seal_rows:
+            await conn.execute(_SEAL_SESSIONS, _columns(seal_rows, 7))
+
+
+# -- SQL pieces ------------------------------------------------------------------
+
+
+def _where(conditions: list[str]) -> str:
+    return " WHERE " + " AND ".join(conditions) if conditions else ""
+
+
+def _event_conditions(where: EventFilter) -> tuple[list[str], list[Any]]:
+    conditions: list[str] = []
+    params: list[Any] = []
+    if where.since is not None:
+        conditions.append("at >= %s")
+        params.append(where.since)
+    if where.until is not None:
+        conditions.append("at < %s")
+        params.append(where.until)
+    for column, value in (
+        ("subject", where.subject),
+        ("connection", where.connection),
+        ("verdict", where.verdict),
+        ("session_id", where.session_id),
+    ):
+        if value:
+            conditions.append(f"{column} = %s")
+            params.append(value)
+    if where.exclude_subject:
+        conditions.append("subject <> %s")
+        params.append(where.exclude_subject)
+    return conditions, params
+
+
+def _session_conditions(where: EventFilter) -> tuple[list[str], list[Any]]:
+    """Sessions match on when they started; a verdict belongs to a statement,
+    not to a session, so it is no condition here."""
+    conditions: list[str] = []
+    params: list[Any] = []
+    if where.since is not None:
+        conditions.append("started_at >= %s")
+        params.append(where.since)
+    if where.until is not None:
+        conditions.append("started_at < %s")
+        params.append(where.until)
+    for column, value in (
+        ("subject", where.subject),
+        ("connection", where.connection),
+        ("session_id", where.session_id),
+    ):
+        if value:
+            conditions.append(f"{column} = %s")
+            params.append(value)
+    if where.exclude_subject:
+        conditions.append("subject <> %s")
+        params.append(where.exclude_subject)
+    return conditions, params
+
+
+def _session_row(row: Sequence[Any]) -> SessionRow:
+    (
+        session_id,
+        subject,
+        connection,
+        client_address,
+        started_at,
+        stored_events,
+        statements,
+        ended_at,
+        end_reason,
+        events,
+        last_hash,
+        key_id,
+        signature,
+    ) = row
+    seal = None
+    if signature is not None:
+        seal = Seal(session_id, events, last_hash, ended_at, end_reason, key_id, signature)
+    return SessionRow(
+        session_id,
+        subject,
+        connection,
+        client_address,
+        started_at,
+        stored_events,
+        statements,
+        ended_at,
+        end_reason,
+        seal,
+    )

@@ -1,0 +1,102 @@
+"""What the state store holds for recordings, as plain values: the recorder
+produces them, the spool carries them, the store keeps them, the API and the
+export read them back. Nothing here knows SQL or files.
+
+An event's ``data`` is the canonical JSON text (sorted keys, no spaces,
+UTF-8) of everything that happened; its chain hash covers exactly those
+bytes and the previous hash (hoopfast.recording.chain). The other fields are
+copies of values inside ``data``, kept as columns so the store can filter
+and order without parsing JSON; ``audit verify`` checks that they agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Event kinds, in the order a session produces them.
+SESSION_START = "session_start"
+STATEMENT = "statement"
+SESSION_END = "session_end"
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    session_id: str
+    #: 0 for session_start, then 1, 2, ... without gaps.
+    seq: int
+    #: Unix time (seconds) the event happened.
+    at: float
+    kind: str
+    subject: str
+    connection: str
+    #: Policy verdict of a statement ("allow", "deny", "review"), else "".
+    verdict: str
+    #: Canonical JSON of the event (see the module docstring).
+    data: str
+    #: Hex SHA-256 of the previous event of the session (64 zeros for seq 0).
+    prev_hash: str
+    #: Hex SHA-256 over prev_hash and data.
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Seal:
+    """A finished session's chain head, signed by the gateway."""
+
+    session_id: str
+    #: Number of events in the session (the last seq + 1).
+    events: int
+    last_hash: str
+    ended_at: float
+    end_reason: str
+    #: Which signing key (SigningKey.key_id) signed it.
+    key_id: str
+    #: Hex signature over hoopfast.recording.chain.seal_message(...).
+    signature: str
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """A public key that verifies seals. Keys are added, never replaced."""
+
+    key_id: str
+    #: "ed25519" (raw 32-byte public key, hex) or "hmac-sha256" (public_key
+    #: empty: only the gateway holding the secret can verify).
+    algorithm: str
+    public_key: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    """A session as the store knows it: opened by its session_start event,
+    sealed (or not yet) by its Seal."""
+
+    session_id: str
+    subject: str
+    connection: str
+    client_address: str
+    started_at: float
+    #: Events stored so far.
+    stored_events: int
+    #: Statement events stored so far.
+    statements: int
+    ended_at: float | None = None
+    end_reason: str | None = None
+    seal: Seal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which events an export wants. ``since``/``until``: Unix times, half
+    open [since, until). Empty strings / None: no condition."""
+
+    since: float | None = None
+    until: float | None = None
+    subject: str | None = None
+    connection: str | None = None
+    verdict: str | None = None
+    session_id: str | None = None
+    #: Sessions whose events must be left out (segregation of duties: the
+    #: reader's own sessions), by subject.
+    exclude_subject: str | None = None

@@ -1,0 +1,448 @@
+"""The embedded state store: one SQLite file in WAL mode.
+
+sqlite3 calls block, so every one of them runs on a single dedicated worker
+thread, which owns the connection: calls are serialised for free, the event
+loop never waits on the disk, and no connection crosses threads. Each
+blocking function is a complete unit (its own transaction, rolled back on
+error), so a caller cancelled while it runs leaves nothing half done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hoopfast.store import migrations
+from hoopfast.store.base import EventCursor, Store, StoreError
+from hoopfast.store.records import (
+    SESSION_START,
+    STATEMENT,
+    EventFilter,
+    EventRecord,
+    Seal,
+    SessionRow,
+    SigningKey,
+)
+
+__all__ = ["SqliteStore"]
+
+_T = TypeVar("_T")
+
+#: How long a writer waits for another process's write lock (milliseconds).
+_BUSY_TIMEOUT_MS = 5000
+
+_EVENT_COLUMNS = "session_id, seq, at, kind, subject, connection, verdict, data, prev_hash, hash"
+_SESSION_COLUMNS = (
+    "session_id, subject, connection, client_address, started_at, stored_events, statements,"
+    " ended_at, end_reason, events, last_hash, key_id, signature"
+)
+
+
+class SqliteStore(Store):
+    backend = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    # -- plumbing --------------------------------------------------------------
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        if self._executor is None:
+            raise RuntimeError("the SQLite store is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._call, fn)
+
+    def _call(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """On the worker thread: run ``fn``, turning failures into StoreError."""
+        try:
+            if self._conn is None:
+                self._conn = self._connect()
+            return fn(self._conn)
+        except (sqlite3.Error, OSError) as e:
+            raise StoreError(f"the SQLite store at {self.path} is unavailable: {e}") from e
+
+    def _connect(self) -> sqlite3.Connection:
+        parent = self.path.parent
+        if not parent.is_dir():
+            parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(parent, 0o700)  # mkdir's mode is filtered by the umask
+        # Created here rather than by SQLite, which would use 0644: recordings
+        # are audit data. The -wal and -shm files inherit the database's mode.
+        # Only when it does not exist yet: closing *any* descriptor of a
+        # SQLite file drops every POSIX lock this process holds on it, so
+        # opening and closing an existing database under another connection
+        # of the same process (tests run several gateways on one store)
+        # would let writers collide and corrupt it.
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+        # isolation_level=None: transactions are begun and ended explicitly.
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            _enable_wal(conn)
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA foreign_keys=OFF")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _shutdown(self) -> None:
+        """On the worker thread: close the connection (it belongs to it)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="hoopfast-sqlite")
+        try:
+            await self._run(_migrate)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, self._shutdown)
+        finally:
+            executor.shutdown(wait=False)
+
+    async def schema_version(self) -> int:
+        return await self._run(_read_version)
+
+    # -- recordings: written ---------------------------------------------------
+
+    async def write_recording(self, events: Sequence[EventRecord], seals: Sequence[Seal]) -> None:
+        if events or seals:
+            await self._run(lambda conn: _write_recording(conn, events, seals))
+
+    async def add_signing_key(self, key: SigningKey) -> None:
+        def add(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR IGNORE INTO signing_keys (key_id, algorithm, public_key, created_at)"
+                " VALUES (?, ?, ?, ?)",
+                (key.key_id, key.algorithm, key.public_key, key.created_at),
+            )
+
+        await self._run(add)
+
+    async def signing_keys(self) -> dict[str, SigningKey]:
+        def read(conn: sqlite3.Connection) -> dict[str, SigningKey]:
+            rows = conn.execute(
+                "SELECT key_id, algorithm, public_key, created_at FROM signing_keys"
+            ).fetchall()
+            return {row[0]: SigningKey(*row) for row in rows}
+
+        return await self._run(read)
+
+    # -- recordings: read ------------------------------------------------------
+
+    async def sessions(
+        self,
+        where: EventFilter,
+        *,
+        limit: int = 100,
+        before: tuple[float, str] | None = None,
+    ) -> list[SessionRow]:
+        if before is not None and where.until is not None:
+            # One upper bound only, for the same reason as in events().
+            if before[0] < where.until:
+                where = replace(where, until=None)
+            else:
+                before = None
+        conditions, params = _session_conditions(where)
+        if before is not None:
+            conditions.append("(started_at, session_id) < (?, ?)")
+            params.extend(before)
+        sql = (
+            f"SELECT {_SESSION_COLUMNS} FROM sessions{_where(conditions)}"
+            " ORDER BY started_at DESC, session_id DESC LIMIT ?"
+        )
+        params.append(limit)
+        rows = await self._run(lambda conn: conn.execute(sql, params).fetchall())
+        return [_session_row(row) for row in rows]
+
+    async def session(self, session_id: str) -> SessionRow | None:
+        sql = f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ?"
+        row = await self._run(lambda conn: conn.execute(sql, (session_id,)).fetchone())
+        return None if row is None else _session_row(row)
+
+    async def events(
+        self,
+        where: EventFilter,
+        *,
+        limit: int = 1000,
+        after: EventCursor | None = None,
+    ) -> list[EventRecord]:
+        if after is not None and where.since is not None:
+            # One lower bound only, so that the index range starts at the
+            # cursor: given both, SQLite would start every page at ``since``.
+            if after[0] >= where.since:
+                where = replace(where, since=None)
+            else:
+                after = None
+        conditions, params = _event_conditions(where)
+        if after is not None:
+            # A row value comparison: SQLite walks events_at from the cursor.
+            conditions.append("(at, session_id, seq) > (?, ?, ?)")
+            params.extend(after)
+        sql = (
+            f"SELECT {_EVENT_COLUMNS} FROM events{_where(conditions)}"
+            " ORDER BY at, session_id, seq LIMIT ?"
+        )
+        params.append(limit)
+        rows = await self._run(lambda conn: conn.execute(sql, params).fetchall())
+        return [EventRecord(*row) for row in rows]
+
+    async def count_events(self, where: EventFilter) -> int:
+        conditions, params = _event_conditions(where)
+        sql = f"SELECT COUNT(*) FROM events{_where(conditions)}"
+        count: int = await self._run(lambda conn: conn.execute(sql, params).fetchone()[0])
+        return count
+
+    async def session_events(self, session_id: str) -> list[EventRecord]:
+        sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE session_id = ? ORDER BY seq"
+        rows = await self._run(lambda conn: conn.execute(sql, (session_id,)).fetchall())
+        return [EventRecord(*row) for row in rows]
+
+
+# -- on the worker thread ------------------------------------------------------
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL (it persists in the file). The switch needs the file to
+    itself and SQLite reports "locked" at once, without the busy handler, when
+    another process opens the same new file at the same moment: so wait here,
+    as the busy timeout would."""
+    deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
+def _in_transaction(conn: sqlite3.Connection, fn: Callable[[], _T]) -> _T:
+    """Run ``fn`` inside BEGIN IMMEDIATE ... COMMIT. IMMEDIATE takes the write
+    lock up front, so another process's writer makes us wait (busy_timeout)
+    instead of failing half way with SQLITE_BUSY."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn()
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _read_version(conn: sqlite3.Connection) -> int:
+    version: int = conn.execute(migrations.READ_VERSION_SQL).fetchone()[0]
+    return version
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Apply the pending steps, each in its own transaction; the version is
+    read again under the lock, so a concurrent opener's work is not redone."""
+
+    def step() -> bool:
+        conn.execute(migrations.VERSION_TABLE_SQL["sqlite"])
+        todo = migrations.pending(_read_version(conn))
+        if not todo:
+            return False
+        for statement in todo[0].sqlite:
+            conn.execute(statement)
+        conn.execute(migrations.RECORD_VERSION_SQL["sqlite"], (todo[0].version, time.time()))
+        return True
+
+    while _in_transaction(conn, step):
+        pass
+
+
+def _client_address(data: str) -> str:
+    """The client address a session_start event's data holds ("" when it does
+    not: the event is stored as it came; ``audit verify`` judges it)."""
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return ""
+    address = value.get("client_address") if isinstance(value, dict) else None
+    return "" if address is None else str(address)
+
+
+def _write_recording(
+    conn: sqlite3.Connection, events: Sequence[EventRecord], seals: Sequence[Seal]
+) -> None:
+    insert = (
+        f"INSERT OR IGNORE INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+
+    def write() -> None:
+        # One execute per event: rowcount says whether it was new, which is
+        # what the counters may count (a redelivered batch adds nothing).
+        added: dict[str, list[int]] = {}
+        starts: list[tuple[str, str, str, str, float]] = []
+        for e in events:
+            cursor = conn.execute(
+                insert,
+                (
+                    e.session_id,
+                    e.seq,
+                    e.at,
+                    e.kind,
+                    e.subject,
+                    e.connection,
+                    e.verdict,
+                    e.data,
+                    e.prev_hash,
+                    e.hash,
+                ),
+            )
+            if e.kind == SESSION_START:
+                starts.append(
+                    (e.session_id, e.subject, e.connection, _client_address(e.data), e.at)
+                )
+            if cursor.rowcount == 1:
+                counts = added.setdefault(e.session_id, [0, 0])
+                counts[0] += 1
+                counts[1] += int(e.kind == STATEMENT)
+        # Sessions are opened before they are counted: a batch may hold both.
+        conn.executemany(
+            "INSERT OR IGNORE INTO sessions"
+            " (session_id, subject, connection, client_address, started_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            starts,
+        )
+        conn.executemany(
+            "UPDATE sessions SET stored_events = stored_events + ?, statements = statements + ?"
+            " WHERE session_id = ?",
+            [(n, statements, sid) for sid, (n, statements) in added.items()],
+        )
+        conn.executemany(
+            "UPDATE sessions SET ended_at = ?, end_reason = ?, events = ?, last_hash = ?,"
+            " key_id = ?, signature = ? WHERE session_id = ? AND signature IS NULL",
+            [
+                (
+                    s.ended_at,
+                    s.end_reason,
+                    s.events,
+                    s.last_hash,
+                    s.key_id,
+                    s.signature,
+                    s.session_id,
+                )
+                for s in seals
+            ],
+        )
+
+    _in_transaction(conn, write)
+
+
+# -- SQL pieces ------------------------------------------------------------------
+
+
+def _where(conditions: list[str]) -> str:
+    return " WHERE " + " AND ".join(conditions) if conditions else ""
+
+
+def _event_conditions(where: EventFilter) -> tuple[list[str], list[Any]]:
+    conditions: list[str] = []
+    params: list[Any] = []
+    if where.since is not None:
+        conditions.append("at >= ?")
+        params.append(where.since)
+    if where.until is not None:
+        conditions.append("at < ?")
+        params.append(where.until)
+    for column, value in (
+        ("subject", where.subject),
+        ("connection", where.connection),
+        ("verdict", where.verdict),
+        ("session_id", where.session_id),
+    ):
+        if value:
+            conditions.append(f"{column} = ?")
+            params.append(value)
+    if where.exclude_subject:
+        conditions.append("subject <> ?")
+        params.append(where.exclude_subject)
+    return conditions, params
+
+
+def _session_conditions(where: EventFilter) -> tuple[list[str], list[Any]]:
+    """Sessions match on when they started; a verdict belongs to a statement,
+    not to a session, so it is no condition here."""
+    conditions: list[str] = []
+    params: list[Any] = []
+    if where.since is not None:
+        conditions.append("started_at >= ?")
+        params.append(where.since)
+    if where.until is not None:
+        conditions.append("started_at < ?")
+        params.append(where.until)
+    for column, value in (
+        ("subject", where.subject),
+        ("connection", where.connection),
+        ("session_id", where.session_id),
+    ):
+        if value:
+            conditions.append(f"{column} = ?")
+            params.append(value)
+    if where.exclude_subject:
+        conditions.append("subject <> ?")
+        params.append(where.exclude_subject)
+    return conditions, params
+
+
+def _session_row(row: Sequence[Any]) -> SessionRow:
+    (
+        session_id,
+        subject,
+        connection,
+        client_address,
+        started_at,
+        stored_events,
+        statements,
+        ended_at,
+        end_reason,
+        events,
+        last_hash,
+        key_id,
+        signature,
+    ) = row
+    seal = None
+    if signature is not None:
+        seal = Seal(session_id, events, last_hash, ended_at, end_reason, key_id, signature)
+    return SessionRow(
+        session_id,
+        subject,
+        connection,
+        client_address,
+        started_at,
+        stored_events,
+        statements,
+        ended_at,
+        end_reason,
+        seal,
+    )

@@ -1,0 +1,233 @@
+"""Metrics in the Prometheus text exposition format (version 0.0.4).
+
+A tiny registry rather than prometheus_client or OpenTelemetry metrics: the
+session updates it on every statement, and here an update is a few dict
+operations and a ``bisect`` (0.7 µs, ``tests/test_telemetry.py``), with no
+lock, because one event loop owns the registry. The cost of formatting is
+paid by :meth:`Metrics.render`, once per scrape. Every series this module
+exposes is fixed here; the only label values that come from outside are
+connection names (from the configuration) and verdicts (from the policy), so
+the number of series stays bounded.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
+from itertools import pairwise
+from typing import Final
+
+#: The Content-Type of :meth:`Metrics.render`'s output, for a /metrics handler.
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+
+#: Statement latency buckets, in seconds: from a cached verdict on a local
+#: database (sub-millisecond) to a long report.
+DEFAULT_BUCKETS: Final = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+DIRECTION_CLIENT: Final = "client"
+DIRECTION_SERVER: Final = "server"
+
+
+class _Histogram:
+    """One label set's histogram. ``counts`` are per bucket (the last one is
+    +Inf), not cumulative: observing touches one slot; rendering adds up."""
+
+    __slots__ = ("count", "counts", "sum")
+
+    def __init__(self, buckets: int) -> None:
+        self.counts = [0] * (buckets + 1)
+        self.sum = 0.0
+        self.count = 0
+
+
+class Metrics:
+    """The gateway's counters, gauges and histograms.
+
+    The session calls :meth:`session_started`, :meth:`statement` and
+    :meth:`session_ended`; the recorder calls
+    :meth:`set_recording_spool_bytes` and :meth:`recording_store_error`; the
+    HTTP side serves :meth:`render` with :data:`CONTENT_TYPE`.
+    """
+
+    def __init__(self, buckets: Sequence[float] = DEFAULT_BUCKETS) -> None:
+        bounds = tuple(float(b) for b in buckets)
+        if not bounds or any(not math.isfinite(b) for b in bounds):
+            raise ValueError("histogram buckets must be finite and not empty (+Inf is implied)")
+        if any(a >= b for a, b in pairwise(bounds)):
+            raise ValueError("histogram buckets must be strictly increasing")
+        self.buckets = bounds
+        self.sessions_active: dict[str, int] = {}
+        self.sessions_total: dict[str, int] = {}
+        self.statements_total: dict[tuple[str, str], int] = {}
+        self.bytes_total: dict[tuple[str, str], int] = {}
+        self.statement_duration: dict[str, _Histogram] = {}
+        self.recording_spool_bytes = 0
+        self.recording_store_errors_total = 0
+
+    # -- updates: the hot path ------------------------------------------------
+
+    def session_started(self, connection: str) -> None:
+        active = self.sessions_active
+        active[connection] = active.get(connection, 0) + 1
+        total = self.sessions_total
+        total[connection] = total.get(connection, 0) + 1
+
+    def session_ended(self, connection: str) -> None:
+        active = self.sessions_active
+        active[connection] = active.get(connection, 0) - 1
+
+    def statement(
+        self,
+        connection: str,
+        verdict: str,
+        duration_s: float,
+        client_bytes: int,
+        server_bytes: int,
+    ) -> None:
+        """Count one statement: its ``verdict``, its latency, the bytes that
+        came from the client for it and the bytes that came from the server
+        (``direction`` is the side the bytes came from)."""
+        key = (connection, verdict)
+        statements = self.statements_total
+        statements[key] = statements.get(key, 0) + 1
+        moved = self.bytes_total
+        if client_bytes:
+            key = (connection, DIRECTION_CLIENT)
+            moved[key] = moved.get(key, 0) + client_bytes
+        if server_bytes:
+            key = (connection, DIRECTION_SERVER)
+            moved[key] = moved.get(key, 0) + server_bytes
+        histogram = self.statement_duration.get(connection)
+        if histogram is None:
+            histogram = self.statement_duration[connection] = _Histogram(len(self.buckets))
+        # bisect_left: a value equal to a bound belongs to that bucket (le).
+        histogram.counts[bisect_left(self.buckets, duration_s)] += 1
+        histogram.sum += duration_s
+        histogram.count += 1
+
+    def set_recording_spool_bytes(self, size: int) -> None:
+        self.recording_spool_bytes = size
+
+    def recording_store_error(self) -> None:
+        self.recording_store_errors_total += 1
+
+    # -- exposition -----------------------------------------------------------
+
+    def render(self) -> str:
+        """The whole registry as Prometheus text format 0.0.4."""
+        out: list[str] = []
+        _family(
+            out,
+            "hoopfast_sessions_active",
+            "gauge",
+            "Client sessions open now.",
+            ((f'connection="{_label(c)}"', n) for c, n in sorted(self.sessions_active.items())),
+        )
+        _family(
+            out,
+            "hoopfast_sessions_total",
+            "counter",
+            "Client sessions started.",
+            ((f'connection="{_label(c)}"', n) for c, n in sorted(self.sessions_total.items())),
+        )
+        _family(
+            out,
+            "hoopfast_statements_total",
+            "counter",
+            "Statements, by the policy's verdict.",
+            (
+                (f'connection="{_label(c)}",verdict="{_label(v)}"', n)
+                for (c, v), n in sorted(self.statements_total.items())
+            ),
+        )
+        _family(
+            out,
+            "hoopfast_bytes_total",
+            "counter",
+            "Protocol bytes of statements, by the side they came from.",
+            (
+                (f'connection="{_label(c)}",direction="{_label(d)}"', n)
+                for (c, d), n in sorted(self.bytes_total.items())
+            ),
+        )
+        self._render_durations(out)
+        _family(
+            out,
+            "hoopfast_recording_spool_bytes",
+            "gauge",
+            "Bytes in the recording spool not yet flushed to the store.",
+            (("", self.recording_spool_bytes),),
+        )
+        _family(
+            out,
+            "hoopfast_recording_store_errors_total",
+            "counter",
+            "Failed attempts to flush the recording spool to the store.",
+            (("", self.recording_store_errors_total),),
+        )
+        return "".join(out)
+
+    def _render_durations(self, out: list[str]) -> None:
+        name = "hoopfast_statement_duration_seconds"
+        out.append(f"# HELP {name} Statement latency, from the client's message to completion.\n")
+        out.append(f"# TYPE {name} histogram\n")
+        bounds = [_number(b) for b in self.buckets] + ["+Inf"]
+        for connection, histogram in sorted(self.statement_duration.items()):
+            labels = f'connection="{_label(connection)}"'
+            cumulative = 0
+            for bound, count in zip(bounds, histogram.counts, strict=True):
+                cumulative += count
+                out.append(f'{name}_bucket{{{labels},le="{bound}"}} {cumulative}\n')
+            out.append(f"{name}_sum{{{labels}}} {_number(histogram.sum)}\n")
+            out.append(f"{name}_count{{{labels}}} {histogram.count}\n")
+
+
+def _family(
+    out: list[str],
+    name: str,
+    kind: str,
+    help_text: str,
+    samples: Iterable[tuple[str, int | float]],
+) -> None:
+    out.append(f"# HELP {name} {_help(help_text)}\n")
+    out.append(f"# TYPE {name} {kind}\n")
+    for labels, value in samples:
+        series = f"{name}{{{labels}}}" if labels else name
+        out.append(f"{series} {_number(value)}\n")
+
+
+def _label(value: str) -> str:
+    """A label value escaped as the format requires: backslash, double
+    quote and line feed."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _help(text: str) -> str:
+    """HELP text escapes only backslash and line feed."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(value)

@@ -1,0 +1,374 @@
+"""``hoopfast audit`` end to end: the real CLI entry point against the admin
+API served by uvicorn on a uvloop thread, over a real SQLite store of
+hash-chained, signed recordings."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hoopfast.api import create_app, start_api
+from hoopfast.auditcli import render_replay
+from hoopfast.cli import main
+from hoopfast.devtls import CertFiles
+from hoopfast.identity.devissuer import ISSUER, DevIssuer
+from hoopfast.identity.tokens import TokenValidator
+from hoopfast.identity.tokenstore import StoredToken, TokenStore
+from hoopfast.store.records import EventFilter
+from tests.test_api import ANALYST, BASE, AuditApi, running_api
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory, issuer: DevIssuer) -> Iterator[AuditApi]:
+    with running_api(tmp_path_factory.mktemp("cli"), issuer, big=300) as harness:
+        yield harness
+
+
+@pytest.fixture(autouse=True)
+def no_ambient_token(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Nothing from the machine running the tests: no token, no stored login."""
+    for name in ("HOOPFAST_TOKEN", "HOOPFAST_API_URL", "HOOPFAST_LOGIN_ISSUER"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("HOOPFAST_LOGIN_CLIENT_ID", raising=False)
+    monkeypatch.setenv("HOOPFAST_TOKEN_FILE", str(tmp_path / "tokens.json"))
+
+
+def run(
+    capsys: pytest.CaptureFixture[str], api: AuditApi, *args: str, token: str | None = None
+) -> tuple[int, str, str]:
+    argv = ["audit", args[0], "--api", api.url, *args[1:]]
+    if token is not None:
+        argv += ["--token", token]
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_sessions_table(api: AuditApi, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, api, "sessions", token=api.token())
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == [
+        "STARTED",
+        "SESSION",
+        "USER",
+        "CONNECTION",
+        "CLIENT",
+        "STMTS",
+        "EVENTS",
+        "STATE",
+    ]
+    assert [line.split()[3] for line in lines[1:-1]] == [
+        "s-dave-open",
+        "s-bob-1",
+        "s-alice-big",
+        "s-alice-1",
+    ]
+    assert "s-carol-1" not in out  # the auditor's own session
+    assert "2023-11-14 22:15:00.000 UTC" in out and "sealed (client closed)" in out
+    assert lines[-1] == "(4 sessions)"
+
+    code, out, _ = run(
+        capsys, api, "sessions", "--user", "alice", "--limit", "1", token=api.token()
+    )
+    assert code == 0 and "s-alice-big" in out and "s-alice-1" not in out
+    assert "(1 session; more exist: raise --limit)" in out
+
+
+def test_export_jsonl(api: AuditApi, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    target = tmp_path / "trail.jsonl"
+    code, out, err = run(
+        capsys, api, "export", "--format", "jsonl", "-o", str(target), token=api.token()
+    )
+    assert code == 0, err
+    expected = api.expected(EventFilter(exclude_subject="carol"))
+    lines = [json.loads(line) for line in target.read_text().splitlines()]
+    assert [(x["session_id"], x["seq"]) for x in lines] == [(e.session_id, e.seq) for e in expected]
+    assert out.strip() == f"exported {len(expected)} events to {target}"
+    assert err == ""  # stderr is no terminal here: no progress bar
+    assert not list(tmp_path.glob(".*.partial"))
+
+
+def test_export_csv_with_filters_and_progress(
+    api: AuditApi, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    target = tmp_path / "trail.csv"
+    code, out, err = run(
+        capsys,
+        api,
+        "export",
+        "--since",
+        "2023-11-14T22:15:00Z",
+        "--until",
+        str(BASE + 200),
+        "--verdict",
+        "deny",
+        "--format",
+        "csv",
+        "--include-results",
+        "--progress",
+        "-o",
+        str(target),
+        token=api.token(),
+    )
+    assert code == 0, err
+    expected = api.expected(
+        EventFilter(since=BASE + 100, until=BASE + 200, verdict="deny", exclude_subject="carol")
+    )
+    assert expected
+    with target.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["session_id"], int(r["seq"])) for r in rows] == [
+        (e.session_id, e.seq) for e in expected
+    ]
+    assert list(rows[0]) == [
+        "session_id",
+        "seq",
+        "at",
+        "kind",
+        "subject",
+        "connection",
+        "verdict",
+        "text",
+        "rows",
+        "bytes",
+        "duration_ms",
+        "sqlstate",
+        "tags",
+        "results",
+    ]
+    first = rows[0]
+    assert first["verdict"] == "deny" and first["text"] == "DROP TABLE items"
+    assert first["sqlstate"] == "42501" and json.loads(first["results"]) == []
+    assert first["at"].endswith("Z") and first["at"].startswith("2023-11-14T22:1")
+    assert f"{len(expected)}/{len(expected)} events" in err and "100%" in err
+    assert f"exported {len(expected)} events" in out
+
+    # Results and tags of a query, unfiltered.
+    target2 = tmp_path / "bob.csv"
+    code, _, err = run(
+        capsys,
+        api,
+        "export",
+        "--user",
+        "bob",
+        "--format",
+        "csv",
+        "--include-results",
+        "-o",
+        str(target2),
+        token=api.token(),
+    )
+    assert code == 0, err
+    with target2.open(newline="", encoding="utf-8") as f:
+        select = next(r for r in csv.DictReader(f) if r["text"].startswith("SELECT id"))
+    assert select["tags"] == "SELECT 2" and select["rows"] == "2"
+    assert json.loads(select["results"])[0]["rows"] == [["1", "item 1"], ["2", None]]
+
+
+def test_replay(api: AuditApi, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, api, "replay", "s-bob-1", token=api.token())
+    assert code == 0, err
+    assert out.startswith("Session s-bob-1: bob on connection main\n")
+    for expected in [
+        "  client    10.0.0.7:50123 (psql)",
+        "  tls       TLSv1.3 TLS_AES_256_GCM_SHA384",
+        "  started   2023-11-14 22:15:00.000 UTC",
+        "  ended     2023-11-14 22:15:00.900 UTC (client closed)",
+        "  recorded  8 statements, 10 events",
+        "[22:15:00.100 UTC] 1.250 ms\n"
+        "main=> SELECT id, name FROM items WHERE id <= $1\n"
+        "  parameters: $1='2'\n"
+        " id |  name\n"
+        "----+--------\n"
+        "  1 | item 1\n"
+        "  2 |\n"
+        "(2 rows)\n",
+        "main=> INSERT INTO items (name) VALUES ('x')\nINSERT 0 1\n",
+        "  DENY (rule no-ddl)\nmain=> DROP TABLE items\n"
+        "ERROR:  permission denied by the gateway  (SQLSTATE 42501)\n",
+        "main=> SELECT 1/0\nERROR:  division by zero  (SQLSTATE 22012)\n",
+    ]:
+        assert expected in out, expected
+
+    code, out, err = run(capsys, api, "replay", "s-carol-1", token=api.token())
+    assert code == 2 and "segregation of duties" in err and out == ""
+    code, _, err = run(capsys, api, "replay", "nope", token=api.token())
+    assert code == 1 and "404" in err and "no session 'nope'" in err
+
+
+def test_verify_ok_and_pinned_keys(api: AuditApi, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, api, "verify", token=api.token())
+    assert code == 0, err
+    events = sum(e.subject != "carol" for e in api.events)
+    assert out.strip() == (
+        f"OK: 4 sessions, {events} events verified; 3 sealed and signed, 1 not sealed "
+        "(chain checked)"
+    )
+    code, out, _ = run(
+        capsys, api, "verify", "--public-key", api.signer.public_hex, token=api.token()
+    )
+    assert code == 0 and "with the pinned key(s)" in out
+    other = "11" * 32
+    code, out, _ = run(capsys, api, "verify", "--public-key", other, token=api.token())
+    assert code == 1
+    assert f"BROKEN session s-alice-1, seal: unknown signing key {api.signer.key_id}" in out
+    code, _, err = run(capsys, api, "verify", "--public-key", "zz", token=api.token())
+    assert code == 2 and "not a hex Ed25519 public key" in err
+
+
+def test_verify_finds_a_tampered_byte(
+    issuer: DevIssuer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with running_api(tmp_path, issuer, big=20) as api:
+        code, out, err = run(capsys, api, "verify", token=api.token())
+        assert code == 0, err
+        with sqlite3.connect(api.db) as db:
+            (data,) = db.execute(
+                "SELECT data FROM events WHERE session_id = 's-bob-1' AND seq = 2"
+            ).fetchone()
+            tampered = data.replace("INSERT INTO items", "INSERT INTO itemz", 1)
+            assert tampered != data and len(tampered) == len(data)
+            db.execute(
+                "UPDATE events SET data = ? WHERE session_id = 's-bob-1' AND seq = 2", (tampered,)
+            )
+        code, out, err = run(capsys, api, "verify", "--since", str(BASE), token=api.token())
+    assert code == 1, (out, err)
+    assert (
+        "BROKEN session s-bob-1, event 2: content does not match its hash (record altered)" in out
+    )
+    assert "FAILED: 1 of 4 sessions broken" in out
+
+
+def test_tokens_and_errors(
+    api: AuditApi,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    bad = "eyJhbGciOiJFZERTQSJ9.e30.c2ln"
+    code, out, err = run(capsys, api, "sessions", token=bad)
+    assert code == 2 and out == ""
+    assert "the API refused the token (401): invalid token:" in err
+    assert bad not in err
+
+    code, _, err = run(capsys, api, "sessions", token=api.token(ANALYST))
+    assert code == 2 and "not allowed (403): alice holds none of the roles" in err
+
+    code, _, err = run(capsys, api, "sessions")  # no token anywhere
+    assert code == 2 and "run `hoopfast login`" in err and "--token" in err
+
+    code, _, err = run(capsys, api, "sessions", "--since", "last tuesday", token=api.token())
+    assert code == 2 and "since: not a time: 'last tuesday'" in err
+
+    # $HOOPFAST_TOKEN, then the login stored by `hoopfast login`.
+    monkeypatch.setenv("HOOPFAST_TOKEN", api.token())
+    assert run(capsys, api, "sessions")[0] == 0
+    monkeypatch.delenv("HOOPFAST_TOKEN")
+    token = api.token()
+    stored: dict[str, Any] = {"expires_at": time.time() + 900, "obtained_at": time.time()}
+    TokenStore(tmp_path / "tokens.json").put(
+        StoredToken(ISSUER, "hoopfast-cli", token, "access_token", **stored)
+    )
+    code, out, err = run(capsys, api, "sessions")
+    assert code == 0 and "s-bob-1" in out, err
+    assert token not in out + err
+
+    # Nothing listening.
+    code = main(["audit", "sessions", "--api", "http://127.0.0.1:9", "--token", token])
+    err = capsys.readouterr().err
+    assert code == 1 and "cannot reach the API at http://127.0.0.1:9" in err
+
+
+def test_https_api_with_cacert(
+    api: AuditApi, certs: CertFiles, capsys: pytest.CaptureFixture[str]
+) -> None:
+    validator = TokenValidator(api.config.identity)
+    app = create_app(api.store, validator, lambda: api.config)
+    server = api.loop.run(
+        start_api(app, "127.0.0.1", 0, ssl_certfile=certs.cert_file, ssl_keyfile=certs.key_file)
+    )
+    try:
+        url = f"https://localhost:{server.port}"
+        argv = ["audit", "sessions", "--api", url, "--token", api.token()]
+        code = main([*argv, "--cacert", str(certs.ca_file)])
+        out, err = capsys.readouterr()
+        assert code == 0 and "s-bob-1" in out, err
+        code = main(argv)  # the system's CAs do not know the dev CA
+        err = capsys.readouterr().err
+        assert code == 1 and "CERTIFICATE_VERIFY_FAILED" in err
+    finally:
+        api.loop.run(server.close())
+        validator.close()
+
+
+def test_replay_rendering_of_awkward_sessions() -> None:
+    """Truncated results, values over several lines, terminal escapes in
+    recorded text (they must not act on the auditor's terminal), a held
+    statement and a session still open."""
+    detail: dict[str, Any] = {
+        "session": {
+            "session_id": "s-x",
+            "subject": "zoe",
+            "connection": "main",
+            "client_address": "192.0.2.1:5000",
+            "started_at": BASE,
+            "ended_at": None,
+            "end_reason": None,
+        },
+        "seal": None,
+        "events": [
+            {"seq": 0, "kind": "session_start", "data": {"groups": [], "tls": None}},
+            {
+                "seq": 1,
+                "kind": "statement",
+                "at": BASE + 1,
+                "data": {
+                    "started_at": BASE + 1,
+                    "duration_ms": 2,
+                    "verdict": "allow",
+                    "text": "SELECT note\nFROM notes -- \x1b]0;pwned\x07",
+                    "rows": 1000,
+                    "tags": ["SELECT 1000"],
+                    "results": [
+                        {
+                            "columns": [{"name": "note", "type_oid": 25}],
+                            "rows": [["one\ntwo"], ["\x1b[2Jclear"]],
+                            "truncated": True,
+                        }
+                    ],
+                },
+            },
+            {
+                "seq": 2,
+                "kind": "statement",
+                "at": BASE + 2,
+                "data": {"verdict": "review", "text": "DELETE FROM notes", "tags": []},
+            },
+        ],
+    }
+    text = render_replay(detail)
+    assert "\x1b" not in text and "\x07" not in text
+    assert "  tls       none" in text and "  ended     - (still open" in text
+    assert "  sealed    no" in text
+    assert (
+        "main=> SELECT note\n"
+        "main-> FROM notes -- \\x1b]0;pwned\\x07\n"
+        "     note\n"
+        "--------------\n"
+        " one         +\n"
+        " two\n"
+        " \\x1b[2Jclear\n"
+        "(2 of 1000 rows recorded; the rest was not kept)\n"
+    ) in text
+    assert (
+        "[22:13:22.000 UTC]  REVIEW\nmain=> DELETE FROM notes\n"
+        "(held for a second person's review)\n"
+    ) in text

@@ -1,0 +1,457 @@
+"""Session recording through the real gateway: what a session leaves in the
+store, the spool's guarantees (kill -9, a store outage), tamper evidence,
+who may read a trail, and the session's trace span."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import secrets
+import signal
+import socket
+import sqlite3
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import psycopg
+import pytest
+
+from hoopfast.cli import main as cli_main
+from hoopfast.devcluster import DevCluster, free_port
+from hoopfast.identity.devissuer import DevIssuer
+from hoopfast.recording.chain import verify_session
+from hoopfast.settings import Settings
+from hoopfast.store.records import EventFilter, EventRecord, SessionRow
+from hoopfast.telemetry import Tracing
+from tests.conftest import Roles
+from tests.faultproxy import FaultProxy, Faults
+from tests.gateway import RunningGateway, run_gateway
+
+T = TypeVar("T")
+
+
+def _run(gw: RunningGateway, coro: Any) -> Any:
+    return asyncio.run_coroutine_threadsafe(coro, gw.loop).result(30)
+
+
+def _person() -> str:
+    return "rec-" + secrets.token_hex(4)
+
+
+def sealed_session(gw: RunningGateway, subject: str, timeout: float = 15.0) -> SessionRow:
+    """The one session ``subject`` ran, once the store has it sealed."""
+    store = gw.runtime.store
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = _run(gw, store.sessions(EventFilter(subject=subject)))
+        if rows and rows[0].seal is not None:
+            assert len(rows) == 1, rows
+            return rows[0]
+        assert time.monotonic() < deadline, f"no sealed session for {subject}: {rows}"
+        time.sleep(0.05)
+
+
+def trail(gw: RunningGateway, session: SessionRow) -> list[dict[str, Any]]:
+    events = _run(gw, gw.runtime.store.session_events(session.session_id))
+    keys = _run(gw, gw.runtime.store.signing_keys())
+    assert verify_session(session.session_id, events, session.seal, keys) is None
+    return [json.loads(e.data) for e in events]
+
+
+def statements(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in events if e["kind"] == "statement"]
+
+
+def psql(gw: RunningGateway, subject: str, script: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "PGPASSWORD": gw.token(subject),
+        "PGSSLMODE": "verify-full",
+        "PGSSLROOTCERT": str(gw.certs.ca_file),
+        "PGAPPNAME": "recording-test",
+    }
+    return subprocess.run(
+        [
+            "psql",
+            "-X",
+            "-h",
+            gw.host,
+            "-p",
+            str(gw.port),
+            "-U",
+            subject,
+            "-d",
+            "main",
+            "-v",
+            "ON_ERROR_STOP=0",
+        ],
+        input=script,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_psql_session_is_recorded_completely(idle_gateway: RunningGateway) -> None:
+    gw = idle_gateway
+    who = _person()
+    script = (
+        "CREATE TEMP TABLE rec (id int, email text);\n"
+        "INSERT INTO rec VALUES (1, 'a@example.com'), (2, 'b@example.com'), (3, NULL);\n"
+        "SELECT id, email FROM rec ORDER BY id;\n"
+        "SELECT 1/0;\n"
+        "SELECT dblink('x', 'y');\n"
+        "UPDATE rec SET id = id + 10 WHERE id < 3;\n"
+    )
+    done = psql(gw, who, script)
+    assert "division by zero" in done.stderr
+    assert "permission denied by hoopfast policy" in done.stderr
+    session = sealed_session(gw, who)
+    events = trail(gw, session)
+    assert events[0]["kind"] == "session_start"
+    assert events[-1]["kind"] == "session_end"
+    start = events[0]
+    assert start["application_name"] == "recording-test"
+    assert start["tls"]["version"].startswith("TLS")
+    assert start["subject"] == who and start["connection"] == "main"
+    ran = statements(events)
+    assert [s["text"].strip() for s in ran] == [line for line in script.splitlines()]
+    create, insert, select, zero, denied, update = ran
+    assert create["tags"] == ["CREATE TABLE"] and create["verdict"] == "allow"
+    assert insert["tags"] == ["INSERT 0 3"] and insert["rows"] == 3
+    assert select["rows"] == 3
+    assert select["results"][0]["columns"][1]["name"] == "email"
+    assert select["results"][0]["rows"] == [
+        ["1", "a@example.com"],
+        ["2", "b@example.com"],
+        ["3", None],
+    ]
+    assert select["bytes"] > 0 and select["duration_ms"] >= 0
+    assert zero["error"]["sqlstate"] == "22012" and zero["verdict"] == "allow"
+    assert denied["verdict"] == "deny" and denied["rule"].startswith("function:")
+    assert denied["error"]["sqlstate"] == "42501"
+    assert update["rows"] == 2
+    assert events[-1]["statements"] == 6
+    assert session.statements == 6
+    assert [e["n"] for e in ran] == [1, 2, 3, 4, 5, 6]
+
+
+def test_extended_protocol_texts_parameters_and_results(idle_gateway: RunningGateway) -> None:
+    gw = idle_gateway
+    who = _person()
+    with psycopg.connect(gw.conninfo(token=gw.token(who), user=who), autocommit=True) as conn:
+        conn.execute("SELECT %s::text AS t, %s::int AS n", ("mail me: x@example.com", 5))
+        for i in range(3):  # prepared after the first runs: Bind/Execute only
+            conn.execute("SELECT %s::int * 2 AS doubled", (i,), prepare=True).fetchall()
+        conn.cursor(binary=True).execute("SELECT 42::int4 AS answer").fetchall()
+        with pytest.raises(psycopg.errors.DivisionByZero), conn.pipeline():
+            conn.execute("SELECT 1/%s::int", (0,))
+            conn.execute("SELECT 'never runs'")
+    events = statements(trail(gw, sealed_session(gw, who)))
+    first = events[0]
+    assert first["text"] == "SELECT $1::text AS t, $2::int AS n"
+    # psycopg sends ints in binary: the trail keeps binary values as hex.
+    assert first["params"] == ["mail me: [REDACTED:email]", "\\x0005"]
+    assert first["results"][0]["rows"] == [["mail me: x@example.com", "5"]]
+    doubled = [e for e in events if "doubled" in e["text"]]
+    assert len(doubled) == 3
+    assert [e["results"][0]["rows"] for e in doubled] == [[["0"]], [["2"]], [["4"]]]
+    assert all(e["results"][0]["columns"][0]["name"] == "doubled" for e in doubled)
+    binary = next(e for e in events if "answer" in e["text"])
+    assert binary["results"][0]["rows"] == [["\\x0000002a"]]
+    failed = events[-1]
+    assert failed["text"] == "SELECT 1/$1::int"
+    assert failed["error"]["sqlstate"] == "22012"
+    assert not any("never runs" in e["text"] for e in events)
+
+
+def test_results_are_kept_up_to_the_cap(idle_gateway: RunningGateway) -> None:
+    gw = idle_gateway
+    who = _person()
+    with psycopg.connect(gw.conninfo(token=gw.token(who), user=who), autocommit=True) as conn:
+        rows = conn.execute("SELECT g FROM generate_series(1, 1000) g").fetchall()
+        assert len(rows) == 1000
+    (big,) = statements(trail(gw, sealed_session(gw, who)))
+    assert big["rows"] == 1000
+    assert big["result_rows_kept"] == gw.gateway.settings.record_result_rows
+    assert big["results"][0]["truncated"] is True
+
+
+def test_auditor_reads_others_trails_never_their_own(idle_gateway: RunningGateway) -> None:
+    """Segregation of duties through the real data path and the real API."""
+    gw = idle_gateway
+    analyst, auditor = _person(), _person()
+    psql(gw, analyst, "SELECT 1;\n")
+    theirs = sealed_session(gw, analyst)
+    with psycopg.connect(
+        gw.conninfo("restricted", token=gw.token(auditor, ("auditors",)), user=auditor)
+    ) as conn:
+        conn.execute("SELECT 2")
+    own = sealed_session(gw, auditor)
+    auditor_token = gw.token(auditor, ("auditors",))
+    tls = ssl.create_default_context(cafile=str(gw.certs.ca_file))
+    with httpx.Client(base_url=gw.api_url, verify=tls) as api:
+
+        def get(path: str, token: str | None) -> httpx.Response:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            return api.get(path, headers=headers)
+
+        assert get(f"/v1/audit/sessions/{theirs.session_id}", auditor_token).status_code == 200
+        assert get(f"/v1/audit/sessions/{own.session_id}", auditor_token).status_code == 403
+        listed = get(f"/v1/audit/sessions?user={auditor}", auditor_token).json()
+        assert own.session_id not in json.dumps(listed)
+        analyst_token = gw.token(analyst)
+        for path in (f"/v1/audit/sessions/{theirs.session_id}", "/v1/audit/events"):
+            assert get(path, analyst_token).status_code == 403
+            assert get(path, None).status_code == 401
+        assert get("/v1/audit/events", "not-a-token").status_code == 401
+
+
+def test_tampering_with_one_stored_byte_is_found(
+    idle_gateway: RunningGateway, state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gw = idle_gateway
+    who = _person()
+    psql(gw, who, "SELECT 'first';\nSELECT 'second';\nSELECT 'third';\n")
+    session = sealed_session(gw, who)
+    auditor = gw.token(_person(), ("auditors",))
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(session.started_at - 1))
+    args = [
+        "audit",
+        "verify",
+        "--api",
+        gw.api_url,
+        "--cacert",
+        str(gw.certs.ca_file),
+        "--token",
+        auditor,
+        "--since",
+        since,
+    ]
+    assert cli_main(args) == 0
+    db = sqlite3.connect(state_dir / "hoopfast.db")
+    with db:
+        (data,) = db.execute(
+            "SELECT data FROM events WHERE session_id = ? AND seq = 2", (session.session_id,)
+        ).fetchone()
+        db.execute(
+            "UPDATE events SET data = ? WHERE session_id = ? AND seq = 2",
+            (data.replace("second", "secons"), session.session_id),
+        )
+    db.close()
+    capsys.readouterr()
+    assert cli_main(args) == 1
+    out = capsys.readouterr()
+    report = out.out + out.err
+    assert session.session_id in report and "event 2" in report
+
+
+def test_console_exporter_sees_the_session_span(
+    make_settings: Callable[..., Settings], issuer: DevIssuer, certs: Any
+) -> None:
+    out = io.StringIO()
+    with run_gateway(make_settings(), issuer, certs) as gw:
+        gw.call(
+            lambda: setattr(
+                gw.gateway,
+                "tracing",
+                Tracing.from_env({"OTEL_TRACES_EXPORTER": "console"}, console_out=out),
+            )
+        )
+        who = _person()
+        with psycopg.connect(gw.conninfo(token=gw.token(who), user=who), autocommit=True) as c:
+            c.execute("SELECT 1")
+            with pytest.raises(psycopg.errors.DivisionByZero):
+                c.execute("SELECT 1/0")
+        session = sealed_session(gw, who)
+        start = trail(gw, session)[0]
+        gw.call(lambda: gw.gateway.tracing.force_flush())
+    spans = [json.loads(chunk) for chunk in _json_objects(out.getvalue())]
+    (span,) = [s for s in spans if s["attributes"].get("enduser.id") == who]
+    assert span["name"] == "postgres.session"
+    assert span["attributes"]["hoopfast.connection"] == "main"
+    assert span["attributes"]["hoopfast.session.id"] == session.session_id
+    assert span["context"]["trace_id"] == "0x" + start["trace_id"]
+    verdicts = [e["attributes"] for e in span["events"] if e["name"] == "postgres.statement"]
+    assert [v["hoopfast.verdict"] for v in verdicts] == ["allow", "allow"]
+    assert verdicts[1]["db.response.status_code"] == "22012"
+
+
+def _json_objects(text: str) -> Iterator[str]:
+    """The top-level JSON objects the console exporter printed, one by one."""
+    depth, start, in_string, escaped = 0, -1, False, False
+    for i, ch in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch == "{":
+            if depth == 0:
+                start = i
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                yield text[start : i + 1]
+
+
+def _serve(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hoopfast", "serve"],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return process
+        except OSError:
+            assert process.poll() is None, process.stderr.read() if process.stderr else b""
+            assert time.monotonic() < deadline, "the gateway did not start"
+            time.sleep(0.1)
+
+
+def _stored(db: Path, subject: str, timeout: float = 20.0) -> tuple[SessionRow, list[EventRecord]]:
+    from hoopfast.store.sqlite import SqliteStore
+
+    async def read() -> tuple[list[SessionRow], list[EventRecord], dict[str, Any]]:
+        store = SqliteStore(db)
+        await store.open()
+        try:
+            rows = await store.sessions(EventFilter(subject=subject))
+            events = await store.session_events(rows[0].session_id) if rows else []
+            return rows, events, await store.signing_keys()
+        finally:
+            await store.close()
+
+    deadline = time.monotonic() + timeout
+    while True:
+        rows, events, keys = asyncio.run(read())
+        if rows and rows[0].seal is not None:
+            assert verify_session(rows[0].session_id, events, rows[0].seal, keys) is None
+            return rows[0], events
+        assert time.monotonic() < deadline, f"not sealed in the store: {rows}"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_kill_9_loses_no_acknowledged_statement(
+    tmp_path: Path, gateway_config: Path, certs: Any, issuer: DevIssuer
+) -> None:
+    """The gateway is killed with a session open and nothing moved to the
+    store yet; the next start replays the spool: every statement the client
+    saw acknowledged is there, and the session is sealed as cut short."""
+    port = free_port()
+    env = {
+        "HOOPFAST_CONFIG": str(gateway_config),
+        "HOOPFAST_PG_LISTEN": f"127.0.0.1:{port}",
+        "HOOPFAST_API_LISTEN": "off",
+        "HOOPFAST_STATE_DIR": str(tmp_path),
+        "HOOPFAST_TLS_CERT_FILE": str(certs.cert_file),
+        "HOOPFAST_TLS_KEY_FILE": str(certs.key_file),
+        "HOOPFAST_CONFIG_POLL_INTERVAL": "0",
+        # Nothing reaches the store before the kill: all of it is in the spool.
+        "HOOPFAST_STORE_FLUSH_INTERVAL": "3600",
+    }
+    process = _serve(env, port)
+    who = _person()
+    token = issuer.issue(who, ("analysts",))
+    conninfo = (
+        f"host=127.0.0.1 port={port} dbname=main user={who} password={token}"
+        f" sslmode=verify-full sslrootcert={certs.ca_file}"
+    )
+    conn = psycopg.connect(conninfo, autocommit=True)
+    try:
+        for i in range(20):
+            assert conn.execute("SELECT %s::int", (i,)).fetchone() == (i,)
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+    finally:
+        conn.close()
+    assert list((tmp_path / "spool").glob("*.spool"))
+    restarted = _serve({**env, "HOOPFAST_STORE_FLUSH_INTERVAL": "0.1"}, port)
+    try:
+        session, events = _stored(tmp_path / "hoopfast.db", who)
+    finally:
+        restarted.send_signal(signal.SIGTERM)
+        restarted.wait(20)
+    ran = [json.loads(e.data) for e in events if e.kind == "statement"]
+    assert [s["results"][0]["rows"] for s in ran] == [[[str(i)]] for i in range(20)]
+    assert session.seal is not None
+    assert "gateway stopped unexpectedly" in session.seal.end_reason
+
+
+@pytest.mark.slow
+def test_store_outage_spools_then_refuses_then_recovers(
+    make_settings: Callable[..., Settings],
+    issuer: DevIssuer,
+    certs: Any,
+    cluster: DevCluster,
+    roles: Roles,
+    tmp_path: Path,
+) -> None:
+    """A PostgreSQL store that goes away: statements go on while the spool
+    holds the trail, are refused once it is full, and run again when the
+    store is back; then every recorded statement is in the store."""
+    database = "store_" + secrets.token_hex(4)
+    cluster.create_database(database, owner=roles.scram[0])
+    with FaultProxy("127.0.0.1", cluster.port, lifetime=300) as proxy:
+        user, password = roles.scram
+        url = f"postgresql://{user}:{password}@127.0.0.1:{proxy.port}/{database}?sslmode=disable"
+        settings = make_settings(
+            store=url,
+            spool_max_bytes=1 << 16,
+            spool_segment_bytes=1 << 14,
+            store_flush_interval=0.05,
+        )
+        with run_gateway(settings, issuer, certs) as gw:
+            who = _person()
+            conn = psycopg.connect(gw.conninfo(token=gw.token(who), user=who), autocommit=True)
+            conn.execute("SELECT 'before'")
+            proxy.upstream = Faults.drop()
+            refused = None
+            ran = 1
+            for _ in range(200):
+                try:
+                    conn.execute("SELECT repeat('x', 2000)").fetchall()
+                    ran += 1
+                except psycopg.errors.InsufficientResources as e:
+                    refused = e
+                    break
+            r = gw.runtime.recorder
+            assert r is not None
+            assert refused is not None, (r.spool.pending_bytes, r.store_error, r.options)
+            assert "recording spool is full" in str(refused)
+            assert password not in str(refused)
+            assert ran > 5  # the spool carried statements through the outage
+            proxy.upstream = Faults()
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    conn.execute("SELECT 'after'")
+                    break
+                except psycopg.errors.InsufficientResources:
+                    assert time.monotonic() < deadline, "the spool never drained"
+                    time.sleep(0.2)
+            ran += 1
+            conn.close()
+            session = sealed_session(gw, who, timeout=30)
+            assert session.statements == ran
+            texts = [e["text"] for e in statements(trail(gw, session))]
+            assert texts[0] == "SELECT 'before'" and texts[-1] == "SELECT 'after'"
