@@ -455,3 +455,40 @@ def test_store_outage_spools_then_refuses_then_recovers(
             assert session.statements == ran
             texts = [e["text"] for e in statements(trail(gw, session))]
             assert texts[0] == "SELECT 'before'" and texts[-1] == "SELECT 'after'"
+
+
+def test_recorder_reads_back_what_it_could_not_keep_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past its memory bound the recorder stores segments from the spool on
+    disk: nothing is lost either way, and the chains verify."""
+    from hoopfast.recording import recorder as rec
+    from hoopfast.recording.chain import Signer
+    from hoopfast.store.sqlite import SqliteStore
+
+    monkeypatch.setattr(rec, "_MEMORY_BYTES", 4096)
+
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "store.db")
+        await store.open()
+        recorder = rec.Recorder(
+            store,
+            tmp_path / "spool",
+            Signer.load_or_create(tmp_path / "key.pem"),
+            rec.RecorderOptions(fsync="off", segment_bytes=1 << 14, flush_interval=3600),
+        )
+        await recorder.start()
+        session = recorder.open_session("s1", "alice", "main", {"client_address": "x"})
+        for i in range(200):
+            session.statement("allow", {"text": f"SELECT {i}", "pad": "x" * 200})
+        session.end("client closed")
+        assert recorder._on_disk_only, "the memory bound was never reached"
+        await recorder.close()  # the last flush stores everything
+        (row,) = await store.sessions(EventFilter(subject="alice"))
+        events = await store.session_events("s1")
+        keys = await store.signing_keys()
+        await store.close()
+        assert row.statements == 200 and len(events) == 202
+        assert verify_session("s1", events, row.seal, keys) is None
+
+    asyncio.run(scenario())

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import secrets
 import socket
@@ -22,6 +21,7 @@ import psycopg
 import pytest
 
 from hoopfast.devcluster import DevCluster, free_port
+from hoopfast.recording.chain import canonical
 from hoopfast.store import Store, StoreError, open_store
 from hoopfast.store.migrations import LATEST_VERSION, MIGRATIONS
 from hoopfast.store.postgres import PostgresStore
@@ -87,10 +87,6 @@ def run(backend: Backend, scenario: Callable[[Store], Awaitable[None]]) -> None:
             await store.close()
 
     asyncio.run(main())
-
-
-def canonical(value: object) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def fake_hash(*parts: object) -> str:

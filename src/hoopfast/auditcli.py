@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import csv
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -179,23 +178,14 @@ def _token(args: argparse.Namespace) -> str:
     if os.environ.get(ENV_TOKEN):
         return os.environ[ENV_TOKEN]
     from hoopfast.identity.oauth import LoginError
-    from hoopfast.identity.tokenstore import (
-        ENV_CLIENT_ID,
-        ENV_ISSUER,
-        TokenStore,
-        default_token_file,
-        fresh_token,
-    )
+    from hoopfast.identity.tokenstore import TokenStore, fresh_token
 
     def warn(message: str) -> None:
         print(f"hoopfast audit: warning: {message}", file=sys.stderr)
 
-    store = TokenStore(Path(args.token_file) if args.token_file else default_token_file())
+    store = TokenStore.at(args.token_file)
     try:
-        stored = store.find(
-            args.issuer or os.environ.get(ENV_ISSUER) or None,
-            args.client_id or os.environ.get(ENV_CLIENT_ID) or None,
-        )
+        stored = store.chosen(args.issuer, args.client_id)
         return fresh_token(store, stored, warn=warn).token
     except LoginError as e:
         raise AuditError(f"{e} (or give --token or ${ENV_TOKEN})", EXIT_USAGE) from None
@@ -653,7 +643,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _pinned_keys(hex_keys: list[str]) -> dict[str, Any]:
-    from hoopfast.recording.chain import ED25519
+    from hoopfast.recording.chain import ED25519, key_id
     from hoopfast.store.records import SigningKey
 
     keys: dict[str, Any] = {}
@@ -667,9 +657,7 @@ def _pinned_keys(hex_keys: list[str]) -> dict[str, Any]:
                 f"--public-key {text[:80]!r}: not a hex Ed25519 public key (64 hex digits)",
                 EXIT_USAGE,
             )
-        # The key id the gateway's signer gives the same key.
-        key_id = hashlib.sha256(raw).hexdigest()[:16]
-        keys[key_id] = SigningKey(key_id, ED25519, raw.hex(), 0.0)
+        keys[key_id(raw)] = SigningKey(key_id(raw), ED25519, raw.hex(), 0.0)
     return keys
 
 

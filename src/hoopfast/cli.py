@@ -112,9 +112,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _token_store(args: argparse.Namespace) -> TokenStore:
-    from hoopfast.identity.tokenstore import TokenStore, default_token_file
+    from hoopfast.identity.tokenstore import TokenStore
 
-    return TokenStore(Path(args.token_file) if args.token_file else default_token_file())
+    return TokenStore.at(args.token_file)
 
 
 def _login_failed(command: str, error: LoginError) -> int:
@@ -191,17 +191,6 @@ def _login_selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token-file", help="default: $HOOPFAST_TOKEN_FILE or ~/.config/...")
 
 
-def _stored_login(args: argparse.Namespace, store: TokenStore) -> StoredToken:
-    import os
-
-    from hoopfast.identity.tokenstore import ENV_CLIENT_ID, ENV_ISSUER
-
-    return store.find(
-        args.issuer or os.environ.get(ENV_ISSUER) or None,
-        args.client_id or os.environ.get(ENV_CLIENT_ID) or None,
-    )
-
-
 def cmd_connect(args: argparse.Namespace) -> int:
     from hoopfast.identity.login import exec_psql, psql_command
     from hoopfast.identity.oauth import LoginError
@@ -224,7 +213,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
 
     try:
         store = _token_store(args)
-        token = fresh_token(store, _stored_login(args, store), warn=warn)
+        token = fresh_token(store, store.chosen(args.issuer, args.client_id), warn=warn)
         command = psql_command(
             args.connection,
             token,
@@ -250,7 +239,7 @@ def cmd_logout(args: argparse.Namespace) -> int:
             count = store.clear()
             print(f"Removed {count} stored login(s) from {store.path}.", file=sys.stderr)
             return 0
-        token = _stored_login(args, store)
+        token = store.chosen(args.issuer, args.client_id)
         store.delete(token.issuer, token.client_id)
     except LoginError as e:
         return _login_failed("logout", e)

@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal, cast
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from hoopfast import __version__
 from hoopfast.config import GatewayConfig
@@ -60,7 +60,13 @@ class Problem(BaseModel):
     detail: str
 
 
-class SealOut(BaseModel):
+class _FromRecord(BaseModel):
+    """A response model read from a store record's attributes."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+
+class SealOut(_FromRecord):
     """A finished session's signed chain head (see hoopfast.recording.chain)."""
 
     session_id: str
@@ -73,17 +79,7 @@ class SealOut(BaseModel):
 
     @classmethod
     def of(cls, seal: Seal | None) -> SealOut | None:
-        if seal is None:
-            return None
-        return cls(
-            session_id=seal.session_id,
-            events=seal.events,
-            last_hash=seal.last_hash,
-            ended_at=seal.ended_at,
-            end_reason=seal.end_reason,
-            key_id=seal.key_id,
-            signature=seal.signature,
-        )
+        return None if seal is None else cls.model_validate(seal)
 
 
 class SessionOut(BaseModel):
@@ -121,9 +117,7 @@ class SessionPage(BaseModel):
     )
 
 
-class EventOut(BaseModel):
-    """One recorded event, its content parsed (for replay)."""
-
+class _EventHead(_FromRecord):
     session_id: str
     seq: int
     at: float
@@ -132,6 +126,11 @@ class EventOut(BaseModel):
     connection: str
     verdict: str
     hash: str
+
+
+class EventOut(_EventHead):
+    """One recorded event, its content parsed (for replay)."""
+
     data: dict[str, Any] | None = Field(
         description="the recorded content (null if it is not a JSON object: see /raw and verify)"
     )
@@ -143,20 +142,12 @@ class SessionDetail(BaseModel):
     events: list[EventOut]
 
 
-class RawEvent(BaseModel):
+class RawEvent(_EventHead):
     """A stored record exactly as kept, for verification: ``hash`` is
     SHA-256 over ``prev_hash``, a newline and ``data`` as given here."""
 
-    session_id: str
-    seq: int
-    at: float
-    kind: str
-    subject: str
-    connection: str
-    verdict: str
     data: str
     prev_hash: str
-    hash: str
 
 
 class SessionRaw(BaseModel):
@@ -165,17 +156,9 @@ class SessionRaw(BaseModel):
     events: list[RawEvent]
 
 
-class ExportLine(BaseModel):
+class ExportLine(_EventHead):
     """One line of the JSON Lines export."""
 
-    session_id: str
-    seq: int
-    at: float
-    kind: str
-    subject: str
-    connection: str
-    verdict: str
-    hash: str
     data: dict[str, Any] | None = Field(
         description="the recorded content; statement results only with include_results"
     )
@@ -185,7 +168,7 @@ class EventCount(BaseModel):
     count: int
 
 
-class KeyOut(BaseModel):
+class KeyOut(_FromRecord):
     key_id: str
     algorithm: str
     public_key: str = Field(description="hex raw public key")
@@ -350,50 +333,21 @@ def _parsed(data: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def _event_head(event: EventRecord) -> dict[str, Any]:
+    """The _EventHead fields of a record, as a plain dict (the export builds
+    its lines without a model per event: it streams millions)."""
+    return {name: getattr(event, name) for name in _EventHead.model_fields}
+
+
 def _event_out(event: EventRecord) -> EventOut:
-    return EventOut(
-        session_id=event.session_id,
-        seq=event.seq,
-        at=event.at,
-        kind=event.kind,
-        subject=event.subject,
-        connection=event.connection,
-        verdict=event.verdict,
-        hash=event.hash,
-        data=_parsed(event.data),
-    )
-
-
-def _raw_event(event: EventRecord) -> RawEvent:
-    return RawEvent(
-        session_id=event.session_id,
-        seq=event.seq,
-        at=event.at,
-        kind=event.kind,
-        subject=event.subject,
-        connection=event.connection,
-        verdict=event.verdict,
-        data=event.data,
-        prev_hash=event.prev_hash,
-        hash=event.hash,
-    )
+    return EventOut(**_event_head(event), data=_parsed(event.data))
 
 
 def _export_line(event: EventRecord, include_results: bool) -> bytes:
     data = _parsed(event.data)
     if data is not None and not include_results:
         data.pop("results", None)
-    line = {
-        "session_id": event.session_id,
-        "seq": event.seq,
-        "at": event.at,
-        "kind": event.kind,
-        "subject": event.subject,
-        "connection": event.connection,
-        "verdict": event.verdict,
-        "hash": event.hash,
-        "data": data,
-    }
+    line = {**_event_head(event), "data": data}
     return (json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
 
@@ -524,7 +478,7 @@ async def get_session_raw(context: ContextDep, caller: AuditorDep, session_id: s
     return SessionRaw(
         session=SessionOut.of(row),
         seal=SealOut.of(row.seal),
-        events=[_raw_event(e) for e in events],
+        events=[RawEvent.model_validate(e) for e in events],
     )
 
 
@@ -604,12 +558,7 @@ async def signing_keys(context: ContextDep, caller: AuditorDep) -> KeyList:
     keys: dict[str, SigningKey] = await context.store.signing_keys()
     return KeyList(
         keys=[
-            KeyOut(
-                key_id=k.key_id,
-                algorithm=k.algorithm,
-                public_key=k.public_key,
-                created_at=k.created_at,
-            )
+            KeyOut.model_validate(k)
             for k in sorted(keys.values(), key=lambda k: (k.created_at, k.key_id))
         ]
     )

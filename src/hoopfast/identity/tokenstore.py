@@ -238,6 +238,11 @@ class TokenStore:
     def __init__(self, path: Path) -> None:
         self.path = path
 
+    @classmethod
+    def at(cls, path: str | None) -> TokenStore:
+        """The store at ``path`` (a --token-file option), else the default."""
+        return cls(Path(path) if path else default_token_file())
+
     # -- reading ------------------------------------------------------------
 
     def _read(self) -> dict[str, StoredToken]:
@@ -263,6 +268,14 @@ class TokenStore:
 
     def get(self, issuer: str, client_id: str) -> StoredToken | None:
         return self._read().get(store_key(issuer, client_id))
+
+    def chosen(self, issuer: str | None, client_id: str | None) -> StoredToken:
+        """The login a command uses: as ``find``, the issuer and client id
+        defaulting to $HOOPFAST_LOGIN_ISSUER / $HOOPFAST_LOGIN_CLIENT_ID."""
+        return self.find(
+            issuer or os.environ.get(ENV_ISSUER) or None,
+            client_id or os.environ.get(ENV_CLIENT_ID) or None,
+        )
 
     def find(self, issuer: str | None = None, client_id: str | None = None) -> StoredToken:
         """The one entry matching what is given (all when nothing is)."""

@@ -96,7 +96,7 @@ class Masks:
         self.detectors: list[str] = list(masking.detectors)
         #: Errors and notices can quote any value (``SELECT email::int``):
         #: every detector runs over their texts.
-        self.text_plan = core.MaskPlan([], key, list(DETECTORS))
+        self.text_plan = every_detector(key)
         #: COPY output gets what a text column no rule covers gets.
         self.copy_plan = core.MaskPlan([], key, self.detectors) if self.detectors else None
         self._plans: dict[bytes, _Entry] = {}
@@ -334,6 +334,12 @@ def _type_oid(name: str, catalog: Catalog) -> int:
     if oid is None:
         oid = catalog.types.get(name, -1)
     return oid
+
+
+def every_detector(key: bytes) -> MaskPlanType:
+    """A plan for free text that runs every detector: for texts that may quote
+    any value (errors, notices, the parameters the audit trail records)."""
+    return core.MaskPlan([], key, list(DETECTORS))
 
 
 def masks_for(

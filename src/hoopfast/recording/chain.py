@@ -16,7 +16,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,12 @@ def seal_message(
     ).encode()
 
 
+def key_id(public_key: bytes) -> str:
+    """A seal key's id: derived from the raw public key, so an auditor who
+    pins a key (``audit verify --public-key``) finds the seals it made."""
+    return hashlib.sha256(public_key).hexdigest()[:16]
+
+
 class Signer:
     """The gateway's Ed25519 seal key. The private key lives in a file only
     the gateway reads (created on first start, mode 0600); its public half
@@ -69,7 +75,7 @@ class Signer:
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
         self.public_hex = raw.hex()
-        self.key_id = hashlib.sha256(raw).hexdigest()[:16]
+        self.key_id = key_id(raw)
 
     @classmethod
     def load_or_create(cls, path: Path) -> Signer:
@@ -263,17 +269,3 @@ def verify_session(
     except (InvalidSignature, ValueError):
         return Problem(session_id, None, "signature does not verify")
     return None
-
-
-def by_session(events: Iterable[EventRecord]) -> Iterator[tuple[str, list[EventRecord]]]:
-    """Group an event stream ordered by session (then seq)."""
-    current: str | None = None
-    group: list[EventRecord] = []
-    for event in events:
-        if event.session_id != current:
-            if current is not None:
-                yield current, group
-            current, group = event.session_id, []
-        group.append(event)
-    if current is not None:
-        yield current, group

@@ -23,7 +23,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +37,8 @@ log = logging.getLogger("hoopfast.recording")
 
 #: Events handed to the store per transaction.
 _BATCH = 2000
+#: Spooled bytes the recorder also keeps in memory for the store.
+_MEMORY_BYTES = 64 << 20
 _CRASH_REASON = "gateway stopped unexpectedly (recovered from the spool)"
 
 
@@ -68,6 +70,12 @@ class _Open:
 
 
 @dataclass
+class _Kept:
+    records: list[EventRecord | Seal] = field(default_factory=list)
+    size: int = 0
+
+
+@dataclass
 class _Replayed:
     subject: str
     connection: str
@@ -76,46 +84,75 @@ class _Replayed:
     sealed: bool = False
     statements: int = 0
     last_at: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# Spool records. An event is b"e", its two hashes and its data, as is: the
+# data is canonical JSON already and holds every other field, so the data
+# path encodes each event once. Seals and checkpoints are small JSON lists.
+_HASH = 64
 
 
 def _encode_event(e: EventRecord) -> bytes:
-    return json.dumps(
-        [
-            "e",
-            e.session_id,
-            e.seq,
-            e.at,
-            e.kind,
-            e.subject,
-            e.connection,
-            e.verdict,
-            e.data,
-            e.prev_hash,
-            e.hash,
-        ],
-        ensure_ascii=False,
-        separators=(",", ":"),
-    ).encode()
+    return b"e" + e.prev_hash.encode() + e.hash.encode() + e.data.encode()
 
 
 def _encode_seal(s: Seal) -> bytes:
-    return json.dumps(
-        ["s", s.session_id, s.events, s.last_hash, s.ended_at, s.end_reason, s.key_id, s.signature],
-        ensure_ascii=False,
-        separators=(",", ":"),
-    ).encode()
+    return b"s" + _json(
+        [s.session_id, s.events, s.last_hash, s.ended_at, s.end_reason, s.key_id, s.signature]
+    )
+
+
+def _encode_checkpoint(heads: list[list[Any]]) -> bytes:
+    return b"c" + _json(heads)
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _decode(payload: bytes) -> EventRecord | Seal | list[list[Any]]:
-    item = json.loads(payload)
-    if item[0] == "e":
-        return EventRecord(*item[1:])
-    if item[0] == "s":
-        return Seal(*item[1:])
-    if item[0] == "c":
-        return list(item[1])
-    raise ValueError(f"unknown spool record {item[0]!r}")
+    kind = payload[:1]
+    if kind == b"e":
+        prev_hash = payload[1 : 1 + _HASH].decode()
+        hash_ = payload[1 + _HASH : 1 + 2 * _HASH].decode()
+        data = payload[1 + 2 * _HASH :].decode()
+        d = json.loads(data)
+        return EventRecord(
+            d["session"],
+            d["seq"],
+            d["at"],
+            d["kind"],
+            d["subject"],
+            d["connection"],
+            d["verdict"],
+            data,
+            prev_hash,
+            hash_,
+        )
+    if kind == b"s":
+        return Seal(*json.loads(payload[1:]))
+    if kind == b"c":
+        return list(json.loads(payload[1:]))
+    raise ValueError(f"unknown spool record {kind!r}")
+
+
+def _segment_items(path: Path) -> Iterator[EventRecord | Seal | list[list[Any]]]:
+    """A segment's records, decoded (an unreadable one is logged, skipped)."""
+    for payload in read_segment(path):
+        try:
+            yield _decode(payload)
+        except (ValueError, TypeError, KeyError, IndexError) as e:
+            log.error("spool %s: unreadable record skipped: %s", path.name, e)
+
+
+def _load_segment(path: Path) -> list[EventRecord | Seal]:
+    """A closed segment's events and seals (checkpoints skipped), read from
+    disk: after a restart, or when it was too big to keep in memory."""
+    records: list[EventRecord | Seal] = []
+    for item in _segment_items(path):
+        if not isinstance(item, list):
+            records.append(item)
+    return records
 
 
 class Recorder:
@@ -135,12 +172,17 @@ class Recorder:
         self.store_error = ""
         #: Set when a spool write failed: nothing more can be recorded.
         self.broken = ""
-        self.stored_events = 0
         #: Events not recorded because the spool was full (on_full "continue").
         self.dropped = 0
         # Records appended since the last rotation, checkpoints aside: a
         # segment holding only a checkpoint is not worth rotating.
         self._unrotated = 0
+        # What this process wrote to each segment not yet stored, so the
+        # flusher need not read and decode it back (bounded: past the bound
+        # a segment is read from disk, as after a restart).
+        self._memory: dict[Path, _Kept] = {}
+        self._memory_bytes = 0
+        self._on_disk_only: set[Path] = set()
 
     # -- lifecycle --------------------------------------------------------
 
@@ -175,12 +217,7 @@ class Recorder:
         process (checkpoints, then events and seals in order)."""
         sessions: dict[str, _Replayed] = {}
         for segment in self.spool.closed_segments():
-            for payload in read_segment(segment):
-                try:
-                    item = _decode(payload)
-                except (ValueError, TypeError, IndexError) as e:
-                    log.error("spool %s: unreadable record skipped: %s", segment.name, e)
-                    continue
+            for item in _segment_items(segment):
                 if isinstance(item, list):
                     for sid, subject, connection, count, last_hash, statements in item:
                         if sid not in sessions:
@@ -246,12 +283,12 @@ class Recorder:
         )
 
     def _write(self, record: EventRecord) -> None:
-        self._append(_encode_event(record))
+        self._append(_encode_event(record), record)
 
     def _write_seal(self, seal: Seal) -> None:
-        self._append(_encode_seal(seal))
+        self._append(_encode_seal(seal), seal)
 
-    def _append(self, payload: bytes) -> None:
+    def _append(self, payload: bytes, record: EventRecord | Seal) -> None:
         if self.broken:
             raise RecordingUnavailable(self._why_full())
         if self.options.on_full == "continue" and self.full:
@@ -266,10 +303,27 @@ class Recorder:
             log.critical("recording stopped: %s", e)
             raise RecordingUnavailable(self._why_full()) from None
         self._unrotated += 1
+        self._remember(record, len(payload))
         if self.spool.current_size >= self.options.segment_bytes:
             self._rotate()
         if self.options.on_spool_size is not None:
             self.options.on_spool_size(self.spool.pending_bytes)
+
+    def _remember(self, record: EventRecord | Seal, size: int) -> None:
+        segment = self.spool.current
+        if segment in self._on_disk_only:
+            return
+        kept = self._memory.setdefault(segment, _Kept())
+        if self._memory_bytes + size > _MEMORY_BYTES:
+            # Much is waiting (the store is slow or down): this segment will
+            # be read back from disk when its turn comes.
+            self._memory_bytes -= kept.size
+            del self._memory[segment]
+            self._on_disk_only.add(segment)
+            return
+        kept.records.append(record)
+        kept.size += size
+        self._memory_bytes += size
 
     def _rotate(self) -> None:
         self.spool.rotate()
@@ -279,12 +333,8 @@ class Recorder:
             for sid, s in self._open.items()
         ]
         if heads:
-            payload = json.dumps(["c", heads], ensure_ascii=False, separators=(",", ":"))
-            self.spool.append(payload.encode())
+            self.spool.append(_encode_checkpoint(heads))
         self._wake.set()
-
-    def _close_session(self, state: _Open) -> None:
-        self._open.pop(state.chain.session_id, None)
 
     # -- moving the spool to the store -------------------------------------
 
@@ -340,32 +390,42 @@ class Recorder:
             await self.store.add_signing_key(self.signer.signing_key())
             self._key_stored = True
         closed = self.spool.closed_segments()
-        if not closed and self._unrotated:
+        # The current segment goes too when nothing older waits (while the
+        # store is down it grows to full size instead of into many small
+        # ones), and always at close: a clean stop leaves nothing behind.
+        if self._unrotated and (not closed or self._closing):
             self._rotate()
             closed = self.spool.closed_segments()
+        loop = asyncio.get_running_loop()
         for segment in closed:
-            events: list[EventRecord] = []
-            seals: list[Seal] = []
-            for payload in read_segment(segment):
-                try:
-                    item = _decode(payload)
-                except (ValueError, TypeError, IndexError):
-                    continue
-                if isinstance(item, EventRecord):
-                    events.append(item)
-                    if len(events) >= _BATCH:
-                        await self.store.write_recording(events, [])
-                        self.stored_events += len(events)
-                        events = []
-                elif isinstance(item, Seal):
-                    seals.append(item)
-            # Seals last: a seal closes its session's row only after its
-            # events are in.
-            await self.store.write_recording(events, seals)
-            self.stored_events += len(events)
+            kept = self._memory.pop(segment, None)
+            if kept is not None:
+                self._memory_bytes -= kept.size
+                records = kept.records
+            else:
+                # Off the loop: a segment may hold megabytes to decode.
+                records = await loop.run_in_executor(None, _load_segment, segment)
+            try:
+                await self._store(records)
+            except BaseException:
+                if kept is not None:  # not stored: keep it for the next try
+                    self._memory[segment] = kept
+                    self._memory_bytes += kept.size
+                raise
             self.spool.remove(segment)
+            self._on_disk_only.discard(segment)
             if self.options.on_spool_size is not None:
                 self.options.on_spool_size(self.spool.pending_bytes)
+
+    async def _store(self, records: list[EventRecord | Seal]) -> None:
+        """One segment's records into the store, in batches; seals last (a
+        seal closes its session's row only after its events are in)."""
+        events = [r for r in records if isinstance(r, EventRecord)]
+        seals = [r for r in records if isinstance(r, Seal)]
+        batches = [events[i : i + _BATCH] for i in range(0, len(events), _BATCH)] or [[]]
+        for batch in batches[:-1]:
+            await self.store.write_recording(batch, [])
+        await self.store.write_recording(batches[-1], seals)
 
 
 class SessionRecording:
@@ -401,7 +461,7 @@ class SessionRecording:
         self.ended = True
         s = self._state
         r = self._recorder
-        r._close_session(s)
+        r._open.pop(s.chain.session_id, None)
         now = time.time()
         try:
             r._write(

@@ -47,17 +47,16 @@ class Spool:
         return self.directory / f"{number:012d}{_SUFFIX}"
 
     def _open_segment(self) -> None:
-        path = self._path(self._number)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        #: The segment being written (the recorder asks per record).
+        self.current = self._path(self._number)
+        self._fd = os.open(
+            self.current, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
+        )
         self._size = 0
 
     def segments(self) -> list[Path]:
         """Every segment, oldest first (the current one last)."""
         return sorted(self.directory.glob("*" + _SUFFIX))
-
-    @property
-    def current(self) -> Path:
-        return self._path(self._number)
 
     @property
     def current_size(self) -> int:

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
 from typing import Any, TypeAlias, TypeVar
 from urllib.parse import quote
 
@@ -29,16 +27,15 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from hoopfast.store import migrations
-from hoopfast.store.base import EventCursor, Store, StoreError
+from hoopfast.store.base import StoreError
 from hoopfast.store.records import (
     SESSION_START,
     STATEMENT,
-    EventFilter,
     EventRecord,
     Seal,
-    SessionRow,
     SigningKey,
 )
+from hoopfast.store.sql import EVENT_COLUMNS, SqlStore, client_address, event_values
 
 __all__ = ["PostgresStore"]
 
@@ -59,14 +56,8 @@ _DEFAULTS: dict[str, str] = {
     "application_name": "hoopfast",
 }
 
-_EVENT_COLUMNS = "session_id, seq, at, kind, subject, connection, verdict, data, prev_hash, hash"
-_SESSION_COLUMNS = (
-    "session_id, subject, connection, client_address, started_at, stored_events, statements,"
-    " ended_at, end_reason, events, last_hash, key_id, signature"
-)
-
 _INSERT_EVENTS = (
-    f"INSERT INTO events ({_EVENT_COLUMNS})"
+    f"INSERT INTO events ({EVENT_COLUMNS})"
     " SELECT * FROM unnest(%b::text[], %b::bigint[], %b::float8[], %b::text[], %b::text[],"
     " %b::text[], %b::text[], %b::text[], %b::text[], %b::text[])"
     " ON CONFLICT DO NOTHING RETURNING session_id, kind"
@@ -91,8 +82,9 @@ _SEAL_SESSIONS = (
 )
 
 
-class PostgresStore(Store):
+class PostgresStore(SqlStore):
     backend = "postgresql"
+    param = "%s"
 
     def __init__(self, url: str) -> None:
         """``url``: a libpq URI or conninfo string. Raises ValueError (without
@@ -175,82 +167,8 @@ class PostgresStore(Store):
 
         await self._run(add)
 
-    async def signing_keys(self) -> dict[str, SigningKey]:
-        sql = "SELECT key_id, algorithm, public_key, created_at FROM signing_keys"
-        rows = await self._run(lambda conn: _fetchall(conn, sql, ()))
-        return {row[0]: SigningKey(*row) for row in rows}
-
-    # -- recordings: read ------------------------------------------------------
-
-    async def sessions(
-        self,
-        where: EventFilter,
-        *,
-        limit: int = 100,
-        before: tuple[float, str] | None = None,
-    ) -> list[SessionRow]:
-        if before is not None and where.until is not None:
-            # One upper bound only, for the same reason as in events().
-            if before[0] < where.until:
-                where = replace(where, until=None)
-            else:
-                before = None
-        conditions, params = _session_conditions(where)
-        if before is not None:
-            conditions.append("(started_at, session_id) < (%s, %s)")
-            params.extend(before)
-        sql = (
-            f"SELECT {_SESSION_COLUMNS} FROM sessions{_where(conditions)}"
-            " ORDER BY started_at DESC, session_id DESC LIMIT %s"
-        )
-        params.append(limit)
-        rows = await self._run(lambda conn: _fetchall(conn, sql, params))
-        return [_session_row(row) for row in rows]
-
-    async def session(self, session_id: str) -> SessionRow | None:
-        sql = f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = %s"
-        rows = await self._run(lambda conn: _fetchall(conn, sql, (session_id,)))
-        return _session_row(rows[0]) if rows else None
-
-    async def events(
-        self,
-        where: EventFilter,
-        *,
-        limit: int = 1000,
-        after: EventCursor | None = None,
-    ) -> list[EventRecord]:
-        if after is not None and where.since is not None:
-            # One lower bound only, so that the index range starts at the
-            # cursor: given both, SQLite would start every page at ``since``.
-            if after[0] >= where.since:
-                where = replace(where, since=None)
-            else:
-                after = None
-        conditions, params = _event_conditions(where)
-        if after is not None:
-            # A row comparison: an index condition on events_at (or on the
-            # subject/connection index after its equality).
-            conditions.append("(at, session_id, seq) > (%s, %s, %s)")
-            params.extend(after)
-        sql = (
-            f"SELECT {_EVENT_COLUMNS} FROM events{_where(conditions)}"
-            " ORDER BY at, session_id, seq LIMIT %s"
-        )
-        params.append(limit)
-        rows = await self._run(lambda conn: _fetchall(conn, sql, params))
-        return [EventRecord(*row) for row in rows]
-
-    async def count_events(self, where: EventFilter) -> int:
-        conditions, params = _event_conditions(where)
-        sql = f"SELECT count(*) FROM events{_where(conditions)}"
-        rows = await self._run(lambda conn: _fetchall(conn, sql, params))
-        count: int = rows[0][0]
-        return count
-
-    async def session_events(self, session_id: str) -> list[EventRecord]:
-        sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE session_id = %s ORDER BY seq"
-        rows = await self._run(lambda conn: _fetchall(conn, sql, (session_id,)))
-        return [EventRecord(*row) for row in rows]
+    async def _fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return await self._run(lambda conn: _fetchall(conn, sql, params))
 
 
 # -- with the connection ---------------------------------------------------------
@@ -287,17 +205,6 @@ async def _migrate(conn: _Conn) -> None:
             )
 
 
-def _client_address(data: str) -> str:
-    """The client address a session_start event's data holds ("" when it does
-    not: the event is stored as it came; ``audit verify`` judges it)."""
-    try:
-        value = json.loads(data)
-    except ValueError:
-        return ""
-    address = value.get("client_address") if isinstance(value, dict) else None
-    return "" if address is None else str(address)
-
-
 def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
     """Rows to one list per column (an ``unnest`` parameter each)."""
     return [[row[i] for row in rows] for i in range(width)]
@@ -306,23 +213,9 @@ def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
 async def _write_recording(
     conn: _Conn, events: Sequence[EventRecord], seals: Sequence[Seal]
 ) -> None:
-    event_rows = [
-        (
-            e.session_id,
-            e.seq,
-            e.at,
-            e.kind,
-            e.subject,
-            e.connection,
-            e.verdict,
-            e.data,
-            e.prev_hash,
-            e.hash,
-        )
-        for e in events
-    ]
+    event_rows = [event_values(e) for e in events]
     starts = [
-        (e.session_id, e.subject, e.connection, _client_address(e.data), e.at)
+        (e.session_id, e.subject, e.connection, client_address(e.data), e.at)
         for e in events
         if e.kind == SESSION_START
     ]
@@ -353,92 +246,3 @@ async def _write_recording(
             await conn.execute(_COUNT_EVENTS, _columns(counted, 3))
         if seal_rows:
             await conn.execute(_SEAL_SESSIONS, _columns(seal_rows, 7))
-
-
-# -- SQL pieces ------------------------------------------------------------------
-
-
-def _where(conditions: list[str]) -> str:
-    return " WHERE " + " AND ".join(conditions) if conditions else ""
-
-
-def _event_conditions(where: EventFilter) -> tuple[list[str], list[Any]]:
-    conditions: list[str] = []
-    params: list[Any] = []
-    if where.since is not None:
-        conditions.append("at >= %s")
-        params.append(where.since)
-    if where.until is not None:
-        conditions.append("at < %s")
-        params.append(where.until)
-    for column, value in (
-        ("subject", where.subject),
-        ("connection", where.connection),
-        ("verdict", where.verdict),
-        ("session_id", where.session_id),
-    ):
-        if value:
-            conditions.append(f"{column} = %s")
-            params.append(value)
-    if where.exclude_subject:
-        conditions.append("subject <> %s")
-        params.append(where.exclude_subject)
-    return conditions, params
-
-
-def _session_conditions(where: EventFilter) -> tuple[list[str], list[Any]]:
-    """Sessions match on when they started; a verdict belongs to a statement,
-    not to a session, so it is no condition here."""
-    conditions: list[str] = []
-    params: list[Any] = []
-    if where.since is not None:
-        conditions.append("started_at >= %s")
-        params.append(where.since)
-    if where.until is not None:
-        conditions.append("started_at < %s")
-        params.append(where.until)
-    for column, value in (
-        ("subject", where.subject),
-        ("connection", where.connection),
-        ("session_id", where.session_id),
-    ):
-        if value:
-            conditions.append(f"{column} = %s")
-            params.append(value)
-    if where.exclude_subject:
-        conditions.append("subject <> %s")
-        params.append(where.exclude_subject)
-    return conditions, params
-
-
-def _session_row(row: Sequence[Any]) -> SessionRow:
-    (
-        session_id,
-        subject,
-        connection,
-        client_address,
-        started_at,
-        stored_events,
-        statements,
-        ended_at,
-        end_reason,
-        events,
-        last_hash,
-        key_id,
-        signature,
-    ) = row
-    seal = None
-    if signature is not None:
-        seal = Seal(session_id, events, last_hash, ended_at, end_reason, key_id, signature)
-    return SessionRow(
-        session_id,
-        subject,
-        connection,
-        client_address,
-        started_at,
-        stored_events,
-        statements,
-        ended_at,
-        end_reason,
-        seal,
-    )

@@ -11,27 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from hoopfast.store import migrations
-from hoopfast.store.base import EventCursor, Store, StoreError
+from hoopfast.store.base import StoreError
 from hoopfast.store.records import (
     SESSION_START,
     STATEMENT,
-    EventFilter,
     EventRecord,
     Seal,
-    SessionRow,
     SigningKey,
 )
+from hoopfast.store.sql import EVENT_COLUMNS, SqlStore, client_address, event_values
 
 __all__ = ["SqliteStore"]
 
@@ -40,15 +37,10 @@ _T = TypeVar("_T")
 #: How long a writer waits for another process's write lock (milliseconds).
 _BUSY_TIMEOUT_MS = 5000
 
-_EVENT_COLUMNS = "session_id, seq, at, kind, subject, connection, verdict, data, prev_hash, hash"
-_SESSION_COLUMNS = (
-    "session_id, subject, connection, client_address, started_at, stored_events, statements,"
-    " ended_at, end_reason, events, last_hash, key_id, signature"
-)
 
-
-class SqliteStore(Store):
+class SqliteStore(SqlStore):
     backend = "sqlite"
+    param = "?"
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -142,84 +134,8 @@ class SqliteStore(Store):
 
         await self._run(add)
 
-    async def signing_keys(self) -> dict[str, SigningKey]:
-        def read(conn: sqlite3.Connection) -> dict[str, SigningKey]:
-            rows = conn.execute(
-                "SELECT key_id, algorithm, public_key, created_at FROM signing_keys"
-            ).fetchall()
-            return {row[0]: SigningKey(*row) for row in rows}
-
-        return await self._run(read)
-
-    # -- recordings: read ------------------------------------------------------
-
-    async def sessions(
-        self,
-        where: EventFilter,
-        *,
-        limit: int = 100,
-        before: tuple[float, str] | None = None,
-    ) -> list[SessionRow]:
-        if before is not None and where.until is not None:
-            # One upper bound only, for the same reason as in events().
-            if before[0] < where.until:
-                where = replace(where, until=None)
-            else:
-                before = None
-        conditions, params = _session_conditions(where)
-        if before is not None:
-            conditions.append("(started_at, session_id) < (?, ?)")
-            params.extend(before)
-        sql = (
-            f"SELECT {_SESSION_COLUMNS} FROM sessions{_where(conditions)}"
-            " ORDER BY started_at DESC, session_id DESC LIMIT ?"
-        )
-        params.append(limit)
-        rows = await self._run(lambda conn: conn.execute(sql, params).fetchall())
-        return [_session_row(row) for row in rows]
-
-    async def session(self, session_id: str) -> SessionRow | None:
-        sql = f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ?"
-        row = await self._run(lambda conn: conn.execute(sql, (session_id,)).fetchone())
-        return None if row is None else _session_row(row)
-
-    async def events(
-        self,
-        where: EventFilter,
-        *,
-        limit: int = 1000,
-        after: EventCursor | None = None,
-    ) -> list[EventRecord]:
-        if after is not None and where.since is not None:
-            # One lower bound only, so that the index range starts at the
-            # cursor: given both, SQLite would start every page at ``since``.
-            if after[0] >= where.since:
-                where = replace(where, since=None)
-            else:
-                after = None
-        conditions, params = _event_conditions(where)
-        if after is not None:
-            # A row value comparison: SQLite walks events_at from the cursor.
-            conditions.append("(at, session_id, seq) > (?, ?, ?)")
-            params.extend(after)
-        sql = (
-            f"SELECT {_EVENT_COLUMNS} FROM events{_where(conditions)}"
-            " ORDER BY at, session_id, seq LIMIT ?"
-        )
-        params.append(limit)
-        rows = await self._run(lambda conn: conn.execute(sql, params).fetchall())
-        return [EventRecord(*row) for row in rows]
-
-    async def count_events(self, where: EventFilter) -> int:
-        conditions, params = _event_conditions(where)
-        sql = f"SELECT COUNT(*) FROM events{_where(conditions)}"
-        count: int = await self._run(lambda conn: conn.execute(sql, params).fetchone()[0])
-        return count
-
-    async def session_events(self, session_id: str) -> list[EventRecord]:
-        sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE session_id = ? ORDER BY seq"
-        rows = await self._run(lambda conn: conn.execute(sql, (session_id,)).fetchall())
-        return [EventRecord(*row) for row in rows]
+    async def _fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return await self._run(lambda conn: conn.execute(sql, params).fetchall())
 
 
 # -- on the worker thread ------------------------------------------------------
@@ -280,23 +196,10 @@ def _migrate(conn: sqlite3.Connection) -> None:
         pass
 
 
-def _client_address(data: str) -> str:
-    """The client address a session_start event's data holds ("" when it does
-    not: the event is stored as it came; ``audit verify`` judges it)."""
-    try:
-        value = json.loads(data)
-    except ValueError:
-        return ""
-    address = value.get("client_address") if isinstance(value, dict) else None
-    return "" if address is None else str(address)
-
-
 def _write_recording(
     conn: sqlite3.Connection, events: Sequence[EventRecord], seals: Sequence[Seal]
 ) -> None:
-    insert = (
-        f"INSERT OR IGNORE INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    )
+    insert = f"INSERT OR IGNORE INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
     def write() -> None:
         # One execute per event: rowcount says whether it was new, which is
@@ -306,23 +209,10 @@ def _write_recording(
         for e in events:
             cursor = conn.execute(
                 insert,
-                (
-                    e.session_id,
-                    e.seq,
-                    e.at,
-                    e.kind,
-                    e.subject,
-                    e.connection,
-                    e.verdict,
-                    e.data,
-                    e.prev_hash,
-                    e.hash,
-                ),
+                event_values(e),
             )
             if e.kind == SESSION_START:
-                starts.append(
-                    (e.session_id, e.subject, e.connection, _client_address(e.data), e.at)
-                )
+                starts.append((e.session_id, e.subject, e.connection, client_address(e.data), e.at))
             if cursor.rowcount == 1:
                 counts = added.setdefault(e.session_id, [0, 0])
                 counts[0] += 1
@@ -357,92 +247,3 @@ def _write_recording(
         )
 
     _in_transaction(conn, write)
-
-
-# -- SQL pieces ------------------------------------------------------------------
-
-
-def _where(conditions: list[str]) -> str:
-    return " WHERE " + " AND ".join(conditions) if conditions else ""
-
-
-def _event_conditions(where: EventFilter) -> tuple[list[str], list[Any]]:
-    conditions: list[str] = []
-    params: list[Any] = []
-    if where.since is not None:
-        conditions.append("at >= ?")
-        params.append(where.since)
-    if where.until is not None:
-        conditions.append("at < ?")
-        params.append(where.until)
-    for column, value in (
-        ("subject", where.subject),
-        ("connection", where.connection),
-        ("verdict", where.verdict),
-        ("session_id", where.session_id),
-    ):
-        if value:
-            conditions.append(f"{column} = ?")
-            params.append(value)
-    if where.exclude_subject:
-        conditions.append("subject <> ?")
-        params.append(where.exclude_subject)
-    return conditions, params
-
-
-def _session_conditions(where: EventFilter) -> tuple[list[str], list[Any]]:
-    """Sessions match on when they started; a verdict belongs to a statement,
-    not to a session, so it is no condition here."""
-    conditions: list[str] = []
-    params: list[Any] = []
-    if where.since is not None:
-        conditions.append("started_at >= ?")
-        params.append(where.since)
-    if where.until is not None:
-        conditions.append("started_at < ?")
-        params.append(where.until)
-    for column, value in (
-        ("subject", where.subject),
-        ("connection", where.connection),
-        ("session_id", where.session_id),
-    ):
-        if value:
-            conditions.append(f"{column} = ?")
-            params.append(value)
-    if where.exclude_subject:
-        conditions.append("subject <> ?")
-        params.append(where.exclude_subject)
-    return conditions, params
-
-
-def _session_row(row: Sequence[Any]) -> SessionRow:
-    (
-        session_id,
-        subject,
-        connection,
-        client_address,
-        started_at,
-        stored_events,
-        statements,
-        ended_at,
-        end_reason,
-        events,
-        last_hash,
-        key_id,
-        signature,
-    ) = row
-    seal = None
-    if signature is not None:
-        seal = Seal(session_id, events, last_hash, ended_at, end_reason, key_id, signature)
-    return SessionRow(
-        session_id,
-        subject,
-        connection,
-        client_address,
-        started_at,
-        stored_events,
-        statements,
-        ended_at,
-        end_reason,
-        seal,
-    )

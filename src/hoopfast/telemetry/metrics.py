@@ -106,13 +106,7 @@ class Metrics:
         key = (connection, verdict)
         statements = self.statements_total
         statements[key] = statements.get(key, 0) + 1
-        moved = self.bytes_total
-        if client_bytes:
-            key = (connection, DIRECTION_CLIENT)
-            moved[key] = moved.get(key, 0) + client_bytes
-        if server_bytes:
-            key = (connection, DIRECTION_SERVER)
-            moved[key] = moved.get(key, 0) + server_bytes
+        self.moved(connection, client_bytes, server_bytes)
         histogram = self.statement_duration.get(connection)
         if histogram is None:
             histogram = self.statement_duration[connection] = _Histogram(len(self.buckets))
@@ -120,6 +114,17 @@ class Metrics:
         histogram.counts[bisect_left(self.buckets, duration_s)] += 1
         histogram.sum += duration_s
         histogram.count += 1
+
+    def moved(self, connection: str, client_bytes: int, server_bytes: int) -> None:
+        """Count bytes that passed outside any statement's count (the rest of
+        a session, when it ends)."""
+        moved = self.bytes_total
+        if client_bytes:
+            key = (connection, DIRECTION_CLIENT)
+            moved[key] = moved.get(key, 0) + client_bytes
+        if server_bytes:
+            key = (connection, DIRECTION_SERVER)
+            moved[key] = moved.get(key, 0) + server_bytes
 
     def set_recording_spool_bytes(self, size: int) -> None:
         self.recording_spool_bytes = size

@@ -10,11 +10,11 @@ import secrets
 import ssl
 from pathlib import Path
 
-from hoopfast import core
-from hoopfast.config import DETECTORS, Connection, GatewayConfig, load_config
+from hoopfast.config import Connection, GatewayConfig, load_config
 from hoopfast.errors import ConfigurationError
 from hoopfast.identity.tokens import TokenValidator
 from hoopfast.masking.catalog import CatalogCache
+from hoopfast.masking.rules import every_detector
 from hoopfast.policy.guard import Policy
 from hoopfast.proxy.postgres import upstream
 from hoopfast.proxy.postgres.session import PgSession
@@ -61,7 +61,7 @@ class PgGateway:
         #: Off unless OTEL_TRACES_EXPORTER says otherwise (hoopfast.serve).
         self.tracing = Tracing(None)
         #: Bound parameter values reach the trail through every detector.
-        self.param_mask = core.MaskPlan([], self._process_mask_key, list(DETECTORS))
+        self.param_mask = every_detector(self._process_mask_key)
 
     def mask_key(self, connection: Connection) -> bytes:
         """The HMAC key of the hash and fake strategies on ``connection``.

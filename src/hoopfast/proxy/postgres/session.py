@@ -16,6 +16,7 @@ import secrets
 import ssl
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 from hoopfast import core
@@ -119,12 +120,13 @@ class PgSession:
         self._recording: SessionRecording | None = None
         self._trail: Trail | None = None
         #: The last statement judged: its verdict and its text, for the trail.
-        self._verdict: Verdict = Verdict("allow")
+        self._verdict: Verdict = ALLOW
         self._sql: str | None = None
         self.application_name = ""
         self.tls: dict[str, str] | None = None
         self._span: SessionSpan = NOOP_SESSION_SPAN
         self._counted = False
+        self._bytes_counted = (0, 0)
 
     # -- phase 1 ----------------------------------------------------------
 
@@ -384,8 +386,17 @@ class PgSession:
             verdict, st.verdict.rule, st.rows, st.server_bytes, st.duration, sqlstate, None
         )
         self.gateway.metrics.statement(
-            self.connection_name, verdict, st.duration, 0, st.server_bytes
+            self.connection_name, verdict, st.duration, *self._bytes_since_counted()
         )
+
+    def _bytes_since_counted(self) -> tuple[int, int]:
+        """Bytes each side sent since the metrics last counted them (exact
+        and never counted twice, however statements overlap in a pipeline)."""
+        client = self._client_pump.bytes_in if self._client_pump is not None else 0
+        server = self._server_pump.bytes_in if self._server_pump is not None else 0
+        counted_client, counted_server = self._bytes_counted
+        self._bytes_counted = (client, server)
+        return client - counted_client, server - counted_server
 
     # -- phase 2 ------------------------------------------------------------
 
@@ -435,8 +446,6 @@ class PgSession:
         )
         if self._guarded:
             self._use_fast_path()
-        if self._trail is not None:
-            self._trail.server_bytes = lambda: self._server_pump.bytes_in
         self._server_pump = Pump(
             Framer(max_message, server_types, _SERVER_BATCH), self, FramingError
         )
@@ -928,7 +937,9 @@ class PgSession:
             self._recording.end(self.end_reason)
         if self._counted:
             self._span.end(self.end_reason, error=not _CLEAN_END.match(self.end_reason))
-            self.gateway.metrics.session_ended(self.connection_name)
+            metrics = self.gateway.metrics
+            metrics.moved(self.connection_name, *self._bytes_since_counted())
+            metrics.session_ended(self.connection_name)
         if self.upstream is not None and not self.upstream.writer.is_closing():
             self.upstream.writer.close()
         if not self.writer.is_closing():
@@ -1022,16 +1033,10 @@ def _statement_text(message: bytes, type_code: int, codec: str) -> str:
     return message[start : end if end >= 0 else len(message)].decode(codec, "replace")
 
 
-def _split_messages(data: bytes) -> list[tuple[int, bytes]]:
-    """Whole messages in ``data``, consecutive DataRows kept together."""
-    parts: list[tuple[int, bytes]] = []
+def _split_messages(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """The whole messages in ``data``, one by one."""
     pos = 0
     while pos + 5 <= len(data):
-        code = data[pos]
         end = pos + 1 + int.from_bytes(data[pos + 1 : pos + 5], "big")
-        if parts and code == m.DATA_ROW and parts[-1][0] == m.DATA_ROW:
-            parts[-1] = (code, parts[-1][1] + data[pos:end])
-        else:
-            parts.append((code, data[pos:end]))
+        yield data[pos], data[pos:end]
         pos = end
-    return parts

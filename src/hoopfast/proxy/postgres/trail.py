@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hoopfast.core import decode_fields
-from hoopfast.policy.guard import Verdict
+from hoopfast.policy.guard import ALLOW, Verdict
 from hoopfast.proxy.postgres import messages as m
 
 #: Client messages the trail must see beyond what the guardrails intercept.
@@ -45,6 +45,12 @@ SERVER_TYPES = bytes(
         m.NO_DATA,
         ord("t"),  # ParameterDescription
         ord("V"),  # FunctionCallResponse
+        # COPY: only counted (the rows come from the tag), never kept.
+        ord("G"),  # CopyInResponse
+        m.COPY_OUT_RESPONSE,
+        m.COPY_BOTH_RESPONSE,
+        m.COPY_DATA,
+        m.COPY_DONE,
     ]
 )
 
@@ -82,19 +88,19 @@ class Statement:
     params: list[str | None] | None = None
     started: float = 0.0
     started_at: float = 0.0
-    server_bytes_start: int = 0
     rows: int = 0
     #: DataRows since the last CommandComplete (whose count is exact).
     pending_rows: int = 0
     #: The portal an Execute runs: its columns (from a Describe answered
     #: after the Execute was sent) are read when the rows come.
-    portal: Any = None
+    portal: _Portal | None = None
     tags: list[str] = field(default_factory=list)
     error: dict[str, str] | None = None
     results: list[_ResultSet] = field(default_factory=list)
     kept_bytes: int = 0
     result_formats: list[int] = field(default_factory=list)
-    #: Set by the session when done: what it took.
+    #: Time to completion (set when done), and the bytes of the server's
+    #: messages that answered it.
     duration: float = 0.0
     server_bytes: int = 0
 
@@ -140,9 +146,6 @@ class _Entry:
     portal: _Portal | None = None
 
 
-_ALLOWED = Verdict("allow")
-
-
 class Trail:
     """Feeds a session's traffic in, calls ``done(statement)`` per statement."""
 
@@ -158,22 +161,12 @@ class Trail:
         self._portals: dict[bytes, _Portal] = {}
         #: RowDescriptions from Describe, by statement name.
         self._described: dict[bytes, _Columns | None] = {}
-        self._skipping = False
         self._session_kept = 0
-        #: The server side's byte counter (the session sets it to the pump's).
-        self.server_bytes: Any = lambda: 0
 
     # -- from the client ----------------------------------------------------
 
     def _start(self, text: str, verdict: Verdict, params: list[str | None] | None) -> Statement:
-        return Statement(
-            text,
-            verdict,
-            params,
-            time.perf_counter(),
-            time.time(),
-            self.server_bytes(),
-        )
+        return Statement(text, verdict, params, time.perf_counter(), time.time())
 
     def query(self, text: str, verdict: Verdict) -> None:
         self._queue.append(_Entry(_SIMPLE, self._start(text, verdict, None)))
@@ -199,7 +192,7 @@ class Trail:
             portal = message[5:end] if end >= 0 else b""
             p = self._portals.get(portal)
             if p is None:
-                statement = self._start("", _ALLOWED, None)
+                statement = self._start("", ALLOW, None)
             else:
                 statement = self._start(p.text, p.verdict, p.params or None)
                 statement.result_formats = p.formats
@@ -223,7 +216,7 @@ class Trail:
             return
         name = message[portal_end + 1 : name_end]
         portal = message[5:portal_end]
-        text, verdict = self._statements.get(name, ("", _ALLOWED))
+        text, verdict = self._statements.get(name, ("", ALLOW))
         verdict = refused or verdict
         entry = _Entry(_BIND, None, name)
         self._queue.append(entry)
@@ -269,15 +262,16 @@ class Trail:
     # -- from the server ------------------------------------------------------
 
     def server_message(self, type_code: int, data: bytes) -> None:
-        """A server message as forwarded to the client (DataRows may come as
-        a batch of several)."""
+        """A server message as forwarded to the client (DataRows and
+        CopyData may come as a batch of several)."""
         queue = self._queue
+        if queue and (answering := queue[0].statement) is not None:
+            answering.server_bytes += len(data)
         if type_code == m.DATA_ROW:
             if queue:
                 self._rows(queue[0].statement, data)
             return
         if type_code == m.READY_FOR_QUERY:
-            self._skipping = False
             while queue:
                 entry = queue.popleft()
                 if entry.kind == _SIMPLE:
@@ -405,7 +399,7 @@ class Trail:
             # then: a custom plan folds constants, so 1/$1 with 0 fails here.)
             p = head.portal
             st = (
-                self._start("", _ALLOWED, None)
+                self._start("", ALLOW, None)
                 if p is None
                 else self._start(p.text, p.verdict, p.params or None)
             )
@@ -421,7 +415,6 @@ class Trail:
         st.rows += st.pending_rows
         st.pending_rows = 0
         st.duration = time.perf_counter() - st.started
-        st.server_bytes = self.server_bytes() - st.server_bytes_start
         self._done(st)
 
 
