@@ -43,6 +43,7 @@ cdef class Pump:
     cdef public object peer
     cdef public unsigned long long bytes_in
     cdef public object fast
+    cdef public object held
     cdef object _framing_error
     cdef object _feed
     cdef object _peer_write
@@ -59,6 +60,7 @@ cdef class Pump:
         self.peer = None
         self._peer_write = None
         self.bytes_in = 0
+        self.held = None
 
     def attach(self, transport, peer):
         self.transport = transport
@@ -71,24 +73,32 @@ cdef class Pump:
 
     def data_received(self, bytes data):
         cdef list items
-        cdef list out
-        cdef object item
-        cdef object forward
-        cdef object sql
-        cdef object fast
-        cdef int type_code
-        cdef bytes message
         self.bytes_in += len(data)
         try:
             items = self._feed(data)
         except self._framing_error as e:
             self.owner.pump_violation(self, e)
             return
+        if self.held is not None:
+            (<list>self.held).extend(items)
+            self._stop_reading()
+            return
         if len(items) == 1 and type(items[0]) is bytes:
             self._peer_write(items[0])
             return
-        out = []
-        for item in items:
+        self._process(items, [])
+
+    cdef _process(self, list items, list out):
+        cdef object item
+        cdef object forward
+        cdef object sql
+        cdef object fast
+        cdef int type_code
+        cdef bytes message
+        cdef Py_ssize_t i
+        cdef Py_ssize_t n = len(items)
+        for i in range(n):
+            item = items[i]
             if type(item) is bytes:
                 out.append(item)
                 continue
@@ -103,8 +113,31 @@ cdef class Pump:
             forward = self.owner.pump_message(self, type_code, message)
             if forward:
                 out.append(forward)
+            if self.held is not None:
+                (<list>self.held).extend(items[i + 1 :])
+                break
         if out and not self.peer.is_closing():
             self._peer_write(out[0] if len(out) == 1 else b"".join(out))
+
+    def hold(self):
+        if self.held is None:
+            self.held = []
+        self._stop_reading()
+
+    def release(self, forward):
+        items = self.held
+        self.held = None
+        if items is None or self.peer is None or self.peer.is_closing():
+            return
+        self._process(items, [forward] if forward else [])
+        transport = self.transport
+        if self.held is None and transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+    cdef _stop_reading(self):
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.pause_reading()
 
     def eof_received(self):
         return False

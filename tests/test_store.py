@@ -13,7 +13,7 @@ import stat
 import time
 import traceback
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -22,15 +22,27 @@ import pytest
 
 from hoopfast.devcluster import DevCluster, free_port
 from hoopfast.recording.chain import canonical
-from hoopfast.store import Store, StoreError, open_store
+from hoopfast.store import Store, StoreError, migrations, open_store
+from hoopfast.store.base import ReviewConflict
 from hoopfast.store.migrations import LATEST_VERSION, MIGRATIONS
 from hoopfast.store.postgres import PostgresStore
 from hoopfast.store.records import (
+    ACCESS_REVIEW,
+    APPROVED,
+    EXPIRED,
+    PENDING,
+    REJECTED,
+    REVOKED,
     SESSION_END,
     SESSION_START,
     STATEMENT,
+    STATEMENT_REVIEW,
+    USED,
+    Decision,
     EventFilter,
     EventRecord,
+    ReviewFilter,
+    ReviewRecord,
     Seal,
     SessionRow,
     SigningKey,
@@ -509,6 +521,409 @@ def test_session_listing(backend: Backend) -> None:
         assert await ids(EventFilter(until=400.0), before=(200.0, "s3")) == ["s2", "s1"]
 
     run(backend, scenario)
+
+
+# -- reviews -----------------------------------------------------------------------
+
+
+def make_review(review_id: str, **kw: object) -> ReviewRecord:
+    """A pending statement review by alice on main, unless ``kw`` says
+    otherwise."""
+    statement = str(kw.pop("statement", "DROP TABLE accounts"))
+    values: dict[str, object] = {
+        "kind": STATEMENT_REVIEW,
+        "status": PENDING,
+        "requester": "alice",
+        "connection": "main",
+        "created_at": 1000.0,
+        "expires_at": 4600.0,
+        "statement": statement,
+        "statement_hash": hashlib.sha256(statement.encode()).hexdigest(),
+        "approvers": ("dba",),
+    }
+    values.update(kw)
+    return ReviewRecord(review_id, **values)  # type: ignore[arg-type]
+
+
+def make_grant(review_id: str, **kw: object) -> ReviewRecord:
+    """An access review, by default approved until 5000."""
+    values: dict[str, object] = {
+        "kind": ACCESS_REVIEW,
+        "status": APPROVED,
+        "statement": "",
+        "statement_hash": "",
+        "role": "writer",
+        "duration": 3600.0,
+        "granted_until": 5000.0,
+    }
+    values.update(kw)
+    return make_review(review_id, **values)
+
+
+#: Text that must survive the store: astral planes, combining marks, right to
+#: left, line and paragraph separators, quotes, backslashes, JSON lookalikes.
+UNICODE = 'zoë 🐘 数据 שָׁלוֹם e\u0301 \u2028\u2029 "quoted" back\\slash {"a": [1]} \x7f'
+
+
+def test_review_roundtrip(backend: Backend) -> None:
+    full = ReviewRecord(
+        review_id="r-🐘-1",
+        kind=STATEMENT_REVIEW,
+        status=APPROVED,
+        requester="zoë",
+        connection="主库",
+        created_at=1_700_000_000.123456,
+        expires_at=1_700_003_600.5,
+        statement="UPDATE t SET note = '" + UNICODE + "'\n  WHERE id = 1;",
+        statement_hash="ab" * 32,
+        role="writer",
+        duration=900.25,
+        granted_until=1_700_000_900.75,
+        reason="hotfix " + UNICODE,
+        session_id="s-42",
+        client_address="[2001:db8::1]:5432",
+        rule="class:ddl",
+        mode="deferred",
+        approvers=("dba", "sécurité", "🛡"),
+        min_approvals=2,
+        decisions=(
+            Decision("bob", "approve", "ok " + UNICODE, 1_700_000_100.5),
+            # Inside the JSON column even a NUL and a lone surrogate survive.
+            Decision("carol", "approve", "\x00 and \ud800", 1_700_000_200.0),
+        ),
+        decided_at=1_700_000_200.0,
+        used_at=1_700_000_300.0,
+        break_glass=True,
+        version=7,
+    )
+    minimal = make_review("r-2", approvers=())
+    grant = make_grant("r-3", decisions=(Decision("bob", "force", "", 1.0),))
+
+    async def scenario(store: Store) -> None:
+        assert await store.review("r-🐘-1") is None
+        for r in (full, minimal, grant):
+            await store.insert_review(r)
+        assert await store.review("r-🐘-1") == full
+        assert await store.review("r-2") == minimal
+        assert await store.review("r-3") == grant
+        got = await store.review("r-🐘-1")
+        assert got is not None
+        assert isinstance(got.break_glass, bool) and isinstance(got.decisions, tuple)
+        assert isinstance(got.approvers, tuple)
+        assert await store.review("nope") is None
+
+    run(backend, scenario)
+
+
+def test_review_duplicate_id(backend: Backend) -> None:
+    first = make_review("r1", reason="first")
+
+    async def scenario(store: Store) -> None:
+        await store.insert_review(first)
+        with pytest.raises(ReviewConflict, match="r1"):
+            await store.insert_review(make_review("r1", reason="second", requester="mallory"))
+        assert issubclass(ReviewConflict, StoreError)
+        assert await store.review("r1") == first
+        # The store is still usable.
+        await store.insert_review(make_review("r2", created_at=2000.0))
+        assert [r.review_id for r in await store.reviews(ReviewFilter())] == ["r2", "r1"]
+
+    run(backend, scenario)
+
+
+def test_review_text_the_backend_cannot_hold(backend: Backend) -> None:
+    """A lone surrogate (no UTF-8 for it), or in PostgreSQL a NUL: a
+    StoreError (not a conflict), nothing written, and the store still usable.
+    SQLite holds a NUL."""
+
+    async def scenario(store: Store) -> None:
+        bad = [make_review("r-surrogate", reason="\ud800")]
+        nul = make_review("r-nul", statement="SELECT 1\x00")
+        if backend.kind == "postgresql":
+            bad.append(nul)
+        else:
+            await store.insert_review(nul)
+            assert await store.review("r-nul") == nul
+        for review in bad:
+            with pytest.raises(StoreError) as e:
+                await store.insert_review(review)
+            assert not isinstance(e.value, ReviewConflict)
+            assert await store.review(review.review_id) is None
+        ok = make_review("r-ok")
+        await store.insert_review(ok)
+        with pytest.raises(StoreError):
+            await store.update_review(replace(ok, reason="\udfff", version=2), 1)
+        assert await store.review("r-ok") == ok
+
+    run(backend, scenario)
+
+
+def test_review_compare_and_swap(backend: Backend) -> None:
+    pending = make_review("r1")
+    approve = replace(
+        pending,
+        status=APPROVED,
+        decisions=(Decision("bob", "approve", "fine", 1100.0),),
+        decided_at=1100.0,
+        version=2,
+    )
+
+    async def scenario(store: Store) -> None:
+        await store.insert_review(pending)
+        assert await store.update_review(approve, 1) is True
+        assert await store.review("r1") == approve
+        # A second writer that read version 1 loses, and writes nothing.
+        reject = replace(pending, status=REJECTED, decided_at=1200.0, version=2)
+        assert await store.update_review(reject, 1) is False
+        assert await store.review("r1") == approve
+        used = replace(approve, status=USED, used_at=1300.0, version=3)
+        assert await store.update_review(used, 2) is True
+        assert await store.review("r1") == used
+        # The new version must follow the expected one.
+        with pytest.raises(ValueError):
+            await store.update_review(replace(used, version=3), 3)
+        with pytest.raises(ValueError):
+            await store.update_review(replace(used, version=5), 3)
+        assert await store.review("r1") == used
+        # Nothing to swap.
+        assert await store.update_review(replace(used, review_id="nope", version=4), 3) is False
+        assert await store.review("nope") is None
+
+    run(backend, scenario)
+
+
+def test_review_racing_approvers(backend: Backend) -> None:
+    """Two approvers decide the same version at once, through one store and
+    through two (two gateway replicas): exactly one wins, and the stored
+    review is the winner's."""
+
+    def decide(base: ReviewRecord, actor: str, action: str) -> ReviewRecord:
+        decision = Decision(actor, action, f"{actor} says {action}", base.created_at + 1)
+        return replace(
+            base,
+            status=APPROVED if action == "approve" else REJECTED,
+            decisions=(*base.decisions, decision),
+            decided_at=decision.at,
+            version=base.version + 1,
+        )
+
+    async def race(one: Store, two: Store, review_id: str) -> None:
+        base = make_review(review_id)
+        await one.insert_review(base)
+        bob, carol = decide(base, "bob", "approve"), decide(base, "carol", "reject")
+        won = await asyncio.gather(
+            one.update_review(bob, base.version), two.update_review(carol, base.version)
+        )
+        assert sorted(won) == [False, True]
+        assert await two.review(review_id) == (bob if won[0] else carol)
+
+    async def main() -> None:
+        one, two = backend.new(), backend.new()
+        await one.open()
+        await two.open()
+        try:
+            for i in range(20):
+                await race(one, one, f"same-{i}")
+                await race(one, two, f"two-{i}")
+        finally:
+            await one.close()
+            await two.close()
+
+    asyncio.run(main())
+
+
+def test_review_filters(backend: Backend) -> None:
+    h1 = hashlib.sha256(b"DROP TABLE a").hexdigest()
+    h2 = hashlib.sha256(b"DROP TABLE b").hexdigest()
+    reviews = [
+        make_review("s1", created_at=100.0, statement="DROP TABLE a"),
+        make_review("s2", created_at=110.0, statement="DROP TABLE a", status=REJECTED),
+        make_review("s3", created_at=120.0, statement="DROP TABLE b", status=APPROVED),
+        make_review("s4", created_at=130.0, statement="DROP TABLE a", requester="bob"),
+        make_review("s5", created_at=140.0, statement="DROP TABLE a", connection="replica"),
+        make_review("s6", created_at=150.0, statement="DROP TABLE b", status=USED),
+        make_grant("a1", created_at=160.0),
+        make_grant("a2", created_at=170.0, status=PENDING, granted_until=None),
+        make_grant("a3", created_at=180.0, requester="bob", status=REVOKED),
+        make_grant("a4", created_at=190.0, status=EXPIRED, granted_until=200.0),
+    ]
+    everything = [r.review_id for r in reversed(reviews)]
+
+    async def scenario(store: Store) -> None:
+        for r in reviews:
+            await store.insert_review(r)
+
+        async def ids(where: ReviewFilter, **kw: object) -> list[str]:
+            rows = await store.reviews(where, **kw)  # type: ignore[arg-type]
+            return [r.review_id for r in rows]
+
+        assert await store.reviews(ReviewFilter()) == list(reversed(reviews))
+        # Empty strings and an empty status tuple are no condition.
+        empty = ReviewFilter(kind="", requester="", connection="", statement_hash="", statuses=())
+        assert await ids(empty) == everything
+        assert await ids(ReviewFilter(kind=ACCESS_REVIEW)) == ["a4", "a3", "a2", "a1"]
+        assert await ids(ReviewFilter(kind=STATEMENT_REVIEW)) == everything[4:]
+        assert await ids(ReviewFilter(statuses=(PENDING,))) == ["a2", "s5", "s4", "s1"]
+        assert await ids(ReviewFilter(statuses=(APPROVED, USED, REVOKED))) == [
+            "a3",
+            "a1",
+            "s6",
+            "s3",
+        ]
+        assert await ids(ReviewFilter(requester="bob")) == ["a3", "s4"]
+        assert await ids(ReviewFilter(connection="replica")) == ["s5"]
+        assert await ids(ReviewFilter(statement_hash=h2)) == ["s6", "s3"]
+        assert await ids(ReviewFilter(since=150.0)) == ["a4", "a3", "a2", "a1", "s6"]
+        # The lookup of an approval for one statement.
+        lookup = ReviewFilter(
+            kind=STATEMENT_REVIEW,
+            requester="alice",
+            connection="main",
+            statement_hash=h1,
+            statuses=(PENDING, APPROVED),
+        )
+        assert await ids(lookup) == ["s1"]
+        assert await ids(replace(lookup, statuses=())) == ["s2", "s1"]
+        assert await ids(ReviewFilter(requester="nobody")) == []
+        assert await ids(ReviewFilter(statuses=("no-such-status",))) == []
+        # Limits and pages.
+        assert await ids(ReviewFilter(), limit=3) == everything[:3]
+        assert await ids(ReviewFilter(), limit=3, before=(170.0, "a2")) == ["a1", "s6", "s5"]
+        assert await ids(ReviewFilter(kind=ACCESS_REVIEW), before=(170.0, "a2")) == ["a1"]
+        assert await ids(ReviewFilter(since=140.0), before=(170.0, "a2")) == ["a1", "s6", "s5"]
+        assert await ids(ReviewFilter(), before=(100.0, "s1")) == []
+
+    run(backend, scenario)
+
+
+def test_review_active_grants(backend: Backend) -> None:
+    """``active_at``: access grants approved and not yet ended at that time;
+    pending, revoked and expired ones, and statement approvals (no
+    granted_until), are not."""
+    reviews = [
+        make_grant("g-active", created_at=1.0, granted_until=500.0),
+        make_grant("g-ended", created_at=2.0, granted_until=300.0),
+        make_grant("g-edge", created_at=3.0, granted_until=400.0),
+        make_grant("g-bob", created_at=4.0, granted_until=900.0, requester="bob"),
+        make_grant("g-replica", created_at=5.0, granted_until=900.0, connection="replica"),
+        make_grant("g-revoked", created_at=6.0, granted_until=900.0, status=REVOKED),
+        make_grant("g-pending", created_at=7.0, granted_until=None, status=PENDING),
+        make_grant("g-expired", created_at=8.0, granted_until=900.0, status=EXPIRED),
+        make_review("statement-approved", created_at=9.0, status=APPROVED),
+    ]
+
+    async def scenario(store: Store) -> None:
+        for r in reviews:
+            await store.insert_review(r)
+
+        async def ids(where: ReviewFilter) -> list[str]:
+            return [r.review_id for r in await store.reviews(where)]
+
+        # granted_until is exclusive: g-edge ends at 400.
+        assert await ids(ReviewFilter(active_at=400.0)) == ["g-replica", "g-bob", "g-active"]
+        assert await ids(ReviewFilter(active_at=399.5)) == [
+            "g-replica",
+            "g-bob",
+            "g-edge",
+            "g-active",
+        ]
+        assert await ids(ReviewFilter(active_at=1000.0)) == []
+        mine = ReviewFilter(kind=ACCESS_REVIEW, requester="alice", connection="main", active_at=100)
+        assert await ids(mine) == ["g-edge", "g-ended", "g-active"]
+        # A status filter narrows it further, it does not widen it.
+        assert await ids(replace(mine, statuses=(REVOKED,))) == []
+        assert await ids(replace(mine, statuses=(APPROVED, REVOKED))) == [
+            "g-edge",
+            "g-ended",
+            "g-active",
+        ]
+        # Revoking ends a grant at once.
+        active = reviews[0]
+        revoked = replace(active, status=REVOKED, version=active.version + 1)
+        assert await store.update_review(revoked, active.version)
+        assert await ids(mine) == ["g-edge", "g-ended"]
+
+    run(backend, scenario)
+
+
+def test_review_keyset_pagination(backend: Backend) -> None:
+    """250 reviews whose creation times tie, with ids that only a bytewise
+    order sorts the way Python does: paging with ``before`` gives each one
+    exactly once, newest first, whatever the page size."""
+    ids = [f"r{i:03d}" for i in range(246)] + ["R-upper", "r-lower", "é-accent", "z🐘"]
+    shuffled = secrets.SystemRandom().sample(ids, len(ids))
+    reviews = [
+        make_review(
+            rid,
+            created_at=1000.0 + i // 9,
+            kind=ACCESS_REVIEW if i % 3 == 0 else STATEMENT_REVIEW,
+        )
+        for i, rid in enumerate(shuffled)
+    ]
+    newest_first = sorted(reviews, key=lambda r: (r.created_at, r.review_id), reverse=True)
+
+    async def page_all(store: Store, where: ReviewFilter, limit: int) -> list[ReviewRecord]:
+        out: list[ReviewRecord] = []
+        before = None
+        while True:
+            page = await store.reviews(where, limit=limit, before=before)
+            assert len(page) <= limit
+            out.extend(page)
+            if len(page) < limit:
+                return out
+            before = (page[-1].created_at, page[-1].review_id)
+
+    async def scenario(store: Store) -> None:
+        await asyncio.gather(*(store.insert_review(r) for r in reviews))
+        for limit in (1, 7, 9, 100, 250, 1000):
+            assert await page_all(store, ReviewFilter(), limit) == newest_first
+        access = ReviewFilter(kind=ACCESS_REVIEW, since=1010.0)
+        assert await page_all(store, access, 11) == [
+            r for r in newest_first if r.kind == ACCESS_REVIEW and r.created_at >= 1010.0
+        ]
+        # A cursor in the middle of a tie continues right after it.
+        cursor = newest_first[123]
+        page = await store.reviews(
+            ReviewFilter(), limit=10, before=(cursor.created_at, cursor.review_id)
+        )
+        assert page == newest_first[124:134]
+
+    run(backend, scenario)
+
+
+def test_migration_from_v1_keeps_recordings(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store made by the recordings-only release (version 1) gains the
+    reviews table when this one opens it; its recordings stay."""
+    assert [m.version for m in MIGRATIONS][:2] == [1, 2] and LATEST_VERSION >= 2
+    events = make_session("s1")
+    key = SigningKey("k1", "ed25519", "cd" * 32, 100.0)
+    review = make_review("r1")
+
+    async def at_v1(store: Store) -> None:
+        assert await store.schema_version() == 1
+        await store.write_recording(events, [seal_of(events)])
+        await store.add_signing_key(key)
+        with pytest.raises(StoreError):  # no reviews table yet
+            await store.review("r1")
+
+    async def upgraded(store: Store) -> None:
+        assert await store.schema_version() == LATEST_VERSION
+        assert await store.session_events("s1") == events
+        row = await store.session("s1")
+        assert row is not None and row.seal == seal_of(events)
+        assert await store.signing_keys() == {"k1": key}
+        if await store.review("r1") is None:
+            await store.insert_review(review)
+        assert await store.reviews(ReviewFilter()) == [review]
+
+    with monkeypatch.context() as m:
+        m.setattr(migrations, "MIGRATIONS", MIGRATIONS[:1])
+        m.setattr(migrations, "LATEST_VERSION", 1)
+        run(backend, at_v1)
+    run(backend, upgraded)
+    run(backend, upgraded)  # and opened again: nothing to migrate, the review stays
 
 
 # -- failures ----------------------------------------------------------------------

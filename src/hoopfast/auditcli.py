@@ -21,27 +21,29 @@ import dataclasses
 import json
 import os
 import re
-import ssl
 import sys
 import time
-import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 from urllib.parse import quote
 
-if TYPE_CHECKING:
-    import httpx
+from hoopfast.apiclient import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    Api,
+    CliError,
+    api_from_args,
+    api_options,
+    guarded,
+    plural,
+    shown,
+    table,
+    when,
+)
 
 __all__ = ["add_audit_parser", "render_replay"]
-
-ENV_API_URL = "HOOPFAST_API_URL"
-ENV_TOKEN = "HOOPFAST_TOKEN"
-DEFAULT_API_URL = "http://127.0.0.1:8080"
-
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 #: Columns of the CSV export (plus ``results`` with --include-results).
 CSV_COLUMNS = (
@@ -59,143 +61,6 @@ CSV_COLUMNS = (
     "sqlstate",
     "tags",
 )
-
-
-class AuditError(Exception):
-    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-# --------------------------------------------------------------------------- the API client
-
-
-def _detail(response: httpx.Response) -> str:
-    """The API's explanation (FastAPI's ``detail``), as one line."""
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text.strip()[:300] or response.reason_phrase
-    detail = body.get("detail") if isinstance(body, dict) else None
-    if isinstance(detail, str):
-        return detail
-    if isinstance(detail, list):  # request validation errors: [{loc, msg}, ...]
-        parts = []
-        for item in detail:
-            if isinstance(item, dict):
-                where = ".".join(str(p) for p in item.get("loc", ())[1:])
-                parts.append(f"{where}: {item.get('msg')}" if where else str(item.get("msg")))
-        if parts:
-            return "; ".join(parts)
-    return response.reason_phrase
-
-
-class Api:
-    """A small synchronous client of the admin API (httpx)."""
-
-    def __init__(self, url: str, token: str, cacert: str | None, timeout: float = 30.0) -> None:
-        import httpx
-
-        verify: ssl.SSLContext | bool = True
-        if cacert:
-            try:
-                verify = ssl.create_default_context(cafile=cacert)
-            except (OSError, ssl.SSLError) as e:
-                raise AuditError(f"cannot use --cacert {cacert}: {e}", EXIT_USAGE) from None
-        self.url = url.rstrip("/")
-        self._client = httpx.Client(
-            base_url=self.url,
-            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
-            verify=verify,
-            # A long export may pause between pages while the store reads.
-            timeout=httpx.Timeout(timeout, read=max(timeout, 120.0)),
-            follow_redirects=False,
-        )
-
-    def close(self) -> None:
-        self._client.close()
-
-    def __enter__(self) -> Api:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _check(self, response: httpx.Response) -> None:
-        status = response.status_code
-        if status < 400:
-            return
-        response.read()  # a streamed error body is not read yet
-        detail = _detail(response)
-        if status == 401:
-            raise AuditError(f"the API refused the token (401): {detail}", EXIT_USAGE)
-        if status == 403:
-            raise AuditError(f"not allowed (403): {detail}", EXIT_USAGE)
-        if status == 422:
-            raise AuditError(f"invalid request (422): {detail}", EXIT_USAGE)
-        raise AuditError(f"the API answered {status}: {detail}")
-
-    def _transport_error(self, error: Exception) -> AuditError:
-        return AuditError(f"cannot reach the API at {self.url}: {error}")
-
-    def get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
-        import httpx
-
-        try:
-            response = self._client.get(path, params=_params(params))
-        except httpx.TransportError as e:
-            raise self._transport_error(e) from None
-        self._check(response)
-        try:
-            return response.json()
-        except ValueError:
-            raise AuditError(f"the API at {self.url} did not answer JSON for {path}") from None
-
-    @contextlib.contextmanager
-    def stream(
-        self, path: str, params: Mapping[str, Any] | None = None
-    ) -> Iterator[Iterator[bytes]]:
-        """The response body of ``path``, chunk by chunk."""
-        import httpx
-
-        try:
-            with self._client.stream("GET", path, params=_params(params)) as response:
-                self._check(response)
-                yield response.iter_bytes()
-        except httpx.TransportError as e:
-            raise AuditError(f"the transfer from {self.url} broke off: {e}") from None
-
-
-def _params(params: Mapping[str, Any] | None) -> dict[str, Any]:
-    return {k: v for k, v in (params or {}).items() if v is not None and v != ""}
-
-
-def _token(args: argparse.Namespace) -> str:
-    """--token, else $HOOPFAST_TOKEN, else the login stored by ``hoopfast
-    login`` (refreshed if about to expire), as ``hoopfast connect`` finds it."""
-    if args.token:
-        return str(args.token)
-    if os.environ.get(ENV_TOKEN):
-        return os.environ[ENV_TOKEN]
-    from hoopfast.identity.oauth import LoginError
-    from hoopfast.identity.tokenstore import TokenStore, fresh_token
-
-    def warn(message: str) -> None:
-        print(f"hoopfast audit: warning: {message}", file=sys.stderr)
-
-    store = TokenStore.at(args.token_file)
-    try:
-        stored = store.chosen(args.issuer, args.client_id)
-        return fresh_token(store, stored, warn=warn).token
-    except LoginError as e:
-        raise AuditError(f"{e} (or give --token or ${ENV_TOKEN})", EXIT_USAGE) from None
-
-
-def _api(args: argparse.Namespace) -> Api:
-    url = args.api or os.environ.get(ENV_API_URL) or DEFAULT_API_URL
-    if not url.startswith(("http://", "https://")):
-        raise AuditError(f"--api must be an http:// or https:// URL, not {url!r}", EXIT_USAGE)
-    return Api(url, _token(args), args.cacert)
 
 
 # --------------------------------------------------------------------------- formatting
@@ -221,43 +86,6 @@ def iso(at: float | None) -> str:
     if at is None:
         return ""
     return datetime.fromtimestamp(at, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def _when(at: float | None, with_date: bool = True) -> str:
-    """Unix seconds for people: UTC, milliseconds."""
-    if at is None:
-        return "-"
-    moment = datetime.fromtimestamp(at, UTC)
-    text = moment.strftime("%Y-%m-%d %H:%M:%S" if with_date else "%H:%M:%S")
-    return f"{text}.{moment.microsecond // 1000:03d} UTC"
-
-
-def shown(value: object) -> str:
-    """Recorded text made safe for a terminal: the audited person chose it,
-    and escape sequences in it must not act on the auditor's screen."""
-    text = "" if value is None else str(value)
-    if text.isprintable():
-        return text
-    return "".join(
-        ch
-        if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co")
-        else f"\\x{ord(ch):02x}"
-        if ord(ch) < 0x100
-        else f"\\u{ord(ch):04x}"
-        for ch in text
-    )
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    """A plain aligned table for listings."""
-    widths = [len(h) for h in headers]
-    for row in rows:
-        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    ]
-    return lines
 
 
 #: Types psql right-aligns: integers, floats, numeric, oid-likes, money.
@@ -293,10 +121,6 @@ def psql_table(columns: list[dict[str, Any]], rows: list[list[str | None]]) -> l
     return out
 
 
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}" if count == 1 else f"{count} {word}s"
-
-
 #: Command tags psql shows nothing for beyond the table and its row count.
 _TABLE_ONLY_TAGS = frozenset({"SELECT", "FETCH", "SHOW", "EXPLAIN", "VALUES", "TABLE"})
 
@@ -304,7 +128,7 @@ _TABLE_ONLY_TAGS = frozenset({"SELECT", "FETCH", "SHOW", "EXPLAIN", "VALUES", "T
 def _statement_lines(data: Mapping[str, Any], connection: str, at: Any) -> list[str]:
     at = data.get("started_at", data.get("at", at))
     duration = data.get("duration_ms")
-    head = f"[{_when(at if isinstance(at, int | float) else None, with_date=False)}]"
+    head = f"[{when(at if isinstance(at, int | float) else None, with_date=False)}]"
     if isinstance(duration, int | float):
         head += f" {duration:.3f} ms"
     verdict = data.get("verdict") or ""
@@ -333,7 +157,7 @@ def _statement_lines(data: Mapping[str, Any], connection: str, at: Any) -> list[
             more = f" of {total}" if isinstance(total, int) and len(results) == 1 else ""
             out.append(f"({len(rows)}{more} rows recorded; the rest was not kept)")
         else:
-            out.append(f"({_plural(len(rows), 'row')})")
+            out.append(f"({plural(len(rows), 'row')})")
         out.append("")
     for tag in tags:
         word = tag.split(" ", 1)[0].upper()
@@ -341,7 +165,7 @@ def _statement_lines(data: Mapping[str, Any], connection: str, at: Any) -> list[
             if not results:  # rows returned, but no values recorded
                 count = tag.rsplit(" ", 1)[-1]
                 if count.isdigit():
-                    out.append(f"({_plural(int(count), 'row')}; values not recorded)")
+                    out.append(f"({plural(int(count), 'row')}; values not recorded)")
             continue
         out.append(shown(tag))
     error = data.get("error")
@@ -386,15 +210,15 @@ def render_replay(detail: Mapping[str, Any]) -> str:
         out.append("  tls       none")
     if start.get("token_id"):
         out.append(f"  token     {shown(start['token_id'])}")
-    out.append(f"  started   {_when(session.get('started_at'))}")
+    out.append(f"  started   {when(session.get('started_at'))}")
     if end is not None or session.get("ended_at") is not None:
         ended = session.get("ended_at") or (end or {}).get("ended_at")
         reason = session.get("end_reason") or (end or {}).get("reason") or ""
-        out.append(f"  ended     {_when(ended)}" + (f" ({shown(reason)})" if reason else ""))
+        out.append(f"  ended     {when(ended)}" + (f" ({shown(reason)})" if reason else ""))
     else:
         out.append("  ended     - (still open, or not yet recorded)")
     statements = [e for e in events if e.get("kind") == "statement"]
-    out.append(f"  recorded  {_plural(len(statements), 'statement')}, {len(events)} events")
+    out.append(f"  recorded  {plural(len(statements), 'statement')}, {len(events)} events")
     if isinstance(seal, dict):
         out.append(f"  sealed    {seal.get('events')} events, key {shown(seal.get('key_id'))}")
     else:
@@ -468,36 +292,17 @@ def _filters(args: argparse.Namespace, *, verdict: bool = False) -> dict[str, An
     return params
 
 
-def _all_sessions(
-    api: Api, params: Mapping[str, Any], limit: int | None
-) -> Iterator[dict[str, Any]]:
-    """Sessions newest first, following the API's pages."""
-    cursor: str | None = None
-    count = 0
-    while limit is None or count < limit:
-        page_size = 1000 if limit is None else min(1000, limit - count)
-        page = api.get("/v1/audit/sessions", {**params, "limit": page_size, "before": cursor})
-        for session in page.get("sessions", []):
-            count += 1
-            yield session
-        cursor = page.get("next")
-        if not cursor:
-            return
-
-
 def cmd_sessions(args: argparse.Namespace) -> int:
     with _api(args) as api:
-        # One more than shown tells whether there are more.
-        sessions = list(_all_sessions(api, _filters(args), args.limit + 1))
-    more = len(sessions) > args.limit
-    sessions = sessions[: args.limit]
-    if args.json:
-        for session in sessions:
-            print(json.dumps(session, ensure_ascii=False))
+        listed = api.listing(
+            "/v1/audit/sessions", "sessions", _filters(args), args.limit, args.json
+        )
+    if listed is None:
         return 0
+    sessions, more = listed
     rows = [
         [
-            _when(s.get("started_at")),
+            when(s.get("started_at")),
             shown(s.get("session_id")),
             shown(s.get("subject")),
             shown(s.get("connection")),
@@ -512,10 +317,10 @@ def cmd_sessions(args: argparse.Namespace) -> int:
         for s in sessions
     ]
     headers = ["STARTED", "SESSION", "USER", "CONNECTION", "CLIENT", "STMTS", "EVENTS", "STATE"]
-    for line in _table(headers, rows):
+    for line in table(headers, rows):
         print(line)
     hint = "; more exist: raise --limit" if more else ""
-    print(f"({_plural(len(sessions), 'session')}{hint})")
+    print(f"({plural(len(sessions), 'session')}{hint})")
     return 0
 
 
@@ -530,7 +335,7 @@ def split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
         pending = parts.pop()
         yield from parts
     if pending:
-        raise AuditError("the export ended in the middle of a line (cut off)")
+        raise CliError("the export ended in the middle of a line (cut off)")
 
 
 def _csv_row(event: Mapping[str, Any], include_results: bool) -> list[Any]:
@@ -580,7 +385,7 @@ def _output(path: str, binary: bool) -> Iterator[IO[Any]]:
             else open(partial, "w", encoding="utf-8", newline="")  # noqa: SIM115
         )
     except OSError as e:
-        raise AuditError(f"cannot write {path}: {e.strerror}", EXIT_USAGE) from None
+        raise CliError(f"cannot write {path}: {e.strerror}", EXIT_USAGE) from None
     try:
         with f:
             yield f
@@ -620,7 +425,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
             for line in split_lines(chunks):
                 if line.startswith(b'{"error"'):
-                    raise AuditError(str(json.loads(line).get("error")))
+                    raise CliError(str(json.loads(line).get("error")))
                 write(line)
                 written += 1
                 if progress is not None:
@@ -629,7 +434,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             progress.finish(written)
     where = "stdout" if args.output == "-" else args.output
     print(
-        f"exported {_plural(written, 'event')} to {where}",
+        f"exported {plural(written, 'event')} to {where}",
         file=sys.stderr if args.output == "-" else sys.stdout,
     )
     return 0
@@ -653,7 +458,7 @@ def _pinned_keys(hex_keys: list[str]) -> dict[str, Any]:
         except ValueError:
             raw = b""
         if len(raw) != 32:
-            raise AuditError(
+            raise CliError(
                 f"--public-key {text[:80]!r}: not a hex Ed25519 public key (64 hex digits)",
                 EXIT_USAGE,
             )
@@ -666,7 +471,7 @@ def _record(cls: type[Any], values: Mapping[str, Any]) -> Any:
     try:
         return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
     except (KeyError, TypeError) as e:
-        raise AuditError(f"the API answered an incomplete {cls.__name__}: {e}") from None
+        raise CliError(f"the API answered an incomplete {cls.__name__}: {e}") from None
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -680,7 +485,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
             listed = api.get("/v1/audit/keys").get("keys", [])
             keys = {k["key_id"]: _record(SigningKey, k) for k in listed}
         # Oldest first, so that "the first problem" is the earliest one.
-        ids = [s["session_id"] for s in _all_sessions(api, _filters(args), None)]
+        ids = [
+            s["session_id"]
+            for s in api.pages("/v1/audit/sessions", "sessions", _filters(args), None)
+        ]
         ids.reverse()
         show_progress = args.progress if args.progress is not None else sys.stderr.isatty()
         progress = Progress(len(ids), "sessions") if show_progress else None
@@ -703,14 +511,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
             progress.finish(len(ids))
     if failed:
         print(
-            f"FAILED: {failed} of {_plural(len(ids), 'session')} broken "
-            f"({_plural(events, 'event')} read)"
+            f"FAILED: {failed} of {plural(len(ids), 'session')} broken "
+            f"({plural(events, 'event')} read)"
         )
         return EXIT_FAILED
     open_ = len(ids) - sealed
     pinned = " with the pinned key(s)" if args.public_key else ""
     print(
-        f"OK: {_plural(len(ids), 'session')}, {_plural(events, 'event')} verified; "
+        f"OK: {plural(len(ids), 'session')}, {plural(events, 'event')} verified; "
         f"{sealed} sealed and signed{pinned}, {open_} not sealed (chain checked)"
     )
     return 0
@@ -731,34 +539,21 @@ def _positive(text: str) -> int:
 
 def _run(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except AuditError as e:
-            print(f"hoopfast audit {args.audit_command}: {e}", file=sys.stderr)
-            return e.exit_code
-        except KeyboardInterrupt:
-            print(f"hoopfast audit {args.audit_command}: interrupted", file=sys.stderr)
-            return 130
+        return guarded(command, f"hoopfast audit {args.audit_command}")(args)
 
     return run
 
 
+def _api(args: argparse.Namespace) -> Api:
+    return api_from_args(args, "hoopfast audit")
+
+
 def add_audit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The ``audit`` command group, for :func:`hoopfast.cli.build_parser`."""
-    common = argparse.ArgumentParser(add_help=False)
-    api = common.add_argument_group("API and token")
-    api.add_argument("--api", help=f"the admin API (default: ${ENV_API_URL} or {DEFAULT_API_URL})")
-    api.add_argument(
-        "--token",
-        help=f"bearer token (default: ${ENV_TOKEN}, else the token stored by `hoopfast login`)",
-    )
-    api.add_argument("--cacert", help="CA bundle to verify an https API with")
-    api.add_argument("--issuer", help="which stored login (default: $HOOPFAST_LOGIN_ISSUER)")
-    api.add_argument("--client-id", help="default: $HOOPFAST_LOGIN_CLIENT_ID")
-    api.add_argument("--token-file", help="default: $HOOPFAST_TOKEN_FILE or ~/.config/...")
+    common = api_options()
 
-    when = argparse.ArgumentParser(add_help=False)
-    selection = when.add_argument_group("selection")
+    window = argparse.ArgumentParser(add_help=False)
+    selection = window.add_argument_group("selection")
     time_help = "ISO-8601 (no zone = UTC), Unix seconds, or a duration ago (24h, 7d)"
     selection.add_argument("--since", help=f"from this time on: {time_help}")
     selection.add_argument("--until", help=f"before this time: {time_help}")
@@ -782,7 +577,7 @@ def add_audit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     commands = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
 
     sessions = commands.add_parser(
-        "sessions", parents=[common, when], help="list sessions, newest first"
+        "sessions", parents=[common, window], help="list sessions, newest first"
     )
     sessions.add_argument(
         "--limit", type=_positive, default=50, help="at most this many (default 50)"
@@ -792,7 +587,7 @@ def add_audit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
     export = commands.add_parser(
         "export",
-        parents=[common, when, progress],
+        parents=[common, window, progress],
         help="export events to a file (JSON Lines or CSV), streamed",
         description="Export every matching event once, oldest first. The file appears only "
         "when the export is complete.",
@@ -813,7 +608,7 @@ def add_audit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
     verify = commands.add_parser(
         "verify",
-        parents=[common, when, progress],
+        parents=[common, window, progress],
         help="recompute hash chains and check seal signatures",
         description="Fetch each session's stored records and check, on this machine, that "
         "every hash links and every seal's signature verifies. Prints the first problem of "

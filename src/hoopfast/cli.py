@@ -1,5 +1,5 @@
 """The ``hoopfast`` command: serve · check-config · token · version · demo · login · connect
-· logout · audit."""
+· logout · audit · review · request."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from hoopfast import __version__
 from hoopfast.auditcli import add_audit_parser
 from hoopfast.config import load_config, parse_duration
 from hoopfast.errors import ConfigurationError
+from hoopfast.reviewcli import add_request_parser, add_review_parser
 from hoopfast.settings import Settings
 
 if TYPE_CHECKING:
@@ -330,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     logout.add_argument("--all", action="store_true", help="forget every stored token")
     logout.set_defaults(func=cmd_logout)
     add_audit_parser(sub)
+    add_review_parser(sub)
+    add_request_parser(sub)
     return parser
 
 

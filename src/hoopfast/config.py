@@ -13,7 +13,7 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, get_args
+from typing import Annotated, ClassVar, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -46,6 +46,18 @@ def parse_duration(value: str | float | int) -> float:
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    #: Fields given as a duration ("30s", "15m", or seconds).
+    durations: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse_durations(cls, data: object) -> object:
+        if cls.durations and isinstance(data, dict):
+            data = dict(data)
+            for key in cls.durations:
+                if isinstance(data.get(key), str | int | float) and not isinstance(data[key], bool):
+                    data[key] = parse_duration(data[key])
+        return data
 
 
 class SecretRef(_Strict):
@@ -289,13 +301,65 @@ class Masking(_Strict):
     #: How long the column catalog (table OID, attnum -> name) read from the
     #: upstream is reused before it is read again.
     catalog_ttl: float = Field(default=60.0, gt=0)
+    durations = ("catalog_ttl",)
 
-    @model_validator(mode="before")
+
+#: The role name an access request asks for to see masked values unmasked
+#: (hoopfast.policy.access.Access.unmasked); no configured role may use it.
+UNMASKED_ROLE = "unmasked"
+
+
+class Approvals(_Strict):
+    """Who approves what needs a second person on one connection: statements
+    the policy sends to review, and requests for time-boxed access
+    (docs/approvals.md)."""
+
+    #: Roles whose holders may approve (never their own requests).
+    approvers: list[str] = Field(min_length=1)
+    #: Distinct approvers needed.
+    min_approvals: int = Field(default=1, ge=1, le=10)
+    #: ``wait``: the statement is held until decided (a NoticeResponse tells
+    #: the client at once); ``deferred``: it fails at once with the review id
+    #: and runs once when re-sent after approval.
+    mode: Literal["wait", "deferred"] = "wait"
+    #: How long a held statement waits before it fails (wait mode).
+    wait_timeout: float = Field(default=300.0, gt=0)
+    #: How long a review stays open for a decision, and an approved
+    #: statement stays runnable.
+    review_ttl: float = Field(default=3600.0, gt=0)
+    #: Roles whose holders may force-approve alone (recorded and flagged).
+    break_glass: list[str] = Field(default_factory=list)
+    #: Roles that may be asked for with an access request (``unmasked``
+    #: included: raw values of masked columns).
+    requestable_roles: list[str] = Field(default_factory=list)
+    #: The longest access window a request may ask for.
+    max_access: float = Field(default=8 * 3600.0, gt=0)
+    durations = ("wait_timeout", "review_ttl", "max_access")
+
+
+class Webhook(_Strict):
+    """Where review notifications go: a JSON POST whose body is also a
+    Slack incoming-webhook message, signed with HMAC-SHA-256."""
+
+    url: str
+    #: The HMAC key (at least 32 bytes). Required: an unsigned notification
+    #: could be forged by anyone who can reach the receiver.
+    secret: SecretRef
+    #: Attempts per notification (the first included), with exponential
+    #: back-off between them.
+    attempts: int = Field(default=5, ge=1, le=20)
+    timeout: float = Field(default=5.0, gt=0)
+    durations = ("timeout",)
+
+    @field_validator("url")
     @classmethod
-    def _durations(cls, data: object) -> object:
-        if isinstance(data, dict) and isinstance(data.get("catalog_ttl"), str):
-            data = {**data, "catalog_ttl": parse_duration(data["catalog_ttl"])}
-        return data
+    def _https(cls, url: str) -> str:
+        _check_provider_url("url", url)
+        return url
+
+
+class Notifications(_Strict):
+    webhook: Webhook | None = None
 
 
 class Connection(_Strict):
@@ -323,6 +387,9 @@ class Connection(_Strict):
     grants: dict[str, Grant] = Field(default_factory=dict)
     #: Masking of result values (none when absent).
     masking: Masking | None = None
+    #: Approvals (none when absent: statements the policy sends to review
+    #: are refused).
+    approvals: Approvals | None = None
 
 
 class Identity(_Strict):
@@ -345,16 +412,7 @@ class Identity(_Strict):
     #: Claim that names the person, and where the groups are.
     identity_claim: str = "sub"
     groups_claim: str = "groups"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _durations(cls, data: object) -> object:
-        if isinstance(data, dict):
-            data = dict(data)
-            for key in ("leeway", "jwks_refresh_interval", "jwks_min_refresh_interval"):
-                if key in data and isinstance(data[key], str | int | float):
-                    data[key] = parse_duration(data[key])
-        return data
+    durations = ("leeway", "jwks_refresh_interval", "jwks_min_refresh_interval")
 
     @model_validator(mode="after")
     def _one_keyset(self) -> Identity:
@@ -405,6 +463,7 @@ class GatewayConfig(_Strict):
     roles: dict[ConnectionName, Role] = Field(default_factory=dict)
     connections: dict[ConnectionName, Connection] = Field(min_length=1)
     audit: Audit = Field(default_factory=Audit)
+    notifications: Notifications = Field(default_factory=Notifications)
 
     @model_validator(mode="after")
     def _grants_name_roles(self) -> GatewayConfig:
@@ -429,6 +488,33 @@ class GatewayConfig(_Strict):
         unknown = [role for role in self.audit.roles if role not in self.roles]
         if unknown:
             raise ValueError(f"audit.roles names roles that are not defined: {', '.join(unknown)}")
+        if UNMASKED_ROLE in self.roles:
+            raise ValueError(f"the role name {UNMASKED_ROLE!r} is reserved for access requests")
+        unknown = [
+            f"connections.{name}.approvals: {role}"
+            for name, conn in self.connections.items()
+            if conn.approvals is not None
+            for role in (
+                *conn.approvals.approvers,
+                *conn.approvals.break_glass,
+                *conn.approvals.requestable_roles,
+            )
+            if role not in self.roles and role != UNMASKED_ROLE
+        ]
+        if unknown:
+            raise ValueError(f"approvals name roles that are not defined: {', '.join(unknown)}")
+        for name, conn in self.connections.items():
+            a = conn.approvals
+            if a is None:
+                continue
+            bad = [r for r in a.requestable_roles if r != UNMASKED_ROLE and r not in conn.grants]
+            if bad:
+                raise ValueError(
+                    f"connections.{name}.approvals.requestable_roles: roles without a grant on"
+                    f" this connection: {', '.join(bad)}"
+                )
+            if a.approvers == [UNMASKED_ROLE] or UNMASKED_ROLE in (*a.approvers, *a.break_glass):
+                raise ValueError(f"connections.{name}.approvals: {UNMASKED_ROLE!r} cannot approve")
         return self
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hoopfast.approvals import Approvals
+from hoopfast.approvals.notify import NO_NOTIFIER, Notifier, WebhookNotifier
 from hoopfast.config import GatewayConfig, load_config
 from hoopfast.errors import ConfigurationError
 from hoopfast.identity.tokens import TokenValidator
@@ -39,12 +41,14 @@ class Runtime:
     gateway: PgGateway
     store: Store
     recorder: Recorder | None
+    approvals: Approvals
     api: Any = None
 
     async def close(self) -> None:
         await self.gateway.close()
         if self.api is not None:
             await self.api.close()
+        await self.approvals.close()
         if self.recorder is not None:
             await self.recorder.close()
         await self.store.close()
@@ -69,6 +73,7 @@ async def start_runtime(
         raise ConfigurationError(f"OpenTelemetry settings: {e}") from None
     metrics = Metrics()
     recorder = None
+    approvals: Approvals | None = None
     try:
         if settings.recording:
             key_file = settings.recording_key_file or settings.state_dir / "recording-key.pem"
@@ -93,17 +98,25 @@ async def start_runtime(
             )
             await recorder.start()
         gateway = PgGateway(settings, config, validator)
+        approvals = Approvals(
+            store,
+            lambda: gateway.config,
+            _notifier(config),
+            poll_interval=settings.approvals_poll_interval,
+        )
+        await approvals.start()
         gateway.recorder = recorder
+        gateway.approvals = approvals
         gateway.metrics = metrics
         gateway.tracing = tracing
         await gateway.start()
-        runtime = Runtime(gateway, store, recorder)
+        runtime = Runtime(gateway, store, recorder, approvals)
         if settings.api_listen != "off":
             from hoopfast.api.app import create_app
             from hoopfast.api.server import start_api
 
             host, port = parse_hostport(settings.api_listen)
-            app = create_app(store, validator, lambda: gateway.config, metrics.render)
+            app = create_app(store, validator, lambda: gateway.config, metrics.render, approvals)
             runtime.api = await start_api(
                 app,
                 host,
@@ -112,12 +125,19 @@ async def start_runtime(
                 ssl_keyfile=settings.tls_key_file,
             )
     except BaseException:
+        if approvals is not None:
+            await approvals.close()
         if recorder is not None:
             await recorder.close()
         await store.close()
         tracing.shutdown()
         raise
     return runtime
+
+
+def _notifier(config: GatewayConfig) -> Notifier:
+    webhook = config.notifications.webhook
+    return NO_NOTIFIER if webhook is None else WebhookNotifier(webhook)
 
 
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:

@@ -106,6 +106,10 @@ class Settings(BaseSettings):
     #: Ed25519 private key (PEM) that signs sealed sessions (default:
     #: state_dir/recording-key.pem, created on first start).
     recording_key_file: Path | None = None
+    #: Seconds between reads of the store for decisions made through another
+    #: replica (a held statement's release) and for access grants that
+    #: started, ended or were revoked (sessions gain or lose the role).
+    approvals_poll_interval: float = Field(default=1.0, gt=0, le=60)
 
     log_level: str = "INFO"
 

@@ -1,4 +1,5 @@
-"""The admin API's routes: session trails for auditors, metrics, health.
+"""The admin API's routes: session trails for auditors, metrics, health
+(reviews and access requests: :mod:`hoopfast.api.reviews`).
 
 Who may read a trail is decided here, in one place, for every route under
 ``/v1``: a valid bearer token (the same tokens the PostgreSQL side accepts),
@@ -19,7 +20,7 @@ import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
@@ -33,6 +34,9 @@ from hoopfast.identity.tokens import TokenError, TokenValidator
 from hoopfast.policy.access import roles_of
 from hoopfast.store import Store, StoreError
 from hoopfast.store.records import EventFilter, EventRecord, Seal, SessionRow, SigningKey
+
+if TYPE_CHECKING:
+    from hoopfast.approvals import Approvals
 
 __all__ = ["EXPORT_PAGE", "create_app", "parse_time"]
 
@@ -188,6 +192,7 @@ class _Context:
     validator: TokenValidator
     config: Callable[[], GatewayConfig]
     metrics: Callable[[], str] | None
+    approvals: Approvals | None = None
 
 
 @dataclass(frozen=True)
@@ -225,18 +230,25 @@ def _unauthorized(detail: str, error: str | None = None) -> HTTPException:
     return HTTPException(401, detail, headers={"WWW-Authenticate": challenge})
 
 
-async def _auditor(
+async def _principal(
     context: ContextDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
-) -> Caller:
-    """The caller, if they may read trails at all (401 / 403 otherwise)."""
+) -> Principal:
+    """Whoever presents a valid bearer token (401 otherwise)."""
     if credentials is None or not credentials.credentials:
         raise _unauthorized("a bearer token is required (Authorization: Bearer TOKEN)")
     try:
-        principal = context.validator.validate(credentials.credentials)
+        return context.validator.validate(credentials.credentials)
     except TokenError as e:
         log.info("API token refused: %s", e)  # the category and detail, never the token
         raise _unauthorized(f"invalid token: {e.category}", e.category) from None
+
+
+PrincipalDep = Annotated[Principal, Depends(_principal)]
+
+
+async def _auditor(context: ContextDep, principal: PrincipalDep) -> Caller:
+    """The caller, if they may read trails at all (401 / 403 otherwise)."""
     config = context.config()
     roles = roles_of(principal, config)
     readers = roles.intersection(config.audit.roles)
@@ -574,18 +586,25 @@ def create_app(
     validator: TokenValidator,
     config: Callable[[], GatewayConfig],
     metrics: Callable[[], str] | None = None,
+    approvals: Approvals | None = None,
 ) -> FastAPI:
     """The admin API over an opened store. ``config`` is called on every
-    request: the gateway swaps its configuration on reload."""
+    request: the gateway swaps its configuration on reload. Without
+    ``approvals`` the review routes answer 503."""
+    # The review routes use this module's context and authentication.
+    from hoopfast.api import reviews
+
     app = FastAPI(
         title="hoopfast admin API",
         version=__version__,
-        description="Session trails for auditors, metrics and health of a hoopfast gateway. "
-        "Everything under /v1 needs a bearer token from the identity provider.",
+        description="Session trails for auditors, reviews and access requests, metrics and "
+        "health of a hoopfast gateway. Everything under /v1 needs a bearer token from the "
+        "identity provider.",
     )
-    app.state.hoopfast = _Context(store, validator, config, metrics)
+    app.state.hoopfast = _Context(store, validator, config, metrics, approvals)
     app.include_router(service)
     app.include_router(audit)
+    reviews.install(app)
     app.add_exception_handler(StoreError, _store_unavailable)
     # The export's line model is referenced from the NDJSON response; make
     # sure the schema carries it although no route returns it as JSON.

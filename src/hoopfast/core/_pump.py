@@ -17,6 +17,13 @@ text that is not UTF-8, ``fast`` unset) goes to the owner. Back-pressure: when t
 socket's write buffer crosses its high-water mark, the loop calls
 ``pause_writing`` here, and the pump stops reading from the peer (whose bytes
 would only pile up in that buffer) until ``resume_writing``.
+
+Holding: the owner may call :meth:`Pump.hold` from ``pump_message`` (a
+statement waits for a second person's approval). The message it was handed
+is then the owner's to keep; everything after it (the rest of the chunk,
+anything still arriving) is kept unprocessed, in order, and reading stops,
+until :meth:`Pump.release` writes what the owner says in the held message's
+place and processes the rest as if it had just arrived.
 """
 
 from __future__ import annotations
@@ -67,6 +74,7 @@ class Pump(asyncio.Protocol):
         "bytes_in",
         "fast",
         "framer",
+        "held",
         "owner",
         "peer",
         "transport",
@@ -88,6 +96,8 @@ class Pump(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: asyncio.Transport | None = None
         self.bytes_in = 0
+        #: While on hold: the framed items not processed yet (see hold()).
+        self.held: list[Any] | None = None
 
     def attach(self, transport: Any, peer: Any) -> None:
         """Take over ``transport`` (already connected) and write to ``peer``."""
@@ -105,13 +115,21 @@ class Pump(asyncio.Protocol):
         except self._framing_error as e:
             self.owner.pump_violation(self, e)
             return
+        if self.held is not None:
+            self.held.extend(items)
+            self._stop_reading()
+            return
         peer = self.peer
         assert peer is not None
         if len(items) == 1 and type(items[0]) is bytes:
             peer.write(items[0])  # the common case: nothing intercepted
             return
-        out: list[bytes] = []
-        for item in items:
+        self._process(items, [])
+
+    def _process(self, items: list[Any], out: list[bytes]) -> None:
+        peer = self.peer
+        assert peer is not None
+        for i, item in enumerate(items):
             if type(item) is bytes:
                 out.append(item)
                 continue
@@ -125,9 +143,35 @@ class Pump(asyncio.Protocol):
             forward = self.owner.pump_message(self, type_code, message)
             if forward:
                 out.append(forward)
+            if self.held is not None:
+                self.held.extend(items[i + 1 :])
+                break
         # The owner may have closed the peer (ending the session).
         if out and not peer.is_closing():
             peer.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def hold(self) -> None:
+        """Keep everything after the current message, unprocessed, and stop
+        reading, until release()."""
+        if self.held is None:
+            self.held = []
+        self._stop_reading()
+
+    def release(self, forward: bytes | None) -> None:
+        """Write ``forward`` in the held message's place, then process what
+        was held (which may hold again), then read again."""
+        items, self.held = self.held, None
+        if items is None or self.peer is None or self.peer.is_closing():
+            return
+        self._process(items, [forward] if forward else [])
+        transport = self.transport
+        if self.held is None and transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+    def _stop_reading(self) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.pause_reading()
 
     def eof_received(self) -> bool:
         return False  # close our side; connection_lost follows

@@ -3,9 +3,10 @@ connection grants. Decided once per session, at startup; no grant, no access."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from hoopfast.config import Connection, GatewayConfig
+from hoopfast.config import UNMASKED_ROLE, Connection, GatewayConfig
 from hoopfast.identity.principal import Principal
 
 
@@ -28,12 +29,21 @@ def roles_of(principal: Principal, config: GatewayConfig) -> frozenset[str]:
     )
 
 
-def access_to(principal: Principal, connection: Connection, config: GatewayConfig) -> Access | None:
-    """The principal's access to ``connection``, or None when no role grants it."""
-    granted = sorted(roles_of(principal, config).intersection(connection.grants))
-    if not granted:
+def access_to(
+    principal: Principal,
+    connection: Connection,
+    config: GatewayConfig,
+    granted: Iterable[str] = (),
+) -> Access | None:
+    """The principal's access to ``connection``, or None when no role grants
+    it. ``granted``: roles an approved access request gives them for now
+    (``unmasked`` among them lifts the masking)."""
+    extra = set(granted)
+    roles = sorted((roles_of(principal, config) | extra).intersection(connection.grants))
+    if not roles:
         return None
     return Access(
-        roles=tuple(granted),
-        read_only=all(connection.grants[r].read_only for r in granted),
+        roles=tuple(roles),
+        read_only=all(connection.grants[r].read_only for r in roles),
+        unmasked=UNMASKED_ROLE in extra,
     )

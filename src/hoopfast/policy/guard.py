@@ -52,6 +52,8 @@ class Verdict:
     sqlstate: str = "42501"
     #: For a syntax error: where, as in ErrorResponse's P field (0: nowhere).
     position: int = 0
+    #: What the person can do about it (ErrorResponse's H field).
+    hint: str = ""
 
 
 ALLOW = Verdict("allow")

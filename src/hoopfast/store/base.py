@@ -12,7 +12,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
-from hoopfast.store.records import EventFilter, EventRecord, Seal, SessionRow, SigningKey
+from hoopfast.store.records import (
+    EventFilter,
+    EventRecord,
+    ReviewFilter,
+    ReviewRecord,
+    Seal,
+    SessionRow,
+    SigningKey,
+)
 
 #: Keyset position in the event order (at, session_id, seq): pages continue
 #: strictly after it.
@@ -22,6 +30,10 @@ EventCursor = tuple[float, str, int]
 class StoreError(Exception):
     """The store cannot do it now (unreachable, locked, disk full). The
     message is for logs and people; it never carries a credential."""
+
+
+class ReviewConflict(StoreError):
+    """A review with that id exists already."""
 
 
 class Store(ABC):
@@ -91,3 +103,30 @@ class Store(ABC):
     @abstractmethod
     async def session_events(self, session_id: str) -> list[EventRecord]:
         """All events of one session in seq order (replay, verify)."""
+
+    # -- reviews (hoopfast.approvals) ------------------------------------------
+
+    @abstractmethod
+    async def insert_review(self, review: ReviewRecord) -> None:
+        """Store a new review. ReviewConflict if its id is taken."""
+
+    @abstractmethod
+    async def review(self, review_id: str) -> ReviewRecord | None: ...
+
+    @abstractmethod
+    async def update_review(self, review: ReviewRecord, expected_version: int) -> bool:
+        """Replace the stored review by ``review`` (whose version is
+        expected_version + 1) if the stored one is still at
+        ``expected_version``; False (nothing written) if someone changed it
+        first or it does not exist."""
+
+    @abstractmethod
+    async def reviews(
+        self,
+        where: ReviewFilter,
+        *,
+        limit: int = 100,
+        before: tuple[float, str] | None = None,
+    ) -> list[ReviewRecord]:
+        """Reviews matching ``where``, newest first (created_at desc,
+        review_id desc); ``before`` continues a previous page."""

@@ -152,9 +152,84 @@ _V1_POSTGRESQL = (
     """,
 )
 
+# One row per review (hoopfast.store.records.ReviewRecord). ``approvers`` and
+# ``decisions`` are JSON text (a list of role names; a list of {actor, action,
+# reason, at} objects): they are read and written with their review, never
+# searched. Indexes: the newest-first listing with its keyset, the lookup of
+# a requester's reviews of one statement on a connection, and of their access
+# reviews (or grants) on a connection by status.
+_V2_SQLITE = (
+    """
+    CREATE TABLE reviews (
+        review_id      TEXT PRIMARY KEY,
+        kind           TEXT NOT NULL,
+        status         TEXT NOT NULL,
+        requester      TEXT NOT NULL,
+        connection     TEXT NOT NULL,
+        created_at     REAL NOT NULL,
+        expires_at     REAL NOT NULL,
+        statement      TEXT NOT NULL,
+        statement_hash TEXT NOT NULL,
+        role           TEXT NOT NULL,
+        duration       REAL NOT NULL,
+        granted_until  REAL,
+        reason         TEXT NOT NULL,
+        session_id     TEXT NOT NULL,
+        client_address TEXT NOT NULL,
+        rule           TEXT NOT NULL,
+        mode           TEXT NOT NULL,
+        approvers      TEXT NOT NULL,
+        min_approvals  INTEGER NOT NULL,
+        decisions      TEXT NOT NULL,
+        decided_at     REAL,
+        used_at        REAL,
+        break_glass    INTEGER NOT NULL,
+        version        INTEGER NOT NULL
+    )
+    """,
+    "CREATE INDEX reviews_created ON reviews (created_at, review_id)",
+    "CREATE INDEX reviews_statement ON reviews (requester, connection, statement_hash)",
+    "CREATE INDEX reviews_kind ON reviews (kind, requester, connection, status)",
+)
+
+_V2_POSTGRESQL = (
+    """
+    CREATE TABLE reviews (
+        review_id      text COLLATE "C" PRIMARY KEY,
+        kind           text COLLATE "C" NOT NULL,
+        status         text COLLATE "C" NOT NULL,
+        requester      text COLLATE "C" NOT NULL,
+        connection     text COLLATE "C" NOT NULL,
+        created_at     double precision NOT NULL,
+        expires_at     double precision NOT NULL,
+        statement      text NOT NULL,
+        statement_hash text COLLATE "C" NOT NULL,
+        role           text NOT NULL,
+        duration       double precision NOT NULL,
+        granted_until  double precision,
+        reason         text NOT NULL,
+        session_id     text NOT NULL,
+        client_address text NOT NULL,
+        rule           text NOT NULL,
+        mode           text NOT NULL,
+        approvers      text NOT NULL,
+        min_approvals  integer NOT NULL,
+        decisions      text NOT NULL,
+        decided_at     double precision,
+        used_at        double precision,
+        break_glass    boolean NOT NULL,
+        version        bigint NOT NULL
+    )
+    """,
+    "CREATE INDEX reviews_created ON reviews (created_at, review_id)",
+    "CREATE INDEX reviews_statement ON reviews (requester, connection, statement_hash)",
+    "CREATE INDEX reviews_kind ON reviews (kind, requester, connection, status)",
+)
+
 #: Every schema version, oldest first; versions are 1, 2, 3, ... in order.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "recordings: sessions, events, signing keys", _V1_SQLITE, _V1_POSTGRESQL),
+    Migration(2, "reviews: approvals of statements and of access", _V2_SQLITE, _V2_POSTGRESQL),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

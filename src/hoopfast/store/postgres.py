@@ -170,6 +170,9 @@ class PostgresStore(SqlStore):
     async def _fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         return await self._run(lambda conn: _fetchall(conn, sql, params))
 
+    async def _write(self, sql: str, params: Sequence[Any]) -> int:
+        return await self._run(lambda conn: _execute(conn, sql, params))
+
 
 # -- with the connection ---------------------------------------------------------
 
@@ -177,6 +180,18 @@ class PostgresStore(SqlStore):
 async def _fetchall(conn: _Conn, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
     cursor = await conn.execute(sql, params)
     return await cursor.fetchall()
+
+
+async def _execute(conn: _Conn, sql: str, params: Sequence[Any]) -> int:
+    """One statement (autocommit: its own transaction); the rows it changed.
+    Values PostgreSQL cannot hold are refused before anything is sent, a NUL
+    by psycopg (DataError), a lone surrogate here, as a DataError too: a
+    StoreError for the caller, and the connection stays in use."""
+    try:
+        cursor = await conn.execute(sql, params)
+    except UnicodeEncodeError as e:
+        raise psycopg.DataError(str(e)) from None
+    return cursor.rowcount
 
 
 async def _read_version(conn: _Conn) -> int:

@@ -100,3 +100,96 @@ class EventFilter:
     #: Sessions whose events must be left out (segregation of duties: the
     #: reader's own sessions), by subject.
     exclude_subject: str | None = None
+
+
+# -- reviews: approvals of statements and of time-boxed access ----------------
+
+#: Review kinds.
+STATEMENT_REVIEW = "statement"
+ACCESS_REVIEW = "access"
+
+#: Review statuses. ``pending`` until decided; ``approved`` (a statement
+#: approval not yet used, or an access grant); then ``used`` (a one-time
+#: statement approval that ran), or one of the final refusals.
+PENDING = "pending"
+APPROVED = "approved"
+USED = "used"
+REJECTED = "rejected"
+WITHDRAWN = "withdrawn"
+EXPIRED = "expired"
+REVOKED = "revoked"
+STATUSES = (PENDING, APPROVED, USED, REJECTED, WITHDRAWN, EXPIRED, REVOKED)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One person's act on a review, in the order they happened."""
+
+    actor: str
+    #: "approve", "reject", "revoke", "withdraw", "force" (break-glass), "expire".
+    action: str
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewRecord:
+    """A request for a second person's approval: to run one statement, or to
+    hold a role on a connection for a while. Written by the approvals
+    service; every change is a compare-and-swap on ``version``, so two
+    replicas (or two approvers) deciding at once cannot both win."""
+
+    review_id: str
+    kind: str
+    status: str
+    requester: str
+    connection: str
+    created_at: float
+    #: Until then a pending review may be decided, and an approved statement
+    #: run; after it, it is expired.
+    expires_at: float
+    #: Statement reviews: the exact text as received, and its SHA-256 (hex)
+    #: over the UTF-8 text, which an approval binds. Access: "".
+    statement: str = ""
+    statement_hash: str = ""
+    #: Access reviews: the role asked for, for how long (seconds), and once
+    #: approved, until when (Unix time).
+    role: str = ""
+    duration: float = 0.0
+    granted_until: float | None = None
+    #: The requester's reason, if given.
+    reason: str = ""
+    #: Where it came from (statement reviews).
+    session_id: str = ""
+    client_address: str = ""
+    #: The policy rule that asked for the review ("class:ddl").
+    rule: str = ""
+    #: "wait" or "deferred" (statement reviews).
+    mode: str = ""
+    #: Roles whose holders may approve, and how many distinct people must.
+    approvers: tuple[str, ...] = ()
+    min_approvals: int = 1
+    decisions: tuple[Decision, ...] = ()
+    decided_at: float | None = None
+    used_at: float | None = None
+    #: Force-approved by a break-glass role holder.
+    break_glass: bool = False
+    #: Bumped by every change (compare-and-swap).
+    version: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewFilter:
+    """Which reviews to list. Empty / None: no condition."""
+
+    kind: str | None = None
+    #: Any of these statuses.
+    statuses: tuple[str, ...] = ()
+    requester: str | None = None
+    connection: str | None = None
+    statement_hash: str | None = None
+    #: Access grants in force at this time: status approved and
+    #: granted_until > active_at.
+    active_at: float | None = None
+    #: Created at or after.
+    since: float | None = None

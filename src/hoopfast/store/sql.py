@@ -1,24 +1,37 @@
 """What the two SQL backends share: the column lists, the read queries
 (filters, keyset pages) and the mapping of rows back to records. A backend
-supplies its parameter placeholder and how to run a query; the schema is the
-same in both (hoopfast.store.migrations)."""
+supplies its parameter placeholder and how to run a query or a write; the
+schema is the same in both (hoopfast.store.migrations)."""
 
 from __future__ import annotations
 
 import json
 from abc import abstractmethod
 from collections.abc import Sequence
-from dataclasses import fields, replace
+from dataclasses import asdict, fields, replace
 from typing import Any
 
-from hoopfast.store.base import EventCursor, Store
-from hoopfast.store.records import EventFilter, EventRecord, Seal, SessionRow, SigningKey
+from hoopfast.store.base import EventCursor, ReviewConflict, Store
+from hoopfast.store.records import (
+    APPROVED,
+    Decision,
+    EventFilter,
+    EventRecord,
+    ReviewFilter,
+    ReviewRecord,
+    Seal,
+    SessionRow,
+    SigningKey,
+)
 
 EVENT_COLUMNS = "session_id, seq, at, kind, subject, connection, verdict, data, prev_hash, hash"
 SESSION_COLUMNS = (
     "session_id, subject, connection, client_address, started_at, stored_events, statements,"
     " ended_at, end_reason, events, last_hash, key_id, signature"
 )
+#: The reviews table's columns: ReviewRecord's fields, in their order.
+_REVIEW_FIELDS = [f.name for f in fields(ReviewRecord)]
+REVIEW_COLUMNS = ", ".join(_REVIEW_FIELDS)
 
 
 class SqlStore(Store):
@@ -29,6 +42,12 @@ class SqlStore(Store):
     async def _fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         """Run one query and return all its rows (StoreError when the
         store is unavailable)."""
+
+    @abstractmethod
+    async def _write(self, sql: str, params: Sequence[Any]) -> int:
+        """Run one writing statement in its own transaction and return how
+        many rows it changed (StoreError when the store is unavailable or
+        refuses the values)."""
 
     async def signing_keys(self) -> dict[str, SigningKey]:
         rows = await self._fetch(
@@ -103,6 +122,94 @@ class SqlStore(Store):
     async def session_events(self, session_id: str) -> list[EventRecord]:
         sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE session_id = {self.param} ORDER BY seq"
         return [EventRecord(*row) for row in await self._fetch(sql, (session_id,))]
+
+    # -- reviews ---------------------------------------------------------------
+
+    async def insert_review(self, review: ReviewRecord) -> None:
+        p = self.param
+        sql = (
+            f"INSERT INTO reviews ({REVIEW_COLUMNS})"
+            f" VALUES ({', '.join([p] * len(_REVIEW_FIELDS))})"
+            " ON CONFLICT (review_id) DO NOTHING"
+        )
+        if await self._write(sql, review_values(review)) == 0:
+            raise ReviewConflict(f"a review with id {review.review_id!r} exists already")
+
+    async def review(self, review_id: str) -> ReviewRecord | None:
+        sql = f"SELECT {REVIEW_COLUMNS} FROM reviews WHERE review_id = {self.param}"
+        rows = await self._fetch(sql, (review_id,))
+        return review_record(rows[0]) if rows else None
+
+    async def update_review(self, review: ReviewRecord, expected_version: int) -> bool:
+        if review.version != expected_version + 1:
+            raise ValueError(
+                f"review {review.review_id!r}: version {review.version} does not follow"
+                f" the expected version {expected_version}"
+            )
+        p = self.param
+        # Every column but the key: the stored review becomes ``review``.
+        assignments = ", ".join(f"{name} = {p}" for name in _REVIEW_FIELDS[1:])
+        sql = f"UPDATE reviews SET {assignments} WHERE review_id = {p} AND version = {p}"
+        params = [*review_values(review)[1:], review.review_id, expected_version]
+        return await self._write(sql, params) == 1
+
+    async def reviews(
+        self,
+        where: ReviewFilter,
+        *,
+        limit: int = 100,
+        before: tuple[float, str] | None = None,
+    ) -> list[ReviewRecord]:
+        p = self.param
+        conditions: list[str] = []
+        params: list[Any] = []
+        for column, value in (
+            ("kind", where.kind),
+            ("requester", where.requester),
+            ("connection", where.connection),
+            ("statement_hash", where.statement_hash),
+        ):
+            if value:
+                conditions.append(f"{column} = {p}")
+                params.append(value)
+        if where.statuses:
+            conditions.append(f"status IN ({', '.join([p] * len(where.statuses))})")
+            params.extend(where.statuses)
+        if where.active_at is not None:
+            conditions.append(f"status = {p} AND granted_until > {p}")
+            params.extend((APPROVED, where.active_at))
+        if where.since is not None:
+            conditions.append(f"created_at >= {p}")
+            params.append(where.since)
+        if before is not None:
+            conditions.append(f"(created_at, review_id) < ({p}, {p})")
+            params.extend(before)
+        sql = (
+            f"SELECT {REVIEW_COLUMNS} FROM reviews{_where(conditions)}"
+            f" ORDER BY created_at DESC, review_id DESC LIMIT {p}"
+        )
+        params.append(limit)
+        return [review_record(row) for row in await self._fetch(sql, params)]
+
+
+def review_values(r: ReviewRecord) -> tuple[Any, ...]:
+    """A review's values in REVIEW_COLUMNS order: approvers and decisions as
+    JSON text (ASCII-escaped, so any string survives, even a lone surrogate
+    or a NUL), break_glass as a bool (SQLite stores 1 or 0)."""
+    values: dict[str, Any] = {name: getattr(r, name) for name in _REVIEW_FIELDS}
+    values["approvers"] = json.dumps(list(r.approvers))
+    values["decisions"] = json.dumps([asdict(d) for d in r.decisions])
+    values["break_glass"] = bool(r.break_glass)
+    return tuple(values.values())
+
+
+def review_record(row: Sequence[Any]) -> ReviewRecord:
+    """A row of REVIEW_COLUMNS as a ReviewRecord."""
+    values = dict(zip(_REVIEW_FIELDS, row, strict=True))
+    values["approvers"] = tuple(json.loads(values["approvers"]))
+    values["decisions"] = tuple(Decision(**d) for d in json.loads(values["decisions"]))
+    values["break_glass"] = bool(values["break_glass"])
+    return ReviewRecord(**values)
 
 
 def event_values(e: EventRecord) -> tuple[Any, ...]:

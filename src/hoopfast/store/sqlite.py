@@ -137,6 +137,17 @@ class SqliteStore(SqlStore):
     async def _fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         return await self._run(lambda conn: conn.execute(sql, params).fetchall())
 
+    async def _write(self, sql: str, params: Sequence[Any]) -> int:
+        def write(conn: sqlite3.Connection) -> int:
+            try:
+                return _in_transaction(conn, lambda: conn.execute(sql, params).rowcount)
+            except UnicodeEncodeError as e:
+                # A lone surrogate has no UTF-8: a StoreError (via _call), as
+                # PostgreSQL's refusal of a NUL is, not a crash.
+                raise sqlite3.DataError(str(e)) from None
+
+        return await self._run(write)
+
 
 # -- on the worker thread ------------------------------------------------------
 

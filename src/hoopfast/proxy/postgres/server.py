@@ -10,6 +10,7 @@ import secrets
 import ssl
 from pathlib import Path
 
+from hoopfast.approvals import Approvals
 from hoopfast.config import Connection, GatewayConfig, load_config
 from hoopfast.errors import ConfigurationError
 from hoopfast.identity.tokens import TokenValidator
@@ -57,6 +58,9 @@ class PgGateway:
         self._process_mask_key = secrets.token_bytes(32)
         #: Where sessions record their trails; None only with recording off.
         self.recorder: Recorder | None = None
+        #: Reviews and access grants; None only when embedded without a store
+        #: (statements sent to review are then refused).
+        self.approvals: Approvals | None = None
         self.metrics = Metrics()
         #: Off unless OTEL_TRACES_EXPORTER says otherwise (hoopfast.serve).
         self.tracing = Tracing(None)
@@ -152,6 +156,11 @@ class PgGateway:
         # Compare in constant time; a wrong key is ignored silently, as PostgreSQL does.
         if session is None or not hmac.compare_digest(session.secret, secret):
             log.info("cancel request for unknown key ignored")
+            return
+        if session.cancel_review():
+            # The statement waits for approval and never reached the
+            # upstream: cancelling withdraws the review instead.
+            log.info("session %s: cancel request withdrew a held statement", session.id)
             return
         up, conn = session.upstream, session.connection
         if up is None or conn is None:

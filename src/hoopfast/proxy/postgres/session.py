@@ -20,7 +20,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 from hoopfast import core
-from hoopfast.config import Connection
+from hoopfast.approvals.service import grantable
+from hoopfast.config import UNMASKED_ROLE, Connection
 from hoopfast.core import Framer, FramingError, Pump
 from hoopfast.errors import ConfigurationError
 from hoopfast.identity.principal import Principal
@@ -41,6 +42,7 @@ from hoopfast.policy.guard import (
 from hoopfast.proxy.postgres import messages as m
 from hoopfast.proxy.postgres import params, resultmask, startup, trail, upstream
 from hoopfast.proxy.postgres.resultmask import ResultMasker, Unmaskable
+from hoopfast.proxy.postgres.review import ReviewHold
 from hoopfast.proxy.postgres.trail import Statement, Trail
 from hoopfast.proxy.postgres.upstream import Upstream, UpstreamError, UpstreamRefused
 from hoopfast.recording.recorder import RecordingUnavailable, SessionRecording
@@ -127,6 +129,22 @@ class PgSession:
         self._span: SessionSpan = NOOP_SESSION_SPAN
         self._counted = False
         self._bytes_counted = (0, 0)
+        #: The client message being handled (a statement held for review is
+        #: replayed from it).
+        self._message: tuple[int, bytes] = (0, b"")
+        #: The statement held for a second person's approval, if any; while
+        #: it is replayed, the outcome stands in for the review verdict.
+        self._review_hold: ReviewHold | None = None
+        self._review_outcome: Verdict | None = None
+        self._held_now = False
+        #: Prepared statements (by name, "" the unnamed) a review approved:
+        #: they run once; after their first Bind they are spent.
+        self._once: set[str] = set()
+        self._spent: set[str] = set()
+        #: Roles granted through approved access requests: role -> until.
+        self._granted: dict[str, float] = {}
+        self._stop_listening: Any = None
+        self._grant_timer: asyncio.TimerHandle | None = None
 
     # -- phase 1 ----------------------------------------------------------
 
@@ -192,7 +210,9 @@ class PgSession:
                 m.fatal("3D000", f'connection "{request.database}" does not exist'),
                 "unknown connection",
             )
-        access = access_to(self.principal, conn, gw.config)
+        if gw.approvals is not None:
+            self._granted = gw.approvals.granted(self.principal.subject, request.database)
+        access = access_to(self.principal, conn, gw.config, self._granted)
         if access is None:
             raise startup.StartupRefused(
                 m.fatal(
@@ -468,6 +488,7 @@ class PgSession:
             if not transport.is_closing() and not transport.is_reading():
                 transport.resume_reading()
         self._schedule_expiry(loop)
+        self._follow_grants()
         try:
             await self._done
         finally:
@@ -498,6 +519,11 @@ class PgSession:
         pump writes it together with the rest of the chunk)."""
         if pump is self._client_pump:
             forward = self._client_message(type_code, message)
+            if self._held_now:
+                # Held for review: the trail and the masker see it when it
+                # is replayed (release_review).
+                self._held_now = False
+                return None
             if self._trail is not None:
                 self._trail_client(type_code, message)
             if forward and self._masker is not None:
@@ -589,6 +615,7 @@ class PgSession:
             self._terminating = True
             self.end_reason = "client terminated"
             return message
+        self._message = (type_code, message)
         self._sql = None
         self._verdict = ALLOW if self._guarded else _UNGUARDED
         if type_code in _STATEMENTS and self._trail is not None and self._recording_refused():
@@ -641,7 +668,7 @@ class PgSession:
         )
         self._client_pump.fast = rules.fast if usable else None
 
-    def policy_changed(self) -> None:
+    def policy_changed(self, *, force: bool = False) -> None:
         """A reload (called for every session at once, and again lazily by
         a session that was still starting). A session whose person lost the
         grant ends now. If the rules for it changed, statements prepared
@@ -655,9 +682,9 @@ class PgSession:
             return
         pump.fast = None
         policy = self.gateway.policy
-        fresh = policy.rules_for(self.connection_name, roles_of(self.principal, policy.config))
+        fresh = policy.rules_for(self.connection_name, self._roles())
         if fresh is None:
-            self.end_reason = "access revoked by a policy reload"
+            self.end_reason = "access grant ended" if force else "access revoked by a policy reload"
             self._terminating = True
             self._fail_client("28000", f'access to connection "{self.connection_name}" was revoked')
             return
@@ -690,7 +717,7 @@ class PgSession:
     def _guard_binds(self) -> None:
         """Intercept Bind only while some prepared statement must be judged
         again (the common case pays nothing)."""
-        watch = self._stale_unnamed or bool(self._revoked)
+        watch = self._stale_unnamed or bool(self._revoked or self._once or self._spent)
         self._client_pump.framer.set_intercept(
             self._client_types + bytes([m.BIND]) if watch else self._client_types
         )
@@ -701,10 +728,14 @@ class PgSession:
         if end < 0:
             return message  # malformed: the server refuses it
         name = message[portal_end + 1 : end]
-        if (not name and self._stale_unnamed) or (
-            name and name.decode("utf-8", "surrogateescape") in self._revoked
-        ):
+        key = name.decode("utf-8", "surrogateescape")
+        if (not name and self._stale_unnamed) or (name and key in self._revoked):
             return self._refuse(b"", _PREPARED_BEFORE_RELOAD, kind=m.BIND)
+        if key in self._spent:
+            return self._refuse(b"", _APPROVED_ONCE, kind=m.BIND)
+        if key in self._once:
+            self._once.discard(key)
+            self._spent.add(key)
         return message
 
     def _on_query(self, message: bytes) -> bytes | None:
@@ -737,8 +768,17 @@ class PgSession:
             self._use_fast_path()
         if isinstance(judged, bytes):
             return judged
+        key = name.decode("utf-8", "surrogateescape")
         if name:
-            self._remember(name.decode("utf-8", "surrogateescape"), judged)
+            self._remember(key, judged)
+        if self._verdict.rule.startswith("review:"):
+            self._once.add(key)
+            self._spent.discard(key)
+            self._guard_binds()
+        elif key in self._once or key in self._spent:
+            self._once.discard(key)
+            self._spent.discard(key)
+            self._guard_binds()
         return message
 
     def _on_function_call(self, message: bytes) -> bytes | None:
@@ -762,9 +802,15 @@ class PgSession:
             return self._refuse(parse_name, _UNDECODABLE)
         self._sql = sql
         decision = rules.check(sql, self._prepared)
-        self._verdict = decision.verdict
-        if decision.verdict.action != "allow":
-            return self._refuse(parse_name, decision.verdict)
+        verdict = decision.verdict
+        if verdict.action == "review":
+            outcome, self._review_outcome = self._review_outcome, None
+            if outcome is None:
+                return self._hold_for_review(sql, parse_name, verdict)
+            verdict = outcome
+        self._verdict = verdict
+        if verdict.action != "allow":
+            return self._refuse(parse_name, verdict)
         c = decision.classification
         if self._masker is not None:
             refusal = self._masker.masks.refusal(sql, c, self._masker.catalog)
@@ -787,6 +833,121 @@ class PgSession:
             for name in c.prepares:
                 self._remember(name, c)
         return c
+
+    # -- reviews (hoopfast.proxy.postgres.review) ------------------------------
+
+    def _hold_for_review(self, sql: str, parse_name: bytes | None, verdict: Verdict) -> bytes:
+        """Hold the statement for a second person's approval, or refuse it
+        where approvals are not set up (fail closed)."""
+        approvals = self.gateway.approvals
+        assert self.connection is not None
+        settings = self.gateway.config.connections[self.connection_name].approvals
+        type_code = self._message[0]
+        if approvals is None or settings is None or type_code not in (m.QUERY, m.PARSE):
+            return self._refuse(parse_name, verdict)
+        self._held_now = True
+        self._verdict = verdict
+        self._client_pump.hold()
+        self._review_hold = ReviewHold(self, approvals, settings, sql, verdict)
+        return b""
+
+    def release_review(self, outcome: Verdict) -> None:
+        """The review decided (or could not be asked): replay the held
+        message with ``outcome`` as its verdict, then what the client sent
+        after it."""
+        hold, self._review_hold = self._review_hold, None
+        pump = self._client_pump
+        if hold is None or pump is None or self._terminating or pump.transport.is_closing():
+            return
+        type_code, message = self._message
+        self._review_outcome = outcome
+        try:
+            forward = self.pump_message(pump, type_code, message)
+        finally:
+            self._review_outcome = None
+        if self._held_now:  # (a reload turned it into another review)
+            self._held_now = False
+            return
+        pump.release(forward)
+
+    def cancel_review(self) -> bool:
+        """A CancelRequest: True when it withdrew a held statement."""
+        hold = self._review_hold
+        return hold is not None and hold.cancel()
+
+    def notice(self, text: str, *, hint: str = "", tries: int = 500) -> None:
+        """A NoticeResponse to the client, between two server messages (the
+        server's stream may be in the middle of one: then a little later)."""
+        pump = self._server_pump
+        client = self._client_pump.transport if self._client_pump is not None else None
+        if pump is None or client is None or client.is_closing():
+            return
+        if pump.framer.at_boundary:
+            client.write(
+                m.error_response("NOTICE", "01000", text, hint=hint, kind=m.NOTICE_RESPONSE)
+            )
+        elif tries > 0:
+            asyncio.get_running_loop().call_later(
+                0.01, lambda: self.notice(text, hint=hint, tries=tries - 1)
+            )
+
+    # -- access grants -----------------------------------------------------------
+
+    def _roles(self) -> frozenset[str]:
+        """The roles this person holds on the connection now: from their
+        groups, plus those granted through approved access requests."""
+        assert self.principal is not None
+        own = roles_of(self.principal, self.gateway.policy.config)
+        return own | grantable(self._granted)
+
+    def _follow_grants(self) -> None:
+        approvals = self.gateway.approvals
+        if approvals is None or self.principal is None:
+            return
+        self._stop_listening = approvals.listen(
+            self.principal.subject, self.connection_name, self._grants_changed
+        )
+        self._grants_changed()  # (any change since startup read them)
+
+    def _time_grants(self) -> None:
+        """Wake at the end of the earliest grant window: the role goes then,
+        not at the next poll."""
+        if self._grant_timer is not None:
+            self._grant_timer.cancel()
+            self._grant_timer = None
+        if self._granted:
+            delay = max(0.0, min(self._granted.values()) - time.time())
+            self._grant_timer = asyncio.get_running_loop().call_later(
+                delay + 0.001, self._grants_changed
+            )
+
+    def _grants_changed(self) -> None:
+        approvals = self.gateway.approvals
+        if approvals is None or self.principal is None or self._terminating:
+            return
+        fresh = approvals.granted(self.principal.subject, self.connection_name)
+        if fresh == self._granted:
+            self._time_grants()
+            return
+        was_unmasked = UNMASKED_ROLE in self._granted
+        self._granted = fresh
+        self._time_grants()
+        assert self.connection is not None
+        if was_unmasked != (UNMASKED_ROLE in fresh) and self.connection.masking is not None:
+            # Masking is set up at startup (the catalog, the protocol
+            # tracking): a session never runs on with masking it was not
+            # set up for.
+            self.end_reason = "unmasked access " + ("ended" if was_unmasked else "granted")
+            self._terminating = True
+            self._fail_client(
+                "57P01",
+                "terminating connection because unmasked access "
+                + ("ended" if was_unmasked else "was granted"),
+                hint="Reconnect.",
+            )
+            return
+        log.info("session %s: granted roles now %s", self.id, ", ".join(sorted(fresh)) or "none")
+        self.policy_changed(force=True)
 
     def _copy_as_select(self, sql: str, c: Classification, rules: Rules) -> bytes | None:
         """A COPY ... TO STDOUT of masked columns, sent as the equivalent
@@ -933,6 +1094,12 @@ class PgSession:
 
     async def _close(self) -> None:
         self.gateway.unregister(self)
+        if self._stop_listening is not None:
+            self._stop_listening()
+        if self._grant_timer is not None:
+            self._grant_timer.cancel()
+        if self._review_hold is not None:
+            await self._review_hold.close()
         if self._recording is not None:
             self._recording.end(self.end_reason)
         if self._counted:
@@ -982,6 +1149,13 @@ _RECORDING_FULL = Verdict(
     "store is not taking it); statements are refused until it drains",
     "53000",
 )
+_APPROVED_ONCE = Verdict(
+    "deny",
+    "review:once",
+    "this prepared statement was approved for one execution and has run; "
+    "it needs a new approval to run again",
+    hint="Prepare (and so submit) it again.",
+)
 _MAX_PREPARED = 10_000
 _MAX_REFUSALS = 64
 _MALFORMED = Verdict("deny", "protocol", "malformed message", "08P01")
@@ -1000,20 +1174,27 @@ def _refusal_message(verdict: Verdict, rules: Rules | None) -> bytes:
             verdict.message,
             position=verdict.position,
         )
+    detail = f"hoopfast policy rule: {verdict.rule} (roles: {roles})"
     if verdict.action == "review":
+        if verdict.rule.startswith("review:"):
+            # The review's own outcome (hoopfast.proxy.postgres.review).
+            return m.error_response(
+                "ERROR", sqlstate, verdict.message, detail=detail, hint=verdict.hint or None
+            )
         return m.error_response(
             "ERROR",
             sqlstate,
             f"approval required: {verdict.message}",
-            detail=f"hoopfast policy rule: {verdict.rule} (roles: {roles})",
-            hint="This statement needs a second person's approval; approvals are "
-            "not enabled on this gateway yet.",
+            detail=detail,
+            hint="This statement needs a second person's approval, and approvals are "
+            "not configured for this connection.",
         )
     return m.error_response(
         "ERROR",
         sqlstate,
         f"permission denied by hoopfast policy: {verdict.message}",
-        detail=f"hoopfast policy rule: {verdict.rule} (roles: {roles})",
+        detail=detail,
+        hint=verdict.hint or None,
     )
 
 
