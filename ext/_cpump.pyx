@@ -44,6 +44,8 @@ cdef class Pump:
     cdef public unsigned long long bytes_in
     cdef public object fast
     cdef public object held
+    cdef public Py_ssize_t hold_limit
+    cdef Py_ssize_t _held_bytes
     cdef object _framing_error
     cdef object _feed
     cdef object _peer_write
@@ -61,6 +63,8 @@ cdef class Pump:
         self._peer_write = None
         self.bytes_in = 0
         self.held = None
+        self.hold_limit = 8 << 20
+        self._held_bytes = 0
 
     def attach(self, transport, peer):
         self.transport = transport
@@ -81,7 +85,11 @@ cdef class Pump:
             return
         if self.held is not None:
             (<list>self.held).extend(items)
-            self._stop_reading()
+            self._held_bytes += len(data)
+            if self._held_bytes > self.hold_limit:
+                self.owner.pump_violation(self, OverflowError(
+                    f"more than {self.hold_limit} bytes sent while a statement is held"
+                ))
             return
         if len(items) == 1 and type(items[0]) is bytes:
             self._peer_write(items[0])
@@ -122,7 +130,7 @@ cdef class Pump:
     def hold(self):
         if self.held is None:
             self.held = []
-        self._stop_reading()
+            self._held_bytes = 0
 
     def release(self, forward):
         items = self.held
@@ -130,14 +138,6 @@ cdef class Pump:
         if items is None or self.peer is None or self.peer.is_closing():
             return
         self._process(items, [forward] if forward else [])
-        transport = self.transport
-        if self.held is None and transport is not None and not transport.is_closing():
-            transport.resume_reading()
-
-    cdef _stop_reading(self):
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            transport.pause_reading()
 
     def eof_received(self):
         return False

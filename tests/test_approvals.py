@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -102,19 +103,33 @@ def approvals_config(
 
 
 @pytest.fixture(scope="module")
-def gw(
+def approvals_gateway(
     approvals_config: Path,
     make_settings: Callable[..., Settings],
     issuer: DevIssuer,
     certs: Any,
     state_dir: Path,
+) -> Callable[..., AbstractContextManager[RunningGateway]]:
+    """``approvals_gateway(name, **settings)``: a gateway on the approvals
+    configuration with a store of its own."""
+
+    def start(name: str, **overrides: Any) -> AbstractContextManager[RunningGateway]:
+        settings = make_settings(
+            config=approvals_config,
+            store=f"sqlite:///{state_dir / name}.db",
+            approvals_poll_interval=0.2,
+            **overrides,
+        )
+        return run_gateway(settings, issuer, certs)
+
+    return start
+
+
+@pytest.fixture(scope="module")
+def gw(
+    approvals_gateway: Callable[..., AbstractContextManager[RunningGateway]],
 ) -> Iterator[RunningGateway]:
-    settings = make_settings(
-        config=approvals_config,
-        store=f"sqlite:///{state_dir / 'approvals.db'}",
-        approvals_poll_interval=0.2,
-    )
-    with run_gateway(settings, issuer, certs) as gateway:
+    with approvals_gateway("approvals") as gateway:
         yield gateway
 
 
@@ -499,10 +514,12 @@ def test_decision_through_one_replica_releases_a_statement_held_by_another(
     store = pg_url(cluster, roles.scram, dbname)
 
     def settings(name: str) -> Settings:
+        # A long poll interval: the release comes from the store's
+        # notification (LISTEN/NOTIFY), not from a poll.
         return make_settings(
             config=approvals_config,
             store=store,
-            approvals_poll_interval=0.2,
+            approvals_poll_interval=60,
             state_dir=tmp_path / name,
         )
 
@@ -519,10 +536,20 @@ def test_decision_through_one_replica_releases_a_statement_held_by_another(
             review = pending_review(b, who)  # B sees A's review
             decided = decide(b, review.review_id, "approver")
             assert decided.status == "approved"
+            approved_at = time.monotonic()
             held.result(10)
+            assert time.monotonic() - approved_at < 5
         assert table_exists(cluster, table)
         stored = _run(b, b.runtime.store.review(review.review_id))
         assert stored.status == "used"
+        # An access grant decided on B reaches a session open on A.
+        with connect(a, "deferred", who, "requester") as conn:
+            insert = f"INSERT INTO {table} VALUES (1)"
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(insert)
+            _grant(b, who, "deferred", "writer", 600.0)
+            _until(lambda: bool(a.runtime.approvals.granted(who, "deferred")), timeout=5)
+            conn.execute(insert)
 
 
 def test_pipeline_behind_a_held_statement_keeps_its_order(

@@ -692,6 +692,37 @@ def test_review_compare_and_swap(backend: Backend) -> None:
     run(backend, scenario)
 
 
+def test_review_changes_are_announced(backend: Backend) -> None:
+    """PostgreSQL tells every store sharing the database that a review
+    changed (LISTEN/NOTIFY), so replicas need not wait for a poll; SQLite
+    says it cannot (callers poll)."""
+
+    async def scenario(store: Store) -> None:
+        heard: asyncio.Queue[str] = asyncio.Queue()
+        follows = await store.follow_reviews(heard.put_nowait)
+        assert follows is (backend.kind == "postgresql")
+        if not follows:
+            return
+        other = backend.new()  # another replica's store
+        await other.open()
+        try:
+            review = make_review("r-announced")
+            await other.insert_review(review)
+            # The listener connects in the background: change it until heard.
+            deadline = time.monotonic() + 10
+            while heard.empty():
+                assert time.monotonic() < deadline, "no notification"
+                changed = replace(review, version=review.version + 1)
+                assert await other.update_review(changed, review.version)
+                review = changed
+                await asyncio.sleep(0.05)
+            assert heard.get_nowait() == "r-announced"
+        finally:
+            await other.close()
+
+    run(backend, scenario)
+
+
 def test_review_racing_approvers(backend: Backend) -> None:
     """Two approvers decide the same version at once, through one store and
     through two (two gateway replicas): exactly one wins, and the stored

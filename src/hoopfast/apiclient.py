@@ -17,10 +17,11 @@ import json
 import os
 import ssl
 import sys
-import unicodedata
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+
+from hoopfast.text import shown
 
 if TYPE_CHECKING:
     import httpx
@@ -299,22 +300,6 @@ def when(at: float | None, with_date: bool = True) -> str:
     moment = datetime.fromtimestamp(at, UTC)
     text = moment.strftime("%Y-%m-%d %H:%M:%S" if with_date else "%H:%M:%S")
     return f"{text}.{moment.microsecond // 1000:03d} UTC"
-
-
-def shown(value: object) -> str:
-    """Text someone else chose made safe for a terminal: escape sequences
-    in it must not act on the reader's screen."""
-    text = "" if value is None else str(value)
-    if text.isprintable():
-        return text
-    return "".join(
-        ch
-        if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co")
-        else f"\\x{ord(ch):02x}"
-        if ord(ch) < 0x100
-        else f"\\u{ord(ch):04x}"
-        for ch in text
-    )
 
 
 def table(headers: list[str], rows: list[list[str]]) -> list[str]:

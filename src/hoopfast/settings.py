@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     #: Per-transport write-buffer high-water mark: above it, the gateway stops
     #: reading from the other side until the buffer drains (back-pressure).
     pg_write_high_water: int = Field(default=256 * 1024, ge=1024)
+    #: Bytes a client may send behind a statement held for approval (they
+    #: wait, in memory, until it is decided); past it the session ends.
+    pg_max_held_bytes: int = Field(default=8 << 20, ge=1 << 16)
 
     #: Seconds a session may outlive its token's expiry. 0 (the default):
     #: the session ends when the token does.

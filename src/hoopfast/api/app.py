@@ -316,7 +316,13 @@ def _parse_cursor(text: str) -> tuple[float, str]:
     try:
         value = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
         started_at, session_id = value
-        if isinstance(started_at, int | float) and isinstance(session_id, str):
+        if (
+            isinstance(started_at, int | float)
+            and math.isfinite(started_at)
+            and isinstance(session_id, str)
+            and session_id.isprintable()
+        ):
+            session_id.encode("utf-8")  # (a lone surrogate: ValueError)
             return float(started_at), session_id
     except (binascii.Error, ValueError, TypeError):
         pass

@@ -48,6 +48,7 @@ from hoopfast import __version__
 from hoopfast.config import Webhook
 from hoopfast.errors import ConfigurationError
 from hoopfast.store.records import ACCESS_REVIEW, APPROVED, Decision, ReviewRecord
+from hoopfast.text import shown
 
 log = logging.getLogger("hoopfast.notify")
 
@@ -137,6 +138,9 @@ def escape_mrkdwn(text: str, limit: int | None = None) -> str:
     """``text`` with Slack's control characters escaped, so user input cannot
     become a mention (``<!channel>``) or a link; cut to ``limit`` characters
     of *escaped* text without splitting an entity."""
+    # Control, format and bidi characters are shown, not obeyed: a reader
+    # must see the statement in the order it runs.
+    text = shown(text)
     if limit is None:
         return "".join(_MRKDWN_ESCAPES.get(c, c) for c in text)
     out: list[str] = []
@@ -157,7 +161,7 @@ def _code(text: str) -> str:
     """Text for inside mrkdwn backticks, which have no escape of their own:
     a backtick becomes U+02CB, which looks alike but does not end the span
     (PostgreSQL does not use backticks; the exact text is in ``hoopfast``)."""
-    return text.replace("`", "\u02cb")
+    return shown(text).replace("`", "\u02cb")
 
 
 def _duration(seconds: float) -> str:

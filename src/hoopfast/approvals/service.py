@@ -117,6 +117,8 @@ class Approvals:
         self._grants: dict[tuple[str, str], dict[str, float]] = {}
         self._grant_listeners: dict[tuple[str, str], set[Callable[[], None]]] = {}
         self._watcher: asyncio.Task[None] | None = None
+        #: Set when the store says a review changed: read the grants now.
+        self._refresh_soon = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -124,7 +126,16 @@ class Approvals:
         """Read the grants in force, then follow them (one query per poll
         interval for the whole process, not per session)."""
         await self._refresh_grants()
-        self._watcher = asyncio.get_running_loop().create_task(self._watch_grants())
+        loop = asyncio.get_running_loop()
+        self._watcher = loop.create_task(self._watch_grants())
+        # Where the store can say so (PostgreSQL: LISTEN/NOTIFY), a decision
+        # made through another replica wakes a held statement at once, and
+        # grants are read again at once; polling stays as the fallback.
+        await self.store.follow_reviews(self._changed_elsewhere)
+
+    def _changed_elsewhere(self, review_id: str) -> None:
+        self._wake(review_id)
+        self._refresh_soon.set()
 
     async def close(self) -> None:
         if self._watcher is not None:
@@ -269,8 +280,9 @@ class Approvals:
             self._changed.pop(review_id, None)
 
     async def withdraw(self, review_id: str, subject: str, reason: str) -> ReviewRecord | None:
-        """The requester (or their session, on cancel) takes a pending review
-        back; None when it was no longer pending."""
+        """The requester (or their session, on cancel) takes a review back
+        that is pending, or approved and not used; None when it was
+        neither."""
         try:
             return await self._change(review_id, Decision(subject, "withdraw", reason, 0.0))
         except ReviewError:
@@ -297,11 +309,11 @@ class Approvals:
         self._authorise(review, actor, action)
         decided = await self._change(review_id, Decision(actor.subject, action, reason, 0.0))
         log.warning(
-            "review %s: %s by %s (%s) -> %s",
+            "review %s: %s by %s (reason %r) -> %s",
             review_id,
             action,
             actor.subject,
-            reason or "no reason given",
+            reason,
             decided.status,
         )
         return decided
@@ -367,8 +379,12 @@ class Approvals:
         decisions = (*review.decisions, d)
         bump = review.version + 1
         if action == "withdraw":
-            if status != PENDING:
-                raise ReviewError(409, f"review {review.review_id} is {status}, not pending")
+            # Pending, or approved and not run yet (the client cancelled as
+            # the approval came in: it must not run later unasked).
+            if not (status == PENDING or (status == APPROVED and review.kind == STATEMENT_REVIEW)):
+                raise ReviewError(
+                    409, f"review {review.review_id} is {status}: nothing left to withdraw"
+                )
             return replace(
                 review, status=WITHDRAWN, decisions=decisions, decided_at=d.at, version=bump
             ), "review.withdrawn"
@@ -524,7 +540,10 @@ class Approvals:
 
     async def _watch_grants(self) -> None:
         while True:
-            await asyncio.sleep(self.poll_interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_interval):
+                    await self._refresh_soon.wait()
+            self._refresh_soon.clear()
             try:
                 await self._refresh_grants()
             except StoreError as e:

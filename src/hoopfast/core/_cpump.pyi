@@ -8,6 +8,7 @@ class Pump:
     bytes_in: int
     fast: dict[bytes, Any] | None
     held: list[Any] | None
+    hold_limit: int
     def __init__(
         self, framer: Any, owner: Any, framing_error: type[Exception], fingerprint: Any = None
     ) -> None: ...

@@ -21,9 +21,12 @@ would only pile up in that buffer) until ``resume_writing``.
 Holding: the owner may call :meth:`Pump.hold` from ``pump_message`` (a
 statement waits for a second person's approval). The message it was handed
 is then the owner's to keep; everything after it (the rest of the chunk,
-anything still arriving) is kept unprocessed, in order, and reading stops,
-until :meth:`Pump.release` writes what the owner says in the held message's
-place and processes the rest as if it had just arrived.
+anything still arriving) is kept unprocessed, in order, until
+:meth:`Pump.release` writes what the owner says in the held message's place
+and processes the rest as if it had just arrived. Reading goes on while
+holding, so a peer that leaves is noticed (a paused TLS socket would not
+see it), up to ``hold_limit`` bytes; past it the owner hears of a violation
+(an OverflowError) and ends the session.
 """
 
 from __future__ import annotations
@@ -71,10 +74,12 @@ class Pump(asyncio.Protocol):
     __slots__ = (
         "_fingerprint",
         "_framing_error",
+        "_held_bytes",
         "bytes_in",
         "fast",
         "framer",
         "held",
+        "hold_limit",
         "owner",
         "peer",
         "transport",
@@ -98,6 +103,8 @@ class Pump(asyncio.Protocol):
         self.bytes_in = 0
         #: While on hold: the framed items not processed yet (see hold()).
         self.held: list[Any] | None = None
+        self.hold_limit = 8 << 20
+        self._held_bytes = 0
 
     def attach(self, transport: Any, peer: Any) -> None:
         """Take over ``transport`` (already connected) and write to ``peer``."""
@@ -117,7 +124,12 @@ class Pump(asyncio.Protocol):
             return
         if self.held is not None:
             self.held.extend(items)
-            self._stop_reading()
+            self._held_bytes += len(data)
+            if self._held_bytes > self.hold_limit:
+                error = OverflowError(
+                    f"more than {self.hold_limit} bytes sent while a statement is held"
+                )
+                self.owner.pump_violation(self, error)
             return
         peer = self.peer
         assert peer is not None
@@ -151,11 +163,11 @@ class Pump(asyncio.Protocol):
             peer.write(out[0] if len(out) == 1 else b"".join(out))
 
     def hold(self) -> None:
-        """Keep everything after the current message, unprocessed, and stop
-        reading, until release()."""
+        """Keep everything after the current message, unprocessed, until
+        release()."""
         if self.held is None:
             self.held = []
-        self._stop_reading()
+            self._held_bytes = 0
 
     def release(self, forward: bytes | None) -> None:
         """Write ``forward`` in the held message's place, then process what
@@ -164,14 +176,6 @@ class Pump(asyncio.Protocol):
         if items is None or self.peer is None or self.peer.is_closing():
             return
         self._process(items, [forward] if forward else [])
-        transport = self.transport
-        if self.held is None and transport is not None and not transport.is_closing():
-            transport.resume_reading()
-
-    def _stop_reading(self) -> None:
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            transport.pause_reading()
 
     def eof_received(self) -> bool:
         return False  # close our side; connection_lost follows

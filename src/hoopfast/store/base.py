@@ -10,7 +10,7 @@ acknowledgement), and the second delivery changes nothing.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from hoopfast.store.records import (
     EventFilter,
@@ -130,3 +130,11 @@ class Store(ABC):
     ) -> list[ReviewRecord]:
         """Reviews matching ``where``, newest first (created_at desc,
         review_id desc); ``before`` continues a previous page."""
+
+    async def follow_reviews(self, changed: Callable[[str], None]) -> bool:
+        """Call ``changed(review_id)`` whenever any process sharing the store
+        changes a review, for as long as the store is open; False when the
+        backend cannot tell (SQLite): the caller polls. Best effort even
+        where it can: a notification lost in a reconnect is caught by the
+        caller's next poll."""
+        return False

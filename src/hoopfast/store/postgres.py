@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeAlias, TypeVar
@@ -39,7 +40,11 @@ from hoopfast.store.sql import EVENT_COLUMNS, SqlStore, client_address, event_va
 
 __all__ = ["PostgresStore"]
 
+log = logging.getLogger("hoopfast.store")
+
 _T = TypeVar("_T")
+#: The channel a changed review's id is sent on (follow_reviews).
+_CHANNEL = "hoopfast_reviews"
 _Conn: TypeAlias = psycopg.AsyncConnection[tuple[Any, ...]]
 
 #: Connection parameters used unless the URL sets them. A dead server must
@@ -104,6 +109,7 @@ class PostgresStore(SqlStore):
         self._secrets = [s for s in (password, quote(password, safe="")) if s]
         self._conn: _Conn | None = None
         self._lock = asyncio.Lock()
+        self._listener: asyncio.Task[None] | None = None
 
     # -- plumbing --------------------------------------------------------------
 
@@ -145,8 +151,49 @@ class PostgresStore(SqlStore):
         await self._run(_migrate)
 
     async def close(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
         async with self._lock:
             await self._drop(broken_only=False)
+
+    # -- review notifications (LISTEN/NOTIFY) ---------------------------------------
+
+    async def _announce(self, review_id: str) -> None:
+        # Best effort: the change is committed; a replica that misses this
+        # sees it at its next poll.
+        with contextlib.suppress(StoreError):
+            await self._run(
+                lambda conn: _execute(conn, "SELECT pg_notify(%s, %s)", (_CHANNEL, review_id))
+            )
+
+    async def follow_reviews(self, changed: Callable[[str], None]) -> bool:
+        if self._listener is None:
+            self._listener = asyncio.get_running_loop().create_task(self._listen(changed))
+        return True
+
+    async def _listen(self, changed: Callable[[str], None]) -> None:
+        """LISTEN on a connection of its own (a notification arrives only
+        between statements, so it cannot share the busy one), reconnecting
+        with back-off while the store is away."""
+        delay = 0.5
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+                try:
+                    await conn.execute(f"LISTEN {_CHANNEL}")
+                    delay = 0.5
+                    async for notify in conn.notifies():
+                        changed(notify.payload)
+                finally:
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.close()
+            except psycopg.Error as e:
+                log.warning("review notifications paused: %s", self._describe(e))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
     async def schema_version(self) -> int:
         return await self._run(_read_version)

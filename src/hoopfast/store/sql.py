@@ -151,7 +151,13 @@ class SqlStore(Store):
         assignments = ", ".join(f"{name} = {p}" for name in _REVIEW_FIELDS[1:])
         sql = f"UPDATE reviews SET {assignments} WHERE review_id = {p} AND version = {p}"
         params = [*review_values(review)[1:], review.review_id, expected_version]
-        return await self._write(sql, params) == 1
+        if await self._write(sql, params) != 1:
+            return False
+        await self._announce(review.review_id)
+        return True
+
+    async def _announce(self, review_id: str) -> None:
+        """Tell other processes the review changed (see follow_reviews)."""
 
     async def reviews(
         self,

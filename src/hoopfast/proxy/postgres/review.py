@@ -171,15 +171,25 @@ class ReviewHold:
         if used is not None:
             return approved(used)
         assert s.principal is not None
-        review = await self.approvals.request_statement(
-            s.principal,
-            s.connection_name,
-            self.sql,
-            rule=self.verdict.rule,
-            reason=reason_in(self.sql),
-            session_id=s.id,
-            client_address=s.client_address,
+        opening = asyncio.ensure_future(
+            self.approvals.request_statement(
+                s.principal,
+                s.connection_name,
+                self.sql,
+                rule=self.verdict.rule,
+                reason=reason_in(self.sql),
+                session_id=s.id,
+                client_address=s.client_address,
+            )
         )
+        try:
+            review = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            # Cancelled while the review was being stored: let that finish,
+            # so _run can withdraw it (no pending review without a session).
+            with contextlib.suppress(Exception):
+                self.review = await opening
+            raise
         self.review = review
         if self.settings.mode == "deferred":
             return deferred(review)

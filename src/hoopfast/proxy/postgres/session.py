@@ -16,7 +16,7 @@ import secrets
 import ssl
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 from hoopfast import core
@@ -41,6 +41,7 @@ from hoopfast.policy.guard import (
 )
 from hoopfast.proxy.postgres import messages as m
 from hoopfast.proxy.postgres import params, resultmask, startup, trail, upstream
+from hoopfast.proxy.postgres.ledger import Ledger
 from hoopfast.proxy.postgres.resultmask import ResultMasker, Unmaskable
 from hoopfast.proxy.postgres.review import ReviewHold
 from hoopfast.proxy.postgres.trail import Statement, Trail
@@ -63,6 +64,9 @@ _CLIENT_INTERCEPT_UNGUARDED = bytes([m.TERMINATE])  # HOOPFAST_GUARDRAILS=false
 #: Messages that start running SQL: refused while the trail cannot be written.
 _STATEMENTS = frozenset({m.QUERY, m.PARSE, m.BIND, m.FUNCTION_CALL})
 _SERVER_INTERCEPT = bytes([m.ERROR_RESPONSE, m.NOTIFICATION_RESPONSE])
+#: What the ledger follows (hoopfast.proxy.postgres.ledger).
+_LEDGER_CLIENT = bytes([m.BIND, m.SYNC])
+_LEDGER_SERVER = bytes([m.PARSE_COMPLETE, m.READY_FOR_QUERY])
 # Masked sessions get DataRows and CopyData a chunk's worth at a time.
 _SERVER_BATCH = bytes([m.DATA_ROW, m.COPY_DATA])
 
@@ -141,6 +145,12 @@ class PgSession:
         #: they run once; after their first Bind they are spent.
         self._once: set[str] = set()
         self._spent: set[str] = set()
+        #: Follows which Parses the server carried out (on connections with
+        #: approvals, or recorded: see _relay); with the undo of the Parse
+        #: being handled, and a Bind waiting for one to be answered.
+        self._ledger: Ledger | None = None
+        self._undo: Callable[[], None] | None = None
+        self._waiting_bind: str | None = None
         #: Roles granted through approved access requests: role -> until.
         self._granted: dict[str, float] = {}
         self._stop_listening: Any = None
@@ -458,12 +468,20 @@ class PgSession:
                 self._client_types = _CLIENT_INTERCEPT
             self._client_types += trail.CLIENT_TYPES
             server_types += trail.SERVER_TYPES
+        assert self.connection is not None
+        if self._guarded and (self._trail is not None or self.connection.approvals is not None):
+            # The server's answers settle the Parses (hoopfast.proxy.postgres.ledger):
+            # always where statements can be approved for one run.
+            self._ledger = Ledger()
+            self._client_types += _LEDGER_CLIENT
+            server_types += _LEDGER_SERVER
         self._client_pump = Pump(
             Framer(max_message, self._client_types),
             self,
             FramingError,
             core.fingerprint if self._guarded else None,
         )
+        self._client_pump.hold_limit = settings.pg_max_held_bytes
         if self._guarded:
             self._use_fast_path()
         self._server_pump = Pump(
@@ -520,15 +538,34 @@ class PgSession:
         if pump is self._client_pump:
             forward = self._client_message(type_code, message)
             if self._held_now:
-                # Held for review: the trail and the masker see it when it
-                # is replayed (release_review).
+                # Held (for review, or a Bind for its Parse's answer): the
+                # trail, the masker and the ledger see it when it is replayed.
                 self._held_now = False
                 return None
+            ledger = self._ledger
+            if ledger is not None and forward:
+                if type_code == m.PARSE:
+                    ledger.parse(_parse_name(message), self._undo)
+                elif type_code in _SYNCS:
+                    ledger.sync()
+            self._undo = None
             if self._trail is not None:
                 self._trail_client(type_code, message)
             if forward and self._masker is not None:
                 forward = self._masker.client_message(forward)
             return forward
+        ledger = self._ledger
+        if ledger is not None and ledger:
+            if type_code == m.PARSE_COMPLETE:
+                ledger.parse_complete()
+            elif type_code == m.ERROR_RESPONSE:
+                ledger.error()
+            elif type_code == m.READY_FOR_QUERY:
+                ledger.ready()
+            waiting = self._waiting_bind
+            if waiting is not None and not ledger.unsettled(waiting):
+                self._waiting_bind = None
+                asyncio.get_running_loop().call_soon(self._replay, None)
         if type_code == m.ERROR_RESPONSE:
             if self._refusals:
                 message = self._refusal_error(message)
@@ -664,6 +701,7 @@ class PgSession:
             and self._trail is None  # and so must the trail
             and self._codec == "utf-8"
             and not self._stale_unnamed
+            and self._ledger is None  # and so must the ledger
             and rules.version == self.gateway.policy.version
         )
         self._client_pump.fast = rules.fast if usable else None
@@ -717,7 +755,11 @@ class PgSession:
     def _guard_binds(self) -> None:
         """Intercept Bind only while some prepared statement must be judged
         again (the common case pays nothing)."""
-        watch = self._stale_unnamed or bool(self._revoked or self._once or self._spent)
+        watch = (
+            self._ledger is not None
+            or self._stale_unnamed
+            or bool(self._revoked or self._once or self._spent)
+        )
         self._client_pump.framer.set_intercept(
             self._client_types + bytes([m.BIND]) if watch else self._client_types
         )
@@ -729,6 +771,13 @@ class PgSession:
             return message  # malformed: the server refuses it
         name = message[portal_end + 1 : end]
         key = name.decode("utf-8", "surrogateescape")
+        if self._ledger is not None and self._ledger.unsettled(key):
+            # Whether the statement this binds is the one the gateway
+            # judged depends on a Parse the server has not answered yet.
+            self._held_now = True
+            self._waiting_bind = key
+            self._client_pump.hold()
+            return b""
         if (not name and self._stale_unnamed) or (name and key in self._revoked):
             return self._refuse(b"", _PREPARED_BEFORE_RELOAD, kind=m.BIND)
         if key in self._spent:
@@ -760,26 +809,61 @@ class PgSession:
             return self._refuse(b"", _MALFORMED)
         name = message[5:name_end]
         judged = self._judge(message[name_end + 1 : end], name, rules)
-        if not name and self._stale_unnamed:
-            # Allowed or refused (the stand-in fails, as a failed Parse does),
-            # the unnamed statement from before the reload is gone.
-            self._stale_unnamed = False
-            self._guard_binds()
-            self._use_fast_path()
-        if isinstance(judged, bytes):
-            return judged
+        if self._held_now:
+            return judged if isinstance(judged, bytes) else message
         key = name.decode("utf-8", "surrogateescape")
-        if name:
+        approved = not isinstance(judged, bytes) and self._verdict.rule.startswith("review:")
+        if name and not isinstance(judged, bytes):
             self._remember(key, judged)
-        if self._verdict.rule.startswith("review:"):
-            self._once.add(key)
-            self._spent.discard(key)
-            self._guard_binds()
-        elif key in self._once or key in self._spent:
-            self._once.discard(key)
-            self._spent.discard(key)
-            self._guard_binds()
-        return message
+        if (
+            approved
+            or (not name and self._stale_unnamed)
+            or key in self._once
+            or key in self._spent
+            or key in self._revoked
+        ):
+            # (Most Parses change none of this, and cost nothing more.)
+            self._undo = self._bookkeep(key)
+            # Allowed or refused (the stand-in fails, as a failed Parse
+            # does), the unnamed statement from before the reload is gone,
+            # if the server carries the Parse out (the ledger undoes this
+            # when it does not).
+            if not name:
+                self._stale_unnamed = False
+            if not isinstance(judged, bytes):
+                self._revoked.discard(key)  # (the server refuses an existing name)
+                self._once.discard(key)
+                self._spent.discard(key)
+                if approved:
+                    self._once.add(key)
+            self._bookkept()
+        return judged if isinstance(judged, bytes) else message
+
+    def _bookkeep(self, key: str) -> Callable[[], None] | None:
+        """How to restore what a Parse of ``key`` changes, should the server
+        not carry it out (hoopfast.proxy.postgres.ledger); None when
+        nothing follows the server's answers (no ledger)."""
+        if self._ledger is None:
+            return None
+        once, spent, revoked = key in self._once, key in self._spent, key in self._revoked
+        stale = self._stale_unnamed
+
+        def undo() -> None:
+            for flag, names in ((once, self._once), (spent, self._spent), (revoked, self._revoked)):
+                if flag:
+                    names.add(key)
+                else:
+                    names.discard(key)
+            if not key:
+                self._stale_unnamed = stale
+            self._bookkept()
+
+        return undo
+
+    def _bookkept(self) -> None:
+        """The bookkeeping changed: intercept what it needs."""
+        self._guard_binds()
+        self._use_fast_path()
 
     def _on_function_call(self, message: bytes) -> bytes | None:
         rules = self._current_rules()
@@ -822,14 +906,12 @@ class PgSession:
                 return self._refuse(parse_name, Verdict("deny", *refusal))
         if c.deallocates or c.prepares:
             for name in c.deallocates:
+                # (Revoked names stay revoked: the DEALLOCATE may never run,
+                # and only a Parse the server confirms replaces a name.)
                 if name == "*":
                     self._prepared.clear()
-                    self._revoked.clear()
                 else:
                     self._prepared.pop(name, None)
-                    self._revoked.discard(name)
-            if c.deallocates:
-                self._guard_binds()
             for name in c.prepares:
                 self._remember(name, c)
         return c
@@ -843,7 +925,12 @@ class PgSession:
         assert self.connection is not None
         settings = self.gateway.config.connections[self.connection_name].approvals
         type_code = self._message[0]
-        if approvals is None or settings is None or type_code not in (m.QUERY, m.PARSE):
+        if (
+            approvals is None
+            or settings is None
+            or self._ledger is None  # (approvals configured after it started)
+            or type_code not in (m.QUERY, m.PARSE)
+        ):
             return self._refuse(parse_name, verdict)
         self._held_now = True
         self._verdict = verdict
@@ -855,9 +942,15 @@ class PgSession:
         """The review decided (or could not be asked): replay the held
         message with ``outcome`` as its verdict, then what the client sent
         after it."""
-        hold, self._review_hold = self._review_hold, None
+        if self._review_hold is not None:
+            self._review_hold = None
+            self._replay(outcome)
+
+    def _replay(self, outcome: Verdict | None) -> None:
+        """Handle the held message again (``outcome`` standing in for a
+        review verdict), then what the client sent after it."""
         pump = self._client_pump
-        if hold is None or pump is None or self._terminating or pump.transport.is_closing():
+        if pump is None or self._terminating or pump.transport.is_closing():
             return
         type_code, message = self._message
         self._review_outcome = outcome
@@ -865,7 +958,7 @@ class PgSession:
             forward = self.pump_message(pump, type_code, message)
         finally:
             self._review_outcome = None
-        if self._held_now:  # (a reload turned it into another review)
+        if self._held_now:  # (held again: another review, or a Bind waiting)
             self._held_now = False
             return
         pump.release(forward)
@@ -1012,7 +1105,7 @@ class PgSession:
         self.refused += 1
         assert self.principal is not None
         log.warning(
-            "session %s: %s on %s: statement %s (rule %s): %s",
+            "session %s: %s on %s: statement %s (rule %s): %r",
             self.id,
             self.principal.subject,
             self.connection_name,
@@ -1044,7 +1137,10 @@ class PgSession:
         return message[:5] + pid.to_bytes(4, "big", signed=True) + message[9:]
 
     def pump_violation(self, pump: Any, error: Exception) -> None:
-        if pump is self._client_pump:
+        if pump is self._client_pump and isinstance(error, OverflowError):
+            self.end_reason = f"client sent too much while held: {error}"
+            self._fail_client("54000", f"too much data from the client: {error}")
+        elif pump is self._client_pump:
             self.end_reason = f"client protocol violation: {error}"
             self._fail_client("08P01", f"invalid message from client: {error}")
         else:
@@ -1196,6 +1292,15 @@ def _refusal_message(verdict: Verdict, rules: Rules | None) -> bytes:
         detail=detail,
         hint=verdict.hint or None,
     )
+
+
+#: Client messages after which the server answers ReadyForQuery.
+_SYNCS = frozenset({m.SYNC, m.QUERY, m.FUNCTION_CALL})
+
+
+def _parse_name(message: bytes) -> str:
+    end = message.find(b"\0", 5)
+    return message[5 : end if end >= 0 else 5].decode("utf-8", "surrogateescape")
 
 
 def _take(reader: asyncio.StreamReader) -> bytes:
