@@ -814,3 +814,55 @@ def test_one_approval_runs_once_across_sessions_waiting_on_it(
         assert sorted(outcomes) == ["ran", "refused"]
     with cluster.connect("app") as admin:
         assert admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (1,)
+
+
+# -- parameter values -------------------------------------------------------------------
+
+
+def test_an_approval_binds_the_values_sent_with_the_statement(
+    gw: RunningGateway, cluster: DevCluster
+) -> None:
+    """Extended protocol: the approver sees the values bound to the
+    statement, and the approval runs those values only."""
+    who = person("requester")
+    table = shared_table(cluster)
+    sql = f"INSERT INTO {table} VALUES (%t)"  # (text format; binary shows as hex)
+    with connect(gw, "deferred", who, "requester") as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(sql, (41,))
+        review = pending_review(gw, who)
+        assert review.statement == f"INSERT INTO {table} VALUES ($1)"
+        assert json.loads(review.parameters) == ["41"]
+        shown = Api(gw).call("GET", person("approver"), "approver", f"/v1/reviews/{rid(review)}")
+        assert shown.json()["parameters"] == ["41"]
+        decide(gw, review.review_id, "approver")
+        # Other values are another statement: not approved.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(sql, (666,))
+        other = pending_review(gw, who)
+        assert json.loads(other.parameters) == ["666"]
+        conn.execute(sql, (41,))  # the approved values: runs, once
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(sql, (41,))
+    assert rows_of(cluster, table) == [(41,)]
+
+
+def test_wait_mode_shows_the_held_values(gw: RunningGateway, cluster: DevCluster) -> None:
+    who = person("requester")
+    table = shared_table(cluster)
+    with connect(gw, "wait", who, "requester") as conn:
+        held = in_thread(lambda: conn.execute(f"INSERT INTO {table} VALUES (%b)", (7,)))
+        review = pending_review(gw, who)
+        assert json.loads(review.parameters) == ["\\x0007"]  # binary int2
+        decide(gw, review.review_id, "approver")
+        held.result(10)
+    assert rows_of(cluster, table) == [(7,)]
+
+
+def rid(review: ReviewRecord) -> str:
+    return str(review.review_id)
+
+
+def rows_of(cluster: DevCluster, table: str) -> list[Any]:
+    with cluster.connect("app") as admin:
+        return admin.execute(f"SELECT id FROM {table} ORDER BY id").fetchall()

@@ -524,6 +524,7 @@ def _serve(config: Path, certs: CertFiles, state_dir: Path, poll: float) -> tupl
         HOOPFAST_TLS_CERT_FILE=str(certs.cert_file),
         HOOPFAST_TLS_KEY_FILE=str(certs.key_file),
         HOOPFAST_CONFIG_POLL_INTERVAL=str(poll),
+        HOOPFAST_API_LISTEN="off",  # (the default port may be taken on this machine)
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "hoopfast", "serve"],

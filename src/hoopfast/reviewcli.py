@@ -117,6 +117,13 @@ def render_review(review: Mapping[str, Any]) -> str:
     if kind != "access":
         out.append("  statement:")
         out += [f"    {line}" for line in shown(review.get("statement")).split("\n")]
+        parameters = review.get("parameters")
+        if parameters is not None:
+            out.append("  parameters:")
+            out += [
+                f"    ${i} = {'NULL' if v is None else shown(repr(v))}"
+                for i, v in enumerate(parameters, 1)
+            ]
     decisions = review.get("decisions") or []
     out.append("  decisions:" if decisions else "  decisions:    none")
     for d in decisions:

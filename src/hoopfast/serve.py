@@ -74,6 +74,7 @@ async def start_runtime(
     metrics = Metrics()
     recorder = None
     approvals: Approvals | None = None
+    runtime: Runtime | None = None
     try:
         if settings.recording:
             key_file = settings.recording_key_file or settings.state_dir / "recording-key.pem"
@@ -109,8 +110,9 @@ async def start_runtime(
         gateway.approvals = approvals
         gateway.metrics = metrics
         gateway.tracing = tracing
-        await gateway.start()
         runtime = Runtime(gateway, store, recorder, approvals)
+        # The API first: a port it cannot bind stops the start before any
+        # client is accepted.
         if settings.api_listen != "off":
             from hoopfast.api.app import create_app
             from hoopfast.api.server import start_api
@@ -124,7 +126,10 @@ async def start_runtime(
                 ssl_certfile=settings.tls_cert_file,
                 ssl_keyfile=settings.tls_key_file,
             )
+        await gateway.start()
     except BaseException:
+        if runtime is not None and runtime.api is not None:
+            await runtime.api.close()
         if approvals is not None:
             await approvals.close()
         if recorder is not None:

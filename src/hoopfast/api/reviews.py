@@ -11,6 +11,7 @@ message.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import unicodedata
@@ -111,7 +112,15 @@ class ReviewOut(BaseModel):
         description="until then a pending review may be decided and an approved statement run"
     )
     statement: str = Field(description="statement reviews: the exact text; access: empty")
-    statement_hash: str = Field(description="SHA-256 (hex) of the UTF-8 text the approval binds")
+    statement_hash: str = Field(
+        description="SHA-256 (hex) of what the approval binds: the UTF-8 text, and the values"
+        " bound to it when they came with it"
+    )
+    parameters: list[str | None] | None = Field(
+        description="extended protocol: the values bound to the statement, as approvers see"
+        " them (text through the detectors, binary as hex), which the approval binds; null"
+        " when none came with it (none, or bound later: then not bound by the approval)"
+    )
     role: str = Field(description="access requests: the role asked for")
     duration: float = Field(description="access requests: the window asked for, in seconds")
     granted_until: float | None = Field(description="access granted: until then (Unix seconds)")
@@ -141,6 +150,7 @@ class ReviewOut(BaseModel):
             expires_at=r.expires_at,
             statement=r.statement,
             statement_hash=r.statement_hash,
+            parameters=json.loads(r.parameters) if r.parameters else None,
             role=r.role,
             duration=r.duration,
             granted_until=r.granted_until,

@@ -209,6 +209,7 @@ def _structured(event: str, review: ReviewRecord) -> dict[str, Any]:
         "statement": review.statement[:STATEMENT_LIMIT],
         "statement_truncated": len(review.statement) > STATEMENT_LIMIT,
         "statement_hash": review.statement_hash,
+        "parameters": json.loads(review.parameters) if review.parameters else None,
         "role": review.role,
         "duration": review.duration,
         "granted_until": review.granted_until,
@@ -281,6 +282,12 @@ def _details(event: str, review: ReviewRecord) -> str:
             lines.append(f"*Granted until:* {_utc(review.granted_until)}")
     elif review.rule:
         lines.append(f"*Rule:* {field(review.rule)}")
+    if review.parameters:
+        values = json.loads(review.parameters)
+        shown_values = ", ".join(
+            f"${i} = {'NULL' if v is None else repr(v)}" for i, v in enumerate(values, 1)
+        )
+        lines.append(f"*Parameters:* {field(shown_values)}")
     if review.reason:
         reason = escape_mrkdwn(_one_line(review.reason), _BLOCK_REASON_LIMIT)
         lines.append(f"*Reason:* {reason}")

@@ -81,9 +81,14 @@ class ReviewError(Exception):
         self.message = message
 
 
-def statement_hash(sql: str) -> str:
-    """What an approval binds: SHA-256 of the exact text, as UTF-8."""
-    return hashlib.sha256(sql.encode("utf-8", "surrogatepass")).hexdigest()
+def statement_hash(sql: str, values: str = "") -> str:
+    """What an approval binds: SHA-256 of the exact text, as UTF-8, and of
+    the values bound to it when they were known (``values``: the digest of
+    the Bind's parameters, see hoopfast.proxy.postgres.review)."""
+    data = sql.encode("utf-8", "surrogatepass")
+    if values:
+        data += b"\0" + values.encode()
+    return hashlib.sha256(data).hexdigest()
 
 
 def new_review_id() -> str:
@@ -151,19 +156,26 @@ class Approvals:
 
     # -- the data path: statements ---------------------------------------------
 
-    async def consume(self, requester: str, connection: str, sql: str) -> ReviewRecord | None:
-        """An approval of exactly this statement by this person on this
-        connection, approved and not used nor expired, marked used (it runs
-        once); None when there is none."""
+    async def consume(
+        self, requester: str, connection: str, sql: str, values: str = ""
+    ) -> ReviewRecord | None:
+        """An approval of exactly this statement (and these values) by this
+        person on this connection, approved and not used nor expired, marked
+        used (it runs once); None when there is none."""
         now = self._clock()
-        for review in await self._statement_reviews(requester, connection, sql, APPROVED):
-            used = await self._use(review, now)
-            if used is not None:
-                return used
+        # The approval of these values, or one of the text alone (approved
+        # without knowing the values: the review said they were not known).
+        for known in dict.fromkeys((values, "")):
+            for review in await self._statement_reviews(
+                requester, connection, sql, known, APPROVED
+            ):
+                used = await self._use(review, now)
+                if used is not None:
+                    return used
         return None
 
     async def _statement_reviews(
-        self, requester: str, connection: str, sql: str, status: str
+        self, requester: str, connection: str, sql: str, values: str, status: str
     ) -> list[ReviewRecord]:
         """Reviews of exactly ``sql`` by this person on this connection in
         ``status`` (found by hash, then compared as text: a collision would
@@ -173,7 +185,7 @@ class Approvals:
             statuses=(status,),
             requester=requester,
             connection=connection,
-            statement_hash=statement_hash(sql),
+            statement_hash=statement_hash(sql, values),
         )
         return [r for r in await self.store.reviews(where, limit=20) if r.statement == sql]
 
@@ -194,12 +206,14 @@ class Approvals:
         return None
 
     async def pending_statement(
-        self, requester: str, connection: str, sql: str
+        self, requester: str, connection: str, sql: str, values: str = ""
     ) -> ReviewRecord | None:
         """This person's open review of exactly this statement, if any (a
         re-run while it is pending does not ask twice)."""
         now = self._clock()
-        for review in await self._statement_reviews(requester, connection, sql, PENDING):
+        for review in await self._statement_reviews(
+            requester, connection, sql, values, PENDING
+        ):
             if now >= review.expires_at:
                 await self._expire(review, now)
                 continue
@@ -216,11 +230,15 @@ class Approvals:
         reason: str,
         session_id: str,
         client_address: str,
+        values: str = "",
+        parameters: str = "",
     ) -> ReviewRecord:
         """Open a review of ``sql`` (or return the pending one for the same
-        text) and tell the approvers."""
+        text and values) and tell the approvers. ``values``: the digest of
+        the values bound to it, ``parameters``: how they are shown (see
+        ReviewRecord.parameters); both "" when not known."""
         settings = self._require(connection)
-        existing = await self.pending_statement(principal.subject, connection, sql)
+        existing = await self.pending_statement(principal.subject, connection, sql, values)
         if existing is not None:
             return existing
         now = self._clock()
@@ -233,7 +251,8 @@ class Approvals:
             created_at=now,
             expires_at=now + settings.review_ttl,
             statement=sql,
-            statement_hash=statement_hash(sql),
+            statement_hash=statement_hash(sql, values),
+            parameters=parameters,
             reason=_clean_reason(reason),
             session_id=session_id,
             client_address=client_address,

@@ -230,6 +230,12 @@ _V2_POSTGRESQL = (
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "recordings: sessions, events, signing keys", _V1_SQLITE, _V1_POSTGRESQL),
     Migration(2, "reviews: approvals of statements and of access", _V2_SQLITE, _V2_POSTGRESQL),
+    Migration(
+        3,
+        "reviews: the parameter values a statement approval binds",
+        ("ALTER TABLE reviews ADD COLUMN parameters TEXT NOT NULL DEFAULT ''",),
+        ("ALTER TABLE reviews ADD COLUMN parameters text NOT NULL DEFAULT ''",),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

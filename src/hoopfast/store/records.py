@@ -152,6 +152,12 @@ class ReviewRecord:
     #: over the UTF-8 text, which an approval binds. Access: "".
     statement: str = ""
     statement_hash: str = ""
+    #: Statement reviews in the extended protocol: the values bound to it,
+    #: as shown to approvers (JSON list, masked by the detectors; null for
+    #: NULL), when the Bind came with the Parse; "" otherwise (none, or
+    #: bound later and so not known at review time). The approval binds
+    #: the raw values too (statement_hash covers them).
+    parameters: str = ""
     #: Access reviews: the role asked for, for how long (seconds), and once
     #: approved, until when (Unix time).
     role: str = ""

@@ -181,3 +181,56 @@ def split_cstrings(body: bytes) -> list[bytes]:
     if body and not body.endswith(b"\0"):
         raise ProtocolViolation("unterminated string")
     return body.split(b"\0")[:-1] if body else []
+
+
+@dataclass(frozen=True, slots=True)
+class Bind:
+    """A client Bind message, read."""
+
+    portal: bytes
+    statement: bytes
+    #: Per parameter: its format code (0 text, 1 binary) and its raw value
+    #: (None for NULL).
+    values: list[tuple[int, bytes | None]]
+    result_formats: list[int]
+    #: The bytes of the parameter formats and values, as sent.
+    values_section: bytes
+
+
+def parse_bind(message: bytes) -> Bind:
+    """Read a whole Bind message; ValueError when it is malformed."""
+    portal_end = message.find(b"\0", 5)
+    name_end = message.find(b"\0", portal_end + 1) if portal_end >= 0 else -1
+    if name_end < 0:
+        raise ValueError("Bind without its names")
+
+    def int16(at: int) -> int:
+        if at + 2 > len(message):
+            raise ValueError("Bind cut short")
+        return int.from_bytes(message[at : at + 2], "big")
+
+    pos = name_end + 1
+    start = pos
+    nfmt = int16(pos)
+    formats = [int16(pos + 2 + 2 * i) for i in range(nfmt)]
+    pos += 2 + 2 * nfmt
+    nparams = int16(pos)
+    pos += 2
+    values: list[tuple[int, bytes | None]] = []
+    for i in range(nparams):
+        if pos + 4 > len(message):
+            raise ValueError("Bind cut short")
+        length = int.from_bytes(message[pos : pos + 4], "big", signed=True)
+        pos += 4
+        fmt = formats[0] if nfmt == 1 else (formats[i] if i < nfmt else 0)
+        if length < 0:
+            values.append((fmt, None))
+            continue
+        if pos + length > len(message):
+            raise ValueError("Bind cut short")
+        values.append((fmt, message[pos : pos + length]))
+        pos += length
+    section = message[start:pos]
+    nres = int16(pos)
+    results = [int16(pos + 2 + 2 * i) for i in range(nres)]
+    return Bind(message[5:portal_end], message[portal_end + 1 : name_end], values, results, section)

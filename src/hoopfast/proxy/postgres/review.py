@@ -25,13 +25,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from hoopfast.approvals import Approvals, ReviewError
 from hoopfast.config import Approvals as ApprovalsConfig
 from hoopfast.policy.guard import Verdict
+from hoopfast.proxy.postgres import messages as m
 from hoopfast.store import StoreError
 from hoopfast.store.records import (
     EXPIRED,
@@ -98,6 +102,24 @@ def unavailable(error: Exception) -> Verdict:
 
 CANCELLED = "canceling statement due to user request"
 
+
+def bound_values(bind: m.Bind, codec: str, mask_text: Callable[[str], str]) -> tuple[str, str]:
+    """What an approval binds of a Bind (the SHA-256 of its formats and
+    values, as sent) and how approvers see the values (a JSON list: text
+    values through the detectors, binary ones as hex, NULL as null)."""
+    shown = [
+        None
+        if raw is None
+        else "\\x" + raw.hex()
+        if fmt == 1
+        else mask_text(raw.decode(codec, "replace"))
+        for fmt, raw in bind.values
+    ]
+    if not bind.values:
+        return "", ""  # (nothing bound: the text alone)
+    digest = hashlib.sha256(bind.values_section).hexdigest()
+    return digest, json.dumps(shown, ensure_ascii=False)
+
 #: A reason for the approvers, given in a comment of the statement:
 #: ``/* reason: ticket OPS-12 */ DELETE ...`` or ``-- reason: ...``.
 _REASON = re.compile(r"(?:/\*|--)\s*reason:\s*(.*?)\s*(?:\*/|$)", re.IGNORECASE | re.MULTILINE)
@@ -126,6 +148,8 @@ class ReviewHold:
         self.sql = sql
         self.verdict = verdict
         self.review: ReviewRecord | None = None
+        #: The digest of the values bound to a held Parse ("": none known).
+        self.values = ""
         self._cancel_requested = False
         self.task = asyncio.get_running_loop().create_task(self._run())
 
@@ -163,12 +187,17 @@ class ReviewHold:
         except (StoreError, ReviewError) as e:
             log.error("session %s: approvals unavailable: %s", s.id, e)
             outcome = unavailable(e)
-        s.release_review(outcome)
+        s.release_review(outcome, self.values)
 
     async def _decide(self, subject: str) -> Verdict:
         s = self.session
-        used = await self.approvals.consume(subject, s.connection_name, self.sql)
+        # (Run as a task: the client pump has put what followed the held
+        # message on hold by now, so the Bind of a held Parse is there.)
+        self.values, parameters = s.held_values()
+        used = await self.approvals.consume(subject, s.connection_name, self.sql, self.values)
         if used is not None:
+            if not used.parameters:
+                self.values = ""  # (approved without the values: none bound)
             return approved(used)
         assert s.principal is not None
         opening = asyncio.ensure_future(
@@ -180,6 +209,8 @@ class ReviewHold:
                 reason=reason_in(self.sql),
                 session_id=s.id,
                 client_address=s.client_address,
+                values=self.values,
+                parameters=parameters,
             )
         )
         try:

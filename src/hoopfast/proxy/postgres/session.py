@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import re
 import secrets
@@ -43,7 +44,7 @@ from hoopfast.proxy.postgres import messages as m
 from hoopfast.proxy.postgres import params, resultmask, startup, trail, upstream
 from hoopfast.proxy.postgres.ledger import Ledger
 from hoopfast.proxy.postgres.resultmask import ResultMasker, Unmaskable
-from hoopfast.proxy.postgres.review import ReviewHold
+from hoopfast.proxy.postgres.review import ReviewHold, bound_values
 from hoopfast.proxy.postgres.trail import Statement, Trail
 from hoopfast.proxy.postgres.upstream import Upstream, UpstreamError, UpstreamRefused
 from hoopfast.recording.recorder import RecordingUnavailable, SessionRecording
@@ -145,6 +146,9 @@ class PgSession:
         #: they run once; after their first Bind they are spent.
         self._once: set[str] = set()
         self._spent: set[str] = set()
+        #: The digest of the values approved with each of _once, if known.
+        self._once_values: dict[str, str] = {}
+        self._approved_values = ""
         #: Follows which Parses the server carried out (on connections with
         #: approvals, or recorded: see _relay); with the undo of the Parse
         #: being handled, and a Bind waiting for one to be answered.
@@ -783,6 +787,16 @@ class PgSession:
         if key in self._spent:
             return self._refuse(b"", _APPROVED_ONCE, kind=m.BIND)
         if key in self._once:
+            expected = self._once_values.pop(key, "")
+            if expected:
+                try:
+                    values = hashlib.sha256(m.parse_bind(message).values_section).hexdigest()
+                except ValueError:
+                    values = ""
+                if values != expected:
+                    self._once.discard(key)
+                    self._spent.add(key)
+                    return self._refuse(b"", _OTHER_VALUES, kind=m.BIND)
             self._once.discard(key)
             self._spent.add(key)
         return message
@@ -836,6 +850,7 @@ class PgSession:
                 self._spent.discard(key)
                 if approved:
                     self._once.add(key)
+                    self._once_values[key] = self._approved_values
             self._bookkept()
         return judged if isinstance(judged, bytes) else message
 
@@ -938,13 +953,43 @@ class PgSession:
         self._review_hold = ReviewHold(self, approvals, settings, sql, verdict)
         return b""
 
-    def release_review(self, outcome: Verdict) -> None:
+    def release_review(self, outcome: Verdict, values: str = "") -> None:
         """The review decided (or could not be asked): replay the held
         message with ``outcome`` as its verdict, then what the client sent
-        after it."""
+        after it. ``values``: the digest of the values the approval binds
+        (the first Bind of an approved Parse must carry them)."""
         if self._review_hold is not None:
             self._review_hold = None
-            self._replay(outcome)
+            self._approved_values = values
+            try:
+                self._replay(outcome)
+            finally:
+                self._approved_values = ""
+
+    def held_values(self) -> tuple[str, str]:
+        """For a held Parse: the values of the first Bind of its statement
+        that the client sent with it (see review.bound_values); ("", "")
+        when there is none (it may come later: then no value is bound)."""
+        type_code, message = self._message
+        pump = self._client_pump
+        if type_code != m.PARSE or pump is None or not pump.held:
+            return "", ""
+        name = _parse_name(message).encode("utf-8", "surrogateescape")
+        for item in pump.held:
+            if type(item) is bytes:
+                continue
+            code, held = item
+            if code == m.PARSE and _parse_name(held) == _parse_name(message):
+                break  # (a new statement under the name)
+            if code != m.BIND:
+                continue
+            try:
+                bind = m.parse_bind(held)
+            except ValueError:
+                continue
+            if bind.statement == name:
+                return bound_values(bind, self._codec, self.gateway.param_mask.mask_text)
+        return "", ""
 
     def _replay(self, outcome: Verdict | None) -> None:
         """Handle the held message again (``outcome`` standing in for a
@@ -1251,6 +1296,12 @@ _APPROVED_ONCE = Verdict(
     "this prepared statement was approved for one execution and has run; "
     "it needs a new approval to run again",
     hint="Prepare (and so submit) it again.",
+)
+_OTHER_VALUES = Verdict(
+    "deny",
+    "review:values",
+    "the values bound differ from those approved with this statement",
+    hint="Send the statement with the approved values, or ask for a new approval.",
 )
 _MAX_PREPARED = 10_000
 _MAX_REFUSALS = 64

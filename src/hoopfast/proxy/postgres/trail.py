@@ -209,48 +209,21 @@ class Trail:
             self._queue.append(_Entry(_CLOSE))
 
     def _bind(self, message: bytes, refused: Verdict | None) -> None:
-        portal_end = message.find(b"\0", 5)
-        name_end = message.find(b"\0", portal_end + 1) if portal_end >= 0 else -1
-        if name_end < 0:
+        try:
+            bind = m.parse_bind(message)
+        except ValueError:
+            # Malformed: the server refuses it; still one answer to follow.
             self._queue.append(_Entry(_BIND))
             return
-        name = message[portal_end + 1 : name_end]
-        portal = message[5:portal_end]
-        text, verdict = self._statements.get(name, ("", ALLOW))
+        text, verdict = self._statements.get(bind.statement, ("", ALLOW))
         verdict = refused or verdict
-        entry = _Entry(_BIND, None, name)
+        entry = _Entry(_BIND, None, bind.statement)
         self._queue.append(entry)
-        params: list[str | None] = []
-        formats: list[int] = []
-        try:
-            pos = name_end + 1
-            nfmt = int.from_bytes(message[pos : pos + 2], "big")
-            pos += 2
-            pfmts = [
-                int.from_bytes(message[pos + 2 * i : pos + 2 * i + 2], "big") for i in range(nfmt)
-            ]
-            pos += 2 * nfmt
-            nparams = int.from_bytes(message[pos : pos + 2], "big")
-            pos += 2
-            for i in range(nparams):
-                length = int.from_bytes(message[pos : pos + 4], "big", signed=True)
-                pos += 4
-                if length < 0:
-                    params.append(None)
-                    continue
-                raw = message[pos : pos + length]
-                pos += length
-                fmt = pfmts[0] if nfmt == 1 else (pfmts[i] if i < nfmt else 0)
-                params.append(self._value(raw, fmt, masked=True))
-            nres = int.from_bytes(message[pos : pos + 2], "big")
-            pos += 2
-            formats = [
-                int.from_bytes(message[pos + 2 * i : pos + 2 * i + 2], "big") for i in range(nres)
-            ]
-        except (IndexError, ValueError):
-            pass  # malformed: the server refuses it; the text is still recorded
-        self._portals[portal] = entry.portal = _Portal(
-            text, verdict, params, formats, self._described.get(name)
+        params = [
+            None if raw is None else self._value(raw, fmt, masked=True) for fmt, raw in bind.values
+        ]
+        self._portals[bind.portal] = entry.portal = _Portal(
+            text, verdict, params, bind.result_formats, self._described.get(bind.statement)
         )
 
     def _value(self, raw: bytes, fmt: int, masked: bool = False) -> str:
