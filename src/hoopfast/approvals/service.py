@@ -211,9 +211,7 @@ class Approvals:
         """This person's open review of exactly this statement, if any (a
         re-run while it is pending does not ask twice)."""
         now = self._clock()
-        for review in await self._statement_reviews(
-            requester, connection, sql, values, PENDING
-        ):
+        for review in await self._statement_reviews(requester, connection, sql, values, PENDING):
             if now >= review.expires_at:
                 await self._expire(review, now)
                 continue

@@ -120,6 +120,7 @@ def bound_values(bind: m.Bind, codec: str, mask_text: Callable[[str], str]) -> t
     digest = hashlib.sha256(bind.values_section).hexdigest()
     return digest, json.dumps(shown, ensure_ascii=False)
 
+
 #: A reason for the approvers, given in a comment of the statement:
 #: ``/* reason: ticket OPS-12 */ DELETE ...`` or ``-- reason: ...``.
 _REASON = re.compile(r"(?:/\*|--)\s*reason:\s*(.*?)\s*(?:\*/|$)", re.IGNORECASE | re.MULTILINE)
