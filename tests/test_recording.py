@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg  # type: ignore[import-untyped]
 import httpx
 import psycopg
 import pytest
@@ -184,6 +185,45 @@ def test_results_are_kept_up_to_the_cap(idle_gateway: RunningGateway) -> None:
     assert big["rows"] == 1000
     assert big["result_rows_kept"] == gw.gateway.settings.record_result_rows
     assert big["results"][0]["truncated"] is True
+
+
+def test_rows_past_the_cap_are_counted_without_being_read(idle_gateway: RunningGateway) -> None:
+    """Past the caps the trail stops reading rows: the count comes from the
+    tag, or from a suspended portal's Execute limit; where neither comes (an
+    error mid-result) the event says its count is a lower bound."""
+    gw = idle_gateway
+    who = _person()
+
+    async def portal() -> int:
+        kwargs = gw.asyncpg_kwargs(user=who)
+        kwargs["password"] = gw.token(who)
+        conn = await asyncpg.connect(**kwargs)
+        try:
+            async with conn.transaction():
+                cursor = conn.cursor("SELECT g FROM generate_series(1, 1000) g", prefetch=300)
+                return len([row async for row in cursor])
+        finally:
+            await conn.close()
+
+    assert asyncio.run(portal()) == 1000
+    with (
+        psycopg.connect(gw.conninfo(token=gw.token(who), user=who), autocommit=True) as conn,
+        pytest.raises(psycopg.errors.DivisionByZero),
+    ):
+        conn.execute("SELECT 1 / (500 - g) FROM generate_series(1, 1000) g").fetchall()
+    sessions = _run(gw, gw.runtime.store.sessions(EventFilter(subject=who)))
+    deadline = time.monotonic() + 15
+    while len(sessions) < 2 or any(s.seal is None for s in sessions):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+        sessions = _run(gw, gw.runtime.store.sessions(EventFilter(subject=who)))
+    events = [e for s in sessions for e in statements(trail(gw, s))]
+    portals = [e for e in events if e["text"].startswith("SELECT g FROM") and e["rows"]]
+    assert sorted(e["rows"] for e in portals) == [100, 300, 300, 300]
+    assert all("rows_exact" not in e for e in portals)
+    failed = next(e for e in events if "500 - g" in e["text"])
+    assert failed["error"]["sqlstate"] == "22012"
+    assert failed["rows_exact"] is False and failed["rows"] == 100
 
 
 def test_auditor_reads_others_trails_never_their_own(idle_gateway: RunningGateway) -> None:

@@ -91,6 +91,13 @@ class Statement:
     rows: int = 0
     #: DataRows since the last CommandComplete (whose count is exact).
     pending_rows: int = 0
+    #: Rows past the caps are not counted one by one (a result of millions
+    #: would cost a Python loop per row): the tag gives the exact count, or a
+    #: suspended portal's Execute limit does; otherwise ``rows`` is a lower
+    #: bound and the event says so.
+    uncounted: bool = False
+    #: The Execute's row limit (0: none).
+    max_rows: int = 0
     #: The portal an Execute runs: its columns (from a Describe answered
     #: after the Execute was sent) are read when the rows come.
     portal: _Portal | None = None
@@ -105,7 +112,7 @@ class Statement:
     server_bytes: int = 0
 
     def event(self, n: int) -> dict[str, Any]:
-        return {
+        event = {
             "n": n,
             "text": self.text,
             "params": self.params,
@@ -123,6 +130,9 @@ class Statement:
             ],
             "result_rows_kept": sum(len(r.rows) for r in self.results),
         }
+        if self.uncounted:
+            event["rows_exact"] = False
+        return event
 
 
 _Columns = tuple[list[dict[str, Any]], list[int]]
@@ -197,6 +207,8 @@ class Trail:
                 statement = self._start(p.text, p.verdict, p.params or None)
                 statement.result_formats = p.formats
                 statement.portal = p
+            if end >= 0:
+                statement.max_rows = int.from_bytes(message[end + 1 : end + 5], "big")
             self._queue.append(_Entry(_EXECUTE, statement))
         elif type_code == m.SYNC:
             self._queue.append(_Entry(_SYNC))
@@ -293,6 +305,9 @@ class Trail:
                 self._finish(st)
             elif type_code in (m.EMPTY_QUERY, m.PORTAL_SUSPENDED):
                 st.tags.append("" if type_code == m.EMPTY_QUERY else "(suspended)")
+                if type_code == m.PORTAL_SUSPENDED and st.uncounted and st.max_rows:
+                    # Suspended: exactly the Execute's limit of rows came.
+                    st.pending_rows, st.uncounted = st.max_rows, False
                 queue.popleft()
                 self._finish(st)
 
@@ -306,24 +321,28 @@ class Trail:
                 formats = _formats(st.result_formats, len(columns))
             st.results.append(_ResultSet(columns, formats))
         result = st.results[-1]
+        if result.truncated:
+            st.uncounted = True  # (see Statement.uncounted)
+            return
         caps = self._caps
         pos = 0
         end = len(data)
         while pos < end:
             length = int.from_bytes(data[pos + 1 : pos + 5], "big")
             nxt = pos + 1 + length
-            st.pending_rows += 1  # a suspended portal's rows have no tag
             if (
-                not result.truncated
-                and len(result.rows) < caps.rows
+                len(result.rows) < caps.rows
                 and st.kept_bytes + length <= caps.bytes
                 and self._session_kept + length <= caps.session_bytes
             ):
+                st.pending_rows += 1  # a suspended portal's rows have no tag
                 result.rows.append(self._decode_row(data, pos + 5, nxt, result.formats))
                 st.kept_bytes += length
                 self._session_kept += length
             else:
                 result.truncated = True
+                st.uncounted = True
+                return
             pos = nxt
 
     def _decode_row(self, data: bytes, pos: int, end: int, formats: list[int]) -> list[str | None]:
@@ -347,6 +366,7 @@ class Trail:
         words = tag.split()
         if words and words[-1].isdigit() and words[0] in _COUNTING:
             st.rows += int(words[-1])  # exact, where DataRows may not be seen (COPY)
+            st.uncounted = False
         else:
             st.rows += st.pending_rows
         st.pending_rows = 0
