@@ -302,6 +302,17 @@ def when(at: float | None, with_date: bool = True) -> str:
     return f"{text}.{moment.microsecond // 1000:03d} UTC"
 
 
+def positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a positive number: {text!r}")
+    return value
+
+
 def table(headers: list[str], rows: list[list[str]]) -> list[str]:
     """A plain aligned table for listings."""
     widths = [len(h) for h in headers]

@@ -38,6 +38,7 @@ from hoopfast.apiclient import (
     api_options,
     guarded,
     plural,
+    positive,
     shown,
     table,
     when,
@@ -527,16 +528,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- the parser
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"not a positive number: {text!r}")
-    return value
-
-
 def _run(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         return guarded(command, f"hoopfast audit {args.audit_command}")(args)
@@ -580,7 +571,7 @@ def add_audit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "sessions", parents=[common, window], help="list sessions, newest first"
     )
     sessions.add_argument(
-        "--limit", type=_positive, default=50, help="at most this many (default 50)"
+        "--limit", type=positive, default=50, help="at most this many (default 50)"
     )
     sessions.add_argument("--json", action="store_true", help="one JSON object per line")
     sessions.set_defaults(func=_run(cmd_sessions))

@@ -25,10 +25,13 @@ from hoopfast.apiclient import (
     api_options,
     guarded,
     plural,
+    positive,
     shown,
     table,
     when,
 )
+from hoopfast.store.records import STATUSES
+from hoopfast.text import duration
 
 __all__ = ["add_request_parser", "add_review_parser", "render_review"]
 
@@ -51,24 +54,14 @@ def _path(review_id: str, action: str = "") -> str:
 # --------------------------------------------------------------------------- formatting
 
 
-def duration(seconds: float | None) -> str:
-    """Seconds for people: 90 -> 1m30s, 7200 -> 2h."""
-    if seconds is None:
-        return "-"
-    left = round(seconds)
-    if left < 60:
-        return f"{seconds:g}s"
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if left >= size:
-            parts.append(f"{left // size}{unit}")
-            left %= size
-    return "".join(parts)
+def _window(seconds: float | None) -> str:
+    """An access window for people: 90 -> 1m30s, 7200 -> 2h."""
+    return "-" if seconds is None else duration(seconds)
 
 
 def _what(review: Mapping[str, Any], width: int = WHAT_WIDTH) -> str:
     if review.get("kind") == "access":
-        return f"role {shown(review.get('role'))} for {duration(review.get('duration'))}"
+        return f"role {shown(review.get('role'))} for {_window(review.get('duration'))}"
     text = " ".join(shown(review.get("statement")).split())
     return text if len(text) <= width else text[: width - 3] + "..."
 
@@ -99,7 +92,7 @@ def render_review(review: Mapping[str, Any]) -> str:
     field("expires", when(review.get("expires_at")))
     if kind == "access":
         field("role", shown(review.get("role")))
-        field("duration", duration(review.get("duration")))
+        field("duration", _window(review.get("duration")))
         field("granted until", when(review.get("granted_until")))
     else:
         field("rule", shown(review.get("rule")) or "-")
@@ -242,7 +235,7 @@ def cmd_request_access(args: argparse.Namespace) -> int:
         needed = review.get("min_approvals", 1)
         print(
             f"{shown(review.get('id'))}: requested role {shown(review.get('role'))} on "
-            f"{shown(review.get('connection'))} for {duration(review.get('duration'))}; "
+            f"{shown(review.get('connection'))} for {_window(review.get('duration'))}; "
             f"approvers: {approvers} ({plural(needed, 'approval')} needed)"
         )
         if not args.wait:
@@ -255,16 +248,6 @@ def cmd_request_access(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- the parser
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"not a positive number: {text!r}")
-    return value
-
-
 def _interval(text: str) -> float:
     try:
         value = float(text)
@@ -273,9 +256,6 @@ def _interval(text: str) -> float:
     if not 0.05 <= value <= 3600:
         raise argparse.ArgumentTypeError(f"not an interval in seconds: {text!r}")
     return value
-
-
-_STATUSES = ["pending", "approved", "used", "rejected", "withdrawn", "expired", "revoked"]
 
 
 def add_review_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -295,14 +275,14 @@ def add_review_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     listing.add_argument(
         "--status",
         action="append",
-        choices=_STATUSES,
+        choices=STATUSES,
         help="only this status (repeatable; default: pending)",
     )
     listing.add_argument("--kind", choices=["statement", "access"], help="only this kind")
     listing.add_argument("--connection", help="only this gateway connection")
     listing.add_argument("--all", action="store_true", help="every status, not only pending")
     listing.add_argument(
-        "--limit", type=_positive, default=50, help="at most this many (default 50)"
+        "--limit", type=positive, default=50, help="at most this many (default 50)"
     )
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     listing.set_defaults(func=guarded(cmd_list, "hoopfast review list"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 
-__all__ = ["shown"]
+__all__ = ["duration", "shown"]
 
 
 def shown(value: object) -> str:
@@ -21,3 +21,15 @@ def shown(value: object) -> str:
         else f"\\u{ord(ch):04x}"
         for ch in text
     )
+
+
+def duration(seconds: float) -> str:
+    """Seconds as people say a window: ``5400`` -> ``"1h30m"``."""
+    total = max(0, round(seconds))
+    if total < 60:
+        return f"{total}s"
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
+    return "".join(f"{n}{unit}" for n, unit in parts if n)

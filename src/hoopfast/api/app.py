@@ -408,6 +408,14 @@ async def _readable_session(context: _Context, caller: Caller, session_id: str) 
     return row
 
 
+async def _session_records(
+    context: _Context, caller: Caller, session_id: str
+) -> tuple[SessionRow, list[EventRecord]]:
+    """A session the caller may read, and its events in order."""
+    row = await _readable_session(context, caller, session_id)
+    return row, await context.store.session_events(session_id)
+
+
 # --------------------------------------------------------------------------- routes
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -475,8 +483,7 @@ async def list_sessions(
     responses={404: {"model": Problem, "description": "no such session"}},
 )
 async def get_session(context: ContextDep, caller: AuditorDep, session_id: str) -> SessionDetail:
-    row = await _readable_session(context, caller, session_id)
-    events = await context.store.session_events(session_id)
+    row, events = await _session_records(context, caller, session_id)
     return SessionDetail(
         session=SessionOut.of(row),
         seal=SealOut.of(row.seal),
@@ -491,8 +498,7 @@ async def get_session(context: ContextDep, caller: AuditorDep, session_id: str) 
     responses={404: {"model": Problem, "description": "no such session"}},
 )
 async def get_session_raw(context: ContextDep, caller: AuditorDep, session_id: str) -> SessionRaw:
-    row = await _readable_session(context, caller, session_id)
-    events = await context.store.session_events(session_id)
+    row, events = await _session_records(context, caller, session_id)
     return SessionRaw(
         session=SessionOut.of(row),
         seal=SealOut.of(row.seal),

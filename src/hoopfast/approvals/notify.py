@@ -48,7 +48,7 @@ from hoopfast import __version__
 from hoopfast.config import Webhook
 from hoopfast.errors import ConfigurationError
 from hoopfast.store.records import ACCESS_REVIEW, APPROVED, Decision, ReviewRecord
-from hoopfast.text import shown
+from hoopfast.text import duration, shown
 
 log = logging.getLogger("hoopfast.notify")
 
@@ -164,18 +164,6 @@ def _code(text: str) -> str:
     return shown(text).replace("`", "\u02cb")
 
 
-def _duration(seconds: float) -> str:
-    """``5400`` -> ``"1h30m"``: how people say a window."""
-    total = max(0, round(seconds))
-    if total < 60:
-        return f"{total}s"
-    days, rest = divmod(total, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
-    return "".join(f"{n}{unit}" for n, unit in parts if n)
-
-
 def _utc(at: float) -> str:
     return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
@@ -243,7 +231,7 @@ def _summary(event: str, review: ReviewRecord) -> str:
     head = f"hoopfast: review {field(review.review_id)} on connection {field(review.connection)}"
     if review.kind == ACCESS_REVIEW:
         what = f"{field(review.requester)} asks for role {field(review.role)}"
-        what += f" for {_duration(review.duration)}"
+        what += f" for {duration(review.duration)}"
         if review.status == APPROVED and review.granted_until is not None:
             what += f" (until {_utc(review.granted_until)})"
     else:
@@ -277,7 +265,7 @@ def _details(event: str, review: ReviewRecord) -> str:
     lines = [f"*Review {field(review.review_id)}* on *{field(review.connection)}* {phrase}"]
     lines.append(f"*Requester:* {field(review.requester)}")
     if review.kind == ACCESS_REVIEW:
-        lines.append(f"*Role:* {field(review.role)} for {_duration(review.duration)}")
+        lines.append(f"*Role:* {field(review.role)} for {duration(review.duration)}")
         if review.granted_until is not None:
             lines.append(f"*Granted until:* {_utc(review.granted_until)}")
     elif review.rule:

@@ -38,6 +38,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
+from typing import Any
 
 from hoopfast.approvals.notify import NO_NOTIFIER, Notifier
 from hoopfast.config import UNMASKED_ROLE, GatewayConfig
@@ -239,15 +240,12 @@ class Approvals:
         existing = await self.pending_statement(principal.subject, connection, sql, values)
         if existing is not None:
             return existing
-        now = self._clock()
-        review = ReviewRecord(
-            review_id=new_review_id(),
+        return await self._open(
+            principal,
+            connection,
+            settings,
+            f"rule {rule}",
             kind=STATEMENT_REVIEW,
-            status=PENDING,
-            requester=principal.subject,
-            connection=connection,
-            created_at=now,
-            expires_at=now + settings.review_ttl,
             statement=sql,
             statement_hash=statement_hash(sql, values),
             parameters=parameters,
@@ -256,10 +254,7 @@ class Approvals:
             client_address=client_address,
             rule=rule,
             mode=settings.mode,
-            approvers=tuple(settings.approvers),
-            min_approvals=settings.min_approvals,
         )
-        return await self._open(review, "review.created", f"rule {rule}")
 
     async def wait(self, review_id: str, timeout: float) -> tuple[ReviewRecord, bool]:
         """Until the review is decided, then (approved) use it. Returns the
@@ -485,22 +480,16 @@ class Approvals:
                 400,
                 f"the window must be more than 0 and at most {settings.max_access:g} seconds",
             )
-        now = self._clock()
-        review = ReviewRecord(
-            review_id=new_review_id(),
+        return await self._open(
+            principal,
+            connection,
+            settings,
+            f"role {role} for {duration:g}s",
             kind=ACCESS_REVIEW,
-            status=PENDING,
-            requester=principal.subject,
-            connection=connection,
-            created_at=now,
-            expires_at=now + settings.review_ttl,
             role=role,
             duration=duration,
             reason=reason,
-            approvers=tuple(settings.approvers),
-            min_approvals=settings.min_approvals,
         )
-        return await self._open(review, "access.created", f"role {role} for {duration:g}s")
 
     def granted(self, subject: str, connection: str) -> dict[str, float]:
         """Roles granted to ``subject`` on ``connection`` now, each with the
@@ -637,8 +626,28 @@ class Approvals:
             raise ReviewError(409, f"connection {connection!r} has no approvals configured")
         return settings
 
-    async def _open(self, review: ReviewRecord, event: str, what: str) -> ReviewRecord:
-        """Store a new review, say so, and tell the approvers."""
+    async def _open(
+        self,
+        principal: Principal,
+        connection: str,
+        settings: ApprovalsConfig,
+        what: str,
+        **fields: Any,
+    ) -> ReviewRecord:
+        """Store a new pending review of ``principal`` on ``connection``
+        (``fields``: what it is about), say so, and tell the approvers."""
+        now = self._clock()
+        review = ReviewRecord(
+            review_id=new_review_id(),
+            status=PENDING,
+            requester=principal.subject,
+            connection=connection,
+            created_at=now,
+            expires_at=now + settings.review_ttl,
+            approvers=tuple(settings.approvers),
+            min_approvals=settings.min_approvals,
+            **fields,
+        )
         review = await self._insert(review)
         log.info(
             "%s %s opened: %s on %s, %s",
@@ -648,6 +657,7 @@ class Approvals:
             review.connection,
             what,
         )
+        event = "access.created" if review.kind == ACCESS_REVIEW else "review.created"
         await self.notifier.review_event(event, review)
         return review
 

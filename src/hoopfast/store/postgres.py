@@ -34,7 +34,6 @@ from hoopfast.store.records import (
     STATEMENT,
     EventRecord,
     Seal,
-    SigningKey,
 )
 from hoopfast.store.sql import EVENT_COLUMNS, SqlStore, client_address, event_values
 
@@ -203,16 +202,6 @@ class PostgresStore(SqlStore):
     async def write_recording(self, events: Sequence[EventRecord], seals: Sequence[Seal]) -> None:
         if events or seals:
             await self._run(lambda conn: _write_recording(conn, events, seals))
-
-    async def add_signing_key(self, key: SigningKey) -> None:
-        async def add(conn: _Conn) -> None:
-            await conn.execute(
-                "INSERT INTO signing_keys (key_id, algorithm, public_key, created_at)"
-                " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                (key.key_id, key.algorithm, key.public_key, key.created_at),
-            )
-
-        await self._run(add)
 
     async def _fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         return await self._run(lambda conn: _fetchall(conn, sql, params))

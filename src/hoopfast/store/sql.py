@@ -49,6 +49,14 @@ class SqlStore(Store):
         many rows it changed (StoreError when the store is unavailable or
         refuses the values)."""
 
+    async def add_signing_key(self, key: SigningKey) -> None:
+        p = self.param
+        await self._write(
+            "INSERT INTO signing_keys (key_id, algorithm, public_key, created_at)"
+            f" VALUES ({p}, {p}, {p}, {p}) ON CONFLICT DO NOTHING",
+            (key.key_id, key.algorithm, key.public_key, key.created_at),
+        )
+
     async def signing_keys(self) -> dict[str, SigningKey]:
         rows = await self._fetch(
             "SELECT key_id, algorithm, public_key, created_at FROM signing_keys", ()

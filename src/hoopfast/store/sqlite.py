@@ -26,7 +26,6 @@ from hoopfast.store.records import (
     STATEMENT,
     EventRecord,
     Seal,
-    SigningKey,
 )
 from hoopfast.store.sql import EVENT_COLUMNS, SqlStore, client_address, event_values
 
@@ -123,16 +122,6 @@ class SqliteStore(SqlStore):
     async def write_recording(self, events: Sequence[EventRecord], seals: Sequence[Seal]) -> None:
         if events or seals:
             await self._run(lambda conn: _write_recording(conn, events, seals))
-
-    async def add_signing_key(self, key: SigningKey) -> None:
-        def add(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT OR IGNORE INTO signing_keys (key_id, algorithm, public_key, created_at)"
-                " VALUES (?, ?, ?, ?)",
-                (key.key_id, key.algorithm, key.public_key, key.created_at),
-            )
-
-        await self._run(add)
 
     async def _fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         return await self._run(lambda conn: conn.execute(sql, params).fetchall())

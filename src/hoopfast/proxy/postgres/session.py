@@ -559,7 +559,7 @@ class PgSession:
                 forward = self._masker.client_message(forward)
             return forward
         ledger = self._ledger
-        if ledger is not None and ledger:
+        if ledger:  # (something awaits the server's answer)
             if type_code == m.PARSE_COMPLETE:
                 ledger.parse_complete()
             elif type_code == m.ERROR_RESPONSE:
