@@ -231,13 +231,21 @@ def test_verify_finds_a_tampered_byte(
         code, out, err = run(capsys, api, "verify", token=api.token())
         assert code == 0, err
         with sqlite3.connect(api.db) as db:
-            (data,) = db.execute(
-                "SELECT data FROM events WHERE session_id = 's-bob-1' AND seq = 2"
+            # One byte of event 2's data, inside the body of its block.
+            first_seq, body = db.execute(
+                "SELECT first_seq, body FROM event_blocks"
+                " WHERE session_id = 's-bob-1' AND first_seq <= 2 AND last_seq >= 2"
             ).fetchone()
-            tampered = data.replace("INSERT INTO items", "INSERT INTO itemz", 1)
-            assert tampered != data and len(tampered) == len(data)
+            lines = body.split("\n")
+            assert lines[2 - first_seq].startswith("2\t")
+            lines[2 - first_seq] = lines[2 - first_seq].replace(
+                "INSERT INTO items", "INSERT INTO itemz", 1
+            )
+            tampered = "\n".join(lines)
+            assert tampered != body and len(tampered) == len(body)
             db.execute(
-                "UPDATE events SET data = ? WHERE session_id = 's-bob-1' AND seq = 2", (tampered,)
+                "UPDATE event_blocks SET body = ? WHERE session_id = 's-bob-1' AND first_seq = ?",
+                (tampered, first_seq),
             )
         code, out, err = run(capsys, api, "verify", "--since", str(BASE), token=api.token())
     assert code == 1, (out, err)

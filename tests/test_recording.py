@@ -280,12 +280,18 @@ def test_tampering_with_one_stored_byte_is_found(
     assert cli_main(args) == 0
     db = sqlite3.connect(state_dir / "hoopfast.db")
     with db:
-        (data,) = db.execute(
-            "SELECT data FROM events WHERE session_id = ? AND seq = 2", (session.session_id,)
+        # One byte of event 2's data, inside the body of its block.
+        first_seq, body = db.execute(
+            "SELECT first_seq, body FROM event_blocks"
+            " WHERE session_id = ? AND first_seq <= 2 AND last_seq >= 2",
+            (session.session_id,),
         ).fetchone()
+        lines = body.split("\n")
+        assert lines[2 - first_seq].startswith("2\t") and "second" in lines[2 - first_seq]
+        lines[2 - first_seq] = lines[2 - first_seq].replace("second", "secons")
         db.execute(
-            "UPDATE events SET data = ? WHERE session_id = ? AND seq = 2",
-            (data.replace("second", "secons"), session.session_id),
+            "UPDATE event_blocks SET body = ? WHERE session_id = ? AND first_seq = ?",
+            ("\n".join(lines), session.session_id, first_seq),
         )
     db.close()
     capsys.readouterr()
@@ -530,5 +536,54 @@ def test_recorder_reads_back_what_it_could_not_keep_in_memory(
         await store.close()
         assert row.statements == 200 and len(events) == 202
         assert verify_session("s1", events, row.seal, keys) is None
+
+    asyncio.run(scenario())
+
+
+def test_recorder_stores_the_open_segment_without_closing_it(tmp_path: Path) -> None:
+    """Each flush stores what the current segment gained, from memory, and
+    leaves the file open (no file created and removed per flush); a crash
+    then replays the whole segment, and the store keeps nothing twice."""
+    from hoopfast.recording import recorder as rec
+    from hoopfast.recording.chain import Signer
+    from hoopfast.store.sqlite import SqliteStore
+
+    spool = tmp_path / "spool"
+    signer = Signer.load_or_create(tmp_path / "key.pem")
+
+    def recorder_on(store: SqliteStore) -> rec.Recorder:
+        options = rec.RecorderOptions(fsync="off", flush_interval=3600)
+        return rec.Recorder(store, spool, signer, options)
+
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "store.db")
+        await store.open()
+        first = recorder_on(store)
+        await first.start()
+        session = first.open_session("s1", "alice", "main", {"client_address": "x"})
+        for i in range(3):
+            session.statement("allow", {"text": f"SELECT {i}"})
+        await first._flush()
+        segments = sorted(spool.iterdir())
+        assert len(segments) == 1
+        assert len(await store.session_events("s1")) == 4
+        session.statement("allow", {"text": "SELECT 3"})
+        await first._flush()
+        assert sorted(spool.iterdir()) == segments, "the open segment was rotated"
+        assert len(await store.session_events("s1")) == 5
+        # A crash: the process is gone without closing anything.
+        first.spool._fd, fd = -1, first.spool._fd
+        os.close(fd)
+        second = recorder_on(store)
+        await second.start()  # replays the segment, seals the session
+        await second.close()
+        (row,) = await store.sessions(EventFilter(subject="alice"))
+        events = await store.session_events("s1")
+        keys = await store.signing_keys()
+        await store.close()
+        assert [e.seq for e in events] == list(range(6))  # 5 + the recovered end
+        assert row.statements == 4 and row.stored_events == 6
+        assert verify_session("s1", events, row.seal, keys) is None
+        assert list(spool.iterdir()) == []
 
     asyncio.run(scenario())

@@ -4,25 +4,29 @@ dir, PostgreSQL in a fresh database on the test cluster."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import itertools
 import os
+import random
 import secrets
 import socket
 import sqlite3
 import stat
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import psycopg
 import pytest
 
 from hoopfast.devcluster import DevCluster, free_port
-from hoopfast.recording.chain import canonical
-from hoopfast.store import Store, StoreError, migrations, open_store
+from hoopfast.recording.chain import Chain, canonical, verify_events
+from hoopfast.store import Store, StoreError, blocks, migrations, open_store
 from hoopfast.store.base import ReviewConflict
 from hoopfast.store.migrations import LATEST_VERSION, MIGRATIONS
 from hoopfast.store.postgres import PostgresStore
@@ -99,6 +103,67 @@ def run(backend: Backend, scenario: Callable[[Store], Awaitable[None]]) -> None:
             await store.close()
 
     asyncio.run(main())
+
+
+def raw_sql(backend: Backend, statement: str, params: Sequence[object] = ()) -> list[Any]:
+    """Run one statement on the store's database directly, outside the store
+    (``?`` placeholders): its rows. SQLite: on a connection of its own, so
+    call it while no store has the file open (closing it drops every lock
+    this process holds on the file); PostgreSQL: as the superuser."""
+    if backend.kind == "sqlite":
+        with contextlib.closing(sqlite3.connect(backend.location)) as conn, conn:
+            return conn.execute(statement, params).fetchall()
+    assert backend.cluster is not None
+    return backend.cluster.execute(
+        statement.replace("?", "%s"), dbname=backend.location, params=params
+    )
+
+
+def write_as_rows(backend: Backend, events: list[EventRecord], seals: list[Seal]) -> None:
+    """What the release that stored an event per row (schema 1 to 3) wrote
+    for a batch, in SQL: the events, their sessions opened and counted, the
+    seals (the test's batches are each a session's first)."""
+    for e in events:
+        raw_sql(
+            backend,
+            "INSERT INTO events (session_id, seq, at, kind, subject, connection, verdict, data,"
+            " prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                e.session_id,
+                e.seq,
+                e.at,
+                e.kind,
+                e.subject,
+                e.connection,
+                e.verdict,
+                e.data,
+                e.prev_hash,
+                e.hash,
+            ),
+        )
+    for start in (e for e in events if e.kind == SESSION_START):
+        mine = [e for e in events if e.session_id == start.session_id]
+        raw_sql(
+            backend,
+            "INSERT INTO sessions (session_id, subject, connection, client_address, started_at,"
+            " stored_events, statements) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                start.session_id,
+                start.subject,
+                start.connection,
+                "",
+                start.at,
+                len(mine),
+                sum(e.kind == STATEMENT for e in mine),
+            ),
+        )
+    for s in seals:
+        raw_sql(
+            backend,
+            "UPDATE sessions SET ended_at = ?, end_reason = ?, events = ?, last_hash = ?,"
+            " key_id = ?, signature = ? WHERE session_id = ?",
+            (s.ended_at, s.end_reason, s.events, s.last_hash, s.key_id, s.signature, s.session_id),
+        )
 
 
 def fake_hash(*parts: object) -> str:
@@ -523,6 +588,434 @@ def test_session_listing(backend: Backend) -> None:
     run(backend, scenario)
 
 
+# -- event blocks ------------------------------------------------------------------
+
+
+def chained(
+    session_id: str,
+    times: Sequence[float],
+    *,
+    subject: str = "alice",
+    connection: str = "main",
+    verdicts: Sequence[str] = ("allow",),
+) -> list[EventRecord]:
+    """A session with real hash links (``audit verify`` accepts it): a start
+    at times[0], then statements with the verdicts in turn."""
+    chain = Chain(session_id)
+    events = [chain.append(SESSION_START, times[0], subject, connection, "", {})]
+    for i, at in enumerate(times[1:]):
+        verdict = verdicts[i % len(verdicts)]
+        body = {"sql": f"SELECT {i}", "note": "x" * (i % 50)}
+        events.append(chain.append(STATEMENT, at, subject, connection, verdict, body))
+    return events
+
+
+def interleave(rng: random.Random, sessions: list[list[EventRecord]]) -> list[EventRecord]:
+    """All sessions' events, each session's in seq order, randomly merged:
+    the order in which a recorder would hand them over."""
+    queues = [list(events) for events in sessions]
+    out: list[EventRecord] = []
+    while any(queues):
+        queue = rng.choice([q for q in queues if q])
+        out.append(queue.pop(0))
+    return out
+
+
+def batches(rng: random.Random, events: list[EventRecord], largest: int) -> list[list[EventRecord]]:
+    out: list[list[EventRecord]] = []
+    i = 0
+    while i < len(events):
+        n = rng.randint(1, largest)
+        out.append(events[i : i + n])
+        i += n
+    return out
+
+
+def stored_blocks(backend: Backend, session_id: str) -> list[tuple[Any, ...]]:
+    """(first_seq, last_seq, first_at, last_at, events) of a session's blocks."""
+    return [
+        tuple(row)
+        for row in raw_sql(
+            backend,
+            "SELECT first_seq, last_seq, first_at, last_at, events FROM event_blocks"
+            " WHERE session_id = ? ORDER BY first_seq",
+            (session_id,),
+        )
+    ]
+
+
+@pytest.mark.parametrize("block_events", [1000, 7])
+def test_pages_across_blocks_equal_one_sorted_list(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch, block_events: int
+) -> None:
+    """Interleaved sessions in many blocks (ended by the event limit, the
+    span, a clock stepping back, batch boundaries), with times that tie
+    within and across sessions and blocks: every filter, page size and
+    cursor gives what a brute-force sort of all events gives."""
+    monkeypatch.setattr(blocks, "BLOCK_EVENTS", block_events)
+    rng = random.Random(block_events)
+    steps = [0.0, 0.0, 0.25, 0.5, 0.5, 1.0, 2.0, 6.0, -2.0]  # 6 > BLOCK_SPAN; -2: a step back
+    sessions: list[list[EventRecord]] = []
+    for n, sid in enumerate(["s-0", "s-1", "S-2", "s-3", "é-4", "z🐘5"]):
+        times = [1000.0 + n * 0.5]
+        for _ in range(rng.randint(150, 350)):
+            times.append(max(1000.0, times[-1] + rng.choice(steps)))
+        sessions.append(
+            chained(
+                sid,
+                times,
+                subject=["alice", "bob", "carol"][n % 3],
+                connection=["main", "replica"][n % 2],
+                verdicts=rng.sample(["allow", "deny", "review", "allow"], 4),
+            )
+        )
+    everything = order([e for events in sessions for e in events])
+    stream = interleave(rng, sessions)
+
+    async def scenario(store: Store) -> None:
+        for batch in batches(rng, stream, 400):
+            await store.write_recording(batch, [])
+        assert await store.count_events(EventFilter()) == len(everything)
+        for limit in (13, 100, 999, 5000):
+            assert await page_all(store, EventFilter(), limit) == everything
+        middle = everything[len(everything) // 2].at
+        filters = [
+            EventFilter(since=middle),
+            EventFilter(until=middle),
+            EventFilter(since=1010.25, until=middle),
+            EventFilter(since=1007.3, until=1011.7),  # times no event has
+            EventFilter(subject="bob"),
+            EventFilter(connection="replica", since=1012.0),
+            EventFilter(exclude_subject="alice", until=middle),
+            EventFilter(session_id="é-4", since=1003.0),
+            EventFilter(verdict="deny"),
+            EventFilter(verdict="review", since=1004.5, until=middle),
+            EventFilter(verdict="allow", subject="carol", since=middle),
+            EventFilter(verdict="no-such-verdict"),
+        ]
+        for where in filters:
+            expected = [e for e in everything if _matches(e, where)]
+            assert await page_all(store, where, 37) == expected, where
+            assert await store.count_events(where) == len(expected), where
+        # A cursor anywhere, on an event or between events, continues right after it.
+        for i in rng.sample(range(len(everything)), 25):
+            e = everything[i]
+            page = await store.events(EventFilter(), limit=10, after=(e.at, e.session_id, e.seq))
+            assert page == everything[i + 1 : i + 11]
+            between = (e.at, e.session_id, e.seq + 10_000)
+            page = await store.events(EventFilter(), limit=10, after=between)
+            assert page == [x for x in everything if _key(x) > between][:10]
+
+    run(backend, scenario)
+
+
+def _key(e: EventRecord) -> tuple[float, str, int]:
+    return (e.at, e.session_id, e.seq)
+
+
+def _matches(e: EventRecord, where: EventFilter) -> bool:
+    """EventFilter's meaning, spelled out."""
+    return (
+        (where.since is None or e.at >= where.since)
+        and (where.until is None or e.at < where.until)
+        and (not where.subject or e.subject == where.subject)
+        and (not where.connection or e.connection == where.connection)
+        and (not where.verdict or e.verdict == where.verdict)
+        and (not where.session_id or e.session_id == where.session_id)
+        and (not where.exclude_subject or e.subject != where.exclude_subject)
+    )
+
+
+def test_block_limits(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A block ends at BLOCK_EVENTS events, BLOCK_SPAN seconds from its first
+    event, about BLOCK_CHARS of body, a clock stepping back, or a change of
+    subject or connection; a larger event is a block of its own."""
+    one_second = chained("span", [100.0 + i for i in range(20)])
+    step_back = chained("back", [200.0, 201.0, 202.0, 201.5, 201.5, 203.0])
+    many = chained("many", [300.0 + i / 1000 for i in range(2500)])
+    big = chained("big", [400.0, 400.1, 400.2, 400.3])
+    big[2] = replace(big[2], data=big[2].data + " " * 3000)  # stored as it came
+    moved = [*chained("moved", [500.0, 501.0]), *chained("moved", [500.0, 501.0, 502.0])[2:]]
+    moved[2] = replace(moved[2], connection="replica")
+    everything = one_second + step_back + many + big + moved
+
+    async def write(store: Store) -> None:
+        await store.write_recording(many, [])
+        with monkeypatch.context() as m:
+            m.setattr(blocks, "BLOCK_CHARS", 2000)
+            await store.write_recording(everything, [])
+
+    run(backend, write)
+    assert [(b[0], b[1]) for b in stored_blocks(backend, "span")] == [
+        (0, 5),
+        (6, 11),
+        (12, 17),
+        (18, 19),
+    ]
+    for first_seq, last_seq, first_at, last_at, events in stored_blocks(backend, "span"):
+        assert (first_at, last_at) == (100.0 + first_seq, 100.0 + last_seq)
+        assert events == last_seq - first_seq + 1
+    assert [(b[0], b[1]) for b in stored_blocks(backend, "back")] == [(0, 2), (3, 5)]
+    assert [b[4] for b in stored_blocks(backend, "many")] == [1000, 1000, 500]
+    assert [(b[0], b[1]) for b in stored_blocks(backend, "big")] == [(0, 1), (2, 2), (3, 3)]
+    assert [(b[0], b[1]) for b in stored_blocks(backend, "moved")] == [(0, 1), (2, 2)]
+
+    async def read(store: Store) -> None:
+        assert await store.events(EventFilter(), limit=10_000) == order(everything)
+        for sid in ("span", "back", "many", "big", "moved"):
+            expected = [e for e in everything if e.session_id == sid]
+            assert await store.session_events(sid) == expected
+        assert await store.events(EventFilter(since=201.5, until=203.0)) == [
+            step_back[3],
+            step_back[4],
+            step_back[2],
+        ]
+        assert await store.events(EventFilter(connection="replica")) == [moved[2]]
+        assert await store.count_events(EventFilter(since=103.0, until=113.0)) == 10
+        assert await store.count_events(EventFilter(since=300.5, until=301.5)) == 1000
+
+    run(backend, read)
+
+
+def test_redelivery_with_other_boundaries(backend: Backend) -> None:
+    """A batch delivered again, whole or overlapping with other boundaries
+    (a recorder restarted), stores no event twice and counts none twice."""
+    a = chained("a", [10.0 + i / 10 for i in range(60)], verdicts=("allow", "deny"))
+    b = chained("b", [11.0 + i / 10 for i in range(40)])
+    stream = interleave(random.Random(3), [a, b])
+
+    async def scenario(store: Store) -> None:
+        await store.write_recording(stream[:30], [])
+        await store.write_recording(stream[30:60], [])
+        await store.write_recording(stream[30:60], [])  # the same batch again
+        await store.write_recording(stream[15:45], [])  # other boundaries
+        await store.write_recording(stream[:70], [])  # everything so far, and more
+        await store.write_recording(stream[50:] + stream[60:65], [seal_of(a), seal_of(b)])
+        await store.write_recording(stream, [seal_of(a)])
+        assert await store.session_events("a") == a
+        assert await store.session_events("b") == b
+        for events in (a, b):
+            row = await store.session(events[0].session_id)
+            assert row is not None and row.seal == seal_of(events)
+            assert (row.stored_events, row.statements) == (len(events), len(events) - 1)
+        assert await store.count_events(EventFilter()) == 100
+        assert await page_all(store, EventFilter(), 7) == order(a + b)
+        deny = [e for e in a + b if e.verdict == "deny"]
+        assert await store.count_events(EventFilter(verdict="deny")) == len(deny) > 0
+
+    run(backend, scenario)
+    # No two blocks hold one event.
+    for events in (a, b):
+        blocks = stored_blocks(backend, events[0].session_id)
+        assert sum(block[4] for block in blocks) == len(events)
+        assert all(x[1] < y[0] for x, y in itertools.pairwise(blocks))
+
+
+def test_verdict_filter_and_count_across_block_edges(backend: Backend) -> None:
+    """since and until that cut blocks: counted exactly, whether a block is
+    inside the range (counted by its columns) or across a bound (read)."""
+    sessions = [
+        chained(f"s{n}", [100.0 + n + i / 4 for i in range(17)], verdicts=verdicts)
+        for n, verdicts in enumerate([("allow",), ("deny", "allow"), ("review", "deny", "deny")])
+    ]
+    everything = order([e for events in sessions for e in events])
+
+    async def scenario(store: Store) -> None:
+        for events in sessions:
+            await store.write_recording(events, [])
+        for since, until in [(None, None), (100.5, None), (None, 102.75), (101.25, 103.0)]:
+            for verdict in (None, "", "allow", "deny", "review", "ALLOW"):
+                where = EventFilter(since=since, until=until, verdict=verdict)
+                expected = [e for e in everything if _matches(e, where)]
+                assert await store.count_events(where) == len(expected), where
+                assert await store.events(where) == expected, where
+
+    run(backend, scenario)
+
+
+def test_lines_that_need_escaping(backend: Backend) -> None:
+    """Event text a plain line cannot hold (a newline anywhere, a tab before
+    the data), and text that other line splitters break at: stored and read
+    back exactly; none of this comes from the recorder, whose data is JSON."""
+    odd_data = [
+        "line\nbreak",
+        "tab\tand\\nnot a newline\\",
+        "\\t\\\\n\n\t\\",
+        "U+2028 \u2028 U+2029 \u2029 NEL \x85 FS \x1c CR \r VT \x0b FF \x0c",
+        '{"a":"tab\tinside JSON text"}',
+        "",
+    ]
+    events = [
+        EventRecord("odd", i, 50.0 + i, STATEMENT, "al\tice", "ma\nin", "", data, "p\tq", "h\nh")
+        for i, data in enumerate(odd_data)
+    ]
+    events.append(
+        EventRecord("odd", 6, 57.0, "kind\twith tab", "al\tice", "ma\nin", "de\nny", "{}", "", "")
+    )
+    events.append(EventRecord("odd", 7, 58.0, STATEMENT, "al\tice", "ma\nin", "deny", "{}", "", ""))
+
+    async def scenario(store: Store) -> None:
+        await store.write_recording(events, [])
+        assert await store.session_events("odd") == events
+        assert await store.events(EventFilter(subject="al\tice")) == events
+        assert await store.events(EventFilter(verdict="de\nny")) == [events[6]]
+        assert await store.count_events(EventFilter(verdict="de\nny")) == 1
+        assert await store.count_events(EventFilter(verdict="deny", since=51.0)) == 1
+        assert await store.events(EventFilter(since=52.0, until=54.0)) == events[2:4]
+
+    run(backend, scenario)
+
+
+def test_event_text_the_backend_cannot_hold(backend: Backend) -> None:
+    """A lone surrogate in an event (no UTF-8 for it), or in PostgreSQL a NUL:
+    a StoreError, nothing of the batch written, the store still usable.
+    SQLite holds a NUL."""
+    good = chained("good", [1.0, 2.0])
+    nul = chained("nul", [3.0, 4.0])
+    nul[1] = replace(nul[1], data=nul[1].data + "\x00")
+
+    def with_data(data: str) -> list[EventRecord]:
+        events = chained("bad", [5.0, 6.0])
+        return [events[0], replace(events[1], data=data)]
+
+    async def scenario(store: Store) -> None:
+        bad = [with_data("\ud800"), with_data("escaped line\n\udfff")]
+        if backend.kind == "postgresql":
+            bad.append(nul)
+        else:
+            await store.write_recording(nul, [])
+            assert await store.session_events("nul") == nul
+        for events in bad:
+            with pytest.raises(StoreError):
+                await store.write_recording(good + events, [])
+            assert await store.session_events(events[0].session_id) == []
+            assert await store.session("good") is None
+        await store.write_recording(good, [])
+        assert await store.session_events("good") == good
+
+    run(backend, scenario)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "one byte of data",
+        "garbage line",
+        "line cut short",
+        "newline inserted",
+        "at of another",
+        "at out of order",
+    ],
+)
+def test_damaged_block_is_read_not_dropped(backend: Backend, damage: str) -> None:
+    """A block whose body was altered: every line is still read (one that
+    does not parse as an event with the raw line as its data, after the
+    line before), no read fails, and ``audit verify`` fails at that event."""
+    events = chained("s1", [10.0 + i for i in range(6)], verdicts=("allow", "deny"))
+    others = chained("s2", [10.5 + i for i in range(6)])
+    run(backend, lambda store: store.write_recording(events + others, []))
+    ((body,),) = raw_sql(backend, "SELECT body FROM event_blocks WHERE session_id = 's1'")
+    lines = body.split("\n")
+    assert lines[3].startswith("3\t13.0\t")
+    if damage == "one byte of data":
+        lines[3] = lines[3].replace("SELECT 2", "SELECT 3")
+    elif damage == "garbage line":
+        lines[3] = "not an event"
+    elif damage == "line cut short":
+        lines[3] = lines[3][:20]
+    elif damage == "newline inserted":
+        lines[3] = lines[3].replace('"sql"', '"s\nql"')
+    elif damage == "at of another":
+        lines[3] = lines[3].replace("\t13.0\t", "\t13.5\t")
+    else:
+        lines[3] = lines[3].replace("\t13.0\t", "\t16.5\t")
+    raw_sql(
+        backend, "UPDATE event_blocks SET body = ? WHERE session_id = 's1'", ("\n".join(lines),)
+    )
+
+    async def scenario(store: Store) -> None:
+        stored = await store.session_events("s1")
+        assert len(stored) == len(events) + (damage == "newline inserted")
+        assert stored[:3] == events[:3]
+        assert stored[-2:] == events[-2:]
+        damaged = stored[3]
+        assert (damaged.session_id, damaged.seq) == ("s1", 3)
+        if damage in ("garbage line", "line cut short"):
+            assert damaged.data == lines[3] and damaged.hash == ""
+            # Its own time if that much of it parses, else the line before's.
+            assert damaged.at == (12.0 if damage == "garbage line" else 13.0)
+        _, _, problem = verify_events("s1", stored)
+        assert problem is not None and problem.seq == 3, problem
+        # Exports and counts read it too, in its place.
+        exported = await page_all(store, EventFilter(session_id="s1"), 2)
+        assert exported == order(stored)
+        assert await store.events(EventFilter(), limit=100) == order(stored + others)
+        assert await store.count_events(EventFilter(since=10.0, until=13.9)) == len(
+            [e for e in stored + others if 10.0 <= e.at < 13.9]
+        )
+
+    run(backend, scenario)
+
+
+def test_migration_to_blocks(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store of the release that kept an event per row (version 3): its
+    events become blocks, read back exactly (times to the last bit, text a
+    plain line cannot hold), and recording goes on after them."""
+    rng = random.Random(4)
+    sessions = [
+        chained(
+            f"m{n}",
+            [1_700_000_000 + n / 3 + i * rng.random() for i in range(12)],
+            subject=["alice", "bob"][n % 2],
+            verdicts=("allow", "deny", "review"),
+        )
+        for n in range(3)
+    ]
+    odd = [
+        EventRecord("odd", 0, 1000.0, SESSION_START, "zoë", "主库", "", "{}", ZERO_HASH, "h0"),
+        EventRecord("odd", 1, 0.1, STATEMENT, "zoë", "主库", "deny", "a\nb\tc\\", "h0", "h\t1"),
+        EventRecord("odd", 2, 1e-7, STATEMENT, "zoë", "主库", "", "\u2028 🐘 \\n", "h\t1", "h2"),
+    ]
+    stored = [e for events in sessions for e in events] + odd
+
+    async def at_v3(store: Store) -> None:
+        assert await store.schema_version() == 3
+
+    with monkeypatch.context() as m:
+        m.setattr(migrations, "MIGRATIONS", MIGRATIONS[:3])
+        m.setattr(migrations, "LATEST_VERSION", 3)
+        run(backend, at_v3)
+    write_as_rows(backend, stored, [seal_of(sessions[0])])
+    times = [e.at for e in sessions[1]] + [1_700_000_100.0]
+    more = chained("m1", times, subject="bob", verdicts=("allow", "deny", "review"))
+
+    async def upgraded(store: Store) -> None:
+        assert await store.schema_version() == LATEST_VERSION
+        for events in [*sessions, odd]:
+            assert await store.session_events(events[0].session_id) == events
+        assert await store.events(EventFilter(), limit=100) == order(stored)
+        assert await store.count_events(EventFilter()) == len(stored)
+        for where in (
+            EventFilter(verdict="deny"),
+            EventFilter(verdict="allow", since=1_700_000_003.0),
+            EventFilter(subject="bob", until=1_700_000_005.0),
+        ):
+            expected = [e for e in order(stored) if _matches(e, where)]
+            assert await store.events(where) == expected
+            assert await store.count_events(where) == len(expected)
+        row = await store.session("m0")
+        assert row is not None and row.seal == seal_of(sessions[0])
+        # Recording goes on: what is stored is not stored again.
+        await store.write_recording(more, [])
+        assert await store.session_events("m1") == more
+        row = await store.session("m1")
+        assert row is not None and row.stored_events == len(more)
+
+    run(backend, upgraded)
+    with pytest.raises((sqlite3.Error, psycopg.Error)):
+        raw_sql(backend, "SELECT count(*) FROM events")
+
+
 # -- reviews -----------------------------------------------------------------------
 
 
@@ -934,7 +1427,6 @@ def test_migration_from_v1_keeps_recordings(
 
     async def at_v1(store: Store) -> None:
         assert await store.schema_version() == 1
-        await store.write_recording(events, [seal_of(events)])
         await store.add_signing_key(key)
         with pytest.raises(StoreError):  # no reviews table yet
             await store.review("r1")
@@ -953,6 +1445,7 @@ def test_migration_from_v1_keeps_recordings(
         m.setattr(migrations, "MIGRATIONS", MIGRATIONS[:1])
         m.setattr(migrations, "LATEST_VERSION", 1)
         run(backend, at_v1)
+    write_as_rows(backend, events, [seal_of(events)])  # as that release's recorder did
     run(backend, upgraded)
     run(backend, upgraded)  # and opened again: nothing to migrate, the review stays
 

@@ -210,6 +210,26 @@ def test_sessions_are_separate_traces() -> None:
     assert all(d["parent_id"] is None for d in _json_documents(out.getvalue()))
 
 
+def test_span_keeps_the_first_statements_past_the_event_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past OTEL_SPAN_EVENT_COUNT_LIMIT the span keeps the session's first
+    statements (the SDK is not called for the rest) and the totals count all."""
+    monkeypatch.setenv("OTEL_SPAN_EVENT_COUNT_LIMIT", "3")
+    out = io.StringIO()
+    tracing = Tracing.from_env({"OTEL_TRACES_EXPORTER": "console"}, console_out=out)
+    span = _session(tracing)
+    for i in range(5):
+        span.statement("allow", "r", i, 10, 0.001, None, None)
+    span.end("done", error=False)
+    tracing.shutdown()
+    [exported] = _json_documents(out.getvalue())
+    rows = [e["attributes"]["db.response.returned_rows"] for e in exported["events"]]
+    assert rows == [0, 1, 2]
+    assert exported["attributes"]["hoopfast.session.statements"] == 5
+    assert exported["attributes"]["hoopfast.session.rows"] == 10
+
+
 def test_sampled_out_session_costs_the_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
     out = io.StringIO()

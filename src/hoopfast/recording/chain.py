@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -133,19 +134,20 @@ class Chain:
         verdict: str,
         body: dict[str, Any],
     ) -> EventRecord:
+        """The next event of the session, linked to the one before. ``body``
+        is taken over (the event's own fields are added to it): this runs
+        once per statement on the data path."""
         seq = self.count
-        data = canonical(
-            {
-                **body,
-                "session": self.session_id,
-                "seq": seq,
-                "kind": kind,
-                "at": at,
-                "subject": subject,
-                "connection": connection,
-                "verdict": verdict,
-            }
-        )
+        body["session"] = self.session_id
+        body["seq"] = seq
+        body["kind"] = kind
+        body["at"] = at
+        body["subject"] = subject
+        body["connection"] = connection
+        body["verdict"] = verdict
+        raw = event_json(body)
+        prev_hash = self.last_hash
+        hash_ = hashlib.sha256(prev_hash.encode() + b"\n" + raw).hexdigest()
         record = EventRecord(
             self.session_id,
             seq,
@@ -154,13 +156,28 @@ class Chain:
             subject,
             connection,
             verdict,
-            data,
-            self.last_hash,
-            link(self.last_hash, data),
+            raw.decode(),
+            prev_hash,
+            hash_,
         )
         self.count = seq + 1
-        self.last_hash = record.hash
+        self.last_hash = hash_
         return record
+
+
+def event_json(value: dict[str, Any]) -> bytes:
+    """An event's JSON as hashed and stored: sorted keys, no spaces, UTF-8
+    kept as is (what :func:`canonical` writes, by orjson: ~2 µs a statement
+    where json.dumps takes ~12). Verification hashes the stored text and never
+    re-encodes it, so only determinism matters here. What orjson refuses (a
+    lone surrogate has no UTF-8) is written ASCII-escaped by the json module,
+    deterministic too."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(
+            value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+        ).encode()
 
 
 @dataclass(frozen=True)

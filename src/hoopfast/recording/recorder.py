@@ -389,14 +389,21 @@ class Recorder:
         if not self._key_stored:
             await self.store.add_signing_key(self.signer.signing_key())
             self._key_stored = True
-        closed = self.spool.closed_segments()
-        # The current segment goes too when nothing older waits (while the
-        # store is down it grows to full size instead of into many small
-        # ones), and always at close: a clean stop leaves nothing behind.
-        if self._unrotated and (not closed or self._closing):
-            self._rotate()
-            closed = self.spool.closed_segments()
         loop = asyncio.get_running_loop()
+        current = self.spool.current
+        # The current segment is closed only when full, at a clean stop (which
+        # leaves nothing behind), or when it is not kept in memory (much
+        # waited for the store) and nothing older waits: otherwise its new
+        # records are stored from memory below and the file stays open, for
+        # a rotation costs the event loop a file created and one removed.
+        if self._unrotated and (
+            self._closing or (current in self._on_disk_only and not self.spool.closed_segments())
+        ):
+            self._rotate()
+        closed = self.spool.closed_segments()
+        if closed:
+            # fsync (and close) what rotate closed, off the loop.
+            await loop.run_in_executor(None, self.spool.settle)
         for segment in closed:
             kept = self._memory.pop(segment, None)
             if kept is not None:
@@ -416,6 +423,31 @@ class Recorder:
             self._on_disk_only.discard(segment)
             if self.options.on_spool_size is not None:
                 self.options.on_spool_size(self.spool.pending_bytes)
+        await self._store_current()
+
+    async def _store_current(self) -> None:
+        """Store what the current segment gained since the last flush, from
+        memory. The segment file stays until it is rotated and all of it is
+        stored; after a crash it is replayed whole, and the store ignores
+        what it already has (writes are idempotent)."""
+        segment = self.spool.current
+        kept = self._memory.get(segment)
+        if kept is None or not kept.records:
+            return
+        records, size = kept.records, kept.size
+        kept.records, kept.size = [], 0
+        self._memory_bytes -= size
+        try:
+            await self._store(records)
+        except BaseException:
+            # Not stored: back in front of what came meanwhile (the segment
+            # may have been rotated since; if it was left to the disk, it
+            # will be read from there whole).
+            if self._memory.get(segment) is kept:
+                kept.records[:0] = records
+                kept.size += size
+                self._memory_bytes += size
+            raise
 
     async def _store(self, records: list[EventRecord | Seal]) -> None:
         """One segment's records into the store, in batches; seals last (a

@@ -37,6 +37,11 @@ class Spool:
         self._number = int(existing[-1].stem) + 1 if existing else 1
         #: Bytes in all segments (what the store has not acknowledged yet).
         self.pending_bytes = sum(p.stat().st_size for p in existing)
+        #: Segments closed and not yet removed, oldest first (kept here, not
+        #: listed from the directory: the flusher asks several times a second).
+        self._closed = existing
+        #: Descriptors of closed segments not yet fsynced (see rotate).
+        self._unsettled: list[int] = []
         self._fd = -1
         self._size = 0
         #: Bytes written since the last fsync.
@@ -85,32 +90,48 @@ class Spool:
 
     def rotate(self) -> None:
         """Close the current segment (if it holds anything) so the flusher may
-        take it; later records go to a new one."""
+        take it; later records go to a new one. The closed segment is fsynced
+        by ``settle``, off the event loop (an fsync on a busy disk takes
+        milliseconds), before the flusher hands it to the store."""
         if self._size == 0:
             return
-        os.fsync(self._fd)  # a closed segment is complete on disk
-        os.close(self._fd)
+        self._unsettled.append(self._fd)
+        self._closed.append(self.current)
         self._number += 1
         self._open_segment()
 
+    def settle(self) -> None:
+        """fsync and close the segments rotate closed: each is complete on
+        disk before the store takes it (callable from a worker thread; a
+        failure is raised once, and the descriptor is closed anyway)."""
+        while self._unsettled:
+            fd = self._unsettled.pop(0)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
     def closed_segments(self) -> list[Path]:
-        current = self.current
-        return [p for p in self.segments() if p != current]
+        return list(self._closed)
 
     def remove(self, segment: Path) -> None:
         size = segment.stat().st_size
         segment.unlink()
+        self._closed.remove(segment)
         self.pending_bytes = max(0, self.pending_bytes - size)
 
     def close(self) -> None:
-        if self._fd >= 0:
-            try:
-                os.fsync(self._fd)
-            finally:
-                os.close(self._fd)
-                self._fd = -1
-            if self._size == 0:
-                self.current.unlink(missing_ok=True)
+        try:
+            self.settle()
+        finally:
+            if self._fd >= 0:
+                try:
+                    os.fsync(self._fd)
+                finally:
+                    os.close(self._fd)
+                    self._fd = -1
+                if self._size == 0:
+                    self.current.unlink(missing_ok=True)
 
 
 def read_segment(path: Path) -> Iterator[bytes]:

@@ -56,9 +56,11 @@ class Store(ABC):
     @abstractmethod
     async def write_recording(self, events: Sequence[EventRecord], seals: Sequence[Seal]) -> None:
         """Store events and seals in one transaction; already stored ones
-        (same session_id and seq; same session's seal) are left as they are.
-        A session_start event opens its session's row; a seal closes it.
-        Raises StoreError when the store is unavailable (nothing is written)."""
+        are left as they are: a session's events reach the store in seq
+        order, so those up to its last stored seq are taken as stored (and
+        a seal for a sealed session). A session_start event opens its
+        session's row; a seal closes it. Raises StoreError when the store is
+        unavailable (nothing is written)."""
 
     @abstractmethod
     async def add_signing_key(self, key: SigningKey) -> None:

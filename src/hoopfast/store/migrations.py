@@ -226,6 +226,76 @@ _V2_POSTGRESQL = (
     "CREATE INDEX reviews_kind ON reviews (kind, requester, connection, status)",
 )
 
+
+def _v4(dialect: Dialect) -> tuple[str, ...]:
+    """Events in blocks (hoopfast.store.sql): one row per run of consecutive
+    events of one session, their lines in ``body``. The table's other
+    columns are what reads select blocks by; ``body`` comes last so that a
+    scan of them does not read it. Existing events become blocks of one
+    event each, written here in SQL: their ``at`` as round-trip text (SQLite's
+    ``%!.17g``; PostgreSQL's float output with extra_float_digits > 0)."""
+    sqlite = dialect == "sqlite"
+    text, integer, real = (
+        ("TEXT", "INTEGER", "REAL") if sqlite else ("text", "bigint", "double precision")
+    )
+    key = text if sqlite else 'text COLLATE "C"'
+    tab, newline = ("char(9)", "char(10)") if sqlite else ("chr(9)", "chr(10)")
+
+    def contains(value: str, char: str) -> str:
+        return f"instr({value}, {char}) > 0" if sqlite else f"strpos({value}, {char}) > 0"
+
+    def escaped(column: str) -> str:
+        # hoopfast.store.sql's escaped line: backslash, tab and newline as
+        # \\, \t and \n (string literals: SQLite has no escapes in them,
+        # PostgreSQL none with standard_conforming_strings, its default).
+        return f"replace(replace(replace({column}, '\\', '\\\\'), {tab}, '\\t'), {newline}, '\\n')"
+
+    seq = "CAST(seq AS TEXT)" if sqlite else "seq::text"
+    at = "printf('%!.17g', at)" if sqlite else "at::text"
+    fields = ("kind", "verdict", "prev_hash", "hash", "data")
+    plain = f" || {tab} || ".join((seq, at, *fields))
+    escape = f" || {tab} || ".join((seq, at, *map(escaped, fields)))
+    heads = " || ".join(fields[:4])
+    verdicts = "json_quote(verdict)" if sqlite else "to_json(verdict)::text"
+    copy = f"""
+    INSERT INTO event_blocks
+        (session_id, first_seq, last_seq, first_at, last_at, subject, connection, events,
+         verdicts, body)
+    SELECT session_id, seq, seq, at, at, subject, connection, 1,
+        '{{' || {verdicts} || ':1}}',
+        CASE WHEN {contains(heads, tab)} OR {contains(heads + " || data", newline)}
+            THEN '!' || {escape} ELSE {plain} END || {newline}
+    FROM events
+    """
+    create = f"""
+    CREATE TABLE event_blocks (
+        session_id {key} NOT NULL,
+        first_seq  {integer} NOT NULL,
+        last_seq   {integer} NOT NULL,
+        first_at   {real} NOT NULL,
+        last_at    {real} NOT NULL,
+        subject    {key} NOT NULL,
+        connection {key} NOT NULL,
+        events     {integer} NOT NULL,
+        verdicts   {text} NOT NULL,
+        body       {text} NOT NULL,
+        PRIMARY KEY (session_id, first_seq)
+    )
+    """
+    # Unlike the events table's indexes, these serve the keyset order with
+    # the key's columns: a block is large, its index entries are not.
+    indexes = (
+        "CREATE INDEX event_blocks_at ON event_blocks (first_at, session_id, first_seq)",
+        "CREATE INDEX event_blocks_subject"
+        " ON event_blocks (subject, first_at, session_id, first_seq)",
+        "CREATE INDEX event_blocks_connection"
+        " ON event_blocks (connection, first_at, session_id, first_seq)",
+    )
+    # Transaction-local: the float output of at::text round-trips.
+    settings = () if sqlite else ("SET LOCAL extra_float_digits = 3",)
+    return (*settings, create, copy, "DROP TABLE events", *indexes)
+
+
 #: Every schema version, oldest first; versions are 1, 2, 3, ... in order.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "recordings: sessions, events, signing keys", _V1_SQLITE, _V1_POSTGRESQL),
@@ -235,6 +305,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "reviews: the parameter values a statement approval binds",
         ("ALTER TABLE reviews ADD COLUMN parameters TEXT NOT NULL DEFAULT ''",),
         ("ALTER TABLE reviews ADD COLUMN parameters text NOT NULL DEFAULT ''",),
+    ),
+    Migration(
+        4,
+        "recordings: events in blocks, one row per run of a session's events",
+        _v4("sqlite"),
+        _v4("postgresql"),
     ),
 )
 

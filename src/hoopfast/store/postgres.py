@@ -7,7 +7,8 @@ it is no longer usable, and the next call connects again.
 
 Batches go to the server as one statement over ``unnest`` of parameter
 arrays (binary, so a megabyte of event data is not escaped into an array
-literal): one round trip per table, whatever the batch size.
+literal): one round trip per table, whatever the batch size, and one to read
+the batch's sessions' last stored seqs (which events are new).
 
 Errors never show the URL: libpq and psycopg can echo parts of the conninfo,
 so a message that contains the password is replaced by the error's class and
@@ -29,13 +30,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from hoopfast.store import migrations
 from hoopfast.store.base import StoreError
-from hoopfast.store.records import (
-    SESSION_START,
-    STATEMENT,
-    EventRecord,
-    Seal,
-)
-from hoopfast.store.sql import EVENT_COLUMNS, SqlStore, client_address, event_values
+from hoopfast.store.blocks import BLOCK_COLUMNS, Run, build_blocks, new_counts, session_runs
+from hoopfast.store.records import EventRecord, Seal
+from hoopfast.store.sql import SqlStore, session_starts
 
 __all__ = ["PostgresStore"]
 
@@ -60,11 +57,19 @@ _DEFAULTS: dict[str, str] = {
     "application_name": "hoopfast",
 }
 
-_INSERT_EVENTS = (
-    f"INSERT INTO events ({EVENT_COLUMNS})"
-    " SELECT * FROM unnest(%b::text[], %b::bigint[], %b::float8[], %b::text[], %b::text[],"
-    " %b::text[], %b::text[], %b::text[], %b::text[], %b::text[])"
-    " ON CONFLICT DO NOTHING RETURNING session_id, kind"
+#: Each session's last stored seq (NULL: none): its last block's, by the
+#: primary key (one probe; max(last_seq) would read all its blocks). Blocks
+#: of a session never overlap (build_blocks), so no other block ends later.
+_LAST_SEQS = (
+    "SELECT u.session_id, (SELECT b.last_seq FROM event_blocks b"
+    ' WHERE b.session_id = u.session_id COLLATE "C" ORDER BY b.first_seq DESC LIMIT 1)'
+    " FROM unnest(%b::text[]) AS u(session_id)"
+)
+_INSERT_BLOCKS = (
+    f"INSERT INTO event_blocks ({BLOCK_COLUMNS})"
+    " SELECT * FROM unnest(%b::text[], %b::bigint[], %b::bigint[], %b::float8[], %b::float8[],"
+    " %b::text[], %b::text[], %b::bigint[], %b::text[], %b::text[])"
+    " ON CONFLICT DO NOTHING RETURNING session_id, first_seq"
 )
 _OPEN_SESSIONS = (
     "INSERT INTO sessions (session_id, subject, connection, client_address, started_at)"
@@ -264,12 +269,8 @@ def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
 async def _write_recording(
     conn: _Conn, events: Sequence[EventRecord], seals: Sequence[Seal]
 ) -> None:
-    event_rows = [event_values(e) for e in events]
-    starts = [
-        (e.session_id, e.subject, e.connection, client_address(e.data), e.at)
-        for e in events
-        if e.kind == SESSION_START
-    ]
+    runs = session_runs(events)
+    starts = session_starts(events)
     # The first seal of a session wins, as it would one by one (in one UPDATE
     # ... FROM, which of two matching rows applies is not defined).
     first_seals: dict[str, Seal] = {}
@@ -280,20 +281,33 @@ async def _write_recording(
         for s in first_seals.values()
     ]
     async with conn.transaction():
-        added: dict[str, list[int]] = {}
-        if event_rows:
-            # RETURNING lists only the rows inserted: the counters count
-            # those, so a redelivered batch adds nothing.
-            cursor = await conn.execute(_INSERT_EVENTS, _columns(event_rows, 10))
-            for session_id, kind in await cursor.fetchall():
-                counts = added.setdefault(session_id, [0, 0])
-                counts[0] += 1
-                counts[1] += int(kind == STATEMENT)
-        # Sessions are opened before they are counted: a batch may hold both.
-        if starts:
-            await conn.execute(_OPEN_SESSIONS, _columns(starts, 5))
-        if added:
-            counted = [(sid, n, statements) for sid, (n, statements) in added.items()]
-            await conn.execute(_COUNT_EVENTS, _columns(counted, 3))
-        if seal_rows:
-            await conn.execute(_SEAL_SESSIONS, _columns(seal_rows, 7))
+        try:
+            counts = await _write_blocks(conn, runs)
+            # Sessions are opened before they are counted: a batch may hold both.
+            if starts:
+                await conn.execute(_OPEN_SESSIONS, _columns(starts, 5))
+            if counts:
+                counted = [(sid, n, statements) for sid, (n, statements) in counts.items()]
+                await conn.execute(_COUNT_EVENTS, _columns(counted, 3))
+            if seal_rows:
+                await conn.execute(_SEAL_SESSIONS, _columns(seal_rows, 7))
+        except UnicodeEncodeError as e:
+            # A lone surrogate: refused as in _execute (a StoreError for the
+            # caller; the connection stays in use).
+            raise psycopg.DataError(str(e)) from None
+
+
+async def _write_blocks(conn: _Conn, runs: dict[str, Run]) -> dict[str, tuple[int, int]]:
+    """Insert the blocks of the events not stored yet (in the caller's
+    transaction); per session, how many events and statements they hold."""
+    if not runs:
+        return {}
+    cursor = await conn.execute(_LAST_SEQS, [list(runs)])
+    stored: dict[str, int | None] = dict(await cursor.fetchall())
+    blocks = build_blocks(runs, stored)
+    if not blocks:
+        return {}
+    # RETURNING lists only the blocks inserted: the counters count those.
+    cursor = await conn.execute(_INSERT_BLOCKS, _columns([b.values() for b in blocks], 10))
+    inserted = set(await cursor.fetchall())
+    return new_counts(b for b in blocks if (b.session_id, b.first_seq) in inserted)

@@ -21,13 +21,9 @@ from typing import Any, TypeVar
 
 from hoopfast.store import migrations
 from hoopfast.store.base import StoreError
-from hoopfast.store.records import (
-    SESSION_START,
-    STATEMENT,
-    EventRecord,
-    Seal,
-)
-from hoopfast.store.sql import EVENT_COLUMNS, SqlStore, client_address, event_values
+from hoopfast.store.blocks import BLOCK_COLUMNS, build_blocks, new_counts, session_runs
+from hoopfast.store.records import EventRecord, Seal
+from hoopfast.store.sql import SqlStore, session_starts
 
 __all__ = ["SqliteStore"]
 
@@ -196,27 +192,35 @@ def _migrate(conn: sqlite3.Connection) -> None:
         pass
 
 
+#: A session's last stored seq: its last block's (by the primary key, one
+#: probe; max(last_seq) would read all its blocks). Blocks of a session
+#: never overlap (build_blocks), so no other block ends later.
+_LAST_SEQ = "SELECT last_seq FROM event_blocks WHERE session_id = ? ORDER BY first_seq DESC LIMIT 1"
+# ON CONFLICT DO NOTHING, not OR IGNORE: it skips a stored block only, where
+# OR IGNORE would also skip a row that breaks a NOT NULL constraint.
+_INSERT_BLOCK = (
+    f"INSERT INTO event_blocks ({BLOCK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT DO NOTHING"
+)
+
+
 def _write_recording(
     conn: sqlite3.Connection, events: Sequence[EventRecord], seals: Sequence[Seal]
 ) -> None:
-    insert = f"INSERT OR IGNORE INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    # The costly part before the transaction, which holds the write lock.
+    runs = session_runs(events)
+    starts = session_starts(events)
 
     def write() -> None:
-        # One execute per event: rowcount says whether it was new, which is
-        # what the counters may count (a redelivered batch adds nothing).
-        added: dict[str, list[int]] = {}
-        starts: list[tuple[str, str, str, str, float]] = []
-        for e in events:
-            cursor = conn.execute(
-                insert,
-                event_values(e),
-            )
-            if e.kind == SESSION_START:
-                starts.append((e.session_id, e.subject, e.connection, client_address(e.data), e.at))
-            if cursor.rowcount == 1:
-                counts = added.setdefault(e.session_id, [0, 0])
-                counts[0] += 1
-                counts[1] += int(e.kind == STATEMENT)
+        # Under the write lock: what each session has stored decides which
+        # events are new (a redelivered batch adds nothing), and only the
+        # blocks inserted are counted.
+        stored = {sid: _last_seq(conn, sid) for sid in runs}
+        inserted = [
+            block
+            for block in build_blocks(runs, stored)
+            if conn.execute(_INSERT_BLOCK, block.values()).rowcount == 1
+        ]
         # Sessions are opened before they are counted: a batch may hold both.
         conn.executemany(
             "INSERT OR IGNORE INTO sessions"
@@ -227,7 +231,7 @@ def _write_recording(
         conn.executemany(
             "UPDATE sessions SET stored_events = stored_events + ?, statements = statements + ?"
             " WHERE session_id = ?",
-            [(n, statements, sid) for sid, (n, statements) in added.items()],
+            [(n, statements, sid) for sid, (n, statements) in new_counts(inserted).items()],
         )
         conn.executemany(
             "UPDATE sessions SET ended_at = ?, end_reason = ?, events = ?, last_hash = ?,"
@@ -246,4 +250,13 @@ def _write_recording(
             ],
         )
 
-    _in_transaction(conn, write)
+    try:
+        _in_transaction(conn, write)
+    except UnicodeEncodeError as e:
+        # A lone surrogate has no UTF-8: a StoreError (via _call), as in _write.
+        raise sqlite3.DataError(str(e)) from None
+
+
+def _last_seq(conn: sqlite3.Connection, session_id: str) -> int | None:
+    row = conn.execute(_LAST_SEQ, (session_id,)).fetchone()
+    return None if row is None else int(row[0])

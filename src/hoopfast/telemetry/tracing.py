@@ -24,7 +24,10 @@ would more than double that when tracing is on; an event adds about a third.
 What events give up, on purpose:
 
 * A session span keeps at most ``OTEL_SPAN_EVENT_COUNT_LIMIT`` events
-  (SDK default 128; the SDK keeps the newest and exports the dropped count).
+  (SDK default 128): the session's first statements. Past the limit the
+  gateway stops adding events (the SDK would keep the newest, but pays
+  for validating and copying each one first, the cost above for every
+  statement of a long session); the totals below say how many there were.
   Memory per session stays bounded, as the architecture requires. The
   complete per-statement trail is the recording, not the trace: the
   recording events carry this span's ids (:meth:`SessionSpan.context_ids`),
@@ -56,7 +59,7 @@ from typing import IO, ClassVar, Final
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
@@ -139,6 +142,7 @@ class _LiveSessionSpan(SessionSpan):
         "_bytes",
         "_ended",
         "_errors",
+        "_events_left",
         "_ids",
         "_rows",
         "_span",
@@ -147,8 +151,13 @@ class _LiveSessionSpan(SessionSpan):
 
     recording: ClassVar[bool] = True
 
-    def __init__(self, span: Span) -> None:
+    def __init__(self, span: Span, max_events: int) -> None:
         self._span = span
+        #: Statement events still to add: the SDK would keep only its last
+        #: ``max_events`` anyway, validating and copying every one first
+        #: (~6 µs each, for a session of millions), so the span keeps the
+        #: session's first ones and the totals count all.
+        self._events_left = max_events
         # Bound once: the per-statement path then makes one call into the SDK.
         self._add_event = span.add_event
         ctx = span.get_span_context()
@@ -200,7 +209,9 @@ class _LiveSessionSpan(SessionSpan):
             attributes[ATTR_SQLSTATE] = sqlstate
         if text is not None:
             attributes[ATTR_STATEMENT] = text
-        self._add_event(STATEMENT_EVENT_NAME, attributes)
+        if self._events_left > 0:
+            self._events_left -= 1
+            self._add_event(STATEMENT_EVENT_NAME, attributes)
 
     def context_ids(self) -> tuple[str, str]:
         return self._ids
@@ -236,6 +247,9 @@ class Tracing:
         self._tracer = (
             provider.get_tracer("hoopfast", __version__) if provider is not None else None
         )
+        # OTEL_SPAN_EVENT_COUNT_LIMIT, as the SDK reads it (None: unlimited).
+        limit = SpanLimits().max_events
+        self._max_events = sys.maxsize if limit is None else limit
 
     @classmethod
     def from_env(
@@ -328,7 +342,7 @@ class Tracing:
             # Sampled out (OTEL_TRACES_SAMPLER): nothing would be exported,
             # so the session pays the no-op's price.
             return NOOP_SESSION_SPAN
-        return _LiveSessionSpan(span)
+        return _LiveSessionSpan(span, self._max_events)
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Export what is queued; True if everything went out in time."""

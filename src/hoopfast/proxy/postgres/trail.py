@@ -128,7 +128,7 @@ class Statement:
                 {"columns": r.columns, "rows": r.rows, "truncated": r.truncated}
                 for r in self.results
             ],
-            "result_rows_kept": sum(len(r.rows) for r in self.results),
+            "result_rows_kept": sum([len(r.rows) for r in self.results]),
         }
         if self.uncounted:
             event["rows_exact"] = False
@@ -172,6 +172,9 @@ class Trail:
         #: RowDescriptions from Describe, by statement name.
         self._described: dict[bytes, _Columns | None] = {}
         self._session_kept = 0
+        #: Parsed RowDescriptions and command tags, by their bytes.
+        self._row_descriptions: dict[bytes, _Columns] = {}
+        self._tags: dict[bytes, tuple[str, int | None]] = {}
 
     # -- from the client ----------------------------------------------------
 
@@ -276,7 +279,7 @@ class Trail:
             st = head.statement
             assert st is not None
             if type_code == m.ROW_DESCRIPTION:
-                st.results.append(_ResultSet(*_row_description(data, self._codec)))
+                st.results.append(_ResultSet(*self._row_description(data)))
             elif type_code == m.COMMAND_COMPLETE:
                 self._tag(st, data)
             elif type_code == m.EMPTY_QUERY:
@@ -286,9 +289,7 @@ class Trail:
             queue.popleft()
         elif kind == _DESCRIBE:
             if type_code in (m.ROW_DESCRIPTION, m.NO_DATA):
-                columns = (
-                    _row_description(data, self._codec) if type_code == m.ROW_DESCRIPTION else None
-                )
+                columns = self._row_description(data) if type_code == m.ROW_DESCRIPTION else None
                 target = head.name
                 if target[:1] == b"S":
                     self._described[target[1:]] = columns
@@ -360,12 +361,26 @@ class Trail:
             pos += length
         return row
 
+    def _row_description(self, data: bytes) -> _Columns:
+        """Columns and formats of a RowDescription; a session asks the same
+        few again and again, so they are read once (never changed after)."""
+        known = self._row_descriptions.get(data)
+        if known is None:
+            if len(self._row_descriptions) >= _CACHED:
+                self._row_descriptions.clear()
+            known = self._row_descriptions[data] = _row_description(data, self._codec)
+        return known
+
     def _tag(self, st: Statement, data: bytes) -> None:
-        tag = data[5:-1].decode("ascii", "replace")
+        known = self._tags.get(data)
+        if known is None:
+            if len(self._tags) >= _CACHED:
+                self._tags.clear()
+            known = self._tags[data] = _read_tag(data)
+        tag, count = known
         st.tags.append(tag)
-        words = tag.split()
-        if words and words[-1].isdigit() and words[0] in _COUNTING:
-            st.rows += int(words[-1])  # exact, where DataRows may not be seen (COPY)
+        if count is not None:
+            st.rows += count  # exact, where DataRows may not be seen (COPY)
             st.uncounted = False
         else:
             st.rows += st.pending_rows
@@ -414,6 +429,19 @@ class Trail:
 #: ParseComplete, BindComplete, CloseComplete: which entry each completes.
 _COMPLETES = {m.PARSE_COMPLETE: _PARSE, m.BIND_COMPLETE: _BIND, m.CLOSE_COMPLETE: _CLOSE}
 _COUNTING = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "COPY", "FETCH", "MOVE"})
+
+
+#: Distinct RowDescriptions (and tags) a session keeps parsed.
+_CACHED = 64
+
+
+def _read_tag(data: bytes) -> tuple[str, int | None]:
+    """A CommandComplete's tag, and its row count where the tag has one."""
+    tag = data[5:-1].decode("ascii", "replace")
+    words = tag.split()
+    if words and words[-1].isdigit() and words[0] in _COUNTING:
+        return tag, int(words[-1])
+    return tag, None
 
 
 def _formats(codes: list[int], n: int) -> list[int]:
