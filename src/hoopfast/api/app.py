@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
+import orjson
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -345,8 +346,8 @@ Verdict = Annotated[
 
 def _parsed(data: str) -> dict[str, Any] | None:
     try:
-        value = json.loads(data)
-    except ValueError:
+        value = orjson.loads(data)
+    except ValueError:  # (orjson's JSONDecodeError is one)
         return None
     return value if isinstance(value, dict) else None
 
@@ -366,7 +367,14 @@ def _export_line(event: EventRecord, include_results: bool) -> bytes:
     if data is not None and not include_results:
         data.pop("results", None)
     line = {**_event_head(event), "data": data}
-    return (json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+    try:
+        # orjson: the export's cost per event is mostly this line (3x faster
+        # than json.dumps, same text: compact, UTF-8 as is).
+        return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+    except (TypeError, orjson.JSONEncodeError):
+        # What orjson refuses (an integer past 64 bits in stored data) the
+        # json module writes.
+        return (json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
 
 class ExportAborted(Exception):
