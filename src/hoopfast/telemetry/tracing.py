@@ -194,6 +194,13 @@ class _LiveSessionSpan(SessionSpan):
             return
         self._statements += 1
         self._bytes += bytes
+        if rows is not None:
+            self._rows += rows
+        if sqlstate is not None:
+            self._errors += 1
+        if self._events_left <= 0:
+            return  # (counted above, as the span's totals say)
+        self._events_left -= 1
         attributes: dict[str, str | int | float] = {
             ATTR_VERDICT: verdict,
             ATTR_BYTES: bytes,
@@ -202,16 +209,12 @@ class _LiveSessionSpan(SessionSpan):
         if rule is not None:
             attributes[ATTR_RULE] = rule
         if rows is not None:
-            self._rows += rows
             attributes[ATTR_ROWS] = rows
         if sqlstate is not None:
-            self._errors += 1
             attributes[ATTR_SQLSTATE] = sqlstate
         if text is not None:
             attributes[ATTR_STATEMENT] = text
-        if self._events_left > 0:
-            self._events_left -= 1
-            self._add_event(STATEMENT_EVENT_NAME, attributes)
+        self._add_event(STATEMENT_EVENT_NAME, attributes)
 
     def context_ids(self) -> tuple[str, str]:
         return self._ids
