@@ -587,3 +587,38 @@ def test_recorder_stores_the_open_segment_without_closing_it(tmp_path: Path) -> 
         assert list(spool.iterdir()) == []
 
     asyncio.run(scenario())
+
+
+def test_spool_bound_counts_only_what_the_store_has_not_taken(tmp_path: Path) -> None:
+    """The open segment's stored part no longer counts against the spool's
+    bound: a bound far below the segment size never refuses while the store
+    keeps up."""
+    from hoopfast.recording import recorder as rec
+    from hoopfast.recording.chain import Signer
+    from hoopfast.store.sqlite import SqliteStore
+
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "store.db")
+        await store.open()
+        options = rec.RecorderOptions(
+            fsync="off", flush_interval=3600, max_bytes=1 << 16, segment_bytes=16 << 20
+        )
+        recorder = rec.Recorder(
+            store, tmp_path / "spool", Signer.load_or_create(tmp_path / "key.pem"), options
+        )
+        await recorder.start()
+        session = recorder.open_session("s1", "alice", "main", {"client_address": "x"})
+        for i in range(1000):  # ~400 KB in all, 6x the bound
+            session.statement("allow", {"text": f"SELECT {i}", "pad": "x" * 300})
+            if i % 100 == 99:
+                assert not recorder.full
+                await recorder._flush()
+                assert recorder.spool.pending_bytes == 0
+        assert len(list((tmp_path / "spool").iterdir())) == 1
+        session.end("client closed")
+        await recorder.close()
+        (row,) = await store.sessions(EventFilter(subject="alice"))
+        await store.close()
+        assert row.statements == 1000 and row.seal is not None
+
+    asyncio.run(scenario())

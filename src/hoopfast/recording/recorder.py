@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hoopfast.recording.chain import Chain, Signer
-from hoopfast.recording.spool import Spool, SpoolError, read_segment
+from hoopfast.recording.spool import FRAME_OVERHEAD, Spool, SpoolError, read_segment
 from hoopfast.store import Store, StoreError
 from hoopfast.store.records import SESSION_END, SESSION_START, STATEMENT, EventRecord, Seal
 
@@ -303,7 +303,7 @@ class Recorder:
             log.critical("recording stopped: %s", e)
             raise RecordingUnavailable(self._why_full()) from None
         self._unrotated += 1
-        self._remember(record, len(payload))
+        self._remember(record, len(payload) + FRAME_OVERHEAD)
         if self.spool.current_size >= self.options.segment_bytes:
             self._rotate()
         if self.options.on_spool_size is not None:
@@ -448,6 +448,9 @@ class Recorder:
                 kept.size += size
                 self._memory_bytes += size
             raise
+        self.spool.acknowledge(segment, size)
+        if self.options.on_spool_size is not None:
+            self.options.on_spool_size(self.spool.pending_bytes)
 
     async def _store(self, records: list[EventRecord | Seal]) -> None:
         """One segment's records into the store, in batches; seals last (a

@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 _HEADER = struct.Struct(">II")
+#: Bytes a record takes on disk beyond its payload.
+FRAME_OVERHEAD = _HEADER.size
 _SUFFIX = ".spool"
 
 
@@ -42,6 +44,8 @@ class Spool:
         self._closed = existing
         #: Descriptors of closed segments not yet fsynced (see rotate).
         self._unsettled: list[int] = []
+        #: Bytes of a segment the store already has (see acknowledge).
+        self._acknowledged: dict[Path, int] = {}
         self._fd = -1
         self._size = 0
         #: Bytes written since the last fsync.
@@ -114,8 +118,15 @@ class Spool:
     def closed_segments(self) -> list[Path]:
         return list(self._closed)
 
+    def acknowledge(self, segment: Path, size: int) -> None:
+        """``size`` bytes of ``segment`` (not removed yet: it is still being
+        written) are in the store: they no longer count as pending, so the
+        spool's bound measures what the store has not taken."""
+        self._acknowledged[segment] = self._acknowledged.get(segment, 0) + size
+        self.pending_bytes = max(0, self.pending_bytes - size)
+
     def remove(self, segment: Path) -> None:
-        size = segment.stat().st_size
+        size = segment.stat().st_size - self._acknowledged.pop(segment, 0)
         segment.unlink()
         self._closed.remove(segment)
         self.pending_bytes = max(0, self.pending_bytes - size)

@@ -228,7 +228,7 @@ _V2_POSTGRESQL = (
 
 
 def _v4(dialect: Dialect) -> tuple[str, ...]:
-    """Events in blocks (hoopfast.store.sql): one row per run of consecutive
+    """Events in blocks (hoopfast.store.blocks): one row per run of consecutive
     events of one session, their lines in ``body``. The table's other
     columns are what reads select blocks by; ``body`` comes last so that a
     scan of them does not read it. Existing events become blocks of one
@@ -245,7 +245,7 @@ def _v4(dialect: Dialect) -> tuple[str, ...]:
         return f"instr({value}, {char}) > 0" if sqlite else f"strpos({value}, {char}) > 0"
 
     def escaped(column: str) -> str:
-        # hoopfast.store.sql's escaped line: backslash, tab and newline as
+        # hoopfast.store.blocks's escaped line: backslash, tab and newline as
         # \\, \t and \n (string literals: SQLite has no escapes in them,
         # PostgreSQL none with standard_conforming_strings, its default).
         return f"replace(replace(replace({column}, '\\', '\\\\'), {tab}, '\\t'), {newline}, '\\n')"
