@@ -1,0 +1,338 @@
+"""Adversarial tests of the recorder's spool-to-store path (hoopfast.recording)
+and of the event blocks (hoopfast.store.blocks): crashes, store outages and
+races between the data path and the flusher, against the real Recorder,
+Spool and SqliteStore.
+
+Where a test needs the data path to run *while* the flusher awaits the
+store, a SqliteStore subclass runs a callback at the start of
+write_recording: on a real gateway that is any statement that completes
+while a batch is in the store's worker thread. Each test here fails on the
+code it was written against (0b3c8d0); see the docstrings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hoopfast.recording import recorder as rec
+from hoopfast.recording.chain import Signer, verify_session
+from hoopfast.store import StoreError
+from hoopfast.store.records import EventRecord, Seal, SessionRow
+from hoopfast.store.sqlite import SqliteStore
+
+
+class HookedStore(SqliteStore):
+    """A real SQLite store; ``before_write``, when set, runs once at the start
+    of the next write_recording (the data path running while the flusher
+    awaits the store)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.before_write: Callable[[], None] | None = None
+
+    async def write_recording(self, events: Sequence[EventRecord], seals: Sequence[Seal]) -> None:
+        hook, self.before_write = self.before_write, None
+        if hook is not None:
+            hook()
+        await super().write_recording(events, seals)
+
+
+def _recorder(store: SqliteStore, tmp_path: Path, **options: Any) -> rec.Recorder:
+    options = {"fsync": "off", "flush_interval": 3600, **options}
+    return rec.Recorder(
+        store,
+        tmp_path / "spool",
+        Signer.load_or_create(tmp_path / "key.pem"),
+        rec.RecorderOptions(**options),
+    )
+
+
+def _crash(recorder: rec.Recorder) -> None:
+    """A kill -9: the process is gone, its descriptors closed by the kernel,
+    nothing flushed or removed."""
+    spool = recorder.spool
+    for fd in [*spool._unsettled, spool._fd]:
+        os.close(fd)
+    spool._unsettled, spool._fd = [], -1
+
+
+async def _trail(store: SqliteStore, session_id: str) -> tuple[SessionRow, list[EventRecord], Any]:
+    row = await store.session(session_id)
+    assert row is not None, f"no session {session_id} in the store"
+    events = await store.session_events(session_id)
+    return row, events, verify_session(session_id, events, row.seal, await store.signing_keys())
+
+
+def test_a_segment_rotated_while_an_older_one_is_stored_is_not_skipped(tmp_path: Path) -> None:
+    """_flush takes a snapshot of the closed segments, stores them, then
+    stores the *current* segment from memory. A segment rotated while the
+    snapshot is being stored (the data path filled it meanwhile) is neither
+    in the snapshot nor current: the segment after it reaches the store
+    first, the session's last stored seq jumps past it, and on the next
+    flush the store's seq cut (build_blocks) drops all of its events as
+    "already stored"; the segment is then removed. Acknowledged statements
+    are lost and the sealed trail no longer verifies."""
+
+    async def scenario() -> None:
+        store = HookedStore(tmp_path / "store.db")
+        await store.open()
+        recorder = _recorder(store, tmp_path, segment_bytes=4096)
+        session = recorder.open_session("s1", "alice", "main", {"client_address": "x"})
+        ran = 0
+
+        def statement() -> None:
+            nonlocal ran
+            session.statement("allow", {"text": f"SELECT {ran}", "pad": "x" * 200})
+            ran += 1
+
+        while not recorder.spool.closed_segments():
+            statement()  # segment 1 fills and is rotated
+
+        def data_path() -> None:
+            # While the flusher stores segment 1: segment 2 fills and is
+            # rotated, and segment 3 (current) gets a few statements.
+            closed = len(recorder.spool.closed_segments())
+            while len(recorder.spool.closed_segments()) == closed:
+                statement()
+            for _ in range(3):
+                statement()
+
+        store.before_write = data_path
+        await recorder._flush()  # segment 1, then segment 3's events from memory
+        await recorder._flush()  # segment 2
+        session.end("client closed")
+        await recorder.close()  # no background task: the spool is closed
+        # Whatever the spool still holds is replayed by the next process.
+        second = _recorder(store, tmp_path, segment_bytes=4096)
+        await second.start()
+        await second.close()
+        row, events, problem = await _trail(store, "s1")
+        await store.close()
+        assert [e.seq for e in events] == list(range(ran + 2)), problem
+        assert row.statements == ran
+        assert problem is None
+
+    asyncio.run(scenario())
+
+
+def test_restart_does_not_count_bytes_the_store_already_took(tmp_path: Path) -> None:
+    """A new Spool counts every byte of the segments it finds as pending,
+    including the open segment's part the previous process had already
+    stored and acknowledged (up to segment_bytes). With a bound below the
+    segment size (what 0b3c8d0 set out to allow) the restarted recorder is
+    "full" with a healthy store and nothing left to store: with
+    on_full="continue" the recovery of the crashed session (its end and its
+    seal) is dropped, so the session is never sealed; with "refuse" new
+    sessions are refused until the first flush."""
+
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "store.db")
+        await store.open()
+        options: dict[str, Any] = {
+            "max_bytes": 1 << 16,
+            "segment_bytes": 16 << 20,
+            "on_full": "continue",
+        }
+        first = _recorder(store, tmp_path, **options)
+        session = first.open_session("s1", "alice", "main", {"client_address": "x"})
+        for i in range(400):  # ~200 KB in all, three times the bound
+            session.statement("allow", {"text": f"SELECT {i}", "pad": "x" * 300})
+            if i % 50 == 49:
+                await first._flush()
+        await first._flush()
+        assert not first.full and first.dropped == 0  # the store keeps up
+        _crash(first)
+        second = _recorder(store, tmp_path, **options)
+        full_at_start = second.full
+        await second.start()  # recovers s1: its end and seal
+        dropped = second.dropped
+        await second.close()
+        row, events, problem = await _trail(store, "s1")
+        await store.close()
+        assert (full_at_start, dropped, row.seal is not None) == (False, 0, True), (
+            second.spool.pending_bytes,
+            len(events),
+            problem,
+        )
+
+    asyncio.run(scenario())
+
+
+def test_the_open_segments_checkpoint_does_not_keep_the_spool_full(tmp_path: Path) -> None:
+    """A rotation starts the new segment with a checkpoint of every open
+    session's chain head (~150 bytes each). The checkpoint is appended to
+    the spool (pending_bytes grows) but is not one of the records kept in
+    memory, so _store_current never acknowledges it: while that segment is
+    the current one, its checkpoint counts as "not taken by the store". With
+    enough open sessions it alone exceeds the bound and the gateway refuses
+    every statement with a healthy store and nothing left to store (and
+    the segment that would clear it is never filled, statements being
+    refused)."""
+
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "store.db")
+        await store.open()
+        recorder = _recorder(store, tmp_path, max_bytes=1 << 16, segment_bytes=1 << 19)
+        sessions = []
+        for i in range(700):
+            sid = f"session-{i:04d}-" + "0" * 40
+            sessions.append(recorder.open_session(sid, "alice", "main", {"client_address": "x"}))
+            if i % 50 == 49:
+                await recorder._flush()
+        i = 0
+        while not recorder.spool.closed_segments():
+            sessions[i % 700].statement("allow", {"text": f"SELECT {i}", "pad": "x" * 300})
+            i += 1
+            if i % 50 == 0:
+                await recorder._flush()
+        await recorder._flush()  # everything written so far is in the store
+        assert not recorder.spool.closed_segments()
+        pending, full = recorder.spool.pending_bytes, recorder.full
+        for s in sessions:
+            s.end("client closed")
+        await recorder.close()
+        await store.close()
+        assert (full, pending) == (False, 0)
+
+    asyncio.run(scenario())
+
+
+def test_the_store_never_gets_ahead_of_what_the_spool_has_on_disk(tmp_path: Path) -> None:
+    """With fsync="batch" the store now takes the open segment's records from
+    memory before they are fsynced (the old flusher rotated, i.e. fsynced,
+    a segment before storing it). A power cut then loses the spool's tail
+    that the store already has: on restart the recovered chain head is
+    behind the store's, the recovery's session_end is cut by the store as
+    "already stored" while its seal (counting the events the spool knew) is
+    applied, and the sealed trail fails verification (it looks tampered)
+    instead of merely missing the last statements. Simulated: the segment is
+    cut back to its size at the last fsync, which is what a power cut leaves
+    of it."""
+
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "store.db")
+        await store.open()
+        options: dict[str, Any] = {"fsync": "batch", "fsync_interval": 3600}
+        first = _recorder(store, tmp_path, **options)
+        session = first.open_session("s1", "alice", "main", {"client_address": "x"})
+        for i in range(3):
+            session.statement("allow", {"text": f"SELECT {i}"})
+        first.spool.sync()  # the batch fsync
+        durable = first.spool.current_size
+        for i in range(3, 6):
+            session.statement("allow", {"text": f"SELECT {i}"})
+        await first._flush()  # the store takes all of it, from memory
+        segment = first.spool.current
+        _crash(first)
+        os.truncate(segment, durable)  # the power cut: the page cache is gone
+        second = _recorder(store, tmp_path, **options)
+        await second.start()
+        await second.close()
+        _, _, problem = await _trail(store, "s1")
+        await store.close()
+        assert problem is None
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_fsync_of_a_rotated_segment_stops_recording_visibly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Spool.settle (fsync + close of rotated segments, now in the flusher)
+    raises OSError out of _flush, which _run does not catch (only
+    StoreError): the flusher task dies silently. Nothing reaches the store
+    any more while `broken` and `store_error` stay empty and statements go
+    on until the spool fills ("the state store has not taken it", though it
+    is healthy); Recorder.close() then re-raises the OSError and never
+    closes the spool (its descriptors leak, serve's Runtime.close stops
+    before closing the store). A failed batch fsync, by contrast, sets
+    `broken` (fail closed)."""
+    real_fsync = os.fsync
+    failures = [OSError(errno.EIO, "Input/output error")]
+
+    def fsync(fd: int) -> None:
+        if failures:
+            raise failures.pop()
+        real_fsync(fd)
+
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "store.db")
+        await store.open()
+        recorder = _recorder(store, tmp_path, segment_bytes=4096, flush_interval=0.02)
+        await recorder.start()
+        session = recorder.open_session("s1", "alice", "main", {"client_address": "x"})
+        monkeypatch.setattr(os, "fsync", fsync)
+        i = 0
+        while not recorder.spool.closed_segments():
+            session.statement("allow", {"text": f"SELECT {i}", "pad": "x" * 200})
+            i += 1
+        for _ in range(100):  # the flusher settles the rotated segment
+            await asyncio.sleep(0.02)
+            if not failures and (recorder.broken or recorder._task.done()):  # type: ignore[union-attr]
+                break
+        broken = recorder.broken
+        session.end("client closed")
+        close_error = None
+        try:
+            await recorder.close()
+        except OSError as e:
+            close_error = e
+        await store.close()
+        assert (bool(broken), close_error) == (True, None)
+
+    asyncio.run(scenario())
+
+
+class LimitedStore(SqliteStore):
+    """A real SQLite store whose longest string is 1 MiB instead of SQLite's
+    default 10^9 bytes: the same refusal ("string or blob too big") at a
+    size a test can write quickly."""
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = super()._connect()
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 1 << 20)
+        return conn
+
+
+def test_one_unstorable_event_does_not_stop_everyone_elses_trail(tmp_path: Path) -> None:
+    """Statement texts and parameters are recorded uncapped (only results
+    are capped), and JSON makes a control character six characters
+    (\\u0001) and the trail a binary parameter two (hex). With the default
+    pg_max_message of 1 GiB, one client's statement makes an event larger
+    than the store takes (SQLite's 10^9 bytes, PostgreSQL's 1 GB per value):
+    write_recording fails with the same StoreError on every retry, forever,
+    and every other session's events queue behind it until the spool is
+    full and the gateway refuses all statements (denial of service by one
+    authenticated client; pre-existing, the events table had the same
+    column). Scaled down here with SQLITE_LIMIT_LENGTH."""
+
+    async def scenario() -> None:
+        store = LimitedStore(tmp_path / "store.db")
+        await store.open()
+        recorder = _recorder(store, tmp_path)
+        mallory = recorder.open_session("m1", "mallory", "main", {"client_address": "x"})
+        mallory.statement("error", {"text": "\x01" * 200_000, "params": []})
+        alice = recorder.open_session("a1", "alice", "main", {"client_address": "y"})
+        for i in range(3):
+            alice.statement("allow", {"text": f"SELECT {i}"})
+        alice.end("client closed")
+        errors = 0
+        for _ in range(5):
+            try:
+                await recorder._flush()
+            except StoreError:
+                errors += 1
+        stored = await store.session_events("a1")
+        await recorder.close()
+        await store.close()
+        assert len(stored) == 5, f"alice's trail not stored after {errors} failed flushes"
+
+    asyncio.run(scenario())
