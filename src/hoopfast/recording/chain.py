@@ -146,6 +146,8 @@ class Chain:
         body["connection"] = connection
         body["verdict"] = verdict
         raw = event_json(body)
+        if len(raw) > MAX_EVENT_BYTES:
+            raw = event_json(_shrunk(body, len(raw)))
         prev_hash = self.last_hash
         hash_ = hashlib.sha256(prev_hash.encode() + b"\n" + raw).hexdigest()
         record = EventRecord(
@@ -163,6 +165,40 @@ class Chain:
         self.count = seq + 1
         self.last_hash = hash_
         return record
+
+
+#: An event's JSON past this is cut down (see _shrunk): a store refuses a value
+#: past its limit (SQLite 10^9 bytes, PostgreSQL 1 GB) on every retry, and
+#: every other session's trail would queue behind it until the spool is full.
+#: Statement texts and parameters come from clients, uncapped by the trail
+#: (a message may be up to HOOPFAST_PG_MAX_MESSAGE; JSON makes a control
+#: character six bytes, hex a binary parameter two per byte).
+MAX_EVENT_BYTES = 16 << 20
+
+
+def _shrunk(body: dict[str, Any], size: int) -> dict[str, Any]:
+    """An oversized event as it is recorded: the start of its text, its
+    length and SHA-256 (an auditor holding the statement can match it),
+    without its parameters and results, and a note of what was cut."""
+    shrunk = dict(body)
+    note: dict[str, Any] = {"bytes": size}
+    text = shrunk.get("text")
+    # An eighth of the bound in characters: JSON writes one in at most six.
+    kept = MAX_EVENT_BYTES // 8
+    if isinstance(text, str) and len(text) > kept:
+        shrunk["text"] = text[:kept]
+        note["text_chars"] = len(text)
+        note["text_sha256"] = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    for key in ("params", "results"):
+        if shrunk.get(key):
+            shrunk[key] = None
+            note[f"{key}_dropped"] = True
+    shrunk["oversized"] = note
+    if len(event_json(shrunk)) > MAX_EVENT_BYTES:
+        # Still too large (some other field): only what identifies it.
+        keep = ("session", "seq", "kind", "at", "subject", "connection", "verdict", "n", "rule")
+        shrunk = {k: shrunk[k] for k in keep if k in shrunk} | {"oversized": note}
+    return shrunk
 
 
 def event_json(value: dict[str, Any]) -> bytes:

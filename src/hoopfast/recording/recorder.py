@@ -190,25 +190,31 @@ class Recorder:
         """Replay what a previous process left, then start moving segments
         to the store. Sessions the spool shows open are sealed as ended."""
         replayed = self._scan()
+        # Best effort, before anything new is written: the earlier process's
+        # segments go to the store now, so that the part of its open segment
+        # the store already had stops counting against the spool's bound.
+        try:
+            await self._flush()
+        except StoreError as e:
+            log.error("recording: the store refused the spool left by the last run: %s", e)
         for session_id, r in replayed.items():
             if r.sealed:
                 continue
             chain = Chain(session_id)
             chain.count, chain.last_hash = r.count, r.last_hash
             at = max(r.last_at, 0.0) or time.time()
-            self._write(
-                chain.append(
-                    SESSION_END,
-                    time.time(),
-                    r.subject,
-                    r.connection,
-                    "",
-                    {"reason": _CRASH_REASON, "statements": r.statements, "ended_at": at},
-                )
+            end = chain.append(
+                SESSION_END,
+                time.time(),
+                r.subject,
+                r.connection,
+                "",
+                {"reason": _CRASH_REASON, "statements": r.statements, "ended_at": at},
             )
-            self._write_seal(
-                self.signer.seal(session_id, chain.count, chain.last_hash, at, _CRASH_REASON)
-            )
+            # Never dropped (on_full "continue"): a session left unsealed.
+            self._append(_encode_event(end), end, essential=True)
+            seal = self.signer.seal(session_id, chain.count, chain.last_hash, at, _CRASH_REASON)
+            self._append(_encode_seal(seal), seal, essential=True)
             log.warning("session %s: recovered from the spool and sealed", session_id)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="recorder")
 
@@ -288,10 +294,12 @@ class Recorder:
     def _write_seal(self, seal: Seal) -> None:
         self._append(_encode_seal(seal), seal)
 
-    def _append(self, payload: bytes, record: EventRecord | Seal) -> None:
+    def _append(
+        self, payload: bytes, record: EventRecord | Seal, *, essential: bool = False
+    ) -> None:
         if self.broken:
             raise RecordingUnavailable(self._why_full())
-        if self.options.on_full == "continue" and self.full:
+        if self.options.on_full == "continue" and self.full and not essential:
             self.dropped += 1
             return
         try:
@@ -333,7 +341,10 @@ class Recorder:
             for sid, s in self._open.items()
         ]
         if heads:
-            self.spool.append(_encode_checkpoint(heads))
+            checkpoint = _encode_checkpoint(heads)
+            self.spool.append(checkpoint)
+            # For a restart only, never for the store: not pending.
+            self.spool.acknowledge(self.spool.current, len(checkpoint) + FRAME_OVERHEAD)
         self._wake.set()
 
     # -- moving the spool to the store -------------------------------------
@@ -365,6 +376,10 @@ class Recorder:
             if not (woken or self._closing or now - last_flush >= opts.flush_interval):
                 continue
             last_flush = now
+            # Only a flush that began after close() was called is the last:
+            # one already running took its records before the session ends
+            # and seals that a clean stop writes.
+            final = self._closing
             try:
                 await self._flush()
             except StoreError as e:
@@ -373,23 +388,23 @@ class Recorder:
                 self.store_error = str(e)
                 if opts.on_store_error is not None:
                     opts.on_store_error()
-                if self._closing:
+                if final:
                     return
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                if not self._closing:
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
                 continue
             if self.store_error:
                 log.warning("recording: the store takes batches again")
             self.store_error = ""
             backoff = opts.flush_interval
-            if self._closing:
+            if final:
                 return
 
     async def _flush(self) -> None:
         if not self._key_stored:
             await self.store.add_signing_key(self.signer.signing_key())
             self._key_stored = True
-        loop = asyncio.get_running_loop()
         current = self.spool.current
         # The current segment is closed only when full, at a clean stop (which
         # leaves nothing behind), or when it is not kept in memory (much
@@ -400,30 +415,45 @@ class Recorder:
             self._closing or (current in self._on_disk_only and not self.spool.closed_segments())
         ):
             self._rotate()
-        closed = self.spool.closed_segments()
-        if closed:
-            # fsync (and close) what rotate closed, off the loop.
-            await loop.run_in_executor(None, self.spool.settle)
-        for segment in closed:
-            kept = self._memory.pop(segment, None)
-            if kept is not None:
-                self._memory_bytes -= kept.size
-                records = kept.records
-            else:
-                # Off the loop: a segment may hold megabytes to decode.
-                records = await loop.run_in_executor(None, _load_segment, segment)
-            try:
-                await self._store(records)
-            except BaseException:
-                if kept is not None:  # not stored: keep it for the next try
-                    self._memory[segment] = kept
-                    self._memory_bytes += kept.size
-                raise
-            self.spool.remove(segment)
-            self._on_disk_only.discard(segment)
-            if self.options.on_spool_size is not None:
-                self.options.on_spool_size(self.spool.pending_bytes)
+        # Until none is left: the data path may close another segment while
+        # one is stored, and it must reach the store before anything newer
+        # (a session's events are stored in seq order; see Store).
+        while closed := self.spool.closed_segments():
+            await self._settle()
+            for segment in closed:
+                await self._store_segment(segment)
         await self._store_current()
+
+    async def _settle(self) -> None:
+        """fsync (and close) what rotate closed, off the loop. A failure is
+        what a failed batch fsync is: recording stops, visibly."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.spool.settle)
+        except OSError as e:
+            self.broken = f"fsync failed: {e.strerror}"
+            log.critical("recording stopped: %s", self.broken)
+
+    async def _store_segment(self, segment: Path) -> None:
+        """A closed segment into the store, then off the disk."""
+        kept = self._memory.pop(segment, None)
+        if kept is not None:
+            self._memory_bytes -= kept.size
+            records = kept.records
+        else:
+            # Off the loop: a segment may hold megabytes to decode.
+            loop = asyncio.get_running_loop()
+            records = await loop.run_in_executor(None, _load_segment, segment)
+        try:
+            await self._store(records)
+        except BaseException:
+            if kept is not None:  # not stored: keep it for the next try
+                self._memory[segment] = kept
+                self._memory_bytes += kept.size
+            raise
+        self.spool.remove(segment)
+        self._on_disk_only.discard(segment)
+        if self.options.on_spool_size is not None:
+            self.options.on_spool_size(self.spool.pending_bytes)
 
     async def _store_current(self) -> None:
         """Store what the current segment gained since the last flush, from
@@ -434,6 +464,19 @@ class Recorder:
         kept = self._memory.get(segment)
         if kept is None or not kept.records:
             return
+        if self.options.fsync != "off" and self.spool.dirty:
+            # The store must not get ahead of the spool on disk: after a
+            # power cut the spool's chain heads seal the crashed sessions,
+            # and a store holding later events would contradict the seal.
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self.spool.sync)
+            except OSError as e:
+                self.broken = f"fsync failed: {e.strerror}"
+                log.critical("recording stopped: %s", self.broken)
+                return
+            if self.spool.current != segment:
+                # Rotated meanwhile: the closed segment goes first, next flush.
+                return
         records, size = kept.records, kept.size
         kept.records, kept.size = [], 0
         self._memory_bytes -= size

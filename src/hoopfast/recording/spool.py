@@ -108,12 +108,17 @@ class Spool:
         """fsync and close the segments rotate closed: each is complete on
         disk before the store takes it (callable from a worker thread; a
         failure is raised once, and the descriptor is closed anyway)."""
+        failed: OSError | None = None
         while self._unsettled:
             fd = self._unsettled.pop(0)
             try:
                 os.fsync(fd)
+            except OSError as e:
+                failed = failed or e
             finally:
                 os.close(fd)
+        if failed is not None:
+            raise failed
 
     def closed_segments(self) -> list[Path]:
         return list(self._closed)
