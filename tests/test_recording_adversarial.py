@@ -434,3 +434,41 @@ def test_statements_racing_the_flusher_all_reach_the_store(tmp_path: Path) -> No
         assert problem is None
 
     asyncio.run(scenario())
+
+
+class FlakyStore(SqliteStore):
+    """A real SQLite store that refuses recordings while ``failing``."""
+
+    failing = True
+    refusals = 0
+
+    async def write_recording(self, events: Sequence[EventRecord], seals: Sequence[Seal]) -> None:
+        if self.failing:
+            self.refusals += 1
+            raise StoreError("the store is down (test)")
+        await super().write_recording(events, seals)
+
+
+def test_close_during_a_retry_back_off_still_makes_the_last_attempt(tmp_path: Path) -> None:
+    """After failures the flusher backs off for longer and longer; close()
+    cuts the back-off short, so a store that is back by then gets the whole
+    trail although close() waits less than the back-off."""
+
+    async def scenario() -> None:
+        store = FlakyStore(tmp_path / "store.db")
+        await store.open()
+        recorder = _recorder(store, tmp_path, flush_interval=0.5)
+        await recorder.start()
+        session = recorder.open_session("s1", "alice", "main", {"client_address": "x"})
+        for i in range(3):
+            session.statement("allow", {"text": f"SELECT {i}"})
+        session.end("client closed")
+        while store.refusals < 3:  # at start, then after 0.5 s and 1 s more: now 2 s
+            await asyncio.sleep(0.05)
+        store.failing = False
+        await recorder.close(timeout=1.0)
+        row, events, problem = await _trail(store, "s1")
+        await store.close()
+        assert (len(events), row.seal is not None, problem) == (5, True, None)
+
+    asyncio.run(scenario())

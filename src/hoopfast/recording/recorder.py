@@ -168,6 +168,8 @@ class Recorder:
         self._key_stored = False
         self._wake = asyncio.Event()
         self._closing = False
+        #: Set by close(): cuts a retry's back-off short.
+        self._stop = asyncio.Event()
         #: The store's last error, or "" while it takes batches.
         self.store_error = ""
         #: Set when a spool write failed: nothing more can be recorded.
@@ -250,6 +252,7 @@ class Recorder:
         """Stop after one last attempt to move everything to the store;
         what the store did not take stays in the spool for the next start."""
         self._closing = True
+        self._stop.set()
         self._wake.set()
         if self._task is not None:
             try:
@@ -391,7 +394,10 @@ class Recorder:
                 if final:
                     return
                 if not self._closing:
-                    await asyncio.sleep(backoff)
+                    # Until close() (whose wait is as long as the longest
+                    # back-off), so that the last attempt is still made.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), backoff)
                     backoff = min(backoff * 2, 5.0)
                 continue
             if self.store_error:
