@@ -44,10 +44,13 @@ bench = _load_bench_client()
 
 BATCH = 100
 TEXTS: list[str] = bench.pgbench_texts(BATCH)
-#: The bound for the plain timing test: generous, for noisy CI machines and
-#: the pure-Python fingerprint (HOOPFAST_IMPL=python, ~8 us on its own). The
-#: target itself (3 us, compiled core) is judged by bench/run.py.
-MEAN_BOUND_NS = 20_000
+#: The bound for the plain timing test: generous, for noisy CI machines. The
+#: pure-Python fingerprint (HOOPFAST_IMPL=python) takes ~8 us on its own on a
+#: quiet machine and was measured at 24-29 us on a shared one whose CPU was
+#: taken by others; a cache miss (a sqlglot classification) costs 165 us and
+#: more, and rules.cached tells misses apart exactly anyway. The target
+#: itself (3 us, compiled core) is judged by bench/run.py.
+MEAN_BOUND_NS = 20_000 if hoopfast.core.IMPLEMENTATION == "compiled" else 100_000
 TIMED_CHECKS = 20_000
 
 
