@@ -41,8 +41,10 @@ def canonical(value: Any) -> str:
     )
 
 
-def link(prev_hash: str, data: str) -> str:
-    return hashlib.sha256(f"{prev_hash}\n{data}".encode()).hexdigest()
+def link(prev_hash: str, data: str | bytes) -> str:
+    """An event's hash: over the previous one's and its data (UTF-8)."""
+    raw = data.encode() if isinstance(data, str) else data
+    return hashlib.sha256(prev_hash.encode() + b"\n" + raw).hexdigest()
 
 
 def seal_message(
@@ -149,7 +151,7 @@ class Chain:
         if len(raw) > MAX_EVENT_BYTES:
             raw = event_json(_shrunk(body, len(raw)))
         prev_hash = self.last_hash
-        hash_ = hashlib.sha256(prev_hash.encode() + b"\n" + raw).hexdigest()
+        hash_ = link(prev_hash, raw)
         record = EventRecord(
             self.session_id,
             seq,

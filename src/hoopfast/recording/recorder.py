@@ -214,9 +214,9 @@ class Recorder:
                 {"reason": _CRASH_REASON, "statements": r.statements, "ended_at": at},
             )
             # Never dropped (on_full "continue"): a session left unsealed.
-            self._append(_encode_event(end), end, essential=True)
+            self._write(end, essential=True)
             seal = self.signer.seal(session_id, chain.count, chain.last_hash, at, _CRASH_REASON)
-            self._append(_encode_seal(seal), seal, essential=True)
+            self._write_seal(seal, essential=True)
             log.warning("session %s: recovered from the spool and sealed", session_id)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="recorder")
 
@@ -291,15 +291,15 @@ class Recorder:
             f" ({self.store_error})" if self.store_error else ""
         )
 
-    def _write(self, record: EventRecord) -> None:
-        self._append(_encode_event(record), record)
+    def _write(self, record: EventRecord, *, essential: bool = False) -> None:
+        self._append(_encode_event(record), record, essential)
 
-    def _write_seal(self, seal: Seal) -> None:
-        self._append(_encode_seal(seal), seal)
+    def _write_seal(self, seal: Seal, *, essential: bool = False) -> None:
+        self._append(_encode_seal(seal), seal, essential)
 
-    def _append(
-        self, payload: bytes, record: EventRecord | Seal, *, essential: bool = False
-    ) -> None:
+    def _append(self, payload: bytes, record: EventRecord | Seal, essential: bool) -> None:
+        # essential: written even past the bound with on_full "continue"
+        # (a crashed session's recovered end and seal).
         if self.broken:
             raise RecordingUnavailable(self._why_full())
         if self.options.on_full == "continue" and self.full and not essential:
@@ -317,8 +317,7 @@ class Recorder:
         self._remember(record, len(payload) + FRAME_OVERHEAD)
         if self.spool.current_size >= self.options.segment_bytes:
             self._rotate()
-        if self.options.on_spool_size is not None:
-            self.options.on_spool_size(self.spool.pending_bytes)
+        self._report_size()
 
     def _remember(self, record: EventRecord | Seal, size: int) -> None:
         segment = self.spool.current
@@ -371,11 +370,7 @@ class Recorder:
                 and now - last_sync >= opts.fsync_interval
             ):
                 last_sync = now
-                try:
-                    await loop.run_in_executor(None, self.spool.sync)
-                except OSError as e:
-                    self.broken = f"fsync failed: {e.strerror}"
-                    log.critical("recording stopped: %s", self.broken)
+                await self._fsync(self.spool.sync)
             if not (woken or self._closing or now - last_flush >= opts.flush_interval):
                 continue
             last_flush = now
@@ -425,19 +420,26 @@ class Recorder:
         # one is stored, and it must reach the store before anything newer
         # (a session's events are stored in seq order; see Store).
         while closed := self.spool.closed_segments():
-            await self._settle()
+            # fsync (and close) what rotate closed.
+            await self._fsync(self.spool.settle)
             for segment in closed:
                 await self._store_segment(segment)
         await self._store_current()
 
-    async def _settle(self) -> None:
-        """fsync (and close) what rotate closed, off the loop. A failure is
-        what a failed batch fsync is: recording stops, visibly."""
+    async def _fsync(self, sync: Callable[[], None]) -> bool:
+        """Run a spool fsync (``Spool.sync`` or ``Spool.settle``) off the
+        loop. A failure stops recording, visibly: False."""
         try:
-            await asyncio.get_running_loop().run_in_executor(None, self.spool.settle)
+            await asyncio.get_running_loop().run_in_executor(None, sync)
         except OSError as e:
             self.broken = f"fsync failed: {e.strerror}"
             log.critical("recording stopped: %s", self.broken)
+            return False
+        return True
+
+    def _report_size(self) -> None:
+        if self.options.on_spool_size is not None:
+            self.options.on_spool_size(self.spool.pending_bytes)
 
     async def _store_segment(self, segment: Path) -> None:
         """A closed segment into the store, then off the disk."""
@@ -458,8 +460,7 @@ class Recorder:
             raise
         self.spool.remove(segment)
         self._on_disk_only.discard(segment)
-        if self.options.on_spool_size is not None:
-            self.options.on_spool_size(self.spool.pending_bytes)
+        self._report_size()
 
     async def _store_current(self) -> None:
         """Store what the current segment gained since the last flush, from
@@ -474,11 +475,7 @@ class Recorder:
             # The store must not get ahead of the spool on disk: after a
             # power cut the spool's chain heads seal the crashed sessions,
             # and a store holding later events would contradict the seal.
-            try:
-                await asyncio.get_running_loop().run_in_executor(None, self.spool.sync)
-            except OSError as e:
-                self.broken = f"fsync failed: {e.strerror}"
-                log.critical("recording stopped: %s", self.broken)
+            if not await self._fsync(self.spool.sync):
                 return
             if self.spool.current != segment:
                 # Rotated meanwhile: the closed segment goes first, next flush.
@@ -498,8 +495,7 @@ class Recorder:
                 self._memory_bytes += size
             raise
         self.spool.acknowledge(segment, size)
-        if self.options.on_spool_size is not None:
-            self.options.on_spool_size(self.spool.pending_bytes)
+        self._report_size()
 
     async def _store(self, records: list[EventRecord | Seal]) -> None:
         """One segment's records into the store, in batches; seals last (a

@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from hoopfast.core import decode_fields
 from hoopfast.policy.guard import ALLOW, Verdict
@@ -136,6 +136,7 @@ class Statement:
 
 
 _Columns = tuple[list[dict[str, Any]], list[int]]
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True)
@@ -366,17 +367,13 @@ class Trail:
         few again and again, so they are read once (never changed after)."""
         known = self._row_descriptions.get(data)
         if known is None:
-            if len(self._row_descriptions) >= _CACHED:
-                self._row_descriptions.clear()
-            known = self._row_descriptions[data] = _row_description(data, self._codec)
+            known = _remember(self._row_descriptions, data, _row_description(data, self._codec))
         return known
 
     def _tag(self, st: Statement, data: bytes) -> None:
         known = self._tags.get(data)
         if known is None:
-            if len(self._tags) >= _CACHED:
-                self._tags.clear()
-            known = self._tags[data] = _read_tag(data)
+            known = _remember(self._tags, data, _read_tag(data))
         tag, count = known
         st.tags.append(tag)
         if count is not None:
@@ -433,6 +430,14 @@ _COUNTING = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "COPY", 
 
 #: Distinct RowDescriptions (and tags) a session keeps parsed.
 _CACHED = 64
+
+
+def _remember(cache: dict[bytes, _T], key: bytes, value: _T) -> _T:
+    """Put ``value`` in a per-session parse cache, emptied when full."""
+    if len(cache) >= _CACHED:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 def _read_tag(data: bytes) -> tuple[str, int | None]:
