@@ -31,7 +31,7 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(STAMP): $(VENV)/bin/python pyproject.toml setup.py ext/_cpump.pyx $(RUST_SOURCES) | system-deps
+$(STAMP): $(VENV)/bin/python pyproject.toml setup.py ext/_cpump.pyx ext/_ctrail.pyx $(RUST_SOURCES) | system-deps
 	$(PY) -m pip install -q "maturin>=1.4,<2" "Cython>=3.0" "setuptools>=77" wheel
 	rm -rf rust/target/wheels
 	cd rust && ../$(PY) -m maturin build --release -q -o target/wheels
@@ -40,7 +40,7 @@ $(STAMP): $(VENV)/bin/python pyproject.toml setup.py ext/_cpump.pyx $(RUST_SOURC
 	@touch $@
 
 .PHONY: install
-install: $(STAMP) ## build everything (Rust core, Cython pump, package, test deps) into .venv
+install: $(STAMP) ## build everything (Rust core, Cython pump and trail, package, test deps) into .venv
 	@$(VENV)/bin/hoopfast version
 
 .PHONY: demo
@@ -67,7 +67,7 @@ cargo-test: ## the Rust crate's own tests
 lint: install ## ruff, mypy, and stubtest for the compiled modules
 	$(VENV)/bin/ruff check src tests bench fuzz
 	$(VENV)/bin/mypy
-	HOOPFAST_IMPL=compiled $(PY) -m mypy.stubtest --allowlist .stubtest-allowlist hoopfast_core hoopfast.core._cpump
+	HOOPFAST_IMPL=compiled $(PY) -m mypy.stubtest --allowlist .stubtest-allowlist hoopfast_core hoopfast.core._cpump hoopfast.core._ctrail
 
 .PHONY: bench
 bench: install system-deps ## side-by-side benchmark: direct vs pgbouncer vs hoopfast (several minutes)
@@ -75,4 +75,4 @@ bench: install system-deps ## side-by-side benchmark: direct vs pgbouncer vs hoo
 
 .PHONY: clean
 clean: ## remove build output and the virtualenv
-	rm -rf $(VENV) rust/target build src/*.egg-info src/hoopfast/core/_cpump*.so ext/_cpump.c
+	rm -rf $(VENV) rust/target build src/*.egg-info src/hoopfast/core/_cpump*.so src/hoopfast/core/_ctrail*.so ext/_cpump.c ext/_ctrail.c

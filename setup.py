@@ -1,4 +1,4 @@
-"""Builds the Cython extension in ext/ into the hoopfast package.
+"""Builds the Cython extensions in ext/ into the hoopfast package.
 
 The Rust core (rust/) is a separate maturin-built distribution, hoopfast-core;
 `make install` builds both.
@@ -9,7 +9,10 @@ from setuptools import Extension, setup
 
 setup(
     ext_modules=cythonize(
-        [Extension("hoopfast.core._cpump", ["ext/_cpump.pyx"], extra_compile_args=["-O3"])],
+        [
+            Extension("hoopfast.core._cpump", ["ext/_cpump.pyx"], extra_compile_args=["-O3"]),
+            Extension("hoopfast.core._ctrail", ["ext/_ctrail.pyx"], extra_compile_args=["-O3"]),
+        ],
         compiler_directives={"language_level": "3"},
         quiet=True,
     ),

@@ -7,7 +7,7 @@ Cython protocol."""
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.string cimport memchr
+from libc.string cimport memchr, memset
 
 
 cdef object _fast_text(int type_code, bytes message):
@@ -50,6 +50,11 @@ cdef class Pump:
     cdef object _feed
     cdef object _peer_write
     cdef object _fingerprint
+    cdef object _observe
+    cdef object _observe_statement
+    cdef unsigned char _observed[256]
+    cdef public object barrier
+    cdef Py_ssize_t _deferred
 
     def __init__(self, framer, owner, framing_error, fingerprint=None):
         self.framer = framer
@@ -65,6 +70,19 @@ cdef class Pump:
         self.held = None
         self.hold_limit = 8 << 20
         self._held_bytes = 0
+        self._observe = None
+        self._observe_statement = None
+        memset(self._observed, 0, 256)
+        self.barrier = None
+        self._deferred = 0
+
+    def observe(self, bytes types, observe=None, observe_statement=None):
+        cdef unsigned char t
+        memset(self._observed, 0, 256)
+        for t in types:
+            self._observed[t] = 1
+        self._observe = observe
+        self._observe_statement = observe_statement
 
     def attach(self, transport, peer):
         self.transport = transport
@@ -92,15 +110,33 @@ cdef class Pump:
                 ))
             return
         if len(items) == 1 and type(items[0]) is bytes:
-            self._peer_write(items[0])
+            self._write(items[0])
             return
         self._process(items, [])
+
+    cdef _write(self, object data):
+        barrier = self.barrier
+        if barrier is not None and (self._deferred or barrier.pending):
+            self._deferred += 1
+            barrier.defer(self, data)
+            return
+        self._peer_write(data)
+
+    def write(self, data):
+        self._write(data)
+
+    def deferred_write(self, data):
+        self._deferred -= 1
+        peer = self.peer
+        if data is not None and peer is not None and not peer.is_closing():
+            self._peer_write(data)
 
     cdef _process(self, list items, list out):
         cdef object item
         cdef object forward
         cdef object sql
         cdef object fast
+        cdef object verdict
         cdef int type_code
         cdef bytes message
         cdef Py_ssize_t i
@@ -112,12 +148,20 @@ cdef class Pump:
                 continue
             type_code = (<tuple>item)[0]
             message = (<tuple>item)[1]
+            if self._observed[type_code & 0xFF]:
+                self._observe(type_code, message)
+                out.append(message)
+                continue
             fast = self.fast
             if fast is not None:
                 sql = _fast_text(type_code, message)
-                if sql is not None and (<tuple>self._fingerprint(sql))[0] in <dict>fast:
-                    out.append(message)
-                    continue
+                if sql is not None:
+                    verdict = (<dict>fast).get((<tuple>self._fingerprint(sql))[0])
+                    if verdict is not None:
+                        if self._observe_statement is not None:
+                            self._observe_statement(type_code, message, sql, verdict)
+                        out.append(message)
+                        continue
             forward = self.owner.pump_message(self, type_code, message)
             if forward:
                 out.append(forward)
@@ -125,7 +169,7 @@ cdef class Pump:
                 (<list>self.held).extend(items[i + 1 :])
                 break
         if out and not self.peer.is_closing():
-            self._peer_write(out[0] if len(out) == 1 else b"".join(out))
+            self._write(out[0] if len(out) == 1 else b"".join(out))
 
     def hold(self):
         if self.held is None:

@@ -464,6 +464,38 @@ def test_revoked_session_keeps_executing_prepared_statements(
         app_admin.execute("UPDATE adv_items SET name = 'item 1' WHERE id = 1")
 
 
+def test_a_skipped_parse_does_not_lift_a_revocation_on_a_recorded_session(
+    tmp_path: Path,
+    adv_base: dict[str, Any],
+    issuer: DevIssuer,
+    make_settings: Callable[..., Settings],
+    certs: CertFiles,
+) -> None:
+    """A reload revokes a prepared statement; the client then sends a Bind
+    that fails and, in the same Sync group, a Parse of the revoked name. The
+    server skips that Parse, so the name still holds the revoked statement:
+    a Bind of it must still be refused. (The session follows the server's
+    answers, hoopfast.proxy.postgres.ledger, also on connections without
+    approvals when recording: found by a review after the relay's fast path
+    was opened to recorded sessions without it.)"""
+    write, gateway = _reload_gateway(tmp_path, adv_base, issuer, make_settings, certs)
+    with gateway as running, RawClient(running.host, running.port, ca_file=certs.ca_file) as raw:
+        assert running.gateway.recorder is not None, "recording must be on"
+        raw.startup("adv_rl", running.token())
+        raw.send(parse("leak", "SELECT salary FROM adv_secret LIMIT 1") + SYNC)
+        assert kinds(raw.read_until_ready()) == ["1", "Z"]
+        write({"analyst": {"deny_tables": ["adv_secret"]}})
+        assert running.call(lambda: running.gateway.reload_file(tmp_path / "reload.toml"))
+        raw.send(bind("leak") + execute() + SYNC)
+        assert sqlstates(raw.read_until_ready()) == ["42501"]
+        raw.send(bind("no_such_statement") + parse("leak", "SELECT 1") + SYNC)
+        assert sqlstates(raw.read_until_ready())
+        raw.send(bind("leak") + execute() + SYNC)
+        reply = raw.read_until_ready()
+        assert "D" not in kinds(reply), f"a revoked statement ran after a skipped Parse: {reply}"
+        assert sqlstates(reply) == ["42501"]
+
+
 # -- bypasses shown on the policy engine alone -------------------------------------
 
 

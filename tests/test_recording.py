@@ -503,6 +503,36 @@ def test_store_outage_spools_then_refuses_then_recovers(
             assert texts[0] == "SELECT 'before'" and texts[-1] == "SELECT 'after'"
 
 
+def test_a_spool_write_that_fails_ends_the_session_unacknowledged(
+    make_settings: Callable[..., Settings], issuer: DevIssuer, certs: Any
+) -> None:
+    """The spool's write fails (here: its descriptor turned read-only under
+    it, so the real write(2) fails): the statement whose record it held is
+    not acknowledged, the session ends with 53000, and no session starts
+    while recording is broken (fail closed)."""
+    with run_gateway(make_settings(), issuer, certs) as gw:
+        who = _person()
+        conn = psycopg.connect(gw.conninfo(token=gw.token(who), user=who), autocommit=True)
+        for _ in range(3):  # (the same text: the relay's fast path takes it)
+            assert conn.execute("SELECT 41").fetchone() == (41,)
+        r = gw.runtime.recorder
+        assert r is not None
+
+        async def break_spool() -> None:
+            fd = os.open(r.spool.current, os.O_RDONLY)
+            os.dup2(fd, r.spool._fd)
+            os.close(fd)
+
+        _run(gw, break_spool())
+        with pytest.raises(psycopg.OperationalError, match="cannot be recorded") as raised:
+            conn.execute("SELECT 41").fetchone()
+        assert "(41,)" not in str(raised.value)
+        assert conn.closed or conn.broken
+        assert r.broken
+        with pytest.raises(psycopg.OperationalError, match="cannot be recorded"):
+            psycopg.connect(gw.conninfo(token=gw.token(who), user=who))
+
+
 def test_recorder_reads_back_what_it_could_not_keep_in_memory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -528,6 +558,7 @@ def test_recorder_reads_back_what_it_could_not_keep_in_memory(
         for i in range(200):
             session.statement("allow", {"text": f"SELECT {i}", "pad": "x" * 200})
         session.end("client closed")
+        recorder.commit()  # (what the end of the loop iteration does)
         assert recorder._on_disk_only, "the memory bound was never reached"
         await recorder.close()  # the last flush stores everything
         (row,) = await store.sessions(EventFilter(subject="alice"))

@@ -96,6 +96,7 @@ def test_a_segment_rotated_while_an_older_one_is_stored_is_not_skipped(tmp_path:
         def statement() -> None:
             nonlocal ran
             session.statement("allow", {"text": f"SELECT {ran}", "pad": "x" * 200})
+            recorder.commit()  # (each in a loop iteration of its own)
             ran += 1
 
         while not recorder.spool.closed_segments():
@@ -196,6 +197,7 @@ def test_the_open_segments_checkpoint_does_not_keep_the_spool_full(tmp_path: Pat
         i = 0
         while not recorder.spool.closed_segments():
             sessions[i % 700].statement("allow", {"text": f"SELECT {i}", "pad": "x" * 300})
+            recorder.commit()
             i += 1
             if i % 50 == 0:
                 await recorder._flush()
@@ -290,6 +292,7 @@ def test_a_failed_fsync_of_a_rotated_segment_stops_recording_visibly(
         i = 0
         while not recorder.spool.closed_segments():
             session.statement("allow", {"text": f"SELECT {i}", "pad": "x" * 200})
+            recorder.commit()
             i += 1
         for _ in range(100):  # the flusher settles the rotated segment
             await asyncio.sleep(0.02)
@@ -472,3 +475,107 @@ def test_close_during_a_retry_back_off_still_makes_the_last_attempt(tmp_path: Pa
         assert (len(events), row.seal is not None, problem) == (5, True, None)
 
     asyncio.run(scenario())
+
+
+# -- found by the review of the journal (one spool write per loop iteration) --
+
+
+def _break_spool(recorder: rec.Recorder) -> None:
+    """The spool's descriptor turned read-only: the real write(2) fails."""
+    fd = os.open(recorder.spool.current, os.O_RDONLY)
+    os.dup2(fd, recorder.spool._fd)
+    os.close(fd)
+
+
+def test_a_broken_spool_drops_nothing_under_on_full_continue(tmp_path: Path) -> None:
+    """on_full "continue" runs statements unrecorded when the spool is
+    *full*; a spool that cannot be written is not full, it is broken: its
+    statements fail (the journal keeps them, and the commit fails them)."""
+
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "store.db")
+        await store.open()
+        recorder = _recorder(store, tmp_path, on_full="continue")
+        await recorder.start()
+        session = recorder.open_session("s1", "alice", "main", {})
+        recorder.commit()
+        _break_spool(recorder)
+        session.statement("allow", {"text": "SELECT 1"})
+        with pytest.raises(rec.RecordingUnavailable):
+            recorder.commit()
+        session.statement("allow", {"text": "DELETE FROM payroll"})
+        pending, dropped = recorder.pending, recorder.dropped
+        with pytest.raises(rec.RecordingUnavailable):
+            recorder.commit()
+        recorder._task.cancel()  # type: ignore[union-attr]
+        await store.close()
+        assert (pending, dropped) == (True, 0)
+
+    asyncio.run(scenario())
+
+
+def test_a_checkpoint_that_cannot_be_written_tells_the_sessions(tmp_path: Path) -> None:
+    """The flusher's rotation writes the new segment's checkpoint; when that
+    fails, recording stops *and* the watchers hear of it (the sessions turn
+    their fast path off and refuse statements)."""
+
+    async def scenario() -> tuple[str, list[bool]]:
+        store = SqliteStore(tmp_path / "store.db")
+        await store.open()
+        recorder = _recorder(store, tmp_path)
+        await recorder.start()
+        told: list[bool] = []
+        recorder.full_watchers.append(told.append)
+        session = recorder.open_session("s1", "alice", "main", {})
+        session.statement("allow", {"text": "SELECT 1"})
+        recorder.commit()
+        real = recorder.spool.write
+
+        def no_space(frames: list[bytes]) -> None:
+            if frames:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real(frames)
+
+        recorder.spool.write = no_space  # type: ignore[method-assign]
+        recorder._rotate()  # as the flusher does
+        recorder._task.cancel()  # type: ignore[union-attr]
+        await store.close()
+        return recorder.broken, told
+
+    broken, told = asyncio.run(scenario())
+    assert broken and told == [True]
+
+
+def test_a_segment_that_cannot_be_opened_keeps_the_spool_on_its_own_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening the next segment fails (no descriptors left under a flood of
+    connections): recording stops, and the spool's descriptor is neither
+    closed nor reused, so no record is ever written into another file."""
+    from hoopfast.recording import spool as spool_module
+
+    async def scenario() -> tuple[str, int, list[int]]:
+        store = SqliteStore(tmp_path / "store.db")
+        await store.open()
+        recorder = _recorder(store, tmp_path, segment_bytes=2000)
+        await recorder.start()
+        session = recorder.open_session("s1", "alice", "main", {})
+        real_open = os.open
+
+        def emfile(path: Any, *args: Any, **kwargs: Any) -> int:
+            if str(path).endswith(".spool"):
+                raise OSError(errno.EMFILE, "Too many open files")
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(spool_module.os, "open", emfile)
+        session.statement("allow", {"text": "SELECT 1", "pad": "x" * 3000})  # fills it
+        recorder.commit()
+        monkeypatch.setattr(spool_module.os, "open", real_open)
+        fd, unsettled = recorder.spool._fd, list(recorder.spool._unsettled)
+        recorder._task.cancel()  # type: ignore[union-attr]
+        await store.close()
+        return recorder.broken, fd, unsettled
+
+    broken, fd, unsettled = asyncio.run(scenario())
+    assert "cannot open a new spool segment" in broken
+    assert fd not in unsettled

@@ -1,9 +1,10 @@
-"""The hot-path core: message framing, codec and SQL fingerprints.
+"""The hot-path core: message framing, codec, SQL fingerprints, the relay
+pump and the audit trail.
 
 Selected once, at import, like psycopg's ``PSYCOPG_IMPL``:
 
-- ``HOOPFAST_IMPL=compiled``: the Rust core (``hoopfast_core``) and the Cython
-  relay; failing to import them is an error, never a silent fallback.
+- ``HOOPFAST_IMPL=compiled``: the Rust core (``hoopfast_core``), the Cython
+  relay and trail; failing to import them is an error, never a silent fallback.
 - ``HOOPFAST_IMPL=python``: the pure-Python reference.
 - unset: compiled when it imports, else the reference (``hoopfast version``
   and the pytest header say which one runs).
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import os
 from types import ModuleType
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from hoopfast.core.abc import Core
 from hoopfast.core.abc import MaskPlan as MaskPlanContract
@@ -22,22 +23,24 @@ from hoopfast.errors import ConfigurationError
 IMPLEMENTATIONS = ("compiled", "python")
 
 
-def _load(name: str) -> tuple[ModuleType, type]:
+def _load(name: str) -> tuple[ModuleType, type, ModuleType]:
+    """The codec module, the Pump class and the trail module."""
     if name == "compiled":
         import hoopfast_core
 
+        from hoopfast.core import _ctrail
         from hoopfast.core._cpump import Pump as CPump
 
-        return hoopfast_core, CPump
+        return hoopfast_core, CPump, _ctrail
     if name == "python":
-        from hoopfast.core import _python
+        from hoopfast.core import _python, _trail
         from hoopfast.core._pump import Pump as PyPump
 
-        return _python, PyPump
+        return _python, PyPump, _trail
     raise ConfigurationError(f"HOOPFAST_IMPL={name!r} is not one of {', '.join(IMPLEMENTATIONS)}")
 
 
-def _select() -> tuple[str, tuple[ModuleType, type]]:
+def _select() -> tuple[str, tuple[ModuleType, type, ModuleType]]:
     forced = os.environ.get("HOOPFAST_IMPL", "").strip().lower()
     if forced:
         try:
@@ -52,8 +55,19 @@ def _select() -> tuple[str, tuple[ModuleType, type]]:
         return "python", _load("python")
 
 
-IMPLEMENTATION, (_module, Pump) = _select()
+IMPLEMENTATION, (_module, Pump, _trail_module) = _select()
 core = cast(Core, _module)
+
+if TYPE_CHECKING:
+    # Both trails have the reference's interface (ext/_ctrail.pyx keeps in step).
+    from hoopfast.core._trail import Caps, Journal, SessionLog, Statement, Trail, frame
+else:
+    frame = _trail_module.frame
+    Trail = _trail_module.Trail
+    Statement = _trail_module.Statement
+    Caps = _trail_module.Caps
+    Journal = _trail_module.Journal
+    SessionLog = _trail_module.SessionLog
 
 Framer = core.Framer
 FramingError = core.FramingError
@@ -71,11 +85,16 @@ MaskPlan: type[MaskPlanContract] = core.MaskPlan
 
 __all__ = [
     "IMPLEMENTATION",
+    "Caps",
     "Framer",
     "FramingError",
+    "Journal",
     "MaskPlan",
     "PatternSet",
     "Pump",
+    "SessionLog",
+    "Statement",
+    "Trail",
     "core",
     "decode_data_row",
     "decode_fields",
@@ -86,4 +105,5 @@ __all__ = [
     "encode_row_description",
     "encode_startup",
     "fingerprint",
+    "frame",
 ]

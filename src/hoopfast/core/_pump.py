@@ -18,6 +18,23 @@ socket's write buffer crosses its high-water mark, the loop calls
 ``pause_writing`` here, and the pump stops reading from the peer (whose bytes
 would only pile up in that buffer) until ``resume_writing``.
 
+Observing: a message type the owner follows but never changes (the audit
+trail's) goes to ``observe(type_code, message)`` instead, set with
+:meth:`Pump.observe`, and is forwarded as it came; a statement the fast path
+passes goes to ``observe_statement(type_code, message, sql, verdict)``. A
+recorded session then runs as cheaply as an unrecorded one: nothing per
+message calls the owner. The observer may close the peer (its audit record
+could not be written): what the chunk held is then not written.
+
+Write-ahead: with a ``barrier`` (the recorder), a write to the peer waits
+while the barrier has records not yet in its spool (``barrier.pending``):
+it goes to ``barrier.defer(pump, data)``, which calls
+:meth:`Pump.deferred_write` once they are written, in the same loop
+iteration. So a statement's completion never reaches the client before its
+audit record is on disk, and the spool takes one write per loop iteration
+rather than one per statement. Later writes of the pump queue behind a
+deferred one, in order.
+
 Holding: the owner may call :meth:`Pump.hold` from ``pump_message`` (a
 statement waits for a second person's approval). The message it was handed
 is then the owner's to keep; everything after it (the rest of the chunk,
@@ -43,6 +60,11 @@ class PumpOwner(Protocol):
     def pump_violation(self, pump: Any, error: Exception) -> None: ...
 
     def pump_closed(self, pump: Any, error: Exception | None) -> None: ...
+
+    def pump_unrecorded(self, pump: Any, reason: str) -> None:
+        """What the pump held back behind the audit trail was dropped: the
+        trail could not be written (see Pump.barrier)."""
+        ...
 
 
 _QUERY = ord("Q")
@@ -72,9 +94,14 @@ def fast_text(type_code: int, message: bytes) -> str | None:
 
 class Pump(asyncio.Protocol):
     __slots__ = (
+        "_deferred",
         "_fingerprint",
         "_framing_error",
         "_held_bytes",
+        "_observe",
+        "_observe_statement",
+        "_observed",
+        "barrier",
         "bytes_in",
         "fast",
         "framer",
@@ -105,6 +132,23 @@ class Pump(asyncio.Protocol):
         self.held: list[Any] | None = None
         self.hold_limit = 8 << 20
         self._held_bytes = 0
+        self._observe: Any = None
+        self._observe_statement: Any = None
+        self._observed = bytes(256)
+        #: The recorder, for a pump whose writes acknowledge recorded statements.
+        self.barrier: Any = None
+        self._deferred = 0
+
+    def observe(self, types: bytes, observe: Any = None, observe_statement: Any = None) -> None:
+        """Hand messages of ``types`` to ``observe`` instead of the owner
+        (the framer must intercept them), and statements the fast path
+        passes to ``observe_statement`` (see the module docstring)."""
+        table = bytearray(256)
+        for t in types:
+            table[t] = 1
+        self._observed = bytes(table)
+        self._observe = observe
+        self._observe_statement = observe_statement
 
     def attach(self, transport: Any, peer: Any) -> None:
         """Take over ``transport`` (already connected) and write to ``peer``."""
@@ -131,12 +175,31 @@ class Pump(asyncio.Protocol):
                 )
                 self.owner.pump_violation(self, error)
             return
-        peer = self.peer
-        assert peer is not None
         if len(items) == 1 and type(items[0]) is bytes:
-            peer.write(items[0])  # the common case: nothing intercepted
+            self._write(items[0])  # the common case: nothing intercepted
             return
         self._process(items, [])
+
+    def write(self, data: bytes) -> None:
+        """Write to the peer after what the pump wrote before (which a
+        barrier may still hold back)."""
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        barrier = self.barrier
+        if barrier is not None and (self._deferred or barrier.pending):
+            self._deferred += 1
+            barrier.defer(self, data)
+            return
+        assert self.peer is not None
+        self.peer.write(data)
+
+    def deferred_write(self, data: bytes | None) -> None:
+        """A write the barrier held back: now (None: dropped)."""
+        self._deferred -= 1
+        peer = self.peer
+        if data is not None and peer is not None and not peer.is_closing():
+            peer.write(data)
 
     def _process(self, items: list[Any], out: list[bytes]) -> None:
         peer = self.peer
@@ -146,12 +209,20 @@ class Pump(asyncio.Protocol):
                 out.append(item)
                 continue
             type_code, message = item
+            if self._observed[type_code]:
+                self._observe(type_code, message)
+                out.append(message)
+                continue
             fast = self.fast
             if fast is not None:
                 sql = fast_text(type_code, message)
-                if sql is not None and self._fingerprint(sql)[0] in fast:
-                    out.append(message)
-                    continue
+                if sql is not None:
+                    verdict = fast.get(self._fingerprint(sql)[0])
+                    if verdict is not None:
+                        if self._observe_statement is not None:
+                            self._observe_statement(type_code, message, sql, verdict)
+                        out.append(message)
+                        continue
             forward = self.owner.pump_message(self, type_code, message)
             if forward:
                 out.append(forward)
@@ -160,7 +231,7 @@ class Pump(asyncio.Protocol):
                 break
         # The owner may have closed the peer (ending the session).
         if out and not peer.is_closing():
-            peer.write(out[0] if len(out) == 1 else b"".join(out))
+            self._write(out[0] if len(out) == 1 else b"".join(out))
 
     def hold(self) -> None:
         """Keep everything after the current message, unprocessed, until

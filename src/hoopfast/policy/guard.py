@@ -380,7 +380,7 @@ class Rules:
         #: session: allowed, no patterns to run, nothing for the session to
         #: track. The relay pumps look these up without leaving compiled
         #: code (hoopfast.core._pump); read-only for them.
-        self.fast: dict[bytes, bool] = {}
+        self.fast: dict[bytes, Verdict] = {}
         self._cache_size = cache_size
         self._classifications = classifications
         self._patterns = any(g.patterns for g in self._grants)
@@ -399,7 +399,7 @@ class Rules:
                     and not self._patterns
                     and not (c.prepares or c.deallocates)
                 ):
-                    self.fast[key] = True
+                    self.fast[key] = decision.verdict
                 if len(self._cache) > self._cache_size:
                     old, _ = self._cache.popitem(last=False)
                     self.fast.pop(old, None)

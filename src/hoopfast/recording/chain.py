@@ -147,9 +147,7 @@ class Chain:
         body["subject"] = subject
         body["connection"] = connection
         body["verdict"] = verdict
-        raw = event_json(body)
-        if len(raw) > MAX_EVENT_BYTES:
-            raw = event_json(_shrunk(body, len(raw)))
+        raw = encode_event(body)
         prev_hash = self.last_hash
         hash_ = link(prev_hash, raw)
         record = EventRecord(
@@ -176,6 +174,15 @@ class Chain:
 #: (a message may be up to HOOPFAST_PG_MAX_MESSAGE; JSON makes a control
 #: character six bytes, hex a binary parameter two per byte).
 MAX_EVENT_BYTES = 16 << 20
+
+
+def encode_event(body: dict[str, Any]) -> bytes:
+    """An event's JSON as hashed and stored (:func:`event_json`), cut down
+    past MAX_EVENT_BYTES (see _shrunk)."""
+    raw = event_json(body)
+    if len(raw) > MAX_EVENT_BYTES:
+        raw = event_json(_shrunk(body, len(raw)))
+    return raw
 
 
 def _shrunk(body: dict[str, Any], size: int) -> dict[str, Any]:

@@ -1,9 +1,13 @@
 """The recorder: takes events from the data path without blocking it, keeps
 them in the local spool, and moves them to the state store in batches.
 
-The data path calls ``SessionRecording.statement`` when a statement's answer
-is complete and *before* the gateway forwards the message that completes
-it, so an acknowledged statement is always in the spool (one ``write``; the
+The data path records a statement when its answer is complete (the trail
+hands it to the session's ``SessionLog``, hoopfast.core) and *before* the
+gateway forwards the message that completes it: the event goes into the
+journal, the relay holds that message back while the journal holds
+anything, and at the end of the loop iteration ``commit`` writes the
+journal to the spool (one ``write`` for all sessions) and then lets the
+held messages go. So an acknowledged statement is always in the spool (the
 fsync policy decides when it is on disk). A background task moves closed
 spool segments to the store and deletes them once stored. If the store is
 down the spool grows; past its bound ``full`` is set and the session refuses
@@ -28,8 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from hoopfast.recording.chain import Chain, Signer
-from hoopfast.recording.spool import FRAME_OVERHEAD, Spool, SpoolError, read_segment
+from hoopfast import core
+from hoopfast.recording.chain import GENESIS, MAX_EVENT_BYTES, Signer, encode_event
+from hoopfast.recording.spool import Spool, read_segment
 from hoopfast.store import Store, StoreError
 from hoopfast.store.records import SESSION_END, SESSION_START, STATEMENT, EventRecord, Seal
 
@@ -61,12 +66,18 @@ class RecorderOptions:
     on_store_error: Callable[[], None] | None = None
 
 
-@dataclass
-class _Open:
-    chain: Chain
-    subject: str
-    connection: str
-    statements: int = 0
+def _session_log(journal: core.Journal, session_id: str, subject: str, connection: str) -> Any:
+    return core.SessionLog(
+        journal,
+        session_id,
+        subject,
+        connection,
+        EventRecord,
+        encode_event,
+        STATEMENT,
+        MAX_EVENT_BYTES,
+        GENESIS,
+    )
 
 
 @dataclass
@@ -90,10 +101,6 @@ class _Replayed:
 # data is canonical JSON already and holds every other field, so the data
 # path encodes each event once. Seals and checkpoints are small JSON lists.
 _HASH = 64
-
-
-def _encode_event(e: EventRecord) -> bytes:
-    return b"e" + e.prev_hash.encode() + e.hash.encode() + e.data.encode()
 
 
 def _encode_seal(s: Seal) -> bytes:
@@ -163,7 +170,10 @@ class Recorder:
         self.signer = signer
         self.options = options
         self.spool = Spool(spool_dir, options.segment_bytes)
-        self._open: dict[str, _Open] = {}
+        #: The chain heads of the sessions open in this process.
+        self._open: dict[str, Any] = {}
+        #: Events recorded and not yet written (see commit).
+        self.journal = core.Journal(self._journal_started)
         self._task: asyncio.Task[None] | None = None
         self._key_stored = False
         self._wake = asyncio.Event()
@@ -174,8 +184,6 @@ class Recorder:
         self.store_error = ""
         #: Set when a spool write failed: nothing more can be recorded.
         self.broken = ""
-        #: Events not recorded because the spool was full (on_full "continue").
-        self.dropped = 0
         # Records appended since the last rotation, checkpoints aside: a
         # segment holding only a checkpoint is not worth rotating.
         self._unrotated = 0
@@ -185,6 +193,15 @@ class Recorder:
         self._memory: dict[Path, _Kept] = {}
         self._memory_bytes = 0
         self._on_disk_only: set[Path] = set()
+        #: Called with the new value whenever ``full`` changes: sessions let
+        #: statements pass without calling Python (the relay's fast path)
+        #: only while the spool takes them.
+        self.full_watchers: list[Callable[[bool], None]] = []
+        self._was_full = False
+        #: Records are buffered until the end of the loop iteration (commit);
+        #: the relay reads this before each write to a client.
+        self.pending = False
+        self._deferred: list[tuple[Any, bytes]] = []
 
     # -- lifecycle --------------------------------------------------------
 
@@ -202,19 +219,17 @@ class Recorder:
         for session_id, r in replayed.items():
             if r.sealed:
                 continue
-            chain = Chain(session_id)
+            chain = _session_log(self.journal, session_id, r.subject, r.connection)
             chain.count, chain.last_hash = r.count, r.last_hash
             at = max(r.last_at, 0.0) or time.time()
-            end = chain.append(
+            # Never dropped (on_full "continue"): a session left unsealed.
+            chain.append(
                 SESSION_END,
                 time.time(),
-                r.subject,
-                r.connection,
                 "",
                 {"reason": _CRASH_REASON, "statements": r.statements, "ended_at": at},
+                True,
             )
-            # Never dropped (on_full "continue"): a session left unsealed.
-            self._write(end, essential=True)
             seal = self.signer.seal(session_id, chain.count, chain.last_hash, at, _CRASH_REASON)
             self._write_seal(seal, essential=True)
             log.warning("session %s: recovered from the spool and sealed", session_id)
@@ -261,6 +276,8 @@ class Recorder:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
+        with contextlib.suppress(RecordingUnavailable):
+            self.commit()
         self.spool.close()
 
     # -- the data path ----------------------------------------------------
@@ -278,11 +295,15 @@ class Recorder:
         trail cannot be written (the session must not start)."""
         if self.full:
             raise RecordingUnavailable(self._why_full())
-        chain = Chain(session_id)
-        state = _Open(chain, subject, connection)
-        self._open[session_id] = state
-        self._write(chain.append(SESSION_START, time.time(), subject, connection, "", body))
-        return SessionRecording(self, state)
+        chain = _session_log(self.journal, session_id, subject, connection)
+        self._open[session_id] = chain
+        chain.append(SESSION_START, time.time(), "", body)
+        return SessionRecording(self, chain)
+
+    @property
+    def dropped(self) -> int:
+        """Events not recorded because the spool was full (on_full "continue")."""
+        return int(self.journal.dropped)
 
     def _why_full(self) -> str:
         if self.broken:
@@ -291,39 +312,82 @@ class Recorder:
             f" ({self.store_error})" if self.store_error else ""
         )
 
-    def _write(self, record: EventRecord, *, essential: bool = False) -> None:
-        self._append(_encode_event(record), record, essential)
-
     def _write_seal(self, seal: Seal, *, essential: bool = False) -> None:
-        self._append(_encode_seal(seal), seal, essential)
-
-    def _append(self, payload: bytes, record: EventRecord | Seal, essential: bool) -> None:
         # essential: written even past the bound with on_full "continue"
         # (a crashed session's recovered end and seal).
-        if self.broken:
-            raise RecordingUnavailable(self._why_full())
-        if self.options.on_full == "continue" and self.full and not essential:
-            self.dropped += 1
-            return
+        self.journal.add(core.frame(_encode_seal(seal)), seal, essential)
+
+    def _journal_started(self) -> None:
+        """The journal stopped being empty: one write for everything
+        recorded in this loop iteration, at its end; the relay holds back
+        what would acknowledge it until then (hoopfast.core._pump)."""
+        self.pending = True
+        asyncio.get_running_loop().call_soon(self._commit_soon)
+
+    def defer(self, pump: Any, data: bytes) -> None:
+        """Write ``data`` to the pump's peer once what is buffered is in the
+        spool (``pump.deferred_write``)."""
+        self._deferred.append((pump, data))
+        if not self.pending:
+            # (Queued behind an earlier deferred write of the pump: a commit
+            # must still come.)
+            self.pending = True
+            asyncio.get_running_loop().call_soon(self._commit_soon)
+
+    def _break(self, reason: str) -> None:
+        """Recording stops: nothing more can be written to the spool."""
+        self.broken = reason
+        log.critical("recording stopped: %s", reason)
+        self._report_size()
+
+    def commit(self, rotate: bool = True) -> None:
+        """Write what was recorded since the last commit (one write), then
+        release what the relay held back behind it, and close the segment
+        if that filled it (``rotate``). Raises RecordingUnavailable when it
+        cannot be written: the statements it holds were not recorded, so
+        what was held back is dropped and its sessions end
+        (``pump.owner.pump_unrecorded``)."""
+        self.pending = False
+        frames, records = self.journal.take()
+        deferred, self._deferred = self._deferred, []
         try:
-            self.spool.append(payload)
-            if self.options.fsync == "always":
+            if self.broken:
+                raise OSError(self.broken)
+            self.spool.write(frames)
+            if self.options.fsync == "always" and frames:
                 self.spool.sync()
-        except (SpoolError, OSError) as e:
-            self.broken = str(e)
-            log.critical("recording stopped: %s", e)
-            raise RecordingUnavailable(self._why_full()) from None
-        self._unrotated += 1
-        self._remember(record, len(payload) + FRAME_OVERHEAD)
-        if self.spool.current_size >= self.options.segment_bytes:
+        except BaseException as e:
+            if not self.broken:
+                self._break(str(e) or type(e).__name__)
+            reason = self._why_full()
+            for pump, _ in deferred:
+                pump.deferred_write(None)
+                pump.owner.pump_unrecorded(pump, reason)
+            if not isinstance(e, OSError):
+                raise
+            raise RecordingUnavailable(reason) from None
+        self._unrotated += len(frames)
+        for frame, record in zip(frames, records, strict=True):
+            if record is not None:
+                self._remember(record, len(frame))
+        for pump, data in deferred:
+            pump.deferred_write(data)
+        if rotate and frames and self.spool.current_size >= self.options.segment_bytes:
             self._rotate()
         self._report_size()
+
+    def _commit_soon(self) -> None:
+        if self.pending:
+            with contextlib.suppress(RecordingUnavailable):
+                self.commit()
 
     def _remember(self, record: EventRecord | Seal, size: int) -> None:
         segment = self.spool.current
         if segment in self._on_disk_only:
             return
-        kept = self._memory.setdefault(segment, _Kept())
+        kept = self._memory.get(segment)
+        if kept is None:
+            kept = self._memory[segment] = _Kept()
         if self._memory_bytes + size > _MEMORY_BYTES:
             # Much is waiting (the store is slow or down): this segment will
             # be read back from disk when its turn comes.
@@ -336,17 +400,29 @@ class Recorder:
         self._memory_bytes += size
 
     def _rotate(self) -> None:
-        self.spool.rotate()
+        with contextlib.suppress(RecordingUnavailable):
+            self.commit(rotate=False)  # (on failure recording stops; closed anyway)
+        try:
+            self.spool.rotate()
+        except OSError as e:
+            if not self.broken:
+                self._break(f"cannot open a new spool segment: {e.strerror}")
+            return
         self._unrotated = 0
         heads = [
-            [sid, s.subject, s.connection, s.chain.count, s.chain.last_hash, s.statements]
+            [sid, s.subject, s.connection, s.count, s.last_hash, s.statements]
             for sid, s in self._open.items()
         ]
-        if heads:
-            checkpoint = _encode_checkpoint(heads)
-            self.spool.append(checkpoint)
-            # For a restart only, never for the store: not pending.
-            self.spool.acknowledge(self.spool.current, len(checkpoint) + FRAME_OVERHEAD)
+        if heads and not self.broken:
+            # Written now, before the closed segment can be stored and removed.
+            checkpoint = core.frame(_encode_checkpoint(heads))
+            try:
+                self.spool.write([checkpoint])
+            except OSError as e:
+                self._break(str(e))
+            else:
+                # For a restart only, never for the store: not pending.
+                self.spool.acknowledge(self.spool.current, len(checkpoint))
         self._wake.set()
 
     # -- moving the spool to the store -------------------------------------
@@ -366,7 +442,7 @@ class Recorder:
             now = loop.time()
             if (
                 opts.fsync == "batch"
-                and self.spool.dirty
+                and (self.spool.dirty or self.pending)
                 and now - last_sync >= opts.fsync_interval
             ):
                 last_sync = now
@@ -403,6 +479,9 @@ class Recorder:
                 return
 
     async def _flush(self) -> None:
+        # What the journal holds goes first: into the spool and memory.
+        with contextlib.suppress(RecordingUnavailable):
+            self.commit()
         if not self._key_stored:
             await self.store.add_signing_key(self.signer.signing_key())
             self._key_stored = True
@@ -428,18 +507,32 @@ class Recorder:
 
     async def _fsync(self, sync: Callable[[], None]) -> bool:
         """Run a spool fsync (``Spool.sync`` or ``Spool.settle``) off the
-        loop. A failure stops recording, visibly: False."""
+        loop, of what is committed by then. A failure stops recording,
+        visibly: False."""
+        try:
+            self.commit()
+        except RecordingUnavailable:
+            return False
         try:
             await asyncio.get_running_loop().run_in_executor(None, sync)
         except OSError as e:
-            self.broken = f"fsync failed: {e.strerror}"
-            log.critical("recording stopped: %s", self.broken)
+            self._break(f"fsync failed: {e.strerror}")
             return False
         return True
 
     def _report_size(self) -> None:
+        """After every change to the spool's size or state: the metrics,
+        and the watchers of ``full`` when it changed."""
         if self.options.on_spool_size is not None:
             self.options.on_spool_size(self.spool.pending_bytes)
+        full = self.full
+        # (A broken spool drops nothing: its statements fail, they are not
+        # run unrecorded.)
+        self.journal.dropping = full and not self.broken and self.options.on_full == "continue"
+        if full != self._was_full:
+            self._was_full = full
+            for watcher in self.full_watchers:
+                watcher(full)
 
     async def _store_segment(self, segment: Path) -> None:
         """A closed segment into the store, then off the disk."""
@@ -471,7 +564,7 @@ class Recorder:
         kept = self._memory.get(segment)
         if kept is None or not kept.records:
             return
-        if self.options.fsync != "off" and self.spool.dirty:
+        if self.options.fsync != "off" and (self.spool.dirty or self.pending):
             # The store must not get ahead of the spool on disk: after a
             # power cut the spool's chain heads seal the crashed sessions,
             # and a store holding later events would contradict the seal.
@@ -480,6 +573,11 @@ class Recorder:
             if self.spool.current != segment:
                 # Rotated meanwhile: the closed segment goes first, next flush.
                 return
+        try:
+            # (What was recorded during the fsync: written, at least.)
+            self.commit()
+        except RecordingUnavailable:
+            return
         records, size = kept.records, kept.size
         kept.records, kept.size = [], 0
         self._memory_bytes -= size
@@ -511,51 +609,42 @@ class Recorder:
 class SessionRecording:
     """One session's trail: statement events, then the end and the seal."""
 
-    __slots__ = ("_recorder", "_state", "ended")
+    __slots__ = ("_recorder", "ended", "log")
 
-    def __init__(self, recorder: Recorder, state: _Open) -> None:
+    def __init__(self, recorder: Recorder, log: Any) -> None:
         self._recorder = recorder
-        self._state = state
+        #: The session's chain (hoopfast.core.SessionLog): the trail hands
+        #: it each finished statement.
+        self.log = log
         self.ended = False
 
     @property
     def session_id(self) -> str:
-        return self._state.chain.session_id
+        return str(self.log.session_id)
 
     @property
     def statements(self) -> int:
-        return self._state.statements
+        return int(self.log.statements)
 
     def statement(self, verdict: str, body: dict[str, Any]) -> None:
-        """Raises RecordingUnavailable when the event cannot be written (the
-        caller must then not acknowledge the statement to the client)."""
-        s = self._state
-        s.statements += 1
-        self._recorder._write(
-            s.chain.append(STATEMENT, time.time(), s.subject, s.connection, verdict, body)
-        )
+        """A statement's event from a dict (the trail records through the
+        log itself)."""
+        log_ = self.log
+        log_.statements += 1
+        log_.append(STATEMENT, time.time(), verdict, body)
 
     def end(self, reason: str) -> None:
         if self.ended:
             return
         self.ended = True
-        s = self._state
+        chain = self.log
         r = self._recorder
-        r._open.pop(s.chain.session_id, None)
+        r._open.pop(chain.session_id, None)
         now = time.time()
-        try:
-            r._write(
-                s.chain.append(
-                    SESSION_END,
-                    now,
-                    s.subject,
-                    s.connection,
-                    "",
-                    {"reason": reason, "statements": s.statements, "ended_at": now},
-                )
-            )
-            r._write_seal(
-                r.signer.seal(s.chain.session_id, s.chain.count, s.chain.last_hash, now, reason)
-            )
-        except RecordingUnavailable as e:
-            log.error("session %s: its end could not be recorded: %s", s.chain.session_id, e)
+        chain.append(
+            SESSION_END,
+            now,
+            "",
+            {"reason": reason, "statements": chain.statements, "ended_at": now},
+        )
+        r._write_seal(r.signer.seal(chain.session_id, chain.count, chain.last_hash, now, reason))

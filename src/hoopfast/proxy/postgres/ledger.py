@@ -44,6 +44,20 @@ class Ledger:
         #: The Sync group the next client message belongs to.
         self.group = 0
 
+    @classmethod
+    def following(cls, pending: list[bytes | None]) -> Ledger:
+        """A ledger started mid-session: ``pending`` is what the server has
+        yet to answer (hoopfast.core.Trail.pending: Parse names, None for
+        each Sync). Those Parses changed nothing to undo: the session had
+        no bookkeeping until now."""
+        ledger = cls()
+        for name in pending:
+            if name is None:
+                ledger.sync()
+            else:
+                ledger.parse(name.decode("utf-8", "surrogateescape"), None)
+        return ledger
+
     def __bool__(self) -> bool:
         return bool(self._pending)
 

@@ -9,11 +9,11 @@ Reference: PostgreSQL documentation, "Frontend/Backend Protocol", chapters
 from __future__ import annotations
 
 import asyncio
-import functools
 import struct
 from dataclasses import dataclass
 
 from hoopfast import core
+from hoopfast.core._trail import parse_bind as _parse_bind
 
 PROTOCOL_3_0 = 196608  # 3 << 16
 SSL_REQUEST = 80877103
@@ -198,46 +198,7 @@ class Bind:
     values_section: bytes
 
 
-_INT16 = struct.Struct(">H")
-_INT32 = struct.Struct(">i")
-
-
-@functools.lru_cache(maxsize=64)
-def _int16s(count: int) -> struct.Struct:
-    return struct.Struct(f">{count}H")
-
-
 def parse_bind(message: bytes) -> Bind:
-    """Read a whole Bind message; ValueError when it is malformed."""
-    portal_end = message.find(b"\0", 5)
-    name_end = message.find(b"\0", portal_end + 1) if portal_end >= 0 else -1
-    if name_end < 0:
-        raise ValueError("Bind without its names")
-    size = len(message)
-    pos = start = name_end + 1
-    try:
-        # struct reads each array of codes in one call (this runs for every
-        # Bind of a recorded session); struct.error is a message cut short.
-        (nfmt,) = _INT16.unpack_from(message, pos)
-        formats = _int16s(nfmt).unpack_from(message, pos + 2)
-        pos += 2 + 2 * nfmt
-        (nparams,) = _INT16.unpack_from(message, pos)
-        pos += 2
-        values: list[tuple[int, bytes | None]] = []
-        for i in range(nparams):
-            (length,) = _INT32.unpack_from(message, pos)
-            pos += 4
-            fmt = formats[0] if nfmt == 1 else (formats[i] if i < nfmt else 0)
-            if length < 0:
-                values.append((fmt, None))
-                continue
-            if pos + length > size:
-                raise ValueError("Bind cut short")
-            values.append((fmt, message[pos : pos + length]))
-            pos += length
-        section = message[start:pos]
-        (nres,) = _INT16.unpack_from(message, pos)
-        results = list(_int16s(nres).unpack_from(message, pos + 2))
-    except struct.error:
-        raise ValueError("Bind cut short") from None
-    return Bind(message[5:portal_end], message[portal_end + 1 : name_end], values, results, section)
+    """Read a whole Bind message; ValueError when it is malformed (the
+    reading is the trail's, hoopfast.core._trail.parse_bind)."""
+    return Bind(*_parse_bind(message))

@@ -56,8 +56,7 @@ class PgGateway:
         # The masking key when the configuration names none: masked values
         # join within this process only.
         self._process_mask_key = secrets.token_bytes(32)
-        #: Where sessions record their trails; None only with recording off.
-        self.recorder: Recorder | None = None
+        self._recorder: Recorder | None = None
         #: Reviews and access grants; None only when embedded without a store
         #: (statements sent to review are then refused).
         self.approvals: Approvals | None = None
@@ -66,6 +65,21 @@ class PgGateway:
         self.tracing = Tracing(None)
         #: Bound parameter values reach the trail through every detector.
         self.param_mask = every_detector(self._process_mask_key)
+
+    @property
+    def recorder(self) -> Recorder | None:
+        """Where sessions record their trails; None only with recording off."""
+        return self._recorder
+
+    @recorder.setter
+    def recorder(self, recorder: Recorder | None) -> None:
+        self._recorder = recorder
+        if recorder is not None:
+            recorder.full_watchers.append(self._recording_full_changed)
+
+    def _recording_full_changed(self, full: bool) -> None:
+        for session in list(self.active):
+            session.recording_full_changed()
 
     def mask_key(self, connection: Connection) -> bytes:
         """The HMAC key of the hash and fake strategies on ``connection``.

@@ -123,6 +123,8 @@ class PgSession:
         #: session ignores: COPY out of masked tables is refused there).
         self._guarded = True
         self._client_types = _CLIENT_INTERCEPT
+        #: Server messages this session handles itself (the ledger's aside).
+        self._server_types = _SERVER_INTERCEPT
         #: The audit trail of this session (None when recording is off).
         self._recording: SessionRecording | None = None
         self._trail: Trail | None = None
@@ -404,17 +406,17 @@ class PgSession:
             ),
             self.gateway.param_mask.mask_text,
             self._statement_done,
+            # The trail records each statement itself, before _statement_done
+            # (but for one refused because the spool is full: it never ran,
+            # and recording it would only grow the spool).
+            self._recording.log if self._recording is not None else None,
+            _RECORDING_FULL,
         )
 
     def _statement_done(self, st: Statement) -> None:
         """A statement's answer is complete (its last message not yet
-        forwarded): into the trail, the trace and the metrics."""
+        forwarded; the trail recorded it): into the trace and the metrics."""
         verdict = st.verdict.action
-        recording = self._recording
-        if recording is not None and st.verdict is not _RECORDING_FULL:
-            # (A statement refused because the spool is full never ran, and
-            # recording it would only grow the spool.)
-            recording.statement(verdict, st.event(recording.statements + 1))
         sqlstate = st.error["sqlstate"] if st.error else None
         self._span.statement(
             verdict, st.verdict.rule, st.rows, st.server_bytes, st.duration, sqlstate, None
@@ -467,18 +469,17 @@ class PgSession:
         if self._masker is not None:
             self._client_types += resultmask.CLIENT_TYPES
             server_types += resultmask.SERVER_TYPES
-        if self._trail is not None:
-            if not self._guarded:
-                self._client_types = _CLIENT_INTERCEPT
-            self._client_types += trail.CLIENT_TYPES
-            server_types += trail.SERVER_TYPES
+        if self._trail is not None and not self._guarded:
+            self._client_types = _CLIENT_INTERCEPT
         assert self.connection is not None
-        if self._guarded and (self._trail is not None or self.connection.approvals is not None):
+        if self._guarded and self._trail is None and self.connection.approvals is not None:
             # The server's answers settle the Parses (hoopfast.proxy.postgres.ledger):
-            # always where statements can be approved for one run.
+            # always where statements can be approved for one run. A recorded
+            # session starts following them only once a Parse can change
+            # something (_follow_parses): its trail knows what is pending.
             self._ledger = Ledger()
             self._client_types += _LEDGER_CLIENT
-            server_types += _LEDGER_SERVER
+        self._server_types = server_types
         self._client_pump = Pump(
             Framer(max_message, self._client_types),
             self,
@@ -486,11 +487,14 @@ class PgSession:
             core.fingerprint if self._guarded else None,
         )
         self._client_pump.hold_limit = settings.pg_max_held_bytes
-        if self._guarded:
-            self._use_fast_path()
+        self._route_client()
         self._server_pump = Pump(
             Framer(max_message, server_types, _SERVER_BATCH), self, FramingError
         )
+        if self._recording is not None:
+            # A statement's completion reaches the client after its record.
+            self._server_pump.barrier = self.gateway.recorder
+        self._route_server()
         # Bytes the stream readers already buffered belong to the relay now.
         leftovers = [
             (self._client_pump, _take(self.reader)),
@@ -597,15 +601,7 @@ class PgSession:
                 return masked
             message = masked
         if self._trail is not None:
-            try:
-                self._trail_server(type_code, message)
-            except RecordingUnavailable as e:
-                # The statement ran but cannot be recorded: the client must
-                # not see it acknowledged.
-                self.end_reason = f"recording failed: {e}"
-                self._terminating = True
-                self._fail_client("53000", f"the session cannot be recorded: {e}")
-                return None
+            self._trail_server(type_code, message)
         return message
 
     def _recording_refused(self) -> bool:
@@ -702,8 +698,8 @@ class PgSession:
         assert rules is not None
         usable = (
             self._masker is None  # the masker must see every Query
-            and self._trail is None  # and so must the trail
             and self._codec == "utf-8"
+            and not (self._trail is not None and self._recording_refused())
             and not self._stale_unnamed
             and self._ledger is None  # and so must the ledger
             and rules.version == self.gateway.policy.version
@@ -746,6 +742,7 @@ class PgSession:
             )
             return
         if not fresh.same_grants(self.rules):
+            self._follow_parses()
             self._revoked |= {
                 name
                 for name, c in self._prepared.items()
@@ -753,20 +750,62 @@ class PgSession:
             }
             self._stale_unnamed = True
         self.rules = fresh
-        self._guard_binds()
-        self._use_fast_path()
+        self._route_client()
 
-    def _guard_binds(self) -> None:
-        """Intercept Bind only while some prepared statement must be judged
-        again (the common case pays nothing)."""
+    def _route_client(self) -> None:
+        """Which client messages come here, which go straight to the trail,
+        and whether the fast path is on. Bind comes here only while some
+        prepared statement must be judged again, or while the trail refuses
+        statements (the common case pays nothing)."""
         watch = (
             self._ledger is not None
             or self._stale_unnamed
             or bool(self._revoked or self._once or self._spent)
+            or (self._trail is not None and self._recording_refused())
         )
-        self._client_pump.framer.set_intercept(
-            self._client_types + bytes([m.BIND]) if watch else self._client_types
-        )
+        owned = self._client_types + bytes([m.BIND]) if watch else self._client_types
+        pump = self._client_pump
+        t = self._trail
+        if t is None:
+            pump.framer.set_intercept(owned)
+        else:
+            observed = _without(trail.CLIENT_TYPES, owned)
+            pump.framer.set_intercept(owned + observed)
+            pump.observe(observed, t.client_message, t.fast_statement)
+        if self._guarded:
+            self._use_fast_path()
+
+    def _route_server(self) -> None:
+        """Which server messages come here and which go straight to the
+        trail (what only the trail follows)."""
+        owned = self._server_types + (_LEDGER_SERVER if self._ledger is not None else b"")
+        pump = self._server_pump
+        if self._trail is None:
+            pump.framer.set_intercept(owned)
+            return
+        observed = _without(trail.SERVER_TYPES, owned)
+        pump.framer.set_intercept(owned + observed)
+        pump.observe(observed, self._trail.server_message)
+
+    def _follow_parses(self) -> None:
+        """From now on, follow the server's answers to Parse (the ledger):
+        something a Parse changes must be undone if the server does not
+        carry it out. Until now nothing could be (no revocation, nothing
+        approved for one run), so a recorded session ran without it, on the
+        relay's fast path; what the server has yet to answer comes from the
+        trail, which saw every message. The fast path stays off after."""
+        if self._ledger is not None or self._trail is None or not self._guarded:
+            return
+        self._ledger = Ledger.following(self._trail.pending())
+        self._client_types += _LEDGER_CLIENT
+        self._route_server()
+        self._route_client()
+
+    def recording_full_changed(self) -> None:
+        """The recorder started (or stopped) refusing: statements must (or
+        may again) come here to be refused."""
+        if self._client_pump is not None and self._trail is not None:
+            self._route_client()
 
     def _on_bind(self, message: bytes) -> bytes | None:
         portal_end = message.find(b"\0", 5)
@@ -837,6 +876,7 @@ class PgSession:
             or key in self._revoked
         ):
             # (Most Parses change none of this, and cost nothing more.)
+            self._follow_parses()
             self._undo = self._bookkeep(key)
             # Allowed or refused (the stand-in fails, as a failed Parse
             # does), the unnamed statement from before the reload is gone,
@@ -877,8 +917,7 @@ class PgSession:
 
     def _bookkept(self) -> None:
         """The bookkeeping changed: intercept what it needs."""
-        self._guard_binds()
-        self._use_fast_path()
+        self._route_client()
 
     def _on_function_call(self, message: bytes) -> bytes | None:
         rules = self._current_rules()
@@ -940,6 +979,8 @@ class PgSession:
         assert self.connection is not None
         settings = self.gateway.config.connections[self.connection_name].approvals
         type_code = self._message[0]
+        if approvals is not None and settings is not None:
+            self._follow_parses()
         if (
             approvals is None
             or settings is None
@@ -1021,9 +1062,8 @@ class PgSession:
         if pump is None or client is None or client.is_closing():
             return
         if pump.framer.at_boundary:
-            client.write(
-                m.error_response("NOTICE", "01000", text, hint=hint, kind=m.NOTICE_RESPONSE)
-            )
+            # (Through the pump: after what it holds back for the recorder.)
+            pump.write(m.error_response("NOTICE", "01000", text, hint=hint, kind=m.NOTICE_RESPONSE))
         elif tries > 0:
             asyncio.get_running_loop().call_later(
                 0.01, lambda: self.notice(text, hint=hint, tries=tries - 1)
@@ -1193,6 +1233,13 @@ class PgSession:
             self.end_reason = f"upstream protocol violation: {error}"
             self._fail_client("08P01", "invalid message from the upstream database")
 
+    def pump_unrecorded(self, pump: Any, reason: str) -> None:
+        if self._terminating and self._client_pump.transport.is_closing():
+            return
+        self.end_reason = f"recording failed: {reason}"
+        self._terminating = True
+        self._fail_client("53000", f"the session cannot be recorded: {reason}")
+
     def pump_closed(self, pump: Any, error: Exception | None) -> None:
         self._open_sides -= 1
         if pump is self._server_pump and not self._terminating:
@@ -1213,6 +1260,12 @@ class PgSession:
         in half, and close both sides."""
         client = self._client_pump.transport
         framer = self._server_pump.framer
+        barrier = self._server_pump.barrier
+        if barrier is not None and barrier.pending:
+            # What the client was sent before this goes first (held back
+            # until the recorder has it; dropped if it cannot).
+            with contextlib.suppress(RecordingUnavailable):
+                barrier.commit()
         if not client.is_closing() and (framer.at_boundary or framer.buffered):
             client.write(m.fatal(sqlstate, message, hint=hint))
         for transport in (client, self._server_pump.transport):
@@ -1347,6 +1400,11 @@ def _refusal_message(verdict: Verdict, rules: Rules | None) -> bytes:
 
 #: Client messages after which the server answers ReadyForQuery.
 _SYNCS = frozenset({m.SYNC, m.QUERY, m.FUNCTION_CALL})
+
+
+def _without(types: bytes, taken: bytes) -> bytes:
+    """``types`` less those in ``taken``."""
+    return bytes(t for t in types if t not in taken)
 
 
 def _parse_name(message: bytes) -> str:

@@ -1,0 +1,1318 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, auto_pickle=False
+"""The audit trail, compiled: the same classes as hoopfast/core/_trail.py (the
+reference; read its docstring and keep the two in step), typed so that the
+per-message path (server_message, client_message, fast_statement, called by
+the relay pump for every message of a recorded session) runs without
+interpreter dispatch. Messages are read where they lie, in the bytes the
+pump hands over: nothing is sliced but the names and values that are kept.
+
+Where the reference reads a field with int.from_bytes of a slice that a
+malformed message may cut short (or leave empty), _uint and _sint read the
+bytes there are, so both give the same values on any input."""
+
+cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.list cimport PyList_GET_SIZE
+from cpython.unicode cimport (
+    PyUnicode_1BYTE_DATA,
+    PyUnicode_Decode,
+    PyUnicode_DecodeUTF8,
+    PyUnicode_New,
+)
+from libc.limits cimport LLONG_MAX, LLONG_MIN
+from libc.string cimport memchr
+from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
+
+import codecs
+
+# Message type codes, as in _trail.py. From the client:
+cdef enum:
+    _QUERY = 81  # Q
+    _BIND = 66  # B
+    _EXECUTE = 69  # E
+    _SYNC = 83  # S
+    _DESCRIBE = 68  # D
+    _CLOSE = 67  # C
+
+# From the server:
+cdef enum:
+    _DATA_ROW = 68  # D
+    _ROW_DESCRIPTION = 84  # T
+    _COMMAND_COMPLETE = 67  # C
+    _EMPTY_QUERY = 73  # I
+    _PORTAL_SUSPENDED = 115  # s
+    _READY_FOR_QUERY = 90  # Z
+    _ERROR_RESPONSE = 69  # E
+    _NOTICE_RESPONSE = 78  # N
+    _PARSE_COMPLETE = 49  # 1
+    _BIND_COMPLETE = 50  # 2
+    _CLOSE_COMPLETE = 51  # 3
+    _NO_DATA = 110  # n
+
+# Queue entry kinds.
+cdef enum:
+    _K_SIMPLE = 0  # Query or FunctionCall: answered up to ReadyForQuery
+    _K_PARSE = 1
+    _K_BIND = 2
+    _K_DESCRIBE = 3
+    _K_EXECUTE = 4
+    _K_CLOSE = 5
+    _K_SYNC = 6
+
+#: Distinct RowDescriptions (and tags) a session keeps parsed.
+cdef enum:
+    _CACHED = 64
+
+cdef const char* _HEX = b"0123456789abcdef"
+cdef const char* _REPLACE = b"replace"
+
+
+# -- reading ------------------------------------------------------------------
+
+cdef inline long long _uint(const unsigned char* buf, Py_ssize_t size, Py_ssize_t pos,
+                            Py_ssize_t width) noexcept nogil:
+    """int.from_bytes(data[pos:pos + width], "big"), the slice as short as
+    the message makes it (empty: 0)."""
+    cdef long long value = 0
+    cdef Py_ssize_t end = pos + width
+    if end > size:
+        end = size
+    while pos < end:
+        value = (value << 8) | buf[pos]
+        pos += 1
+    return value
+
+
+cdef inline long long _sint(const unsigned char* buf, Py_ssize_t size, Py_ssize_t pos,
+                            Py_ssize_t width) noexcept nogil:
+    """The same, signed=True: two's complement over the bytes there are."""
+    cdef Py_ssize_t n = (size if pos + width > size else pos + width) - pos
+    cdef long long value = _uint(buf, size, pos, width)
+    if n > 0 and value >= (1LL << (8 * n - 1)):
+        value -= 1LL << (8 * n)
+    return value
+
+
+cdef inline Py_ssize_t _find_nul(const unsigned char* buf, Py_ssize_t size,
+                                 Py_ssize_t start) noexcept nogil:
+    """data.find(b"\\0", start)."""
+    if start >= size:
+        return -1
+    cdef const unsigned char* p = <const unsigned char*>memchr(buf + start, 0, size - start)
+    return -1 if p == NULL else p - buf
+
+
+cdef inline double _clock(int clock) noexcept nogil:
+    """time.perf_counter (CLOCK_MONOTONIC) and time.time (CLOCK_REALTIME),
+    without calling into the interpreter."""
+    cdef timespec ts
+    clock_gettime(clock, &ts)
+    return <double>(ts.tv_sec * 1000000000LL + ts.tv_nsec) / 1e9
+
+
+cdef str _hex(const unsigned char* buf, Py_ssize_t n):
+    """A binary value as the reference writes it (a backslash, "x", then
+    raw.hex()), straight into the string."""
+    cdef str s = PyUnicode_New(2 + 2 * n, 127)
+    cdef unsigned char* out = PyUnicode_1BYTE_DATA(s)
+    cdef Py_ssize_t i
+    out[0] = 92  # backslash
+    out[1] = 120  # x
+    for i in range(n):
+        out[2 + 2 * i] = _HEX[buf[i] >> 4]
+        out[3 + 2 * i] = _HEX[buf[i] & 15]
+    return s
+
+
+cdef long long _clamp(object value) except? -1:
+    """A cap as a C integer: beyond the range, no count reaches it anyway."""
+    if value > LLONG_MAX:
+        return LLONG_MAX
+    if value < LLONG_MIN:
+        return LLONG_MIN
+    return value
+
+
+cdef struct _BindLayout:
+    Py_ssize_t portal_end  # the NULs ending the portal's and the statement's names
+    Py_ssize_t name_end
+    Py_ssize_t nfmt  # parameter format codes, at formats_at
+    Py_ssize_t formats_at
+    Py_ssize_t nparams  # parameter values (each length and bytes), from values_at
+    Py_ssize_t values_at
+    Py_ssize_t nres  # result format codes, at results_at
+    Py_ssize_t results_at
+
+
+cdef bint _bind_layout(const unsigned char* buf, Py_ssize_t size, _BindLayout* b) noexcept nogil:
+    """Where a Bind's parts are; false where parse_bind (messages.py) raises
+    ValueError. The whole message is checked before any value is read: a
+    malformed Bind yields no parameters, and has none masked."""
+    cdef Py_ssize_t pos, i
+    cdef long long length
+    b.portal_end = _find_nul(buf, size, 5)
+    if b.portal_end < 0:
+        return False
+    b.name_end = _find_nul(buf, size, b.portal_end + 1)
+    if b.name_end < 0:
+        return False
+    pos = b.name_end + 1
+    if pos + 2 > size:
+        return False
+    b.nfmt = _uint(buf, size, pos, 2)
+    b.formats_at = pos + 2
+    pos = b.formats_at + 2 * b.nfmt
+    if pos + 2 > size:
+        return False
+    b.nparams = _uint(buf, size, pos, 2)
+    pos += 2
+    b.values_at = pos
+    for i in range(b.nparams):
+        if pos + 4 > size:
+            return False
+        length = _sint(buf, size, pos, 4)
+        pos += 4
+        if length >= 0:
+            if pos + length > size:
+                return False
+            pos += length
+    if pos + 2 > size:
+        return False
+    b.nres = _uint(buf, size, pos, 2)
+    b.results_at = pos + 2
+    return b.results_at + 2 * b.nres <= size
+
+
+# -- the classes --------------------------------------------------------------
+
+@cython.final
+cdef class Caps:
+    # Each cap as given (read back unchanged) and as the C integer _rows
+    # compares with.
+    cdef object _rows
+    cdef object _bytes
+    cdef object _session_bytes
+    cdef long long c_rows
+    cdef long long c_bytes
+    cdef long long c_session_bytes
+
+    def __init__(self, rows, bytes, session_bytes):
+        self.rows = rows
+        self.bytes = bytes
+        self.session_bytes = session_bytes
+
+    @property
+    def rows(self):
+        return self._rows
+
+    @rows.setter
+    def rows(self, value):
+        self.c_rows = _clamp(value)
+        self._rows = value
+
+    @property
+    def bytes(self):
+        return self._bytes
+
+    @bytes.setter
+    def bytes(self, value):
+        self.c_bytes = _clamp(value)
+        self._bytes = value
+
+    @property
+    def session_bytes(self):
+        return self._session_bytes
+
+    @session_bytes.setter
+    def session_bytes(self, value):
+        self.c_session_bytes = _clamp(value)
+        self._session_bytes = value
+
+    def __repr__(self):
+        return f"Caps(rows={self._rows!r}, bytes={self._bytes!r}, session_bytes={self._session_bytes!r})"
+
+
+@cython.final
+cdef class _Columns:
+    """A RowDescription read (the reference's (columns, formats) tuple), and
+    which of its columns come in binary."""
+    cdef readonly list columns
+    cdef readonly list formats
+    cdef bytes binary
+
+
+cdef bytes _binary(list formats):
+    """Per column, 1 where its format code is binary (1)."""
+    cdef Py_ssize_t i, n = PyList_GET_SIZE(formats)
+    cdef bytes mask = PyBytes_FromStringAndSize(NULL, n)
+    cdef char* out = PyBytes_AS_STRING(mask)
+    for i in range(n):
+        out[i] = formats[i] == 1
+    return mask
+
+
+cdef _Columns _columns(list columns, list formats, bytes binary):
+    cdef _Columns c = _Columns.__new__(_Columns)
+    c.columns = columns
+    c.formats = formats
+    c.binary = _binary(formats) if binary is None else binary
+    return c
+
+
+@cython.final
+cdef class _ResultSet:
+    cdef public list columns
+    cdef public list formats
+    cdef public list rows
+    cdef public bint truncated
+    cdef bytes binary
+
+    def __cinit__(self):
+        self.rows = []
+
+
+cdef _ResultSet _result_set(_Columns c):
+    cdef _ResultSet r = _ResultSet.__new__(_ResultSet)
+    r.columns = c.columns
+    r.formats = c.formats
+    r.binary = c.binary
+    return r
+
+
+@cython.final
+cdef class _Portal:
+    cdef public object text
+    cdef public object verdict
+    cdef public list params
+    cdef public list formats
+    cdef public _Columns columns
+
+
+@cython.final
+cdef class Statement:
+    """One statement in flight, then done."""
+
+    cdef public object text
+    cdef public object verdict
+    cdef public object params
+    cdef public double started
+    cdef public double started_at
+    cdef public object rows
+    #: DataRows since the last CommandComplete (whose count is exact).
+    cdef public long long pending_rows
+    #: (See _trail.Statement.uncounted.)
+    cdef public bint uncounted
+    #: The Execute's row limit (0: none).
+    cdef public long long max_rows
+    cdef public _Portal portal
+    cdef public list tags
+    cdef public object error
+    cdef public list results
+    cdef public long long kept_bytes
+    cdef public list result_formats
+    cdef public double duration
+    cdef public long long server_bytes
+
+    def __cinit__(self):
+        self.rows = 0
+        self.tags = []
+        self.results = []
+        self.result_formats = []
+
+    def __init__(self, text, verdict, params=None, double started=0.0, double started_at=0.0):
+        self.text = text
+        self.verdict = verdict
+        self.params = params
+        self.started = started
+        self.started_at = started_at
+
+    def event(self, n):
+        cdef _ResultSet r
+        cdef Py_ssize_t kept = 0
+        cdef list results = []
+        for r in self.results:
+            results.append({"columns": r.columns, "rows": r.rows, "truncated": r.truncated})
+            kept += len(r.rows)
+        event = {
+            "n": n,
+            "text": self.text,
+            "params": self.params,
+            "verdict": self.verdict.action,
+            "rule": self.verdict.rule,
+            "started_at": self.started_at,
+            "duration_ms": round(self.duration * 1000, 3),
+            "rows": self.rows,
+            "bytes": self.server_bytes,
+            "tags": self.tags,
+            "error": self.error,
+            "results": results,
+            "result_rows_kept": kept,
+        }
+        if self.uncounted:
+            event["rows_exact"] = False
+        return event
+
+
+cdef Statement _start(object text, object verdict, object params):
+    cdef Statement st = Statement.__new__(Statement)
+    st.text = text
+    st.verdict = verdict
+    st.params = params
+    st.started = _clock(CLOCK_MONOTONIC)
+    st.started_at = _clock(CLOCK_REALTIME)
+    return st
+
+
+@cython.final
+cdef class _Entry:
+    cdef int kind
+    cdef Statement statement
+    #: A Describe's: its "S" or "P" byte (-1: none), and the name after it.
+    cdef int target
+    cdef bytes name
+    #: A Bind's portal, as bound (a later Parse may reuse the name).
+    cdef _Portal portal
+
+
+cdef _Entry _entry(int kind, Statement statement):
+    cdef _Entry e = _Entry.__new__(_Entry)
+    e.kind = kind
+    e.statement = statement
+    e.target = -1
+    return e
+
+
+cdef class Trail:
+    """Feeds a session's traffic in, calls ``done(statement)`` per statement
+    (``unknown``: the verdict of a statement it cannot attribute)."""
+
+    cdef bytes _encoding
+    cdef bint _utf8
+    cdef Caps _caps
+    cdef object _mask_text
+    cdef object _done
+    cdef object _unknown
+    #: The queue: entries from _head on (a list and an index, so that taking
+    #: the head is no method call; emptied whenever it drains).
+    cdef list _queue
+    cdef Py_ssize_t _head
+    cdef dict _statements
+    cdef dict _portals
+    cdef dict _described
+    cdef long long _session_kept
+    cdef dict _row_descriptions
+    cdef dict _tags
+    cdef SessionLog _log
+    cdef object _unrecorded
+
+    def __cinit__(self):
+        # Safe defaults, should a subclass never call __init__.
+        self._encoding = b"utf-8"
+        self._utf8 = True
+        self._caps = Caps(0, 0, 0)
+        self._queue = []
+        self._head = 0
+        self._statements = {}
+        self._portals = {}
+        self._described = {}
+        self._row_descriptions = {}
+        self._tags = {}
+
+    def __init__(self, codec, Caps caps not None, mask_text, done, unknown, SessionLog log=None,
+                 unrecorded=None):
+        self._encoding = codec.encode("utf-8")
+        try:
+            # Decoded straight by PyUnicode_DecodeUTF8, as bytes.decode does.
+            self._utf8 = codecs.lookup(codec).name == "utf-8"
+        except LookupError:
+            self._utf8 = False  # (the first decode raises, as the reference's)
+        self._caps = caps
+        self._mask_text = mask_text
+        self._done = done
+        self._unknown = unknown
+        self._log = log
+        self._unrecorded = unrecorded
+
+    # -- the queue -------------------------------------------------------------
+
+    cdef inline void _push(self, _Entry entry):
+        self._queue.append(entry)
+
+    cdef inline _Entry _peek(self):
+        if self._head < PyList_GET_SIZE(self._queue):
+            return self._queue[self._head]
+        return None
+
+    cdef _Entry _popleft(self):
+        cdef list queue = self._queue
+        cdef _Entry entry = queue[self._head]
+        self._head += 1
+        if self._head == PyList_GET_SIZE(queue):
+            del queue[:]
+            self._head = 0
+        elif self._head >= 1024 and 2 * self._head >= PyList_GET_SIZE(queue):
+            # A long pipeline: drop what was taken now and then.
+            del queue[:self._head]
+            self._head = 0
+        return entry
+
+    # -- from the client -------------------------------------------------------
+
+    def query(self, text, verdict):
+        self._push(_entry(_K_SIMPLE, _start(text, verdict, None)))
+
+    def function_call(self, oid, verdict):
+        self._push(_entry(_K_SIMPLE, _start(f"-- function call, oid {oid}", verdict, None)))
+
+    def parse(self, name, text, verdict):
+        self._statements[name] = (text, verdict)
+        cdef _Entry e = _entry(_K_PARSE, _start(text, verdict, None))
+        e.name = name
+        self._push(e)
+
+    def pending(self):
+        """(See the reference.)"""
+        cdef list out = []
+        cdef _Entry e
+        cdef Py_ssize_t i
+        for i in range(self._head, PyList_GET_SIZE(self._queue)):
+            e = self._queue[i]
+            if e.kind == _K_PARSE:
+                out.append(e.name)
+            elif e.kind == _K_SYNC or e.kind == _K_SIMPLE:
+                out.append(None)
+        return out
+
+    def fast_statement(self, int type_code, message, text, verdict):
+        """A Query, or an unnamed Parse, that the relay's fast path passed
+        (hoopfast.core._pump): its text and the verdict it had."""
+        if type_code == _QUERY:
+            self._push(_entry(_K_SIMPLE, _start(text, verdict, None)))
+        else:
+            self._statements[b""] = (text, verdict)
+            self._push(_entry(_K_PARSE, _start(text, verdict, None)))
+
+    def client_message(self, int type_code, bytes message not None, refused=None):
+        """Bind, Execute, Sync, Describe and Close, as the client sent them
+        (``refused``: the gateway refused this Bind, for that reason)."""
+        if type_code == _BIND:
+            self._bind(message, refused)
+        elif type_code == _EXECUTE:
+            self._execute(message)
+        elif type_code == _SYNC:
+            self._push(_entry(_K_SYNC, None))
+        elif type_code == _DESCRIBE:
+            self._describe(message)
+        elif type_code == _CLOSE:
+            self._push(_entry(_K_CLOSE, None))
+
+    cdef _execute(self, bytes message):
+        cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(message)
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(message)
+        cdef Py_ssize_t end = _find_nul(buf, size, 5)
+        cdef bytes name = (
+            PyBytes_FromStringAndSize(<const char*>buf + 5, end - 5) if end >= 0 else b""
+        )
+        cdef _Portal p = self._portals.get(name)
+        cdef Statement st
+        if p is None:
+            st = _start("", self._unknown, None)
+        else:
+            st = _start(p.text, p.verdict, p.params if p.params else None)
+            st.result_formats = p.formats
+            st.portal = p
+        if end >= 0:
+            st.max_rows = _uint(buf, size, end + 1, 4)
+        self._push(_entry(_K_EXECUTE, st))
+
+    cdef _describe(self, bytes message):
+        # "S" or "P" and the name: its RowDescription belongs to it.
+        cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(message)
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(message)
+        cdef Py_ssize_t end = _find_nul(buf, size, 6)
+        cdef _Entry entry = _entry(_K_DESCRIBE, None)
+        if end >= 0:
+            entry.target = buf[5]
+            entry.name = PyBytes_FromStringAndSize(<const char*>buf + 6, end - 6)
+        else:
+            entry.name = b""
+        self._push(entry)
+
+    cdef _bind(self, bytes message, object refused):
+        cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(message)
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(message)
+        cdef _BindLayout b
+        cdef Py_ssize_t pos, i
+        cdef long long length
+        cdef int fmt
+        if not _bind_layout(buf, size, &b):
+            # Malformed: the server refuses it; still one answer to follow.
+            self._push(_entry(_K_BIND, None))
+            return
+        cdef bytes name = PyBytes_FromStringAndSize(
+            <const char*>buf + b.portal_end + 1, b.name_end - b.portal_end - 1
+        )
+        known = self._statements.get(name)
+        if known is None:
+            text, verdict = "", self._unknown
+        else:
+            text, verdict = <tuple>known
+        verdict = refused or verdict
+        cdef _Entry entry = _entry(_K_BIND, None)
+        self._push(entry)
+        cdef list params = []
+        pos = b.values_at
+        for i in range(b.nparams):
+            length = _sint(buf, size, pos, 4)
+            pos += 4
+            if b.nfmt == 1:
+                fmt = <int>_uint(buf, size, b.formats_at, 2)
+            elif i < b.nfmt:
+                fmt = <int>_uint(buf, size, b.formats_at + 2 * i, 2)
+            else:
+                fmt = 0
+            if length < 0:
+                params.append(None)
+                continue
+            if fmt == 1:
+                params.append(_hex(buf + pos, length))
+            else:
+                params.append(self._mask_text(self._decode(buf + pos, length)))
+            pos += length
+        cdef _Portal p = _Portal.__new__(_Portal)
+        p.text = text
+        p.verdict = verdict
+        p.params = params
+        p.formats = [_uint(buf, size, b.results_at + 2 * i, 2) for i in range(b.nres)]
+        p.columns = self._described.get(name)
+        entry.portal = p
+        portal = PyBytes_FromStringAndSize(<const char*>buf + 5, b.portal_end - 5)
+        self._portals[portal] = p
+
+    cdef inline str _decode(self, const unsigned char* buf, Py_ssize_t n):
+        """raw.decode(codec, "replace")."""
+        if self._utf8:
+            return PyUnicode_DecodeUTF8(<char*>buf, n, <char*>_REPLACE)
+        return PyUnicode_Decode(<char*>buf, n, <char*>self._encoding, <char*>_REPLACE)
+
+    # -- from the server -------------------------------------------------------
+
+    def server_message(self, int type_code, bytes data not None):
+        """A server message as forwarded to the client (DataRows and
+        CopyData may come as a batch of several)."""
+        cdef _Entry head = self._peek()
+        cdef _Entry entry
+        cdef Statement st
+        cdef _Portal p
+        cdef int kind
+        if head is not None and head.statement is not None:
+            head.statement.server_bytes += PyBytes_GET_SIZE(data)
+        if type_code == _DATA_ROW:
+            if head is not None:
+                self._rows(head.statement, data)
+            return
+        if type_code == _READY_FOR_QUERY:
+            while self._head < PyList_GET_SIZE(self._queue):
+                entry = self._popleft()
+                if entry.kind == _K_SIMPLE:
+                    self._finish(entry.statement)
+                    return
+                if entry.kind == _K_SYNC:
+                    return
+            return
+        if head is None:
+            return
+        kind = head.kind
+        if type_code == _ERROR_RESPONSE:
+            self._error(data)
+            return
+        if kind == _K_SIMPLE:
+            st = head.statement
+            if type_code == _ROW_DESCRIPTION:
+                st.results.append(_result_set(self._row_description(data)))
+            elif type_code == _COMMAND_COMPLETE:
+                self._tag(st, data)
+            elif type_code == _EMPTY_QUERY:
+                st.tags.append("")
+            return
+        if (
+            (type_code == _PARSE_COMPLETE and kind == _K_PARSE)
+            or (type_code == _BIND_COMPLETE and kind == _K_BIND)
+            or (type_code == _CLOSE_COMPLETE and kind == _K_CLOSE)
+        ):
+            self._popleft()
+        elif kind == _K_DESCRIBE:
+            if type_code == _ROW_DESCRIPTION or type_code == _NO_DATA:
+                columns = self._row_description(data) if type_code == _ROW_DESCRIPTION else None
+                if head.target == 83:  # S
+                    self._described[head.name] = columns
+                else:
+                    p = self._portals.get(head.name)
+                    if p is not None:
+                        p.columns = columns
+                self._popleft()
+            # ParameterDescription ("t") comes first for a statement: keep waiting.
+        elif kind == _K_EXECUTE:
+            st = head.statement
+            if type_code == _COMMAND_COMPLETE:
+                self._tag(st, data)
+                self._popleft()
+                self._finish(st)
+            elif type_code == _EMPTY_QUERY or type_code == _PORTAL_SUSPENDED:
+                st.tags.append("" if type_code == _EMPTY_QUERY else "(suspended)")
+                if type_code == _PORTAL_SUSPENDED and st.uncounted and st.max_rows:
+                    # Suspended: exactly the Execute's limit of rows came.
+                    st.pending_rows = st.max_rows
+                    st.uncounted = False
+                self._popleft()
+                self._finish(st)
+
+    cdef _rows(self, Statement st, bytes data):
+        cdef _Columns described = None
+        cdef _ResultSet result
+        cdef list formats
+        cdef Caps caps = self._caps
+        cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(data)
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
+        cdef Py_ssize_t pos = 0
+        cdef long long length
+        cdef list rows
+        if st is None:
+            return
+        if not st.results:
+            if st.portal is not None:
+                described = st.portal.columns
+            if described is None:
+                result = _result_set(_columns([], [], b""))
+            else:
+                result = _result_set(described)
+            if st.result_formats:
+                result.formats = _formats(st.result_formats, len(result.columns))
+                result.binary = _binary(result.formats)
+            st.results.append(result)
+        result = st.results[PyList_GET_SIZE(st.results) - 1]
+        if result.truncated:
+            st.uncounted = True  # (see Statement.uncounted)
+            return
+        rows = result.rows
+        while pos < size:
+            length = _uint(buf, size, pos + 1, 4)
+            if (
+                PyList_GET_SIZE(rows) < caps.c_rows
+                and st.kept_bytes + length <= caps.c_bytes
+                and self._session_kept + length <= caps.c_session_bytes
+            ):
+                st.pending_rows += 1  # a suspended portal's rows have no tag
+                rows.append(self._decode_row(buf, size, pos + 5, result.binary))
+                st.kept_bytes += length
+                self._session_kept += length
+            else:
+                result.truncated = True
+                st.uncounted = True
+                return
+            pos += 1 + length
+
+    cdef list _decode_row(self, const unsigned char* buf, Py_ssize_t size, Py_ssize_t pos,
+                          bytes binary):
+        # As the reference: the values are read from pos on, even past the
+        # row's own length (a malformed row reads into the next, or nothing).
+        cdef const char* is_binary = PyBytes_AS_STRING(binary)
+        cdef Py_ssize_t nbinary = PyBytes_GET_SIZE(binary)
+        cdef Py_ssize_t count = _uint(buf, size, pos, 2)
+        cdef Py_ssize_t i, take
+        cdef long long length
+        cdef list row = []
+        pos += 2
+        for i in range(count):
+            length = _sint(buf, size, pos, 4)
+            pos += 4
+            if length < 0:
+                row.append(None)
+                continue
+            take = 0 if pos >= size else min(length, size - pos)
+            if i < nbinary and is_binary[i]:
+                row.append(_hex(buf + pos, take))
+            else:
+                row.append(self._decode(buf + pos, take))
+            pos += length
+        return row
+
+    cdef _Columns _row_description(self, bytes data):
+        """Columns and formats of a RowDescription; a session asks the same
+        few again and again, so they are read once (never changed after)."""
+        cdef _Columns known = self._row_descriptions.get(data)
+        if known is None:
+            known = self._read_row_description(data)
+            _remember(self._row_descriptions, data, known)
+        return known
+
+    cdef _Columns _read_row_description(self, bytes data):
+        cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(data)
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
+        cdef Py_ssize_t count = _uint(buf, size, 5, 2)
+        cdef Py_ssize_t pos = 7
+        cdef Py_ssize_t end
+        cdef list columns = []
+        cdef list formats = []
+        for _ in range(count):
+            end = _find_nul(buf, size, pos)
+            if end < 0:
+                break  # (the reference's ValueError from data.index)
+            name = self._decode(buf + pos, end - pos)
+            pos = end + 1
+            columns.append({"name": name, "type_oid": _uint(buf, size, pos + 6, 4)})
+            formats.append(_uint(buf, size, pos + 16, 2))
+            pos += 18
+        return _columns(columns, formats, None)
+
+    cdef _tag(self, Statement st, bytes data):
+        known = self._tags.get(data)
+        if known is None:
+            known = _remember(self._tags, data, _read_tag(data))
+        tag, count = <tuple>known
+        st.tags.append(tag)
+        if count is not None:
+            st.rows = st.rows + count  # exact, where DataRows may not be seen (COPY)
+            st.uncounted = False
+        else:
+            st.rows = st.rows + st.pending_rows
+        st.pending_rows = 0
+
+    cdef _error(self, bytes data):
+        cdef _Entry head = self._peek()
+        cdef Statement st
+        cdef _Portal p
+        cdef dict error = _error_fields(data)
+        if head.kind == _K_SIMPLE:
+            head.statement.error = error
+            return  # ReadyForQuery completes it
+        if head.kind == _K_SYNC:
+            return  # the Sync itself failed (see the reference)
+        # Extended: this message failed; the server skips the rest up to Sync.
+        self._popleft()
+        st = head.statement
+        if head.kind == _K_BIND:
+            # A Bind that fails (or a refused one's stand-in): the statement
+            # it binds was attempted.
+            p = head.portal
+            if p is None:
+                st = _start("", self._unknown, None)
+            else:
+                st = _start(p.text, p.verdict, p.params if p.params else None)
+        if st is not None:
+            st.error = error
+            self._finish(st)
+        while True:
+            head = self._peek()
+            if head is None or head.kind == _K_SYNC:
+                break
+            self._popleft()
+
+    cdef _finish(self, Statement st):
+        if st is None:
+            return
+        st.rows = st.rows + st.pending_rows
+        st.pending_rows = 0
+        st.duration = _clock(CLOCK_MONOTONIC) - st.started
+        if self._log is not None and st.verdict is not self._unrecorded:
+            self._log.statement(st)
+        self._done(st)
+
+
+cdef object _remember(dict cache, object key, object value):
+    """Put ``value`` in a per-session parse cache, emptied when full."""
+    if len(cache) >= _CACHED:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
+_COUNTING = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "COPY", "FETCH", "MOVE"})
+
+
+@cython.wraparound(True)
+cdef tuple _read_tag(bytes data):
+    """A CommandComplete's tag, and its row count where the tag has one
+    (read once per distinct tag, so plain Python, as the reference's)."""
+    tag = data[5:-1].decode("ascii", "replace")
+    words = tag.split()
+    if words and words[-1].isdigit() and words[0] in _COUNTING:
+        return tag, int(words[-1])
+    return tag, None
+
+
+cdef list _formats(list codes, Py_ssize_t n):
+    if not codes:
+        return [0] * n
+    if len(codes) == 1:
+        return codes * n
+    return codes
+
+
+cdef dict _error_fields(bytes data):
+    """An ErrorResponse's SQLSTATE (C) and message (M), "" where absent or
+    when the message is malformed (see _trail._error_fields)."""
+    cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
+    cdef Py_ssize_t pos = 5, end
+    cdef Py_ssize_t code_at = 0, code_len = 0, message_at = 0, message_len = 0
+    cdef unsigned char field
+    if (
+        size < 5
+        or (buf[0] != _ERROR_RESPONSE and buf[0] != _NOTICE_RESPONSE)
+        or _sint(buf, size, 1, 4) != size - 1
+    ):
+        return {"sqlstate": "", "message": ""}
+    while True:
+        if pos >= size:
+            return {"sqlstate": "", "message": ""}  # no terminator
+        field = buf[pos]
+        if field == 0:
+            if pos + 1 != size:
+                return {"sqlstate": "", "message": ""}  # trailing bytes
+            break
+        end = _find_nul(buf, size, pos + 1)
+        if end < 0:
+            return {"sqlstate": "", "message": ""}  # unterminated field
+        if field == 67:  # C
+            code_at, code_len = pos + 1, end - pos - 1
+        elif field == 77:  # M
+            message_at, message_len = pos + 1, end - pos - 1
+        pos = end + 1
+    return {
+        "sqlstate": PyUnicode_DecodeUTF8(<char*>buf + code_at, code_len, <char*>_REPLACE),
+        "message": PyUnicode_DecodeUTF8(<char*>buf + message_at, message_len, <char*>_REPLACE),
+    }
+
+
+# -- the statement's audit event ------------------------------------------------
+#
+# The trail's half of the recorder's data path (hoopfast.recording.recorder):
+# a finished statement becomes its event's canonical JSON, hash-chain link and
+# spool frame here, without a Python call per statement. The reference
+# (_trail.SessionLog) builds the event as a dict and encodes it with the
+# recorder's ``encode`` (orjson, sorted keys); the JSON written here is the
+# same text byte for byte: the keys are known, so they are written in sorted
+# order, strings are escaped as orjson escapes them, and floats are written
+# as repr writes them, which is orjson's text for 0 and for magnitudes from
+# 1e-4 up to 1e16. Anything else (a float outside that range, an integer past
+# 64 bits, a string with no UTF-8, an unexpected type, an event past the size
+# limit) goes the reference's way, through ``encode``.
+
+import hashlib
+import zlib
+
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from libc.math cimport fabs, isfinite
+from libc.stdlib cimport free, realloc
+from libc.string cimport memcpy
+
+cdef object _sha256 = hashlib.sha256
+cdef object _crc32 = zlib.crc32
+
+
+class _Fallback(Exception):
+    """The fast encoder cannot write this event exactly as the reference."""
+
+
+cdef struct _Buf:
+    char* data
+    Py_ssize_t len
+    Py_ssize_t cap
+
+
+cdef int _grow(_Buf* b, Py_ssize_t n) except -1:
+    cdef Py_ssize_t cap = b.cap * 2 if b.cap else 1024
+    while cap < b.len + n:
+        cap *= 2
+    cdef char* data = <char*>realloc(b.data, cap)
+    if data == NULL:
+        raise MemoryError()
+    b.data = data
+    b.cap = cap
+    return 0
+
+
+cdef inline int _put(_Buf* b, const char* s, Py_ssize_t n) except -1:
+    if b.len + n > b.cap:
+        _grow(b, n)
+    memcpy(b.data + b.len, s, n)
+    b.len += n
+    return 0
+
+
+cdef inline int _put_char(_Buf* b, char c) except -1:
+    if b.len + 1 > b.cap:
+        _grow(b, 1)
+    b.data[b.len] = c
+    b.len += 1
+    return 0
+
+
+cdef int _put_str(_Buf* b, object value) except -1:
+    """A JSON string, escaped as orjson escapes: the quote, the backslash
+    and control characters (\\b \\t \\n \\f \\r short, the rest \\u00XX);
+    everything else as UTF-8."""
+    if type(value) is not str:
+        raise _Fallback()
+    cdef Py_ssize_t n
+    cdef const char* s
+    try:
+        s = PyUnicode_AsUTF8AndSize(value, &n)
+    except UnicodeEncodeError:
+        raise _Fallback()  # (a lone surrogate: the reference writes ASCII)
+    cdef Py_ssize_t i, start = 0
+    cdef unsigned char c
+    cdef char esc[6]
+    _put_char(b, 34)
+    for i in range(n):
+        c = <unsigned char>s[i]
+        if c >= 32 and c != 34 and c != 92:
+            continue
+        if i > start:
+            _put(b, s + start, i - start)
+        start = i + 1
+        if c == 34:
+            _put(b, b'\\"', 2)
+        elif c == 92:
+            _put(b, b"\\\\", 2)
+        elif c == 8:
+            _put(b, b"\\b", 2)
+        elif c == 9:
+            _put(b, b"\\t", 2)
+        elif c == 10:
+            _put(b, b"\\n", 2)
+        elif c == 12:
+            _put(b, b"\\f", 2)
+        elif c == 13:
+            _put(b, b"\\r", 2)
+        else:
+            esc[0] = 92
+            esc[1] = 117  # u
+            esc[2] = 48
+            esc[3] = 48
+            esc[4] = _HEX[c >> 4]
+            esc[5] = _HEX[c & 15]
+            _put(b, esc, 6)
+    if n > start:
+        _put(b, s + start, n - start)
+    _put_char(b, 34)
+    return 0
+
+
+cdef int _put_ascii(_Buf* b, str text) except -1:
+    cdef Py_ssize_t n
+    cdef const char* s = PyUnicode_AsUTF8AndSize(text, &n)
+    _put(b, s, n)
+    return 0
+
+
+cdef int _put_int(_Buf* b, object value) except -1:
+    if type(value) is not int or not (-(2**63) <= value < 2**63):
+        raise _Fallback()
+    _put_ascii(b, str(value))
+    return 0
+
+
+cdef int _put_ll(_Buf* b, long long value) except -1:
+    _put_ascii(b, str(value))
+    return 0
+
+
+cdef int _put_float(_Buf* b, double value) except -1:
+    cdef double m = fabs(value)
+    if not isfinite(value) or (m != 0.0 and (m < 1e-4 or m >= 1e16)):
+        raise _Fallback()
+    _put_ascii(b, repr(value))
+    return 0
+
+
+cdef int _put_value(_Buf* b, object value) except -1:
+    """A str or None (a parameter, a kept value)."""
+    if value is None:
+        _put(b, b"null", 4)
+    else:
+        _put_str(b, value)
+    return 0
+
+
+cdef int _put_strings(_Buf* b, object values) except -1:
+    """A list of str or None, or None."""
+    if values is None:
+        _put(b, b"null", 4)
+        return 0
+    if type(values) is not list:
+        raise _Fallback()
+    cdef Py_ssize_t i
+    _put_char(b, 91)
+    for i in range(PyList_GET_SIZE(values)):
+        if i:
+            _put_char(b, 44)
+        _put_value(b, (<list>values)[i])
+    _put_char(b, 93)
+    return 0
+
+
+cdef int _put_error(_Buf* b, object error) except -1:
+    if error is None:
+        _put(b, b"null", 4)
+        return 0
+    if type(error) is not dict or len(<dict>error) != 2:
+        raise _Fallback()
+    _put(b, b'{"message":', 11)
+    _put_str(b, (<dict>error).get("message"))
+    _put(b, b',"sqlstate":', 12)
+    _put_str(b, (<dict>error).get("sqlstate"))
+    _put_char(b, 125)
+    return 0
+
+
+cdef int _put_results(_Buf* b, list results) except -1:
+    cdef _ResultSet r
+    cdef Py_ssize_t i, j
+    cdef object column
+    _put_char(b, 91)
+    for i in range(PyList_GET_SIZE(results)):
+        r = results[i]
+        if i:
+            _put_char(b, 44)
+        _put(b, b'{"columns":[', 12)
+        for j in range(PyList_GET_SIZE(r.columns)):
+            column = r.columns[j]
+            if type(column) is not dict or len(<dict>column) != 2:
+                raise _Fallback()
+            if j:
+                _put_char(b, 44)
+            _put(b, b'{"name":', 8)
+            _put_str(b, (<dict>column).get("name"))
+            _put(b, b',"type_oid":', 12)
+            _put_int(b, (<dict>column).get("type_oid"))
+            _put_char(b, 125)
+        _put(b, b'],"rows":[', 10)
+        for j in range(PyList_GET_SIZE(r.rows)):
+            if j:
+                _put_char(b, 44)
+            _put_strings(b, r.rows[j])
+        _put(b, b'],"truncated":', 14)
+        if r.truncated:
+            _put(b, b"true}", 5)
+        else:
+            _put(b, b"false}", 6)
+    _put_char(b, 93)
+    return 0
+
+
+@cython.final
+cdef class Journal:
+    """What the data path recorded and the spool does not have yet: spool
+    frames, in order, each with its record for the store (None for one the
+    store never takes). The recorder writes them all with one write at the
+    end of the loop iteration (Recorder.commit)."""
+
+    cdef public list frames
+    cdef public list records
+    #: Past the spool's bound with on_full "continue": events are dropped
+    #: (counted), but for the essential ones.
+    cdef public bint dropping
+    cdef public long long dropped
+    cdef object _on_first
+
+    def __init__(self, on_first):
+        self.frames = []
+        self.records = []
+        self._on_first = on_first
+
+    cpdef add(self, bytes frame, object record, bint essential=False):
+        """``on_first()`` is called when the journal stops being empty."""
+        if self.dropping and not essential:
+            self.dropped += 1
+            return
+        if PyList_GET_SIZE(self.frames) == 0:
+            self._on_first()
+        self.frames.append(frame)
+        self.records.append(record)
+
+    def take(self):
+        """(frames, records), leaving the journal empty."""
+        frames, records = self.frames, self.records
+        self.frames = []
+        self.records = []
+        return frames, records
+
+
+cdef bytes _frame(bytes payload):
+    """The spool's framing of one record: big-endian length and CRC-32."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
+    cdef unsigned long crc = _crc32(payload)
+    cdef bytes frame = PyBytes_FromStringAndSize(NULL, 8 + n)
+    cdef unsigned char* out = <unsigned char*>PyBytes_AS_STRING(frame)
+    out[0] = (n >> 24) & 255
+    out[1] = (n >> 16) & 255
+    out[2] = (n >> 8) & 255
+    out[3] = n & 255
+    out[4] = (crc >> 24) & 255
+    out[5] = (crc >> 16) & 255
+    out[6] = (crc >> 8) & 255
+    out[7] = crc & 255
+    memcpy(out + 8, PyBytes_AS_STRING(payload), n)
+    return frame
+
+
+@cython.final
+cdef class SessionLog:
+    """One session's hash chain, as the recorder keeps it: sequence numbers,
+    the last hash, and its events into the journal (see the reference,
+    _trail.SessionLog)."""
+
+    cdef readonly str session_id
+    cdef readonly str subject
+    cdef readonly str connection
+    cdef public long long count
+    cdef public str last_hash
+    cdef public long long statements
+    cdef Journal _journal
+    cdef object _record
+    cdef object _encode
+    cdef str _statement_kind
+    cdef Py_ssize_t _max_bytes
+
+    def __init__(self, Journal journal not None, str session_id, str subject, str connection,
+                 record, encode, str statement_kind, Py_ssize_t max_bytes, str genesis):
+        self._journal = journal
+        self.session_id = session_id
+        self.subject = subject
+        self.connection = connection
+        self._record = record
+        self._encode = encode
+        self._statement_kind = statement_kind
+        self._max_bytes = max_bytes
+        self.count = 0
+        self.last_hash = genesis
+        self.statements = 0
+
+    cpdef append(self, str kind, double at, str verdict, dict body, bint essential=False):
+        """An event from a dict (session start and end, and statements from
+        elsewhere than a trail): ``body`` is taken over."""
+        cdef long long seq = self.count
+        body["session"] = self.session_id
+        body["seq"] = seq
+        body["kind"] = kind
+        body["at"] = at
+        body["subject"] = self.subject
+        body["connection"] = self.connection
+        body["verdict"] = verdict
+        self._add(seq, at, kind, verdict, self._encode(body), essential)
+
+    cpdef statement(self, Statement st):
+        """A finished statement's event (n: its number in the session)."""
+        cdef long long seq = self.count
+        cdef long long n = self.statements + 1
+        cdef double at = _clock(CLOCK_REALTIME)
+        verdict = st.verdict.action
+        self.statements = n
+        cdef bytes raw
+        try:
+            raw = self._statement_json(st, n, seq, at, verdict)
+        except _Fallback:
+            body = st.event(n)
+            body["session"] = self.session_id
+            body["seq"] = seq
+            body["kind"] = self._statement_kind
+            body["at"] = at
+            body["subject"] = self.subject
+            body["connection"] = self.connection
+            body["verdict"] = verdict
+            raw = self._encode(body)
+        self._add(seq, at, self._statement_kind, verdict, raw, False)
+
+    cdef _add(self, long long seq, double at, str kind, object verdict, bytes raw,
+              bint essential):
+        cdef str prev = self.last_hash
+        cdef bytes prev_b = prev.encode()
+        cdef str hash_ = _sha256(prev_b + b"\n" + raw).hexdigest()
+        record = self._record(
+            self.session_id,
+            seq,
+            at,
+            kind,
+            self.subject,
+            self.connection,
+            verdict,
+            raw.decode(),
+            prev,
+            hash_,
+        )
+        self._journal.add(_frame(b"e" + prev_b + hash_.encode() + raw), record, essential)
+        self.count = seq + 1
+        self.last_hash = hash_
+
+    cdef bytes _statement_json(self, Statement st, long long n, long long seq, double at,
+                               object verdict):
+        cdef _Buf b
+        cdef _ResultSet r
+        cdef Py_ssize_t kept = 0
+        b.data = NULL
+        b.len = 0
+        b.cap = 0
+        try:
+            rule = st.verdict.rule
+            for r in st.results:
+                kept += PyList_GET_SIZE(r.rows)
+            _put(&b, b'{"at":', 6)
+            _put_float(&b, at)
+            _put(&b, b',"bytes":', 9)
+            _put_ll(&b, st.server_bytes)
+            _put(&b, b',"connection":', 14)
+            _put_str(&b, self.connection)
+            _put(&b, b',"duration_ms":', 15)
+            _put_float(&b, round(st.duration * 1000, 3))
+            _put(&b, b',"error":', 9)
+            _put_error(&b, st.error)
+            _put(&b, b',"kind":', 8)
+            _put_str(&b, self._statement_kind)
+            _put(&b, b',"n":', 5)
+            _put_ll(&b, n)
+            _put(&b, b',"params":', 10)
+            _put_strings(&b, st.params)
+            _put(&b, b',"result_rows_kept":', 20)
+            _put_ll(&b, kept)
+            _put(&b, b',"results":', 11)
+            _put_results(&b, st.results)
+            _put(&b, b',"rows":', 8)
+            _put_int(&b, st.rows)
+            if st.uncounted:
+                _put(&b, b',"rows_exact":false', 19)
+            _put(&b, b',"rule":', 8)
+            _put_str(&b, rule)
+            _put(&b, b',"seq":', 7)
+            _put_ll(&b, seq)
+            _put(&b, b',"session":', 11)
+            _put_str(&b, self.session_id)
+            _put(&b, b',"started_at":', 14)
+            _put_float(&b, st.started_at)
+            _put(&b, b',"subject":', 11)
+            _put_str(&b, self.subject)
+            _put(&b, b',"tags":', 8)
+            _put_strings(&b, st.tags)
+            _put(&b, b',"text":', 8)
+            _put_str(&b, st.text)
+            _put(&b, b',"verdict":', 11)
+            _put_str(&b, verdict)
+            _put_char(&b, 125)
+            if b.len > self._max_bytes:
+                raise _Fallback()  # (the reference cuts it down)
+            return PyBytes_FromStringAndSize(b.data, b.len)
+        finally:
+            free(b.data)
+
+    def _statement_json_for_tests(self, Statement st, long long n, long long seq, double at):
+        """The fast encoder's text, or None where it defers to the reference."""
+        try:
+            return self._statement_json(st, n, seq, at, st.verdict.action)
+        except _Fallback:
+            return None
+
+
+def frame(bytes payload not None):
+    """The spool's framing of one record (as _trail.frame)."""
+    return _frame(payload)

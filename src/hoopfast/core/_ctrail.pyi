@@ -1,0 +1,100 @@
+from collections.abc import Callable
+from typing import Any, final
+
+@final
+class Caps:
+    rows: int
+    bytes: int
+    session_bytes: int
+    def __init__(self, rows: int, bytes: int, session_bytes: int) -> None: ...
+
+@final
+class Statement:
+    text: str
+    verdict: Any
+    params: list[str | None] | None
+    started: float
+    started_at: float
+    rows: int
+    pending_rows: int
+    uncounted: bool
+    max_rows: int
+    portal: Any
+    tags: list[str]
+    error: dict[str, str] | None
+    results: list[Any]
+    kept_bytes: int
+    result_formats: list[int]
+    duration: float
+    server_bytes: int
+    def __init__(
+        self,
+        text: str,
+        verdict: Any,
+        params: list[str | None] | None = None,
+        started: float = 0.0,
+        started_at: float = 0.0,
+    ) -> None: ...
+    def event(self, n: int) -> dict[str, Any]: ...
+
+class Trail:
+    def __init__(
+        self,
+        codec: str,
+        caps: Caps,
+        mask_text: Any,
+        done: Any,
+        unknown: Any,
+        log: SessionLog | None = None,
+        unrecorded: Any = None,
+    ) -> None: ...
+    def query(self, text: str, verdict: Any) -> None: ...
+    def function_call(self, oid: int, verdict: Any) -> None: ...
+    def parse(self, name: bytes, text: str, verdict: Any) -> None: ...
+    def pending(self) -> list[bytes | None]: ...
+    def fast_statement(self, type_code: int, message: bytes, text: str, verdict: Any) -> None: ...
+    def client_message(self, type_code: int, message: bytes, refused: Any = None) -> None: ...
+    def server_message(self, type_code: int, data: bytes) -> None: ...
+
+@final
+class Journal:
+    frames: list[bytes]
+    records: list[Any]
+    dropping: bool
+    dropped: int
+    def __init__(self, on_first: Callable[[], None]) -> None: ...
+    def add(self, frame: bytes, record: Any, essential: bool = False) -> None: ...
+    def take(self) -> tuple[list[bytes], list[Any]]: ...
+
+@final
+class SessionLog:
+    @property
+    def session_id(self) -> str: ...
+    @property
+    def subject(self) -> str: ...
+    @property
+    def connection(self) -> str: ...
+    count: int
+    last_hash: str
+    statements: int
+    def __init__(
+        self,
+        journal: Journal,
+        session_id: str,
+        subject: str,
+        connection: str,
+        record: Callable[..., Any],
+        encode: Callable[[dict[str, Any]], bytes],
+        statement_kind: str,
+        max_bytes: int,
+        genesis: str,
+    ) -> None: ...
+    def append(
+        self, kind: str, at: float, verdict: str, body: dict[str, Any], essential: bool = False
+    ) -> None: ...
+    def statement(self, st: Statement) -> None: ...
+    def _statement_json_for_tests(
+        self, st: Statement, n: int, seq: int, at: float
+    ) -> bytes | None: ...
+
+def frame(payload: bytes) -> bytes: ...

@@ -1,0 +1,727 @@
+"""The audit trail, pure-Python reference. ``ext/_ctrail.pyx`` is the Cython
+build of the same classes; :mod:`hoopfast.core` picks one, and
+hoopfast.proxy.postgres.trail is what the session imports.
+
+A session's statements as the audit trail records them. The trail follows
+the protocol from both sides, the way the server answers it: every client
+message that gets an answer joins a queue, and server messages complete the
+entry at its head. A simple Query (or a FunctionCall) is one statement,
+answered up to its ReadyForQuery; in the extended protocol each Execute is
+one, its text the Parse's and its parameters the Bind's. A Parse or Bind
+that fails is recorded as a statement that failed (a statement the
+guardrails refused fails exactly so, through its stand-in), and what the
+server skips after an error up to Sync never ran, so it is not recorded.
+
+The event is written when the statement's answer is complete and before
+the message that completes it goes to the client (see
+hoopfast.recording.recorder). Results are kept as the client saw them
+(after masking), up to the per-statement and per-session caps; past them
+rows are counted, not kept.
+
+Verdicts are the guardrails' (hoopfast.policy.guard.Verdict), but the core
+does not import the policy: they are opaque here, read only for ``action``
+and ``rule``, and a statement the trail cannot attribute (an Execute of an
+unknown portal, a Bind of an unknown statement) gets the ``unknown``
+verdict the Trail was made with.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import struct
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+# Message type codes (as hoopfast.proxy.postgres.messages; the core does not
+# import the proxy). From the client:
+_QUERY = ord("Q")
+_BIND = ord("B")
+_EXECUTE = ord("E")
+_SYNC = ord("S")
+_DESCRIBE = ord("D")
+_CLOSE = ord("C")
+# From the server:
+_DATA_ROW = ord("D")
+_ROW_DESCRIPTION = ord("T")
+_COMMAND_COMPLETE = ord("C")
+_EMPTY_QUERY = ord("I")
+_PORTAL_SUSPENDED = ord("s")
+_READY_FOR_QUERY = ord("Z")
+_ERROR_RESPONSE = ord("E")
+_NOTICE_RESPONSE = ord("N")
+_PARSE_COMPLETE = ord("1")
+_BIND_COMPLETE = ord("2")
+_CLOSE_COMPLETE = ord("3")
+_NO_DATA = ord("n")
+
+# Queue entry kinds.
+_K_SIMPLE = 0  # Query or FunctionCall: answered up to ReadyForQuery
+_K_PARSE = 1
+_K_BIND = 2
+_K_DESCRIBE = 3
+_K_EXECUTE = 4
+_K_CLOSE = 5
+_K_SYNC = 6
+
+
+@dataclass(slots=True)
+class Caps:
+    rows: int
+    bytes: int
+    session_bytes: int
+
+
+@dataclass(slots=True)
+class _ResultSet:
+    columns: list[dict[str, Any]]
+    formats: list[int]
+    rows: list[list[str | None]] = field(default_factory=list)
+    truncated: bool = False
+
+
+@dataclass(slots=True)
+class Statement:
+    """One statement in flight, then done."""
+
+    text: str
+    verdict: Any
+    params: list[str | None] | None = None
+    started: float = 0.0
+    started_at: float = 0.0
+    rows: int = 0
+    #: DataRows since the last CommandComplete (whose count is exact).
+    pending_rows: int = 0
+    #: Rows past the caps are not counted one by one (a result of millions
+    #: would cost a Python loop per row): the tag gives the exact count, or a
+    #: suspended portal's Execute limit does; otherwise ``rows`` is a lower
+    #: bound and the event says so.
+    uncounted: bool = False
+    #: The Execute's row limit (0: none).
+    max_rows: int = 0
+    #: The portal an Execute runs: its columns (from a Describe answered
+    #: after the Execute was sent) are read when the rows come.
+    portal: _Portal | None = None
+    tags: list[str] = field(default_factory=list)
+    error: dict[str, str] | None = None
+    results: list[_ResultSet] = field(default_factory=list)
+    kept_bytes: int = 0
+    result_formats: list[int] = field(default_factory=list)
+    #: Time to completion (set when done), and the bytes of the server's
+    #: messages that answered it.
+    duration: float = 0.0
+    server_bytes: int = 0
+
+    def event(self, n: int) -> dict[str, Any]:
+        event = {
+            "n": n,
+            "text": self.text,
+            "params": self.params,
+            "verdict": self.verdict.action,
+            "rule": self.verdict.rule,
+            "started_at": self.started_at,
+            "duration_ms": round(self.duration * 1000, 3),
+            "rows": self.rows,
+            "bytes": self.server_bytes,
+            "tags": self.tags,
+            "error": self.error,
+            "results": [
+                {"columns": r.columns, "rows": r.rows, "truncated": r.truncated}
+                for r in self.results
+            ],
+            "result_rows_kept": sum([len(r.rows) for r in self.results]),
+        }
+        if self.uncounted:
+            event["rows_exact"] = False
+        return event
+
+
+_Columns = tuple[list[dict[str, Any]], list[int]]
+_T = TypeVar("_T")
+
+
+@dataclass(slots=True)
+class _Portal:
+    text: str
+    verdict: Any
+    params: list[str | None]
+    formats: list[int]
+    columns: _Columns | None
+
+
+@dataclass(slots=True)
+class _Entry:
+    kind: int
+    statement: Statement | None = None
+    name: bytes = b""
+    #: A Bind's portal, as bound (a later Parse may reuse the name).
+    portal: _Portal | None = None
+
+
+class Trail:
+    """Feeds a session's traffic in, calls ``done(statement)`` per statement
+    (``unknown``: the verdict of a statement it cannot attribute)."""
+
+    def __init__(
+        self,
+        codec: str,
+        caps: Caps,
+        mask_text: Any,
+        done: Any,
+        unknown: Any,
+        log: SessionLog | None = None,
+        unrecorded: Any = None,
+    ) -> None:
+        #: Where a finished statement's event goes (before ``done``), unless
+        #: its verdict is ``unrecorded``.
+        self._log = log
+        self._unrecorded = unrecorded
+        self._codec = codec
+        self._caps = caps
+        #: str -> str: the detectors applied to bound parameter values.
+        self._mask_text = mask_text
+        self._done = done
+        self._unknown = unknown
+        self._queue: deque[_Entry] = deque()
+        #: Statement texts (and verdicts) by prepared name, and portals.
+        self._statements: dict[bytes, tuple[str, Any]] = {}
+        self._portals: dict[bytes, _Portal] = {}
+        #: RowDescriptions from Describe, by statement name.
+        self._described: dict[bytes, _Columns | None] = {}
+        self._session_kept = 0
+        #: Parsed RowDescriptions and command tags, by their bytes.
+        self._row_descriptions: dict[bytes, _Columns] = {}
+        self._tags: dict[bytes, tuple[str, int | None]] = {}
+
+    # -- from the client ----------------------------------------------------
+
+    def _start(self, text: str, verdict: Any, params: list[str | None] | None) -> Statement:
+        return Statement(text, verdict, params, time.perf_counter(), time.time())
+
+    def query(self, text: str, verdict: Any) -> None:
+        self._queue.append(_Entry(_K_SIMPLE, self._start(text, verdict, None)))
+
+    def function_call(self, oid: int, verdict: Any) -> None:
+        self._queue.append(
+            _Entry(_K_SIMPLE, self._start(f"-- function call, oid {oid}", verdict, None))
+        )
+
+    def parse(self, name: bytes, text: str, verdict: Any) -> None:
+        self._statements[name] = (text, verdict)
+        self._queue.append(_Entry(_K_PARSE, self._start(text, verdict, None), name))
+
+    def pending(self) -> list[bytes | None]:
+        """What the server has yet to answer that settles Parses, in order:
+        each Parse's statement name, None for each Sync (or simple Query or
+        FunctionCall: they end with ReadyForQuery too). The session starts
+        following the server's answers from this (hoopfast.proxy.postgres
+        .ledger) the moment it first needs to."""
+        return [
+            e.name if e.kind == _K_PARSE else None
+            for e in self._queue
+            if e.kind in (_K_PARSE, _K_SYNC, _K_SIMPLE)
+        ]
+
+    def fast_statement(self, type_code: int, message: bytes, text: str, verdict: Any) -> None:
+        """A Query, or an unnamed Parse, that the relay's fast path passed
+        (hoopfast.core._pump): its text and the verdict it had."""
+        if type_code == _QUERY:
+            self.query(text, verdict)
+        else:
+            self.parse(b"", text, verdict)
+
+    def client_message(self, type_code: int, message: bytes, refused: Any = None) -> None:
+        """Bind, Execute, Sync, Describe and Close, as the client sent them
+        (``refused``: the gateway refused this Bind, for that reason)."""
+        if type_code == _BIND:
+            self._bind(message, refused)
+        elif type_code == _EXECUTE:
+            end = message.find(b"\0", 5)
+            portal = message[5:end] if end >= 0 else b""
+            p = self._portals.get(portal)
+            if p is None:
+                statement = self._start("", self._unknown, None)
+            else:
+                statement = self._start(p.text, p.verdict, p.params or None)
+                statement.result_formats = p.formats
+                statement.portal = p
+            if end >= 0:
+                statement.max_rows = int.from_bytes(message[end + 1 : end + 5], "big")
+            self._queue.append(_Entry(_K_EXECUTE, statement))
+        elif type_code == _SYNC:
+            self._queue.append(_Entry(_K_SYNC))
+        elif type_code == _DESCRIBE:
+            # "S" or "P" and the name: its RowDescription belongs to it.
+            end = message.find(b"\0", 6)
+            target = message[5:end] if end >= 0 else b""
+            self._queue.append(_Entry(_K_DESCRIBE, None, target))
+        elif type_code == _CLOSE:
+            self._queue.append(_Entry(_K_CLOSE))
+
+    def _bind(self, message: bytes, refused: Any) -> None:
+        try:
+            portal, name, values, result_formats, _ = parse_bind(message)
+        except ValueError:
+            # Malformed: the server refuses it; still one answer to follow.
+            self._queue.append(_Entry(_K_BIND))
+            return
+        text, verdict = self._statements.get(name, ("", self._unknown))
+        verdict = refused or verdict
+        entry = _Entry(_K_BIND, None, name)
+        self._queue.append(entry)
+        params = [
+            None if raw is None else self._value(raw, fmt, masked=True) for fmt, raw in values
+        ]
+        self._portals[portal] = entry.portal = _Portal(
+            text, verdict, params, result_formats, self._described.get(name)
+        )
+
+    def _value(self, raw: bytes, fmt: int, masked: bool = False) -> str:
+        if fmt == 1:
+            return "\\x" + raw.hex()
+        value = raw.decode(self._codec, "replace")
+        return self._mask_text(value) if masked else value
+
+    # -- from the server ------------------------------------------------------
+
+    def server_message(self, type_code: int, data: bytes) -> None:
+        """A server message as forwarded to the client (DataRows and
+        CopyData may come as a batch of several)."""
+        queue = self._queue
+        if queue and (answering := queue[0].statement) is not None:
+            answering.server_bytes += len(data)
+        if type_code == _DATA_ROW:
+            if queue:
+                self._rows(queue[0].statement, data)
+            return
+        if type_code == _READY_FOR_QUERY:
+            while queue:
+                entry = queue.popleft()
+                if entry.kind == _K_SIMPLE:
+                    self._finish(entry.statement)
+                    return
+                if entry.kind == _K_SYNC:
+                    return
+            return
+        if not queue:
+            return
+        head = queue[0]
+        kind = head.kind
+        if type_code == _ERROR_RESPONSE:
+            self._error(data)
+            return
+        if kind == _K_SIMPLE:
+            st = head.statement
+            assert st is not None
+            if type_code == _ROW_DESCRIPTION:
+                st.results.append(_ResultSet(*self._row_description(data)))
+            elif type_code == _COMMAND_COMPLETE:
+                self._tag(st, data)
+            elif type_code == _EMPTY_QUERY:
+                st.tags.append("")
+            return
+        if _COMPLETES.get(type_code) == kind:
+            queue.popleft()
+        elif kind == _K_DESCRIBE:
+            if type_code in (_ROW_DESCRIPTION, _NO_DATA):
+                columns = self._row_description(data) if type_code == _ROW_DESCRIPTION else None
+                target = head.name
+                if target[:1] == b"S":
+                    self._described[target[1:]] = columns
+                elif (p := self._portals.get(target[1:])) is not None:
+                    p.columns = columns
+                queue.popleft()
+            # ParameterDescription ("t") comes first for a statement: keep waiting.
+        elif kind == _K_EXECUTE:
+            st = head.statement
+            assert st is not None
+            if type_code == _COMMAND_COMPLETE:
+                self._tag(st, data)
+                queue.popleft()
+                self._finish(st)
+            elif type_code in (_EMPTY_QUERY, _PORTAL_SUSPENDED):
+                st.tags.append("" if type_code == _EMPTY_QUERY else "(suspended)")
+                if type_code == _PORTAL_SUSPENDED and st.uncounted and st.max_rows:
+                    # Suspended: exactly the Execute's limit of rows came.
+                    st.pending_rows, st.uncounted = st.max_rows, False
+                queue.popleft()
+                self._finish(st)
+
+    def _rows(self, st: Statement | None, data: bytes) -> None:
+        if st is None:
+            return
+        if not st.results:
+            described = st.portal.columns if st.portal is not None else None
+            columns, formats = described or ([], [])
+            if st.result_formats:
+                formats = _formats(st.result_formats, len(columns))
+            st.results.append(_ResultSet(columns, formats))
+        result = st.results[-1]
+        if result.truncated:
+            st.uncounted = True  # (see Statement.uncounted)
+            return
+        caps = self._caps
+        pos = 0
+        end = len(data)
+        while pos < end:
+            length = int.from_bytes(data[pos + 1 : pos + 5], "big")
+            nxt = pos + 1 + length
+            if (
+                len(result.rows) < caps.rows
+                and st.kept_bytes + length <= caps.bytes
+                and self._session_kept + length <= caps.session_bytes
+            ):
+                st.pending_rows += 1  # a suspended portal's rows have no tag
+                result.rows.append(self._decode_row(data, pos + 5, nxt, result.formats))
+                st.kept_bytes += length
+                self._session_kept += length
+            else:
+                result.truncated = True
+                st.uncounted = True
+                return
+            pos = nxt
+
+    def _decode_row(self, data: bytes, pos: int, end: int, formats: list[int]) -> list[str | None]:
+        count = int.from_bytes(data[pos : pos + 2], "big")
+        pos += 2
+        row: list[str | None] = []
+        for i in range(count):
+            length = int.from_bytes(data[pos : pos + 4], "big", signed=True)
+            pos += 4
+            if length < 0:
+                row.append(None)
+                continue
+            fmt = formats[i] if i < len(formats) else 0
+            row.append(self._value(data[pos : pos + length], fmt))
+            pos += length
+        return row
+
+    def _row_description(self, data: bytes) -> _Columns:
+        """Columns and formats of a RowDescription; a session asks the same
+        few again and again, so they are read once (never changed after)."""
+        known = self._row_descriptions.get(data)
+        if known is None:
+            known = _remember(self._row_descriptions, data, _row_description(data, self._codec))
+        return known
+
+    def _tag(self, st: Statement, data: bytes) -> None:
+        known = self._tags.get(data)
+        if known is None:
+            known = _remember(self._tags, data, _read_tag(data))
+        tag, count = known
+        st.tags.append(tag)
+        if count is not None:
+            st.rows += count  # exact, where DataRows may not be seen (COPY)
+            st.uncounted = False
+        else:
+            st.rows += st.pending_rows
+        st.pending_rows = 0
+
+    def _error(self, data: bytes) -> None:
+        queue = self._queue
+        code, message = _error_fields(data)
+        error = {"sqlstate": code, "message": message}
+        head = queue[0]
+        if head.kind == _K_SIMPLE:
+            assert head.statement is not None
+            head.statement.error = error
+            return  # ReadyForQuery completes it
+        if head.kind == _K_SYNC:
+            # The Sync itself failed (a deferred constraint at the implicit
+            # commit): its ReadyForQuery follows; nothing after it is skipped
+            # (dropping up to the next Sync would leave a pipelined batch
+            # that ran out of the trail).
+            return
+        # Extended: this message failed; the server skips the rest up to Sync.
+        queue.popleft()
+        st = head.statement
+        if head.kind == _K_BIND:
+            # A Bind that fails (or a refused one's stand-in): the statement
+            # it binds was attempted. (PostgreSQL may even run parts of it
+            # then: a custom plan folds constants, so 1/$1 with 0 fails here.)
+            p = head.portal
+            st = (
+                self._start("", self._unknown, None)
+                if p is None
+                else self._start(p.text, p.verdict, p.params or None)
+            )
+        if st is not None:
+            st.error = error
+            self._finish(st)
+        while queue and queue[0].kind != _K_SYNC:
+            queue.popleft()
+
+    def _finish(self, st: Statement | None) -> None:
+        if st is None:
+            return
+        st.rows += st.pending_rows
+        st.pending_rows = 0
+        st.duration = time.perf_counter() - st.started
+        if self._log is not None and st.verdict is not self._unrecorded:
+            self._log.statement(st)
+        self._done(st)
+
+
+#: ParseComplete, BindComplete, CloseComplete: which entry each completes.
+_COMPLETES = {_PARSE_COMPLETE: _K_PARSE, _BIND_COMPLETE: _K_BIND, _CLOSE_COMPLETE: _K_CLOSE}
+_COUNTING = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "COPY", "FETCH", "MOVE"})
+
+
+#: Distinct RowDescriptions (and tags) a session keeps parsed.
+_CACHED = 64
+
+
+def _remember(cache: dict[bytes, _T], key: bytes, value: _T) -> _T:
+    """Put ``value`` in a per-session parse cache, emptied when full."""
+    if len(cache) >= _CACHED:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
+def _read_tag(data: bytes) -> tuple[str, int | None]:
+    """A CommandComplete's tag, and its row count where the tag has one."""
+    tag = data[5:-1].decode("ascii", "replace")
+    words = tag.split()
+    if words and words[-1].isdigit() and words[0] in _COUNTING:
+        return tag, int(words[-1])
+    return tag, None
+
+
+def _formats(codes: list[int], n: int) -> list[int]:
+    if not codes:
+        return [0] * n
+    if len(codes) == 1:
+        return codes * n
+    return codes
+
+
+def _row_description(data: bytes, codec: str) -> tuple[list[dict[str, Any]], list[int]]:
+    columns: list[dict[str, Any]] = []
+    formats: list[int] = []
+    try:
+        count = int.from_bytes(data[5:7], "big")
+        pos = 7
+        for _ in range(count):
+            end = data.index(b"\0", pos)
+            name = data[pos:end].decode(codec, "replace")
+            pos = end + 1
+            type_oid = int.from_bytes(data[pos + 6 : pos + 10], "big")
+            fmt = int.from_bytes(data[pos + 16 : pos + 18], "big")
+            pos += 18
+            columns.append({"name": name, "type_oid": type_oid})
+            formats.append(fmt)
+    except ValueError:
+        pass
+    return columns, formats
+
+
+def _error_fields(data: bytes) -> tuple[str, str]:
+    """An ErrorResponse's SQLSTATE (C) and message (M), "" where absent or
+    when the message is malformed (as hoopfast.core.decode_fields rejects
+    it: a wrong type byte or length, an unterminated field, trailing bytes)."""
+    size = len(data)
+    if (
+        size < 5
+        or data[0] not in (_ERROR_RESPONSE, _NOTICE_RESPONSE)
+        or int.from_bytes(data[1:5], "big", signed=True) != size - 1
+    ):
+        return "", ""
+    fields: dict[int, bytes] = {}
+    pos = 5
+    while True:
+        if pos >= size:
+            return "", ""  # no terminator
+        code = data[pos]
+        if not code:
+            if pos + 1 != size:
+                return "", ""  # trailing bytes
+            break
+        end = data.find(b"\0", pos + 1)
+        if end < 0:
+            return "", ""  # unterminated field
+        fields[code] = data[pos + 1 : end]
+        pos = end + 1
+    return (
+        fields.get(ord("C"), b"").decode("utf-8", "replace"),
+        fields.get(ord("M"), b"").decode("utf-8", "replace"),
+    )
+
+
+_INT16 = struct.Struct(">H")
+_INT32 = struct.Struct(">i")
+
+
+@functools.lru_cache(maxsize=64)
+def _int16s(count: int) -> struct.Struct:
+    return struct.Struct(f">{count}H")
+
+
+def parse_bind(
+    message: bytes,
+) -> tuple[bytes, bytes, list[tuple[int, bytes | None]], list[int], bytes]:
+    """A whole Bind message read: its portal, statement name, (format, raw
+    value or None) per parameter, result formats, and the bytes of the
+    parameter formats and values as sent (hoopfast.proxy.postgres.messages
+    .parse_bind makes its Bind of them); ValueError when it is malformed."""
+    portal_end = message.find(b"\0", 5)
+    name_end = message.find(b"\0", portal_end + 1) if portal_end >= 0 else -1
+    if name_end < 0:
+        raise ValueError("Bind without its names")
+    size = len(message)
+    pos = start = name_end + 1
+    try:
+        # struct reads each array of codes in one call (this runs for every
+        # Bind of a recorded session); struct.error is a message cut short.
+        (nfmt,) = _INT16.unpack_from(message, pos)
+        formats = _int16s(nfmt).unpack_from(message, pos + 2)
+        pos += 2 + 2 * nfmt
+        (nparams,) = _INT16.unpack_from(message, pos)
+        pos += 2
+        values: list[tuple[int, bytes | None]] = []
+        for i in range(nparams):
+            (length,) = _INT32.unpack_from(message, pos)
+            pos += 4
+            fmt = formats[0] if nfmt == 1 else (formats[i] if i < nfmt else 0)
+            if length < 0:
+                values.append((fmt, None))
+                continue
+            if pos + length > size:
+                raise ValueError("Bind cut short")
+            values.append((fmt, message[pos : pos + length]))
+            pos += length
+        section = message[start:pos]
+        (nres,) = _INT16.unpack_from(message, pos)
+        results = list(_int16s(nres).unpack_from(message, pos + 2))
+    except struct.error:
+        raise ValueError("Bind cut short") from None
+    return message[5:portal_end], message[portal_end + 1 : name_end], values, results, section
+
+
+# -- the statement's audit event ------------------------------------------------
+
+
+class Journal:
+    """What the data path recorded and the spool does not have yet: spool
+    frames, in order, each with its record for the store (None for one the
+    store never takes). The recorder writes them all with one write at the
+    end of the loop iteration (hoopfast.recording.recorder.Recorder.commit)."""
+
+    def __init__(self, on_first: Callable[[], None]) -> None:
+        self.frames: list[bytes] = []
+        self.records: list[Any] = []
+        #: Past the spool's bound with on_full "continue": events are
+        #: dropped (counted), but for the essential ones.
+        self.dropping = False
+        self.dropped = 0
+        self._on_first = on_first
+
+    def add(self, frame: bytes, record: Any, essential: bool = False) -> None:
+        """``on_first()`` is called when the journal stops being empty."""
+        if self.dropping and not essential:
+            self.dropped += 1
+            return
+        if not self.frames:
+            self._on_first()
+        self.frames.append(frame)
+        self.records.append(record)
+
+    def take(self) -> tuple[list[bytes], list[Any]]:
+        """(frames, records), leaving the journal empty."""
+        frames, records = self.frames, self.records
+        self.frames, self.records = [], []
+        return frames, records
+
+
+_FRAME_HEADER = struct.Struct(">II")
+
+
+def frame(payload: bytes) -> bytes:
+    """The spool's framing of one record: big-endian length and CRC-32
+    (hoopfast.recording.spool reads it)."""
+    return _FRAME_HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+class SessionLog:
+    """One session's hash chain, as the recorder keeps it: sequence numbers
+    and the last hash; its events go into the journal as spool frames (the
+    record ``e``, the previous hash, the hash, the event's JSON) with their
+    store records.
+
+    An event's hash is SHA-256 over the previous hash, a newline and the
+    event's JSON: ``encode(body)``, the recorder's canonical encoder
+    (hoopfast.recording.chain.encode_event). The trail hands each finished
+    statement to :meth:`statement`; the compiled build writes the same JSON
+    without building the dict (see ext/_ctrail.pyx).
+    """
+
+    def __init__(
+        self,
+        journal: Journal,
+        session_id: str,
+        subject: str,
+        connection: str,
+        record: Callable[..., Any],
+        encode: Callable[[dict[str, Any]], bytes],
+        statement_kind: str,
+        max_bytes: int,
+        genesis: str,
+    ) -> None:
+        self._journal = journal
+        self.session_id = session_id
+        self.subject = subject
+        self.connection = connection
+        self._record = record
+        self._encode = encode
+        self._statement_kind = statement_kind
+        self._max_bytes = max_bytes
+        #: Events so far (the next one's seq), and the last one's hash.
+        self.count = 0
+        self.last_hash = genesis
+        self.statements = 0
+
+    def append(
+        self, kind: str, at: float, verdict: str, body: dict[str, Any], essential: bool = False
+    ) -> None:
+        """An event from a dict (session start and end, and statements from
+        elsewhere than a trail): ``body`` is taken over."""
+        seq = self.count
+        body["session"] = self.session_id
+        body["seq"] = seq
+        body["kind"] = kind
+        body["at"] = at
+        body["subject"] = self.subject
+        body["connection"] = self.connection
+        body["verdict"] = verdict
+        self._add(seq, at, kind, verdict, self._encode(body), essential)
+
+    def statement(self, st: Statement) -> None:
+        """A finished statement's event (n: its number in the session)."""
+        self.statements += 1
+        self.append(self._statement_kind, time.time(), st.verdict.action, st.event(self.statements))
+
+    def _add(
+        self, seq: int, at: float, kind: str, verdict: str, raw: bytes, essential: bool
+    ) -> None:
+        prev = self.last_hash
+        prev_b = prev.encode()
+        hash_ = hashlib.sha256(prev_b + b"\n" + raw).hexdigest()
+        record = self._record(
+            self.session_id,
+            seq,
+            at,
+            kind,
+            self.subject,
+            self.connection,
+            verdict,
+            raw.decode(),
+            prev,
+            hash_,
+        )
+        self._journal.add(frame(b"e" + prev_b + hash_.encode() + raw), record, essential)
+        self.count = seq + 1
+        self.last_hash = hash_

@@ -1,0 +1,221 @@
+"""The session log (hoopfast.core.SessionLog): a finished statement's audit
+event, hash-chain link and spool frame, made where the trail finishes it.
+
+The compiled build writes the event's JSON itself instead of building a
+dict for orjson; it must write the very text the reference's encoder
+(hoopfast.recording.chain.encode_event) writes, byte for byte, or defer to
+it. Statements come from both trails fed the same protocol messages (the
+scripts of tests/test_trail_impls.py, hypothesis included), plus texts,
+values and numbers chosen to hit every escape and every fallback."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import zlib
+from types import ModuleType
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hoopfast.core import _trail
+from hoopfast.recording.chain import GENESIS, MAX_EVENT_BYTES, encode_event, link
+from hoopfast.recording.spool import read_segment
+from hoopfast.store.records import STATEMENT, EventRecord
+from tests.test_trail_impls import (
+    ALLOW,
+    COMPILED,
+    PROP,
+    READY,
+    SCRIPTS,
+    WHY_NOT_COMPILED,
+    Script,
+    V,
+    complete,
+    data_row,
+    mask,
+    row_description,
+    run,
+    simple,
+)
+
+pytestmark = pytest.mark.skipif(COMPILED is None, reason=WHY_NOT_COMPILED)
+
+
+def _log(module: ModuleType, journal: Any) -> Any:
+    return module.SessionLog(
+        journal,
+        "s-1",
+        "alice",
+        "main",
+        EventRecord,
+        encode_event,
+        STATEMENT,
+        MAX_EVENT_BYTES,
+        GENESIS,
+    )
+
+
+def _reference_json(statement: Any, n: int, seq: int, at: float) -> bytes:
+    body = statement.event(n)
+    body.update(
+        session="s-1",
+        seq=seq,
+        kind=STATEMENT,
+        at=at,
+        subject="alice",
+        connection="main",
+        verdict=statement.verdict.action,
+    )
+    return encode_event(body)
+
+
+def _statements(module: ModuleType, script: Script, codec: str = "utf-8") -> list[Any]:
+    finished: list[Any] = []
+    trail = module.Trail(codec, module.Caps(3, 200, 400), mask, finished.append, ALLOW)
+    with contextlib.suppress(Exception):  # (what it raises on: test_trail_impls.py)
+        run(trail, script)
+    return finished
+
+
+def _fast_or_none(statement: Any, n: int, seq: int, at: float) -> bytes | None:
+    assert COMPILED is not None
+    log = _log(COMPILED, COMPILED.Journal(lambda: None))
+    result: bytes | None = log._statement_json_for_tests(statement, n, seq, at)
+    return result
+
+
+def _check(statement: Any, n: int = 1, seq: int = 1, at: float = 1795000000.123456) -> bool:
+    """The fast text equals the reference's; whether it was the fast one."""
+    fast = _fast_or_none(statement, n, seq, at)
+    if fast is None:
+        return False
+    assert fast == _reference_json(statement, n, seq, at)
+    return True
+
+
+@PROP
+@given(script=SCRIPTS, codec=st.sampled_from(["utf-8", "latin-1", "euc_jp"]))
+def test_the_compiled_event_text_is_the_references(script: Script, codec: str) -> None:
+    assert COMPILED is not None
+    for i, statement in enumerate(_statements(COMPILED, script, codec)):
+        _check(statement, n=i + 1, seq=i + 1)
+
+
+TEXTS = st.text(st.characters(codec="utf-8"), max_size=40) | st.sampled_from(
+    ['"', "\\", "\x00\x01\x1f\x7f", "\b\t\n\f\r", "\u2028\u2029", "é😀\ufeff", "</script>"]
+)
+
+
+@PROP
+@given(
+    text=TEXTS,
+    values=st.lists(st.none() | TEXTS, max_size=4),
+    rule=TEXTS,
+    action=st.sampled_from(["allow", "deny", "review"]),
+    at=st.floats(allow_nan=True, allow_infinity=True) | st.floats(1e9, 2e9),
+)
+def test_any_text_any_float(
+    text: str, values: list[str | None], rule: str, action: str, at: float
+) -> None:
+    """Escapes and numbers: equal where the fast encoder writes, deferred
+    exactly where orjson and repr part (or orjson cannot write at all)."""
+    assert COMPILED is not None
+    value = values[0] if values else None
+    value_bytes = value.encode() if value is not None else None
+    script = simple(
+        text,
+        row_description((b"c", 25, 0)),
+        data_row(value_bytes),
+        complete(b"SELECT 1"),
+        READY,
+        verdict=V(action, rule),
+    )
+    (statement,) = _statements(COMPILED, script)
+    fast = _check(statement, at=at)
+    finite_and_plain = math.isfinite(at) and (at == 0 or 1e-4 <= abs(at) < 1e16)
+    assert fast == finite_and_plain
+
+
+def test_where_the_fast_encoder_defers() -> None:
+    """A lone surrogate, an integer past 64 bits, an error of another
+    shape: the reference's text (orjson, or json's ASCII for what orjson
+    refuses) comes out of the log all the same."""
+    assert COMPILED is not None
+    (statement,) = _statements(
+        COMPILED, simple("SELECT 1", complete(b"SELECT 1"), READY, verdict=ALLOW)
+    )
+    assert _check(statement)
+    statement.text = "SELECT '\ud800'"
+    assert _fast_or_none(statement, 1, 1, 1e9) is None
+    statement.text = "SELECT 1"
+    statement.rows = 2**64
+    assert _fast_or_none(statement, 1, 1, 1e9) is None
+    statement.rows = 1
+    statement.error = {"sqlstate": "42P01", "message": "x", "detail": "y"}
+    assert _fast_or_none(statement, 1, 1, 1e9) is None
+    statement.error = {"sqlstate": "42P01", "message": "x"}
+    assert _check(statement)
+
+
+@pytest.mark.parametrize("module", [_trail, COMPILED], ids=["python", "compiled"])
+def test_events_chain_into_spool_frames(module: ModuleType) -> None:
+    """Each event links to the one before (chain.link), its record matches
+    the frame, and the frames read back as the spool reads them."""
+    firsts: list[bool] = []
+    journal = module.Journal(lambda: firsts.append(True))
+    log = _log(module, journal)
+    log.append("session_start", 1795000000.5, "", {"client_address": "x"})
+    script = simple("SELECT 1", complete(b"SELECT 1"), READY) * 2
+    trail = module.Trail("utf-8", module.Caps(3, 200, 400), mask, lambda s: None, ALLOW, log)
+    for _, text, verdict in script[::3]:
+        trail.query(text, verdict)
+        trail.server_message(ord("C"), complete(b"SELECT 1"))
+        trail.server_message(ord("Z"), READY)
+    frames, records = journal.take()
+    assert firsts == [True] and journal.take() == ([], [])
+    assert [r.seq for r in records] == [0, 1, 2] and log.count == 3 and log.statements == 2
+    prev = GENESIS
+    for record in records:
+        assert record.prev_hash == prev and record.hash == link(prev, record.data)
+        prev = record.hash
+    assert log.last_hash == prev
+    assert [json.loads(r.data)["n"] for r in records[1:]] == [1, 2]
+    segment = b"".join(frames)
+    payloads = []
+    pos = 0
+    while pos < len(segment):
+        length = int.from_bytes(segment[pos : pos + 4], "big")
+        crc = int.from_bytes(segment[pos + 4 : pos + 8], "big")
+        payload = segment[pos + 8 : pos + 8 + length]
+        assert zlib.crc32(payload) == crc
+        payloads.append(payload)
+        pos += 8 + length
+    assert payloads == [
+        b"e" + r.prev_hash.encode() + r.hash.encode() + r.data.encode() for r in records
+    ]
+
+
+def test_the_spool_reads_the_frames(tmp_path: Any) -> None:
+    assert COMPILED is not None
+    path = tmp_path / "000000000001.spool"
+    path.write_bytes(COMPILED.frame(b"one") + _trail.frame(b"two"))
+    assert list(read_segment(path)) == [b"one", b"two"]
+
+
+def test_dropping_keeps_only_the_essential() -> None:
+    for module in (_trail, COMPILED):
+        assert module is not None
+        journal = module.Journal(lambda: None)
+        log = _log(module, journal)
+        journal.dropping = True
+        log.append("statement", 1.0, "allow", {"text": "dropped"})
+        log.append("session_end", 2.0, "", {"reason": "kept"}, True)
+        frames, records = journal.take()
+        assert [r.kind for r in records] == ["session_end"] and journal.dropped == 1
+        # A dropped event keeps its place in the chain: verification shows
+        # the gap (as before the journal).
+        assert records[0].seq == 1 and len(frames) == 1

@@ -1,0 +1,989 @@
+"""The audit trail, both implementations side by side: the pure-Python
+reference (hoopfast.core._trail) and its Cython build (hoopfast.core._ctrail)
+are fed the same client and server messages and must finish the same
+statements with equal events (the clocks, ``started_at`` and
+``duration_ms``, aside), the same verdict objects, and raise alike where
+they raise. Hand-written sequences for each part of the protocol, then
+hypothesis with random (and malformed) ones."""
+
+from __future__ import annotations
+
+import copy
+import os
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import hoopfast.core
+from hoopfast.core import _trail
+
+PROP = settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+def _load_compiled() -> tuple[ModuleType | None, str]:
+    try:
+        from hoopfast.core import _ctrail
+    except ImportError as e:
+        if os.environ.get("HOOPFAST_IMPL", "").strip().lower() == "compiled":
+            raise ImportError(f"HOOPFAST_IMPL=compiled but _ctrail fails: {e}") from e
+        return None, f"hoopfast.core._ctrail is not importable: {e}"
+    return _ctrail, ""
+
+
+COMPILED, WHY_NOT_COMPILED = _load_compiled()
+pytestmark = pytest.mark.skipif(COMPILED is None, reason=WHY_NOT_COMPILED)
+
+
+@dataclass(frozen=True)
+class V:
+    """A verdict, as opaque to the trail as the guardrails' are."""
+
+    action: str
+    rule: str = ""
+
+
+ALLOW = V("allow")
+DENY = V("deny", "class:write")
+REVIEW = V("allow", "reviewed")
+UNKNOWN = V("allow", "unknown")
+VERDICTS = [ALLOW, DENY, REVIEW]
+
+
+def mask(text: str) -> str:
+    return text.replace("secret", "******")
+
+
+# -- messages ----------------------------------------------------------------
+
+
+def msg(code: bytes, payload: bytes = b"") -> bytes:
+    return code + struct.pack("!i", len(payload) + 4) + payload
+
+
+def bind(
+    portal: bytes = b"",
+    name: bytes = b"",
+    values: Sequence[bytes | None] = (),
+    formats: Sequence[int] = (),
+    results: Sequence[int] = (),
+) -> bytes:
+    body = portal + b"\0" + name + b"\0"
+    body += struct.pack(f"!H{len(formats)}H", len(formats), *formats)
+    body += struct.pack("!H", len(values))
+    for v in values:
+        body += struct.pack("!i", -1) if v is None else struct.pack("!i", len(v)) + v
+    body += struct.pack(f"!H{len(results)}H", len(results), *results)
+    return msg(b"B", body)
+
+
+def execute(portal: bytes = b"", max_rows: int = 0) -> bytes:
+    return msg(b"E", portal + b"\0" + struct.pack("!I", max_rows))
+
+
+def describe(kind: bytes, name: bytes = b"") -> bytes:
+    return msg(b"D", kind + name + b"\0")
+
+
+def close(kind: bytes, name: bytes = b"") -> bytes:
+    return msg(b"C", kind + name + b"\0")
+
+
+SYNC = msg(b"S")
+
+
+def row_description(*columns: tuple[bytes, int, int]) -> bytes:
+    body = struct.pack("!H", len(columns))
+    for name, oid, fmt in columns:
+        body += name + b"\0" + struct.pack("!IhIhih", 0, 0, oid, 4, -1, fmt)
+    return msg(b"T", body)
+
+
+def data_row(*values: bytes | None) -> bytes:
+    body = struct.pack("!H", len(values))
+    for v in values:
+        body += struct.pack("!i", -1) if v is None else struct.pack("!i", len(v)) + v
+    return msg(b"D", body)
+
+
+def complete(tag: bytes) -> bytes:
+    return msg(b"C", tag + b"\0")
+
+
+def error(code: bytes = b"42P01", message: bytes = b"no such table") -> bytes:
+    return msg(b"E", b"SERROR\0C" + code + b"\0M" + message + b"\0\0")
+
+
+READY = msg(b"Z", b"I")
+PARSE_COMPLETE = msg(b"1")
+BIND_COMPLETE = msg(b"2")
+CLOSE_COMPLETE = msg(b"3")
+NO_DATA = msg(b"n")
+EMPTY = msg(b"I")
+SUSPENDED = msg(b"s")
+PARAMETERS = msg(b"t", b"\0\x01\0\0\0\x17")
+
+# -- running a script ----------------------------------------------------------
+
+# A script is a list of steps, as the session and the pump make the calls:
+#   ("query", text, verdict)       ("function_call", oid, verdict)
+#   ("parse", name, text, verdict) ("fast_statement", type_code, message, text, verdict)
+#   ("client", message[, refused]) ("server", data) (type code: the first byte)
+#   ("client_as", type_code, message) ("server_as", type_code, data)
+Script = list[tuple[Any, ...]]
+
+
+def play(
+    module: ModuleType,
+    script: Script,
+    codec: str = "utf-8",
+    caps: tuple[int, int, int] = (100, 1 << 16, 1 << 20),
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The events (clocks dropped, each with which verdict object it had)
+    and how the run ended: None, or the exception's type name."""
+    events: list[dict[str, Any]] = []
+
+    def done(statement: Any) -> None:
+        event = copy.deepcopy(statement.event(len(events) + 1))
+        assert isinstance(event.pop("started_at"), float)
+        assert event.pop("duration_ms") >= 0
+        assert statement.duration >= 0
+        verdict = statement.verdict
+        event["verdict_is"] = next(
+            (i for i, v in enumerate([*VERDICTS, UNKNOWN]) if v is verdict), None
+        )
+        event["attributes"] = (
+            statement.rows,
+            statement.server_bytes,
+            statement.error,
+            statement.uncounted,
+        )
+        events.append(event)
+
+    trail = module.Trail(codec, module.Caps(*caps), mask, done, UNKNOWN)
+    try:
+        run(trail, script)
+    except Exception as e:
+        return events, type(e).__name__
+    return events, None
+
+
+def run(trail: Any, script: Script) -> None:
+    """Make the script's calls on ``trail``, in order."""
+    for step in script:
+        kind, *args = step
+        if kind == "client":
+            trail.client_message(args[0][0], *args)
+        elif kind == "client_as":
+            trail.client_message(*args)
+        elif kind == "server":
+            trail.server_message(args[0][0], args[0])
+        elif kind == "server_as":
+            trail.server_message(*args)
+        else:
+            getattr(trail, kind)(*args)
+
+
+def same(script: Script, may_raise: bool = False, **kwargs: Any) -> list[dict[str, Any]]:
+    """Both implementations' events, checked equal; the events."""
+    assert COMPILED is not None
+    reference = play(_trail, script, **kwargs)
+    compiled = play(COMPILED, script, **kwargs)
+    assert compiled == reference
+    assert may_raise or reference[1] is None, reference[1]
+    return reference[0]
+
+
+def simple(text: str, *server: bytes | tuple[Any, ...], verdict: Any = ALLOW) -> Script:
+    """A Query and what the server answers (bytes, or a step)."""
+    return [
+        ("query", text, verdict),
+        *[("server", s) if isinstance(s, bytes) else s for s in server],
+    ]
+
+
+# -- the simple protocol --------------------------------------------------------
+
+
+def test_simple_query_with_a_batch_of_rows() -> None:
+    events = same(
+        simple(
+            "SELECT aid, name FROM t",
+            row_description((b"aid", 23, 0), (b"name", 25, 0)),
+            data_row(b"1", b"one") + data_row(b"2", None) + data_row(b"3", b"drei"),
+            data_row(b"4", b""),
+            complete(b"SELECT 4"),
+            READY,
+        )
+    )
+    (e,) = events
+    assert e["rows"] == 4 and e["tags"] == ["SELECT 4"] and e["verdict_is"] == 0
+    assert e["results"][0]["columns"] == [
+        {"name": "aid", "type_oid": 23},
+        {"name": "name", "type_oid": 25},
+    ]
+    assert e["results"][0]["rows"] == [["1", "one"], ["2", None], ["3", "drei"], ["4", ""]]
+    assert e["result_rows_kept"] == 4 and "rows_exact" not in e
+
+
+def test_pgbench_select_repeated() -> None:
+    """The same RowDescription and tag again and again: the caches."""
+    one = simple(
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+        row_description((b"abalance", 23, 0)),
+        data_row(b"1234"),
+        complete(b"SELECT 1"),
+        READY,
+    )
+    events = same(one * 5)
+    assert len(events) == 5 and all(e["results"][0]["rows"] == [["1234"]] for e in events)
+
+
+def test_several_statements_in_one_query() -> None:
+    (e,) = same(
+        simple(
+            "SELECT 1; SELECT 'a', 'b'; UPDATE t SET x = 1; ;",
+            row_description((b"?column?", 23, 0)),
+            data_row(b"1"),
+            complete(b"SELECT 1"),
+            row_description((b"a", 25, 0), (b"b", 25, 0)),
+            data_row(b"a", b"b"),
+            complete(b"SELECT 1"),
+            complete(b"UPDATE 7"),
+            EMPTY,
+            READY,
+        )
+    )
+    assert e["tags"] == ["SELECT 1", "SELECT 1", "UPDATE 7", ""]
+    assert e["rows"] == 9 and len(e["results"]) == 2
+
+
+def test_empty_query_and_error_in_simple_query() -> None:
+    events = same(
+        simple("", EMPTY, READY)
+        + simple("SELECT * FROM nope", error(b"42P01", "kein Tisch ü".encode()), READY)
+    )
+    assert events[0]["tags"] == [""]
+    assert events[1]["error"] == {"sqlstate": "42P01", "message": "kein Tisch ü"}
+
+
+def test_function_call() -> None:
+    events = same(
+        [
+            ("function_call", 1598, DENY),
+            ("server", msg(b"V", b"\0\0\0\x01x")),
+            ("server", READY),
+        ]
+    )
+    assert events[0]["text"] == "-- function call, oid 1598" and events[0]["verdict_is"] == 1
+
+
+def test_copy_out_and_in() -> None:
+    events = same(
+        simple(
+            "COPY t TO STDOUT",
+            msg(b"H", b"\0\0\x01\0\0"),
+            msg(b"d", b"1\n") + msg(b"d", b"2\n") + msg(b"d", b"3\n"),
+            msg(b"c"),
+            complete(b"COPY 3"),
+            READY,
+        )
+        + simple("COPY t FROM STDIN", msg(b"G", b"\0\0\x01\0\0"), complete(b"COPY 2"), READY)
+    )
+    assert [e["rows"] for e in events] == [3, 2]
+    assert events[0]["results"] == [] and events[0]["bytes"] > 30
+
+
+def test_non_utf8_codec() -> None:
+    script = [
+        *simple(
+            "SELECT nom FROM t",
+            row_description(("café".encode("latin-1"), 25, 0)),
+            data_row("Grüße".encode("latin-1"), b"\xff\xfe"),
+            complete(b"SELECT 1"),
+            READY,
+        ),
+        ("parse", b"s", "SELECT $1", ALLOW),
+        ("client", bind(b"", b"s", ["sécret".encode("latin-1"), b"\x80\x81"])),
+        ("client", execute()),
+        ("client", SYNC),
+        ("server", PARSE_COMPLETE),
+        ("server", BIND_COMPLETE),
+    ]
+    for codec in ("latin-1", "cp1252", "euc_jp", "utf-8"):
+        same(script, codec=codec)
+    (e,) = same(script[:5], codec="latin-1")
+    assert e["results"][0]["columns"][0]["name"] == "café"
+    assert e["results"][0]["rows"] == [["Grüße", "ÿþ"]]
+
+
+# -- the extended protocol -------------------------------------------------------
+
+
+def test_extended_unnamed_with_binary_params_and_results() -> None:
+    events = same(
+        [
+            ("fast_statement", ord("P"), b"", "SELECT $1::int, $2, $3", REVIEW),
+            ("client", bind(b"", b"", [b"\0\0\0\x2a", b"my secret", None], [1, 0], [0, 1])),
+            ("client", describe(b"P")),
+            ("client", execute()),
+            ("client", SYNC),
+            ("server", PARSE_COMPLETE),
+            ("server", BIND_COMPLETE),
+            ("server", row_description((b"a", 23, 0), (b"b", 25, 1))),
+            ("server", data_row(b"42", b"\x01\xab")),
+            ("server", complete(b"SELECT 1")),
+            ("server", READY),
+        ]
+    )
+    (e,) = events
+    assert e["params"] == ["\\x0000002a", "my ******", None]
+    assert e["results"][0]["rows"] == [["42", "\\x01ab"]] and e["verdict_is"] == 2
+
+
+def test_extended_one_result_format_for_all() -> None:
+    (e,) = same(
+        [
+            ("parse", b"", "SELECT 1, 2", ALLOW),
+            ("client", bind(results=[1])),
+            ("client", describe(b"P")),
+            ("client", execute()),
+            ("client", SYNC),
+            ("server", PARSE_COMPLETE),
+            ("server", BIND_COMPLETE),
+            ("server", row_description((b"a", 23, 1), (b"b", 23, 1))),
+            ("server", data_row(b"\0\0\0\x01", b"\0\0\0\x02")),
+            ("server", complete(b"SELECT 1")),
+            ("server", READY),
+        ]
+    )
+    assert e["results"][0]["rows"] == [["\\x00000001", "\\x00000002"]]
+
+
+def test_named_statements_and_portals() -> None:
+    events = same(
+        [
+            ("parse", b"s1", "SELECT * FROM a WHERE id = $1", ALLOW),
+            ("parse", b"s2", "DELETE FROM b", DENY),
+            ("client", describe(b"S", b"s1")),
+            ("client", SYNC),
+            ("server", PARSE_COMPLETE),
+            ("server", PARSE_COMPLETE),
+            ("server", PARAMETERS),
+            ("server", row_description((b"id", 23, 0), (b"v", 25, 0))),
+            ("server", READY),
+            ("client", bind(b"p1", b"s1", [b"7"])),
+            ("client", bind(b"p2", b"s2")),
+            ("client", execute(b"p1")),
+            ("client", execute(b"p2")),
+            ("client", close(b"P", b"p1")),
+            ("client", SYNC),
+            ("server", BIND_COMPLETE),
+            ("server", BIND_COMPLETE),
+            ("server", data_row(b"7", b"seven")),
+            ("server", complete(b"SELECT 1")),
+            ("server", complete(b"DELETE 3")),
+            ("server", CLOSE_COMPLETE),
+            ("server", READY),
+            # A portal never bound, a statement never parsed: UNKNOWN.
+            ("client", execute(b"nope")),
+            ("client", bind(b"p3", b"unparsed")),
+            ("client", execute(b"p3")),
+            ("client", SYNC),
+            ("server", complete(b"SELECT 0")),
+            ("server", BIND_COMPLETE),
+            ("server", complete(b"SELECT 0")),
+            ("server", READY),
+        ]
+    )
+    assert [e["text"] for e in events] == [
+        "SELECT * FROM a WHERE id = $1",
+        "DELETE FROM b",
+        "",
+        "",
+    ]
+    assert [e["verdict_is"] for e in events] == [0, 1, 3, 3]
+    assert events[0]["results"][0]["columns"][1]["name"] == "v"
+    assert events[0]["params"] == ["7"] and events[1]["rows"] == 3
+
+
+def test_describe_statement_no_data_and_portal_after_execute() -> None:
+    same(
+        [
+            ("parse", b"u", "UPDATE t SET x = 1", ALLOW),
+            ("client", describe(b"S", b"u")),
+            ("client", bind(b"", b"u")),
+            ("client", execute()),
+            ("client", describe(b"P", b"")),
+            ("client", SYNC),
+            ("server", PARSE_COMPLETE),
+            ("server", PARAMETERS),
+            ("server", NO_DATA),
+            ("server", BIND_COMPLETE),
+            ("server", complete(b"UPDATE 2")),
+            ("server", row_description((b"late", 25, 0))),
+            ("server", READY),
+        ]
+    )
+
+
+def test_error_in_the_middle_of_an_extended_batch() -> None:
+    events = same(
+        [
+            ("parse", b"", "SELECT 1", ALLOW),
+            ("client", bind()),
+            ("client", execute()),
+            ("parse", b"", "SELECT 1/$1", ALLOW),
+            ("client", bind(b"", b"", [b"0"])),
+            ("client", execute()),
+            ("parse", b"", "SELECT 3", ALLOW),
+            ("client", bind()),
+            ("client", execute()),
+            ("client", SYNC),
+            ("parse", b"", "SELECT nope", ALLOW),
+            ("client", bind()),
+            ("client", execute()),
+            ("client", SYNC),
+            ("server", PARSE_COMPLETE),
+            ("server", BIND_COMPLETE),
+            ("server", data_row(b"1")),
+            ("server", complete(b"SELECT 1")),
+            ("server", PARSE_COMPLETE),
+            ("server", error(b"22012", b"division by zero")),
+            ("server", READY),
+            ("server", error(b"42703", b"column does not exist")),
+            ("server", READY),
+        ]
+    )
+    assert [(e["text"], e["error"] and e["error"]["sqlstate"]) for e in events] == [
+        ("SELECT 1", None),
+        ("SELECT 1/$1", "22012"),
+        ("SELECT nope", "42703"),
+    ]
+    assert events[1]["params"] == ["0"]
+
+
+def test_an_error_at_sync_does_not_hide_the_next_batch() -> None:
+    """A Sync that fails (a deferred constraint checked at the implicit
+    commit) answers with ErrorResponse then ReadyForQuery; a batch
+    pipelined behind it runs, and is recorded."""
+    events = same(
+        [
+            ("parse", b"", "INSERT INTO t VALUES (1)", ALLOW),
+            ("client", bind()),
+            ("client", execute()),
+            ("client", SYNC),
+            ("parse", b"", "DELETE FROM audit_me", ALLOW),
+            ("client", bind()),
+            ("client", execute()),
+            ("client", SYNC),
+            ("server", PARSE_COMPLETE),
+            ("server", BIND_COMPLETE),
+            ("server", complete(b"INSERT 0 1")),
+            ("server", error(b"23503", b"violates foreign key constraint")),
+            ("server", READY),
+            ("server", PARSE_COMPLETE),
+            ("server", BIND_COMPLETE),
+            ("server", complete(b"DELETE 7")),
+            ("server", READY),
+        ]
+    )
+    assert [(e["text"], e["rows"]) for e in events] == [
+        ("INSERT INTO t VALUES (1)", 1),
+        ("DELETE FROM audit_me", 7),
+    ]
+
+
+def test_refused_bind_fails_with_its_verdict() -> None:
+    events = same(
+        [
+            ("parse", b"w", "DELETE FROM t", ALLOW),
+            ("client", bind(b"", b"w"), DENY),
+            ("client", execute()),
+            ("client", SYNC),
+            ("server", PARSE_COMPLETE),
+            ("server", error(b"42501", b"refused")),
+            ("server", READY),
+        ]
+    )
+    assert events[-1]["verdict_is"] == 1 and events[-1]["text"] == "DELETE FROM t"
+
+
+def test_portal_suspended_with_max_rows() -> None:
+    script: Script = [
+        ("parse", b"", "SELECT g FROM generate_series(1, 10) g", ALLOW),
+        ("client", bind(b"c", b"")),
+        ("client", execute(b"c", 4)),
+        ("client", execute(b"c", 4)),
+        ("client", execute(b"c", 4)),
+        ("client", SYNC),
+        ("server", PARSE_COMPLETE),
+        ("server", BIND_COMPLETE),
+    ]
+    for i in range(3):
+        count = 4 if i < 2 else 2
+        script.append(("server", b"".join(data_row(b"%d" % n) for n in range(count))))
+        script.append(("server", SUSPENDED if i < 2 else complete(b"SELECT 2")))
+    script.append(("server", READY))
+    for caps in [(100, 1 << 16, 1 << 20), (3, 1 << 16, 1 << 20), (0, 0, 0)]:
+        events = same(script, caps=caps)
+        assert [e["rows"] for e in events] == [4, 4, 2]
+
+
+def test_caps_hit_mid_batch() -> None:
+    rows = b"".join(data_row(b"%05d" % i, b"x" * 20) for i in range(50))
+    script = simple(
+        "SELECT * FROM big",
+        row_description((b"id", 23, 0), (b"pad", 25, 0)),
+        rows,
+        rows,
+        complete(b"SELECT 100"),
+        READY,
+    ) + simple("SELECT * FROM big", rows, complete(b"FETCH 50"), READY)
+    for caps in [(10, 1 << 16, 1 << 20), (100, 500, 1 << 20), (100, 1 << 16, 700), (0, 0, 0)]:
+        events = same(script, caps=caps)
+        assert events[0]["rows"] == 100 and events[0]["results"][0]["truncated"]
+    # No tag count: the rows past the caps are not counted.
+    (e,) = same(
+        simple("SHOW x", rows, complete(b"SHOW"), READY),
+        caps=(5, 1 << 16, 1 << 20),
+    )
+    assert e["rows"] == 5 and e["rows_exact"] is False
+
+
+def test_the_caches_are_bounded_and_still_right() -> None:
+    script: Script = []
+    for i in range(150):
+        script += simple(
+            f"SELECT {i}",
+            row_description((b"c%d" % (i % 70), 23, 0)),
+            data_row(b"%d" % i),
+            complete(b"SELECT %d" % (i % 80)),
+            READY,
+        )
+    events = same(script)
+    assert events[149]["results"][0]["columns"] == [{"name": "c9", "type_oid": 23}]
+    assert events[149]["rows"] == 149 % 80
+
+
+def test_long_pipeline_without_sync() -> None:
+    """Thousands of queued entries before the answers: the compiled queue
+    drops what it took now and then."""
+    script: Script = []
+    for i in range(3000):
+        script += [("parse", b"", f"SELECT {i}", ALLOW), ("client", bind()), ("client", execute())]
+    script.append(("client", SYNC))
+    for i in range(3000):
+        script += [
+            ("server", PARSE_COMPLETE),
+            ("server", BIND_COMPLETE),
+            ("server", data_row(b"%d" % i)),
+            ("server", complete(b"SELECT 1")),
+        ]
+    script.append(("server", READY))
+    events = same(script)
+    assert len(events) == 3000 and events[-1]["text"] == "SELECT 2999"
+
+
+def test_huge_tag_count() -> None:
+    (e,) = same(simple("SELECT", complete(b"SELECT 99999999999999999999999"), READY))
+    assert e["rows"] == 99999999999999999999999
+
+
+# -- malformed input -------------------------------------------------------------
+
+
+MALFORMED_BINDS = [
+    msg(b"B"),
+    msg(b"B", b"portal-without-nul"),
+    msg(b"B", b"\0name-without-nul"),
+    msg(b"B", b"\0\0"),
+    msg(b"B", b"\0\0\0\x05\0\0"),  # 5 format codes, none there
+    msg(b"B", b"\0\0\0\0\0\x01\0\0\0\x09abc"),  # value cut short
+    msg(b"B", b"\0\0\0\0\0\x01\0\0\0\x03abc"),  # no result formats
+    msg(b"B", b"\0\0\0\0\0\x01\0\0\0\x03abc\0\x02\0\x01"),  # result formats cut short
+    msg(b"B", b"\0\0\0\0\0\x01\xff\xff\xff\xfe\0\0"),  # length -2: NULL
+    msg(b"B", b"\0\0\0\x01\0\x07\0\x02\0\0\0\x01a\0\0\0\x01b\0\0"),  # format 7: text
+    msg(b"B", b"\0\0\0\x03\0\x01\0\x00\0\x01\0\x01\0\0\0\x01a\0\0"),  # fewer values than formats
+    b"B",
+    b"",
+]
+
+
+@pytest.mark.parametrize("message", MALFORMED_BINDS)
+def test_malformed_bind(message: bytes) -> None:
+    same(
+        [
+            ("parse", b"", "SELECT $1", ALLOW),
+            ("client_as", ord("B"), message),
+            ("client", execute()),
+            ("client", SYNC),
+            ("server", PARSE_COMPLETE),
+            ("server", error(b"08P01", b"insufficient data left in message")),
+            ("server", READY),
+        ]
+    )
+    same(
+        [
+            ("parse", b"", "SELECT $1", ALLOW),
+            ("client_as", ord("B"), message),
+            ("client", execute()),
+            ("client", SYNC),
+            ("server", PARSE_COMPLETE),
+            ("server", BIND_COMPLETE),
+            ("server", data_row(b"x")),
+            ("server", complete(b"SELECT 1")),
+            ("server", READY),
+        ]
+    )
+
+
+MALFORMED_ROW_DESCRIPTIONS = [
+    msg(b"T"),
+    msg(b"T", b"\0"),
+    msg(b"T", b"\0\x02a\0" + b"\0" * 18 + b"b"),  # second name unterminated
+    msg(b"T", b"\0\x02a\0\0\0"),  # attributes cut short
+    msg(b"T", b"\xff\xff" + (b"x\0" + b"\0" * 18) * 3),  # count larger than given
+    msg(b"T", b"\0\x01\xff\xfe\0" + b"\0" * 12 + b"\0\x01\0\0\0\x01"),  # bad UTF-8 name
+    b"T",
+]
+
+MALFORMED_DATA_ROWS = [
+    msg(b"D"),
+    msg(b"D", b"\0\x03\0\0\0\x01a"),  # fewer values than the count
+    msg(b"D", b"\xff\xff"),  # huge count, nothing after
+    msg(b"D", b"\0\x01\0\0\x10\0abc"),  # value length past the end
+    msg(b"D", b"\0\x02\xff\xff\xff\xff\0\0\0\x02\xc3\x28"),  # NULL, invalid UTF-8
+    msg(b"D", b"\0\x01\xff\xff\xff\xfa"),  # negative length other than -1
+    msg(b"D", b"\0\x01\0\0\0\x02ab") + b"D\0",  # a batch whose last row is cut short
+    b"D\0\0\0\x02\0\x01\0",  # length smaller than the header
+    b"D",
+    b"D\0\0",
+]
+
+MALFORMED_ERRORS = [
+    msg(b"E"),
+    msg(b"E", b"C42P01"),  # unterminated field
+    msg(b"E", b"C42P01\0"),  # no terminator
+    msg(b"E", b"C42P01\0\0junk"),  # trailing bytes
+    b"E\0\0\0\x99C42P01\0\0",  # wrong length
+    msg(b"N", b"C01000\0Mnotice\0\0"),  # a Notice's bytes
+    msg(b"X", b"C42P01\0\0"),  # wrong type byte
+    msg(b"E", b"C42P01\0C23505\0M\xff\xfeoops\0\0"),  # repeated code, bad UTF-8
+    msg(b"E", b"\0"),  # no fields
+    b"E",
+    b"",
+]
+
+
+@pytest.mark.parametrize("description", MALFORMED_ROW_DESCRIPTIONS)
+def test_malformed_row_description(description: bytes) -> None:
+    same(simple("SELECT", description, data_row(b"1", b"\0\0"), complete(b"SELECT 1"), READY))
+    same(
+        [
+            ("parse", b"", "SELECT", ALLOW),
+            ("client", bind(results=[1, 0])),
+            ("client", describe(b"P")),
+            ("client", execute()),
+            ("client", SYNC),
+            ("server", PARSE_COMPLETE),
+            ("server", BIND_COMPLETE),
+            ("server_as", ord("T"), description),
+            ("server", data_row(b"1", b"2", b"3")),
+            ("server", complete(b"SELECT 1")),
+            ("server", READY),
+        ]
+    )
+
+
+@pytest.mark.parametrize("row", MALFORMED_DATA_ROWS)
+def test_malformed_data_row(row: bytes) -> None:
+    for caps in [(100, 1 << 16, 1 << 20), (1, 10, 10)]:
+        same(
+            simple(
+                "SELECT",
+                row_description((b"a", 25, 0), (b"b", 17, 1)),
+                ("server_as", ord("D"), row),
+                complete(b"SELECT 1"),
+                READY,
+            ),
+            caps=caps,
+        )
+
+
+@pytest.mark.parametrize("message", MALFORMED_ERRORS)
+def test_malformed_error_response(message: bytes) -> None:
+    events = same(
+        [
+            *simple("SELECT", ("server_as", ord("E"), message), READY),
+            ("parse", b"", "SELECT", ALLOW),
+            ("client", bind()),
+            ("client", execute()),
+            ("client", SYNC),
+            ("server", PARSE_COMPLETE),
+            ("server_as", ord("E"), message),
+            ("server", READY),
+        ]
+    )
+    assert len(events) == 2
+
+
+def test_malformed_execute_describe_and_tags() -> None:
+    same(
+        [
+            ("parse", b"", "SELECT", ALLOW),
+            ("client", bind()),
+            ("client", msg(b"E", b"")),  # no portal name: the unnamed portal
+            ("client", msg(b"E", b"\0\0\x01")),  # max_rows cut short
+            ("client", b"E"),
+            ("client", msg(b"D", b"S")),  # no name
+            ("client", msg(b"D", b"Xname\0")),  # neither S nor P: a portal
+            ("client", msg(b"D", b"")),
+            ("client", msg(b"C", b"")),
+            ("client", msg(b"Q", b"ignored\0")),
+            ("client", SYNC),
+            ("server", PARSE_COMPLETE),
+            ("server", BIND_COMPLETE),
+            ("server", complete(b"")),
+            ("server", complete(b"SELECT \xff 3")),
+            ("server_as", ord("C"), b"C"),
+            ("server", row_description((b"a", 25, 0))),
+            ("server", NO_DATA),
+            ("server", row_description((b"b", 25, 0))),
+            ("server", CLOSE_COMPLETE),
+            ("server", READY),
+            ("server", READY),
+            ("server", data_row(b"orphan")),
+            ("server", complete(b"SELECT 1")),
+            ("server", error()),
+        ]
+    )
+
+
+# -- the session's module --------------------------------------------------------
+
+
+def test_selection_and_the_sessions_trail() -> None:
+    from hoopfast.policy.guard import ALLOW as GUARD_ALLOW
+    from hoopfast.proxy.postgres import trail
+
+    expected = COMPILED if hoopfast.core.IMPLEMENTATION == "compiled" else _trail
+    assert expected is not None
+    assert hoopfast.core.Trail is expected.Trail
+    assert hoopfast.core.Statement is expected.Statement and trail.Statement is expected.Statement
+    assert trail.Caps is expected.Caps
+    assert issubclass(trail.Trail, expected.Trail)
+    assert set(trail.CLIENT_TYPES) == set(b"BESDC")
+    done: list[Any] = []
+    t = trail.Trail("utf-8", trail.Caps(10, 1000, 10000), mask, done.append)
+    t.client_message(ord("E"), execute(b"unknown"))
+    t.client_message(ord("S"), SYNC)
+    t.server_message(ord("C"), complete(b"SELECT 0"))
+    (st,) = done
+    assert st.verdict is GUARD_ALLOW and st.error is None and st.rows == 0
+    assert st.server_bytes == len(complete(b"SELECT 0"))
+
+
+# -- random sequences ------------------------------------------------------------
+#
+# Conversations as clients and servers hold them (a simple Query and its
+# answer, a pipeline of extended statements up to Sync, errors, suspended
+# portals, COPY), with single random steps in between: messages out of
+# order, cut short or made of random bytes.
+
+NAMES = st.sampled_from([b"", b"s1", b"s2"])
+TEXT = st.sampled_from(["SELECT 1", "SELECT $1, $2", "DELETE FROM t", "secret stuff", ""])
+VERDICT = st.sampled_from(VERDICTS)
+RAW = st.binary(max_size=12)
+VALUE = st.one_of(st.none(), RAW, st.just("secret é".encode()))
+FORMATS = st.lists(st.integers(0, 2), max_size=3)
+TAGS = st.sampled_from(
+    [
+        b"SELECT 1",
+        b"SELECT 0",
+        b"INSERT 0 2",
+        b"UPDATE 5",
+        b"SHOW",
+        b"COPY 3",
+        b"BEGIN",
+        b"SELECT x",
+    ]
+)
+
+
+@st.composite
+def bind_messages(draw: st.DrawFn, portal: bytes | None = None, name: bytes | None = None) -> bytes:
+    if draw(st.integers(0, 9)) == 0:
+        return msg(b"B", draw(st.binary(max_size=30)))
+    return bind(
+        draw(NAMES) if portal is None else portal,
+        draw(NAMES) if name is None else name,
+        draw(st.lists(VALUE, max_size=3)),
+        draw(FORMATS),
+        draw(FORMATS),
+    )
+
+
+@st.composite
+def row_descriptions(draw: st.DrawFn) -> bytes:
+    if draw(st.integers(0, 9)) == 0:
+        return msg(b"T", draw(st.binary(max_size=40)))
+    names = st.sampled_from([b"a", b"b", b"caf\xc3\xa9", b"\xff"])
+    columns = draw(st.lists(st.tuples(names, st.just(25), st.integers(0, 2)), max_size=3))
+    return row_description(*columns)
+
+
+@st.composite
+def data_rows(draw: st.DrawFn) -> tuple[str, int, bytes]:
+    """A batch of DataRows, now and then cut short or with junk after."""
+    rows = draw(st.lists(st.lists(VALUE, max_size=3), min_size=1, max_size=4))
+    batch = b"".join(data_row(*row) for row in rows)
+    if draw(st.integers(0, 9)) == 0:
+        batch = batch[: draw(st.integers(0, len(batch)))] + draw(st.binary(max_size=8))
+    return ("server_as", ord("D"), batch)
+
+
+def server(data: bytes) -> tuple[str, bytes]:
+    return ("server", data)
+
+
+@st.composite
+def simple_exchanges(draw: st.DrawFn) -> Script:
+    steps: Script = [("query", draw(TEXT), draw(VERDICT))]
+    for _ in range(draw(st.integers(0, 2))):
+        end = draw(st.sampled_from(["rows", "rows", "copy", "empty", "error"]))
+        if end == "rows":
+            steps.append(server(draw(row_descriptions())))
+            steps += draw(st.lists(data_rows(), max_size=3))
+            steps.append(server(complete(draw(TAGS))))
+        elif end == "copy":
+            steps += [server(msg(b"H", b"\0\0\0")), server(msg(b"d", b"1\n") * 3)]
+            steps += [server(msg(b"c")), server(complete(b"COPY 3"))]
+        elif end == "empty":
+            steps.append(server(EMPTY))
+        else:
+            steps.append(server(error(b"42P01", draw(RAW))))
+            break
+    return [*steps, server(READY)]
+
+
+@st.composite
+def extended_exchanges(draw: st.DrawFn) -> Script:
+    """Up to three statements and a Sync, then the server's answers; an
+    error answers one of them and ends the rest."""
+    client: Script = []
+    answers: list[Script] = []
+    for _ in range(draw(st.integers(1, 3))):
+        name, portal = draw(NAMES), draw(NAMES)
+        answer: Script = []
+        if draw(st.booleans()):
+            client.append(("parse", name, draw(TEXT), draw(VERDICT)))
+            answer.append(server(PARSE_COMPLETE))
+            if draw(st.booleans()):
+                client.append(("client", describe(b"S", name)))
+                answer += [server(PARAMETERS), server(draw(row_descriptions() | st.just(NO_DATA)))]
+        refused = draw(st.none() | VERDICT)
+        client.append(("client", draw(bind_messages(portal, name)), refused))
+        answer.append(server(BIND_COMPLETE))
+        if draw(st.booleans()):
+            client.append(("client", describe(b"P", portal)))
+            answer.append(server(draw(row_descriptions() | st.just(NO_DATA))))
+        max_rows = draw(st.sampled_from([0, 0, 1, 2]))
+        client.append(("client", execute(portal, max_rows)))
+        answer += draw(st.lists(data_rows(), max_size=2))
+        answer.append(server(draw(st.sampled_from([complete(b"SELECT 2"), SUSPENDED, EMPTY]))))
+        answers.append(answer)
+    client.append(("client", SYNC))
+    flat = [step for answer in answers for step in answer]
+    if draw(st.booleans()):
+        cut = draw(st.integers(0, len(flat)))
+        flat = [*flat[:cut], server(error(b"22012", draw(RAW)))]
+    return [*client, *flat, server(READY)]
+
+
+STEPS = st.one_of(
+    st.tuples(st.just("query"), TEXT, VERDICT),
+    st.tuples(st.just("function_call"), st.integers(0, 1 << 32), VERDICT),
+    st.tuples(st.just("parse"), NAMES, TEXT, VERDICT),
+    st.tuples(
+        st.just("fast_statement"),
+        st.sampled_from([ord("Q"), ord("P")]),
+        st.just(b""),
+        TEXT,
+        VERDICT,
+    ),
+    st.tuples(st.just("client"), bind_messages()),
+    st.tuples(st.just("client"), bind_messages(), VERDICT),
+    st.tuples(st.just("client"), st.builds(execute, NAMES, st.integers(0, 3))),
+    st.tuples(st.just("client"), st.builds(describe, st.sampled_from([b"S", b"P"]), NAMES)),
+    st.tuples(st.just("client"), st.sampled_from([SYNC, close(b"S", b"s1")])),
+    st.tuples(st.just("client_as"), st.sampled_from([ord(c) for c in "BEDSCQ"]), RAW),
+    st.tuples(st.just("server"), row_descriptions()),
+    data_rows(),
+    st.tuples(st.just("server"), st.builds(complete, TAGS)),
+    st.tuples(
+        st.just("server"),
+        st.sampled_from(
+            [READY, PARSE_COMPLETE, BIND_COMPLETE, CLOSE_COMPLETE, NO_DATA, EMPTY, SUSPENDED]
+        ),
+    ),
+    st.tuples(st.just("server"), st.sampled_from([PARAMETERS, msg(b"d", b"1\n"), msg(b"V")])),
+    st.tuples(st.just("server"), st.builds(error, st.sampled_from([b"42P01", b"22012"]), RAW)),
+    st.tuples(st.just("server_as"), st.sampled_from([ord(c) for c in "TDCEIsZ123nt"]), RAW),
+)
+
+SCRIPTS = st.lists(
+    st.one_of(simple_exchanges(), extended_exchanges(), st.lists(STEPS, max_size=3)), max_size=8
+).map(lambda parts: [step for part in parts for step in part])
+
+
+@PROP
+@given(
+    script=SCRIPTS,
+    codec=st.sampled_from(["utf-8", "latin-1", "euc_jp"]),
+    caps=st.tuples(st.integers(0, 4), st.integers(0, 60), st.integers(0, 120)),
+)
+def test_random_sequences(script: Script, codec: str, caps: tuple[int, int, int]) -> None:
+    same(script, may_raise=True, codec=codec, caps=caps)
+
+
+def test_pending_is_what_the_server_has_yet_to_answer() -> None:
+    """Trail.pending: Parse names and Syncs (simple Queries count as Syncs)
+    not answered yet, in order, the same in both builds; the session starts
+    its ledger from it (hoopfast.proxy.postgres.ledger.Ledger.following)."""
+    from hoopfast.proxy.postgres.ledger import Ledger
+
+    script: Script = [
+        ("parse", b"a", "SELECT 1", ALLOW),
+        ("client", SYNC),
+        ("parse", b"b", "SELECT 2", ALLOW),
+        ("client", bind(b"", b"b")),
+        ("client", execute()),
+        ("client", SYNC),
+        ("query", "SELECT 3", ALLOW),
+        ("server", PARSE_COMPLETE),
+        ("server", READY),
+    ]
+    assert COMPILED is not None
+    seen = []
+    for module in (_trail, COMPILED):
+        trail = module.Trail("utf-8", module.Caps(3, 100, 100), mask, lambda s: None, UNKNOWN)
+        run(trail, script)
+        seen.append(trail.pending())
+    assert seen[0] == seen[1] == [b"b", None, None]
+    ledger = Ledger.following(seen[0])
+    assert ledger.unsettled("b")  # (from a Sync group before the current one)
+    ledger.parse_complete()
+    assert not ledger.unsettled("b")
+    ledger.ready()
+    ledger.ready()
+    assert not ledger
