@@ -188,48 +188,24 @@ cdef bint _bind_layout(const unsigned char* buf, Py_ssize_t size, _BindLayout* b
 @cython.final
 cdef class Caps:
     # Each cap as given (read back unchanged) and as the C integer _rows
-    # compares with.
-    cdef object _rows
-    cdef object _bytes
-    cdef object _session_bytes
+    # compares with. Set once: a session's caps do not change.
+    cdef readonly object rows
+    cdef readonly object bytes
+    cdef readonly object session_bytes
     cdef long long c_rows
     cdef long long c_bytes
     cdef long long c_session_bytes
 
     def __init__(self, rows, bytes, session_bytes):
+        self.c_rows = _clamp(rows)
+        self.c_bytes = _clamp(bytes)
+        self.c_session_bytes = _clamp(session_bytes)
         self.rows = rows
         self.bytes = bytes
         self.session_bytes = session_bytes
 
-    @property
-    def rows(self):
-        return self._rows
-
-    @rows.setter
-    def rows(self, value):
-        self.c_rows = _clamp(value)
-        self._rows = value
-
-    @property
-    def bytes(self):
-        return self._bytes
-
-    @bytes.setter
-    def bytes(self, value):
-        self.c_bytes = _clamp(value)
-        self._bytes = value
-
-    @property
-    def session_bytes(self):
-        return self._session_bytes
-
-    @session_bytes.setter
-    def session_bytes(self, value):
-        self.c_session_bytes = _clamp(value)
-        self._session_bytes = value
-
     def __repr__(self):
-        return f"Caps(rows={self._rows!r}, bytes={self._bytes!r}, session_bytes={self._session_bytes!r})"
+        return f"Caps(rows={self.rows!r}, bytes={self.bytes!r}, session_bytes={self.session_bytes!r})"
 
 
 @cython.final

@@ -3,9 +3,12 @@ from typing import Any, final
 
 @final
 class Caps:
-    rows: int
-    bytes: int
-    session_bytes: int
+    @property
+    def rows(self) -> int: ...
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def session_bytes(self) -> int: ...
     def __init__(self, rows: int, bytes: int, session_bytes: int) -> None: ...
 
 @final

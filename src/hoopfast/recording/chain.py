@@ -26,7 +26,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from hoopfast.store.records import EventRecord, Seal, SigningKey
+from hoopfast import core
+from hoopfast.store.records import STATEMENT, EventRecord, Seal, SigningKey
 
 #: The previous hash of a session's first event.
 GENESIS = "0" * 64
@@ -116,16 +117,40 @@ class Signer:
         )
 
 
-class Chain:
-    """The recorder's running state for one session: hands out sequence
-    numbers and links each new event to the one before."""
+def session_log(journal: Any, session_id: str, subject: str, connection: str) -> Any:
+    """A session's chain as the recorder keeps it (hoopfast.core.SessionLog):
+    events encoded by :func:`encode_event`, linked by :func:`link`'s
+    formula, into ``journal``."""
+    return core.SessionLog(
+        journal,
+        session_id,
+        subject,
+        connection,
+        EventRecord,
+        encode_event,
+        STATEMENT,
+        MAX_EVENT_BYTES,
+        GENESIS,
+    )
 
-    __slots__ = ("count", "last_hash", "session_id")
+
+class Chain:
+    """One session's chain outside the data path (tools and tests that build
+    trails): each append returns its record. The events are made by the
+    recorder's own SessionLog; a session keeps one subject and connection."""
 
     def __init__(self, session_id: str) -> None:
         self.session_id = session_id
-        self.count = 0
-        self.last_hash = GENESIS
+        self._journal = core.Journal(lambda: None)
+        self._log: Any = None
+
+    @property
+    def count(self) -> int:
+        return 0 if self._log is None else int(self._log.count)
+
+    @property
+    def last_hash(self) -> str:
+        return GENESIS if self._log is None else str(self._log.last_hash)
 
     def append(
         self,
@@ -137,34 +162,15 @@ class Chain:
         body: dict[str, Any],
     ) -> EventRecord:
         """The next event of the session, linked to the one before. ``body``
-        is taken over (the event's own fields are added to it): this runs
-        once per statement on the data path."""
-        seq = self.count
-        body["session"] = self.session_id
-        body["seq"] = seq
-        body["kind"] = kind
-        body["at"] = at
-        body["subject"] = subject
-        body["connection"] = connection
-        body["verdict"] = verdict
-        raw = encode_event(body)
-        prev_hash = self.last_hash
-        hash_ = link(prev_hash, raw)
-        record = EventRecord(
-            self.session_id,
-            seq,
-            at,
-            kind,
-            subject,
-            connection,
-            verdict,
-            raw.decode(),
-            prev_hash,
-            hash_,
-        )
-        self.count = seq + 1
-        self.last_hash = hash_
-        return record
+        is taken over (the event's own fields are added to it)."""
+        log = self._log
+        if log is None:
+            log = self._log = session_log(self._journal, self.session_id, subject, connection)
+        elif (subject, connection) != (log.subject, log.connection):
+            raise ValueError("a session's events share one subject and connection")
+        log.append(kind, at, verdict, body)
+        (record,) = self._journal.take()[1]
+        return record  # type: ignore[no-any-return]
 
 
 #: An event's JSON past this is cut down (see _shrunk): a store refuses a value

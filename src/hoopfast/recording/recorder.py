@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hoopfast import core
-from hoopfast.recording.chain import GENESIS, MAX_EVENT_BYTES, Signer, encode_event
+from hoopfast.recording.chain import Signer, session_log
 from hoopfast.recording.spool import Spool, read_segment
 from hoopfast.store import Store, StoreError
 from hoopfast.store.records import SESSION_END, SESSION_START, STATEMENT, EventRecord, Seal
@@ -64,20 +64,6 @@ class RecorderOptions:
     #: Called with the spool's pending bytes after each change (metrics).
     on_spool_size: Callable[[int], None] | None = None
     on_store_error: Callable[[], None] | None = None
-
-
-def _session_log(journal: core.Journal, session_id: str, subject: str, connection: str) -> Any:
-    return core.SessionLog(
-        journal,
-        session_id,
-        subject,
-        connection,
-        EventRecord,
-        encode_event,
-        STATEMENT,
-        MAX_EVENT_BYTES,
-        GENESIS,
-    )
 
 
 @dataclass
@@ -219,7 +205,7 @@ class Recorder:
         for session_id, r in replayed.items():
             if r.sealed:
                 continue
-            chain = _session_log(self.journal, session_id, r.subject, r.connection)
+            chain = session_log(self.journal, session_id, r.subject, r.connection)
             chain.count, chain.last_hash = r.count, r.last_hash
             at = max(r.last_at, 0.0) or time.time()
             # Never dropped (on_full "continue"): a session left unsealed.
@@ -295,7 +281,7 @@ class Recorder:
         trail cannot be written (the session must not start)."""
         if self.full:
             raise RecordingUnavailable(self._why_full())
-        chain = _session_log(self.journal, session_id, subject, connection)
+        chain = session_log(self.journal, session_id, subject, connection)
         self._open[session_id] = chain
         chain.append(SESSION_START, time.time(), "", body)
         return SessionRecording(self, chain)
