@@ -2,6 +2,7 @@
 # `hoopfast serve`. Configure with HOOPFAST_* variables and a mounted TOML.
 FROM python:3.11-slim-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends build-essential curl ca-certificates \
+    libssl-dev zlib1g-dev \
     && rm -rf /var/lib/apt/lists/*
 RUN curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
 ENV PATH=/root/.cargo/bin:$PATH

@@ -14,7 +14,7 @@ help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F ':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 .PHONY: system-deps
-system-deps: ## Debian packages the build, tests and benchmarks need (libclang for pg_query, pgbouncer, PostgreSQL, a JDK and pgjdbc)
+system-deps: ## Debian packages the build, tests and benchmarks need (libclang for pg_query, libssl-dev and zlib1g-dev for the Cython trail, pgbouncer, PostgreSQL, a JDK and pgjdbc)
 	@need=""; \
 	command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || need="$$need pgbouncer"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need="$$need postgresql"; \
@@ -22,6 +22,8 @@ system-deps: ## Debian packages the build, tests and benchmarks need (libclang f
 	ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || need="$$need libclang-dev"; \
 	{ command -v javac >/dev/null && command -v java >/dev/null; } || ls /usr/lib/jvm/*/bin/javac >/dev/null 2>&1 || need="$$need default-jdk-headless"; \
 	[ -f /usr/share/java/postgresql.jar ] || need="$$need libpostgresql-jdbc-java"; \
+	[ -f /usr/include/openssl/sha.h ] || need="$$need libssl-dev"; \
+	[ -f /usr/include/zlib.h ] || need="$$need zlib1g-dev"; \
 	if [ -n "$$need" ]; then \
 	  echo "installing:$$need"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; \

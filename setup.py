@@ -11,7 +11,15 @@ setup(
     ext_modules=cythonize(
         [
             Extension("hoopfast.core._cpump", ["ext/_cpump.pyx"], extra_compile_args=["-O3"]),
-            Extension("hoopfast.core._ctrail", ["ext/_ctrail.pyx"], extra_compile_args=["-O3"]),
+            # The session log hashes with libcrypto's SHA-256 and frames with
+            # zlib's CRC-32 (Debian: libssl-dev, zlib1g-dev; make system-deps).
+            Extension(
+                "hoopfast.core._ctrail",
+                ["ext/_ctrail.pyx"],
+                extra_compile_args=["-O3"],
+                libraries=["crypto", "z"],
+                define_macros=[("OPENSSL_SUPPRESS_DEPRECATED", None)],
+            ),
         ],
         compiler_directives={"language_level": "3"},
         quiet=True,

@@ -9,8 +9,10 @@ calling into the trail is part of what the pump pays)::
 
     .venv/bin/python bench/trail.py [--statements N] [--repeats N]
 
-``done`` either does nothing ("trail") or builds the event as the session
-does for the recorder ("+ event"). Best of the repeats, in µs per statement.
+Either the trail alone ("trail") or the trail with a session log, as a
+recorded session has ("+ log": each statement's event JSON, hash link and
+spool frame into a journal, emptied as the recorder's commit would). Best
+of the repeats, in µs per statement.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ import time
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
+
+from hoopfast.recording.chain import GENESIS, MAX_EVENT_BYTES, encode_event
+from hoopfast.store.records import STATEMENT, EventRecord
 
 
 def msg(code: bytes, payload: bytes = b"") -> bytes:
@@ -98,16 +103,31 @@ def per_statement(
     def done(st: Any) -> None:
         nonlocal count
         count += 1
-        if event:
-            st.event(count)
 
-    trail = module.Trail("utf-8", module.Caps(100, 65536, 16 << 20), str, done, VERDICT)
+    journal = module.Journal(lambda: None)
+    log = (
+        module.SessionLog(
+            journal,
+            "s-1",
+            "alice",
+            "bench",
+            EventRecord,
+            encode_event,
+            STATEMENT,
+            MAX_EVENT_BYTES,
+            GENESIS,
+        )
+        if event
+        else None
+    )
+    trail = module.Trail("utf-8", module.Caps(100, 65536, 16 << 20), str, done, VERDICT, log)
     best = float("inf")
     for _ in range(repeats):
         run = statements(trail, n)
         t0 = time.perf_counter()
         run()
         best = min(best, time.perf_counter() - t0)
+        journal.take()
     assert count == n * repeats, "every statement must be finished"
     return best / n * 1e6
 
@@ -128,7 +148,7 @@ def main() -> None:
                 per_statement(m, statements, event, args.statements, args.repeats)
                 for m in (_trail, _ctrail)
             )
-            label = "+ event" if event else "trail"
+            label = "+ log" if event else "trail"
             print(f"| {name} | {label} | {py:.2f} | {c:.2f} | {py / c:.1f}x |")
 
 

@@ -20,6 +20,8 @@ from cpython.unicode cimport (
     PyUnicode_New,
 )
 from libc.limits cimport LLONG_MAX, LLONG_MIN
+from libc.math cimport nearbyint
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memchr
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
@@ -103,11 +105,25 @@ cdef inline Py_ssize_t _find_nul(const unsigned char* buf, Py_ssize_t size,
 
 
 cdef inline double _clock(int clock) noexcept nogil:
-    """time.perf_counter (CLOCK_MONOTONIC) and time.time (CLOCK_REALTIME),
+    """time.perf_counter (CLOCK_MONOTONIC) or time.time (CLOCK_REALTIME),
     without calling into the interpreter."""
     cdef timespec ts
     clock_gettime(clock, &ts)
     return <double>(ts.tv_sec * 1000000000LL + ts.tv_nsec) / 1e9
+
+
+cdef inline double _wall_clock() noexcept nogil:
+    """time.time() to the microsecond, as the reference's _wall_clock: an
+    event's time, which the log writes without repr (_put_float)."""
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return <double>(ts.tv_sec * 1000000LL + ts.tv_nsec // 1000) / 1e6
+
+
+cdef inline double _milliseconds(double seconds) noexcept nogil:
+    """A duration in milliseconds to the microsecond, as the reference's
+    _milliseconds (nearbyint rounds half to even, as round does)."""
+    return nearbyint(seconds * 1e6) / 1000.0
 
 
 cdef str _hex(const unsigned char* buf, Py_ssize_t n):
@@ -316,7 +332,7 @@ cdef class Statement:
             "verdict": self.verdict.action,
             "rule": self.verdict.rule,
             "started_at": self.started_at,
-            "duration_ms": round(self.duration * 1000, 3),
+            "duration_ms": _milliseconds(self.duration),
             "rows": self.rows,
             "bytes": self.server_bytes,
             "tags": self.tags,
@@ -335,7 +351,7 @@ cdef Statement _start(object text, object verdict, object params):
     st.verdict = verdict
     st.params = params
     st.started = _clock(CLOCK_MONOTONIC)
-    st.started_at = _clock(CLOCK_REALTIME)
+    st.started_at = _wall_clock()
     return st
 
 
@@ -358,15 +374,83 @@ cdef _Entry _entry(int kind, Statement statement):
     return e
 
 
+@cython.final
+cdef class Tally:
+    """A session's statements added up (see the reference, _trail.Tally):
+    counted here with no Python call per statement."""
+
+    cdef readonly tuple bounds
+    cdef readonly dict statements
+    cdef public long long errors
+    cdef public object rows
+    cdef public long long server_bytes
+    cdef public double duration_sum
+    cdef double* _bounds
+    cdef long long* _durations
+    cdef Py_ssize_t _n
+
+    def __cinit__(self):
+        self._bounds = NULL
+        self._durations = NULL
+
+    def __init__(self, bounds=()):
+        cdef Py_ssize_t i
+        self.bounds = tuple([float(b) for b in bounds])
+        self._n = len(self.bounds)
+        free(self._bounds)
+        free(self._durations)
+        self._bounds = <double*>malloc((self._n + 1) * sizeof(double))
+        self._durations = <long long*>calloc(self._n + 1, sizeof(long long))
+        if self._bounds == NULL or self._durations == NULL:
+            raise MemoryError()
+        for i in range(self._n):
+            self._bounds[i] = self.bounds[i]
+        self.statements = {}
+        self.errors = 0
+        self.rows = 0
+        self.server_bytes = 0
+        self.duration_sum = 0.0
+
+    def __dealloc__(self):
+        free(self._bounds)
+        free(self._durations)
+
+    @property
+    def durations(self):
+        return [self._durations[i] for i in range(self._n + 1)]
+
+    cpdef add(self, Statement st):
+        action = st.verdict.action
+        cdef object count = self.statements.get(action)
+        self.statements[action] = 1 if count is None else count + 1
+        if st.error is not None:
+            self.errors += 1
+        self.rows = self.rows + st.rows
+        self.server_bytes += st.server_bytes
+        # bisect_left: the first bound not below the duration (as bisect,
+        # a NaN goes to the first).
+        cdef double d = st.duration
+        cdef Py_ssize_t lo = 0, hi = self._n, mid
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self._bounds[mid] < d:
+                lo = mid + 1
+            else:
+                hi = mid
+        self._durations[lo] += 1
+        self.duration_sum += d
+
+
 cdef class Trail:
-    """Feeds a session's traffic in, calls ``done(statement)`` per statement
-    (``unknown``: the verdict of a statement it cannot attribute)."""
+    """Feeds a session's traffic in and follows its statements to their
+    answers: the log, then the tally, then ``done(statement)`` while set
+    (see the reference)."""
 
     cdef bytes _encoding
     cdef bint _utf8
     cdef Caps _caps
     cdef object _mask_text
-    cdef object _done
+    cdef public object done
     cdef object _unknown
     #: The queue: entries from _head on (a list and an index, so that taking
     #: the head is no method call; emptied whenever it drains).
@@ -380,6 +464,7 @@ cdef class Trail:
     cdef dict _tags
     cdef SessionLog _log
     cdef object _unrecorded
+    cdef Tally _tally
 
     def __cinit__(self):
         # Safe defaults, should a subclass never call __init__.
@@ -395,7 +480,7 @@ cdef class Trail:
         self._tags = {}
 
     def __init__(self, codec, Caps caps not None, mask_text, done, unknown, SessionLog log=None,
-                 unrecorded=None):
+                 unrecorded=None, Tally tally=None):
         self._encoding = codec.encode("utf-8")
         try:
             # Decoded straight by PyUnicode_DecodeUTF8, as bytes.decode does.
@@ -404,10 +489,11 @@ cdef class Trail:
             self._utf8 = False  # (the first decode raises, as the reference's)
         self._caps = caps
         self._mask_text = mask_text
-        self._done = done
+        self.done = done
         self._unknown = unknown
         self._log = log
         self._unrecorded = unrecorded
+        self._tally = tally
 
     # -- the queue -------------------------------------------------------------
 
@@ -792,7 +878,10 @@ cdef class Trail:
         st.duration = _clock(CLOCK_MONOTONIC) - st.started
         if self._log is not None and st.verdict is not self._unrecorded:
             self._log.statement(st)
-        self._done(st)
+        if self._tally is not None:
+            self._tally.add(st)
+        if self.done is not None:
+            self.done(st)
 
 
 cdef object _remember(dict cache, object key, object value):
@@ -875,16 +964,23 @@ cdef dict _error_fields(bytes data):
 # 64 bits, a string with no UTF-8, an unexpected type, an event past the size
 # limit) goes the reference's way, through ``encode``.
 
-import hashlib
-import zlib
+cdef extern from "zlib.h":
+    unsigned long crc32(unsigned long crc, const unsigned char* buf, unsigned int n) nogil
+
+# The low-level SHA-256 calls: deprecated in OpenSSL 3 (setup.py silences
+# that) but the fastest way there, with no algorithm fetched per call.
+cdef extern from "openssl/sha.h":
+    ctypedef struct SHA256_CTX:
+        pass
+    int SHA256_Init(SHA256_CTX* c) nogil
+    int SHA256_Update(SHA256_CTX* c, const void* data, size_t n) nogil
+    int SHA256_Final(unsigned char* md, SHA256_CTX* c) nogil
 
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.math cimport fabs, isfinite
-from libc.stdlib cimport free, realloc
+from libc.stdlib cimport realloc
 from libc.string cimport memcpy
 
-cdef object _sha256 = hashlib.sha256
-cdef object _crc32 = zlib.crc32
 
 
 class _Fallback(Exception):
@@ -986,12 +1082,28 @@ cdef int _put_ascii(_Buf* b, str text) except -1:
 cdef int _put_int(_Buf* b, object value) except -1:
     if type(value) is not int or not (-(2**63) <= value < 2**63):
         raise _Fallback()
-    _put_ascii(b, str(value))
+    _put_ll(b, value)
     return 0
 
 
 cdef int _put_ll(_Buf* b, long long value) except -1:
-    _put_ascii(b, str(value))
+    """str(value), without making the str."""
+    cdef char digits[24]
+    cdef int n = 24
+    # The magnitude in unsigned arithmetic, where -LLONG_MIN fits.
+    cdef unsigned long long m = <unsigned long long>value
+    if value < 0:
+        m = 0ULL - m
+    while True:
+        n -= 1
+        digits[n] = <char>(48 + m % 10)
+        m //= 10
+        if m == 0:
+            break
+    if value < 0:
+        n -= 1
+        digits[n] = 45  # -
+    _put(b, digits + n, 24 - n)
     return 0
 
 
@@ -999,8 +1111,54 @@ cdef int _put_float(_Buf* b, double value) except -1:
     cdef double m = fabs(value)
     if not isfinite(value) or (m != 0.0 and (m < 1e-4 or m >= 1e16)):
         raise _Fallback()
-    _put_ascii(b, repr(value))
+    if not _put_micros(b, value):
+        _put_ascii(b, repr(value))
     return 0
+
+
+cdef bint _put_micros(_Buf* b, double value) except -1:
+    """repr(value) without Python's shortest-digits search, for the values
+    the log mostly writes (times to the microsecond, durations in ms to the
+    µs): when ``value`` is the double nearest to u / 10**6 for an integer u
+    and its ulp is below 10**-6 (|value| < 2**33), no other decimal with at
+    most six fraction digits rounds to it, so u's digits, trailing zeros
+    cut, are the shortest text that does: repr's. False where that does not
+    hold (and for zero, whose sign repr keeps)."""
+    if value == 0.0 or not (fabs(value) < 8589934592.0):
+        return False
+    cdef double scaled = nearbyint(value * 1e6)
+    cdef long long u = <long long>scaled
+    if <double>u / 1e6 != value:
+        return False
+    cdef char text[32]
+    cdef char digits[24]
+    cdef int n = 0, i, end
+    if u < 0:
+        _put_char(b, 45)
+        u = -u
+    while True:
+        digits[n] = 48 + u % 10
+        u //= 10
+        n += 1
+        if u == 0 and n > 6:
+            break
+    # digits holds u backwards, at least seven of them: the integer part,
+    # then six fraction digits.
+    end = 0
+    for i in range(n - 1, 5, -1):
+        text[end] = digits[i]
+        end += 1
+    text[end] = 46  # .
+    end += 1
+    i = 0
+    while i < 5 and digits[i] == 48:
+        i += 1  # trailing zeros (one fraction digit stays)
+    cdef int j
+    for j in range(5, i - 1, -1):
+        text[end] = digits[j]
+        end += 1
+    _put(b, text, end)
+    return True
 
 
 cdef int _put_value(_Buf* b, object value) except -1:
@@ -1116,12 +1274,10 @@ cdef class Journal:
         return frames, records
 
 
-cdef bytes _frame(bytes payload):
-    """The spool's framing of one record: big-endian length and CRC-32."""
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
-    cdef unsigned long crc = _crc32(payload)
-    cdef bytes frame = PyBytes_FromStringAndSize(NULL, 8 + n)
-    cdef unsigned char* out = <unsigned char*>PyBytes_AS_STRING(frame)
+cdef void _frame_header(unsigned char* out, Py_ssize_t n) noexcept:
+    """The spool's framing of the ``n`` bytes at ``out + 8``: big-endian
+    length and CRC-32, in the 8 bytes before them."""
+    cdef unsigned long crc = crc32(0, out + 8, <unsigned int>n)
     out[0] = (n >> 24) & 255
     out[1] = (n >> 16) & 255
     out[2] = (n >> 8) & 255
@@ -1130,7 +1286,15 @@ cdef bytes _frame(bytes payload):
     out[5] = (crc >> 16) & 255
     out[6] = (crc >> 8) & 255
     out[7] = crc & 255
+
+
+cdef bytes _frame(bytes payload):
+    """The spool's framing of one record."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
+    cdef bytes frame = PyBytes_FromStringAndSize(NULL, 8 + n)
+    cdef unsigned char* out = <unsigned char*>PyBytes_AS_STRING(frame)
     memcpy(out + 8, PyBytes_AS_STRING(payload), n)
+    _frame_header(out, n)
     return frame
 
 
@@ -1183,7 +1347,7 @@ cdef class SessionLog:
         """A finished statement's event (n: its number in the session)."""
         cdef long long seq = self.count
         cdef long long n = self.statements + 1
-        cdef double at = _clock(CLOCK_REALTIME)
+        cdef double at = _wall_clock()
         verdict = st.verdict.action
         self.statements = n
         cdef bytes raw
@@ -1203,9 +1367,33 @@ cdef class SessionLog:
 
     cdef _add(self, long long seq, double at, str kind, object verdict, bytes raw,
               bint essential):
+        # The spool record (b"e", the previous and this event's hash in hex,
+        # the JSON) is written in place after the frame's header; the hash
+        # is SHA-256 over the previous hash, a newline and the JSON
+        # (chain.link), by libcrypto without a Python call.
         cdef str prev = self.last_hash
-        cdef bytes prev_b = prev.encode()
-        cdef str hash_ = _sha256(prev_b + b"\n" + raw).hexdigest()
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(raw), prev_n
+        cdef const char* prev_s = PyUnicode_AsUTF8AndSize(prev, &prev_n)
+        cdef Py_ssize_t at_hash = 9 + prev_n
+        cdef bytes frame = PyBytes_FromStringAndSize(NULL, at_hash + 64 + n)
+        cdef unsigned char* out = <unsigned char*>PyBytes_AS_STRING(frame)
+        cdef unsigned char digest[32]
+        cdef SHA256_CTX ctx
+        cdef Py_ssize_t i
+        SHA256_Init(&ctx)
+        SHA256_Update(&ctx, prev_s, prev_n)
+        SHA256_Update(&ctx, b"\n", 1)
+        SHA256_Update(&ctx, PyBytes_AS_STRING(raw), n)
+        SHA256_Final(digest, &ctx)
+        out[8] = 101  # e
+        memcpy(out + 9, prev_s, prev_n)
+        for i in range(32):
+            out[at_hash + 2 * i] = _HEX[digest[i] >> 4]
+            out[at_hash + 1 + 2 * i] = _HEX[digest[i] & 15]
+        memcpy(out + at_hash + 64, PyBytes_AS_STRING(raw), n)
+        _frame_header(out, at_hash + 56 + n)
+        cdef str hash_ = PyUnicode_New(64, 127)
+        memcpy(PyUnicode_1BYTE_DATA(hash_), out + at_hash, 64)
         record = self._record(
             self.session_id,
             seq,
@@ -1214,11 +1402,11 @@ cdef class SessionLog:
             self.subject,
             self.connection,
             verdict,
-            raw.decode(),
+            PyUnicode_DecodeUTF8(PyBytes_AS_STRING(raw), n, NULL),
             prev,
             hash_,
         )
-        self._journal.add(_frame(b"e" + prev_b + hash_.encode() + raw), record, essential)
+        self._journal.add(frame, record, essential)
         self.count = seq + 1
         self.last_hash = hash_
 
@@ -1241,7 +1429,7 @@ cdef class SessionLog:
             _put(&b, b',"connection":', 14)
             _put_str(&b, self.connection)
             _put(&b, b',"duration_ms":', 15)
-            _put_float(&b, round(st.duration * 1000, 3))
+            _put_float(&b, _milliseconds(st.duration))
             _put(&b, b',"error":', 9)
             _put_error(&b, st.error)
             _put(&b, b',"kind":', 8)

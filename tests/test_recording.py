@@ -8,6 +8,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -302,9 +303,23 @@ def test_tampering_with_one_stored_byte_is_found(
 
 
 def test_console_exporter_sees_the_session_span(
-    make_settings: Callable[..., Settings], issuer: DevIssuer, certs: Any
+    make_settings: Callable[..., Settings],
+    issuer: DevIssuer,
+    certs: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """The session span has an event per statement up to the SDK's event
+    limit and totals over every statement (counted by the trail); the
+    metrics count the session's statements while it runs and after."""
+    monkeypatch.setenv("OTEL_SPAN_EVENT_COUNT_LIMIT", "2")
     out = io.StringIO()
+
+    def allowed() -> int:
+        text = gw.call(lambda: gw.gateway.metrics.render())
+        series = r'hoopfast_statements_total\{connection="main",verdict="allow"\} (\d+)'
+        found = re.search(series, text)
+        return int(found.group(1)) if found else 0
+
     with run_gateway(make_settings(), issuer, certs) as gw:
         gw.call(
             lambda: setattr(
@@ -314,11 +329,15 @@ def test_console_exporter_sees_the_session_span(
             )
         )
         who = _person()
+        before = allowed()
         with psycopg.connect(gw.conninfo(token=gw.token(who), user=who), autocommit=True) as c:
             c.execute("SELECT 1")
             with pytest.raises(psycopg.errors.DivisionByZero):
                 c.execute("SELECT 1/0")
+            c.execute("SELECT 2")  # past the span's event limit
+            assert allowed() == before + 3  # the open session, read at the scrape
         session = sealed_session(gw, who)
+        assert allowed() == before + 3  # folded into the totals when it ended
         start = trail(gw, session)[0]
         gw.call(lambda: gw.gateway.tracing.force_flush())
     spans = [json.loads(chunk) for chunk in _json_objects(out.getvalue())]
@@ -330,6 +349,9 @@ def test_console_exporter_sees_the_session_span(
     verdicts = [e["attributes"] for e in span["events"] if e["name"] == "postgres.statement"]
     assert [v["hoopfast.verdict"] for v in verdicts] == ["allow", "allow"]
     assert verdicts[1]["db.response.status_code"] == "22012"
+    assert span["attributes"]["hoopfast.session.statements"] == 3
+    assert span["attributes"]["hoopfast.session.errors"] == 1
+    assert span["attributes"]["hoopfast.session.rows"] == 2
 
 
 def _json_objects(text: str) -> Iterator[str]:

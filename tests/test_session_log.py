@@ -140,6 +140,49 @@ def test_any_text_any_float(
     assert fast == finite_and_plain
 
 
+#: Times to the microsecond (what the trail's clock gives) and durations to
+#: the microsecond in ms: the compiled log writes these without repr, so
+#: their text is checked against repr's (orjson's) across the whole range
+#: that shortcut takes (|x| < 2**33) and past it.
+MICROS = st.integers(-(2**33) * 10**6 - 10, 2**33 * 10**6 + 10).map(lambda u: u / 1e6)
+MILLIS = st.integers(0, 10**13).map(lambda k: k / 1000)
+
+
+@PROP
+@given(
+    value=MICROS
+    | MILLIS
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.floats(1e-4, 1e4)
+    | st.sampled_from([1e-4, 0.1, 0.5, 1.0, 9.999999, 10.0, 1e6, 2.0**33, 2.0**33 - 1e-6])
+)
+def test_times_and_durations_are_written_as_repr_writes_them(value: float) -> None:
+    assert COMPILED is not None
+    (statement,) = _statements(
+        COMPILED, simple("SELECT 1", complete(b"SELECT 1"), READY, verdict=ALLOW)
+    )
+    statement.started_at = value
+    statement.duration = value / 1000
+    fast = _check(statement, at=value)
+    plain = value == 0 or 1e-4 <= abs(value) < 1e16
+    assert fast == plain or not math.isfinite(value / 1000 * 1000)
+
+
+@PROP
+@given(
+    value=st.integers(-(2**63), 2**63 - 1)
+    | st.sampled_from([0, -1, 9, 10, -(2**63), 2**63 - 1, 10**18, -(10**18)])
+)
+def test_integers_are_written_as_str_writes_them(value: int) -> None:
+    assert COMPILED is not None
+    (statement,) = _statements(
+        COMPILED, simple("SELECT 1", complete(b"SELECT 1"), READY, verdict=ALLOW)
+    )
+    statement.rows = value
+    statement.server_bytes = value
+    assert _check(statement, n=value, seq=value)
+
+
 def test_where_the_fast_encoder_defers() -> None:
     """A lone surrogate, an integer past 64 bits, an error of another
     shape: the reference's text (orjson, or json's ASCII for what orjson

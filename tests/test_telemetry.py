@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from hoopfast.telemetry import NOOP_SESSION_SPAN, Metrics, SessionSpan, Tracing
+from hoopfast.telemetry import NOOP_SESSION_SPAN, Metrics, SessionSpan, SpanTotals, Tracing
 from hoopfast.telemetry.metrics import CONTENT_TYPE
 
 
@@ -128,9 +128,10 @@ def test_console_exporter(monkeypatch: pytest.MonkeyPatch) -> None:
     assert span.recording
     _two_statements(span)
     assert out.getvalue() == ""  # the session span is exported when it ends
-    span.end("server error", error=True)
+    span.end("server error", error=True, totals=SpanTotals(2, 1, 3, 480))
     span.end("again", error=False)  # a second end changes nothing
-    span.statement("allow", None, 1, 1, 0.1, None, None)  # nor does a late statement
+    # nor does a late statement, and the span says it takes no more
+    assert not span.statement("allow", None, 1, 1, 0.1, None, None)
 
     [exported] = _json_documents(out.getvalue())
     assert exported["name"] == "postgres.session"
@@ -214,14 +215,15 @@ def test_span_keeps_the_first_statements_past_the_event_limit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Past OTEL_SPAN_EVENT_COUNT_LIMIT the span keeps the session's first
-    statements (the SDK is not called for the rest) and the totals count all."""
+    statements (the SDK is not called for the rest), says so when it has
+    its last, and ends with the totals it is given."""
     monkeypatch.setenv("OTEL_SPAN_EVENT_COUNT_LIMIT", "3")
     out = io.StringIO()
     tracing = Tracing.from_env({"OTEL_TRACES_EXPORTER": "console"}, console_out=out)
     span = _session(tracing)
-    for i in range(5):
-        span.statement("allow", "r", i, 10, 0.001, None, None)
-    span.end("done", error=False)
+    wanted = [span.statement("allow", "r", i, 10, 0.001, None, None) for i in range(5)]
+    assert wanted == [True, True, False, False, False]
+    span.end("done", error=False, totals=SpanTotals(statements=5, rows=10))
     tracing.shutdown()
     [exported] = _json_documents(out.getvalue())
     rows = [e["attributes"]["db.response.returned_rows"] for e in exported["events"]]
@@ -295,7 +297,7 @@ def test_otlp_http_exporter(monkeypatch: pytest.MonkeyPatch, collector: _Collect
     assert tracing.enabled
     span = _session(tracing)
     _two_statements(span)
-    span.end("client closed", error=False)
+    span.end("client closed", error=False, totals=SpanTotals(2, 1, 3, 480))
     tracing.shutdown()  # flushes the batch
 
     [request] = collector.requests

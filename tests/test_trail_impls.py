@@ -149,8 +149,11 @@ def play(
     caps: tuple[int, int, int] = (100, 1 << 16, 1 << 20),
 ) -> tuple[list[dict[str, Any]], str | None]:
     """The events (clocks dropped, each with which verdict object it had)
-    and how the run ended: None, or the exception's type name."""
+    and how the run ended: None, or the exception's type name. The trail's
+    tally must add up the same events (its duration bound is past any
+    duration here, so that the clocks do not matter)."""
     events: list[dict[str, Any]] = []
+    tally = module.Tally((1e6,))
 
     def done(statement: Any) -> None:
         event = copy.deepcopy(statement.event(len(events) + 1))
@@ -169,12 +172,21 @@ def play(
         )
         events.append(event)
 
-    trail = module.Trail(codec, module.Caps(*caps), mask, done, UNKNOWN)
+    trail = module.Trail(codec, module.Caps(*caps), mask, done, UNKNOWN, None, None, tally)
+    ended = None
     try:
         run(trail, script)
     except Exception as e:
-        return events, type(e).__name__
-    return events, None
+        ended = type(e).__name__
+    verdicts: dict[str, int] = {}
+    for event in events:
+        verdicts[event["verdict"]] = verdicts.get(event["verdict"], 0) + 1
+    assert tally.statements == verdicts
+    assert tally.durations == [len(events), 0]
+    assert tally.errors == sum(event["error"] is not None for event in events)
+    assert tally.rows == sum(event["attributes"][0] for event in events)
+    assert tally.server_bytes == sum(event["attributes"][1] for event in events)
+    return events, ended
 
 
 def run(trail: Any, script: Script) -> None:

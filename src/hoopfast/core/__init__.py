@@ -60,7 +60,7 @@ core = cast(Core, _module)
 
 if TYPE_CHECKING:
     # Both trails have the reference's interface (ext/_ctrail.pyx keeps in step).
-    from hoopfast.core._trail import Caps, Journal, SessionLog, Statement, Trail, frame
+    from hoopfast.core._trail import Caps, Journal, SessionLog, Statement, Tally, Trail, frame
 else:
     frame = _trail_module.frame
     Trail = _trail_module.Trail
@@ -68,6 +68,7 @@ else:
     Caps = _trail_module.Caps
     Journal = _trail_module.Journal
     SessionLog = _trail_module.SessionLog
+    Tally = _trail_module.Tally
 
 Framer = core.Framer
 FramingError = core.FramingError
@@ -94,6 +95,7 @@ __all__ = [
     "Pump",
     "SessionLog",
     "Statement",
+    "Tally",
     "Trail",
     "core",
     "decode_data_row",

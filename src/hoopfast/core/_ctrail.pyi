@@ -1,4 +1,4 @@
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, final
 
 @final
@@ -40,7 +40,23 @@ class Statement:
     ) -> None: ...
     def event(self, n: int) -> dict[str, Any]: ...
 
+@final
+class Tally:
+    @property
+    def bounds(self) -> tuple[float, ...]: ...
+    @property
+    def statements(self) -> dict[str, int]: ...
+    errors: int
+    rows: int
+    server_bytes: int
+    duration_sum: float
+    @property
+    def durations(self) -> list[int]: ...
+    def __init__(self, bounds: Sequence[float] = ()) -> None: ...
+    def add(self, st: Statement) -> None: ...
+
 class Trail:
+    done: Any
     def __init__(
         self,
         codec: str,
@@ -50,6 +66,7 @@ class Trail:
         unknown: Any,
         log: SessionLog | None = None,
         unrecorded: Any = None,
+        tally: Tally | None = None,
     ) -> None: ...
     def query(self, text: str, verdict: Any) -> None: ...
     def function_call(self, oid: int, verdict: Any) -> None: ...

@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import struct
 import time
 import zlib
+from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -84,6 +86,20 @@ class _ResultSet:
     truncated: bool = False
 
 
+def _wall_clock() -> float:
+    """time.time() to the microsecond: a statement's times. The compiled log
+    writes such values without repr's search for the shortest digits."""
+    return time.time_ns() // 1000 / 1e6
+
+
+def _milliseconds(seconds: float) -> float:
+    """A duration in milliseconds, to the microsecond."""
+    micros = seconds * 1e6
+    if not math.isfinite(micros):
+        return micros / 1000
+    return round(micros) / 1000
+
+
 @dataclass(slots=True)
 class Statement:
     """One statement in flight, then done."""
@@ -124,7 +140,7 @@ class Statement:
             "verdict": self.verdict.action,
             "rule": self.verdict.rule,
             "started_at": self.started_at,
-            "duration_ms": round(self.duration * 1000, 3),
+            "duration_ms": _milliseconds(self.duration),
             "rows": self.rows,
             "bytes": self.server_bytes,
             "tags": self.tags,
@@ -162,9 +178,53 @@ class _Entry:
     portal: _Portal | None = None
 
 
+class Tally:
+    """A session's statements added up, by the trail as it finishes each
+    (on the compiled build without a Python call per statement): for the
+    metrics, read when they are scraped, and the session span's totals.
+
+    ``statements`` counts by verdict (the action); ``durations`` is a
+    histogram of the statements' durations over ``bounds`` (seconds,
+    increasing; one bucket per bound, a duration equal to a bound in its
+    bucket as Prometheus' ``le``, then one past the last)."""
+
+    __slots__ = (
+        "bounds",
+        "duration_sum",
+        "durations",
+        "errors",
+        "rows",
+        "server_bytes",
+        "statements",
+    )
+
+    def __init__(self, bounds: Sequence[float] = ()) -> None:
+        self.bounds = tuple(map(float, bounds))
+        self.statements: dict[str, int] = {}
+        self.errors = 0
+        self.rows = 0
+        self.server_bytes = 0
+        self.durations = [0] * (len(self.bounds) + 1)
+        self.duration_sum = 0.0
+
+    def add(self, st: Statement) -> None:
+        action = st.verdict.action
+        self.statements[action] = self.statements.get(action, 0) + 1
+        if st.error is not None:
+            self.errors += 1
+        self.rows += st.rows
+        self.server_bytes += st.server_bytes
+        self.durations[bisect_left(self.bounds, st.duration)] += 1
+        self.duration_sum += st.duration
+
+
 class Trail:
-    """Feeds a session's traffic in, calls ``done(statement)`` per statement
-    (``unknown``: the verdict of a statement it cannot attribute)."""
+    """Feeds a session's traffic in and follows its statements to their
+    answers. A finished statement goes to the ``log`` (its audit event),
+    then the ``tally``, then ``done(statement)`` while ``done`` is set (the
+    session clears it when it wants no more: calling Python per statement
+    is what the compiled build avoids). ``unknown``: the verdict of a
+    statement it cannot attribute."""
 
     def __init__(
         self,
@@ -175,16 +235,19 @@ class Trail:
         unknown: Any,
         log: SessionLog | None = None,
         unrecorded: Any = None,
+        tally: Tally | None = None,
     ) -> None:
         #: Where a finished statement's event goes (before ``done``), unless
         #: its verdict is ``unrecorded``.
         self._log = log
         self._unrecorded = unrecorded
+        self._tally = tally
+        #: Called with each finished statement, or None.
+        self.done = done
         self._codec = codec
         self._caps = caps
         #: str -> str: the detectors applied to bound parameter values.
         self._mask_text = mask_text
-        self._done = done
         self._unknown = unknown
         self._queue: deque[_Entry] = deque()
         #: Statement texts (and verdicts) by prepared name, and portals.
@@ -200,7 +263,7 @@ class Trail:
     # -- from the client ----------------------------------------------------
 
     def _start(self, text: str, verdict: Any, params: list[str | None] | None) -> Statement:
-        return Statement(text, verdict, params, time.perf_counter(), time.time())
+        return Statement(text, verdict, params, time.perf_counter(), _wall_clock())
 
     def query(self, text: str, verdict: Any) -> None:
         self._queue.append(_Entry(_K_SIMPLE, self._start(text, verdict, None)))
@@ -463,7 +526,10 @@ class Trail:
         st.duration = time.perf_counter() - st.started
         if self._log is not None and st.verdict is not self._unrecorded:
             self._log.statement(st)
-        self._done(st)
+        if self._tally is not None:
+            self._tally.add(st)
+        if self.done is not None:
+            self.done(st)
 
 
 #: ParseComplete, BindComplete, CloseComplete: which entry each completes.
@@ -702,7 +768,9 @@ class SessionLog:
     def statement(self, st: Statement) -> None:
         """A finished statement's event (n: its number in the session)."""
         self.statements += 1
-        self.append(self._statement_kind, time.time(), st.verdict.action, st.event(self.statements))
+        self.append(
+            self._statement_kind, _wall_clock(), st.verdict.action, st.event(self.statements)
+        )
 
     def _add(
         self, seq: int, at: float, kind: str, verdict: str, raw: bytes, essential: bool

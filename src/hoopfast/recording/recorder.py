@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from hoopfast import core
 from hoopfast.recording.chain import Signer, session_log
@@ -353,9 +353,8 @@ class Recorder:
                 raise
             raise RecordingUnavailable(reason) from None
         self._unrotated += len(frames)
-        for frame, record in zip(frames, records, strict=True):
-            if record is not None:
-                self._remember(record, len(frame))
+        if frames:
+            self._remember(frames, records)
         for pump, data in deferred:
             pump.deferred_write(data)
         if rotate and frames and self.spool.current_size >= self.options.segment_bytes:
@@ -367,10 +366,18 @@ class Recorder:
             with contextlib.suppress(RecordingUnavailable):
                 self.commit()
 
-    def _remember(self, record: EventRecord | Seal, size: int) -> None:
+    def _remember(self, frames: list[bytes], records: list[EventRecord | Seal | None]) -> None:
+        """Keep what a commit wrote for the store (those with a record), as
+        one batch: this runs once per loop iteration."""
         segment = self.spool.current
         if segment in self._on_disk_only:
             return
+        if None in records:
+            kept_frames = [f for f, r in zip(frames, records, strict=True) if r is not None]
+            records = [r for r in records if r is not None]
+        else:
+            kept_frames = frames
+        size = sum(map(len, kept_frames))
         kept = self._memory.get(segment)
         if kept is None:
             kept = self._memory[segment] = _Kept()
@@ -381,7 +388,7 @@ class Recorder:
             del self._memory[segment]
             self._on_disk_only.add(segment)
             return
-        kept.records.append(record)
+        kept.records.extend(cast(list[EventRecord | Seal], records))
         kept.size += size
         self._memory_bytes += size
 

@@ -1,10 +1,13 @@
 """Metrics in the Prometheus text exposition format (version 0.0.4).
 
-A tiny registry rather than prometheus_client or OpenTelemetry metrics: the
-session updates it on every statement, and here an update is a few dict
-operations and a ``bisect`` (0.7 µs, ``tests/test_telemetry.py``), with no
-lock, because one event loop owns the registry. The cost of formatting is
-paid by :meth:`Metrics.render`, once per scrape. Every series this module
+A tiny registry rather than prometheus_client or OpenTelemetry metrics,
+with no lock, because one event loop owns the registry. A session's
+statements are not reported one by one: its trail adds them up as they
+finish (hoopfast.core.Tally, compiled), the session is *watched* while it
+runs, and :meth:`Metrics.render` adds up the live sessions' tallies and
+bytes at each scrape; when a session ends its tally is folded into the
+totals. So counting costs the data path no Python call per statement, and
+a scrape costs a pass over the open sessions. Every series this module
 exposes is fixed here; the only label values that come from outside are
 connection names (from the configuration) and verdicts (from the policy), so
 the number of series stays bounded.
@@ -16,7 +19,10 @@ import math
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from itertools import pairwise
-from typing import Final
+from typing import TYPE_CHECKING, Final, Protocol
+
+if TYPE_CHECKING:
+    from hoopfast.core import Tally
 
 #: The Content-Type of :meth:`Metrics.render`'s output, for a /metrics handler.
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
@@ -55,12 +61,69 @@ class _Histogram:
         self.sum = 0.0
         self.count = 0
 
+    def copy(self) -> _Histogram:
+        other = _Histogram(len(self.counts) - 1)
+        other.counts[:] = self.counts
+        other.sum, other.count = self.sum, self.count
+        return other
+
+
+def _histogram(histograms: dict[str, _Histogram], connection: str, buckets: int) -> _Histogram:
+    histogram = histograms.get(connection)
+    if histogram is None:
+        histogram = histograms[connection] = _Histogram(buckets)
+    return histogram
+
+
+def _add_tally(
+    statements: dict[tuple[str, str], int],
+    durations: dict[str, _Histogram],
+    connection: str,
+    tally: Tally,
+) -> None:
+    """A session's tally into a connection's statements and durations (the
+    tally made with the registry's buckets)."""
+    for verdict, n in tally.statements.items():
+        key = (connection, verdict)
+        statements[key] = statements.get(key, 0) + n
+    counts = tally.durations
+    histogram = _histogram(durations, connection, len(counts) - 1)
+    if len(histogram.counts) != len(counts):
+        raise ValueError("a tally counted with other histogram buckets")
+    histogram.counts = [a + b for a, b in zip(histogram.counts, counts, strict=True)]
+    histogram.sum += tally.duration_sum
+    histogram.count += sum(counts)
+
+
+def _add_bytes(
+    moved: dict[tuple[str, str], int], connection: str, client_bytes: int, server_bytes: int
+) -> None:
+    if client_bytes:
+        key = (connection, DIRECTION_CLIENT)
+        moved[key] = moved.get(key, 0) + client_bytes
+    if server_bytes:
+        key = (connection, DIRECTION_SERVER)
+        moved[key] = moved.get(key, 0) + server_bytes
+
+
+class Watched(Protocol):
+    """A live session, as a scrape reads it."""
+
+    connection_name: str
+
+    def metric_tally(self) -> Tally | None:
+        """Its statements so far (None: it counts none)."""
+
+    def bytes_uncounted(self) -> tuple[int, int]:
+        """Bytes (from the client, from the server) not yet in the totals."""
+
 
 class Metrics:
     """The gateway's counters, gauges and histograms.
 
-    The session calls :meth:`session_started`, :meth:`statement` and
-    :meth:`session_ended`; the recorder calls
+    The session calls :meth:`session_started`, :meth:`watch`, and when it
+    ends :meth:`moved`, :meth:`fold` and :meth:`session_ended`
+    (:meth:`statement` counts one statement directly); the recorder calls
     :meth:`set_recording_spool_bytes` and :meth:`recording_store_error`; the
     HTTP side serves :meth:`render` with :data:`CONTENT_TYPE`.
     """
@@ -79,6 +142,8 @@ class Metrics:
         self.statement_duration: dict[str, _Histogram] = {}
         self.recording_spool_bytes = 0
         self.recording_store_errors_total = 0
+        #: Sessions open now (read at each scrape).
+        self._watched: set[Watched] = set()
 
     # -- updates: the hot path ------------------------------------------------
 
@@ -107,24 +172,44 @@ class Metrics:
         statements = self.statements_total
         statements[key] = statements.get(key, 0) + 1
         self.moved(connection, client_bytes, server_bytes)
-        histogram = self.statement_duration.get(connection)
-        if histogram is None:
-            histogram = self.statement_duration[connection] = _Histogram(len(self.buckets))
+        histogram = _histogram(self.statement_duration, connection, len(self.buckets))
         # bisect_left: a value equal to a bound belongs to that bucket (le).
         histogram.counts[bisect_left(self.buckets, duration_s)] += 1
         histogram.sum += duration_s
         histogram.count += 1
 
+    def watch(self, session: Watched) -> None:
+        """Read ``session`` at each scrape until :meth:`unwatch`."""
+        self._watched.add(session)
+
+    def unwatch(self, session: Watched) -> None:
+        self._watched.discard(session)
+
+    def fold(self, connection: str, tally: Tally) -> None:
+        """Add an ended session's tally to the totals."""
+        _add_tally(self.statements_total, self.statement_duration, connection, tally)
+
     def moved(self, connection: str, client_bytes: int, server_bytes: int) -> None:
-        """Count bytes that passed outside any statement's count (the rest of
-        a session, when it ends)."""
-        moved = self.bytes_total
-        if client_bytes:
-            key = (connection, DIRECTION_CLIENT)
-            moved[key] = moved.get(key, 0) + client_bytes
-        if server_bytes:
-            key = (connection, DIRECTION_SERVER)
-            moved[key] = moved.get(key, 0) + server_bytes
+        """Count bytes a session moved (when it ends: those not counted)."""
+        _add_bytes(self.bytes_total, connection, client_bytes, server_bytes)
+
+    def _current(
+        self,
+    ) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int], dict[str, _Histogram]]:
+        """Statements, bytes and durations: the totals plus what the
+        sessions open now have counted (the totals themselves unchanged)."""
+        if not self._watched:
+            return self.statements_total, self.bytes_total, self.statement_duration
+        statements = dict(self.statements_total)
+        moved = dict(self.bytes_total)
+        durations = {c: h.copy() for c, h in self.statement_duration.items()}
+        for session in self._watched:
+            connection = session.connection_name
+            tally = session.metric_tally()
+            if tally is not None:
+                _add_tally(statements, durations, connection, tally)
+            _add_bytes(moved, connection, *session.bytes_uncounted())
+        return statements, moved, durations
 
     def set_recording_spool_bytes(self, size: int) -> None:
         self.recording_spool_bytes = size
@@ -136,6 +221,7 @@ class Metrics:
 
     def render(self) -> str:
         """The whole registry as Prometheus text format 0.0.4."""
+        statements, moved, durations = self._current()
         out: list[str] = []
         _family(
             out,
@@ -158,7 +244,7 @@ class Metrics:
             "Statements, by the policy's verdict.",
             (
                 (f'connection="{_label(c)}",verdict="{_label(v)}"', n)
-                for (c, v), n in sorted(self.statements_total.items())
+                for (c, v), n in sorted(statements.items())
             ),
         )
         _family(
@@ -168,10 +254,10 @@ class Metrics:
             "Protocol bytes of statements, by the side they came from.",
             (
                 (f'connection="{_label(c)}",direction="{_label(d)}"', n)
-                for (c, d), n in sorted(self.bytes_total.items())
+                for (c, d), n in sorted(moved.items())
             ),
         )
-        self._render_durations(out)
+        self._render_durations(out, durations)
         _family(
             out,
             "hoopfast_recording_spool_bytes",
@@ -188,12 +274,12 @@ class Metrics:
         )
         return "".join(out)
 
-    def _render_durations(self, out: list[str]) -> None:
+    def _render_durations(self, out: list[str], durations: dict[str, _Histogram]) -> None:
         name = "hoopfast_statement_duration_seconds"
         out.append(f"# HELP {name} Statement latency, from the client's message to completion.\n")
         out.append(f"# TYPE {name} histogram\n")
         bounds = [_number(b) for b in self.buckets] + ["+Inf"]
-        for connection, histogram in sorted(self.statement_duration.items()):
+        for connection, histogram in sorted(durations.items()):
             labels = f'connection="{_label(connection)}"'
             cumulative = 0
             for bound, count in zip(bounds, histogram.counts, strict=True):

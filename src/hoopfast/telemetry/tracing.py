@@ -32,7 +32,11 @@ What events give up, on purpose:
   complete per-statement trail is the recording, not the trace: the
   recording events carry this span's ids (:meth:`SessionSpan.context_ids`),
   and the session span carries totals (statements, errors, rows, bytes)
-  counted over *every* statement, dropped events included.
+  over *every* statement, dropped events included: the session's trail
+  counts them (hoopfast.core.Tally) and hands them to :meth:`end`. Once
+  the span takes no more events, :meth:`SessionSpan.statement` says so and
+  the session stops calling it: past the limit a traced session costs the
+  data path no Python per statement.
 * Events are exported when the session span ends, not as each statement
   finishes; a trace of a long-lived session appears when it closes.
 
@@ -41,8 +45,8 @@ deliberate difference: the specification's default exporter is ``otlp``,
 but hoopfast traces only when ``OTEL_TRACES_EXPORTER`` is set, so a default
 deployment never posts to a collector that is not there. When tracing is
 off, :meth:`Tracing.start_session` returns one shared :class:`SessionSpan`
-whose methods do nothing, so the session never tests a flag per statement
-(it may, to skip preparing arguments: :attr:`SessionSpan.recording`).
+whose methods do nothing (the session does not call it per statement:
+:attr:`SessionSpan.recording` is False).
 
 The tracer provider stays on the :class:`Tracing` object and is never made
 global: the gateway has exactly one, tests build several, and nothing else
@@ -55,6 +59,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import IO, ClassVar, Final
 
 from opentelemetry.context import Context
@@ -117,16 +122,29 @@ class SessionSpan:
         duration_s: float,
         sqlstate: str | None,
         text: str | None,
-    ) -> None:
-        """Record one finished statement (see :class:`_LiveSessionSpan`)."""
+    ) -> bool:
+        """Add one finished statement's event (see :class:`_LiveSessionSpan`);
+        False once the span takes no more, so that the caller stops."""
+        return False
 
     def context_ids(self) -> tuple[str, str]:
         """``(trace_id, span_id)`` in hex for the recording; ``("", "")``
         when there is no trace to link to."""
         return _NO_IDS
 
-    def end(self, reason: str, error: bool) -> None:
+    def end(self, reason: str, error: bool, totals: SpanTotals | None = None) -> None:
         """End the session span (see :class:`_LiveSessionSpan`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpanTotals:
+    """A session's totals over every statement, for its span's end (the
+    session's hoopfast.core.Tally adds them up)."""
+
+    statements: int = 0
+    errors: int = 0
+    rows: int = 0
+    bytes: int = 0
 
 
 #: The one no-op session span.
@@ -135,18 +153,14 @@ NOOP_SESSION_SPAN: Final = SessionSpan()
 
 class _LiveSessionSpan(SessionSpan):
     """A recording session span. Only the event loop that owns the session
-    calls it, so the counters need no lock."""
+    calls it, so the event count needs no lock."""
 
     __slots__ = (
         "_add_event",
-        "_bytes",
         "_ended",
-        "_errors",
         "_events_left",
         "_ids",
-        "_rows",
         "_span",
-        "_statements",
     )
 
     recording: ClassVar[bool] = True
@@ -168,10 +182,6 @@ class _LiveSessionSpan(SessionSpan):
             if ctx.trace_flags.sampled
             else _NO_IDS
         )
-        self._statements = 0
-        self._errors = 0
-        self._rows = 0
-        self._bytes = 0
         self._ended = False
 
     def statement(
@@ -183,23 +193,16 @@ class _LiveSessionSpan(SessionSpan):
         duration_s: float,
         sqlstate: str | None,
         text: str | None,
-    ) -> None:
+    ) -> bool:
         """Add a ``postgres.statement`` event: ``verdict`` (allow, deny,
         review...), the policy ``rule`` that decided it, ``rows`` returned
         (None when unknown), ``bytes`` relayed for it, ``duration_s`` from the
         client's message to the server's completion, ``sqlstate`` when it
         failed, and ``text`` only as the caller passes it: already masked,
-        or None to keep statement text out of traces."""
-        if self._ended:
-            return
-        self._statements += 1
-        self._bytes += bytes
-        if rows is not None:
-            self._rows += rows
-        if sqlstate is not None:
-            self._errors += 1
-        if self._events_left <= 0:
-            return  # (counted above, as the span's totals say)
+        or None to keep statement text out of traces. False when the span
+        takes no more events (it has its limit, or it ended)."""
+        if self._ended or self._events_left <= 0:
+            return False
         self._events_left -= 1
         attributes: dict[str, str | int | float] = {
             ATTR_VERDICT: verdict,
@@ -215,24 +218,26 @@ class _LiveSessionSpan(SessionSpan):
         if text is not None:
             attributes[ATTR_STATEMENT] = text
         self._add_event(STATEMENT_EVENT_NAME, attributes)
+        return self._events_left > 0
 
     def context_ids(self) -> tuple[str, str]:
         return self._ids
 
-    def end(self, reason: str, error: bool) -> None:
+    def end(self, reason: str, error: bool, totals: SpanTotals | None = None) -> None:
         """End the span once (later calls do nothing), with the session's
-        totals, why it ended, and an error status if ``error``."""
+        ``totals``, why it ended, and an error status if ``error``."""
         if self._ended:
             return
         self._ended = True
         span = self._span
+        t = totals or SpanTotals()
         span.set_attributes(
             {
                 ATTR_END_REASON: reason,
-                ATTR_STATEMENTS: self._statements,
-                ATTR_ERRORS: self._errors,
-                ATTR_TOTAL_ROWS: self._rows,
-                ATTR_TOTAL_BYTES: self._bytes,
+                ATTR_STATEMENTS: t.statements,
+                ATTR_ERRORS: t.errors,
+                ATTR_TOTAL_ROWS: t.rows,
+                ATTR_TOTAL_BYTES: t.bytes,
             }
         )
         if error:

@@ -48,7 +48,7 @@ from hoopfast.proxy.postgres.review import ReviewHold, bound_values
 from hoopfast.proxy.postgres.trail import Statement, Trail
 from hoopfast.proxy.postgres.upstream import Upstream, UpstreamError, UpstreamRefused
 from hoopfast.recording.recorder import RecordingUnavailable, SessionRecording
-from hoopfast.telemetry import NOOP_SESSION_SPAN, SessionSpan
+from hoopfast.telemetry import NOOP_SESSION_SPAN, SessionSpan, SpanTotals
 
 if TYPE_CHECKING:
     from hoopfast.proxy.postgres.server import PgGateway
@@ -135,7 +135,7 @@ class PgSession:
         self.tls: dict[str, str] | None = None
         self._span: SessionSpan = NOOP_SESSION_SPAN
         self._counted = False
-        self._bytes_counted = (0, 0)
+        self._tally: core.Tally | None = None
         #: The client message being handled (a statement held for review is
         #: replayed from it).
         self._message: tuple[int, bytes] = (0, b"")
@@ -358,6 +358,7 @@ class PgSession:
             self.application_name or None,
         )
         gw.metrics.session_started(self.connection_name)
+        gw.metrics.watch(self)
         self._counted = True
         recorder = gw.recorder
         if recorder is None and not self._span.recording:
@@ -397,6 +398,10 @@ class PgSession:
             log.critical("session %s: running UNRECORDED: %s", self.id, e)
             return
         settings = self.gateway.settings
+        # The trail counts every statement for the metrics and the span's
+        # totals (compiled: no Python call per statement); _statement_done
+        # only adds the span's events, and only while it takes them.
+        self._tally = core.Tally(self.gateway.metrics.buckets)
         self._trail = Trail(
             self._codec,
             trail.Caps(
@@ -405,34 +410,43 @@ class PgSession:
                 settings.record_session_result_bytes,
             ),
             self.gateway.param_mask.mask_text,
-            self._statement_done,
+            self._statement_done if self._span.recording else None,
             # The trail records each statement itself, before _statement_done
             # (but for one refused because the spool is full: it never ran,
             # and recording it would only grow the spool).
             self._recording.log if self._recording is not None else None,
             _RECORDING_FULL,
+            self._tally,
         )
 
     def _statement_done(self, st: Statement) -> None:
         """A statement's answer is complete (its last message not yet
-        forwarded; the trail recorded it): into the trace and the metrics."""
-        verdict = st.verdict.action
+        forwarded; the trail recorded and counted it): an event on the
+        session's span, until the span takes no more."""
         sqlstate = st.error["sqlstate"] if st.error else None
-        self._span.statement(
-            verdict, st.verdict.rule, st.rows, st.server_bytes, st.duration, sqlstate, None
+        more = self._span.statement(
+            st.verdict.action,
+            st.verdict.rule,
+            st.rows,
+            st.server_bytes,
+            st.duration,
+            sqlstate,
+            None,
         )
-        self.gateway.metrics.statement(
-            self.connection_name, verdict, st.duration, *self._bytes_since_counted()
-        )
+        if not more and self._trail is not None:
+            self._trail.done = None
 
-    def _bytes_since_counted(self) -> tuple[int, int]:
-        """Bytes each side sent since the metrics last counted them (exact
-        and never counted twice, however statements overlap in a pipeline)."""
+    # -- what the metrics read (hoopfast.telemetry.metrics.Watched) ----------
+
+    def metric_tally(self) -> core.Tally | None:
+        return self._tally
+
+    def bytes_uncounted(self) -> tuple[int, int]:
+        """Bytes each side sent: the metrics' totals get them when the
+        session ends, and read them here until then."""
         client = self._client_pump.bytes_in if self._client_pump is not None else 0
         server = self._server_pump.bytes_in if self._server_pump is not None else 0
-        counted_client, counted_server = self._bytes_counted
-        self._bytes_counted = (client, server)
-        return client - counted_client, server - counted_server
+        return client, server
 
     # -- phase 2 ------------------------------------------------------------
 
@@ -1297,9 +1311,20 @@ class PgSession:
         if self._recording is not None:
             self._recording.end(self.end_reason)
         if self._counted:
-            self._span.end(self.end_reason, error=not _CLEAN_END.match(self.end_reason))
+            tally = self._tally
+            totals = (
+                SpanTotals(
+                    sum(tally.statements.values()), tally.errors, tally.rows, tally.server_bytes
+                )
+                if tally is not None
+                else None
+            )
+            self._span.end(self.end_reason, not _CLEAN_END.match(self.end_reason), totals)
             metrics = self.gateway.metrics
-            metrics.moved(self.connection_name, *self._bytes_since_counted())
+            metrics.unwatch(self)
+            metrics.moved(self.connection_name, *self.bytes_uncounted())
+            if tally is not None:
+                metrics.fold(self.connection_name, tally)
             metrics.session_ended(self.connection_name)
         if self.upstream is not None and not self.upstream.writer.is_closing():
             self.upstream.writer.close()

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from hoopfast import core
-from hoopfast.core import Caps, SessionLog, Statement
+from hoopfast.core import Caps, SessionLog, Statement, Tally
 from hoopfast.policy.guard import ALLOW
 from hoopfast.proxy.postgres import messages as m
 
@@ -59,5 +59,6 @@ class Trail(core.Trail):
         done: Any,
         log: SessionLog | None = None,
         unrecorded: Any = None,
+        tally: Tally | None = None,
     ) -> None:
-        super().__init__(codec, caps, mask_text, done, ALLOW, log, unrecorded)
+        super().__init__(codec, caps, mask_text, done, ALLOW, log, unrecorded, tally)
