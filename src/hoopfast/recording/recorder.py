@@ -363,8 +363,12 @@ class Recorder:
 
     def _commit_soon(self) -> None:
         if self.pending:
-            with contextlib.suppress(RecordingUnavailable):
+            # (try, not contextlib.suppress: this runs once per loop
+            # iteration, and a context manager costs more than the check.)
+            try:  # noqa: SIM105
                 self.commit()
+            except RecordingUnavailable:
+                pass  # (sessions were told: pump_unrecorded)
 
     def _remember(self, frames: list[bytes], records: list[EventRecord | Seal | None]) -> None:
         """Keep what a commit wrote for the store (those with a record), as
