@@ -161,6 +161,7 @@ class Recorder:
         #: Events recorded and not yet written (see commit).
         self.journal = core.Journal(self._journal_started)
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._key_stored = False
         self._wake = asyncio.Event()
         self._closing = False
@@ -219,7 +220,8 @@ class Recorder:
             seal = self.signer.seal(session_id, chain.count, chain.last_hash, at, _CRASH_REASON)
             self._write_seal(seal, essential=True)
             log.warning("session %s: recovered from the spool and sealed", session_id)
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="recorder")
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run(), name="recorder")
 
     def _scan(self) -> dict[str, _Replayed]:
         """Chain heads of every session in the spool left by an earlier
@@ -307,8 +309,13 @@ class Recorder:
         """The journal stopped being empty: one write for everything
         recorded in this loop iteration, at its end; the relay holds back
         what would acknowledge it until then (hoopfast.core._pump)."""
+        self._commit_at_end_of_iteration()
+
+    def _commit_at_end_of_iteration(self) -> None:
         self.pending = True
-        asyncio.get_running_loop().call_soon(self._commit_soon)
+        # The loop start() ran on: asyncio.get_running_loop() makes a
+        # getpid() system call each time, once per loop iteration here.
+        (self._loop or asyncio.get_running_loop()).call_soon(self._commit_soon)
 
     def defer(self, pump: Any, data: bytes) -> None:
         """Write ``data`` to the pump's peer once what is buffered is in the
@@ -317,8 +324,7 @@ class Recorder:
         if not self.pending:
             # (Queued behind an earlier deferred write of the pump: a commit
             # must still come.)
-            self.pending = True
-            asyncio.get_running_loop().call_soon(self._commit_soon)
+            self._commit_at_end_of_iteration()
 
     def _break(self, reason: str) -> None:
         """Recording stops: nothing more can be written to the spool."""
