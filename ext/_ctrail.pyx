@@ -364,6 +364,8 @@ cdef class _Entry:
     cdef bytes name
     #: A Bind's portal, as bound (a later Parse may reuse the name).
     cdef _Portal portal
+    #: A Close's: what its name meant when the client sent it.
+    cdef object closing
 
 
 cdef _Entry _entry(int kind, Statement statement):
@@ -566,7 +568,7 @@ cdef class Trail:
         elif type_code == _DESCRIBE:
             self._describe(message)
         elif type_code == _CLOSE:
-            self._push(_entry(_K_CLOSE, None))
+            self._close(message)
 
     cdef _execute(self, bytes message):
         cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(message)
@@ -586,6 +588,33 @@ cdef class Trail:
         if end >= 0:
             st.max_rows = _uint(buf, size, end + 1, 4)
         self._push(_entry(_K_EXECUTE, st))
+
+    cdef _close(self, bytes message):
+        # "S" or "P" and the name: forgotten when the server confirms.
+        cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(message)
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(message)
+        cdef Py_ssize_t end = _find_nul(buf, size, 6)
+        cdef _Entry entry = _entry(_K_CLOSE, None)
+        if end >= 0:
+            entry.target = buf[5]
+            entry.name = PyBytes_FromStringAndSize(<const char*>buf + 6, end - 6)
+            names = self._statements if entry.target == 83 else self._portals  # S
+            entry.closing = names.get(entry.name)
+        else:
+            entry.name = b""  # (malformed: the server refuses it)
+        self._push(entry)
+
+    cdef _closed(self, _Entry entry):
+        """(See the reference.)"""
+        closing = entry.closing
+        if closing is None:
+            return
+        if entry.target == 83:  # S
+            if self._statements.get(entry.name) is closing:
+                del self._statements[entry.name]
+                self._described.pop(entry.name, None)
+        elif self._portals.get(entry.name) is closing:
+            del self._portals[entry.name]
 
     cdef _describe(self, bytes message):
         # "S" or "P" and the name: its RowDescription belongs to it.
@@ -700,9 +729,11 @@ cdef class Trail:
         if (
             (type_code == _PARSE_COMPLETE and kind == _K_PARSE)
             or (type_code == _BIND_COMPLETE and kind == _K_BIND)
-            or (type_code == _CLOSE_COMPLETE and kind == _K_CLOSE)
         ):
             self._popleft()
+        elif type_code == _CLOSE_COMPLETE and kind == _K_CLOSE:
+            self._popleft()
+            self._closed(head)
         elif kind == _K_DESCRIBE:
             if type_code == _ROW_DESCRIPTION or type_code == _NO_DATA:
                 columns = self._row_description(data) if type_code == _ROW_DESCRIPTION else None

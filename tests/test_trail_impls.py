@@ -428,6 +428,77 @@ def test_named_statements_and_portals() -> None:
     assert events[0]["params"] == ["7"] and events[1]["rows"] == 3
 
 
+def test_a_closed_name_is_forgotten_once_the_server_closes_it() -> None:
+    """Close drops a statement's (or portal's) name when CloseComplete comes,
+    so a session that prepares statement after statement keeps only those
+    open; a Parse of the same name sent after the Close keeps its own text,
+    and a Close the server skipped after an error forgets nothing."""
+    unknown = len(VERDICTS)  # (play: the index UNKNOWN gets)
+    events = same(
+        [
+            ("parse", b"s1", "SELECT 1", ALLOW),
+            ("client", bind(b"p1", b"s1")),
+            ("client", SYNC),
+            ("server", PARSE_COMPLETE),
+            ("server", BIND_COMPLETE),
+            ("server", READY),
+            ("client", close(b"S", b"s1")),
+            ("client", close(b"P", b"p1")),
+            ("client", SYNC),
+            ("server", CLOSE_COMPLETE),
+            ("server", CLOSE_COMPLETE),
+            ("server", READY),
+            # Both names are gone: what runs under them now is UNKNOWN.
+            ("client", execute(b"p1")),
+            ("client", bind(b"p2", b"s1")),
+            ("client", execute(b"p2")),
+            ("client", SYNC),
+            ("server", complete(b"SELECT 0")),
+            ("server", BIND_COMPLETE),
+            ("server", complete(b"SELECT 0")),
+            ("server", READY),
+            # Closed and parsed again in one batch: the new text stays.
+            ("parse", b"s3", "SELECT 3", ALLOW),
+            ("client", SYNC),
+            ("server", PARSE_COMPLETE),
+            ("server", READY),
+            ("client", close(b"S", b"s3")),
+            ("parse", b"s3", "SELECT 33", DENY),
+            ("client", bind(b"", b"s3")),
+            ("client", execute(b"")),
+            ("client", SYNC),
+            ("server", CLOSE_COMPLETE),
+            ("server", PARSE_COMPLETE),
+            ("server", BIND_COMPLETE),
+            ("server", complete(b"SELECT 1")),
+            ("server", READY),
+            # A Close skipped after an error: the name still holds.
+            ("parse", b"s4", "SELECT 4", ALLOW),
+            ("client", SYNC),
+            ("server", PARSE_COMPLETE),
+            ("server", READY),
+            ("client", execute(b"missing")),
+            ("client", close(b"S", b"s4")),
+            ("client", SYNC),
+            ("server", error(b"34000", b"portal does not exist")),
+            ("server", READY),
+            ("client", bind(b"", b"s4")),
+            ("client", execute(b"")),
+            ("client", SYNC),
+            ("server", BIND_COMPLETE),
+            ("server", complete(b"SELECT 1")),
+            ("server", READY),
+        ]
+    )
+    assert [(e["text"], e["verdict_is"]) for e in events] == [
+        ("", unknown),
+        ("", unknown),
+        ("SELECT 33", VERDICTS.index(DENY)),
+        ("", unknown),
+        ("SELECT 4", VERDICTS.index(ALLOW)),
+    ]
+
+
 def test_describe_statement_no_data_and_portal_after_execute() -> None:
     same(
         [

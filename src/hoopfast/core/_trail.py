@@ -176,6 +176,8 @@ class _Entry:
     name: bytes = b""
     #: A Bind's portal, as bound (a later Parse may reuse the name).
     portal: _Portal | None = None
+    #: A Close's: what its name meant when the client sent it.
+    closing: Any = None
 
 
 class Tally:
@@ -323,7 +325,12 @@ class Trail:
             target = message[5:end] if end >= 0 else b""
             self._queue.append(_Entry(_K_DESCRIBE, None, target))
         elif type_code == _CLOSE:
-            self._queue.append(_Entry(_K_CLOSE))
+            # "S" or "P" and the name: forgotten when the server confirms.
+            end = message.find(b"\0", 6)
+            target = message[5:end] if end >= 0 else b""
+            names = self._statements if target[:1] == b"S" else self._portals
+            closing = names.get(target[1:]) if end >= 0 else None  # (else malformed)
+            self._queue.append(_Entry(_K_CLOSE, None, target, closing=closing))
 
     def _bind(self, message: bytes, refused: Any) -> None:
         try:
@@ -389,6 +396,8 @@ class Trail:
             return
         if _COMPLETES.get(type_code) == kind:
             queue.popleft()
+            if kind == _K_CLOSE:
+                self._closed(head)
         elif kind == _K_DESCRIBE:
             if type_code in (_ROW_DESCRIPTION, _NO_DATA):
                 columns = self._row_description(data) if type_code == _ROW_DESCRIPTION else None
@@ -413,6 +422,22 @@ class Trail:
                     st.pending_rows, st.uncounted = st.max_rows, False
                 queue.popleft()
                 self._finish(st)
+
+    def _closed(self, entry: _Entry) -> None:
+        """The server closed a statement or portal: forget its name (so that
+        a session naming statement after statement keeps only those open),
+        unless it means something else by now (a Parse or Bind sent after
+        the Close, which the trail took in as it was sent)."""
+        target, closing = entry.name, entry.closing
+        name = target[1:]
+        if closing is None:
+            return
+        if target[:1] == b"S":
+            if self._statements.get(name) is closing:
+                del self._statements[name]
+                self._described.pop(name, None)
+        elif self._portals.get(name) is closing:
+            del self._portals[name]
 
     def _rows(self, st: Statement | None, data: bytes) -> None:
         if st is None:
