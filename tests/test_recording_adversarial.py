@@ -579,3 +579,32 @@ def test_a_segment_that_cannot_be_opened_keeps_the_spool_on_its_own_file(
     broken, fd, unsettled = asyncio.run(scenario())
     assert "cannot open a new spool segment" in broken
     assert fd not in unsettled
+
+
+def test_short_spool_writes_are_continued_and_a_zero_write_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """write(2) may write less than asked (a signal, past 2 GiB): the spool
+    writes the rest, and the records read back whole; a write of nothing
+    (no space) is a SpoolError, not a loop."""
+    from hoopfast import core
+    from hoopfast.recording import spool as spool_module
+
+    real_write = os.write
+    calls: list[int] = []
+
+    def short_write(fd: int, data: Any) -> int:
+        calls.append(len(data))
+        return real_write(fd, bytes(data)[:7])
+
+    spool = spool_module.Spool(tmp_path, 1 << 20)
+    frames = [core.frame(b"first record"), core.frame(b"second")]
+    monkeypatch.setattr(spool_module.os, "write", short_write)
+    spool.write(frames)
+    assert len(calls) > 2 and spool.current_size == sum(map(len, frames))
+    monkeypatch.setattr(spool_module.os, "write", lambda fd, data: 0)
+    with pytest.raises(spool_module.SpoolError, match="no space left"):
+        spool.write([core.frame(b"third")])
+    monkeypatch.setattr(spool_module.os, "write", real_write)
+    spool.close()
+    assert list(spool_module.read_segment(spool.current)) == [b"first record", b"second"]

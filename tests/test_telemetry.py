@@ -383,7 +383,7 @@ def test_metrics_render_parses_back() -> None:
     metrics.statement("app", "allow", 0.003, 40, 0)
     metrics.statement("app", "deny", 20.0, 35, 90)  # over the last bound: +Inf only
     metrics.statement(weird, "review", 0.0, 0, 0)
-    metrics.set_recording_spool_bytes(4096)
+    metrics.read_spool_bytes = lambda: 4096
     metrics.recording_store_error()
 
     text = metrics.render()

@@ -93,11 +93,12 @@ async def start_runtime(
                     segment_bytes=settings.spool_segment_bytes,
                     flush_interval=settings.store_flush_interval,
                     on_full=settings.recording_on_full,
-                    on_spool_size=metrics.set_recording_spool_bytes,
                     on_store_error=metrics.recording_store_error,
                 ),
             )
             await recorder.start()
+            spool = recorder.spool
+            metrics.read_spool_bytes = lambda: spool.pending_bytes
         gateway = PgGateway(settings, config, validator)
         approvals = Approvals(
             store,

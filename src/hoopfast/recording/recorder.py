@@ -61,8 +61,6 @@ class RecorderOptions:
     #: Past max_bytes: "refuse" (sessions refuse statements; what is in
     #: flight is still written) or "continue" (events are dropped, counted).
     on_full: Literal["refuse", "continue"] = "refuse"
-    #: Called with the spool's pending bytes after each change (metrics).
-    on_spool_size: Callable[[int], None] | None = None
     on_store_error: Callable[[], None] | None = None
 
 
@@ -178,6 +176,9 @@ class Recorder:
         # flusher need not read and decode it back (bounded: past the bound
         # a segment is read from disk, as after a restart).
         self._memory: dict[Path, _Kept] = {}
+        #: _memory's entry for the segment _remember last kept records of.
+        self._kept: _Kept | None = None
+        self._kept_segment: Path | None = None
         self._memory_bytes = 0
         self._on_disk_only: set[Path] = set()
         #: Called with the new value whenever ``full`` changes: sessions let
@@ -380,23 +381,28 @@ class Recorder:
         """Keep what a commit wrote for the store (those with a record), as
         one batch: this runs once per loop iteration."""
         segment = self.spool.current
-        if segment in self._on_disk_only:
-            return
+        kept = self._kept
+        if segment is not self._kept_segment:
+            # (Once per segment: hashing a Path runs Python code.)
+            kept = self._kept = self._memory.get(segment)
+            self._kept_segment = segment
+        if kept is None:
+            if segment in self._on_disk_only:
+                return
+            kept = self._kept = self._memory[segment] = _Kept()
         if None in records:
             kept_frames = [f for f, r in zip(frames, records, strict=True) if r is not None]
             records = [r for r in records if r is not None]
         else:
             kept_frames = frames
         size = sum(map(len, kept_frames))
-        kept = self._memory.get(segment)
-        if kept is None:
-            kept = self._memory[segment] = _Kept()
         if self._memory_bytes + size > _MEMORY_BYTES:
             # Much is waiting (the store is slow or down): this segment will
             # be read back from disk when its turn comes.
             self._memory_bytes -= kept.size
             del self._memory[segment]
             self._on_disk_only.add(segment)
+            self._kept = None
             return
         kept.records.extend(cast(list[EventRecord | Seal], records))
         kept.size += size
@@ -524,10 +530,8 @@ class Recorder:
         return True
 
     def _report_size(self) -> None:
-        """After every change to the spool's size or state: the metrics,
-        and the watchers of ``full`` when it changed."""
-        if self.options.on_spool_size is not None:
-            self.options.on_spool_size(self.spool.pending_bytes)
+        """After every change to the spool's size or state: the watchers of
+        ``full`` when it changed (the metrics read the size when scraped)."""
         full = self.full
         # (A broken spool drops nothing: its statements fail, they are not
         # run unrecorded.)

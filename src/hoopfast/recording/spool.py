@@ -81,22 +81,26 @@ class Spool:
         a tenth of a recording gateway's CPU."""
         if not frames:
             return
-        data = memoryview(frames[0] if len(frames) == 1 else b"".join(frames))
-        while data:
-            try:
-                written = os.write(self._fd, data)
-            except OSError as e:
-                # (A torn tail fails its CRC on replay.)
-                raise SpoolError(
-                    e.errno, f"cannot write the recording spool: {e.strerror}"
-                ) from None
-            if written == 0:
-                raise SpoolError(28, "cannot write the recording spool: no space left")
-            self.dirty = True
-            self._size += written
-            self.pending_bytes += written
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        written = self._write_once(data)
+        if written < len(data):
             # A write may be short (past 2 GiB, or cut by a signal): the rest.
-            data = data[written:]
+            rest = memoryview(data)[written:]
+            while rest:
+                rest = rest[self._write_once(rest) :]
+
+    def _write_once(self, data: bytes | memoryview) -> int:
+        try:
+            written = os.write(self._fd, data)
+        except OSError as e:
+            # (A torn tail fails its CRC on replay.)
+            raise SpoolError(e.errno, f"cannot write the recording spool: {e.strerror}") from None
+        if written == 0:
+            raise SpoolError(28, "cannot write the recording spool: no space left")
+        self.dirty = True
+        self._size += written
+        self.pending_bytes += written
+        return written
 
     def sync(self) -> None:
         """fsync the current segment (callable from a worker thread)."""

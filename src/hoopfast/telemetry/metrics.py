@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import pairwise
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -66,6 +66,10 @@ class _Histogram:
         other.counts[:] = self.counts
         other.sum, other.count = self.sum, self.count
         return other
+
+
+def _no_spool() -> int:
+    return 0
 
 
 def _histogram(histograms: dict[str, _Histogram], connection: str, buckets: int) -> _Histogram:
@@ -124,7 +128,8 @@ class Metrics:
     The session calls :meth:`session_started`, :meth:`watch`, and when it
     ends :meth:`moved`, :meth:`fold` and :meth:`session_ended`
     (:meth:`statement` counts one statement directly); the recorder calls
-    :meth:`set_recording_spool_bytes` and :meth:`recording_store_error`; the
+    :meth:`recording_store_error` (and the gateway sets
+    :attr:`read_spool_bytes`); the
     HTTP side serves :meth:`render` with :data:`CONTENT_TYPE`.
     """
 
@@ -140,7 +145,9 @@ class Metrics:
         self.statements_total: dict[tuple[str, str], int] = {}
         self.bytes_total: dict[tuple[str, str], int] = {}
         self.statement_duration: dict[str, _Histogram] = {}
-        self.recording_spool_bytes = 0
+        #: The recording spool's bytes not yet in the store, read at each
+        #: scrape (not pushed on every spool write).
+        self.read_spool_bytes: Callable[[], int] = _no_spool
         self.recording_store_errors_total = 0
         #: Sessions open now (read at each scrape).
         self._watched: set[Watched] = set()
@@ -211,9 +218,6 @@ class Metrics:
             _add_bytes(moved, connection, *session.bytes_uncounted())
         return statements, moved, durations
 
-    def set_recording_spool_bytes(self, size: int) -> None:
-        self.recording_spool_bytes = size
-
     def recording_store_error(self) -> None:
         self.recording_store_errors_total += 1
 
@@ -263,7 +267,7 @@ class Metrics:
             "hoopfast_recording_spool_bytes",
             "gauge",
             "Bytes in the recording spool not yet flushed to the store.",
-            (("", self.recording_spool_bytes),),
+            (("", self.read_spool_bytes()),),
         )
         _family(
             out,
