@@ -15,6 +15,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.list cimport PyList_GET_SIZE
 from cpython.unicode cimport (
     PyUnicode_1BYTE_DATA,
+    PyUnicode_DecodeASCII,
     PyUnicode_Decode,
     PyUnicode_DecodeUTF8,
     PyUnicode_New,
@@ -1148,24 +1149,33 @@ cdef int _put_float(_Buf* b, double value) except -1:
 
 
 cdef bint _put_micros(_Buf* b, double value) except -1:
-    """repr(value) without Python's shortest-digits search, for the values
-    the log mostly writes (times to the microsecond, durations in ms to the
-    µs): when ``value`` is the double nearest to u / 10**6 for an integer u
-    and its ulp is below 10**-6 (|value| < 2**33), no other decimal with at
-    most six fraction digits rounds to it, so u's digits, trailing zeros
-    cut, are the shortest text that does: repr's. False where that does not
-    hold (and for zero, whose sign repr keeps)."""
-    if value == 0.0 or not (fabs(value) < 8589934592.0):
-        return False
-    cdef double scaled = nearbyint(value * 1e6)
-    cdef long long u = <long long>scaled
-    if <double>u / 1e6 != value:
-        return False
     cdef char text[32]
+    cdef int n = _micros_text(value, text)
+    if n:
+        _put(b, text, n)
+    return n != 0
+
+
+cdef int _micros_text(double value, char* text) noexcept:
+    """repr(value) into ``text`` (32 bytes) without Python's search for the
+    shortest digits, for the values the log mostly writes (times to the
+    microsecond, durations in ms to the µs): when ``value`` is the double
+    nearest to u / 10**6 for an integer u and its ulp is below 10**-6
+    (|value| < 2**33), no other decimal with at most six fraction digits
+    rounds to it, so u's digits, trailing zeros cut, are the shortest text
+    that does: repr's (fixed-point from 1e-4 up). Its length, or 0 where
+    that does not hold (and for zero, whose sign repr keeps)."""
+    cdef double m = fabs(value)
+    if value == 0.0 or not (1e-4 <= m < 8589934592.0):
+        return 0
+    cdef long long u = <long long>nearbyint(value * 1e6)
+    if <double>u / 1e6 != value:
+        return 0
     cdef char digits[24]
-    cdef int n = 0, i, end
+    cdef int n = 0, i, j, end = 0
     if u < 0:
-        _put_char(b, 45)
+        text[0] = 45  # -
+        end = 1
         u = -u
     while True:
         digits[n] = 48 + u % 10
@@ -1175,7 +1185,6 @@ cdef bint _put_micros(_Buf* b, double value) except -1:
             break
     # digits holds u backwards, at least seven of them: the integer part,
     # then six fraction digits.
-    end = 0
     for i in range(n - 1, 5, -1):
         text[end] = digits[i]
         end += 1
@@ -1184,12 +1193,20 @@ cdef bint _put_micros(_Buf* b, double value) except -1:
     i = 0
     while i < 5 and digits[i] == 48:
         i += 1  # trailing zeros (one fraction digit stays)
-    cdef int j
     for j in range(5, i - 1, -1):
         text[end] = digits[j]
         end += 1
-    _put(b, text, end)
-    return True
+    return end
+
+
+def float_repr(double value):
+    """repr(value), faster for times to the microsecond (the store writes
+    an event's time in its block line with it)."""
+    cdef char text[32]
+    cdef int n = _micros_text(value, text)
+    if n:
+        return PyUnicode_DecodeASCII(text, n, NULL)
+    return repr(value)
 
 
 cdef int _put_value(_Buf* b, object value) except -1:

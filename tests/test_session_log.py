@@ -169,6 +169,15 @@ def test_times_and_durations_are_written_as_repr_writes_them(value: float) -> No
 
 
 @PROP
+@given(value=MICROS | MILLIS | st.floats() | st.sampled_from([0.0, -0.0, 1e-4, -1e-4, 2.0**33]))
+def test_float_repr_is_repr(value: float) -> None:
+    """What the store writes an event's time with (hoopfast.core.float_repr)."""
+    assert COMPILED is not None
+    for module in (_trail, COMPILED):
+        assert module.float_repr(value) == repr(value)
+
+
+@PROP
 @given(
     value=st.integers(-(2**63), 2**63 - 1)
     | st.sampled_from([0, -1, 9, 10, -(2**63), 2**63 - 1, 10**18, -(10**18)])

@@ -60,9 +60,19 @@ core = cast(Core, _module)
 
 if TYPE_CHECKING:
     # Both trails have the reference's interface (ext/_ctrail.pyx keeps in step).
-    from hoopfast.core._trail import Caps, Journal, SessionLog, Statement, Tally, Trail, frame
+    from hoopfast.core._trail import (
+        Caps,
+        Journal,
+        SessionLog,
+        Statement,
+        Tally,
+        Trail,
+        float_repr,
+        frame,
+    )
 else:
     frame = _trail_module.frame
+    float_repr = _trail_module.float_repr
     Trail = _trail_module.Trail
     Statement = _trail_module.Statement
     Caps = _trail_module.Caps
@@ -107,5 +117,6 @@ __all__ = [
     "encode_row_description",
     "encode_startup",
     "fingerprint",
+    "float_repr",
     "frame",
 ]

@@ -92,6 +92,11 @@ def _wall_clock() -> float:
     return time.time_ns() // 1000 / 1e6
 
 
+def float_repr(value: float) -> str:
+    """repr(value) (the compiled build's is faster for times to the µs)."""
+    return repr(value)
+
+
 def _milliseconds(seconds: float) -> float:
     """A duration in milliseconds, to the microsecond."""
     micros = seconds * 1e6

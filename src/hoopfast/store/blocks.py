@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hoopfast.core import float_repr
 from hoopfast.store.base import EventCursor
 from hoopfast.store.records import STATEMENT, EventRecord
 
@@ -153,15 +154,17 @@ def new_counts(blocks: Iterable[Block]) -> dict[str, tuple[int, int]]:
 def _event_line(e: EventRecord) -> str:
     """An event's line of a block body (see the module docstring)."""
     if _plain([e]):
-        return f"{e.seq}\t{e.at!r}\t{e.kind}\t{e.verdict}\t{e.prev_hash}\t{e.hash}\t{e.data}\n"
+        return _event_lines([e])[0]
     values = (str(e.seq), repr(e.at), e.kind, e.verdict, e.prev_hash, e.hash, e.data)
     return "!" + "\t".join(map(_escape, values)) + "\n"
 
 
 def _event_lines(events: list[EventRecord]) -> list[str]:
     if _plain(events):  # always, from the recorder: one check for them all
+        # (float_repr is repr, made faster for times to the µs: this runs
+        # for every event the store takes.)
         return [
-            f"{e.seq}\t{e.at!r}\t{e.kind}\t{e.verdict}\t{e.prev_hash}\t{e.hash}\t{e.data}\n"
+            f"{e.seq}\t{float_repr(e.at)}\t{e.kind}\t{e.verdict}\t{e.prev_hash}\t{e.hash}\t{e.data}\n"
             for e in events
         ]
     return [_event_line(e) for e in events]
