@@ -21,7 +21,7 @@ from cpython.unicode cimport (
     PyUnicode_New,
 )
 from libc.limits cimport LLONG_MAX, LLONG_MIN
-from libc.math cimport nearbyint
+from libc.math cimport fabs, nearbyint
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memchr
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
@@ -386,8 +386,8 @@ cdef class Tally:
     cdef readonly dict statements
     cdef public long long errors
     cdef public object rows
-    cdef public long long server_bytes
-    cdef public double duration_sum
+    cdef public object server_bytes
+    cdef public long long duration_ns
     cdef double* _bounds
     cdef long long* _durations
     cdef Py_ssize_t _n
@@ -395,24 +395,34 @@ cdef class Tally:
     def __cinit__(self):
         self._bounds = NULL
         self._durations = NULL
+        self._n = 0
+        self.bounds = ()
+        self.statements = {}
+        self.rows = 0
+        self.server_bytes = 0
 
     def __init__(self, bounds=()):
-        cdef Py_ssize_t i
-        self.bounds = tuple([float(b) for b in bounds])
-        self._n = len(self.bounds)
+        cdef tuple given = tuple([float(b) for b in bounds])
+        cdef Py_ssize_t i, n = len(given)
+        cdef double* new_bounds = <double*>malloc((n + 1) * sizeof(double))
+        cdef long long* new_durations = <long long*>calloc(n + 1, sizeof(long long))
+        if new_bounds == NULL or new_durations == NULL:
+            free(new_bounds)
+            free(new_durations)
+            raise MemoryError()
+        for i in range(n):
+            new_bounds[i] = given[i]
         free(self._bounds)
         free(self._durations)
-        self._bounds = <double*>malloc((self._n + 1) * sizeof(double))
-        self._durations = <long long*>calloc(self._n + 1, sizeof(long long))
-        if self._bounds == NULL or self._durations == NULL:
-            raise MemoryError()
-        for i in range(self._n):
-            self._bounds[i] = self.bounds[i]
+        self._bounds = new_bounds
+        self._durations = new_durations
+        self._n = n
+        self.bounds = given
         self.statements = {}
         self.errors = 0
         self.rows = 0
         self.server_bytes = 0
-        self.duration_sum = 0.0
+        self.duration_ns = 0
 
     def __dealloc__(self):
         free(self._bounds)
@@ -420,6 +430,8 @@ cdef class Tally:
 
     @property
     def durations(self):
+        if self._durations == NULL:
+            return [0]
         return [self._durations[i] for i in range(self._n + 1)]
 
     cpdef add(self, Statement st):
@@ -429,10 +441,13 @@ cdef class Tally:
         if st.error is not None:
             self.errors += 1
         self.rows = self.rows + st.rows
-        self.server_bytes += st.server_bytes
+        self.server_bytes = self.server_bytes + st.server_bytes
+        cdef double d = st.duration
+        self.duration_ns += _nanoseconds(d)
+        if self._durations == NULL:
+            return  # (never initialised: counted, not bucketed)
         # bisect_left: the first bound not below the duration (as bisect,
         # a NaN goes to the first).
-        cdef double d = st.duration
         cdef Py_ssize_t lo = 0, hi = self._n, mid
         while lo < hi:
             mid = (lo + hi) // 2
@@ -441,7 +456,15 @@ cdef class Tally:
             else:
                 hi = mid
         self._durations[lo] += 1
-        self.duration_sum += d
+
+
+cdef inline long long _nanoseconds(double seconds) noexcept:
+    """As the reference's _nanoseconds: whole nanoseconds (half to even),
+    0 for what is not a duration a clock gives (NaN, infinite, centuries)."""
+    cdef double scaled = seconds * 1e9
+    if not (fabs(scaled) < 9e18):
+        return 0
+    return <long long>nearbyint(scaled)
 
 
 cdef class Trail:
@@ -1009,7 +1032,7 @@ cdef extern from "openssl/sha.h":
     int SHA256_Final(unsigned char* md, SHA256_CTX* c) nogil
 
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
-from libc.math cimport fabs, isfinite
+from libc.math cimport isfinite
 from libc.stdlib cimport realloc
 from libc.string cimport memcpy
 

@@ -25,8 +25,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from hoopfast.core import Statement, Tally
 from hoopfast.telemetry import NOOP_SESSION_SPAN, Metrics, SessionSpan, SpanTotals, Tracing
-from hoopfast.telemetry.metrics import CONTENT_TYPE
+from hoopfast.telemetry.metrics import CONTENT_TYPE, DEFAULT_BUCKETS
 
 
 @pytest.fixture(autouse=True)
@@ -372,6 +373,23 @@ def _parse(text: str) -> _Exposition:
     return _Exposition(types, samples)
 
 
+@dataclass(frozen=True)
+class _Verdict:
+    action: str
+    rule: str | None = None
+
+
+def _tally(*statements: tuple[str, float, int]) -> Tally:
+    """A trail's tally of statements (verdict, duration in s, server bytes)."""
+    tally = Tally(DEFAULT_BUCKETS)
+    for verdict, duration, server_bytes in statements:
+        statement = Statement("SELECT 1", _Verdict(verdict))
+        statement.duration = duration
+        statement.server_bytes = server_bytes
+        tally.add(statement)
+    return tally
+
+
 def test_metrics_render_parses_back() -> None:
     metrics = Metrics()
     weird = 'we"ird\\conn\nname'
@@ -379,10 +397,17 @@ def test_metrics_render_parses_back() -> None:
     metrics.session_started("app")
     metrics.session_started(weird)
     metrics.session_ended("app")
-    metrics.statement("app", "allow", 0.001, 40, 1000)  # on a bound: le="0.001"
-    metrics.statement("app", "allow", 0.003, 40, 0)
-    metrics.statement("app", "deny", 20.0, 35, 90)  # over the last bound: +Inf only
-    metrics.statement(weird, "review", 0.0, 0, 0)
+    metrics.fold(
+        "app",
+        _tally(
+            ("allow", 0.001, 1000),  # on a bound: le="0.001"
+            ("allow", 0.003, 0),
+            ("deny", 20.0, 90),  # over the last bound: +Inf only
+        ),
+    )
+    metrics.moved("app", 115, 1090)
+    metrics.fold(weird, _tally(("review", 0.0, 0)))
+    metrics.fold("idle", _tally())  # no statements: no series
     metrics.read_spool_bytes = lambda: 4096
     metrics.recording_store_error()
 
@@ -512,7 +537,63 @@ def test_bench_statement_child_span(benchmark: Any) -> None:
     assert spans[0].parent is not None and spans[0].parent.span_id == spans[-1].context.span_id
 
 
-def test_bench_metrics_statement(benchmark: Any) -> None:
+def test_bench_tally_add(benchmark: Any) -> None:
+    """What counting a statement for the metrics and the span costs (the
+    trail calls it from compiled code on the compiled build)."""
+    tally = _tally()
+    statement = Statement("SELECT 1", _Verdict("allow"))
+    statement.duration = 0.0021
+    benchmark(tally.add, statement)
+    assert tally.statements["allow"] >= 1
+
+
+@dataclass(eq=False)
+class _Live:
+    """A session as the metrics watch it (hoopfast.telemetry.metrics.Watched)."""
+
+    connection_name: str
+    tally: Tally | None
+    moved: tuple[int, int] = (0, 0)
+
+    def metric_tally(self) -> Tally | None:
+        return self.tally
+
+    def bytes_uncounted(self) -> tuple[int, int]:
+        return self.moved
+
+
+def test_metrics_read_open_sessions_and_never_go_down() -> None:
+    """A scrape adds the open sessions' tallies and bytes to the totals; a
+    session's end moves them into the totals, and nothing a scrape shows
+    goes down (a duration sum that did would read as a counter reset)."""
     metrics = Metrics()
-    benchmark(metrics.statement, "app", "allow", 0.0021, 40, 1000)
-    assert metrics.statements_total[("app", "allow")] >= 1
+    durations = (0.1, 0.2, 0.4, 1e-9, 3.3)
+    sessions = [
+        _Live("app", _tally(*[("allow", d, 10) for d in durations[:i]]), (i, 2 * i))
+        for i in range(1, 6)
+    ] + [_Live("app", None, (7, 7))]
+    for s in sessions:
+        metrics.watch(s)
+    seen: list[tuple[float, float, float, float]] = []
+
+    def scrape() -> None:
+        exposition = _parse(metrics.render())
+        value = exposition.value
+        seen.append(
+            (
+                value("hoopfast_statements_total", connection="app", verdict="allow"),
+                value("hoopfast_statement_duration_seconds_sum", connection="app"),
+                value("hoopfast_bytes_total", connection="app", direction="client"),
+                value("hoopfast_bytes_total", connection="app", direction="server"),
+            )
+        )
+
+    scrape()
+    for s in sessions:  # ends, as the session does
+        metrics.unwatch(s)
+        metrics.moved(s.connection_name, *s.bytes_uncounted())
+        if s.tally is not None:
+            metrics.fold(s.connection_name, s.tally)
+        scrape()
+    assert seen[0][0] == 15 and seen[0][2:] == (22, 37)
+    assert all(row == seen[0] for row in seen), seen

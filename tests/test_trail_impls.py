@@ -1070,3 +1070,15 @@ def test_pending_is_what_the_server_has_yet_to_answer() -> None:
     ledger.ready()
     ledger.ready()
     assert not ledger
+
+
+def test_a_tally_never_initialised_counts_without_crashing() -> None:
+    """(A Cython object's __init__ may never run: its C arrays are NULL.)"""
+    assert COMPILED is not None
+    tally = COMPILED.Tally.__new__(COMPILED.Tally)
+    assert tally.durations == [0]
+    statement = COMPILED.Statement("SELECT 1", ALLOW)
+    statement.server_bytes = 2**62
+    for _ in range(3):
+        tally.add(statement)  # past 64 bits in all: as the reference adds
+    assert tally.statements == {"allow": 3} and tally.server_bytes == 3 * 2**62

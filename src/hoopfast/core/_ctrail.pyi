@@ -49,7 +49,7 @@ class Tally:
     errors: int
     rows: int
     server_bytes: int
-    duration_sum: float
+    duration_ns: int
     @property
     def durations(self) -> list[int]: ...
     def __init__(self, bounds: Sequence[float] = ()) -> None: ...

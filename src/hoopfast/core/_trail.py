@@ -97,6 +97,15 @@ def float_repr(value: float) -> str:
     return repr(value)
 
 
+def _nanoseconds(seconds: float) -> int:
+    """Whole nanoseconds (half to even), 0 for what is not a duration a
+    clock gives (NaN, infinite, centuries)."""
+    scaled = seconds * 1e9
+    if not abs(scaled) < 9e18:
+        return 0
+    return round(scaled)
+
+
 def _milliseconds(seconds: float) -> float:
     """A duration in milliseconds, to the microsecond."""
     micros = seconds * 1e6
@@ -193,11 +202,14 @@ class Tally:
     ``statements`` counts by verdict (the action); ``durations`` is a
     histogram of the statements' durations over ``bounds`` (seconds,
     increasing; one bucket per bound, a duration equal to a bound in its
-    bucket as Prometheus' ``le``, then one past the last)."""
+    bucket as Prometheus' ``le``, then one past the last), and
+    ``duration_ns`` their sum in whole nanoseconds: an integer, so that
+    sums of sums are exact in any order (a Prometheus ``_sum`` that went
+    down by a rounding would read as a counter reset)."""
 
     __slots__ = (
         "bounds",
-        "duration_sum",
+        "duration_ns",
         "durations",
         "errors",
         "rows",
@@ -212,7 +224,7 @@ class Tally:
         self.rows = 0
         self.server_bytes = 0
         self.durations = [0] * (len(self.bounds) + 1)
-        self.duration_sum = 0.0
+        self.duration_ns = 0
 
     def add(self, st: Statement) -> None:
         action = st.verdict.action
@@ -222,7 +234,7 @@ class Tally:
         self.rows += st.rows
         self.server_bytes += st.server_bytes
         self.durations[bisect_left(self.bounds, st.duration)] += 1
-        self.duration_sum += st.duration
+        self.duration_ns += _nanoseconds(st.duration)
 
 
 class Trail:

@@ -16,7 +16,6 @@ the number of series stays bounded.
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from itertools import pairwise
 from typing import TYPE_CHECKING, Final, Protocol
@@ -54,17 +53,19 @@ class _Histogram:
     """One label set's histogram. ``counts`` are per bucket (the last one is
     +Inf), not cumulative: observing touches one slot; rendering adds up."""
 
-    __slots__ = ("count", "counts", "sum")
+    __slots__ = ("count", "counts", "sum_ns")
 
     def __init__(self, buckets: int) -> None:
         self.counts = [0] * (buckets + 1)
-        self.sum = 0.0
+        #: In whole nanoseconds: exact, whatever the order sessions' sums
+        #: are added in at a scrape, so the rendered sum never goes down.
+        self.sum_ns = 0
         self.count = 0
 
     def copy(self) -> _Histogram:
         other = _Histogram(len(self.counts) - 1)
         other.counts[:] = self.counts
-        other.sum, other.count = self.sum, self.count
+        other.sum_ns, other.count = self.sum_ns, self.count
         return other
 
 
@@ -86,7 +87,10 @@ def _add_tally(
     tally: Tally,
 ) -> None:
     """A session's tally into a connection's statements and durations (the
-    tally made with the registry's buckets)."""
+    tally made with the registry's buckets; one without statements adds no
+    series)."""
+    if not tally.statements:
+        return
     for verdict, n in tally.statements.items():
         key = (connection, verdict)
         statements[key] = statements.get(key, 0) + n
@@ -95,7 +99,7 @@ def _add_tally(
     if len(histogram.counts) != len(counts):
         raise ValueError("a tally counted with other histogram buckets")
     histogram.counts = [a + b for a, b in zip(histogram.counts, counts, strict=True)]
-    histogram.sum += tally.duration_sum
+    histogram.sum_ns += tally.duration_ns
     histogram.count += sum(counts)
 
 
@@ -126,8 +130,8 @@ class Metrics:
     """The gateway's counters, gauges and histograms.
 
     The session calls :meth:`session_started`, :meth:`watch`, and when it
-    ends :meth:`moved`, :meth:`fold` and :meth:`session_ended`
-    (:meth:`statement` counts one statement directly); the recorder calls
+    ends :meth:`unwatch`, :meth:`moved`, :meth:`fold` and
+    :meth:`session_ended`; the recorder calls
     :meth:`recording_store_error` (and the gateway sets
     :attr:`read_spool_bytes`); the
     HTTP side serves :meth:`render` with :data:`CONTENT_TYPE`.
@@ -163,27 +167,6 @@ class Metrics:
     def session_ended(self, connection: str) -> None:
         active = self.sessions_active
         active[connection] = active.get(connection, 0) - 1
-
-    def statement(
-        self,
-        connection: str,
-        verdict: str,
-        duration_s: float,
-        client_bytes: int,
-        server_bytes: int,
-    ) -> None:
-        """Count one statement: its ``verdict``, its latency, the bytes that
-        came from the client for it and the bytes that came from the server
-        (``direction`` is the side the bytes came from)."""
-        key = (connection, verdict)
-        statements = self.statements_total
-        statements[key] = statements.get(key, 0) + 1
-        self.moved(connection, client_bytes, server_bytes)
-        histogram = _histogram(self.statement_duration, connection, len(self.buckets))
-        # bisect_left: a value equal to a bound belongs to that bucket (le).
-        histogram.counts[bisect_left(self.buckets, duration_s)] += 1
-        histogram.sum += duration_s
-        histogram.count += 1
 
     def watch(self, session: Watched) -> None:
         """Read ``session`` at each scrape until :meth:`unwatch`."""
@@ -289,7 +272,7 @@ class Metrics:
             for bound, count in zip(bounds, histogram.counts, strict=True):
                 cumulative += count
                 out.append(f'{name}_bucket{{{labels},le="{bound}"}} {cumulative}\n')
-            out.append(f"{name}_sum{{{labels}}} {_number(histogram.sum)}\n")
+            out.append(f"{name}_sum{{{labels}}} {_number(histogram.sum_ns / 1e9)}\n")
             out.append(f"{name}_count{{{labels}}} {histogram.count}\n")
 
 

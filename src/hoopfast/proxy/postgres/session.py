@@ -1308,10 +1308,16 @@ class PgSession:
             self._grant_timer.cancel()
         if self._review_hold is not None:
             await self._review_hold.close()
-        if self._recording is not None:
-            self._recording.end(self.end_reason)
         if self._counted:
+            # The metrics first (no call here can fail): a session must not
+            # stay watched, its pumps and trail held by the registry.
             tally = self._tally
+            metrics = self.gateway.metrics
+            metrics.unwatch(self)
+            metrics.moved(self.connection_name, *self.bytes_uncounted())
+            if tally is not None:
+                metrics.fold(self.connection_name, tally)
+            metrics.session_ended(self.connection_name)
             totals = (
                 SpanTotals(
                     sum(tally.statements.values()), tally.errors, tally.rows, tally.server_bytes
@@ -1320,12 +1326,8 @@ class PgSession:
                 else None
             )
             self._span.end(self.end_reason, not _CLEAN_END.match(self.end_reason), totals)
-            metrics = self.gateway.metrics
-            metrics.unwatch(self)
-            metrics.moved(self.connection_name, *self.bytes_uncounted())
-            if tally is not None:
-                metrics.fold(self.connection_name, tally)
-            metrics.session_ended(self.connection_name)
+        if self._recording is not None:
+            self._recording.end(self.end_reason)
         if self.upstream is not None and not self.upstream.writer.is_closing():
             self.upstream.writer.close()
         if not self.writer.is_closing():
