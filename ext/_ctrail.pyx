@@ -369,6 +369,21 @@ cdef class _Entry:
     cdef object closing
 
 
+cdef _Entry _named_entry(int kind, bytes message):
+    """A Describe's or Close's entry: its "S" or "P" byte and the name after
+    it (target -1 and no name when the message has no name's end)."""
+    cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(message)
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(message)
+    cdef Py_ssize_t end = _find_nul(buf, size, 6)
+    cdef _Entry entry = _entry(kind, None)
+    if end >= 0:
+        entry.target = buf[5]
+        entry.name = PyBytes_FromStringAndSize(<const char*>buf + 6, end - 6)
+    else:
+        entry.name = b""
+    return entry
+
+
 cdef _Entry _entry(int kind, Statement statement):
     cdef _Entry e = _Entry.__new__(_Entry)
     e.kind = kind
@@ -614,18 +629,11 @@ cdef class Trail:
         self._push(_entry(_K_EXECUTE, st))
 
     cdef _close(self, bytes message):
-        # "S" or "P" and the name: forgotten when the server confirms.
-        cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(message)
-        cdef Py_ssize_t size = PyBytes_GET_SIZE(message)
-        cdef Py_ssize_t end = _find_nul(buf, size, 6)
-        cdef _Entry entry = _entry(_K_CLOSE, None)
-        if end >= 0:
-            entry.target = buf[5]
-            entry.name = PyBytes_FromStringAndSize(<const char*>buf + 6, end - 6)
+        # Forgotten when the server confirms (_closed).
+        cdef _Entry entry = _named_entry(_K_CLOSE, message)
+        if entry.target >= 0:
             names = self._statements if entry.target == 83 else self._portals  # S
             entry.closing = names.get(entry.name)
-        else:
-            entry.name = b""  # (malformed: the server refuses it)
         self._push(entry)
 
     cdef _closed(self, _Entry entry):
@@ -641,17 +649,8 @@ cdef class Trail:
             del self._portals[entry.name]
 
     cdef _describe(self, bytes message):
-        # "S" or "P" and the name: its RowDescription belongs to it.
-        cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(message)
-        cdef Py_ssize_t size = PyBytes_GET_SIZE(message)
-        cdef Py_ssize_t end = _find_nul(buf, size, 6)
-        cdef _Entry entry = _entry(_K_DESCRIBE, None)
-        if end >= 0:
-            entry.target = buf[5]
-            entry.name = PyBytes_FromStringAndSize(<const char*>buf + 6, end - 6)
-        else:
-            entry.name = b""
-        self._push(entry)
+        # Its RowDescription belongs to the statement or portal it names.
+        self._push(_named_entry(_K_DESCRIBE, message))
 
     cdef _bind(self, bytes message, object refused):
         cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(message)

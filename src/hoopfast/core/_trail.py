@@ -92,6 +92,13 @@ def _wall_clock() -> float:
     return time.time_ns() // 1000 / 1e6
 
 
+def _target(message: bytes) -> bytes:
+    """A Describe's or Close's "S" or "P" byte and the name after it (empty
+    when the message has no name's end)."""
+    end = message.find(b"\0", 6)
+    return message[5:end] if end >= 0 else b""
+
+
 def float_repr(value: float) -> str:
     """repr(value) (the compiled build's is faster for times to the µs)."""
     return repr(value)
@@ -337,16 +344,13 @@ class Trail:
         elif type_code == _SYNC:
             self._queue.append(_Entry(_K_SYNC))
         elif type_code == _DESCRIBE:
-            # "S" or "P" and the name: its RowDescription belongs to it.
-            end = message.find(b"\0", 6)
-            target = message[5:end] if end >= 0 else b""
-            self._queue.append(_Entry(_K_DESCRIBE, None, target))
+            # Its RowDescription belongs to the statement or portal it names.
+            self._queue.append(_Entry(_K_DESCRIBE, None, _target(message)))
         elif type_code == _CLOSE:
-            # "S" or "P" and the name: forgotten when the server confirms.
-            end = message.find(b"\0", 6)
-            target = message[5:end] if end >= 0 else b""
+            # Forgotten when the server confirms (_closed).
+            target = _target(message)
             names = self._statements if target[:1] == b"S" else self._portals
-            closing = names.get(target[1:]) if end >= 0 else None  # (else malformed)
+            closing = names.get(target[1:]) if target else None  # (else malformed)
             self._queue.append(_Entry(_K_CLOSE, None, target, closing=closing))
 
     def _bind(self, message: bytes, refused: Any) -> None:
