@@ -1309,9 +1309,9 @@ cdef int _put_results(_Buf* b, list results) except -1:
 @cython.final
 cdef class Journal:
     """What the data path recorded and the spool does not have yet: spool
-    frames, in order, each with its record for the store (None for one the
-    store never takes). The recorder writes them all with one write at the
-    end of the loop iteration (Recorder.commit)."""
+    frames, in order, each with its record for the store. The recorder
+    writes them all with one write at the end of the loop iteration
+    (Recorder.commit)."""
 
     cdef public list frames
     cdef public list records

@@ -719,9 +719,9 @@ def parse_bind(
 
 class Journal:
     """What the data path recorded and the spool does not have yet: spool
-    frames, in order, each with its record for the store (None for one the
-    store never takes). The recorder writes them all with one write at the
-    end of the loop iteration (hoopfast.recording.recorder.Recorder.commit)."""
+    frames, in order, each with its record for the store. The recorder
+    writes them all with one write at the end of the loop iteration
+    (hoopfast.recording.recorder.Recorder.commit)."""
 
     def __init__(self, on_first: Callable[[], None]) -> None:
         self.frames: list[bytes] = []

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from hoopfast import core
 from hoopfast.recording.chain import Signer, session_log
@@ -157,7 +157,7 @@ class Recorder:
         #: The chain heads of the sessions open in this process.
         self._open: dict[str, Any] = {}
         #: Events recorded and not yet written (see commit).
-        self.journal = core.Journal(self._journal_started)
+        self.journal = core.Journal(self._commit_at_end_of_iteration)
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._key_stored = False
@@ -306,13 +306,11 @@ class Recorder:
         # (a crashed session's recovered end and seal).
         self.journal.add(core.frame(_encode_seal(seal)), seal, essential)
 
-    def _journal_started(self) -> None:
-        """The journal stopped being empty: one write for everything
-        recorded in this loop iteration, at its end; the relay holds back
-        what would acknowledge it until then (hoopfast.core._pump)."""
-        self._commit_at_end_of_iteration()
-
     def _commit_at_end_of_iteration(self) -> None:
+        """The journal stopped being empty (or a write was held back): one
+        write for everything recorded in this loop iteration, at its end;
+        the relay holds back what would acknowledge it until then
+        (hoopfast.core._pump)."""
         self.pending = True
         # The loop start() ran on: asyncio.get_running_loop() makes a
         # getpid() system call each time, once per loop iteration here.
@@ -377,9 +375,9 @@ class Recorder:
             except RecordingUnavailable:
                 pass  # (sessions were told: pump_unrecorded)
 
-    def _remember(self, frames: list[bytes], records: list[EventRecord | Seal | None]) -> None:
-        """Keep what a commit wrote for the store (those with a record), as
-        one batch: this runs once per loop iteration."""
+    def _remember(self, frames: list[bytes], records: list[EventRecord | Seal]) -> None:
+        """Keep what a commit wrote for the store, as one batch: this runs
+        once per loop iteration."""
         segment = self.spool.current
         kept = self._kept
         if segment is not self._kept_segment:
@@ -390,12 +388,7 @@ class Recorder:
             if segment in self._on_disk_only:
                 return
             kept = self._kept = self._memory[segment] = _Kept()
-        if None in records:
-            kept_frames = [f for f, r in zip(frames, records, strict=True) if r is not None]
-            records = [r for r in records if r is not None]
-        else:
-            kept_frames = frames
-        size = sum(map(len, kept_frames))
+        size = sum(map(len, frames))
         if self._memory_bytes + size > _MEMORY_BYTES:
             # Much is waiting (the store is slow or down): this segment will
             # be read back from disk when its turn comes.
@@ -404,7 +397,7 @@ class Recorder:
             self._on_disk_only.add(segment)
             self._kept = None
             return
-        kept.records.extend(cast(list[EventRecord | Seal], records))
+        kept.records.extend(records)
         kept.size += size
         self._memory_bytes += size
 
