@@ -105,11 +105,10 @@ cdef inline Py_ssize_t _find_nul(const unsigned char* buf, Py_ssize_t size,
     return -1 if p == NULL else p - buf
 
 
-cdef inline double _clock(int clock) noexcept nogil:
-    """time.perf_counter (CLOCK_MONOTONIC) or time.time (CLOCK_REALTIME),
-    without calling into the interpreter."""
+cdef inline double _monotonic() noexcept nogil:
+    """time.perf_counter, without calling into the interpreter."""
     cdef timespec ts
-    clock_gettime(clock, &ts)
+    clock_gettime(CLOCK_MONOTONIC, &ts)
     return <double>(ts.tv_sec * 1000000000LL + ts.tv_nsec) / 1e9
 
 
@@ -351,7 +350,7 @@ cdef Statement _start(object text, object verdict, object params):
     st.text = text
     st.verdict = verdict
     st.params = params
-    st.started = _clock(CLOCK_MONOTONIC)
+    st.started = _monotonic()
     st.started_at = _wall_clock()
     return st
 
@@ -929,7 +928,7 @@ cdef class Trail:
             return
         st.rows = st.rows + st.pending_rows
         st.pending_rows = 0
-        st.duration = _clock(CLOCK_MONOTONIC) - st.started
+        st.duration = _monotonic() - st.started
         if self._log is not None and st.verdict is not self._unrecorded:
             self._log.statement(st)
         if self._tally is not None:
@@ -1075,6 +1074,10 @@ cdef inline int _put_char(_Buf* b, char c) except -1:
     return 0
 
 
+#: A control character's short JSON escape letter, or "u" for \u00XX.
+cdef const char* _CONTROL_ESCAPES = b"uuuuuuuubtnufruuuuuuuuuuuuuuuuuu"
+
+
 cdef int _put_str(_Buf* b, object value) except -1:
     """A JSON string, escaped as orjson escapes: the quote, the backslash
     and control characters (\\b \\t \\n \\f \\r short, the rest \\u00XX);
@@ -1098,23 +1101,11 @@ cdef int _put_str(_Buf* b, object value) except -1:
         if i > start:
             _put(b, s + start, i - start)
         start = i + 1
-        if c == 34:
-            _put(b, b'\\"', 2)
-        elif c == 92:
-            _put(b, b"\\\\", 2)
-        elif c == 8:
-            _put(b, b"\\b", 2)
-        elif c == 9:
-            _put(b, b"\\t", 2)
-        elif c == 10:
-            _put(b, b"\\n", 2)
-        elif c == 12:
-            _put(b, b"\\f", 2)
-        elif c == 13:
-            _put(b, b"\\r", 2)
-        else:
-            esc[0] = 92
-            esc[1] = 117  # u
+        esc[0] = 92  # backslash
+        esc[1] = c if c >= 32 else _CONTROL_ESCAPES[c]
+        if esc[1] != 117:  # \" \\ \b \t \n \f \r
+            _put(b, esc, 2)
+        else:  # \u00XX
             esc[2] = 48
             esc[3] = 48
             esc[4] = _HEX[c >> 4]
@@ -1400,7 +1391,7 @@ cdef class SessionLog:
         self.last_hash = genesis
         self.statements = 0
 
-    cpdef append(self, str kind, double at, str verdict, dict body, bint essential=False):
+    cpdef append(self, str kind, double at, verdict, dict body, bint essential=False):
         """An event from a dict (session start and end, and statements from
         elsewhere than a trail): ``body`` is taken over."""
         cdef long long seq = self.count
@@ -1424,15 +1415,9 @@ cdef class SessionLog:
         try:
             raw = self._statement_json(st, n, seq, at, verdict)
         except _Fallback:
-            body = st.event(n)
-            body["session"] = self.session_id
-            body["seq"] = seq
-            body["kind"] = self._statement_kind
-            body["at"] = at
-            body["subject"] = self.subject
-            body["connection"] = self.connection
-            body["verdict"] = verdict
-            raw = self._encode(body)
+            # The reference's way: the event as a dict, through ``encode``.
+            self.append(self._statement_kind, at, verdict, st.event(n))
+            return
         self._add(seq, at, self._statement_kind, verdict, raw, False)
 
     cdef _add(self, long long seq, double at, str kind, object verdict, bytes raw,

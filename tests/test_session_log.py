@@ -271,3 +271,29 @@ def test_dropping_keeps_only_the_essential() -> None:
         # A dropped event keeps its place in the chain: verification shows
         # the gap (as before the journal).
         assert records[0].seq == 1 and len(frames) == 1
+
+
+def test_an_event_the_fast_encoder_defers_is_logged_as_the_reference_logs_it() -> None:
+    """The log's own fallback (SessionLog.statement through append): the
+    same record and frame as the reference's, for a text orjson refuses
+    and an integer past 64 bits."""
+    assert COMPILED is not None
+    logged = []
+    for module in (_trail, COMPILED):
+        journal = module.Journal(lambda: None)
+        log = _log(module, journal)
+        (statement,) = _statements(
+            module, simple("SELECT '\ud800'", complete(b"SELECT 1"), READY, verdict=ALLOW)
+        )
+        statement.duration, statement.started_at = 0.001, 1795000000.5
+        log.statement(statement)
+        statement.text, statement.rows = "SELECT 1", 2**64
+        log.statement(statement)
+        _, records = journal.take()
+        # (The event's time is the log's clock: compared apart.)
+        data = [json.loads(r.data) for r in records]
+        for d in data:
+            assert isinstance(d.pop("at"), float)
+        logged.append((data, [r.seq for r in records], log.statements))
+    assert logged[0] == logged[1]
+    assert logged[0][0][1]["rows"] == 2**64
