@@ -28,6 +28,12 @@ from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
 import codecs
 
+from hoopfast.core._drops import FIRST as _FIRST
+from hoopfast.core._drops import STATEMENT as _DROPS_STATEMENT
+from hoopfast.core._drops import STATEMENTS as _DROPS_STATEMENTS
+from hoopfast.core._drops import TAGS as _DROPS_TAGS
+from hoopfast.core._drops import drops as _drops_of
+
 # Message type codes, as in _trail.py. From the client:
 cdef enum:
     _QUERY = 81  # Q
@@ -278,6 +284,7 @@ cdef class _Portal:
     cdef public list params
     cdef public list formats
     cdef public _Columns columns
+    cdef long long ends
 
 
 @cython.final
@@ -304,6 +311,7 @@ cdef class Statement:
     cdef public list result_formats
     cdef public double duration
     cdef public long long server_bytes
+    cdef public object drops
 
     def __cinit__(self):
         self.rows = 0
@@ -366,6 +374,7 @@ cdef class _Entry:
     cdef _Portal portal
     #: A Close's: what its name meant when the client sent it.
     cdef object closing
+    cdef long long ends
 
 
 cdef _Entry _named_entry(int kind, bytes message):
@@ -498,6 +507,7 @@ cdef class Trail:
     cdef Py_ssize_t _head
     cdef dict _statements
     cdef dict _portals
+    cdef long long _ends
     cdef dict _described
     cdef long long _session_kept
     cdef dict _row_descriptions
@@ -561,10 +571,60 @@ cdef class Trail:
     # -- from the client -------------------------------------------------------
 
     def query(self, text, verdict):
-        self._push(_entry(_K_SIMPLE, _start(text, verdict, None)))
+        cdef Statement st = _start(text, verdict, None)
+        self._dropping(st)
+        self._push_end(_entry(_K_SIMPLE, st))
+
+    cdef inline void _push_end(self, _Entry entry):
+        """A Sync's, Query's or FunctionCall's entry: numbered (_ends)."""
+        self._ends += 1
+        entry.ends = self._ends
+        self._push(entry)
+
+    cdef _dropping(self, Statement st):
+        """(See the reference.) The first character is tested here, in C:
+        most statements go no further."""
+        text = st.text
+        if type(text) is not str or len(<str>text) == 0:
+            return
+        if (<str>text)[0] not in _FIRST:
+            return
+        found = _drops_of(text, self._encoding.decode("utf-8"))
+        if found is None:
+            return
+        kind, name = <tuple>found
+        if kind == _DROPS_STATEMENT:
+            snapshot = self._statements.get(name)
+            if snapshot is None:
+                return
+        elif kind == _DROPS_STATEMENTS:
+            snapshot = dict(self._statements)
+        else:
+            snapshot = (dict(self._statements), dict(self._portals))
+        st.drops = (kind, name, snapshot)
+
+    cdef _dropped(self, tuple drops, str tag):
+        kind, name, snapshot = drops
+        if tag != _DROPS_TAGS[kind]:
+            return
+        cdef dict statements
+        cdef dict portals = {}
+        if kind == _DROPS_STATEMENT:
+            statements = {name: snapshot}
+        elif kind == _DROPS_STATEMENTS:
+            statements = snapshot
+        else:
+            statements, portals = snapshot
+        for n, meant in statements.items():
+            if self._statements.get(n) is meant:
+                del self._statements[n]
+                self._described.pop(n, None)
+        for n, meant in portals.items():
+            if self._portals.get(n) is meant:
+                del self._portals[n]
 
     def function_call(self, oid, verdict):
-        self._push(_entry(_K_SIMPLE, _start(f"-- function call, oid {oid}", verdict, None)))
+        self._push_end(_entry(_K_SIMPLE, _start(f"-- function call, oid {oid}", verdict, None)))
 
     def parse(self, name, text, verdict):
         self._statements[name] = (text, verdict)
@@ -589,7 +649,7 @@ cdef class Trail:
         """A Query, or an unnamed Parse, that the relay's fast path passed
         (hoopfast.core._pump): its text and the verdict it had."""
         if type_code == _QUERY:
-            self._push(_entry(_K_SIMPLE, _start(text, verdict, None)))
+            self.query(text, verdict)
         else:
             self._statements[b""] = (text, verdict)
             self._push(_entry(_K_PARSE, _start(text, verdict, None)))
@@ -602,7 +662,7 @@ cdef class Trail:
         elif type_code == _EXECUTE:
             self._execute(message)
         elif type_code == _SYNC:
-            self._push(_entry(_K_SYNC, None))
+            self._push_end(_entry(_K_SYNC, None))
         elif type_code == _DESCRIBE:
             self._describe(message)
         elif type_code == _CLOSE:
@@ -623,8 +683,10 @@ cdef class Trail:
             st = _start(p.text, p.verdict, p.params if p.params else None)
             st.result_formats = p.formats
             st.portal = p
+            self._dropping(st)
         if end >= 0:
-            st.max_rows = _uint(buf, size, end + 1, 4)
+            # int32; zero or less: no limit (as PostgreSQL reads it).
+            st.max_rows = max(0, _sint(buf, size, end + 1, 4))
         self._push(_entry(_K_EXECUTE, st))
 
     cdef _close(self, bytes message):
@@ -634,6 +696,14 @@ cdef class Trail:
             names = self._statements if entry.target == 83 else self._portals  # S
             entry.closing = names.get(entry.name)
         self._push(entry)
+
+    cdef _transaction_ended(self, long long ends):
+        """(See the reference.)"""
+        cdef _Portal p
+        if not self._portals:
+            return
+        for name in [n for n, p in self._portals.items() if p.ends < ends]:
+            del self._portals[name]
 
     cdef _closed(self, _Entry entry):
         """(See the reference.)"""
@@ -698,6 +768,7 @@ cdef class Trail:
         p.params = params
         p.formats = [_uint(buf, size, b.results_at + 2 * i, 2) for i in range(b.nres)]
         p.columns = self._described.get(name)
+        p.ends = self._ends
         entry.portal = p
         portal = PyBytes_FromStringAndSize(<const char*>buf + 5, b.portal_end - 5)
         self._portals[portal] = p
@@ -727,10 +798,11 @@ cdef class Trail:
         if type_code == _READY_FOR_QUERY:
             while self._head < PyList_GET_SIZE(self._queue):
                 entry = self._popleft()
-                if entry.kind == _K_SIMPLE:
-                    self._finish(entry.statement)
-                    return
-                if entry.kind == _K_SYNC:
+                if entry.kind == _K_SIMPLE or entry.kind == _K_SYNC:
+                    if PyBytes_GET_SIZE(data) > 5 and PyBytes_AS_STRING(data)[5] == 73:  # I
+                        self._transaction_ended(entry.ends)
+                    if entry.kind == _K_SIMPLE:
+                        self._finish(entry.statement)
                     return
             return
         if head is None:
@@ -818,7 +890,10 @@ cdef class Trail:
                 and self._session_kept + length <= caps.c_session_bytes
             ):
                 st.pending_rows += 1  # a suspended portal's rows have no tag
-                rows.append(self._decode_row(buf, size, pos + 5, result.binary))
+                rows.append(self._decode_row(
+                    buf, size if pos + 1 + length > size else pos + 1 + length, pos + 5,
+                    result.binary,
+                ))
                 st.kept_bytes += length
                 self._session_kept += length
             else:
@@ -827,24 +902,25 @@ cdef class Trail:
                 return
             pos += 1 + length
 
-    cdef list _decode_row(self, const unsigned char* buf, Py_ssize_t size, Py_ssize_t pos,
+    cdef list _decode_row(self, const unsigned char* buf, Py_ssize_t end, Py_ssize_t pos,
                           bytes binary):
-        # As the reference: the values are read from pos on, even past the
-        # row's own length (a malformed row reads into the next, or nothing).
+        # (See the reference: nothing is read past the row's own length.)
         cdef const char* is_binary = PyBytes_AS_STRING(binary)
         cdef Py_ssize_t nbinary = PyBytes_GET_SIZE(binary)
-        cdef Py_ssize_t count = _uint(buf, size, pos, 2)
+        cdef Py_ssize_t count = _uint(buf, end, pos, 2)
         cdef Py_ssize_t i, take
         cdef long long length
         cdef list row = []
         pos += 2
         for i in range(count):
-            length = _sint(buf, size, pos, 4)
+            if pos + 4 > end:
+                break
+            length = _sint(buf, end, pos, 4)
             pos += 4
             if length < 0:
                 row.append(None)
                 continue
-            take = 0 if pos >= size else min(length, size - pos)
+            take = min(length, end - pos)
             if i < nbinary and is_binary[i]:
                 row.append(_hex(buf + pos, take))
             else:
@@ -886,6 +962,8 @@ cdef class Trail:
             known = _remember(self._tags, data, _read_tag(data))
         tag, count = <tuple>known
         st.tags.append(tag)
+        if st.drops is not None:
+            self._dropped(<tuple>st.drops, tag)
         if count is not None:
             st.rows = st.rows + count  # exact, where DataRows may not be seen (COPY)
             st.uncounted = False
@@ -897,7 +975,7 @@ cdef class Trail:
         cdef _Entry head = self._peek()
         cdef Statement st
         cdef _Portal p
-        cdef dict error = _error_fields(data)
+        cdef dict error = _error_fields(data, self._utf8, self._encoding)
         if head.kind == _K_SIMPLE:
             head.statement.error = error
             return  # ReadyForQuery completes it
@@ -954,7 +1032,9 @@ cdef tuple _read_tag(bytes data):
     (read once per distinct tag, so plain Python, as the reference's)."""
     tag = data[5:-1].decode("ascii", "replace")
     words = tag.split()
-    if words and words[-1].isdigit() and words[0] in _COUNTING:
+    # (A count has at most 20 digits, uint64: a longer one from a broken
+    # server is no count, rather than an int() past Python's digit limit.)
+    if words and words[-1].isdigit() and len(words[-1]) <= 20 and words[0] in _COUNTING:
         return tag, int(words[-1])
     return tag, None
 
@@ -967,9 +1047,10 @@ cdef list _formats(list codes, Py_ssize_t n):
     return codes
 
 
-cdef dict _error_fields(bytes data):
-    """An ErrorResponse's SQLSTATE (C) and message (M), "" where absent or
-    when the message is malformed (see _trail._error_fields)."""
+cdef dict _error_fields(bytes data, bint utf8, bytes encoding):
+    """An ErrorResponse's SQLSTATE (C) and message (M) in the session's
+    client encoding, "" where absent or when the message is malformed (see
+    _trail._error_fields)."""
     cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(data)
     cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
     cdef Py_ssize_t pos = 5, end
@@ -997,9 +1078,18 @@ cdef dict _error_fields(bytes data):
         elif field == 77:  # M
             message_at, message_len = pos + 1, end - pos - 1
         pos = end + 1
+    if utf8:
+        return {
+            "sqlstate": PyUnicode_DecodeUTF8(<char*>buf + code_at, code_len, <char*>_REPLACE),
+            "message": PyUnicode_DecodeUTF8(<char*>buf + message_at, message_len, <char*>_REPLACE),
+        }
     return {
-        "sqlstate": PyUnicode_DecodeUTF8(<char*>buf + code_at, code_len, <char*>_REPLACE),
-        "message": PyUnicode_DecodeUTF8(<char*>buf + message_at, message_len, <char*>_REPLACE),
+        "sqlstate": PyUnicode_Decode(
+            <char*>buf + code_at, code_len, <char*>encoding, <char*>_REPLACE
+        ),
+        "message": PyUnicode_Decode(
+            <char*>buf + message_at, message_len, <char*>encoding, <char*>_REPLACE
+        ),
     }
 
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import hoopfast.core
-from hoopfast.core import _trail
+from hoopfast.core import _drops, _trail
 
 PROP = settings(
     max_examples=300,
@@ -499,6 +499,170 @@ def test_a_closed_name_is_forgotten_once_the_server_closes_it() -> None:
     ]
 
 
+def _run_named(name: bytes, portal: bytes = b"") -> Script:
+    """Bind ``name`` to ``portal`` and run it (the server answers as if it
+    still had the statement): its event's text says what the trail kept."""
+    return [
+        ("client", bind(portal, name)),
+        ("client", execute(portal)),
+        ("client", SYNC),
+        ("server", BIND_COMPLETE),
+        ("server", complete(b"SELECT 0")),
+        ("server", READY),
+    ]
+
+
+def _prepare(name: bytes, text: str) -> Script:
+    return [
+        ("parse", name, text, ALLOW),
+        ("client", SYNC),
+        ("server", PARSE_COMPLETE),
+        ("server", READY),
+    ]
+
+
+def test_sql_deallocate_and_discard_forget_names_once_they_succeed() -> None:
+    """DEALLOCATE (psycopg 3 with libpq < 17 evicts its statements so) and
+    DISCARD ALL drop names as a Close does: when their tag comes, and only
+    what the names meant when the command was sent."""
+    script: Script = [
+        *_prepare(b"_pg3_0", "SELECT 0"),
+        *_prepare(b"S_1", "SELECT 1"),
+        *_prepare(b"s_1", "SELECT 11"),
+        *_prepare(b"keep", "SELECT 2"),
+        # Unquoted: folded to lower case; quoted: as written.
+        *simple("DEALLOCATE _PG3_0", complete(b"DEALLOCATE"), READY),
+        *simple(' deallocate prepare "S_1" ;\n', complete(b"DEALLOCATE"), READY),
+        # Several statements in one Query, or a comment: not read (kept).
+        *simple("DEALLOCATE keep; SELECT 1", complete(b"DEALLOCATE"), READY),
+        *simple("/* x */ DEALLOCATE keep", complete(b"DEALLOCATE"), READY),
+        # A DEALLOCATE that fails drops nothing.
+        *simple("DEALLOCATE s_1", error(b"26000", b"does not exist"), READY),
+        *_run_named(b"_pg3_0"),
+        *_run_named(b"S_1"),
+        *_run_named(b"s_1"),
+        *_run_named(b"keep"),
+        # Through the extended protocol, pipelined: a Parse of the same name
+        # sent before the tag comes keeps its new text.
+        ("parse", b"", "DEALLOCATE ALL", ALLOW),
+        ("client", bind()),
+        ("client", execute()),
+        ("parse", b"keep", "SELECT 22", ALLOW),
+        ("client", SYNC),
+        ("server", PARSE_COMPLETE),
+        ("server", BIND_COMPLETE),
+        ("server", complete(b"DEALLOCATE ALL")),
+        ("server", PARSE_COMPLETE),
+        ("server", READY),
+        *_run_named(b"keep"),
+        *_run_named(b"s_1"),
+        # DISCARD ALL: statements and portals.
+        *_prepare(b"s9", "SELECT 9"),
+        ("client", bind(b"p9", b"s9")),
+        ("client", SYNC),
+        ("server", BIND_COMPLETE),
+        ("server", READY),
+        *simple("DISCARD ALL", complete(b"DISCARD ALL"), READY),
+        *_run_named(b"s9"),
+        ("client", execute(b"p9")),
+        ("client", SYNC),
+        ("server", complete(b"SELECT 0")),
+        ("server", READY),
+    ]
+    events = same(script)
+    texts = [
+        e["text"]
+        for e in events
+        if not e["text"].upper().lstrip().startswith(("DEALLOCATE", "DISCARD", "/*"))
+    ]
+    assert texts == ["", "", "SELECT 11", "SELECT 2", "SELECT 22", "", "", ""]
+    # The same with the session in Latin-1: the name is encoded so.
+    latin = [
+        *_prepare("café".encode("latin-1"), "SELECT 1"),
+        *simple("DEALLOCATE café", complete(b"DEALLOCATE"), READY),
+        *_run_named("café".encode("latin-1")),
+    ]
+    assert same(latin, codec="latin-1")[-1]["text"] == ""
+
+
+def test_portals_end_with_their_transaction() -> None:
+    """A portal lasts until its transaction ends: ReadyForQuery "I" forgets
+    those bound before the Sync it answers (so a client that never closes
+    its portals does not grow the trail), and keeps those bound since."""
+    in_transaction = msg(b"Z", b"T")
+    events = same(
+        [
+            *_prepare(b"s", "SELECT 1"),
+            ("client", bind(b"p1", b"s")),
+            ("client", SYNC),
+            ("server", BIND_COMPLETE),
+            ("server", READY),
+            # In a transaction block the portal outlives the Sync.
+            *simple("BEGIN", complete(b"BEGIN"), in_transaction),
+            ("client", bind(b"p2", b"s")),
+            ("client", SYNC),
+            ("server", BIND_COMPLETE),
+            ("server", in_transaction),
+            ("client", execute(b"p2")),
+            ("client", SYNC),
+            ("server", complete(b"SELECT 1")),
+            ("server", in_transaction),
+            *simple("COMMIT", complete(b"COMMIT"), READY),
+            # Pipelined: p4 is bound before the first batch's answer comes.
+            ("client", bind(b"p3", b"s")),
+            ("client", SYNC),
+            ("client", bind(b"p4", b"s")),
+            ("server", BIND_COMPLETE),
+            ("server", READY),
+            ("client", execute(b"p4")),
+            ("client", SYNC),
+            ("server", BIND_COMPLETE),
+            ("server", complete(b"SELECT 1")),
+            ("server", READY),
+            # The ended ones: what runs under their names now is UNKNOWN.
+            *[
+                step
+                for name in (b"p1", b"p2", b"p3")
+                for step in [
+                    ("client", execute(name)),
+                    ("client", SYNC),
+                    ("server", error(b"34000", b"portal does not exist")),
+                    ("server", READY),
+                ]
+            ],
+        ]
+    )
+    texts = [e["text"] for e in events]
+    assert texts == ["BEGIN", "SELECT 1", "COMMIT", "SELECT 1", "", "", ""]
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("DEALLOCATE a", (_drops.STATEMENT, b"a")),
+        ("deallocate PREPARE Ab$1", (_drops.STATEMENT, b"ab$1")),
+        ('DEALLOCATE "a""B"', (_drops.STATEMENT, b'a"B')),
+        ('DEALLOCATE "ALL"', (_drops.STATEMENT, b"ALL")),
+        ("DEALLOCATE ALL;", (_drops.STATEMENTS, b"")),
+        ("\tDISCARD  all ; ", (_drops.EVERYTHING, b"")),
+        ("DEALLOCATE Émile", (_drops.STATEMENT, "Émile".encode())),
+        ("DEALLOCATE " + "x" * 63, (_drops.STATEMENT, b"x" * 63)),
+        ("DEALLOCATE " + "x" * 64, None),  # truncated by the server: not guessed
+        ("DEALLOCATE", None),
+        ("DEALLOCATE 1a", None),
+        ('DEALLOCATE ""', None),
+        ("DEALLOCATE a b", None),
+        ("DEALLOCATE a;;", None),
+        ("DISCARD PLANS", None),
+        ("DEALLOCATE a -- why", None),
+        ("DELETE FROM t", None),
+        ("", None),
+    ],
+)
+def test_which_sql_drops_prepared_statements(text: str, found: tuple[int, bytes] | None) -> None:
+    assert _drops.drops(text, "utf-8") == found
+
+
 def test_describe_statement_no_data_and_portal_after_execute() -> None:
     same(
         [
@@ -678,8 +842,57 @@ def test_long_pipeline_without_sync() -> None:
 
 
 def test_huge_tag_count() -> None:
-    (e,) = same(simple("SELECT", complete(b"SELECT 99999999999999999999999"), READY))
-    assert e["rows"] == 99999999999999999999999
+    (e,) = same(simple("SELECT", complete(b"SELECT 99999999999999999999"), READY))
+    assert e["rows"] == 99999999999999999999
+    # Past 20 digits (uint64's) it is no count: rows are the DataRows seen,
+    # where int() of 5000 digits would raise (Python's digit limit).
+    for digits in (21, 5000):
+        (e,) = same(simple("SELECT", data_row(b"1"), complete(b"SELECT " + b"9" * digits), READY))
+        assert e["rows"] == 1
+        assert e["tags"] == ["SELECT " + "9" * digits]
+
+
+def test_error_response_is_read_in_the_client_encoding() -> None:
+    (e,) = same(simple("SELECT", error(b"42P01", "café".encode("latin-1")), READY), codec="latin-1")
+    assert e["error"] == {"sqlstate": "42P01", "message": "café"}
+
+
+def test_a_data_row_is_read_within_its_own_length() -> None:
+    """A row that claims more values than its length holds ends there: its
+    reads never run into the next row of a batch."""
+    short = msg(b"D", b"\0\x03\0\0\0\x01a")  # 3 values claimed, 1 there
+    cut = msg(b"D", b"\0\x01\0\0\0\x09ab")  # a value longer than the row
+    batch = short + cut + data_row(b"c", None)
+    (e,) = same(
+        simple(
+            "SELECT",
+            row_description((b"a", 25, 0), (b"b", 25, 0)),
+            ("server_as", ord("D"), batch),
+            complete(b"SELECT 3"),
+            READY,
+        )
+    )
+    assert e["results"][0]["rows"] == [["a"], ["ab"], ["c", None]]
+
+
+def test_a_negative_execute_limit_is_no_limit() -> None:
+    """Execute's row limit is an int32, zero or less meaning none: a
+    PortalSuspended does not make -1 into 4294967295 rows."""
+    (e,) = same(
+        [
+            ("parse", b"", "SELECT", ALLOW),
+            ("client", bind()),
+            ("client", msg(b"E", b"\0\xff\xff\xff\xff")),
+            ("client", SYNC),
+            ("server", PARSE_COMPLETE),
+            ("server", BIND_COMPLETE),
+            ("server", data_row(b"1")),
+            ("server", SUSPENDED),
+            ("server", READY),
+        ],
+        caps=(0, 0, 0),
+    )
+    assert e["rows"] == 0 and e["rows_exact"] is False
 
 
 # -- malformed input -------------------------------------------------------------
@@ -884,7 +1097,18 @@ def test_selection_and_the_sessions_trail() -> None:
 # order, cut short or made of random bytes.
 
 NAMES = st.sampled_from([b"", b"s1", b"s2"])
-TEXT = st.sampled_from(["SELECT 1", "SELECT $1, $2", "DELETE FROM t", "secret stuff", ""])
+TEXT = st.sampled_from(
+    [
+        "SELECT 1",
+        "SELECT $1, $2",
+        "DELETE FROM t",
+        "secret stuff",
+        "",
+        "DEALLOCATE s1",
+        "deallocate ALL",
+        "DISCARD ALL",
+    ]
+)
 VERDICT = st.sampled_from(VERDICTS)
 RAW = st.binary(max_size=12)
 VALUE = st.one_of(st.none(), RAW, st.just("secret é".encode()))
@@ -899,6 +1123,9 @@ TAGS = st.sampled_from(
         b"COPY 3",
         b"BEGIN",
         b"SELECT x",
+        b"DEALLOCATE",
+        b"DEALLOCATE ALL",
+        b"DISCARD ALL",
     ]
 )
 

@@ -39,6 +39,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from hoopfast.core import _drops
+
 # Message type codes (as hoopfast.proxy.postgres.messages; the core does not
 # import the proxy). From the client:
 _QUERY = ord("Q")
@@ -152,6 +154,9 @@ class Statement:
     #: messages that answered it.
     duration: float = 0.0
     server_bytes: int = 0
+    #: What this statement drops if it succeeds (_drops): the kind, the
+    #: name, and what the names it drops meant when it was sent.
+    drops: tuple[int, bytes, Any] | None = None
 
     def event(self, n: int) -> dict[str, Any]:
         event = {
@@ -188,6 +193,9 @@ class _Portal:
     params: list[str | None]
     formats: list[int]
     columns: _Columns | None
+    #: How many Syncs (and Queries) the client had sent when it was bound:
+    #: it ends with the transaction that the next of them may end.
+    ends: int = 0
 
 
 @dataclass(slots=True)
@@ -199,6 +207,8 @@ class _Entry:
     portal: _Portal | None = None
     #: A Close's: what its name meant when the client sent it.
     closing: Any = None
+    #: A Sync's (or Query's): its number among them (Trail._ends).
+    ends: int = 0
 
 
 class Tally:
@@ -279,6 +289,9 @@ class Trail:
         #: Statement texts (and verdicts) by prepared name, and portals.
         self._statements: dict[bytes, tuple[str, Any]] = {}
         self._portals: dict[bytes, _Portal] = {}
+        #: Syncs, Queries and FunctionCalls sent (each ends with a
+        #: ReadyForQuery, which may end the transaction and its portals).
+        self._ends = 0
         #: RowDescriptions from Describe, by statement name.
         self._described: dict[bytes, _Columns | None] = {}
         self._session_kept = 0
@@ -292,11 +305,59 @@ class Trail:
         return Statement(text, verdict, params, time.perf_counter(), _wall_clock())
 
     def query(self, text: str, verdict: Any) -> None:
-        self._queue.append(_Entry(_K_SIMPLE, self._start(text, verdict, None)))
+        statement = self._start(text, verdict, None)
+        self._dropping(statement)
+        self._ends += 1
+        self._queue.append(_Entry(_K_SIMPLE, statement, ends=self._ends))
+
+    def _dropping(self, st: Statement) -> None:
+        """A statement that drops prepared statements by SQL (DEALLOCATE,
+        DISCARD ALL): what its names mean now, forgotten once its tag comes
+        if they still mean that (as a Close's, _closed)."""
+        text = st.text
+        if not text or text[0] not in _drops.FIRST:
+            return
+        found = _drops.drops(text, self._codec)
+        if found is None:
+            return
+        kind, name = found
+        snapshot: Any
+        if kind == _drops.STATEMENT:
+            if (snapshot := self._statements.get(name)) is None:
+                return
+        elif kind == _drops.STATEMENTS:
+            snapshot = dict(self._statements)
+        else:
+            snapshot = (dict(self._statements), dict(self._portals))
+        st.drops = (kind, name, snapshot)
+
+    def _dropped(self, drops: tuple[int, bytes, Any], tag: str) -> None:
+        kind, name, snapshot = drops
+        if tag != _drops.TAGS[kind]:
+            return
+        portals: dict[bytes, Any] = {}
+        if kind == _drops.STATEMENT:
+            statements = {name: snapshot}
+        elif kind == _drops.STATEMENTS:
+            statements = snapshot
+        else:
+            statements, portals = snapshot
+        for n, meant in statements.items():
+            if self._statements.get(n) is meant:
+                del self._statements[n]
+                self._described.pop(n, None)
+        for n, meant in portals.items():
+            if self._portals.get(n) is meant:
+                del self._portals[n]
 
     def function_call(self, oid: int, verdict: Any) -> None:
+        self._ends += 1
         self._queue.append(
-            _Entry(_K_SIMPLE, self._start(f"-- function call, oid {oid}", verdict, None))
+            _Entry(
+                _K_SIMPLE,
+                self._start(f"-- function call, oid {oid}", verdict, None),
+                ends=self._ends,
+            )
         )
 
     def parse(self, name: bytes, text: str, verdict: Any) -> None:
@@ -338,11 +399,15 @@ class Trail:
                 statement = self._start(p.text, p.verdict, p.params or None)
                 statement.result_formats = p.formats
                 statement.portal = p
+                self._dropping(statement)
             if end >= 0:
-                statement.max_rows = int.from_bytes(message[end + 1 : end + 5], "big")
+                # int32; zero or less: no limit (as PostgreSQL reads it).
+                limit = int.from_bytes(message[end + 1 : end + 5], "big", signed=True)
+                statement.max_rows = max(0, limit)
             self._queue.append(_Entry(_K_EXECUTE, statement))
         elif type_code == _SYNC:
-            self._queue.append(_Entry(_K_SYNC))
+            self._ends += 1
+            self._queue.append(_Entry(_K_SYNC, ends=self._ends))
         elif type_code == _DESCRIBE:
             # Its RowDescription belongs to the statement or portal it names.
             self._queue.append(_Entry(_K_DESCRIBE, None, _target(message)))
@@ -368,7 +433,7 @@ class Trail:
             None if raw is None else self._value(raw, fmt, masked=True) for fmt, raw in values
         ]
         self._portals[portal] = entry.portal = _Portal(
-            text, verdict, params, result_formats, self._described.get(name)
+            text, verdict, params, result_formats, self._described.get(name), self._ends
         )
 
     def _value(self, raw: bytes, fmt: int, masked: bool = False) -> str:
@@ -392,10 +457,11 @@ class Trail:
         if type_code == _READY_FOR_QUERY:
             while queue:
                 entry = queue.popleft()
-                if entry.kind == _K_SIMPLE:
-                    self._finish(entry.statement)
-                    return
-                if entry.kind == _K_SYNC:
+                if entry.kind == _K_SIMPLE or entry.kind == _K_SYNC:
+                    if data[5:6] == b"I":
+                        self._transaction_ended(entry.ends)
+                    if entry.kind == _K_SIMPLE:
+                        self._finish(entry.statement)
                     return
             return
         if not queue:
@@ -444,6 +510,16 @@ class Trail:
                 queue.popleft()
                 self._finish(st)
 
+    def _transaction_ended(self, ends: int) -> None:
+        """ReadyForQuery, idle: the transaction is over, and with it every
+        portal bound before the Sync (or Query) it answers; a portal lasts
+        until the end of its transaction (the protocol chapter). Ones bound
+        since belong to what the client sent after: they stay."""
+        portals = self._portals
+        if portals:
+            for name in [n for n, p in portals.items() if p.ends < ends]:
+                del portals[name]
+
     def _closed(self, entry: _Entry) -> None:
         """The server closed a statement or portal: forget its name (so that
         a session naming statement after statement keeps only those open),
@@ -485,7 +561,7 @@ class Trail:
                 and self._session_kept + length <= caps.session_bytes
             ):
                 st.pending_rows += 1  # a suspended portal's rows have no tag
-                result.rows.append(self._decode_row(data, pos + 5, nxt, result.formats))
+                result.rows.append(self._decode_row(data, pos + 5, min(nxt, end), result.formats))
                 st.kept_bytes += length
                 self._session_kept += length
             else:
@@ -495,17 +571,22 @@ class Trail:
             pos = nxt
 
     def _decode_row(self, data: bytes, pos: int, end: int, formats: list[int]) -> list[str | None]:
-        count = int.from_bytes(data[pos : pos + 2], "big")
+        """A DataRow's values, read within the row's own length (``end``):
+        a malformed row never reads into the next one of a batch, and its
+        values stop where its bytes do."""
+        count = int.from_bytes(data[pos : min(pos + 2, end)], "big")
         pos += 2
         row: list[str | None] = []
         for i in range(count):
+            if pos + 4 > end:
+                break
             length = int.from_bytes(data[pos : pos + 4], "big", signed=True)
             pos += 4
             if length < 0:
                 row.append(None)
                 continue
             fmt = formats[i] if i < len(formats) else 0
-            row.append(self._value(data[pos : pos + length], fmt))
+            row.append(self._value(data[pos : min(pos + length, end)], fmt))
             pos += length
         return row
 
@@ -523,6 +604,8 @@ class Trail:
             known = _remember(self._tags, data, _read_tag(data))
         tag, count = known
         st.tags.append(tag)
+        if st.drops is not None:
+            self._dropped(st.drops, tag)
         if count is not None:
             st.rows += count  # exact, where DataRows may not be seen (COPY)
             st.uncounted = False
@@ -532,7 +615,7 @@ class Trail:
 
     def _error(self, data: bytes) -> None:
         queue = self._queue
-        code, message = _error_fields(data)
+        code, message = _error_fields(data, self._codec)
         error = {"sqlstate": code, "message": message}
         head = queue[0]
         if head.kind == _K_SIMPLE:
@@ -599,7 +682,9 @@ def _read_tag(data: bytes) -> tuple[str, int | None]:
     """A CommandComplete's tag, and its row count where the tag has one."""
     tag = data[5:-1].decode("ascii", "replace")
     words = tag.split()
-    if words and words[-1].isdigit() and words[0] in _COUNTING:
+    # (A count has at most 20 digits, uint64: a longer one from a broken
+    # server is no count, rather than an int() past Python's digit limit.)
+    if words and words[-1].isdigit() and len(words[-1]) <= 20 and words[0] in _COUNTING:
         return tag, int(words[-1])
     return tag, None
 
@@ -632,9 +717,10 @@ def _row_description(data: bytes, codec: str) -> tuple[list[dict[str, Any]], lis
     return columns, formats
 
 
-def _error_fields(data: bytes) -> tuple[str, str]:
-    """An ErrorResponse's SQLSTATE (C) and message (M), "" where absent or
-    when the message is malformed (as hoopfast.core.decode_fields rejects
+def _error_fields(data: bytes, codec: str) -> tuple[str, str]:
+    """An ErrorResponse's SQLSTATE (C) and message (M) in the session's
+    client encoding (``codec``), "" where absent or when the message is
+    malformed (as hoopfast.core.decode_fields rejects
     it: a wrong type byte or length, an unterminated field, trailing bytes)."""
     size = len(data)
     if (
@@ -659,8 +745,8 @@ def _error_fields(data: bytes) -> tuple[str, str]:
         fields[code] = data[pos + 1 : end]
         pos = end + 1
     return (
-        fields.get(ord("C"), b"").decode("utf-8", "replace"),
-        fields.get(ord("M"), b"").decode("utf-8", "replace"),
+        fields.get(ord("C"), b"").decode(codec, "replace"),
+        fields.get(ord("M"), b"").decode(codec, "replace"),
     )
 
 

@@ -1,0 +1,69 @@
+"""SQL that drops prepared statements (and portals) by name, for the trail.
+
+The trail keeps the text of each prepared statement and portal the client
+names, until the server confirms they are gone. Besides a protocol Close,
+three SQL commands drop them, and clients send them: psycopg 3 with libpq
+before 17 evicts its prepared statements with ``DEALLOCATE name``, pools
+reset connections with ``DISCARD ALL``. Both trail builds (_trail.py and
+ext/_ctrail.pyx) read a statement's text here when it starts, and forget the
+names when the command's tag arrives (so a failed command drops nothing).
+
+Only a text that is exactly one such command (whitespace and one ``;``
+around it) is read: anything else (comments, several statements, a Unicode
+escape identifier) drops nothing, and the names stay until the session ends,
+as they did before. That errs on the side of keeping an audit record's text:
+forgetting a name that is still prepared would record its next run without
+its SQL.
+"""
+
+from __future__ import annotations
+
+import re
+
+#: What a command drops: one statement name, all statement names, or all
+#: statements and portals; the tag that confirms it.
+STATEMENT = 1
+STATEMENTS = 2
+EVERYTHING = 3
+TAGS = {STATEMENT: "DEALLOCATE", STATEMENTS: "DEALLOCATE ALL", EVERYTHING: "DISCARD ALL"}
+
+# PostgreSQL's whitespace (scan.l: space, tab, newline, CR, form feed, and
+# vertical tab).
+_WS = r"[ \t\n\r\f\v]"
+_DROP = re.compile(
+    rf"{_WS}*(?:"
+    rf"(?P<deallocate>deallocate){_WS}+(?:prepare{_WS}+)?"
+    rf"(?:(?P<all>all)|\"(?P<quoted>(?:[^\"]|\"\")+)\"|(?P<plain>[a-z_\x80-\U0010ffff][a-z0-9_$\x80-\U0010ffff]*))"
+    rf"|discard{_WS}+all"
+    rf"){_WS}*;?{_WS}*\Z",
+    re.IGNORECASE,
+)
+#: Identifiers are truncated past NAMEDATALEN - 1 bytes (with a NOTICE): a
+#: longer name is left alone rather than guessed at.
+_NAME_BYTES = 63
+#: What a text must start with to be read at all (the cheap test first).
+FIRST = frozenset("dD \t\n\r\f\v")
+
+
+def drops(text: str, codec: str) -> tuple[int, bytes] | None:
+    """What ``text`` drops if it runs: (STATEMENT, name in the client
+    encoding), (STATEMENTS, b""), (EVERYTHING, b""), or None."""
+    m = _DROP.match(text)
+    if m is None:
+        return None
+    if m["deallocate"] is None:
+        return EVERYTHING, b""
+    if m["all"] is not None:
+        return STATEMENTS, b""
+    try:
+        if m["quoted"] is not None:
+            name = m["quoted"].replace('""', '"').encode(codec)
+        else:
+            # Unquoted identifiers fold to lower case, ASCII letters only in
+            # a multibyte encoding (bytes.lower() touches ASCII alone).
+            name = m["plain"].encode(codec).lower()
+    except (UnicodeEncodeError, LookupError):
+        return None
+    if len(name) > _NAME_BYTES:
+        return None
+    return STATEMENT, name
