@@ -25,6 +25,7 @@ import asyncpg  # type: ignore[import-untyped]
 import httpx
 import psycopg
 import pytest
+from psycopg import pq
 
 from hoopfast.cli import main as cli_main
 from hoopfast.devcluster import DevCluster, free_port
@@ -174,6 +175,40 @@ def test_extended_protocol_texts_parameters_and_results(idle_gateway: RunningGat
     assert failed["text"] == "SELECT 1/$1::int"
     assert failed["error"]["sqlstate"] == "22012"
     assert not any("never runs" in e["text"] for e in events)
+
+
+def test_statements_psycopg_evicts_and_prepares_again_keep_their_text(
+    idle_gateway: RunningGateway,
+) -> None:
+    """psycopg 3 evicts prepared statements from its cache (with a Close, or
+    with DEALLOCATE before libpq 17) and prepares them again under new
+    names: the trail forgets an evicted name only when the server confirms
+    it, so every run keeps its SQL. A Bind of a name DEALLOCATE dropped
+    fails, and is recorded without the text the name no longer has."""
+    gw = idle_gateway
+    who = _person()
+    with psycopg.connect(gw.conninfo(token=gw.token(who), user=who), autocommit=True) as conn:
+        conn.prepare_threshold = 0
+        conn.prepared_max = 2
+        for round_ in range(3):
+            for k in range(4):
+                got = conn.execute(f"SELECT %s::int + {k} AS v", (round_,)).fetchone()
+                assert got == (round_ + k,)
+        pgconn = conn.pgconn
+        assert pgconn.prepare(b"evict_me", b"SELECT 'dropped'").status == pq.ExecStatus.COMMAND_OK
+        assert pgconn.exec_(b"DEALLOCATE evict_me").command_status == b"DEALLOCATE"
+        failed = pgconn.exec_prepared(b"evict_me", [])
+        assert failed.error_field(pq.DiagnosticField.SQLSTATE) == b"26000"
+    events = statements(trail(gw, sealed_session(gw, who)))
+    assert events[-1]["error"]["sqlstate"] == "26000"
+    assert "dropped" not in events[-1]["text"]
+    runs = [e for e in events if e["text"].startswith("SELECT")]
+    assert [e["text"] for e in runs] == [
+        f"SELECT $1::int + {k} AS v" for _ in range(3) for k in range(4)
+    ]
+    assert [e["results"][0]["rows"] for e in runs] == [
+        [[str(r + k)]] for r in range(3) for k in range(4)
+    ]
 
 
 def test_results_are_kept_up_to_the_cap(idle_gateway: RunningGateway) -> None:
