@@ -757,10 +757,14 @@ cdef class Trail:
             if length < 0:
                 params.append(None)
                 continue
-            if fmt == 1:
+            # (hoopfast/core/_shown.py: a binary value stays hex unless the
+            # detectors find something in its text.)
+            value = self._decode(buf + pos, length)
+            masked = self._mask_text(value)
+            if fmt == 1 and masked == value:
                 params.append(_hex(buf + pos, length))
             else:
-                params.append(self._mask_text(self._decode(buf + pos, length)))
+                params.append(masked)
             pos += length
         cdef _Portal p = _Portal.__new__(_Portal)
         p.text = text

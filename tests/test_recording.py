@@ -177,6 +177,35 @@ def test_extended_protocol_texts_parameters_and_results(idle_gateway: RunningGat
     assert not any("never runs" in e["text"] for e in events)
 
 
+def test_asyncpg_binary_parameters_reach_the_trail_masked(idle_gateway: RunningGateway) -> None:
+    """asyncpg binds every string in binary format: the detectors still see
+    it (the trail shows binary values as hex only when they find nothing)."""
+    gw = idle_gateway
+    who = _person()
+
+    async def run() -> Any:
+        kwargs = gw.asyncpg_kwargs(user=who)
+        kwargs["password"] = gw.token(who)
+        conn = await asyncpg.connect(**kwargs)
+        try:
+            return await conn.fetchrow(
+                "SELECT $1::text AS t, $2::int AS n", "mail me: x@example.com", 7
+            )
+        finally:
+            await conn.close()
+
+    row = asyncio.run(run())
+    assert tuple(row) == ("mail me: x@example.com", 7)
+    events = statements(trail(gw, sealed_session(gw, who)))
+    (bound,) = [e for e in events if e["text"] == "SELECT $1::text AS t, $2::int AS n"]
+    assert bound["params"] == ["mail me: [REDACTED:email]", "\\x00000007"]
+    # (The result is kept as the client saw it: this connection masks no
+    # results, so its binary text is there, as hex.)
+    assert bound["results"][0]["rows"] == [
+        ["\\x" + "mail me: x@example.com".encode().hex(), "\\x00000007"]
+    ]
+
+
 def test_statements_psycopg_evicts_and_prepares_again_keep_their_text(
     idle_gateway: RunningGateway,
 ) -> None:

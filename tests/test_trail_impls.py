@@ -362,6 +362,39 @@ def test_extended_unnamed_with_binary_params_and_results() -> None:
     assert e["results"][0]["rows"] == [["42", "\\x01ab"]] and e["verdict_is"] == 2
 
 
+def test_a_binary_parameter_the_detectors_match_is_shown_masked_not_as_hex() -> None:
+    """asyncpg sends strings in binary format: hex of their bytes would carry
+    a secret past the detectors, so a binary value whose text they match is
+    shown masked, like a text one; other binary values stay hex."""
+    (e,) = same(
+        [
+            ("parse", b"", "SELECT $1, $2, $3", ALLOW),
+            ("client", bind(values=[b"my secret", b"\0\0\0\x2a", "é".encode()], formats=[1])),
+            ("client", execute()),
+            ("client", SYNC),
+            ("server", PARSE_COMPLETE),
+            ("server", BIND_COMPLETE),
+            ("server", complete(b"SELECT 0")),
+            ("server", READY),
+        ]
+    )
+    assert e["params"] == ["my ******", "\\x0000002a", "\\xc3a9"]
+
+
+def test_shown_parameter_for_the_trail_and_the_approvers() -> None:
+    from hoopfast.proxy.postgres import messages as m
+    from hoopfast.proxy.postgres.review import bound_values
+
+    shown = hoopfast.core.shown_parameter
+    assert shown(b"my secret", 0, "utf-8", mask) == "my ******"
+    assert shown(b"my secret", 1, "utf-8", mask) == "my ******"
+    assert shown(b"plain", 1, "utf-8", mask) == "\\x706c61696e"
+    assert shown(b"plain", 7, "utf-8", mask) == "plain"  # not 1: text
+    assert shown("secret é".encode("latin-1"), 1, "latin-1", mask) == "****** é"
+    bound = m.parse_bind(bind(values=[b"a secret", None, b"\x01"], formats=[1]))
+    assert bound_values(bound, "utf-8", mask)[1] == '["a ******", null, "\\\\x01"]'
+
+
 def test_extended_one_result_format_for_all() -> None:
     (e,) = same(
         [

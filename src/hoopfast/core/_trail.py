@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from hoopfast.core import _drops
+from hoopfast.core._shown import shown_parameter
 
 # Message type codes (as hoopfast.proxy.postgres.messages; the core does not
 # import the proxy). From the client:
@@ -430,17 +431,19 @@ class Trail:
         entry = _Entry(_K_BIND, None, name)
         self._queue.append(entry)
         params = [
-            None if raw is None else self._value(raw, fmt, masked=True) for fmt, raw in values
+            None if raw is None else shown_parameter(raw, fmt, self._codec, self._mask_text)
+            for fmt, raw in values
         ]
         self._portals[portal] = entry.portal = _Portal(
             text, verdict, params, result_formats, self._described.get(name), self._ends
         )
 
-    def _value(self, raw: bytes, fmt: int, masked: bool = False) -> str:
+    def _value(self, raw: bytes, fmt: int) -> str:
+        """A result value: as the client saw it (masked or not by the
+        gateway's result masking), binary ones as hex."""
         if fmt == 1:
             return "\\x" + raw.hex()
-        value = raw.decode(self._codec, "replace")
-        return self._mask_text(value) if masked else value
+        return raw.decode(self._codec, "replace")
 
     # -- from the server ------------------------------------------------------
 

@@ -75,6 +75,7 @@ class SqliteStore(SqlStore):
         # isolation_level=None: transactions are begun and ended explicitly.
         conn = sqlite3.connect(self.path, isolation_level=None)
         try:
+            conn.execute("PRAGMA page_size=65536")
             _enable_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")

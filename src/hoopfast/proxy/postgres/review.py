@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 from hoopfast.approvals import Approvals, ReviewError
 from hoopfast.config import Approvals as ApprovalsConfig
+from hoopfast.core import shown_parameter
 from hoopfast.policy.guard import Verdict
 from hoopfast.proxy.postgres import messages as m
 from hoopfast.store import StoreError
@@ -105,14 +106,10 @@ CANCELLED = "canceling statement due to user request"
 
 def bound_values(bind: m.Bind, codec: str, mask_text: Callable[[str], str]) -> tuple[str, str]:
     """What an approval binds of a Bind (the SHA-256 of its formats and
-    values, as sent) and how approvers see the values (a JSON list: text
-    values through the detectors, binary ones as hex, NULL as null)."""
+    values, as sent) and how approvers see the values (a JSON list, each
+    value as the trail shows it: core.shown_parameter; NULL as null)."""
     shown = [
-        None
-        if raw is None
-        else "\\x" + raw.hex()
-        if fmt == 1
-        else mask_text(raw.decode(codec, "replace"))
+        None if raw is None else shown_parameter(raw, fmt, codec, mask_text)
         for fmt, raw in bind.values
     ]
     if not bind.values:
