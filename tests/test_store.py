@@ -254,6 +254,32 @@ def test_open_twice_keeps_schema_and_data(backend: Backend) -> None:
     run(backend, second)
 
 
+def test_a_new_sqlite_store_has_large_pages_an_old_one_keeps_its_own(tmp_path: Path) -> None:
+    """Block bodies are large: 64 KiB pages write them with a sixteenth of
+    the system calls. A store made before keeps its 4 KiB pages (changing
+    them needs a VACUUM) and opens as it did."""
+    old = tmp_path / "old.db"
+    conn = sqlite3.connect(old)
+    conn.execute("PRAGMA page_size=4096")
+    conn.execute("CREATE TABLE before_us (x)")
+    conn.close()
+
+    async def main() -> list[int]:
+        sizes = []
+        for path in (tmp_path / "new.db", old):
+            store = SqliteStore(path)
+            await store.open()
+            try:
+                await store.write_recording(make_session("s1"), [])
+            finally:
+                await store.close()
+            with contextlib.closing(sqlite3.connect(path)) as c:
+                sizes.append(c.execute("PRAGMA page_size").fetchone()[0])
+        return sizes
+
+    assert asyncio.run(main()) == [65536, 4096]
+
+
 def test_concurrent_open(backend: Backend) -> None:
     """Gateways starting together: one migrates, the others wait and find
     the schema current (no duplicate-table error, no second migration)."""

@@ -75,6 +75,10 @@ class SqliteStore(SqlStore):
         # isolation_level=None: transactions are begun and ended explicitly.
         conn = sqlite3.connect(self.path, isolation_level=None)
         try:
+            # Only a new file takes it (before WAL and the first table): block
+            # bodies are large, and 64 KiB pages write them to the WAL and
+            # back to the file with a sixteenth of the system calls of 4 KiB
+            # ones (the writer thread's system time per event halved).
             conn.execute("PRAGMA page_size=65536")
             _enable_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
