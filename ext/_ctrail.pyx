@@ -28,6 +28,9 @@ from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
 import codecs
 
+from hoopfast.core import _shown
+from hoopfast.core._shown import BINARY_KINDS as _BINARY_KINDS
+
 from hoopfast.core._drops import FIRST as _FIRST
 from hoopfast.core._drops import STATEMENT as _DROPS_STATEMENT
 from hoopfast.core._drops import STATEMENTS as _DROPS_STATEMENTS
@@ -99,6 +102,14 @@ cdef inline long long _sint(const unsigned char* buf, Py_ssize_t size, Py_ssize_
     cdef long long value = _uint(buf, size, pos, width)
     if n > 0 and value >= (1LL << (8 * n - 1)):
         value -= 1LL << (8 * n)
+    return value
+
+
+cdef inline unsigned long long _big_endian(const unsigned char* buf, Py_ssize_t n) noexcept nogil:
+    cdef unsigned long long value = 0
+    cdef Py_ssize_t i
+    for i in range(n):
+        value = (value << 8) | buf[i]
     return value
 
 
@@ -239,13 +250,35 @@ cdef class _Columns:
     cdef bytes binary
 
 
-cdef bytes _binary(list formats):
-    """Per column, 1 where its format code is binary (1)."""
+# How binary result values are shown: hoopfast/core/_shown.py's codes (its
+# table, BINARY_KINDS, is used as is; the codes are checked at import).
+cdef enum:
+    _B_HEX = 0
+    _B_TEXT = 1
+    _B_INT2 = 2
+    _B_INT4 = 3
+    _B_INT8 = 4
+    _B_OID = 5
+    _B_BOOL = 6
+    _B_UUID = 7
+    _B_JSONB = 8
+
+if (_shown.HEX, _shown.TEXT, _shown.INT2, _shown.INT4, _shown.INT8, _shown.OID, _shown.BOOL,
+        _shown.UUID, _shown.JSONB) != tuple(range(9)):
+    raise ImportError("hoopfast.core._shown's binary codes changed: rebuild ext/_ctrail.pyx")
+
+cdef bytes _binary(list formats, list columns):
+    """Per column, 0 where its format code is text, else 1 + how its binary
+    values are shown (_shown.BINARY_KINDS, by the column's type)."""
     cdef Py_ssize_t i, n = PyList_GET_SIZE(formats)
     cdef bytes mask = PyBytes_FromStringAndSize(NULL, n)
     cdef char* out = PyBytes_AS_STRING(mask)
     for i in range(n):
-        out[i] = formats[i] == 1
+        if formats[i] != 1:
+            out[i] = 0
+        else:
+            oid = columns[i]["type_oid"] if i < PyList_GET_SIZE(columns) else 0
+            out[i] = 1 + <int>_BINARY_KINDS.get(oid, _B_HEX)
     return mask
 
 
@@ -253,7 +286,7 @@ cdef _Columns _columns(list columns, list formats, bytes binary):
     cdef _Columns c = _Columns.__new__(_Columns)
     c.columns = columns
     c.formats = formats
-    c.binary = _binary(formats) if binary is None else binary
+    c.binary = _binary(formats, columns) if binary is None else binary
     return c
 
 
@@ -879,7 +912,7 @@ cdef class Trail:
                 result = _result_set(described)
             if st.result_formats:
                 result.formats = _formats(st.result_formats, len(result.columns))
-                result.binary = _binary(result.formats)
+                result.binary = _binary(result.formats, result.columns)
             st.results.append(result)
         result = st.results[PyList_GET_SIZE(st.results) - 1]
         if result.truncated:
@@ -926,11 +959,30 @@ cdef class Trail:
                 continue
             take = min(length, end - pos)
             if i < nbinary and is_binary[i]:
-                row.append(_hex(buf + pos, take))
+                row.append(self._binary_value(buf + pos, take, is_binary[i] - 1))
             else:
                 row.append(self._decode(buf + pos, take))
             pos += length
         return row
+
+    cdef str _binary_value(self, const unsigned char* buf, Py_ssize_t n, int kind):
+        """(_shown.shown_binary, in C.)"""
+        cdef str h
+        if kind == _B_TEXT:
+            return self._decode(buf, n)
+        if kind == _B_JSONB:
+            if n >= 1 and buf[0] == 1:
+                return self._decode(buf + 1, n - 1)
+        elif kind == _B_BOOL and n == 1:
+            return "t" if buf[0] else "f"
+        elif kind == _B_UUID and n == 16:
+            h = _hex(buf, 16)
+            return f"{h[2:10]}-{h[10:14]}-{h[14:18]}-{h[18:22]}-{h[22:]}"
+        elif kind == _B_INT8 and n == 8:
+            return str(<long long>_big_endian(buf, 8))  # (two's complement)
+        elif (kind == _B_INT2 and n == 2) or ((kind == _B_INT4 or kind == _B_OID) and n == 4):
+            return str(_uint(buf, n, 0, n) if kind == _B_OID else _sint(buf, n, 0, n))
+        return _hex(buf, n)
 
     cdef _Columns _row_description(self, bytes data):
         """Columns and formats of a RowDescription; a session asks the same

@@ -359,7 +359,8 @@ def test_extended_unnamed_with_binary_params_and_results() -> None:
     )
     (e,) = events
     assert e["params"] == ["\\x0000002a", "my ******", None]
-    assert e["results"][0]["rows"] == [["42", "\\x01ab"]] and e["verdict_is"] == 2
+    # (b is text: its binary value is its text, \xab not UTF-8: replaced)
+    assert e["results"][0]["rows"] == [["42", "\x01\ufffd"]] and e["verdict_is"] == 2
 
 
 def test_a_binary_parameter_the_detectors_match_is_shown_masked_not_as_hex() -> None:
@@ -411,7 +412,58 @@ def test_extended_one_result_format_for_all() -> None:
             ("server", READY),
         ]
     )
-    assert e["results"][0]["rows"] == [["\\x00000001", "\\x00000002"]]
+    assert e["results"][0]["rows"] == [["1", "2"]]
+
+
+BINARY_VALUES = [
+    # (type oid, binary value, as kept)
+    (25, "café".encode(), "café"),
+    (1043, b"\xff", "\ufffd"),  # not UTF-8: replaced, as text values are
+    (114, b'{"a": 1}', '{"a": 1}'),
+    (3802, b'\x01{"a": 1}', '{"a": 1}'),
+    (3802, b'\x02{"a": 1}', "\\x027b2261223a20317d"),  # unknown jsonb version
+    (21, b"\xff\xfe", "-2"),
+    (23, b"\x80\0\0\0", "-2147483648"),
+    (20, b"\x7f" + b"\xff" * 7, "9223372036854775807"),
+    (20, b"\x80" + b"\0" * 7, "-9223372036854775808"),
+    (20, b"\xff" * 8, "-1"),
+    (26, b"\xff\xff\xff\xff", "4294967295"),
+    (16, b"\x01", "t"),
+    (16, b"\x00", "f"),
+    (16, b"\x02", "t"),
+    (2950, bytes(range(16)), "00010203-0405-0607-0809-0a0b0c0d0e0f"),
+    (23, b"\0\0\x01", "\\x000001"),  # the wrong length: hex
+    (16, b"", "\\x"),
+    (700, b"\x3f\x80\0\0", "\\x3f800000"),  # float4: its text depends on settings
+    (1082, b"\0\0\0\0", "\\x00000000"),  # date: DateStyle
+    (18, b"\xe9", "\\xe9"),  # "char": its text escapes high bytes
+    (17, b"\xde\xad", "\\xdead"),  # bytea: hex is its text too
+]
+
+
+@pytest.mark.parametrize(("oid", "raw", "kept"), BINARY_VALUES)
+def test_binary_result_values_are_kept_as_their_text_where_exact(
+    oid: int, raw: bytes, kept: str
+) -> None:
+    """asyncpg asks for every column in binary: where PostgreSQL's text for a
+    type is exact and settings-free, the value is kept as that text."""
+    (e,) = same(
+        [
+            ("parse", b"", "SELECT $1", ALLOW),
+            ("client", bind(results=[1])),
+            ("client", describe(b"P")),
+            ("client", execute()),
+            ("client", SYNC),
+            ("server", PARSE_COMPLETE),
+            ("server", BIND_COMPLETE),
+            ("server", row_description((b"v", oid, 1))),
+            ("server", data_row(raw, None)),
+            ("server", complete(b"SELECT 1")),
+            ("server", READY),
+        ]
+    )
+    assert e["results"][0]["rows"] == [[kept, None]]
+    assert hoopfast.core.shown_binary(raw, oid, "utf-8") == kept
 
 
 def test_named_statements_and_portals() -> None:
@@ -1181,7 +1233,8 @@ def row_descriptions(draw: st.DrawFn) -> bytes:
     if draw(st.integers(0, 9)) == 0:
         return msg(b"T", draw(st.binary(max_size=40)))
     names = st.sampled_from([b"a", b"b", b"caf\xc3\xa9", b"\xff"])
-    columns = draw(st.lists(st.tuples(names, st.just(25), st.integers(0, 2)), max_size=3))
+    oids = st.sampled_from([25, 23, 20, 16, 2950, 3802, 17, 700])
+    columns = draw(st.lists(st.tuples(names, oids, st.integers(0, 2)), max_size=3))
     return row_description(*columns)
 
 

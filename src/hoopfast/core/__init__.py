@@ -16,7 +16,7 @@ import os
 from types import ModuleType
 from typing import TYPE_CHECKING, cast
 
-from hoopfast.core._shown import shown_parameter
+from hoopfast.core._shown import shown_binary, shown_parameter
 from hoopfast.core.abc import Core
 from hoopfast.core.abc import MaskPlan as MaskPlanContract
 from hoopfast.errors import ConfigurationError
@@ -120,5 +120,6 @@ __all__ = [
     "fingerprint",
     "float_repr",
     "frame",
+    "shown_binary",
     "shown_parameter",
 ]

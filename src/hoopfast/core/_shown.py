@@ -24,3 +24,63 @@ def shown_parameter(raw: bytes, fmt: int, codec: str, mask_text: Callable[[str],
     if fmt != 1 or masked != text:
         return masked
     return "\\x" + raw.hex()
+
+
+# -- result values in binary format -------------------------------------------
+#
+# A result value the client asked for in binary format (asyncpg asks for
+# every column so) is kept as PostgreSQL's text output would show it where
+# that is exact and independent of the session's settings: text-like types
+# (their binary form is their text in the client encoding), integers, bool,
+# uuid and jsonb (a version byte, then its text). Anything else (floats,
+# numeric, dates and times, whose text depends on DateStyle, TimeZone or
+# extra_float_digits; "char" and xml, whose text differs from their bytes)
+# and any value of the wrong length stays ``\x`` + hex. Both trail builds
+# follow these codes (ext/_ctrail.pyx reads this table, and checks the codes
+# when it is imported).
+HEX = 0
+TEXT = 1
+INT2 = 2
+INT4 = 3
+INT8 = 4
+OID = 5
+BOOL = 6
+UUID = 7
+JSONB = 8
+
+#: Type OID -> how its binary values are shown.
+BINARY_KINDS = {
+    25: TEXT,  # text
+    1043: TEXT,  # varchar
+    1042: TEXT,  # bpchar
+    19: TEXT,  # name
+    114: TEXT,  # json
+    705: TEXT,  # unknown
+    21: INT2,
+    23: INT4,
+    20: INT8,
+    26: OID,
+    16: BOOL,
+    2950: UUID,
+    3802: JSONB,
+}
+
+_SIZES = {INT2: 2, INT4: 4, INT8: 8, OID: 4, BOOL: 1, UUID: 16}
+
+
+def shown_binary(raw: bytes, type_oid: int, codec: str) -> str:
+    """A binary-format result value of type ``type_oid`` as shown (above)."""
+    kind = BINARY_KINDS.get(type_oid, HEX)
+    if kind == TEXT:
+        return raw.decode(codec, "replace")
+    if kind == JSONB:
+        if raw[:1] == b"\x01":
+            return raw[1:].decode(codec, "replace")
+    elif kind != HEX and len(raw) == _SIZES[kind]:
+        if kind == BOOL:
+            return "t" if raw[0] else "f"
+        if kind == UUID:
+            h = raw.hex()
+            return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        return str(int.from_bytes(raw, "big", signed=kind != OID))
+    return "\\x" + raw.hex()

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from hoopfast.core import _drops
-from hoopfast.core._shown import shown_parameter
+from hoopfast.core._shown import shown_binary, shown_parameter
 
 # Message type codes (as hoopfast.proxy.postgres.messages; the core does not
 # import the proxy). From the client:
@@ -438,13 +438,6 @@ class Trail:
             text, verdict, params, result_formats, self._described.get(name), self._ends
         )
 
-    def _value(self, raw: bytes, fmt: int) -> str:
-        """A result value: as the client saw it (masked or not by the
-        gateway's result masking), binary ones as hex."""
-        if fmt == 1:
-            return "\\x" + raw.hex()
-        return raw.decode(self._codec, "replace")
-
     # -- from the server ------------------------------------------------------
 
     def server_message(self, type_code: int, data: bytes) -> None:
@@ -564,7 +557,9 @@ class Trail:
                 and self._session_kept + length <= caps.session_bytes
             ):
                 st.pending_rows += 1  # a suspended portal's rows have no tag
-                result.rows.append(self._decode_row(data, pos + 5, min(nxt, end), result.formats))
+                result.rows.append(
+                    self._decode_row(data, pos + 5, min(nxt, end), result.formats, result.columns)
+                )
                 st.kept_bytes += length
                 self._session_kept += length
             else:
@@ -573,7 +568,14 @@ class Trail:
                 return
             pos = nxt
 
-    def _decode_row(self, data: bytes, pos: int, end: int, formats: list[int]) -> list[str | None]:
+    def _decode_row(
+        self,
+        data: bytes,
+        pos: int,
+        end: int,
+        formats: list[int],
+        columns: list[dict[str, Any]],
+    ) -> list[str | None]:
         """A DataRow's values, read within the row's own length (``end``):
         a malformed row never reads into the next one of a batch, and its
         values stop where its bytes do."""
@@ -588,8 +590,12 @@ class Trail:
             if length < 0:
                 row.append(None)
                 continue
-            fmt = formats[i] if i < len(formats) else 0
-            row.append(self._value(data[pos : min(pos + length, end)], fmt))
+            raw = data[pos : min(pos + length, end)]
+            if i < len(formats) and formats[i] == 1:
+                oid = columns[i]["type_oid"] if i < len(columns) else 0
+                row.append(shown_binary(raw, oid, self._codec))
+            else:
+                row.append(raw.decode(self._codec, "replace"))
             pos += length
         return row
 
