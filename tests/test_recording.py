@@ -17,7 +17,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -71,6 +71,21 @@ def trail(gw: RunningGateway, session: SessionRow) -> list[dict[str, Any]]:
 
 def statements(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in events if e["kind"] == "statement"]
+
+
+def _asyncpg(gw: RunningGateway, subject: str, work: Callable[[Any], Awaitable[T]]) -> T:
+    """``work`` on an asyncpg connection of ``subject``'s through the gateway."""
+
+    async def run() -> T:
+        kwargs = gw.asyncpg_kwargs(user=subject)
+        kwargs["password"] = gw.token(subject)
+        conn = await asyncpg.connect(**kwargs)
+        try:
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
 
 
 def psql(gw: RunningGateway, subject: str, script: str) -> subprocess.CompletedProcess[str]:
@@ -184,18 +199,12 @@ def test_asyncpg_binary_parameters_reach_the_trail_masked(idle_gateway: RunningG
     gw = idle_gateway
     who = _person()
 
-    async def run() -> Any:
-        kwargs = gw.asyncpg_kwargs(user=who)
-        kwargs["password"] = gw.token(who)
-        conn = await asyncpg.connect(**kwargs)
-        try:
-            return await conn.fetchrow(
-                "SELECT $1::text AS t, $2::int AS n", "mail me: x@example.com", 7
-            )
-        finally:
-            await conn.close()
+    async def run(conn: Any) -> Any:
+        return await conn.fetchrow(
+            "SELECT $1::text AS t, $2::int AS n", "mail me: x@example.com", 7
+        )
 
-    row = asyncio.run(run())
+    row = _asyncpg(gw, who, run)
     assert tuple(row) == ("mail me: x@example.com", 7)
     events = statements(trail(gw, sealed_session(gw, who)))
     (bound,) = [e for e in events if e["text"] == "SELECT $1::text AS t, $2::int AS n"]
@@ -258,18 +267,12 @@ def test_rows_past_the_cap_are_counted_without_being_read(idle_gateway: RunningG
     gw = idle_gateway
     who = _person()
 
-    async def portal() -> int:
-        kwargs = gw.asyncpg_kwargs(user=who)
-        kwargs["password"] = gw.token(who)
-        conn = await asyncpg.connect(**kwargs)
-        try:
-            async with conn.transaction():
-                cursor = conn.cursor("SELECT g FROM generate_series(1, 1000) g", prefetch=300)
-                return len([row async for row in cursor])
-        finally:
-            await conn.close()
+    async def portal(conn: Any) -> int:
+        async with conn.transaction():
+            cursor = conn.cursor("SELECT g FROM generate_series(1, 1000) g", prefetch=300)
+            return len([row async for row in cursor])
 
-    assert asyncio.run(portal()) == 1000
+    assert _asyncpg(gw, who, portal) == 1000
     with (
         psycopg.connect(gw.conninfo(token=gw.token(who), user=who), autocommit=True) as conn,
         pytest.raises(psycopg.errors.DivisionByZero),
