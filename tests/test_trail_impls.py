@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import os
 import struct
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -664,7 +665,7 @@ def test_sql_deallocate_and_discard_forget_names_once_they_succeed() -> None:
     # The same with the session in Latin-1: the name is encoded so.
     latin = [
         *_prepare("café".encode("latin-1"), "SELECT 1"),
-        *simple("DEALLOCATE café", complete(b"DEALLOCATE"), READY),
+        *simple('DEALLOCATE "café"', complete(b"DEALLOCATE"), READY),
         *_run_named("café".encode("latin-1")),
     ]
     assert same(latin, codec="latin-1")[-1]["text"] == ""
@@ -730,7 +731,14 @@ def test_portals_end_with_their_transaction() -> None:
         ('DEALLOCATE "ALL"', (_drops.STATEMENT, b"ALL")),
         ("DEALLOCATE ALL;", (_drops.STATEMENTS, b"")),
         ("\tDISCARD  all ; ", (_drops.EVERYTHING, b"")),
-        ("DEALLOCATE Émile", (_drops.STATEMENT, "Émile".encode())),
+        # Unquoted non-ASCII: folded by the server's encoding; quoted: read
+        # when no encoding makes it longer than 63 bytes.
+        ("DEALLOCATE Émile", None),
+        ('DEALLOCATE "Émile"', (_drops.STATEMENT, "Émile".encode())),
+        ('DEALLOCATE "' + "é" * 15 + '"', (_drops.STATEMENT, "é".encode() * 15)),
+        ('DEALLOCATE "' + "é" * 16 + '"', None),
+        ("DEALLOCATE \u212aey", None),  # the Kelvin sign is not a K
+        ("DEALLOCATE all_x", (_drops.STATEMENT, b"all_x")),
         ("DEALLOCATE " + "x" * 63, (_drops.STATEMENT, b"x" * 63)),
         ("DEALLOCATE " + "x" * 64, None),  # truncated by the server: not guessed
         ("DEALLOCATE", None),
@@ -746,6 +754,17 @@ def test_portals_end_with_their_transaction() -> None:
 )
 def test_which_sql_drops_prepared_statements(text: str, found: tuple[int, bytes] | None) -> None:
     assert _drops.drops(text, "utf-8") == found
+
+
+def test_reading_a_drop_takes_linear_time_whatever_follows() -> None:
+    """A client controls the whole text: whitespace after the name must not
+    make the pattern try every way to split it (that took seconds)."""
+    started = time.perf_counter()
+    for tail in (" " * 4000 + "x", " ;" * 2000, "\t" * 4000 + ";;"):
+        assert _drops.drops("DEALLOCATE s1" + tail, "utf-8") is None
+    assert _drops._DROP.match("DEALLOCATE s1" + " " * 200_000 + "x") is None
+    assert _drops.drops("DEALLOCATE s1" + " " * 5000, "utf-8") is None  # past the length read
+    assert time.perf_counter() - started < 0.5
 
 
 def test_describe_statement_no_data_and_portal_after_execute() -> None:

@@ -30,17 +30,29 @@ TAGS = {STATEMENT: "DEALLOCATE", STATEMENTS: "DEALLOCATE ALL", EVERYTHING: "DISC
 # PostgreSQL's whitespace (scan.l: space, tab, newline, CR, form feed, and
 # vertical tab).
 _WS = r"[ \t\n\r\f\v]"
+# Linear on any input: no two parts can match the same run of characters
+# (a text of whitespace after the name costs one pass, not a pass per way
+# to split it). re.ASCII: keywords and unquoted names are ASCII letters,
+# case-insensitively, and nothing else (IGNORECASE alone lets [a-z] match
+# the Kelvin sign).
 _DROP = re.compile(
     rf"{_WS}*(?:"
     rf"(?P<deallocate>deallocate){_WS}+(?:prepare{_WS}+)?"
-    rf"(?:(?P<all>all)|\"(?P<quoted>(?:[^\"]|\"\")+)\"|(?P<plain>[a-z_\x80-\U0010ffff][a-z0-9_$\x80-\U0010ffff]*))"
+    rf"(?:(?P<all>all)|\"(?P<quoted>(?:[^\"]|\"\")+)\"|(?P<plain>[a-z_][a-z0-9_$]*))"
     rf"|discard{_WS}+all"
-    rf"){_WS}*;?{_WS}*\Z",
-    re.IGNORECASE,
+    rf"){_WS}*(?:;{_WS}*)?\Z",
+    re.IGNORECASE | re.ASCII,
 )
-#: Identifiers are truncated past NAMEDATALEN - 1 bytes (with a NOTICE): a
-#: longer name is left alone rather than guessed at.
+#: Longer texts are not read at all (the command is short; this bounds the
+#: work whatever the input).
+_MAX_TEXT = 4096
+#: PostgreSQL truncates an identifier past NAMEDATALEN - 1 bytes *in the
+#: database's encoding*, which the gateway does not know: a name is read
+#: only when it cannot be that long there (ASCII up to 63 characters, other
+#: quoted names up to 15, four bytes each at most). Unquoted names are read
+#: only in ASCII, whose case folding does not depend on the encoding.
 _NAME_BYTES = 63
+_NAME_CHARS = 15
 #: What a text must start with to be read at all (the cheap test first).
 FIRST = frozenset("dD \t\n\r\f\v")
 
@@ -48,6 +60,8 @@ FIRST = frozenset("dD \t\n\r\f\v")
 def drops(text: str, codec: str) -> tuple[int, bytes] | None:
     """What ``text`` drops if it runs: (STATEMENT, name in the client
     encoding), (STATEMENTS, b""), (EVERYTHING, b""), or None."""
+    if len(text) > _MAX_TEXT:
+        return None
     m = _DROP.match(text)
     if m is None:
         return None
@@ -55,15 +69,15 @@ def drops(text: str, codec: str) -> tuple[int, bytes] | None:
         return EVERYTHING, b""
     if m["all"] is not None:
         return STATEMENTS, b""
+    if m["quoted"] is not None:
+        name = m["quoted"].replace('""', '"')
+        if not (len(name) <= _NAME_BYTES if name.isascii() else len(name) <= _NAME_CHARS):
+            return None
+    else:
+        name = m["plain"].lower()  # (ASCII only: the pattern says so)
+        if len(name) > _NAME_BYTES:
+            return None
     try:
-        if m["quoted"] is not None:
-            name = m["quoted"].replace('""', '"').encode(codec)
-        else:
-            # Unquoted identifiers fold to lower case, ASCII letters only in
-            # a multibyte encoding (bytes.lower() touches ASCII alone).
-            name = m["plain"].encode(codec).lower()
+        return STATEMENT, name.encode(codec)
     except (UnicodeEncodeError, LookupError):
         return None
-    if len(name) > _NAME_BYTES:
-        return None
-    return STATEMENT, name
