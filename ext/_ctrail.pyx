@@ -60,6 +60,7 @@ cdef enum:
     _BIND_COMPLETE = 50  # 2
     _CLOSE_COMPLETE = 51  # 3
     _NO_DATA = 110  # n
+    _PARAMETER_DESCRIPTION = 116  # t
 
 # Queue entry kinds.
 cdef enum:
@@ -542,6 +543,7 @@ cdef class Trail:
     cdef dict _portals
     cdef long long _ends
     cdef dict _described
+    cdef dict _param_types
     cdef long long _session_kept
     cdef dict _row_descriptions
     cdef dict _tags
@@ -559,6 +561,7 @@ cdef class Trail:
         self._statements = {}
         self._portals = {}
         self._described = {}
+        self._param_types = {}
         self._row_descriptions = {}
         self._tags = {}
 
@@ -652,6 +655,7 @@ cdef class Trail:
             if self._statements.get(n) is meant:
                 del self._statements[n]
                 self._described.pop(n, None)
+                self._param_types.pop(n, None)
         for n, meant in portals.items():
             if self._portals.get(n) is meant:
                 del self._portals[n]
@@ -747,12 +751,17 @@ cdef class Trail:
             if self._statements.get(entry.name) is closing:
                 del self._statements[entry.name]
                 self._described.pop(entry.name, None)
+                self._param_types.pop(entry.name, None)
         elif self._portals.get(entry.name) is closing:
             del self._portals[entry.name]
 
     cdef _describe(self, bytes message):
-        # Its RowDescription belongs to the statement or portal it names.
-        self._push(_named_entry(_K_DESCRIBE, message))
+        # Its RowDescription belongs to the statement or portal it names (and
+        # a statement's ParameterDescription to what the name means now).
+        cdef _Entry entry = _named_entry(_K_DESCRIBE, message)
+        if entry.target == 83:  # S
+            entry.closing = self._statements.get(entry.name)
+        self._push(entry)
 
     cdef _bind(self, bytes message, object refused):
         cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(message)
@@ -777,6 +786,11 @@ cdef class Trail:
         cdef _Entry entry = _entry(_K_BIND, None)
         self._push(entry)
         cdef list params = []
+        cdef list types = None
+        described = self._param_types.get(name)
+        if known is not None and described is not None and (<tuple>described)[0] is known:
+            types = (<tuple>described)[1]
+        cdef str exact
         pos = b.values_at
         for i in range(b.nparams):
             length = _sint(buf, size, pos, 4)
@@ -790,8 +804,15 @@ cdef class Trail:
             if length < 0:
                 params.append(None)
                 continue
-            # (hoopfast/core/_shown.py: a binary value stays hex unless the
-            # detectors find something in its text.)
+            # (hoopfast/core/_shown.py, shown_parameter.)
+            if fmt == 1 and types is not None and i < PyList_GET_SIZE(types):
+                exact = self._binary_text(
+                    buf + pos, length, <int>_BINARY_KINDS.get(types[i], _B_HEX)
+                )
+                if exact is not None:
+                    params.append(self._mask_text(exact))
+                    pos += length
+                    continue
             value = self._decode(buf + pos, length)
             masked = self._mask_text(value)
             if fmt == 1 and masked == value:
@@ -875,7 +896,9 @@ cdef class Trail:
                     if p is not None:
                         p.columns = columns
                 self._popleft()
-            # ParameterDescription ("t") comes first for a statement: keep waiting.
+            elif type_code == _PARAMETER_DESCRIPTION and head.target == 83:  # S
+                # (Comes first for a statement; RowDescription or NoData follows.)
+                self._param_types[head.name] = (head.closing, _oids(data))
         elif kind == _K_EXECUTE:
             st = head.statement
             if type_code == _COMMAND_COMPLETE:
@@ -967,6 +990,11 @@ cdef class Trail:
 
     cdef str _binary_value(self, const unsigned char* buf, Py_ssize_t n, int kind):
         """(_shown.shown_binary, in C.)"""
+        cdef str text = self._binary_text(buf, n, kind)
+        return _hex(buf, n) if text is None else text
+
+    cdef str _binary_text(self, const unsigned char* buf, Py_ssize_t n, int kind):
+        """(_shown.binary_text, in C: None where not exact.)"""
         cdef str h
         if kind == _B_TEXT:
             return self._decode(buf, n)
@@ -982,7 +1010,7 @@ cdef class Trail:
             return str(<long long>_big_endian(buf, 8))  # (two's complement)
         elif (kind == _B_INT2 and n == 2) or ((kind == _B_INT4 or kind == _B_OID) and n == 4):
             return str(_uint(buf, n, 0, n) if kind == _B_OID else _sint(buf, n, 0, n))
-        return _hex(buf, n)
+        return None
 
     cdef _Columns _row_description(self, bytes data):
         """Columns and formats of a RowDescription; a session asks the same
@@ -1093,6 +1121,14 @@ cdef tuple _read_tag(bytes data):
     if words and words[-1].isdigit() and len(words[-1]) <= 20 and words[0] in _COUNTING:
         return tag, int(words[-1])
     return tag, None
+
+
+cdef list _oids(bytes data):
+    """(See the reference.)"""
+    cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
+    cdef Py_ssize_t i, count = _uint(buf, size, 5, 2)
+    return [_uint(buf, size, 7 + 4 * i, 4) for i in range(count)]
 
 
 cdef list _formats(list codes, Py_ssize_t n):

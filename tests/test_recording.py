@@ -194,24 +194,24 @@ def test_extended_protocol_texts_parameters_and_results(idle_gateway: RunningGat
 
 
 def test_asyncpg_binary_parameters_reach_the_trail_masked(idle_gateway: RunningGateway) -> None:
-    """asyncpg binds every string in binary format: the detectors still see
-    it (the trail shows binary values as hex only when they find nothing)."""
+    """asyncpg binds every value in binary format and Describes each
+    statement: the detectors still see a string, and an int8 as its digits
+    (a card number bound as a number is masked as it is in text)."""
     gw = idle_gateway
     who = _person()
+    sql = "SELECT $1::text AS t, $2::int AS n, $3::int8 AS card"
 
     async def run(conn: Any) -> Any:
-        return await conn.fetchrow(
-            "SELECT $1::text AS t, $2::int AS n", "mail me: x@example.com", 7
-        )
+        return await conn.fetchrow(sql, "mail me: x@example.com", 7, 4111111111111111)
 
     row = _asyncpg(gw, who, run)
-    assert tuple(row) == ("mail me: x@example.com", 7)
+    assert tuple(row) == ("mail me: x@example.com", 7, 4111111111111111)
     events = statements(trail(gw, sealed_session(gw, who)))
-    (bound,) = [e for e in events if e["text"] == "SELECT $1::text AS t, $2::int AS n"]
-    assert bound["params"] == ["mail me: [REDACTED:email]", "\\x00000007"]
+    (bound,) = [e for e in events if e["text"] == sql]
+    assert bound["params"] == ["mail me: [REDACTED:email]", "7", "[REDACTED:card]"]
     # The result is kept as the client saw it (this connection masks no
     # results), its binary values as their text.
-    assert bound["results"][0]["rows"] == [["mail me: x@example.com", "7"]]
+    assert bound["results"][0]["rows"] == [["mail me: x@example.com", "7", "4111111111111111"]]
 
 
 def test_statements_psycopg_evicts_and_prepares_again_keep_their_text(

@@ -383,6 +383,43 @@ def test_a_binary_parameter_the_detectors_match_is_shown_masked_not_as_hex() -> 
     assert e["params"] == ["my ******", "\\x0000002a", "\\xc3a9"]
 
 
+def test_binary_parameters_of_described_types_are_shown_as_their_text() -> None:
+    """asyncpg Describes each statement: with the parameter types the server
+    gives (ParameterDescription), a binary int8 is shown, and detected, as
+    its digits, not as hex that would carry a card number past the
+    detectors. A name parsed again after the Describe has new types."""
+    types = msg(b"t", struct.pack("!H3I", 3, 20, 25, 1700))
+    values = [struct.pack("!q", 4111111111111111), b"my secret", b"\0\x01"]
+    run = [
+        ("client", bind(b"", b"s", values, [1])),
+        ("client", execute()),
+        ("client", SYNC),
+        ("server", BIND_COMPLETE),
+        ("server", complete(b"SELECT 1")),
+        ("server", READY),
+    ]
+    events = same(
+        [
+            ("parse", b"s", "SELECT $1::int8, $2::text, $3::numeric", ALLOW),
+            ("client", describe(b"S", b"s")),
+            ("client", SYNC),
+            ("server", PARSE_COMPLETE),
+            ("server", types),
+            ("server", NO_DATA),
+            ("server", READY),
+            *run,
+            ("parse", b"s", "SELECT $1::int8, $2::text, $3::numeric", ALLOW),
+            *run[:3],
+            ("server", PARSE_COMPLETE),
+            *run[3:],
+        ]
+    )
+    assert [e["params"] for e in events] == [
+        ["4111111111111111", "my ******", "\\x0001"],  # numeric: not known here
+        ["\\x000e9b08a568f1c7", "my ******", "\\x0001"],
+    ]
+
+
 def test_shown_parameter_for_the_trail_and_the_approvers() -> None:
     from hoopfast.proxy.postgres import messages as m
     from hoopfast.proxy.postgres.review import bound_values
@@ -392,6 +429,8 @@ def test_shown_parameter_for_the_trail_and_the_approvers() -> None:
     assert shown(b"my secret", 1, "utf-8", mask) == "my ******"
     assert shown(b"plain", 1, "utf-8", mask) == "\\x706c61696e"
     assert shown(b"plain", 7, "utf-8", mask) == "plain"  # not 1: text
+    assert shown(b"\0\0\0\x07", 1, "utf-8", mask, 23) == "7"  # a described int4
+    assert shown(b"\0\0\x07", 1, "utf-8", mask, 23) == "\\x000007"  # the wrong length
     assert shown("secret é".encode("latin-1"), 1, "latin-1", mask) == "****** é"
     bound = m.parse_bind(bind(values=[b"a secret", None, b"\x01"], formats=[1]))
     assert bound_values(bound, "utf-8", mask)[1] == '["a ******", null, "\\\\x01"]'

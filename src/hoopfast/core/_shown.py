@@ -2,13 +2,17 @@
 trail builds) and to approvers (hoopfast.proxy.postgres.review).
 
 A text-format value goes through the detectors (``mask_text``). A
-binary-format one is shown as ``\\x`` + hex, *unless* the detectors find
-something in its text: asyncpg sends every string in binary format (a text
-value's binary form is its bytes in the client encoding), and hex would
-carry an e-mail address or a card number past them. Then the value is shown
-as its masked text, like a text-format one. Non-text binary values (an
-int4, a uuid) rarely decode to anything a detector matches, so they stay
-hex.
+binary-format one of a type whose text is exact here (see below: integers,
+text-like types, bool, uuid, jsonb) goes through them as that text, when
+the trail knows the parameter's type: the server's ParameterDescription
+answering a Describe of the statement (asyncpg always asks for one). Any
+other binary value is shown as ``\\x`` + hex, *unless* the detectors find
+something in its bytes read as text (asyncpg sends every string in binary
+format: a text value's binary form is its bytes in the client encoding);
+then as that masked text. What stays hex is a binary value of a type the
+trail does not know or was not told (numeric, inet, arrays, a statement
+never described): its hex can hold what the detectors would have masked in
+text form (a card number as numeric, an address as inet).
 """
 
 from __future__ import annotations
@@ -16,9 +20,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 
-def shown_parameter(raw: bytes, fmt: int, codec: str, mask_text: Callable[[str], str]) -> str:
+def shown_parameter(
+    raw: bytes, fmt: int, codec: str, mask_text: Callable[[str], str], type_oid: int = 0
+) -> str:
     """A bound value (not NULL) as shown; ``fmt`` is its format code (1
-    binary, anything else text, as the server reads it)."""
+    binary, anything else text, as the server reads it). A binary value of a
+    type the server described (ParameterDescription, ``type_oid``) whose
+    text is exact (shown_binary) goes through the detectors as that text: a
+    card number bound as an int8 is masked as it would be as text."""
+    if fmt == 1 and (exact := binary_text(raw, type_oid, codec)) is not None:
+        return mask_text(exact)
     text = raw.decode(codec, "replace")
     masked = mask_text(text)
     if fmt != 1 or masked != text:
@@ -70,6 +81,13 @@ _SIZES = {INT2: 2, INT4: 4, INT8: 8, OID: 4, BOOL: 1, UUID: 16}
 
 def shown_binary(raw: bytes, type_oid: int, codec: str) -> str:
     """A binary-format result value of type ``type_oid`` as shown (above)."""
+    text = binary_text(raw, type_oid, codec)
+    return "\\x" + raw.hex() if text is None else text
+
+
+def binary_text(raw: bytes, type_oid: int, codec: str) -> str | None:
+    """PostgreSQL's text for a binary value of ``type_oid``, where it is
+    exact (above); else None."""
     kind = BINARY_KINDS.get(type_oid, HEX)
     if kind == TEXT:
         return raw.decode(codec, "replace")
@@ -83,4 +101,4 @@ def shown_binary(raw: bytes, type_oid: int, codec: str) -> str:
             h = raw.hex()
             return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
         return str(int.from_bytes(raw, "big", signed=kind != OID))
-    return "\\x" + raw.hex()
+    return None

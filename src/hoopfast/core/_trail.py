@@ -63,6 +63,7 @@ _PARSE_COMPLETE = ord("1")
 _BIND_COMPLETE = ord("2")
 _CLOSE_COMPLETE = ord("3")
 _NO_DATA = ord("n")
+_PARAMETER_DESCRIPTION = ord("t")
 
 # Queue entry kinds.
 _K_SIMPLE = 0  # Query or FunctionCall: answered up to ReadyForQuery
@@ -293,6 +294,9 @@ class Trail:
         #: Syncs, Queries and FunctionCalls sent (each ends with a
         #: ReadyForQuery, which may end the transaction and its portals).
         self._ends = 0
+        #: Parameter types from ParameterDescription, by statement name, with
+        #: the statement they describe (a name parsed again has new ones).
+        self._param_types: dict[bytes, tuple[Any, list[int]]] = {}
         #: RowDescriptions from Describe, by statement name.
         self._described: dict[bytes, _Columns | None] = {}
         self._session_kept = 0
@@ -347,6 +351,7 @@ class Trail:
             if self._statements.get(n) is meant:
                 del self._statements[n]
                 self._described.pop(n, None)
+                self._param_types.pop(n, None)
         for n, meant in portals.items():
             if self._portals.get(n) is meant:
                 del self._portals[n]
@@ -410,8 +415,12 @@ class Trail:
             self._ends += 1
             self._queue.append(_Entry(_K_SYNC, ends=self._ends))
         elif type_code == _DESCRIBE:
-            # Its RowDescription belongs to the statement or portal it names.
-            self._queue.append(_Entry(_K_DESCRIBE, None, _target(message)))
+            # Its RowDescription belongs to the statement or portal it names
+            # (and a statement's ParameterDescription to what the name means
+            # now: ``closing``, as a Close's).
+            target = _target(message)
+            meant = self._statements.get(target[1:]) if target[:1] == b"S" else None
+            self._queue.append(_Entry(_K_DESCRIBE, None, target, closing=meant))
         elif type_code == _CLOSE:
             # Forgotten when the server confirms (_closed).
             target = _target(message)
@@ -426,13 +435,21 @@ class Trail:
             # Malformed: the server refuses it; still one answer to follow.
             self._queue.append(_Entry(_K_BIND))
             return
-        text, verdict = self._statements.get(name, ("", self._unknown))
+        known = self._statements.get(name)
+        text, verdict = known or ("", self._unknown)
         verdict = refused or verdict
         entry = _Entry(_K_BIND, None, name)
         self._queue.append(entry)
+        described, types = self._param_types.get(name, (None, []))
+        if described is not known or known is None:
+            types = []  # (described before the name was parsed again)
         params = [
-            None if raw is None else shown_parameter(raw, fmt, self._codec, self._mask_text)
-            for fmt, raw in values
+            None
+            if raw is None
+            else shown_parameter(
+                raw, fmt, self._codec, self._mask_text, types[i] if i < len(types) else 0
+            )
+            for i, (fmt, raw) in enumerate(values)
         ]
         self._portals[portal] = entry.portal = _Portal(
             text, verdict, params, result_formats, self._described.get(name), self._ends
@@ -490,7 +507,10 @@ class Trail:
                 elif (p := self._portals.get(target[1:])) is not None:
                     p.columns = columns
                 queue.popleft()
-            # ParameterDescription ("t") comes first for a statement: keep waiting.
+            elif type_code == _PARAMETER_DESCRIPTION and head.name[:1] == b"S":
+                # (Comes first for a statement; its RowDescription or NoData
+                # follows.)
+                self._param_types[head.name[1:]] = (head.closing, _oids(data))
         elif kind == _K_EXECUTE:
             st = head.statement
             assert st is not None
@@ -529,6 +549,7 @@ class Trail:
             if self._statements.get(name) is closing:
                 del self._statements[name]
                 self._described.pop(name, None)
+                self._param_types.pop(name, None)
         elif self._portals.get(name) is closing:
             del self._portals[name]
 
@@ -696,6 +717,12 @@ def _read_tag(data: bytes) -> tuple[str, int | None]:
     if words and words[-1].isdigit() and len(words[-1]) <= 20 and words[0] in _COUNTING:
         return tag, int(words[-1])
     return tag, None
+
+
+def _oids(data: bytes) -> list[int]:
+    """A ParameterDescription's type OIDs (as many as the message holds)."""
+    count = int.from_bytes(data[5:7], "big")
+    return [int.from_bytes(data[7 + 4 * i : 11 + 4 * i], "big") for i in range(count)]
 
 
 def _formats(codes: list[int], n: int) -> list[int]:
