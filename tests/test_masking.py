@@ -554,6 +554,27 @@ def test_detectors_only_connection(gw: RunningGateway) -> None:
         assert row == ("[REDACTED:email]", "[REDACTED:us_ssn]", "Ann Lee", "4111 1111 1111 1111")
 
 
+def test_detectors_see_binary_jsonb(gw: RunningGateway) -> None:
+    """asyncpg reads jsonb in binary (a version byte, then the text): the
+    connection's detectors mask inside it as in text format."""
+
+    async def main() -> tuple[str, str]:
+        conn = await asyncpg.connect(**gw.asyncpg_kwargs("detect_only"))
+        try:
+            value = await conn.fetchval(
+                "SELECT jsonb_build_object('e', email, 'n', name) FROM customers WHERE id = 1"
+            )
+            text = await conn.fetchval(
+                "SELECT jsonb_build_object('e', email, 'n', name)::text FROM customers WHERE id = 1"
+            )
+            return value, text
+        finally:
+            await conn.close()
+
+    value, text = asyncio.run(main())
+    assert json.loads(value) == json.loads(text) == {"e": "[REDACTED:email]", "n": "Ann Lee"}
+
+
 def test_unmasked_connection_is_untouched(gw: RunningGateway) -> None:
     with opened_connections(gw, "plain") as connect:
         conn = connect()

@@ -597,6 +597,12 @@ pub fn redact_json(dets: &Detectors, text: &[u8]) -> Option<Vec<u8>> {
 
 const TEXT_TYPES: [u32; 5] = [25, 1043, 1042, 19, 705];
 const JSON_TYPES: [u32; 2] = [114, 3802];
+const JSONB: u32 = 3802;
+
+/// The text strategies a json (or jsonb) value can take.
+fn json_strategy(strategy: &str) -> bool {
+    ["redact", "hash", "detect"].contains(&strategy)
+}
 
 fn array_default(elem: u32) -> (&'static [u8], Vec<u8>) {
     let mut b = vec![0u8; 8];
@@ -674,6 +680,9 @@ pub enum Masker {
     Hash { json: bool },
     Fake,
     Detect { dets: Detectors, json: bool },
+    /// jsonb in binary format: a version byte (1), then its text, which the
+    /// inner json masker masks; any other version is NULL (fail closed).
+    Jsonb(Box<Masker>),
 }
 
 /// A value after masking.
@@ -722,14 +731,17 @@ fn compile_rule(rule: &Rule, key: &[u8], index: usize) -> Result<(Masker, Vec<us
     ids.sort_unstable();
     ids.dedup();
     let json = JSON_TYPES.contains(&oid);
+    // jsonb's binary form is a version byte and its text: the json
+    // strategies apply to the text.
+    let jsonb_binary = format_code == 1 && oid == JSONB && json_strategy(strategy);
     if strategy != "null" && strategy != "default" {
-        if format_code != 0 {
+        if format_code != 0 && !jsonb_binary {
             return err(format!(
                 "column {index}: a binary-format column can only be masked with null or default"
             ));
         }
         if json {
-            if !["redact", "hash", "detect"].contains(&strategy) {
+            if !json_strategy(strategy) {
                 return err(format!(
                     "column {index}: a json column can only be masked with redact, hash, detect, null or default"
                 ));
@@ -775,6 +787,11 @@ fn compile_rule(rule: &Rule, key: &[u8], index: usize) -> Result<(Masker, Vec<us
             dets: Detectors::new(ids.clone()),
             json,
         },
+    };
+    let masker = if jsonb_binary {
+        Masker::Jsonb(Box::new(masker))
+    } else {
+        masker
     };
     Ok((masker, ids))
 }
@@ -944,6 +961,22 @@ impl Masker {
                     None => Masked::Value(Cow::Borrowed(v)),
                 }
             }
+            Masker::Jsonb(inner) => match v.split_first() {
+                Some((1, text)) => match inner.apply(key, text) {
+                    Masked::Null => Masked::Null,
+                    // Unchanged: the value as it came, version byte included.
+                    Masked::Value(Cow::Borrowed(b)) if std::ptr::eq(b, text) => {
+                        Masked::Value(Cow::Borrowed(v))
+                    }
+                    Masked::Value(out) => {
+                        let mut with_version = Vec::with_capacity(out.len() + 1);
+                        with_version.push(1);
+                        with_version.extend_from_slice(&out);
+                        Masked::Value(Cow::Owned(with_version))
+                    }
+                },
+                _ => Masked::Null,
+            },
         }
     }
 }
@@ -1249,6 +1282,22 @@ mod tests {
             keep_first: 1,
             keep_last: 2,
         })
+    }
+
+    #[test]
+    fn binary_jsonb_keeps_its_version_byte() {
+        let mut r = rule("detect", &["email"]).unwrap();
+        r.format_code = 1;
+        r.type_oid = 3802;
+        let plan = MaskPlan::new(&[Some(r)], b"k", None).unwrap();
+        let value: &[u8] = b"\x01{\"e\": \"bob@example.com\"}";
+        let out = plan.apply(&row(&[Some(value)])).unwrap().unwrap();
+        let masked: &[u8] = b"\x01{\"e\": \"[REDACTED:email]\"}";
+        assert_eq!(out, row(&[Some(masked)]));
+        // Unchanged: the buffer as it came; an unknown version: NULL.
+        assert!(plan.apply(&row(&[Some(b"\x01{}")])).unwrap().is_none());
+        let out = plan.apply(&row(&[Some(b"\x02{}")])).unwrap().unwrap();
+        assert_eq!(out, row(&[None]));
     }
 
     #[test]

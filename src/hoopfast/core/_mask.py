@@ -88,6 +88,7 @@ _EMAIL_FULL = re.compile(DETECTORS[_INDEX["email"]][1])
 # Type OIDs (pg_type.dat).
 TEXT_TYPES = frozenset({25, 1043, 1042, 19, 705})  # text varchar bpchar name unknown
 JSON_TYPES = frozenset({114, 3802})  # json jsonb
+JSONB = 3802
 _JSON_STRATEGIES = ("redact", "hash", "null", "default", "detect")
 
 
@@ -95,11 +96,12 @@ def strategy_applies(strategy: str, format_code: int, type_oid: int) -> bool:
     """Whether ``strategy`` can mask a column of this format and type and
     still give the client a value its type decoder parses: text strategies
     need a text type in text format (json: a subset); null and default fit
-    every column."""
+    every column. jsonb's binary form is a version byte and its text: the
+    json strategies apply to that text (the engine keeps the byte)."""
     if strategy in ("null", "default"):
         return True
     if format_code != 0:
-        return False
+        return type_oid == JSONB and strategy in _JSON_STRATEGIES
     if type_oid in JSON_TYPES:
         return strategy in _JSON_STRATEGIES
     return type_oid in TEXT_TYPES
@@ -602,7 +604,21 @@ def _compile_rule(rule: object, key: bytes, index: int) -> tuple[Masker, list[in
         def masker(v: bytes) -> bytes | None:
             return redact(v, ids)
 
+    if format_code == 1 and strategy not in ("null", "default"):
+        # (binary jsonb, as strategy_applies allows: its version byte kept;
+        # any version but 1 is NULL, fail closed)
+        return _jsonb_binary(masker), ids
     return masker, ids
+
+
+def _jsonb_binary(text_masker: Masker) -> Masker:
+    def masker(v: bytes) -> bytes | None:
+        if v[:1] != b"\x01":
+            return None
+        out = text_masker(v[1:])
+        return None if out is None else b"\x01" + out
+
+    return masker
 
 
 _I16 = struct.Struct("!h")

@@ -12,10 +12,11 @@ Which rule covers a result field:
 3. else, for a text or json field, the connection's ``detectors``.
 
 The engine only produces values the client's type decoder parses: a text
-strategy on a field it cannot apply to (a non-text type, jsonb in binary)
-becomes the rule's ``fallback`` (null or the type's default). Text, varchar,
-bpchar, name and json have the same bytes in binary format as in text
-format, so binary results (asyncpg) of those types are masked like text.
+strategy on a field it cannot apply to (a non-text type) becomes the rule's
+``fallback`` (null or the type's default). Text, varchar, bpchar, name and
+json have the same bytes in binary format as in text format, so binary
+results (asyncpg) of those types are masked like text; binary jsonb is a
+version byte and then its text, which the engine masks as json.
 """
 
 from __future__ import annotations
