@@ -31,9 +31,9 @@ import codecs
 from hoopfast.core import _shown
 from hoopfast.core._shown import BINARY_KINDS as _BINARY_KINDS
 
+from hoopfast.core._drops import EVERYTHING as _DROPS_EVERYTHING
 from hoopfast.core._drops import FIRST as _FIRST
 from hoopfast.core._drops import STATEMENT as _DROPS_STATEMENT
-from hoopfast.core._drops import STATEMENTS as _DROPS_STATEMENTS
 from hoopfast.core._drops import TAGS as _DROPS_TAGS
 from hoopfast.core._drops import drops as _drops_of
 
@@ -85,15 +85,16 @@ cdef const char* _REPLACE = b"replace"
 cdef inline long long _uint(const unsigned char* buf, Py_ssize_t size, Py_ssize_t pos,
                             Py_ssize_t width) noexcept nogil:
     """int.from_bytes(data[pos:pos + width], "big"), the slice as short as
-    the message makes it (empty: 0)."""
-    cdef long long value = 0
+    the message makes it (empty: 0). Summed unsigned: 8 bytes read back as
+    their two's complement (an int8), without signed overflow."""
+    cdef unsigned long long value = 0
     cdef Py_ssize_t end = pos + width
     if end > size:
         end = size
     while pos < end:
         value = (value << 8) | buf[pos]
         pos += 1
-    return value
+    return <long long>value
 
 
 cdef inline long long _sint(const unsigned char* buf, Py_ssize_t size, Py_ssize_t pos,
@@ -103,14 +104,6 @@ cdef inline long long _sint(const unsigned char* buf, Py_ssize_t size, Py_ssize_
     cdef long long value = _uint(buf, size, pos, width)
     if n > 0 and value >= (1LL << (8 * n - 1)):
         value -= 1LL << (8 * n)
-    return value
-
-
-cdef inline unsigned long long _big_endian(const unsigned char* buf, Py_ssize_t n) noexcept nogil:
-    cdef unsigned long long value = 0
-    cdef Py_ssize_t i
-    for i in range(n):
-        value = (value << 8) | buf[i]
     return value
 
 
@@ -406,8 +399,9 @@ cdef class _Entry:
     cdef bytes name
     #: A Bind's portal, as bound (a later Parse may reuse the name).
     cdef _Portal portal
-    #: A Close's: what its name meant when the client sent it.
-    cdef object closing
+    #: A Close's or a statement Describe's: what its name meant when the
+    #: client sent it.
+    cdef object meant
     cdef long long ends
 
 
@@ -629,36 +623,35 @@ cdef class Trail:
         if found is None:
             return
         kind, name = <tuple>found
+        cdef dict statements
         if kind == _DROPS_STATEMENT:
-            snapshot = self._statements.get(name)
-            if snapshot is None:
+            meant = self._statements.get(name)
+            if meant is None:
                 return
-        elif kind == _DROPS_STATEMENTS:
-            snapshot = dict(self._statements)
+            statements = {name: meant}
         else:
-            snapshot = (dict(self._statements), dict(self._portals))
-        st.drops = (kind, name, snapshot)
+            statements = dict(self._statements)
+        portals = dict(self._portals) if kind == _DROPS_EVERYTHING else {}
+        st.drops = (_DROPS_TAGS[kind], statements, portals)
 
     cdef _dropped(self, tuple drops, str tag):
-        kind, name, snapshot = drops
-        if tag != _DROPS_TAGS[kind]:
-            return
-        cdef dict statements
-        cdef dict portals = {}
-        if kind == _DROPS_STATEMENT:
-            statements = {name: snapshot}
-        elif kind == _DROPS_STATEMENTS:
-            statements = snapshot
-        else:
-            statements, portals = snapshot
-        for n, meant in statements.items():
-            if self._statements.get(n) is meant:
-                del self._statements[n]
-                self._described.pop(n, None)
-                self._param_types.pop(n, None)
-        for n, meant in portals.items():
-            if self._portals.get(n) is meant:
-                del self._portals[n]
+        expected, statements, portals = drops
+        if tag == expected:
+            for name, meant in (<dict>statements).items():
+                self._forget_statement(name, meant)
+            for name, meant in (<dict>portals).items():
+                self._forget_portal(name, meant)
+
+    cdef _forget_statement(self, bytes name, meant):
+        """(See the reference.)"""
+        if self._statements.get(name) is meant:
+            del self._statements[name]
+            self._described.pop(name, None)
+            self._param_types.pop(name, None)
+
+    cdef _forget_portal(self, bytes name, meant):
+        if self._portals.get(name) is meant:
+            del self._portals[name]
 
     def function_call(self, oid, verdict):
         self._push_end(_entry(_K_SIMPLE, _start(f"-- function call, oid {oid}", verdict, None)))
@@ -731,7 +724,7 @@ cdef class Trail:
         cdef _Entry entry = _named_entry(_K_CLOSE, message)
         if entry.target >= 0:
             names = self._statements if entry.target == 83 else self._portals  # S
-            entry.closing = names.get(entry.name)
+            entry.meant = names.get(entry.name)
         self._push(entry)
 
     cdef _transaction_ended(self, long long ends):
@@ -744,23 +737,19 @@ cdef class Trail:
 
     cdef _closed(self, _Entry entry):
         """(See the reference.)"""
-        closing = entry.closing
-        if closing is None:
+        if entry.meant is None:
             return
         if entry.target == 83:  # S
-            if self._statements.get(entry.name) is closing:
-                del self._statements[entry.name]
-                self._described.pop(entry.name, None)
-                self._param_types.pop(entry.name, None)
-        elif self._portals.get(entry.name) is closing:
-            del self._portals[entry.name]
+            self._forget_statement(entry.name, entry.meant)
+        else:
+            self._forget_portal(entry.name, entry.meant)
 
     cdef _describe(self, bytes message):
         # Its RowDescription belongs to the statement or portal it names (and
         # a statement's ParameterDescription to what the name means now).
         cdef _Entry entry = _named_entry(_K_DESCRIBE, message)
         if entry.target == 83:  # S
-            entry.closing = self._statements.get(entry.name)
+            entry.meant = self._statements.get(entry.name)
         self._push(entry)
 
     cdef _bind(self, bytes message, object refused):
@@ -898,7 +887,7 @@ cdef class Trail:
                 self._popleft()
             elif type_code == _PARAMETER_DESCRIPTION and head.target == 83:  # S
                 # (Comes first for a statement; RowDescription or NoData follows.)
-                self._param_types[head.name] = (head.closing, _oids(data))
+                self._param_types[head.name] = (head.meant, _oids(data))
         elif kind == _K_EXECUTE:
             st = head.statement
             if type_code == _COMMAND_COMPLETE:
@@ -1007,7 +996,7 @@ cdef class Trail:
             h = _hex(buf, 16)
             return f"{h[2:10]}-{h[10:14]}-{h[14:18]}-{h[18:22]}-{h[22:]}"
         elif kind == _B_INT8 and n == 8:
-            return str(<long long>_big_endian(buf, 8))  # (two's complement)
+            return str(_uint(buf, n, 0, 8))  # (8 bytes: two's complement, signed)
         elif (kind == _B_INT2 and n == 2) or ((kind == _B_INT4 or kind == _B_OID) and n == 4):
             return str(_uint(buf, n, 0, n) if kind == _B_OID else _sint(buf, n, 0, n))
         return None

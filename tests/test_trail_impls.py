@@ -637,6 +637,16 @@ def _run_named(name: bytes, portal: bytes = b"") -> Script:
     ]
 
 
+def _bound(portal: bytes, name: bytes, ready: bytes = READY) -> Script:
+    """Bind ``name`` to ``portal`` in a Sync group of its own."""
+    return [
+        ("client", bind(portal, name)),
+        ("client", SYNC),
+        ("server", BIND_COMPLETE),
+        ("server", ready),
+    ]
+
+
 def _prepare(name: bytes, text: str) -> Script:
     return [
         ("parse", name, text, ALLOW),
@@ -683,10 +693,7 @@ def test_sql_deallocate_and_discard_forget_names_once_they_succeed() -> None:
         *_run_named(b"s_1"),
         # DISCARD ALL: statements and portals.
         *_prepare(b"s9", "SELECT 9"),
-        ("client", bind(b"p9", b"s9")),
-        ("client", SYNC),
-        ("server", BIND_COMPLETE),
-        ("server", READY),
+        *_bound(b"p9", b"s9"),
         *simple("DISCARD ALL", complete(b"DISCARD ALL"), READY),
         *_run_named(b"s9"),
         ("client", execute(b"p9")),
@@ -718,16 +725,10 @@ def test_portals_end_with_their_transaction() -> None:
     events = same(
         [
             *_prepare(b"s", "SELECT 1"),
-            ("client", bind(b"p1", b"s")),
-            ("client", SYNC),
-            ("server", BIND_COMPLETE),
-            ("server", READY),
+            *_bound(b"p1", b"s"),
             # In a transaction block the portal outlives the Sync.
             *simple("BEGIN", complete(b"BEGIN"), in_transaction),
-            ("client", bind(b"p2", b"s")),
-            ("client", SYNC),
-            ("server", BIND_COMPLETE),
-            ("server", in_transaction),
+            *_bound(b"p2", b"s", in_transaction),
             ("client", execute(b"p2")),
             ("client", SYNC),
             ("server", complete(b"SELECT 1")),

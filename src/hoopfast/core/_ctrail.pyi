@@ -30,7 +30,7 @@ class Statement:
     result_formats: list[int]
     duration: float
     server_bytes: int
-    drops: tuple[int, bytes, Any] | None
+    drops: tuple[str, dict[bytes, Any], dict[bytes, Any]] | None
     def __init__(
         self,
         text: str,

@@ -156,9 +156,10 @@ class Statement:
     #: messages that answered it.
     duration: float = 0.0
     server_bytes: int = 0
-    #: What this statement drops if it succeeds (_drops): the kind, the
-    #: name, and what the names it drops meant when it was sent.
-    drops: tuple[int, bytes, Any] | None = None
+    #: What this statement drops if it succeeds (_drops): the tag that
+    #: confirms it, and the statement and portal names it drops with what
+    #: they meant when it was sent.
+    drops: tuple[str, dict[bytes, Any], dict[bytes, Any]] | None = None
 
     def event(self, n: int) -> dict[str, Any]:
         event = {
@@ -207,8 +208,9 @@ class _Entry:
     name: bytes = b""
     #: A Bind's portal, as bound (a later Parse may reuse the name).
     portal: _Portal | None = None
-    #: A Close's: what its name meant when the client sent it.
-    closing: Any = None
+    #: A Close's or a statement Describe's: what its name meant when the
+    #: client sent it (a Parse or Bind sent after may give it a new meaning).
+    meant: Any = None
     #: A Sync's (or Query's): its number among them (Trail._ends).
     ends: int = 0
 
@@ -326,35 +328,36 @@ class Trail:
         if found is None:
             return
         kind, name = found
-        snapshot: Any
         if kind == _drops.STATEMENT:
-            if (snapshot := self._statements.get(name)) is None:
+            if (meant := self._statements.get(name)) is None:
                 return
-        elif kind == _drops.STATEMENTS:
-            snapshot = dict(self._statements)
+            statements = {name: meant}
         else:
-            snapshot = (dict(self._statements), dict(self._portals))
-        st.drops = (kind, name, snapshot)
+            statements = dict(self._statements)
+        portals = dict(self._portals) if kind == _drops.EVERYTHING else {}
+        st.drops = (_drops.TAGS[kind], statements, portals)
 
-    def _dropped(self, drops: tuple[int, bytes, Any], tag: str) -> None:
-        kind, name, snapshot = drops
-        if tag != _drops.TAGS[kind]:
-            return
-        portals: dict[bytes, Any] = {}
-        if kind == _drops.STATEMENT:
-            statements = {name: snapshot}
-        elif kind == _drops.STATEMENTS:
-            statements = snapshot
-        else:
-            statements, portals = snapshot
-        for n, meant in statements.items():
-            if self._statements.get(n) is meant:
-                del self._statements[n]
-                self._described.pop(n, None)
-                self._param_types.pop(n, None)
-        for n, meant in portals.items():
-            if self._portals.get(n) is meant:
-                del self._portals[n]
+    def _dropped(self, drops: tuple[str, dict[bytes, Any], dict[bytes, Any]], tag: str) -> None:
+        expected, statements, portals = drops
+        if tag == expected:
+            for name, meant in statements.items():
+                self._forget_statement(name, meant)
+            for name, meant in portals.items():
+                self._forget_portal(name, meant)
+
+    def _forget_statement(self, name: bytes, meant: Any) -> None:
+        """The server dropped statement ``name``: forget it, unless it means
+        something else by now (a Parse sent after the Close or DEALLOCATE,
+        which the trail took in as it was sent)."""
+        if self._statements.get(name) is meant:
+            del self._statements[name]
+            self._described.pop(name, None)
+            self._param_types.pop(name, None)
+
+    def _forget_portal(self, name: bytes, meant: Any) -> None:
+        """(As _forget_statement, for a portal and a later Bind.)"""
+        if self._portals.get(name) is meant:
+            del self._portals[name]
 
     def function_call(self, oid: int, verdict: Any) -> None:
         self._ends += 1
@@ -417,16 +420,16 @@ class Trail:
         elif type_code == _DESCRIBE:
             # Its RowDescription belongs to the statement or portal it names
             # (and a statement's ParameterDescription to what the name means
-            # now: ``closing``, as a Close's).
+            # now).
             target = _target(message)
-            meant = self._statements.get(target[1:]) if target[:1] == b"S" else None
-            self._queue.append(_Entry(_K_DESCRIBE, None, target, closing=meant))
+            meant: Any = self._statements.get(target[1:]) if target[:1] == b"S" else None
+            self._queue.append(_Entry(_K_DESCRIBE, None, target, meant=meant))
         elif type_code == _CLOSE:
             # Forgotten when the server confirms (_closed).
             target = _target(message)
             names = self._statements if target[:1] == b"S" else self._portals
-            closing = names.get(target[1:]) if target else None  # (else malformed)
-            self._queue.append(_Entry(_K_CLOSE, None, target, closing=closing))
+            meant = names.get(target[1:]) if target else None  # (else malformed)
+            self._queue.append(_Entry(_K_CLOSE, None, target, meant=meant))
 
     def _bind(self, message: bytes, refused: Any) -> None:
         try:
@@ -510,7 +513,7 @@ class Trail:
             elif type_code == _PARAMETER_DESCRIPTION and head.name[:1] == b"S":
                 # (Comes first for a statement; its RowDescription or NoData
                 # follows.)
-                self._param_types[head.name[1:]] = (head.closing, _oids(data))
+                self._param_types[head.name[1:]] = (head.meant, _oids(data))
         elif kind == _K_EXECUTE:
             st = head.statement
             assert st is not None
@@ -537,21 +540,15 @@ class Trail:
                 del portals[name]
 
     def _closed(self, entry: _Entry) -> None:
-        """The server closed a statement or portal: forget its name (so that
-        a session naming statement after statement keeps only those open),
-        unless it means something else by now (a Parse or Bind sent after
-        the Close, which the trail took in as it was sent)."""
-        target, closing = entry.name, entry.closing
-        name = target[1:]
-        if closing is None:
+        """The server closed a statement or portal: forget its name, so that
+        a session naming statement after statement keeps only those open."""
+        target, meant = entry.name, entry.meant
+        if meant is None:
             return
         if target[:1] == b"S":
-            if self._statements.get(name) is closing:
-                del self._statements[name]
-                self._described.pop(name, None)
-                self._param_types.pop(name, None)
-        elif self._portals.get(name) is closing:
-            del self._portals[name]
+            self._forget_statement(target[1:], meant)
+        else:
+            self._forget_portal(target[1:], meant)
 
     def _rows(self, st: Statement | None, data: bytes) -> None:
         if st is None:
