@@ -256,9 +256,10 @@ cdef enum:
     _B_BOOL = 6
     _B_UUID = 7
     _B_JSONB = 8
+    _B_NUMERIC = 9
 
 if (_shown.HEX, _shown.TEXT, _shown.INT2, _shown.INT4, _shown.INT8, _shown.OID, _shown.BOOL,
-        _shown.UUID, _shown.JSONB) != tuple(range(9)):
+        _shown.UUID, _shown.JSONB, _shown.NUMERIC) != tuple(range(10)):
     raise ImportError("hoopfast.core._shown's binary codes changed: rebuild ext/_ctrail.pyx")
 
 cdef bytes _binary(list formats, list columns):
@@ -656,8 +657,13 @@ cdef class Trail:
     def function_call(self, oid, verdict):
         self._push_end(_entry(_K_SIMPLE, _start(f"-- function call, oid {oid}", verdict, None)))
 
-    def parse(self, name, text, verdict):
-        self._statements[name] = (text, verdict)
+    def parse(self, name, text, verdict, message=None):
+        """(See the reference.)"""
+        cdef tuple known = (text, verdict)
+        self._statements[name] = known
+        declared = _declared_types(message) if message is not None else None
+        if declared is not None:
+            self._param_types[name] = (known, declared)
         cdef _Entry e = _entry(_K_PARSE, _start(text, verdict, None))
         e.name = name
         self._push(e)
@@ -681,8 +687,7 @@ cdef class Trail:
         if type_code == _QUERY:
             self.query(text, verdict)
         else:
-            self._statements[b""] = (text, verdict)
-            self._push(_entry(_K_PARSE, _start(text, verdict, None)))
+            self.parse(b"", text, verdict, message)
 
     def client_message(self, int type_code, bytes message not None, refused=None):
         """Bind, Execute, Sync, Describe and Close, as the client sent them
@@ -990,6 +995,8 @@ cdef class Trail:
         if kind == _B_JSONB:
             if n >= 1 and buf[0] == 1:
                 return self._decode(buf + 1, n - 1)
+        elif kind == _B_NUMERIC:
+            return _numeric_text(buf, n)
         elif kind == _B_BOOL and n == 1:
             return "t" if buf[0] else "f"
         elif kind == _B_UUID and n == 16:
@@ -1099,6 +1106,98 @@ cdef object _remember(dict cache, object key, object value):
 _COUNTING = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "COPY", "FETCH", "MOVE"})
 
 
+cdef int _POW10[4]
+_POW10[:] = [1, 10, 100, 1000]
+
+
+cdef inline int _numeric_digit(const unsigned char* buf, Py_ssize_t i, Py_ssize_t cut,
+                               int drop) noexcept:
+    """Base-10000 digit ``i`` of a numeric_send value; the digit at ``cut``
+    loses its decimal digits below ``drop`` (numeric_recv's trunc_var)."""
+    cdef int d = (buf[8 + 2 * i] << 8) | buf[9 + 2 * i]
+    return d - d % drop if i == cut else d
+
+
+cdef str _numeric_text(const unsigned char* buf, Py_ssize_t n):
+    """(_shown.numeric_text, in C: numeric_out of what numeric_recv makes
+    of ``buf``, or None where it would refuse it.)"""
+    if n < 8:
+        return None
+    cdef Py_ssize_t ndigits = (buf[0] << 8) | buf[1]
+    cdef long weight = <short>((buf[2] << 8) | buf[3])
+    cdef unsigned int sign = (buf[4] << 8) | buf[5]
+    cdef long dscale = (buf[6] << 8) | buf[7]
+    cdef Py_ssize_t i, first = 0, last = ndigits, cut = -1, size, at
+    cdef int drop = 1, d, j
+    if n != 8 + 2 * ndigits or dscale > 0x3FFF:
+        return None
+    for i in range(ndigits):
+        if ((buf[8 + 2 * i] << 8) | buf[9 + 2 * i]) >= 10000:
+            return None
+    if sign == 0xC000:
+        return "NaN"
+    if sign == 0xD000:
+        return "Infinity"
+    if sign == 0xF000:
+        return "-Infinity"
+    if sign != 0 and sign != 0x4000:
+        return None
+    # trunc_var: (weight + 1) * 4 + dscale decimal digits are kept.
+    cdef long wanted = (weight + 1) * 4 + dscale
+    if wanted <= 0:
+        last = 0
+    elif (wanted + 3) // 4 <= ndigits:
+        last = (wanted + 3) // 4
+        cut = last - 1
+        if wanted % 4:
+            drop = _POW10[4 - wanted % 4]
+    # strip_var: zero digits off both ends; nothing left is a positive zero.
+    while first < last and _numeric_digit(buf, first, cut, drop) == 0:
+        first += 1
+        weight -= 1
+    while last > first and _numeric_digit(buf, last - 1, cut, drop) == 0:
+        last -= 1
+    if first == last:
+        weight = 0
+        sign = 0
+    # get_str_from_var: the length first, then the characters.
+    d = _numeric_digit(buf, first, cut, drop) if first < last else 0
+    size = (1 if sign else 0) + (1 if dscale > 0 else 0) + dscale
+    if weight < 0:
+        size += 1
+    else:
+        size += 4 * weight + (4 if d >= 1000 else 3 if d >= 100 else 2 if d >= 10 else 1)
+    cdef str text = PyUnicode_New(size, 127)
+    cdef unsigned char* out = PyUnicode_1BYTE_DATA(text)
+    at = 0
+    if sign:
+        out[0] = 45  # -
+        at = 1
+    if weight < 0:
+        out[at] = 48  # 0
+        at += 1
+        i = first + weight + 1  # (first + index d, as numeric.c counts)
+    else:
+        for i in range(weight + 1):
+            d = _numeric_digit(buf, first + i, cut, drop) if first + i < last else 0
+            for j in range(3, -1, -1):
+                if i > 0 or j == 0 or d >= _POW10[j]:
+                    out[at] = 48 + (d // _POW10[j]) % 10
+                    at += 1
+        i = first + weight + 1
+    if dscale > 0:
+        out[at] = 46  # .
+        at += 1
+        while at < size:
+            d = _numeric_digit(buf, i, cut, drop) if first <= i < last else 0
+            for j in range(3, -1, -1):
+                if at < size:
+                    out[at] = 48 + (d // _POW10[j]) % 10
+                    at += 1
+            i += 1
+    return text
+
+
 @cython.wraparound(True)
 cdef tuple _read_tag(bytes data):
     """A CommandComplete's tag, and its row count where the tag has one
@@ -1110,6 +1209,27 @@ cdef tuple _read_tag(bytes data):
     if words and words[-1].isdigit() and len(words[-1]) <= 20 and words[0] in _COUNTING:
         return tag, int(words[-1])
     return tag, None
+
+
+cdef list _declared_types(bytes parse):
+    """(_shown.declared_types, in C.)"""
+    cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(parse)
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(parse)
+    cdef Py_ssize_t name_end = _find_nul(buf, size, 5), text_end, at, i, count
+    if name_end < 0:
+        return None
+    text_end = _find_nul(buf, size, name_end + 1)
+    if text_end < 0 or size < text_end + 3:
+        return None
+    at = text_end + 3
+    count = <Py_ssize_t>_uint(buf, size, text_end + 1, 2)
+    if count == 0 or size != at + 4 * count:
+        return None
+    cdef list oids = [_uint(buf, size, at + 4 * i, 4) for i in range(count)]
+    for i in range(count):
+        if oids[i]:
+            return oids
+    return None
 
 
 cdef list _oids(bytes data):

@@ -5,6 +5,7 @@ who may read a trail, and the session's trace span."""
 from __future__ import annotations
 
 import asyncio
+import decimal
 import io
 import json
 import os
@@ -177,8 +178,9 @@ def test_extended_protocol_texts_parameters_and_results(idle_gateway: RunningGat
     events = statements(trail(gw, sealed_session(gw, who)))
     first = events[0]
     assert first["text"] == "SELECT $1::text AS t, $2::int AS n"
-    # psycopg sends ints in binary: the trail keeps binary values as hex.
-    assert first["params"] == ["mail me: [REDACTED:email]", "\\x0005"]
+    # psycopg sends ints in binary, declaring their type in the Parse: the
+    # trail shows them as their text (the declared type is the server's).
+    assert first["params"] == ["mail me: [REDACTED:email]", "5"]
     assert first["results"][0]["rows"] == [["mail me: x@example.com", "5"]]
     doubled = [e for e in events if "doubled" in e["text"]]
     assert len(doubled) == 3
@@ -196,22 +198,31 @@ def test_extended_protocol_texts_parameters_and_results(idle_gateway: RunningGat
 def test_asyncpg_binary_parameters_reach_the_trail_masked(idle_gateway: RunningGateway) -> None:
     """asyncpg binds every value in binary format and Describes each
     statement: the detectors still see a string, and an int8 as its digits
-    (a card number bound as a number is masked as it is in text)."""
+    (a card number bound as a number, int8 or numeric, is masked as it is
+    in text)."""
     gw = idle_gateway
     who = _person()
-    sql = "SELECT $1::text AS t, $2::int AS n, $3::int8 AS card"
+    sql = "SELECT $1::text AS t, $2::int AS n, $3::int8 AS card, $4::numeric AS other"
+    card, other = 4111111111111111, decimal.Decimal("5500000000000004")
 
     async def run(conn: Any) -> Any:
-        return await conn.fetchrow(sql, "mail me: x@example.com", 7, 4111111111111111)
+        return await conn.fetchrow(sql, "mail me: x@example.com", 7, card, other)
 
     row = _asyncpg(gw, who, run)
-    assert tuple(row) == ("mail me: x@example.com", 7, 4111111111111111)
+    assert tuple(row) == ("mail me: x@example.com", 7, card, other)
     events = statements(trail(gw, sealed_session(gw, who)))
     (bound,) = [e for e in events if e["text"] == sql]
-    assert bound["params"] == ["mail me: [REDACTED:email]", "7", "[REDACTED:card]"]
+    assert bound["params"] == [
+        "mail me: [REDACTED:email]",
+        "7",
+        "[REDACTED:card]",
+        "[REDACTED:card]",
+    ]
     # The result is kept as the client saw it (this connection masks no
     # results), its binary values as their text.
-    assert bound["results"][0]["rows"] == [["mail me: x@example.com", "7", "4111111111111111"]]
+    assert bound["results"][0]["rows"] == [
+        ["mail me: x@example.com", "7", "4111111111111111", "5500000000000004"]
+    ]
 
 
 def test_statements_psycopg_evicts_and_prepares_again_keep_their_text(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import random
 import struct
 import time
 from collections.abc import Sequence
@@ -17,12 +18,14 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import hoopfast.core
-from hoopfast.core import _drops, _trail
+from hoopfast.core import _drops, _shown, _trail
+from hoopfast.devcluster import DevCluster
 
 PROP = settings(
     max_examples=300,
@@ -455,6 +458,11 @@ def test_extended_one_result_format_for_all() -> None:
     assert e["results"][0]["rows"] == [["1", "2"]]
 
 
+def numeric(weight: int, sign: int, dscale: int, *digits: int) -> bytes:
+    """numeric_send's format: ndigits, weight, sign, dscale, base-10000 digits."""
+    return struct.pack(f"!HhHH{len(digits)}H", len(digits), weight, sign, dscale, *digits)
+
+
 BINARY_VALUES = [
     # (type oid, binary value, as kept)
     (25, "café".encode(), "café"),
@@ -472,6 +480,23 @@ BINARY_VALUES = [
     (16, b"\x00", "f"),
     (16, b"\x02", "t"),
     (2950, bytes(range(16)), "00010203-0405-0607-0809-0a0b0c0d0e0f"),
+    # numeric (numeric_out needs no setting): as the server would read it
+    (1700, numeric(3, 0, 0, 4111, 1111, 1111, 1111), "4111111111111111"),
+    (1700, numeric(-1, 0x4000, 1, 5000), "-0.5"),
+    (1700, numeric(0, 0, 2), "0.00"),
+    (1700, numeric(0, 0, 2, 1, 2345), "1.23"),  # digits past dscale: cut
+    (1700, numeric(-1, 0x4000, 2, 10), "0.00"),  # -0.001 to 2 places: a positive zero
+    (1700, numeric(2, 0, 0, 0, 0, 12), "12"),  # leading zero digits
+    (1700, numeric(1, 0, 6, 12, 0, 340), "120000.034000"),
+    (1700, numeric(-3, 0, 9, 7), "0.000000000"),  # 7e-12: past dscale
+    (1700, numeric(-3, 0, 12, 7), "0.000000000007"),
+    (1700, numeric(0, 0xC000, 0), "NaN"),
+    (1700, numeric(0, 0xD000, 0), "Infinity"),
+    (1700, numeric(0, 0xF000, 0), "-Infinity"),
+    (1700, numeric(0, 0, 0, 10000), "\\x0001000000000000" + "2710"),  # not a digit
+    (1700, numeric(0, 0x8000, 0, 1), "\\x0001000080000000" + "0001"),  # no such sign
+    (1700, numeric(0, 0, 0x4000, 1), "\\x0001000000004000" + "0001"),  # dscale too big
+    (1700, numeric(0, 0, 0, 1)[:-1], "\\x00010000000000" + "0000"),  # cut short
     (23, b"\0\0\x01", "\\x000001"),  # the wrong length: hex
     (16, b"", "\\x"),
     (700, b"\x3f\x80\0\0", "\\x3f800000"),  # float4: its text depends on settings
@@ -504,6 +529,126 @@ def test_binary_result_values_are_kept_as_their_text_where_exact(
     )
     assert e["results"][0]["rows"] == [[kept, None]]
     assert hoopfast.core.shown_binary(raw, oid, "utf-8") == kept
+
+
+def test_numeric_values_are_kept_as_the_server_reads_them(cluster: DevCluster) -> None:
+    """Random numeric_send values, well-formed or not, bound in binary: the
+    trail's text (both builds) is what the server makes of the value, and
+    hex where the server refuses it."""
+    rng = random.Random(1700)
+
+    def draw() -> bytes:
+        digits = [
+            rng.choice([0, 1, 9999, rng.randint(0, 9999), rng.randint(0, 9999), 10000])
+            for _ in range(rng.choice([0, 1, 2, 3, 5, 8]))
+        ]
+        sign = rng.choice([0, 0, 0x4000, 0x4000, 0xC000, 0xD000, 0xF000, 0x8000])
+        dscale = rng.choice([0, 0, 1, 2, 3, 4, 5, 9, 12, rng.randint(0, 0x4001)])
+        raw = numeric(rng.randint(-6, 6), sign, dscale, *digits)
+        return raw[:-1] if rng.random() < 0.03 else raw
+
+    class Raw(bytes):
+        pass
+
+    class RawDumper(psycopg.adapt.Dumper):
+        format = psycopg.pq.Format.BINARY
+        oid = 1700
+
+        def dump(self, obj: Raw) -> bytes:
+            return bytes(obj)
+
+    values = [draw() for _ in range(1500)]
+    server: list[str] = []
+    with cluster.connect() as conn:
+        conn.autocommit = True
+        conn.adapters.register_dumper(Raw, RawDumper)
+        for raw in values:
+            try:
+                row = conn.execute("SELECT %b::numeric::text", [Raw(raw)]).fetchone()
+            except psycopg.Error:  # (refused: invalid, or cut short)
+                server.append("\\x" + raw.hex())
+            else:
+                assert row is not None
+                server.append(row[0])
+    assert 400 < sum(not s.startswith("\\x") for s in server) < 1400
+    (e,) = same(
+        [
+            ("parse", b"", "SELECT $1", ALLOW),
+            ("client", bind(results=[1])),
+            ("client", describe(b"P")),
+            ("client", execute()),
+            ("client", SYNC),
+            ("server", PARSE_COMPLETE),
+            ("server", BIND_COMPLETE),
+            ("server", row_description((b"v", 1700, 1))),
+            *[("server", data_row(raw)) for raw in values],
+            ("server", complete(b"SELECT %d" % len(values))),
+            ("server", READY),
+        ],
+        caps=(len(values), 1 << 24, 1 << 24),
+    )
+    assert e["results"][0]["rows"] == [[text] for text in server]
+    assert [_shown.numeric_text(raw) or "\\x" + raw.hex() for raw in values] == server
+
+
+def parse_message(name: bytes, text: str, *oids: int) -> bytes:
+    body = name + b"\0" + text.encode() + b"\0"
+    return msg(b"P", body + struct.pack(f"!H{len(oids)}I", len(oids), *oids))
+
+
+@pytest.mark.parametrize("via", ["parse", "fast_statement"])
+def test_binary_parameters_of_the_types_a_parse_declares(via: str) -> None:
+    """psycopg declares the type of each value it binds in binary: the
+    declared type is the one the server reads, so the value is shown as
+    its text (0 leaves the type to the server: hex, as before)."""
+    text = "SELECT $1, $2, $3, $4"
+    message = parse_message(b"", text, 20, 0, 1700, 25)
+    step: tuple[Any, ...] = (
+        ("parse", b"", text, ALLOW, message)
+        if via == "parse"
+        else ("fast_statement", ord("P"), message, text, ALLOW)
+    )
+    values = [struct.pack("!q", -1234), b"\0\x05", numeric(0, 0, 1, 12, 5000), b"a secret"]
+    (e,) = same(
+        [
+            step,
+            ("client", bind(values=values, formats=[1])),
+            ("client", execute()),
+            ("client", SYNC),
+            ("server", PARSE_COMPLETE),
+            ("server", BIND_COMPLETE),
+            ("server", complete(b"SELECT 1")),
+            ("server", READY),
+        ]
+    )
+    assert e["params"] == ["-1234", "\\x0005", "12.5", "a ******"]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        parse_message(b"s", "SELECT $1"),  # none declared
+        parse_message(b"s", "SELECT $1", 0),  # left to the server
+        parse_message(b"s", "SELECT $1", 20)[:-1],  # cut short
+        parse_message(b"s", "SELECT $1", 20) + b"\0",  # past its count
+        msg(b"P", b"s\0SELECT $1"),  # no text end
+    ],
+)
+def test_a_parse_that_declares_no_type_leaves_binary_values_hex(message: bytes) -> None:
+    (e,) = same(
+        [
+            ("parse", b"s", "SELECT $1", ALLOW, message),
+            ("client", bind(name=b"s", values=[struct.pack("!q", 7)], formats=[1])),
+            ("client", execute()),
+            ("client", SYNC),
+            ("server", PARSE_COMPLETE),
+            ("server", BIND_COMPLETE),
+            ("server", complete(b"SELECT 1")),
+            ("server", READY),
+        ]
+    )
+    assert e["params"] == ["\\x0000000000000007"]
+    assert _shown.declared_types(message) is None
 
 
 def test_named_statements_and_portals() -> None:
@@ -1255,7 +1400,16 @@ TEXT = st.sampled_from(
 )
 VERDICT = st.sampled_from(VERDICTS)
 RAW = st.binary(max_size=12)
-VALUE = st.one_of(st.none(), RAW, st.just("secret é".encode()))
+#: numeric_send values, valid or not (a digit past 9999, any sign, cut short).
+NUMERIC = st.builds(
+    lambda weight, sign, dscale, digits, cut: numeric(weight, sign, dscale, *digits)[:cut],
+    st.integers(-5, 5),
+    st.sampled_from([0, 0x4000, 0xC000, 0xD000, 0xF000, 0x8000]),
+    st.integers(0, 0x4001),
+    st.lists(st.integers(0, 10001), max_size=4),
+    st.one_of(st.none(), st.integers(0, 12)),
+)
+VALUE = st.one_of(st.none(), RAW, st.just("secret é".encode()), NUMERIC)
 FORMATS = st.lists(st.integers(0, 2), max_size=3)
 TAGS = st.sampled_from(
     [
@@ -1292,7 +1446,7 @@ def row_descriptions(draw: st.DrawFn) -> bytes:
     if draw(st.integers(0, 9)) == 0:
         return msg(b"T", draw(st.binary(max_size=40)))
     names = st.sampled_from([b"a", b"b", b"caf\xc3\xa9", b"\xff"])
-    oids = st.sampled_from([25, 23, 20, 16, 2950, 3802, 17, 700])
+    oids = st.sampled_from([25, 23, 20, 16, 2950, 3802, 17, 700, 1700])
     columns = draw(st.lists(st.tuples(names, oids, st.integers(0, 2)), max_size=3))
     return row_description(*columns)
 
@@ -1341,7 +1495,12 @@ def extended_exchanges(draw: st.DrawFn) -> Script:
         name, portal = draw(NAMES), draw(NAMES)
         answer: Script = []
         if draw(st.booleans()):
-            client.append(("parse", name, draw(TEXT), draw(VERDICT)))
+            text = draw(TEXT)
+            parse: tuple[Any, ...] = ("parse", name, text, draw(VERDICT))
+            if draw(st.booleans()):  # the Parse, declaring types (or junk)
+                oids = draw(st.lists(st.sampled_from([0, 20, 23, 25, 1700, 700]), max_size=3))
+                parse += (draw(st.just(parse_message(name, text, *oids)) | PARSES),)
+            client.append(parse)
             answer.append(server(PARSE_COMPLETE))
             if draw(st.booleans()):
                 client.append(("client", describe(b"S", name)))
@@ -1364,6 +1523,8 @@ def extended_exchanges(draw: st.DrawFn) -> Script:
         flat = [*flat[:cut], server(error(b"22012", draw(RAW)))]
     return [*client, *flat, server(READY)]
 
+
+PARSES = st.builds(lambda body: msg(b"P", body), st.binary(max_size=24))
 
 STEPS = st.one_of(
     st.tuples(st.just("query"), TEXT, VERDICT),

@@ -16,7 +16,7 @@ import os
 from types import ModuleType
 from typing import TYPE_CHECKING, cast
 
-from hoopfast.core._shown import shown_binary, shown_parameter
+from hoopfast.core._shown import declared_types, shown_binary, shown_parameter
 from hoopfast.core.abc import Core
 from hoopfast.core.abc import MaskPlan as MaskPlanContract
 from hoopfast.errors import ConfigurationError
@@ -109,6 +109,7 @@ __all__ = [
     "Tally",
     "Trail",
     "core",
+    "declared_types",
     "decode_data_row",
     "decode_fields",
     "decode_row_description",

@@ -3,16 +3,17 @@ trail builds) and to approvers (hoopfast.proxy.postgres.review).
 
 A text-format value goes through the detectors (``mask_text``). A
 binary-format one of a type whose text is exact here (see below: integers,
-text-like types, bool, uuid, jsonb) goes through them as that text, when
+numeric, text-like types, bool, uuid, jsonb) goes through them as that text, when
 the trail knows the parameter's type: the server's ParameterDescription
-answering a Describe of the statement (asyncpg always asks for one). Any
+answering a Describe of the statement (asyncpg always asks for one), or
+the type the Parse declared (psycopg declares one for every binary value). Any
 other binary value is shown as ``\\x`` + hex, *unless* the detectors find
 something in its bytes read as text (asyncpg sends every string in binary
 format: a text value's binary form is its bytes in the client encoding);
 then as that masked text. What stays hex is a binary value of a type the
-trail does not know or was not told (numeric, inet, arrays, a statement
+trail does not know or was not told (floats, inet, arrays, a statement
 never described): its hex can hold what the detectors would have masked in
-text form (a card number as numeric, an address as inet).
+text form (a card number as an array element, an address as inet).
 """
 
 from __future__ import annotations
@@ -37,14 +38,33 @@ def shown_parameter(
     return "\\x" + raw.hex()
 
 
+def declared_types(parse: bytes) -> list[int] | None:
+    """The parameter types a Parse message declares (0: left to the server),
+    or None when it declares none or is malformed. A declared type is the
+    one the server reads the parameter as, as exact as a
+    ParameterDescription: psycopg declares a type for every value it binds
+    in binary."""
+    name_end = parse.find(b"\0", 5)
+    text_end = parse.find(b"\0", name_end + 1) if name_end >= 0 else -1
+    at = text_end + 3
+    if text_end < 0 or len(parse) < at:
+        return None
+    count = int.from_bytes(parse[text_end + 1 : at], "big")
+    if count == 0 or len(parse) != at + 4 * count:
+        return None
+    oids = [int.from_bytes(parse[at + 4 * i : at + 4 * i + 4], "big") for i in range(count)]
+    return oids if any(oids) else None
+
+
 # -- result values in binary format -------------------------------------------
 #
 # A result value the client asked for in binary format (asyncpg asks for
 # every column so) is kept as PostgreSQL's text output would show it where
 # that is exact and independent of the session's settings: text-like types
-# (their binary form is their text in the client encoding), integers, bool,
-# uuid and jsonb (a version byte, then its text). Anything else (floats,
-# numeric, dates and times, whose text depends on DateStyle, TimeZone or
+# (their binary form is their text in the client encoding), integers,
+# numeric (numeric_out depends on no setting), bool, uuid and jsonb (a
+# version byte, then its text). Anything else (floats, dates and times,
+# whose text depends on DateStyle, TimeZone or
 # extra_float_digits; "char" and xml, whose text differs from their bytes)
 # and any value of the wrong length stays ``\x`` + hex. Both trail builds
 # follow these codes (ext/_ctrail.pyx reads this table, and checks the codes
@@ -58,6 +78,7 @@ OID = 5
 BOOL = 6
 UUID = 7
 JSONB = 8
+NUMERIC = 9
 
 #: Type OID -> how its binary values are shown.
 BINARY_KINDS = {
@@ -74,6 +95,7 @@ BINARY_KINDS = {
     16: BOOL,
     2950: UUID,
     3802: JSONB,
+    1700: NUMERIC,
 }
 
 _SIZES = {INT2: 2, INT4: 4, INT8: 8, OID: 4, BOOL: 1, UUID: 16}
@@ -94,6 +116,8 @@ def binary_text(raw: bytes, type_oid: int, codec: str) -> str | None:
     if kind == JSONB:
         if raw[:1] == b"\x01":
             return raw[1:].decode(codec, "replace")
+    elif kind == NUMERIC:
+        return numeric_text(raw)
     elif kind != HEX and len(raw) == _SIZES[kind]:
         if kind == BOOL:
             return "t" if raw[0] else "f"
@@ -102,3 +126,67 @@ def binary_text(raw: bytes, type_oid: int, codec: str) -> str | None:
             return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
         return str(int.from_bytes(raw, "big", signed=kind != OID))
     return None
+
+
+# -- numeric ---------------------------------------------------------------------
+#
+# numeric_send's format (src/backend/utils/adt/numeric.c): uint16 ndigits,
+# int16 weight, uint16 sign, uint16 dscale, then ndigits base-10000 digits
+# (int16), the first worth 10000**weight. What numeric_recv would refuse is
+# None here (shown as hex; the server fails the statement anyway).
+_POS, _NEG = 0x0000, 0x4000
+_SPECIAL = {0xC000: "NaN", 0xD000: "Infinity", 0xF000: "-Infinity"}
+_DSCALE_MASK = 0x3FFF
+
+
+def numeric_text(raw: bytes) -> str | None:
+    """numeric_out of the value numeric_recv makes of ``raw``: digits past
+    dscale truncated (numeric_recv's trunc_var), leading and trailing zero
+    digits stripped, a zero made positive (make_result); else None."""
+    if len(raw) < 8:
+        return None
+    ndigits = int.from_bytes(raw[0:2], "big")
+    weight = int.from_bytes(raw[2:4], "big", signed=True)
+    sign = int.from_bytes(raw[4:6], "big")
+    dscale = int.from_bytes(raw[6:8], "big")
+    if len(raw) != 8 + 2 * ndigits or dscale & _DSCALE_MASK != dscale:
+        return None
+    digits = [int.from_bytes(raw[i : i + 2], "big") for i in range(8, len(raw), 2)]
+    if any(d >= 10000 for d in digits):
+        return None
+    if sign in _SPECIAL:
+        return _SPECIAL[sign]
+    if sign not in (_POS, _NEG):
+        return None
+    # trunc_var(value, dscale): keep (weight + 1) * 4 + dscale decimal digits.
+    wanted = (weight + 1) * 4 + dscale
+    if wanted <= 0:
+        digits = []
+    elif (wanted + 3) // 4 <= len(digits):
+        digits = digits[: (wanted + 3) // 4]
+        if wanted % 4:
+            drop = 10 ** (4 - wanted % 4)
+            digits[-1] -= digits[-1] % drop
+    # strip_var: zero digits off both ends; no digits left is a positive zero.
+    while digits and digits[0] == 0:
+        digits.pop(0)
+        weight -= 1
+    while digits and digits[-1] == 0:
+        digits.pop()
+    if not digits:
+        weight, sign = 0, _POS
+    # get_str_from_var
+    out = ["-"] if sign == _NEG else []
+    if weight < 0:
+        out.append("0")
+    else:
+        out.append(str(digits[0] if digits else 0))
+        out.extend(f"{digits[d] if d < len(digits) else 0:04d}" for d in range(1, weight + 1))
+    if dscale > 0:
+        first = weight + 1
+        groups = (dscale + 3) // 4
+        fraction = "".join(
+            f"{digits[d] if 0 <= d < len(digits) else 0:04d}" for d in range(first, first + groups)
+        )
+        out.append("." + fraction[:dscale])
+    return "".join(out)

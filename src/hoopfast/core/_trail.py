@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from hoopfast.core import _drops
-from hoopfast.core._shown import shown_binary, shown_parameter
+from hoopfast.core._shown import declared_types, shown_binary, shown_parameter
 
 # Message type codes (as hoopfast.proxy.postgres.messages; the core does not
 # import the proxy). From the client:
@@ -369,8 +369,13 @@ class Trail:
             )
         )
 
-    def parse(self, name: bytes, text: str, verdict: Any) -> None:
-        self._statements[name] = (text, verdict)
+    def parse(self, name: bytes, text: str, verdict: Any, message: bytes | None = None) -> None:
+        """A Parse (``message``, when given: the types it declares are the
+        parameters' types until a ParameterDescription says otherwise)."""
+        known = self._statements[name] = (text, verdict)
+        declared = declared_types(message) if message is not None else None
+        if declared is not None:
+            self._param_types[name] = (known, declared)
         self._queue.append(_Entry(_K_PARSE, self._start(text, verdict, None), name))
 
     def pending(self) -> list[bytes | None]:
@@ -391,7 +396,7 @@ class Trail:
         if type_code == _QUERY:
             self.query(text, verdict)
         else:
-            self.parse(b"", text, verdict)
+            self.parse(b"", text, verdict, message)
 
     def client_message(self, type_code: int, message: bytes, refused: Any = None) -> None:
         """Bind, Execute, Sync, Describe and Close, as the client sent them

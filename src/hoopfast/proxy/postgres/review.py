@@ -104,13 +104,19 @@ def unavailable(error: Exception) -> Verdict:
 CANCELLED = "canceling statement due to user request"
 
 
-def bound_values(bind: m.Bind, codec: str, mask_text: Callable[[str], str]) -> tuple[str, str]:
+def bound_values(
+    bind: m.Bind, codec: str, mask_text: Callable[[str], str], types: list[int] | None = None
+) -> tuple[str, str]:
     """What an approval binds of a Bind (the SHA-256 of its formats and
     values, as sent) and how approvers see the values (a JSON list, each
-    value as the trail shows it: core.shown_parameter; NULL as null)."""
+    value as the trail shows it: core.shown_parameter, with the parameter
+    ``types`` its Parse declared; NULL as null)."""
+    types = types or []
     shown = [
-        None if raw is None else shown_parameter(raw, fmt, codec, mask_text)
-        for fmt, raw in bind.values
+        None
+        if raw is None
+        else shown_parameter(raw, fmt, codec, mask_text, types[i] if i < len(types) else 0)
+        for i, (fmt, raw) in enumerate(bind.values)
     ]
     if not bind.values:
         return "", ""  # (nothing bound: the text alone)

@@ -639,7 +639,7 @@ class PgSession:
                 t.query(sql, self._verdict)
             else:
                 end = message.find(b"\0", 5)
-                t.parse(message[5:end] if end >= 0 else b"", sql, self._verdict)
+                t.parse(message[5:end] if end >= 0 else b"", sql, self._verdict, message)
         elif type_code == m.FUNCTION_CALL:
             oid = int.from_bytes(message[5:9], "big") if len(message) >= 9 else 0
             t.function_call(oid, self._verdict)
@@ -1043,7 +1043,12 @@ class PgSession:
             except ValueError:
                 continue
             if bind.statement == name:
-                return bound_values(bind, self._codec, self.gateway.param_mask.mask_text)
+                return bound_values(
+                    bind,
+                    self._codec,
+                    self.gateway.param_mask.mask_text,
+                    core.declared_types(message),
+                )
         return "", ""
 
     def _replay(self, outcome: Verdict | None) -> None:
