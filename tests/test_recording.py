@@ -96,6 +96,7 @@ def psql(gw: RunningGateway, subject: str, script: str) -> subprocess.CompletedP
         "PGSSLMODE": "verify-full",
         "PGSSLROOTCERT": str(gw.certs.ca_file),
         "PGAPPNAME": "recording-test",
+        "PGOPTIONS": "-c work_mem=8MB",
     }
     return subprocess.run(
         [
@@ -140,6 +141,10 @@ def test_psql_session_is_recorded_completely(idle_gateway: RunningGateway) -> No
     assert events[-1]["kind"] == "session_end"
     start = events[0]
     assert start["application_name"] == "recording-test"
+    # The startup parameters, as psql sent them.
+    assert start["startup"]["options"] == "-c work_mem=8MB"
+    assert start["startup"]["application_name"] == "recording-test"
+    assert start["startup"]["user"] == who and start["startup"]["database"] == "main"
     assert start["tls"]["version"].startswith("TLS")
     assert start["subject"] == who and start["connection"] == "main"
     ran = statements(events)

@@ -132,6 +132,7 @@ class PgSession:
         self._verdict: Verdict = ALLOW
         self._sql: str | None = None
         self.application_name = ""
+        self._startup_params: dict[str, str] = {}
         self.tls: dict[str, str] | None = None
         self._span: SessionSpan = NOOP_SESSION_SPAN
         self._counted = False
@@ -289,6 +290,7 @@ class PgSession:
             raise UpstreamError("08001", "timed out connecting to the upstream database") from None
         await self._start_masking(conn, access)
         self.application_name = request.params.get("application_name", "")
+        self._startup_params = request.params
         self._start_recording(request.tls)
         self.pid, self.secret = gw.register(self)
         up = self.upstream
@@ -383,6 +385,10 @@ class PgSession:
                         "token_id": principal.token_id,
                         "client_address": self.client_address,
                         "application_name": self.application_name,
+                        # What the client sent at startup, as sent (options,
+                        # DateStyle, ...): what the session ran under, but
+                        # for what the gateway pins (docs/guardrails.md).
+                        "startup": dict(self._startup_params),
                         "tls": self.tls,
                         "roles": list(self.access.roles) if self.access else [],
                         "trace_id": trace_id,
