@@ -29,7 +29,9 @@ from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 import codecs
 
 from hoopfast.core import _shown
+from hoopfast.core._shown import ARRAY_ELEMENTS as _ARRAY_ELEMENTS
 from hoopfast.core._shown import BINARY_KINDS as _BINARY_KINDS
+from hoopfast.core._shown import array_text as _array_text
 
 from hoopfast.core._drops import EVERYTHING as _DROPS_EVERYTHING
 from hoopfast.core._drops import FIRST as _FIRST
@@ -257,9 +259,10 @@ cdef enum:
     _B_UUID = 7
     _B_JSONB = 8
     _B_NUMERIC = 9
+    _B_ARRAY = 16
 
 if (_shown.HEX, _shown.TEXT, _shown.INT2, _shown.INT4, _shown.INT8, _shown.OID, _shown.BOOL,
-        _shown.UUID, _shown.JSONB, _shown.NUMERIC) != tuple(range(10)):
+        _shown.UUID, _shown.JSONB, _shown.NUMERIC) != tuple(range(10)) or _shown.ARRAY != 16:
     raise ImportError("hoopfast.core._shown's binary codes changed: rebuild ext/_ctrail.pyx")
 
 cdef bytes _binary(list formats, list columns):
@@ -997,6 +1000,13 @@ cdef class Trail:
                 return self._decode(buf + 1, n - 1)
         elif kind == _B_NUMERIC:
             return _numeric_text(buf, n)
+        elif kind >= _B_ARRAY:
+            # (Arrays are rare enough to be read by the reference.)
+            return _array_text(
+                PyBytes_FromStringAndSize(<const char*>buf, n),
+                _ARRAY_ELEMENTS[kind - _B_ARRAY],
+                self._encoding.decode("utf-8"),
+            )
         elif kind == _B_BOOL and n == 1:
             return "t" if buf[0] else "f"
         elif kind == _B_UUID and n == 16:

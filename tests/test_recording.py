@@ -207,14 +207,18 @@ def test_asyncpg_binary_parameters_reach_the_trail_masked(idle_gateway: RunningG
     in text)."""
     gw = idle_gateway
     who = _person()
-    sql = "SELECT $1::text AS t, $2::int AS n, $3::int8 AS card, $4::numeric AS other"
+    sql = (
+        "SELECT $1::text AS t, $2::int AS n, $3::int8 AS card, $4::numeric AS other,"
+        " $5::int8[] AS cards"
+    )
     card, other = 4111111111111111, decimal.Decimal("5500000000000004")
+    cards = [card, 5]
 
     async def run(conn: Any) -> Any:
-        return await conn.fetchrow(sql, "mail me: x@example.com", 7, card, other)
+        return await conn.fetchrow(sql, "mail me: x@example.com", 7, card, other, cards)
 
     row = _asyncpg(gw, who, run)
-    assert tuple(row) == ("mail me: x@example.com", 7, card, other)
+    assert tuple(row) == ("mail me: x@example.com", 7, card, other, cards)
     events = statements(trail(gw, sealed_session(gw, who)))
     (bound,) = [e for e in events if e["text"] == sql]
     assert bound["params"] == [
@@ -222,11 +226,18 @@ def test_asyncpg_binary_parameters_reach_the_trail_masked(idle_gateway: RunningG
         "7",
         "[REDACTED:card]",
         "[REDACTED:card]",
+        "{[REDACTED:card],5}",
     ]
     # The result is kept as the client saw it (this connection masks no
     # results), its binary values as their text.
     assert bound["results"][0]["rows"] == [
-        ["mail me: x@example.com", "7", "4111111111111111", "5500000000000004"]
+        [
+            "mail me: x@example.com",
+            "7",
+            "4111111111111111",
+            "5500000000000004",
+            "{4111111111111111,5}",
+        ]
     ]
 
 

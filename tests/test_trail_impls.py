@@ -463,6 +463,22 @@ def numeric(weight: int, sign: int, dscale: int, *digits: int) -> bytes:
     return struct.pack(f"!HhHH{len(digits)}H", len(digits), weight, sign, dscale, *digits)
 
 
+def array(element: int, dims: Sequence[tuple[int, int]], *values: bytes | None) -> bytes:
+    """array_send's format: ndim, flags, element type, (size, lower bound)
+    per dimension, then each value (length -1: NULL)."""
+    head = struct.pack("!iiI", len(dims), int(None in values), element)
+    head += b"".join(struct.pack("!ii", size, low) for size, low in dims)
+    return head + b"".join(
+        struct.pack("!i", -1) if v is None else struct.pack("!i", len(v)) + v for v in values
+    )
+
+
+def int8(n: int) -> bytes:
+    return struct.pack("!q", n)
+
+
+BIG_ARRAY = array(20, [(5460, 1)], *[int8(7)] * 5460)  # 65,540 bytes
+
 BINARY_VALUES = [
     # (type oid, binary value, as kept)
     (25, "café".encode(), "café"),
@@ -497,6 +513,42 @@ BINARY_VALUES = [
     (1700, numeric(0, 0x8000, 0, 1), "\\x0001000080000000" + "0001"),  # no such sign
     (1700, numeric(0, 0, 0x4000, 1), "\\x0001000000004000" + "0001"),  # dscale too big
     (1700, numeric(0, 0, 0, 1)[:-1], "\\x00010000000000" + "0000"),  # cut short
+    # arrays of those, as array_out writes them
+    (
+        1016,
+        array(20, [(3, 1)], int8(4111111111111111), None, int8(-5)),
+        "{4111111111111111,NULL,-5}",
+    ),
+    (
+        1009,
+        array(25, [(4, 1)], b"", b"NULL", b'a "b"', b"c\\d"),
+        '{"","NULL","a \\"b\\"","c\\\\d"}',
+    ),
+    (1009, array(25, [(2, 1)], b"x,y", b"{z}"), '{"x,y","{z}"}'),
+    (1007, array(23, [(2, 1), (2, 1)], *[struct.pack("!i", i) for i in range(4)]), "{{0,1},{2,3}}"),
+    (1007, array(23, [(1, -2)], struct.pack("!i", 7)), "[-2:-2]={7}"),
+    (1007, array(23, [(0, 1)]), "{}"),
+    # (past 64 KiB: hex, as the reference reads arrays in Python)
+    (1016, array(20, [(5459, 1)], *[int8(7)] * 5459), "{" + ",".join(["7"] * 5459) + "}"),
+    (1016, BIG_ARRAY, "\\x" + BIG_ARRAY.hex()),
+    (1007, array(23, []), "{}"),
+    (1231, array(1700, [(1, 1)], numeric(0, 0, 1, 12, 5000)), "{12.5}"),
+    (1007, array(20000, [(1, 1)], struct.pack("!i", 7)), "{7}"),  # not a built-in element type
+    (
+        1007,
+        array(20, [(1, 1)], struct.pack("!i", 7)),
+        "\\x" + array(20, [(1, 1)], struct.pack("!i", 7)).hex(),
+    ),
+    (
+        1007,
+        array(23, [(2, 1)], struct.pack("!i", 7)),
+        "\\x" + array(23, [(2, 1)], struct.pack("!i", 7)).hex(),
+    ),
+    (
+        1021,
+        array(700, [(1, 1)], b"\x3f\x80\0\0"),
+        "\\x" + array(700, [(1, 1)], b"\x3f\x80\0\0").hex(),
+    ),
     (23, b"\0\0\x01", "\\x000001"),  # the wrong length: hex
     (16, b"", "\\x"),
     (700, b"\x3f\x80\0\0", "\\x3f800000"),  # float4: its text depends on settings
@@ -525,7 +577,8 @@ def test_binary_result_values_are_kept_as_their_text_where_exact(
             ("server", data_row(raw, None)),
             ("server", complete(b"SELECT 1")),
             ("server", READY),
-        ]
+        ],
+        caps=(100, 1 << 20, 1 << 20),  # (the arrays past 64 KiB)
     )
     assert e["results"][0]["rows"] == [[kept, None]]
     assert hoopfast.core.shown_binary(raw, oid, "utf-8") == kept
@@ -547,29 +600,13 @@ def test_numeric_values_are_kept_as_the_server_reads_them(cluster: DevCluster) -
         raw = numeric(rng.randint(-6, 6), sign, dscale, *digits)
         return raw[:-1] if rng.random() < 0.03 else raw
 
-    class Raw(bytes):
-        pass
-
-    class RawDumper(psycopg.adapt.Dumper):
-        format = psycopg.pq.Format.BINARY
-        oid = 1700
-
-        def dump(self, obj: Raw) -> bytes:
-            return bytes(obj)
-
     values = [draw() for _ in range(1500)]
-    server: list[str] = []
-    with cluster.connect() as conn:
-        conn.autocommit = True
-        conn.adapters.register_dumper(Raw, RawDumper)
-        for raw in values:
-            try:
-                row = conn.execute("SELECT %b::numeric::text", [Raw(raw)]).fetchone()
-            except psycopg.Error:  # (refused: invalid, or cut short)
-                server.append("\\x" + raw.hex())
-            else:
-                assert row is not None
-                server.append(row[0])
+    server = [
+        "\\x" + raw.hex() if text is None else text
+        for raw, text in zip(
+            values, _as_the_server_reads(cluster, values, "numeric", 1700), strict=True
+        )
+    ]
     assert 400 < sum(not s.startswith("\\x") for s in server) < 1400
     (e,) = same(
         [
@@ -589,6 +626,108 @@ def test_numeric_values_are_kept_as_the_server_reads_them(cluster: DevCluster) -
     )
     assert e["results"][0]["rows"] == [[text] for text in server]
     assert [_shown.numeric_text(raw) or "\\x" + raw.hex() for raw in values] == server
+
+
+def _as_the_server_reads(
+    cluster: DevCluster, values: list[bytes], type_name: str, oid: int
+) -> list[str | None]:
+    """What the server makes of each value bound in binary as ``oid``, as
+    text; None where it refuses the value."""
+
+    class Raw(bytes):
+        pass
+
+    class RawDumper(psycopg.adapt.Dumper):
+        format = psycopg.pq.Format.BINARY
+
+        def dump(self, obj: Raw) -> bytes:
+            return bytes(obj)
+
+    RawDumper.oid = oid
+    out: list[str | None] = []
+    with cluster.connect() as conn:
+        conn.autocommit = True
+        conn.adapters.register_dumper(Raw, RawDumper)
+        for raw in values:
+            try:
+                row = conn.execute(f"SELECT %b::{type_name}::text", [Raw(raw)]).fetchone()
+            except psycopg.Error:  # (refused: invalid, or cut short)
+                out.append(None)
+            else:
+                assert row is not None
+                out.append(row[0])
+    return out
+
+
+def test_array_values_are_kept_as_the_server_reads_them(cluster: DevCluster) -> None:
+    """Random arrays (quoting, NULLs, several dimensions, lower bounds),
+    as array_send writes them and then mangled: where the server takes
+    one, the trail's text (both builds) is the server's."""
+    rng = random.Random(1007)
+    elements = {
+        "text": ["a", "", "NULL", "x y", 'q"t', "b\\s", "{b}", "c,", "é"],
+        "int8": ["-9223372036854775808", "4111111111111111", "0"],
+        "numeric": ["1.50", "-0.001", "NaN", "123456789.123456789"],
+        "bool": ["t", "f"],
+        "uuid": ["00010203-0405-0607-0809-0a0b0c0d0e0f"],
+    }
+    oids = {"text": 1009, "int8": 1016, "numeric": 1231, "bool": 1000, "uuid": 2951}
+    with cluster.connect() as conn:
+        cases: list[tuple[str, bytes]] = []
+        for _ in range(300):
+            name = rng.choice(list(elements))
+            n = rng.choice([0, 1, 2, 4])
+            picked = [rng.choice([*elements[name], None]) for _ in range(n)]
+            if n == 4 and rng.random() < 0.5:
+                literal = f"ARRAY[ARRAY[%s,%s],ARRAY[%s,%s]]::{name}[]"
+            else:
+                literal = f"ARRAY[{','.join(['%s'] * n)}]::{name}[]" if n else f"'{{}}'::{name}[]"
+            if rng.random() < 0.3:  # other lower bounds, through the text form
+                text = conn.execute(f"SELECT ({literal})::text", picked).fetchone()
+                assert text is not None
+                low = rng.randint(-3, 3)
+                if n and not text[0].startswith("["):
+                    dims = "".join(
+                        f"[{low}:{low + size - 1}]"
+                        for size in ([2, 2] if "ARRAY[ARRAY" in literal else [n])
+                    )
+                    literal, picked = f"%s::{name}[]", [f"{dims}={text[0]}"]
+            row = conn.execute(f"SELECT array_send({literal})", picked).fetchone()
+            assert row is not None
+            raw = bytearray(row[0])
+            for _ in range(rng.choice([0, 0, 1, 2])):
+                at = rng.randrange(max(1, len(raw)))
+                if rng.random() < 0.5 and raw:
+                    raw[at] = rng.choice([0, 1, 2, 7, 0x7F, 0xFF])
+                else:
+                    del raw[at:]
+            cases.append((name, bytes(raw)))
+    checked = 0
+    for name in elements:
+        values = [raw for n, raw in cases if n == name]
+        server = _as_the_server_reads(cluster, values, name + "[]", oids[name])
+        (e,) = same(
+            [
+                ("parse", b"", "SELECT $1", ALLOW),
+                ("client", bind(results=[1])),
+                ("client", describe(b"P")),
+                ("client", execute()),
+                ("client", SYNC),
+                ("server", PARSE_COMPLETE),
+                ("server", BIND_COMPLETE),
+                ("server", row_description((b"v", oids[name], 1))),
+                *[("server", data_row(raw)) for raw in values],
+                ("server", complete(b"SELECT %d" % len(values))),
+                ("server", READY),
+            ],
+            caps=(len(values), 1 << 24, 1 << 24),
+        )
+        kept = [row[0] for row in e["results"][0]["rows"]]
+        for raw, theirs, ours in zip(values, server, kept, strict=True):
+            if theirs is not None:  # (what the server refuses never runs)
+                assert ours == theirs, raw.hex()
+                checked += 1
+    assert checked > 150
 
 
 def parse_message(name: bytes, text: str, *oids: int) -> bytes:

@@ -3,17 +3,17 @@ trail builds) and to approvers (hoopfast.proxy.postgres.review).
 
 A text-format value goes through the detectors (``mask_text``). A
 binary-format one of a type whose text is exact here (see below: integers,
-numeric, text-like types, bool, uuid, jsonb) goes through them as that text, when
-the trail knows the parameter's type: the server's ParameterDescription
-answering a Describe of the statement (asyncpg always asks for one), or
-the type the Parse declared (psycopg declares one for every binary value). Any
-other binary value is shown as ``\\x`` + hex, *unless* the detectors find
+numeric, text-like types, bool, uuid, jsonb, arrays of those) goes through
+them as that text, when the trail knows the parameter's type: the server's
+ParameterDescription answering a Describe of the statement (asyncpg always
+asks for one), or the type the Parse declared (psycopg declares one for
+every binary value). Any other binary value is shown as ``\\x`` + hex, *unless* the detectors find
 something in its bytes read as text (asyncpg sends every string in binary
 format: a text value's binary form is its bytes in the client encoding);
 then as that masked text. What stays hex is a binary value of a type the
-trail does not know or was not told (floats, inet, arrays, a statement
+trail does not know or was not told (floats, inet, composites, a statement
 never described): its hex can hold what the detectors would have masked in
-text form (a card number as an array element, an address as inet).
+text form (a card number as a float, an address as inet).
 """
 
 from __future__ import annotations
@@ -63,12 +63,12 @@ def declared_types(parse: bytes) -> list[int] | None:
 # that is exact and independent of the session's settings: text-like types
 # (their binary form is their text in the client encoding), integers,
 # numeric (numeric_out depends on no setting), bool, uuid and jsonb (a
-# version byte, then its text). Anything else (floats, dates and times,
-# whose text depends on DateStyle, TimeZone or
-# extra_float_digits; "char" and xml, whose text differs from their bytes)
-# and any value of the wrong length stays ``\x`` + hex. Both trail builds
-# follow these codes (ext/_ctrail.pyx reads this table, and checks the codes
-# when it is imported).
+# version byte, then its text), and arrays of those (array_out's text).
+# Anything else (floats, dates and times, whose text depends on DateStyle,
+# TimeZone or extra_float_digits; "char" and xml, whose text differs from
+# their bytes) and any value of the wrong length stays ``\x`` + hex. Both
+# trail builds follow these codes (ext/_ctrail.pyx reads this table, checks
+# the codes when it is imported, and has arrays read here).
 HEX = 0
 TEXT = 1
 INT2 = 2
@@ -79,6 +79,8 @@ BOOL = 6
 UUID = 7
 JSONB = 8
 NUMERIC = 9
+#: ARRAY + i: a one- or more-dimensional array of ARRAY_ELEMENTS[i].
+ARRAY = 16
 
 #: Type OID -> how its binary values are shown.
 BINARY_KINDS = {
@@ -97,6 +99,25 @@ BINARY_KINDS = {
     3802: JSONB,
     1700: NUMERIC,
 }
+
+#: Array type OID -> its element type, for the element types above.
+ARRAY_TYPES = {
+    1009: 25,
+    1015: 1043,
+    1014: 1042,
+    1003: 19,
+    199: 114,
+    1005: 21,
+    1007: 23,
+    1016: 20,
+    1028: 26,
+    1000: 16,
+    2951: 2950,
+    3807: 3802,
+    1231: 1700,
+}
+ARRAY_ELEMENTS = tuple(ARRAY_TYPES.values())
+BINARY_KINDS.update({oid: ARRAY + i for i, oid in enumerate(ARRAY_TYPES)})
 
 _SIZES = {INT2: 2, INT4: 4, INT8: 8, OID: 4, BOOL: 1, UUID: 16}
 
@@ -118,6 +139,8 @@ def binary_text(raw: bytes, type_oid: int, codec: str) -> str | None:
             return raw[1:].decode(codec, "replace")
     elif kind == NUMERIC:
         return numeric_text(raw)
+    elif kind >= ARRAY:
+        return array_text(raw, ARRAY_ELEMENTS[kind - ARRAY], codec)
     elif kind != HEX and len(raw) == _SIZES[kind]:
         if kind == BOOL:
             return "t" if raw[0] else "f"
@@ -190,3 +213,84 @@ def numeric_text(raw: bytes) -> str | None:
         )
         out.append("." + fraction[:dscale])
     return "".join(out)
+
+
+# -- arrays ----------------------------------------------------------------------
+#
+# array_send's format (src/backend/utils/adt/arrayfuncs.c): int32 ndim, int32
+# flags (0, or 1 if it has NULLs), the element type, then per dimension its
+# size and lower bound (int32 each), then each element as int32 length (-1:
+# NULL) and its binary value. What array_recv would refuse is None here.
+_MAXDIM = 6
+#: Larger arrays stay hex: both builds read arrays here, in Python (~1 µs
+#: an element), and a data path must not stop for a big one.
+ARRAY_MAX_BYTES = 64 << 10
+_MAX_ITEMS = (1 << 30) // 8 - 1  # MaxArraySize
+_INT32 = 1 << 31
+_FIRST_NON_BUILTIN = 10000  # FirstGenbkiObjectId
+_NEEDS_QUOTES = frozenset('{}",\\ \t\n\r\v\f')
+
+
+def array_text(raw: bytes, element: int, codec: str) -> str | None:
+    """array_out of a binary array of ``element`` values whose text is exact
+    (binary_text); None where the server would refuse it, or an element is
+    not exact, or the array is past ARRAY_MAX_BYTES."""
+    if not 12 <= len(raw) <= ARRAY_MAX_BYTES:
+        return None
+    ndim = int.from_bytes(raw[0:4], "big", signed=True)
+    flags = int.from_bytes(raw[4:8], "big", signed=True)
+    at = 12 + 8 * ndim
+    if not 0 <= ndim <= _MAXDIM or flags not in (0, 1) or len(raw) < at:
+        return None
+    # Another built-in element type is refused; one past the built-in range
+    # is read as the expected type (array_recv).
+    declared = int.from_bytes(raw[8:12], "big")
+    if declared != element and declared < _FIRST_NON_BUILTIN:
+        return None
+    dims = [int.from_bytes(raw[12 + 8 * i : 16 + 8 * i], "big", signed=True) for i in range(ndim)]
+    lower = [int.from_bytes(raw[16 + 8 * i : 20 + 8 * i], "big", signed=True) for i in range(ndim)]
+    items = 1 if ndim else 0
+    for size, low in zip(dims, lower, strict=True):
+        items *= size  # (ArrayGetNItems: no step past int32, the end past MaxArraySize)
+        if size < 0 or items >= _INT32 or low + size >= _INT32:
+            return None
+    if items > _MAX_ITEMS:
+        return None
+    values: list[str] = []
+    for _ in range(items):
+        if len(raw) < at + 4:
+            return None
+        length = int.from_bytes(raw[at : at + 4], "big", signed=True)
+        at += 4
+        if length == -1:
+            values.append("NULL")
+            continue
+        if length < 0 or len(raw) < at + length:
+            return None
+        text = binary_text(raw[at : at + length], element, codec)
+        if text is None:
+            return None
+        at += length
+        quote = not text or text.upper() == "NULL" or not _NEEDS_QUOTES.isdisjoint(text)
+        if quote:
+            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        values.append(text)
+    if at != len(raw):
+        return None
+    if items == 0:
+        return "{}"
+    prefix = ""
+    if any(low != 1 for low in lower):
+        prefix = "".join(f"[{low}:{low + size - 1}]" for size, low in zip(dims, lower, strict=True))
+        prefix += "="
+    return prefix + _nested(values, dims)
+
+
+def _nested(values: list[str], dims: list[int]) -> str:
+    """``values`` (the elements in order, none missing) in braces, one level
+    per dimension."""
+    if len(dims) == 1:
+        return "{" + ",".join(values) + "}"
+    step = len(values) // dims[0]
+    parts = (_nested(values[i * step : (i + 1) * step], dims[1:]) for i in range(dims[0]))
+    return "{" + ",".join(parts) + "}"
