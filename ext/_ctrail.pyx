@@ -262,7 +262,8 @@ cdef enum:
     _B_ARRAY = 16
 
 if (_shown.HEX, _shown.TEXT, _shown.INT2, _shown.INT4, _shown.INT8, _shown.OID, _shown.BOOL,
-        _shown.UUID, _shown.JSONB, _shown.NUMERIC) != tuple(range(10)) or _shown.ARRAY != 16:
+        _shown.UUID, _shown.JSONB, _shown.NUMERIC) != tuple(range(10)) or _shown.ARRAY != 16 \
+        or _shown.max_text(10) != 72:
     raise ImportError("hoopfast.core._shown's binary codes changed: rebuild ext/_ctrail.pyx")
 
 cdef bytes _binary(list formats, list columns):
@@ -662,9 +663,10 @@ cdef class Trail:
 
     def parse(self, name, text, verdict, message=None):
         """(See the reference.)"""
+        cdef bint taken = name == b"" or name not in self._statements
         cdef tuple known = (text, verdict)
         self._statements[name] = known
-        declared = _declared_types(message) if message is not None else None
+        declared = _declared_types(message) if message is not None and taken else None
         if declared is not None:
             self._param_types[name] = (known, declared)
         cdef _Entry e = _entry(_K_PARSE, _start(text, verdict, None))
@@ -895,7 +897,8 @@ cdef class Trail:
                 self._popleft()
             elif type_code == _PARAMETER_DESCRIPTION and head.target == 83:  # S
                 # (Comes first for a statement; RowDescription or NoData follows.)
-                self._param_types[head.name] = (head.meant, _oids(data))
+                if self._statements.get(head.name) is head.meant:
+                    self._param_types[head.name] = (head.meant, _oids(data))
         elif kind == _K_EXECUTE:
             st = head.statement
             if type_code == _COMMAND_COMPLETE:
@@ -1116,6 +1119,11 @@ cdef object _remember(dict cache, object key, object value):
 _COUNTING = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "COPY", "FETCH", "MOVE"})
 
 
+cdef inline Py_ssize_t _shown_max_text(Py_ssize_t n) noexcept:
+    """(_shown.max_text.)"""
+    return 4 * n + 32
+
+
 cdef int _POW10[4]
 _POW10[:] = [1, 10, 100, 1000]
 
@@ -1177,6 +1185,8 @@ cdef str _numeric_text(const unsigned char* buf, Py_ssize_t n):
         size += 1
     else:
         size += 4 * weight + (4 if d >= 1000 else 3 if d >= 100 else 2 if d >= 10 else 1)
+    if size > _shown_max_text(n):
+        return None
     cdef str text = PyUnicode_New(size, 127)
     cdef unsigned char* out = PyUnicode_1BYTE_DATA(text)
     at = 0

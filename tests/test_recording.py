@@ -96,7 +96,7 @@ def psql(gw: RunningGateway, subject: str, script: str) -> subprocess.CompletedP
         "PGSSLMODE": "verify-full",
         "PGSSLROOTCERT": str(gw.certs.ca_file),
         "PGAPPNAME": "recording-test",
-        "PGOPTIONS": "-c work_mem=8MB",
+        "PGOPTIONS": "-c work_mem=8MB -c app.contact=x@example.com",
     }
     return subprocess.run(
         [
@@ -142,7 +142,8 @@ def test_psql_session_is_recorded_completely(idle_gateway: RunningGateway) -> No
     start = events[0]
     assert start["application_name"] == "recording-test"
     # The startup parameters, as psql sent them.
-    assert start["startup"]["options"] == "-c work_mem=8MB"
+    # (values through the detectors, as parameters are)
+    assert start["startup"]["options"] == "-c work_mem=8MB -c app.contact=[REDACTED:email]"
     assert start["startup"]["application_name"] == "recording-test"
     assert start["startup"]["user"] == who and start["startup"]["database"] == "main"
     assert start["tls"]["version"].startswith("TLS")

@@ -60,7 +60,9 @@ def declared_types(parse: bytes) -> list[int] | None:
 #
 # A result value the client asked for in binary format (asyncpg asks for
 # every column so) is kept as PostgreSQL's text output would show it where
-# that is exact and independent of the session's settings: text-like types
+# that is exact and independent of the session's settings (a parameter,
+# which the client wrote, is shown as the client wrote it: jsonb as sent,
+# not as the server normalises it): text-like types
 # (their binary form is their text in the client encoding), integers,
 # numeric (numeric_out depends on no setting), bool, uuid and jsonb (a
 # version byte, then its text), and arrays of those (array_out's text).
@@ -162,10 +164,19 @@ _SPECIAL = {0xC000: "NaN", 0xD000: "Infinity", 0xF000: "-Infinity"}
 _DSCALE_MASK = 0x3FFF
 
 
+def max_text(size: int) -> int:
+    """The longest text a binary value of ``size`` bytes is shown as, where
+    its text may be longer than its bytes (numeric, arrays): 10 bytes of
+    numeric can print 147,453 digits, and the trail's caps count the
+    bytes the server sent. Past it the value stays hex (twice its size)."""
+    return 4 * size + 32
+
+
 def numeric_text(raw: bytes) -> str | None:
     """numeric_out of the value numeric_recv makes of ``raw``: digits past
     dscale truncated (numeric_recv's trunc_var), leading and trailing zero
-    digits stripped, a zero made positive (make_result); else None."""
+    digits stripped, a zero made positive (make_result); else None, and
+    None when the text would pass max_text."""
     if len(raw) < 8:
         return None
     ndigits = int.from_bytes(raw[0:2], "big")
@@ -191,14 +202,18 @@ def numeric_text(raw: bytes) -> str | None:
             drop = 10 ** (4 - wanted % 4)
             digits[-1] -= digits[-1] % drop
     # strip_var: zero digits off both ends; no digits left is a positive zero.
-    while digits and digits[0] == 0:
-        digits.pop(0)
-        weight -= 1
+    first = next((i for i, d in enumerate(digits) if d), len(digits))
+    weight -= first
+    del digits[:first]
     while digits and digits[-1] == 0:
         digits.pop()
     if not digits:
         weight, sign = 0, _POS
-    # get_str_from_var
+    # get_str_from_var (its length first: bounded by max_text)
+    size = (sign == _NEG) + (1 + dscale if dscale else 0)
+    size += 1 if weight < 0 else len(str(digits[0] if digits else 0)) + 4 * weight
+    if size > max_text(len(raw)):
+        return None
     out = ["-"] if sign == _NEG else []
     if weight < 0:
         out.append("0")
@@ -222,9 +237,10 @@ def numeric_text(raw: bytes) -> str | None:
 # size and lower bound (int32 each), then each element as int32 length (-1:
 # NULL) and its binary value. What array_recv would refuse is None here.
 _MAXDIM = 6
-#: Larger arrays stay hex: both builds read arrays here, in Python (~1 µs
-#: an element), and a data path must not stop for a big one.
-ARRAY_MAX_BYTES = 64 << 10
+#: Larger arrays stay hex: both builds read arrays here, in Python (1 to 3 µs
+#: an element, several times the detectors' cost per byte), and the data
+#: path must not stop for a big one.
+ARRAY_MAX_BYTES = 8 << 10
 _MAX_ITEMS = (1 << 30) // 8 - 1  # MaxArraySize
 _INT32 = 1 << 31
 _FIRST_NON_BUILTIN = 10000  # FirstGenbkiObjectId
@@ -257,6 +273,7 @@ def array_text(raw: bytes, element: int, codec: str) -> str | None:
     if items > _MAX_ITEMS:
         return None
     values: list[str] = []
+    room = max_text(len(raw))
     for _ in range(items):
         if len(raw) < at + 4:
             return None
@@ -274,6 +291,9 @@ def array_text(raw: bytes, element: int, codec: str) -> str | None:
         quote = not text or text.upper() == "NULL" or not _NEEDS_QUOTES.isdisjoint(text)
         if quote:
             text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        room -= len(text) + 1
+        if room < 0:
+            return None
         values.append(text)
     if at != len(raw):
         return None
@@ -283,7 +303,8 @@ def array_text(raw: bytes, element: int, codec: str) -> str | None:
     if any(low != 1 for low in lower):
         prefix = "".join(f"[{low}:{low + size - 1}]" for size, low in zip(dims, lower, strict=True))
         prefix += "="
-    return prefix + _nested(values, dims)
+    text = prefix + _nested(values, dims)
+    return text if len(text) <= max_text(len(raw)) else None
 
 
 def _nested(values: list[str], dims: list[int]) -> str:

@@ -372,8 +372,11 @@ class Trail:
     def parse(self, name: bytes, text: str, verdict: Any, message: bytes | None = None) -> None:
         """A Parse (``message``, when given: the types it declares are the
         parameters' types until a ParameterDescription says otherwise)."""
+        # A Parse of a name the session still has fails (42P05) and leaves
+        # the old statement: its types are not taken then.
+        taken = name == b"" or name not in self._statements
         known = self._statements[name] = (text, verdict)
-        declared = declared_types(message) if message is not None else None
+        declared = declared_types(message) if message is not None and taken else None
         if declared is not None:
             self._param_types[name] = (known, declared)
         self._queue.append(_Entry(_K_PARSE, self._start(text, verdict, None), name))
@@ -515,9 +518,14 @@ class Trail:
                 elif (p := self._portals.get(target[1:])) is not None:
                     p.columns = columns
                 queue.popleft()
-            elif type_code == _PARAMETER_DESCRIPTION and head.name[:1] == b"S":
+            elif (
+                type_code == _PARAMETER_DESCRIPTION
+                and head.name[:1] == b"S"
+                and self._statements.get(head.name[1:]) is head.meant
+            ):
                 # (Comes first for a statement; its RowDescription or NoData
-                # follows.)
+                # follows. Only for the statement the name still has: a Parse
+                # since may have declared the types of a new one.)
                 self._param_types[head.name[1:]] = (head.meant, _oids(data))
         elif kind == _K_EXECUTE:
             st = head.statement

@@ -385,10 +385,15 @@ class PgSession:
                         "token_id": principal.token_id,
                         "client_address": self.client_address,
                         "application_name": self.application_name,
-                        # What the client sent at startup, as sent (options,
+                        # What the client sent at startup (options,
                         # DateStyle, ...): what the session ran under, but
-                        # for what the gateway pins (docs/guardrails.md).
-                        "startup": dict(self._startup_params),
+                        # for what the gateway pins (docs/guardrails.md);
+                        # values through the detectors, as parameters are
+                        # (`options` can set any custom setting).
+                        "startup": {
+                            key: self.gateway.param_mask.mask_text(value)
+                            for key, value in self._startup_params.items()
+                        },
                         "tls": self.tls,
                         "roles": list(self.access.roles) if self.access else [],
                         "trace_id": trace_id,
