@@ -564,12 +564,9 @@ BINARY_VALUES = [
 ]
 
 
-@pytest.mark.parametrize(("oid", "raw", "kept"), BINARY_VALUES)
-def test_binary_result_values_are_kept_as_their_text_where_exact(
-    oid: int, raw: bytes, kept: str
-) -> None:
-    """asyncpg asks for every column in binary: where PostgreSQL's text for a
-    type is exact and settings-free, the value is kept as that text."""
+def kept_binary(oid: int, rows: Sequence[Sequence[bytes | None]]) -> list[list[Any]]:
+    """The rows the trail (both builds) keeps of a result whose one column
+    of type ``oid`` the client asked for in binary."""
     (e,) = same(
         [
             ("parse", b"", "SELECT $1", ALLOW),
@@ -580,13 +577,23 @@ def test_binary_result_values_are_kept_as_their_text_where_exact(
             ("server", PARSE_COMPLETE),
             ("server", BIND_COMPLETE),
             ("server", row_description((b"v", oid, 1))),
-            ("server", data_row(raw, None)),
-            ("server", complete(b"SELECT 1")),
+            *[("server", data_row(*row)) for row in rows],
+            ("server", complete(b"SELECT %d" % len(rows))),
             ("server", READY),
         ],
-        caps=(100, 1 << 20, 1 << 20),  # (the arrays past 64 KiB)
+        caps=(len(rows), 1 << 24, 1 << 24),
     )
-    assert e["results"][0]["rows"] == [[kept, None]]
+    rows_kept: list[list[Any]] = e["results"][0]["rows"]
+    return rows_kept
+
+
+@pytest.mark.parametrize(("oid", "raw", "kept"), BINARY_VALUES)
+def test_binary_result_values_are_kept_as_their_text_where_exact(
+    oid: int, raw: bytes, kept: str
+) -> None:
+    """asyncpg asks for every column in binary: where PostgreSQL's text for a
+    type is exact and settings-free, the value is kept as that text."""
+    assert kept_binary(oid, [[raw, None]]) == [[kept, None]]
     assert hoopfast.core.shown_binary(raw, oid, "utf-8") == kept
 
 
@@ -616,23 +623,7 @@ def test_numeric_values_are_kept_as_the_server_reads_them(cluster: DevCluster) -
         )
     ]
     assert 400 < sum(not s.startswith("\\x") for s in server) < 1400
-    (e,) = same(
-        [
-            ("parse", b"", "SELECT $1", ALLOW),
-            ("client", bind(results=[1])),
-            ("client", describe(b"P")),
-            ("client", execute()),
-            ("client", SYNC),
-            ("server", PARSE_COMPLETE),
-            ("server", BIND_COMPLETE),
-            ("server", row_description((b"v", 1700, 1))),
-            *[("server", data_row(raw)) for raw in values],
-            ("server", complete(b"SELECT %d" % len(values))),
-            ("server", READY),
-        ],
-        caps=(len(values), 1 << 24, 1 << 24),
-    )
-    assert e["results"][0]["rows"] == [[text] for text in server]
+    assert kept_binary(1700, [[raw] for raw in values]) == [[text] for text in server]
     assert [_shown.numeric_text(raw) or "\\x" + raw.hex() for raw in values] == server
 
 
@@ -714,23 +705,7 @@ def test_array_values_are_kept_as_the_server_reads_them(cluster: DevCluster) -> 
     for name in elements:
         values = [raw for n, raw in cases if n == name]
         server = _as_the_server_reads(cluster, values, name + "[]", oids[name])
-        (e,) = same(
-            [
-                ("parse", b"", "SELECT $1", ALLOW),
-                ("client", bind(results=[1])),
-                ("client", describe(b"P")),
-                ("client", execute()),
-                ("client", SYNC),
-                ("server", PARSE_COMPLETE),
-                ("server", BIND_COMPLETE),
-                ("server", row_description((b"v", oids[name], 1))),
-                *[("server", data_row(raw)) for raw in values],
-                ("server", complete(b"SELECT %d" % len(values))),
-                ("server", READY),
-            ],
-            caps=(len(values), 1 << 24, 1 << 24),
-        )
-        kept = [row[0] for row in e["results"][0]["rows"]]
+        kept = [row[0] for row in kept_binary(oids[name], [[raw] for raw in values])]
         for raw, theirs, ours in zip(values, server, kept, strict=True):
             if theirs is None:  # (what the server refuses never runs)
                 continue

@@ -132,7 +132,6 @@ class PgSession:
         self._verdict: Verdict = ALLOW
         self._sql: str | None = None
         self.application_name = ""
-        self._startup_params: dict[str, str] = {}
         self.tls: dict[str, str] | None = None
         self._span: SessionSpan = NOOP_SESSION_SPAN
         self._counted = False
@@ -290,8 +289,7 @@ class PgSession:
             raise UpstreamError("08001", "timed out connecting to the upstream database") from None
         await self._start_masking(conn, access)
         self.application_name = request.params.get("application_name", "")
-        self._startup_params = request.params
-        self._start_recording(request.tls)
+        self._start_recording(request.tls, request.params)
         self.pid, self.secret = gw.register(self)
         up = self.upstream
         self.writer.write(
@@ -346,9 +344,10 @@ class PgSession:
         )
         self._masker = ResultMasker(masks, catalog)
 
-    def _start_recording(self, tls: bool) -> None:
+    def _start_recording(self, tls: bool, params: dict[str, str]) -> None:
         """Open this session's audit trail and its trace span; no trail, no
-        session (fail closed) unless the gateway runs with recording off."""
+        session (fail closed) unless the gateway runs with recording off.
+        ``params``: the client's startup parameters."""
         gw = self.gateway
         principal = self.principal
         assert principal is not None
@@ -392,7 +391,7 @@ class PgSession:
                         # (`options` can set any custom setting).
                         "startup": {
                             key: self.gateway.param_mask.mask_text(value)
-                            for key, value in self._startup_params.items()
+                            for key, value in params.items()
                         },
                         "tls": self.tls,
                         "roles": list(self.access.roles) if self.access else [],
