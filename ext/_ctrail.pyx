@@ -663,6 +663,10 @@ cdef class Trail:
 
     def parse(self, name, text, verdict, message=None):
         """(See the reference.)"""
+        self._parse(name, text, verdict, message)
+
+    cdef _parse(self, bytes name, text, verdict, bytes message):
+        # (fast_statement calls this without a Python method call per Parse.)
         cdef bint taken = name == b"" or name not in self._statements
         cdef tuple known = (text, verdict)
         self._statements[name] = known
@@ -692,7 +696,7 @@ cdef class Trail:
         if type_code == _QUERY:
             self.query(text, verdict)
         else:
-            self.parse(b"", text, verdict, message)
+            self._parse(b"", text, verdict, message)
 
     def client_message(self, int type_code, bytes message not None, refused=None):
         """Bind, Execute, Sync, Describe and Close, as the client sent them

@@ -440,22 +440,8 @@ def test_shown_parameter_for_the_trail_and_the_approvers() -> None:
 
 
 def test_extended_one_result_format_for_all() -> None:
-    (e,) = same(
-        [
-            ("parse", b"", "SELECT 1, 2", ALLOW),
-            ("client", bind(results=[1])),
-            ("client", describe(b"P")),
-            ("client", execute()),
-            ("client", SYNC),
-            ("server", PARSE_COMPLETE),
-            ("server", BIND_COMPLETE),
-            ("server", row_description((b"a", 23, 1), (b"b", 23, 1))),
-            ("server", data_row(b"\0\0\0\x01", b"\0\0\0\x02")),
-            ("server", complete(b"SELECT 1")),
-            ("server", READY),
-        ]
-    )
-    assert e["results"][0]["rows"] == [["1", "2"]]
+    # (One result format code, binary, for both columns.)
+    assert kept_binary([23, 23], [[b"\0\0\0\x01", b"\0\0\0\x02"]]) == [["1", "2"]]
 
 
 def numeric(weight: int, sign: int, dscale: int, *digits: int) -> bytes:
@@ -564,9 +550,9 @@ BINARY_VALUES = [
 ]
 
 
-def kept_binary(oid: int, rows: Sequence[Sequence[bytes | None]]) -> list[list[Any]]:
-    """The rows the trail (both builds) keeps of a result whose one column
-    of type ``oid`` the client asked for in binary."""
+def kept_binary(oids: Sequence[int], rows: Sequence[Sequence[bytes | None]]) -> list[list[Any]]:
+    """The rows the trail (both builds) keeps of a result whose columns, of
+    types ``oids``, the client asked for in binary (one format code)."""
     (e,) = same(
         [
             ("parse", b"", "SELECT $1", ALLOW),
@@ -576,7 +562,7 @@ def kept_binary(oid: int, rows: Sequence[Sequence[bytes | None]]) -> list[list[A
             ("client", SYNC),
             ("server", PARSE_COMPLETE),
             ("server", BIND_COMPLETE),
-            ("server", row_description((b"v", oid, 1))),
+            ("server", row_description(*[(b"c%d" % i, oid, 1) for i, oid in enumerate(oids)])),
             *[("server", data_row(*row)) for row in rows],
             ("server", complete(b"SELECT %d" % len(rows))),
             ("server", READY),
@@ -593,7 +579,7 @@ def test_binary_result_values_are_kept_as_their_text_where_exact(
 ) -> None:
     """asyncpg asks for every column in binary: where PostgreSQL's text for a
     type is exact and settings-free, the value is kept as that text."""
-    assert kept_binary(oid, [[raw, None]]) == [[kept, None]]
+    assert kept_binary([oid], [[raw, None]]) == [[kept, None]]
     assert hoopfast.core.shown_binary(raw, oid, "utf-8") == kept
 
 
@@ -623,7 +609,7 @@ def test_numeric_values_are_kept_as_the_server_reads_them(cluster: DevCluster) -
         )
     ]
     assert 400 < sum(not s.startswith("\\x") for s in server) < 1400
-    assert kept_binary(1700, [[raw] for raw in values]) == [[text] for text in server]
+    assert kept_binary([1700], [[raw] for raw in values]) == [[text] for text in server]
     assert [_shown.numeric_text(raw) or "\\x" + raw.hex() for raw in values] == server
 
 
@@ -705,7 +691,7 @@ def test_array_values_are_kept_as_the_server_reads_them(cluster: DevCluster) -> 
     for name in elements:
         values = [raw for n, raw in cases if n == name]
         server = _as_the_server_reads(cluster, values, name + "[]", oids[name])
-        kept = [row[0] for row in kept_binary(oids[name], [[raw] for raw in values])]
+        kept = [row[0] for row in kept_binary([oids[name]], [[raw] for raw in values])]
         for raw, theirs, ours in zip(values, server, kept, strict=True):
             if theirs is None:  # (what the server refuses never runs)
                 continue
