@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import decimal
+import errno
 import io
 import json
 import os
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -557,6 +559,78 @@ def test_kill_9_loses_no_acknowledged_statement(
     assert [s["results"][0]["rows"] for s in ran] == [[[str(i)]] for i in range(20)]
     assert session.seal is not None
     assert "gateway stopped unexpectedly" in session.seal.end_reason
+
+
+@contextmanager
+def _small_tmpfs(path: Path, size: str) -> Iterator[None]:
+    """A filesystem of its own for ``path``, ``size`` big, so that a test can
+    fill it for real (mounting needs root: skipped otherwise)."""
+    path.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def _fill(directory: Path) -> Path:
+    """Write a file in ``directory`` until its filesystem is full."""
+    filler = directory / "filler"
+    with filler.open("wb", buffering=0) as f:
+        try:
+            while f.write(b"\0" * 4096):
+                pass
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+    return filler
+
+
+@pytest.mark.slow
+def test_a_full_disk_refuses_statements_and_loses_no_acknowledged_one(
+    make_settings: Callable[..., Settings], issuer: DevIssuer, certs: Any, tmp_path: Path
+) -> None:
+    """The spool's filesystem fills up (a real one, a small tmpfs, not an
+    injected error): the statement whose event cannot be written is not
+    acknowledged, its session ends with 53000, no session starts while
+    recording cannot write (fail closed), and after a restart with space
+    again every statement the client saw answered is in the store, the
+    session sealed as cut short."""
+    spool = tmp_path / "spool"
+    settings = make_settings(state_dir=tmp_path, spool_dir=spool, store_flush_interval=3600)
+    who = _person()
+    with _small_tmpfs(spool, "1m"):
+        with run_gateway(settings, issuer, certs) as gw:
+            conn = psycopg.connect(gw.conninfo(token=gw.token(who), user=who), autocommit=True)
+            answered = []
+            for i in range(5):
+                assert conn.execute("SELECT %s::int", (i,)).fetchone() == (i,)
+                answered.append(i)
+            filler = _fill(spool)
+            with pytest.raises(psycopg.OperationalError, match="cannot be recorded") as raised:
+                for i in range(5, 2000):
+                    assert conn.execute("SELECT %s::int, repeat('x', 500)", (i,)).fetchone()
+                    answered.append(i)
+            assert raised.value.sqlstate in (None, "53000")
+            assert conn.closed or conn.broken
+            with pytest.raises(psycopg.OperationalError, match="cannot be recorded"):
+                psycopg.connect(gw.conninfo(token=gw.token(who), user=who))
+            filler.unlink()
+        with run_gateway(make_settings(state_dir=tmp_path, spool_dir=spool), issuer, certs) as gw:
+            session = sealed_session(gw, who)
+            ran = statements(trail(gw, session))
+    assert session.seal is not None
+    assert "gateway stopped unexpectedly" in session.seal.end_reason
+    # Every answered statement is there, in order; the refused one may be
+    # too (written, not acknowledged), nothing else.
+    numbers = [int(s["results"][0]["rows"][0][0]) for s in ran]
+    assert numbers[: len(answered)] == answered
+    assert len(numbers) <= len(answered) + 1
 
 
 @pytest.mark.slow

@@ -493,8 +493,18 @@ class Recorder:
         # waited for the store) and nothing older waits: otherwise its new
         # records are stored from memory below and the file stays open, for
         # a rotation costs the event loop a file created and one removed.
-        if self._unrotated and (
-            self._closing or (current in self._on_disk_only and not self.spool.closed_segments())
+        # Never while recording is broken: the segment that failed is then
+        # the only record of the sessions its lost events ended (their end
+        # and seal were in the failed write), and the next start, which
+        # replays it, seals them. Stored and removed now, they would stay
+        # unsealed for good (the new segment's checkpoint cannot be written).
+        if (
+            self._unrotated
+            and not self.broken
+            and (
+                self._closing
+                or (current in self._on_disk_only and not self.spool.closed_segments())
+            )
         ):
             self._rotate()
         # Until none is left: the data path may close another segment while
