@@ -524,6 +524,10 @@ def test_bad_parameters_get_422(api: AuditApi) -> None:
         ({"since": "nan"}, "since: not a time"),
         ({"since": BASE + 10, "until": BASE}, "since must be before until"),
         ({"before": "@@@"}, "before: not a cursor"),
+        # No subject or connection holds a NUL (a PostgreSQL store could not
+        # even compare one: the caller would see an outage).
+        ({"user": "a\0b"}, "user: a NUL character is not allowed"),
+        ({"connection": "\0"}, "connection: a NUL character is not allowed"),
     ]:
         for path in ("/v1/audit/sessions", "/v1/audit/events"):
             if "before" in params and path != "/v1/audit/sessions":
@@ -532,6 +536,17 @@ def test_bad_parameters_get_422(api: AuditApi) -> None:
             assert response.status_code == 422, (path, params)
             assert fragment in response.json()["detail"]
     assert api.get("/v1/audit/sessions", limit=0).status_code == 422
+    assert api.get("/v1/audit/sessions/a%00b").status_code == 404
+    assert api.get("/v1/audit/sessions/a%00b/raw").status_code == 404
+
+
+def test_an_eight_digit_time_is_a_date() -> None:
+    """ISO-8601's basic date (20231114), which fromisoformat reads, is not
+    Unix seconds (a moment in August 1970)."""
+    from hoopfast.api.app import parse_time
+
+    assert parse_time("since", "20231114") == parse_time("since", "2023-11-14")
+    assert parse_time("since", "1700000100") == 1700000100.0
 
 
 # --------------------------------------------------------------------------- export
@@ -682,3 +697,13 @@ def test_server_leaves_signal_handlers_alone_in_the_main_thread(api: AuditApi) -
         before, during, after = runner.run(serve_once())
     validator.close()
     assert before == during == after
+
+
+def test_event_json_with_a_lone_surrogate_is_read() -> None:
+    """The recorder's json fallback writes a lone surrogate (from a token's
+    claims) as an escape, which orjson refuses: the API still reads it."""
+    from hoopfast.api.app import _parsed
+    from hoopfast.recording.chain import event_json
+
+    data = event_json({"text": "SELECT '\udcff'", "groups": ["g\udcff"]}).decode()
+    assert _parsed(data) == {"text": "SELECT '\udcff'", "groups": ["g\udcff"]}

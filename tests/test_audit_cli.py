@@ -380,3 +380,76 @@ def test_replay_rendering_of_awkward_sessions() -> None:
         "[22:13:22.000 UTC]  REVIEW\nmain=> DELETE FROM notes\n"
         "(held for a second person's review)\n"
     ) in text
+
+
+# -- found by the review of the audit CLI and API --
+
+
+def test_verify_finds_an_edited_session_row(
+    issuer: DevIssuer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The sessions row is not hashed, but listings and segregation of
+    duties filter by it: verify compares it with the hashed session_start."""
+    with running_api(tmp_path, issuer, big=20) as api:
+        for column, value in (("connection", "'other'"), ("started_at", "started_at - 3600")):
+            with sqlite3.connect(api.db) as db:
+                db.execute(f"UPDATE sessions SET {column} = {value} WHERE session_id = 's-bob-1'")
+            code, out, err = run(capsys, api, "verify", token=api.token())
+            assert code == 1, (out, err)
+            assert f"BROKEN session s-bob-1, event 0: the session's stored {column} differs" in out
+            with sqlite3.connect(api.db) as db:
+                undo = "'main'" if column == "connection" else "started_at + 3600"
+                db.execute(f"UPDATE sessions SET {column} = {undo} WHERE session_id = 's-bob-1'")
+        code, out, err = run(capsys, api, "verify", token=api.token())
+        assert code == 0, (out, err)
+
+
+def test_verify_names_events_added_after_the_seal() -> None:
+    from hoopfast.recording.chain import Chain, verify_session
+    from hoopfast.store.records import Seal
+
+    chain = Chain("s")
+    records = [chain.append("statement", float(i), "bob", "main", "allow", {}) for i in range(3)]
+    seal = Seal("s", 2, records[1].hash, 2.0, "ended", "k", "00")
+    problem = verify_session("s", records, seal, {})
+    assert problem is not None and problem.seq == 2 and "added after the seal" in str(problem)
+    again = verify_session("s", [records[0], records[1], records[1]], None, {})
+    assert again is not None and "event 1 is stored again after event 1" in str(again)
+
+
+def test_export_destinations(
+    api: AuditApi, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A directory is refused before anything is fetched; a symbolic link
+    is followed (and stays a link); a FIFO is written to, not replaced."""
+    import os
+    import threading
+
+    code, _, err = run(capsys, api, "export", "-o", str(tmp_path), token=api.token())
+    assert code == 2 and "it is a directory" in err and "Traceback" not in err
+    real = tmp_path / "real.jsonl"
+    real.write_text("old")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(real)
+    code, _, err = run(capsys, api, "export", "-o", str(link), token=api.token())
+    assert code == 0, err
+    assert link.is_symlink() and real.read_text().startswith('{"')
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    code, _, err = run(capsys, api, "export", "-o", str(fifo), token=api.token())
+    reader.join(30)
+    assert code == 0, err
+    assert fifo.is_fifo() and got and got[0] == real.read_bytes()
+
+
+def test_export_write_failure_is_a_clear_error(
+    api: AuditApi, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A write that fails (here /dev/full: every write is ENOSPC) is an
+    error naming the destination, not a traceback."""
+    code, _, err = run(capsys, api, "export", "-o", "/dev/full", token=api.token())
+    assert code == 1 and "cannot write /dev/full: No space left on device" in err
+    assert "Traceback" not in err

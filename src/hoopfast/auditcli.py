@@ -371,14 +371,20 @@ def _csv_row(event: Mapping[str, Any], include_results: bool) -> list[Any]:
 
 @contextlib.contextmanager
 def _output(path: str, binary: bool) -> Iterator[IO[Any]]:
-    """The export's destination. A file is written under a temporary name
-    and renamed only when complete, so a broken export never leaves a file
-    that looks whole."""
+    """The export's destination. A regular file is written under a
+    temporary name and renamed only when complete, so a broken export never
+    leaves a file that looks whole; a symbolic link is followed (the link
+    stays), and anything else that exists (a FIFO, a device) is written to
+    as it is. A write that fails (a full disk) is a CliError."""
     if path == "-":
-        yield sys.stdout.buffer if binary else sys.stdout
+        with _write_errors("stdout"):
+            yield sys.stdout.buffer if binary else sys.stdout
         return
-    target = Path(path)
-    partial = target.with_name(f".{target.name}.partial")
+    target = Path(path).resolve()
+    if target.is_dir():
+        raise CliError(f"cannot write {path}: it is a directory", EXIT_USAGE)
+    in_place = target.exists() and not target.is_file()
+    partial = target if in_place else target.with_name(f".{target.name}.partial")
     try:
         f: IO[Any] = (
             open(partial, "wb")  # noqa: SIM115 - closed below, renamed when complete
@@ -388,13 +394,24 @@ def _output(path: str, binary: bool) -> Iterator[IO[Any]]:
     except OSError as e:
         raise CliError(f"cannot write {path}: {e.strerror}", EXIT_USAGE) from None
     try:
-        with f:
+        with _write_errors(path), f:
             yield f
-        os.replace(partial, target)
+        if not in_place:
+            with _write_errors(path):
+                os.replace(partial, target)
     except BaseException:
-        with contextlib.suppress(OSError):
-            partial.unlink()
+        if not in_place:
+            with contextlib.suppress(OSError):
+                partial.unlink()
         raise
+
+
+@contextlib.contextmanager
+def _write_errors(where: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        raise CliError(f"cannot write {where}: {e.strerror or e}") from None
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -476,7 +493,7 @@ def _record(cls: type[Any], values: Mapping[str, Any]) -> Any:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from hoopfast.recording.chain import verify_session
+    from hoopfast.recording.chain import session_row_problem, verify_session
     from hoopfast.store.records import EventRecord, Seal, SigningKey
 
     with _api(args) as api:
@@ -486,19 +503,25 @@ def cmd_verify(args: argparse.Namespace) -> int:
             listed = api.get("/v1/audit/keys").get("keys", [])
             keys = {k["key_id"]: _record(SigningKey, k) for k in listed}
         # Oldest first, so that "the first problem" is the earliest one.
-        ids = [
-            s["session_id"]
-            for s in api.pages("/v1/audit/sessions", "sessions", _filters(args), None)
-        ]
-        ids.reverse()
+        rows = list(api.pages("/v1/audit/sessions", "sessions", _filters(args), None))
+        rows.reverse()
+        ids = [s["session_id"] for s in rows]
         show_progress = args.progress if args.progress is not None else sys.stderr.isatty()
         progress = Progress(len(ids), "sessions") if show_progress else None
         failed = sealed = events = 0
-        for done, session_id in enumerate(ids, 1):
+        for done, row in enumerate(rows, 1):
+            session_id = row["session_id"]
             raw = api.get(f"/v1/audit/sessions/{quote(session_id, safe='')}/raw")
             records = [_record(EventRecord, e) for e in raw.get("events", [])]
             seal = _record(Seal, raw["seal"]) if raw.get("seal") else None
-            problem = verify_session(session_id, records, seal, keys)
+            problem = verify_session(session_id, records, seal, keys) or session_row_problem(
+                session_id,
+                row.get("subject", ""),
+                row.get("connection", ""),
+                row.get("client_address", ""),
+                row.get("started_at", 0.0),
+                records[0] if records else None,
+            )
             events += len(records)
             sealed += seal is not None
             if problem is not None:

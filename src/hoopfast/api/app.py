@@ -271,16 +271,20 @@ AuditorDep = Annotated[Caller, Depends(_auditor)]
 # --------------------------------------------------------------------------- parameters
 
 _NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
+#: An ISO-8601 basic date (20261101): fromisoformat reads it; as Unix
+#: seconds it would be a moment in 1970 that nobody means.
+_BASIC_DATE = re.compile(r"^\d{8}$")
 
 
 def parse_time(name: str, value: str | None) -> float | None:
-    """ISO-8601 (no zone means UTC) or Unix seconds -> Unix seconds.
-    Raises ValueError with a message fit for the person who typed it."""
+    """ISO-8601 (no zone means UTC) or Unix seconds -> Unix seconds (eight
+    digits alone are a date, YYYYMMDD). Raises ValueError with a message fit
+    for the person who typed it."""
     if value is None or not value.strip():
         return None
     text = value.strip()
     try:
-        if _NUMBER.match(text):
+        if _NUMBER.match(text) and not _BASIC_DATE.match(text):
             seconds = float(text)
         else:
             moment = datetime.fromisoformat(text)
@@ -296,6 +300,15 @@ def parse_time(name: str, value: str | None) -> float | None:
             "where no zone means UTC, or Unix seconds)"
         )
     return seconds
+
+
+def _text(name: str, value: str | None) -> str | None:
+    """A filter's text, or None when empty. A NUL is refused here: no
+    subject or connection holds one, and a PostgreSQL store cannot even
+    compare it (the store would fail, and the caller see an outage)."""
+    if value and "\0" in value:
+        raise HTTPException(422, f"{name}: a NUL character is not allowed")
+    return value or None
 
 
 def _range(since: str | None, until: str | None) -> tuple[float | None, float | None]:
@@ -348,7 +361,12 @@ def _parsed(data: str) -> dict[str, Any] | None:
     try:
         value = orjson.loads(data)
     except ValueError:  # (orjson's JSONDecodeError is one)
-        return None
+        # The recorder's json fallback writes a lone surrogate as an escape
+        # (\udcff, from a token's claims), which orjson refuses.
+        try:
+            value = json.loads(data)
+        except ValueError:
+            return None
     return value if isinstance(value, dict) else None
 
 
@@ -404,7 +422,8 @@ async def _export(
 
 
 async def _readable_session(context: _Context, caller: Caller, session_id: str) -> SessionRow:
-    row = await context.store.session(session_id)
+    # (A NUL is in no session id, and a PostgreSQL store cannot look it up.)
+    row = None if "\0" in session_id else await context.store.session(session_id)
     if row is None:
         raise HTTPException(404, f"no session {session_id!r}")
     if caller.excluded_subject is not None and row.subject == caller.excluded_subject:
@@ -474,8 +493,8 @@ async def list_sessions(
     where = EventFilter(
         since=start,
         until=end,
-        subject=user or None,
-        connection=connection or None,
+        subject=_text("user", user),
+        connection=_text("connection", connection),
         exclude_subject=caller.excluded_subject,
     )
     after = _parse_cursor(before) if before else None
@@ -526,9 +545,9 @@ def _event_filter(
     return EventFilter(
         since=start,
         until=end,
-        subject=user or None,
-        connection=connection or None,
-        verdict=verdict or None,
+        subject=_text("user", user),
+        connection=_text("connection", connection),
+        verdict=_text("verdict", verdict),
         exclude_subject=caller.excluded_subject,
     )
 

@@ -260,11 +260,12 @@ def verify_events(
         if event.session_id != session_id:
             return count, expected_prev, Problem(session_id, event.seq, "event of another session")
         if event.seq != count:
-            return (
-                count,
-                expected_prev,
-                Problem(session_id, count, f"event {count} is missing (found {event.seq} next)"),
+            what = (
+                f"event {event.seq} is stored again after event {count - 1}"
+                if event.seq < count
+                else f"event {count} is missing (found {event.seq} next)"
             )
+            return count, expected_prev, Problem(session_id, count, what)
         if event.prev_hash != expected_prev:
             return (
                 count,
@@ -319,9 +320,15 @@ def verify_session(
         return problem
     if seal is None:
         return None  # still open (or not yet flushed): the chain so far is intact
-    if seal.events != count:
+    if seal.events > count:
         return Problem(
             session_id, None, f"sealed with {seal.events} events, {count} stored (events removed)"
+        )
+    if seal.events < count:
+        return Problem(
+            session_id,
+            seal.events,
+            f"added after the seal (sealed with {seal.events} events, {count} stored)",
         )
     if seal.last_hash != last_hash:
         return Problem(session_id, None, "sealed chain head differs from the stored chain")
@@ -336,4 +343,37 @@ def verify_session(
         public.verify(bytes.fromhex(seal.signature), message)
     except (InvalidSignature, ValueError):
         return Problem(session_id, None, "signature does not verify")
+    return None
+
+
+def session_row_problem(
+    session_id: str,
+    subject: str,
+    connection: str,
+    client_address: str,
+    started_at: float,
+    first: EventRecord | None,
+) -> Problem | None:
+    """The store's session row against its hashed session_start event: the
+    row is what listings, exports and segregation of duties filter by, and
+    is not itself hashed, so a row edited to hide a session (another
+    subject, another start time) must show here. (Called after the chain
+    verified, so ``first`` is the genuine event 0.)"""
+    if first is None or first.seq != 0:
+        return None  # no events stored yet: nothing to compare with
+    try:
+        data = json.loads(first.data)
+    except ValueError:
+        return Problem(session_id, 0, "content is not JSON")
+    stored = {
+        "subject": subject,
+        "connection": connection,
+        "client_address": client_address,
+    }
+    for key, value in stored.items():
+        inside = data.get(key)
+        if ("" if inside is None else str(inside)) != value:
+            return Problem(session_id, 0, f"the session's stored {key} differs from its start")
+    if not math.isclose(started_at, first.at, rel_tol=0, abs_tol=1e-6):
+        return Problem(session_id, 0, "the session's stored started_at differs from its start")
     return None
