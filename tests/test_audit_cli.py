@@ -448,8 +448,16 @@ def test_export_destinations(
 def test_export_write_failure_is_a_clear_error(
     api: AuditApi, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    """A write that fails (here /dev/full: every write is ENOSPC) is an
-    error naming the destination, not a traceback."""
-    code, _, err = run(capsys, api, "export", "-o", "/dev/full", token=api.token())
-    assert code == 1 and "cannot write /dev/full: No space left on device" in err
+    """A write that fails (a real full filesystem: a small tmpfs, filled) is
+    an error naming the destination, not a traceback, and leaves no file."""
+    from tests.test_recording import _fill, _small_tmpfs
+
+    disk = tmp_path / "disk"
+    with _small_tmpfs(disk, "64k"):
+        _fill(disk)
+        target = disk / "trail.jsonl"
+        code, _, err = run(capsys, api, "export", "-o", str(target), token=api.token())
+        left = sorted(p.name for p in disk.iterdir())
+    assert code == 1 and f"cannot write {target}: No space left on device" in err, err
     assert "Traceback" not in err
+    assert left == ["filler"]

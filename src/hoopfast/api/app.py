@@ -11,6 +11,7 @@ reloads it; one request sees one configuration.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -24,11 +25,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Security
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from hoopfast import __version__
+from hoopfast.bulk import collector_paused
 from hoopfast.config import GatewayConfig
 from hoopfast.identity.principal import Principal
 from hoopfast.identity.tokens import TokenError, TokenValidator
@@ -509,12 +511,12 @@ async def list_sessions(
     summary="One session with its seal and every event, for replay",
     responses={404: {"model": Problem, "description": "no such session"}},
 )
-async def get_session(context: ContextDep, caller: AuditorDep, session_id: str) -> SessionDetail:
+async def get_session(context: ContextDep, caller: AuditorDep, session_id: str) -> Response:
     row, events = await _session_records(context, caller, session_id)
-    return SessionDetail(
-        session=SessionOut.of(row),
-        seal=SealOut.of(row.seal),
-        events=[_event_out(e) for e in events],
+    return await _session_response(
+        SessionDetail(session=SessionOut.of(row), seal=SealOut.of(row.seal), events=[]),
+        lambda: [_event_out(e) for e in events],
+        _EVENTS,
     )
 
 
@@ -524,13 +526,45 @@ async def get_session(context: ContextDep, caller: AuditorDep, session_id: str) 
     summary="One session's stored records exactly as kept, for verification",
     responses={404: {"model": Problem, "description": "no such session"}},
 )
-async def get_session_raw(context: ContextDep, caller: AuditorDep, session_id: str) -> SessionRaw:
+async def get_session_raw(context: ContextDep, caller: AuditorDep, session_id: str) -> Response:
     row, events = await _session_records(context, caller, session_id)
-    return SessionRaw(
-        session=SessionOut.of(row),
-        seal=SealOut.of(row.seal),
-        events=[RawEvent.model_validate(e) for e in events],
+    return await _session_response(
+        SessionRaw(session=SessionOut.of(row), seal=SealOut.of(row.seal), events=[]),
+        lambda: [RawEvent.model_validate(e) for e in events],
+        _RAW_EVENTS,
     )
+
+
+#: Events written as JSON per call: each call holds the GIL throughout.
+_JSON_CHUNK = 1000
+_EVENTS = TypeAdapter(list[EventOut])
+_RAW_EVENTS = TypeAdapter(list[RawEvent])
+
+
+async def _session_response(
+    head: BaseModel, events: Callable[[], list[Any]], adapter: TypeAdapter[Any]
+) -> Response:
+    """A whole session (``head`` with its ``events``, the model's last
+    field), built and written as JSON in a worker thread, a thousand events
+    per call: on the event loop, which also relays the data path, a session
+    of 100,000 events stalled every client for seconds. (The response is
+    still one body, so its memory grows with the session.)"""
+
+    def body() -> bytes:
+        with collector_paused():
+            items = events()
+        start = head.model_dump_json().encode()
+        assert start.endswith(b'"events":[]}')
+        pieces = [start[:-2]]
+        for i in range(0, len(items), _JSON_CHUNK):
+            if i:
+                pieces.append(b",")
+            pieces.append(adapter.dump_json(items[i : i + _JSON_CHUNK])[1:-1])
+        pieces.append(b"]}")
+        return b"".join(pieces)
+
+    content = await asyncio.get_running_loop().run_in_executor(None, body)
+    return Response(content, media_type="application/json")
 
 
 def _event_filter(
