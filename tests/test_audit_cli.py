@@ -404,6 +404,41 @@ def test_verify_finds_an_edited_session_row(
         assert code == 0, (out, err)
 
 
+def test_verify_finds_edited_block_columns(
+    issuer: DevIssuer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A block's time range and verdict counts are what a filtered export
+    selects it by, and no hash covers them: edited to hide the block's
+    events from an export, verify reports it."""
+    with running_api(tmp_path, issuer, big=20) as api:
+        for change in (
+            "first_at = 0, last_at = 0",
+            """verdicts = '{"":2,"allow":8}'""",
+            "events = events + 1",
+        ):
+            with sqlite3.connect(api.db) as db:
+                before = db.execute(
+                    "SELECT first_seq, last_seq, first_at, last_at, events, verdicts"
+                    " FROM event_blocks WHERE session_id = 's-bob-1' ORDER BY first_seq LIMIT 1"
+                ).fetchone()
+                db.execute(
+                    f"UPDATE event_blocks SET {change}"
+                    " WHERE session_id = 's-bob-1' AND first_seq = ?",
+                    (before[0],),
+                )
+            code, out, err = run(capsys, api, "verify", token=api.token())
+            assert code == 1, (change, out, err)
+            assert f"BROKEN session s-bob-1, event {before[0]}: the block of events" in out, out
+            with sqlite3.connect(api.db) as db:
+                db.execute(
+                    "UPDATE event_blocks SET first_at = ?, last_at = ?, events = ?, verdicts = ?"
+                    " WHERE session_id = 's-bob-1' AND first_seq = ?",
+                    (*before[2:], before[0]),
+                )
+        code, out, err = run(capsys, api, "verify", token=api.token())
+        assert code == 0, (out, err)
+
+
 def test_verify_names_events_added_after_the_seal() -> None:
     from hoopfast.recording.chain import Chain, verify_session
     from hoopfast.store.records import Seal

@@ -25,7 +25,7 @@ import psycopg
 import pytest
 
 from hoopfast.devcluster import DevCluster, free_port
-from hoopfast.recording.chain import Chain, canonical, verify_events
+from hoopfast.recording.chain import Chain, blocks_problem, canonical, verify_events
 from hoopfast.store import Store, StoreError, blocks, migrations, open_store
 from hoopfast.store.base import ReviewConflict
 from hoopfast.store.migrations import LATEST_VERSION, MIGRATIONS
@@ -249,6 +249,10 @@ def test_open_twice_keeps_schema_and_data(backend: Backend) -> None:
     async def second(store: Store) -> None:
         assert await store.schema_version() == LATEST_VERSION
         assert await store.session_events("s1") == events
+        # The blocks' own columns agree with their events (verify checks).
+        heads = await store.session_blocks("s1")
+        assert blocks_problem("s1", heads, events) is None
+        assert sum(h.events for h in heads) == len(events)
 
     run(backend, first)
     run(backend, second)

@@ -493,8 +493,8 @@ def _record(cls: type[Any], values: Mapping[str, Any]) -> Any:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from hoopfast.recording.chain import session_row_problem, verify_session
-    from hoopfast.store.records import EventRecord, Seal, SigningKey
+    from hoopfast.recording.chain import blocks_problem, session_row_problem, verify_session
+    from hoopfast.store.records import BlockHead, EventRecord, Seal, SigningKey
 
     with _api(args) as api:
         if args.public_key:
@@ -514,13 +514,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
             raw = api.get(f"/v1/audit/sessions/{quote(session_id, safe='')}/raw")
             records = [_record(EventRecord, e) for e in raw.get("events", [])]
             seal = _record(Seal, raw["seal"]) if raw.get("seal") else None
-            problem = verify_session(session_id, records, seal, keys) or session_row_problem(
-                session_id,
-                row.get("subject", ""),
-                row.get("connection", ""),
-                row.get("client_address", ""),
-                row.get("started_at", 0.0),
-                records[0] if records else None,
+            heads = [_record(BlockHead, b) for b in raw.get("blocks", [])]
+            # The chain first: the other checks rely on genuine events.
+            problem = (
+                verify_session(session_id, records, seal, keys)
+                or session_row_problem(
+                    session_id,
+                    row.get("subject", ""),
+                    row.get("connection", ""),
+                    row.get("client_address", ""),
+                    row.get("started_at", 0.0),
+                    records[0] if records else None,
+                )
+                or blocks_problem(session_id, heads, records)
             )
             events += len(records)
             sealed += seal is not None

@@ -157,9 +157,23 @@ class RawEvent(_EventHead):
     prev_hash: str
 
 
+class BlockOut(_FromRecord):
+    """A stored block's own columns (what reads select blocks by), which
+    no hash covers: verify checks them against the block's events."""
+
+    first_seq: int
+    last_seq: int
+    first_at: float
+    last_at: float
+    events: int
+    verdicts: str = Field(description="JSON object: verdict -> how many of the block's events")
+
+
 class SessionRaw(BaseModel):
     session: SessionOut
     seal: SealOut | None
+    blocks: list[BlockOut] = Field(default_factory=list)
+    #: (Last: _session_response writes it in chunks.)
     events: list[RawEvent]
 
 
@@ -528,8 +542,14 @@ async def get_session(context: ContextDep, caller: AuditorDep, session_id: str) 
 )
 async def get_session_raw(context: ContextDep, caller: AuditorDep, session_id: str) -> Response:
     row, events = await _session_records(context, caller, session_id)
+    heads = await context.store.session_blocks(session_id)
     return await _session_response(
-        SessionRaw(session=SessionOut.of(row), seal=SealOut.of(row.seal), events=[]),
+        SessionRaw(
+            session=SessionOut.of(row),
+            seal=SealOut.of(row.seal),
+            blocks=[BlockOut.model_validate(h) for h in heads],
+            events=[],
+        ),
         lambda: [RawEvent.model_validate(e) for e in events],
         _RAW_EVENTS,
     )

@@ -16,7 +16,8 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from hoopfast import core
-from hoopfast.store.records import STATEMENT, EventRecord, Seal, SigningKey
+from hoopfast.store.records import STATEMENT, BlockHead, EventRecord, Seal, SigningKey
 
 #: The previous hash of a session's first event.
 GENESIS = "0" * 64
@@ -377,3 +378,47 @@ def session_row_problem(
     if not math.isclose(started_at, first.at, rel_tol=0, abs_tol=1e-6):
         return Problem(session_id, 0, "the session's stored started_at differs from its start")
     return None
+
+
+def blocks_problem(
+    session_id: str, heads: Sequence[BlockHead], events: Sequence[EventRecord]
+) -> Problem | None:
+    """A session's stored blocks' own columns against their events (the
+    chain verified, so ``events`` are the genuine ones, in seq order from
+    0). Reads select blocks by these columns (an export's time range and
+    verdict), so a column edited to hide a block's events from them is
+    reported here, at the block's first event."""
+    for head in heads:
+        mine = events[head.first_seq : head.last_seq + 1] if head.first_seq >= 0 else []
+        if (
+            head.events != len(mine)
+            or head.last_seq - head.first_seq + 1 != len(mine)
+            or any(e.seq != head.first_seq + i for i, e in enumerate(mine))
+        ):
+            what = "its stored seq range or event count"
+        elif not (_same_time(head.first_at, mine[0].at) and _same_time(head.last_at, mine[-1].at)):
+            what = "its stored time range"
+        elif _verdicts(head.verdicts) != Counter(e.verdict for e in mine):
+            what = "its stored verdict counts"
+        else:
+            continue
+        return Problem(
+            session_id,
+            head.first_seq,
+            f"the block of events {head.first_seq}-{head.last_seq}: {what} differs from its events",
+        )
+    return None
+
+
+def _same_time(stored: float, at: float) -> bool:
+    return math.isclose(stored, at, rel_tol=0, abs_tol=1e-6)
+
+
+def _verdicts(text: str) -> Counter[str] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(n, int) and n > 0 for n in value.values()):
+        return None
+    return Counter(value)

@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
 from hoopfast.store.records import (
+    BlockHead,
     EventFilter,
     EventRecord,
     ReviewFilter,
@@ -105,6 +106,10 @@ class Store(ABC):
     @abstractmethod
     async def session_events(self, session_id: str) -> list[EventRecord]:
         """All events of one session in seq order (replay, verify)."""
+
+    @abstractmethod
+    async def session_blocks(self, session_id: str) -> list[BlockHead]:
+        """One session's event blocks' columns in seq order (verify)."""
 
     # -- reviews (hoopfast.approvals) ------------------------------------------
 

@@ -58,6 +58,21 @@ class Seal:
 
 
 @dataclass(frozen=True, slots=True)
+class BlockHead:
+    """A stored event block's own columns (hoopfast.store.blocks), which
+    reads select by and no hash covers: ``audit verify`` checks them
+    against the block's events."""
+
+    first_seq: int
+    last_seq: int
+    first_at: float
+    last_at: float
+    events: int
+    #: JSON object: each verdict of its events ("" included) -> how many.
+    verdicts: str
+
+
+@dataclass(frozen=True, slots=True)
 class SigningKey:
     """A public key that verifies seals. Keys are added, never replaced."""
 

@@ -21,6 +21,7 @@ from hoopfast.store.base import EventCursor, ReviewConflict, Store
 from hoopfast.store.records import (
     APPROVED,
     SESSION_START,
+    BlockHead,
     Decision,
     EventFilter,
     EventRecord,
@@ -179,6 +180,17 @@ class SqlStore(Store):
         # Off the event loop, which also relays the data path: a session of
         # 100,000 events takes about a second to parse.
         return await asyncio.get_running_loop().run_in_executor(None, _events_of, rows)
+
+    async def session_blocks(self, session_id: str) -> list[BlockHead]:
+        sql = (
+            "SELECT first_seq, last_seq, first_at, last_at, events, verdicts FROM event_blocks"
+            f" WHERE session_id = {self.param} ORDER BY first_seq"
+        )
+        rows = await self._fetch(sql, (session_id,))
+        return [
+            BlockHead(int(first), int(last), float(at0), float(at1), int(n), str(verdicts))
+            for first, last, at0, at1, n, verdicts in rows
+        ]
 
     async def _blocks(self, chosen: _Blocks) -> AsyncGenerator[tuple[Any, ...], None]:
         """The ``chosen`` blocks (rows of blocks.READ_COLUMNS), page by page."""
