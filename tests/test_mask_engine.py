@@ -557,3 +557,21 @@ def test_config_names_the_engines_detectors() -> None:
     from hoopfast.config import DETECTORS
 
     assert DETECTORS == _mask.DETECTOR_NAMES
+
+
+@pytest.mark.parametrize("plan_cls", PLANS)
+def test_overlapping_matches_are_masked_as_their_union(plan_cls: Any) -> None:
+    """A "secret" run that starts first ("access_token=" and the JWT's
+    header, up to its first dot) overlaps the JWT: both are masked as one
+    span, so no part of the token (its payload, its signature) shows."""
+    from hoopfast.core._mask import DETECTOR_NAMES
+
+    header = "eyJhbGciOiJFUzI1NiIsImtpZCI6ImRldi1rZXktMSIsInR5cCI6IkpXVCJ9"
+    payload = "eyJpc3MiOiJodHRwczovL2Rldi5leGFtcGxlIiwic3ViIjoiYWxpY2UiLCJleHAiOjE3MDB9"
+    signature = "4xAleQx0Zr9nV3kq8bLw2TgYpHs7cM1dEuJf6oNaRiK5WvXz"
+    token = f"{header}.{payload}.{signature}"
+    plan = plan_cls([], KEY, list(DETECTOR_NAMES))
+    for text in (f"access_token={token}", f"-c myapp.tok={token} x", f"a={token}"):
+        out = plan.mask_text(text)
+        assert payload not in out and signature not in out and header not in out, out
+        assert "[REDACTED:" in out

@@ -268,6 +268,15 @@ impl Detectors {
             if span.0 >= last {
                 last = span.1;
                 chosen.push(span);
+            } else if span.1 > last {
+                // Overlapping matches are masked as one span, their union,
+                // under the first one's name: dropping the later one would
+                // show its tail (a "secret" run "access_token=eyJ..." stops
+                // at the first dot, the JWT it overlaps goes on).
+                if let Some(prev) = chosen.last_mut() {
+                    prev.1 = span.1;
+                }
+                last = span.1;
             }
         }
         chosen

@@ -390,6 +390,13 @@ def _find(text: bytes, detectors: Sequence[int]) -> list[tuple[int, int, int]]:
         if span[0] >= last:
             chosen.append(span)
             last = span[1]
+        elif span[1] > last:
+            # Overlapping matches are masked as one span, their union, under
+            # the first one's name: dropping the later one would show its
+            # tail (a "secret" run "access_token=eyJ..." stops at the first
+            # dot, the JWT it overlaps goes on to the signature).
+            chosen[-1] = (chosen[-1][0], span[1], chosen[-1][2])
+            last = span[1]
     return chosen
 
 
