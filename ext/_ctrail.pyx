@@ -1612,6 +1612,11 @@ cdef int _put_results(_Buf* b, list results) except -1:
     return 0
 
 
+#: (See the reference's _SHOWN_TEXTS.)
+cdef Py_ssize_t _SHOWN_TEXTS = 256
+cdef Py_ssize_t _SHOWN_TEXT_MAX = 4096
+
+
 @cython.final
 cdef class Journal:
     """What the data path recorded and the spool does not have yet: spool
@@ -1691,10 +1696,15 @@ cdef class SessionLog:
     cdef object _encode
     cdef str _statement_kind
     cdef Py_ssize_t _max_bytes
+    cdef object _show_text
+    cdef dict _shown
 
     def __init__(self, Journal journal not None, str session_id, str subject, str connection,
-                 record, encode, str statement_kind, Py_ssize_t max_bytes, str genesis):
+                 record, encode, str statement_kind, Py_ssize_t max_bytes, str genesis,
+                 show_text=None):
         self._journal = journal
+        self._show_text = show_text
+        self._shown = {}
         self.session_id = session_id
         self.subject = subject
         self.connection = connection
@@ -1710,6 +1720,10 @@ cdef class SessionLog:
         """An event from a dict (session start and end, and statements from
         elsewhere than a trail): ``body`` is taken over."""
         cdef long long seq = self.count
+        if kind == self._statement_kind:
+            text = body.get("text")
+            if type(text) is str:
+                body["text"] = self._shown_text(text)
         body["session"] = self.session_id
         body["seq"] = seq
         body["kind"] = kind
@@ -1718,6 +1732,19 @@ cdef class SessionLog:
         body["connection"] = self.connection
         body["verdict"] = verdict
         self._add(seq, at, kind, verdict, self._encode(body), essential)
+
+    cdef object _shown_text(self, object text):
+        """(See the reference.)"""
+        if self._show_text is None or type(text) is not str:
+            return text
+        shown = self._shown.get(text)
+        if shown is None:
+            shown = self._show_text(text)
+            if len(<str>text) <= _SHOWN_TEXT_MAX:
+                if len(self._shown) >= _SHOWN_TEXTS:
+                    self._shown.clear()
+                self._shown[text] = shown
+        return shown
 
     cpdef statement(self, Statement st):
         """A finished statement's event (n: its number in the session)."""
@@ -1829,7 +1856,7 @@ cdef class SessionLog:
             _put(&b, b',"tags":', 8)
             _put_strings(&b, st.tags)
             _put(&b, b',"text":', 8)
-            _put_str(&b, st.text)
+            _put_str(&b, self._shown_text(st.text))
             _put(&b, b',"verdict":', 11)
             _put_str(&b, verdict)
             _put_char(&b, 125)

@@ -356,6 +356,30 @@ def test_deferred_mode_fails_at_once_then_runs_identical_statement_once(
     refused(gw, who, "requester", sql)
 
 
+def test_a_secret_in_a_held_statement_is_not_shown_to_approvers(
+    gw: RunningGateway, cluster: DevCluster
+) -> None:
+    """The review keeps the statement with its secrets replaced (approvers,
+    notifications, the API see that); the approval still binds the text as
+    sent, and finds the pending review again by it."""
+    who = person("requester")
+    table = f"appr_{secrets.token_hex(4)}"
+    password = "Pw-" + secrets.token_hex(6)
+    sql = f"CREATE TABLE {table} (dsn text DEFAULT 'postgresql://app:{password}@db/main')"
+    with connect(gw, "deferred", who, "requester") as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(sql.encode())
+        review = pending_review(gw, who)
+        assert password not in review.statement
+        assert "postgresql://app:[REDACTED:password]@db/main" in review.statement
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(sql.encode())
+        assert len(_run(gw, gw.runtime.store.reviews(ReviewFilter(requester=who)))) == 1
+        decide(gw, review.review_id, "approver")
+        conn.execute(sql.encode())
+        assert table_exists(cluster, table)
+
+
 def test_no_approvals_configured_refuses(gw: RunningGateway) -> None:
     error = refused(gw, person("requester"), "requester", "CREATE TABLE nope (id int)", "none")
     assert isinstance(error, psycopg.errors.InsufficientPrivilege)

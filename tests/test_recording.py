@@ -5,6 +5,7 @@ who may read a trail, and the session's trace span."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import decimal
 import errno
 import io
@@ -843,3 +844,37 @@ def test_spool_bound_counts_only_what_the_store_has_not_taken(tmp_path: Path) ->
         assert row.statements == 1000 and row.seal is not None
 
     asyncio.run(scenario())
+
+
+def test_secrets_in_statement_texts_are_not_recorded(idle_gateway: RunningGateway) -> None:
+    """A role's password, a connection string's, a URI's and a token pasted
+    into a statement's text never reach the trail (denied or run, they are
+    recorded): they are replaced, the rest of the text kept. (Results are
+    recorded as the client saw them, masked by its connection's rules.)"""
+    gw = idle_gateway
+    who = _person()
+    token = gw.token(who)
+    role_pw, conninfo_pw, uri_pw = (f"Pw{i}-{secrets.token_hex(6)}" for i in range(3))
+    texts = [
+        f"ALTER ROLE rec_nobody PASSWORD '{role_pw}'",
+        f"SELECT dblink_connect('host=db password={conninfo_pw} dbname=x')",
+        f"SELECT length('postgresql://app:{uri_pw}@db:5432/main')",
+        f"SET myapp.token = '{token}'",
+    ]
+    conn = psycopg.connect(gw.conninfo(token=token, user=who), autocommit=True)
+    for text in texts:
+        # (Refused or failed: recorded either way.)
+        with contextlib.suppress(psycopg.Error):
+            conn.execute(text.encode())
+    conn.close()
+    ran = statements(trail(gw, sealed_session(gw, who)))
+    shown = [s["text"] for s in ran]
+    assert shown == [
+        "ALTER ROLE rec_nobody PASSWORD '[REDACTED:password]'",
+        "SELECT dblink_connect('host=db password=[REDACTED:password] dbname=x')",
+        "SELECT length('postgresql://app:[REDACTED:password]@db:5432/main')",
+        "SET myapp.token = '[REDACTED:jwt]'",
+    ]
+    everything = json.dumps(trail(gw, sealed_session(gw, who)))
+    for secret in (role_pw, conninfo_pw, uri_pw, token):
+        assert secret not in everything

@@ -44,6 +44,7 @@ from hoopfast.approvals.notify import NO_NOTIFIER, Notifier
 from hoopfast.config import UNMASKED_ROLE, GatewayConfig
 from hoopfast.config import Approvals as ApprovalsConfig
 from hoopfast.identity.principal import Principal
+from hoopfast.masking.statement_text import shown_statement_text
 from hoopfast.policy.access import roles_of
 from hoopfast.store import Store, StoreError
 from hoopfast.store.base import ReviewConflict
@@ -179,8 +180,8 @@ class Approvals:
         self, requester: str, connection: str, sql: str, values: str, status: str
     ) -> list[ReviewRecord]:
         """Reviews of exactly ``sql`` by this person on this connection in
-        ``status`` (found by hash, then compared as text: a collision would
-        have to be found first)."""
+        ``status`` (found by hash, then compared as the text is shown: a
+        collision would have to be found first)."""
         where = ReviewFilter(
             kind=STATEMENT_REVIEW,
             statuses=(status,),
@@ -188,7 +189,8 @@ class Approvals:
             connection=connection,
             statement_hash=statement_hash(sql, values),
         )
-        return [r for r in await self.store.reviews(where, limit=20) if r.statement == sql]
+        shown = shown_statement_text(sql)
+        return [r for r in await self.store.reviews(where, limit=20) if r.statement == shown]
 
     async def _use(self, review: ReviewRecord, now: float) -> ReviewRecord | None:
         for _ in range(_CAS_ATTEMPTS):
@@ -246,7 +248,9 @@ class Approvals:
             settings,
             f"rule {rule}",
             kind=STATEMENT_REVIEW,
-            statement=sql,
+            # Shown with its secrets replaced (a role's password, a token);
+            # the hash, which the approval binds, is over the text as sent.
+            statement=shown_statement_text(sql),
             statement_hash=statement_hash(sql, values),
             parameters=parameters,
             reason=_clean_reason(reason),

@@ -109,6 +109,7 @@ class SessionLog:
         statement_kind: str,
         max_bytes: int,
         genesis: str,
+        show_text: Callable[[str], str] | None = None,
     ) -> None: ...
     def append(
         self, kind: str, at: float, verdict: str, body: dict[str, Any], essential: bool = False

@@ -882,6 +882,10 @@ class Journal:
 
 
 _FRAME_HEADER = struct.Struct(">II")
+#: A session log remembers what it showed of this many texts, each up to
+#: this many characters.
+_SHOWN_TEXTS = 256
+_SHOWN_TEXT_MAX = 4096
 
 
 def frame(payload: bytes) -> bytes:
@@ -914,8 +918,14 @@ class SessionLog:
         statement_kind: str,
         max_bytes: int,
         genesis: str,
+        show_text: Callable[[str], str] | None = None,
     ) -> None:
         self._journal = journal
+        #: What a statement event shows of its text (the recorder's:
+        #: hoopfast.masking.statement_text, secrets replaced); None: as is.
+        self._show_text = show_text
+        #: Its answers for this session's recent texts (see _shown_text).
+        self._shown: dict[str, str] = {}
         self.session_id = session_id
         self.subject = subject
         self.connection = connection
@@ -934,6 +944,10 @@ class SessionLog:
         """An event from a dict (session start and end, and statements from
         elsewhere than a trail): ``body`` is taken over."""
         seq = self.count
+        if kind == self._statement_kind:
+            text = body.get("text")
+            if type(text) is str:
+                body["text"] = self._shown_text(text)
         body["session"] = self.session_id
         body["seq"] = seq
         body["kind"] = kind
@@ -942,6 +956,22 @@ class SessionLog:
         body["connection"] = self.connection
         body["verdict"] = verdict
         self._add(seq, at, kind, verdict, self._encode(body), essential)
+
+    def _shown_text(self, text: str) -> str:
+        """``show_text(text)``, remembered for the session's last texts (a
+        prepared statement's is the same each time); a long text is not
+        kept."""
+        show = self._show_text
+        if show is None:
+            return text
+        shown = self._shown.get(text)
+        if shown is None:
+            shown = show(text)
+            if len(text) <= _SHOWN_TEXT_MAX:
+                if len(self._shown) >= _SHOWN_TEXTS:
+                    self._shown.clear()
+                self._shown[text] = shown
+        return shown
 
     def statement(self, st: Statement) -> None:
         """A finished statement's event (n: its number in the session)."""

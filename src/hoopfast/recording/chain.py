@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from hoopfast import core
+from hoopfast.masking.statement_text import shown_statement_text
 from hoopfast.store.records import STATEMENT, BlockHead, EventRecord, Seal, SigningKey
 
 #: The previous hash of a session's first event.
@@ -121,7 +122,8 @@ class Signer:
 def session_log(journal: Any, session_id: str, subject: str, connection: str) -> Any:
     """A session's chain as the recorder keeps it (hoopfast.core.SessionLog):
     events encoded by :func:`encode_event`, linked by :func:`link`'s
-    formula, into ``journal``."""
+    formula, into ``journal``; a statement's text with its secrets replaced
+    (hoopfast.masking.statement_text)."""
     return core.SessionLog(
         journal,
         session_id,
@@ -132,6 +134,7 @@ def session_log(journal: Any, session_id: str, subject: str, connection: str) ->
         STATEMENT,
         MAX_EVENT_BYTES,
         GENESIS,
+        shown_statement_text,
     )
 
 

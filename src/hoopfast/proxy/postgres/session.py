@@ -351,12 +351,15 @@ class PgSession:
         gw = self.gateway
         principal = self.principal
         assert principal is not None
+        # Through the detectors, as every startup value (the client chooses
+        # it: a token pasted there must not reach the trail or a span).
+        application_name = gw.param_mask.mask_text(self.application_name)
         self._span = gw.tracing.start_session(
             self.id,
             principal.subject,
             self.connection_name,
             self.client_address,
-            self.application_name or None,
+            application_name or None,
         )
         gw.metrics.session_started(self.connection_name)
         gw.metrics.watch(self)
@@ -383,7 +386,7 @@ class PgSession:
                         "groups": list(principal.groups),
                         "token_id": principal.token_id,
                         "client_address": self.client_address,
-                        "application_name": self.application_name,
+                        "application_name": application_name,
                         # What the client sent at startup (options,
                         # DateStyle, ...): what the session ran under, but
                         # for what the gateway pins (docs/guardrails.md);
