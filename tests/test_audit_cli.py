@@ -496,3 +496,19 @@ def test_export_write_failure_is_a_clear_error(
     assert code == 1 and f"cannot write {target}: No space left on device" in err, err
     assert "Traceback" not in err
     assert left == ["filler"]
+
+
+def test_a_token_with_whitespace_is_stripped_or_refused_unshown(
+    api: AuditApi, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token read from a CRLF file works (stripped); one with a control
+    character inside is refused without being printed (HTTP would refuse
+    the header and quote it)."""
+    token = api.token()
+    monkeypatch.setenv("HOOPFAST_TOKEN", token + "\r\n")
+    code, _, err = run(capsys, api, "sessions")
+    assert code == 0, err
+    broken = token[:20] + "\r" + token[20:]
+    code, _, err = run(capsys, api, "sessions", token=broken)
+    assert code == 2 and "--token: not a token" in err
+    assert token[:20] not in err and token[20:] not in err

@@ -200,6 +200,21 @@ def test_provider_down_keeps_cached_keys(
     assert e.category == "unknown key" and "never-published" in e.detail
 
 
+def test_a_kid_that_is_not_a_string_is_malformed(
+    provider: FakeOIDC, make_validator: MakeValidator
+) -> None:
+    """PyJWT refuses such a header with an InvalidTokenError of its own (not
+    a DecodeError): a clear refusal, not an internal error."""
+    import base64
+    import json
+
+    good = provider.mint()
+    header = base64.urlsafe_b64encode(json.dumps({"alg": "RS256", "kid": 7}).encode())
+    token = header.rstrip(b"=").decode() + good[good.index(".") :]
+    e = refused(make_validator(), token)
+    assert e.category == "malformed"
+
+
 def test_provider_down_at_startup_fails_closed_then_recovers(
     provider: FakeOIDC, make_validator: MakeValidator
 ) -> None:

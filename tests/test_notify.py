@@ -358,6 +358,22 @@ def test_redacted_url() -> None:
     assert redacted_url("http://[::1]:8080/x") == "http://[::1]:8080"
 
 
+def test_an_invalid_webhook_url_is_not_shown() -> None:
+    """The URL of a Slack-style webhook is its secret: a configuration error
+    about it names the scheme and host at most."""
+    import pydantic
+
+    for url, shown in (
+        ("http://hooks.slack.com/services/T0000/B0000/XXXXsecret", "http://hooks.slack.com/..."),
+        ("hooks.slack.com/services/T0000/B0000/XXXXsecret", "(not shown)"),
+    ):
+        with pytest.raises(pydantic.ValidationError) as e:
+            Webhook(url=url, secret=SecretRef(env=SECRET_ENV))
+        # (The configuration loader shows pydantic's messages without the input.)
+        message = " ".join(err["msg"] for err in e.value.errors(include_input=False))
+        assert "XXXXsecret" not in message and shown in message
+
+
 def test_short_or_missing_secret_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(SECRET_ENV, "sh0rt-but-secret-value")
     with pytest.raises(ConfigurationError) as e:

@@ -1574,6 +1574,17 @@ def test_postgres_invalid_url_keeps_the_password() -> None:
     assert "hunter2" not in str(e.value)
 
 
+@pytest.mark.parametrize("password", ["Zq8/Kx3vR+p9wT", "Zq8@Kx3vR+p9wT"])
+def test_postgres_url_with_an_unencoded_password_is_refused_unshown(password: str) -> None:
+    """libpq ends a URI's password at a "/" (or reads an "@" as its end): the rest
+    would be read as the host or the database and shown in every store error."""
+    with pytest.raises(ValueError, match="must be percent-encoded") as e:
+        PostgresStore(f"postgresql://hoop:{password}@127.0.0.1:5432/hoop")
+    assert "Kx3vR" not in str(e.value)
+    encoded = PostgresStore(f"postgresql://hoop:{quote(password, safe='')}@127.0.0.1:5432/hoop")
+    assert encoded.location == "127.0.0.1:5432/hoop"
+
+
 def test_postgres_reconnects_after_losing_the_server(cluster: DevCluster, roles: Roles) -> None:
     backend = postgres_backend(cluster, roles)
 

@@ -103,6 +103,19 @@ def test_refuses_what_it_cannot_export(environ: dict[str, str], message: str) ->
         Tracing.from_env(environ)
 
 
+def test_a_malformed_otlp_header_stops_the_start_without_showing_it() -> None:
+    """The SDK would log a header it cannot read, API key and all."""
+    for variable in ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"):
+        environ = {
+            "OTEL_TRACES_EXPORTER": "otlp",
+            variable: "x-ok=1, x-honeycomb-team: hcaik_01SECRET",
+        }
+        with pytest.raises(ValueError) as e:
+            Tracing.from_env(environ)
+        assert f"{variable}: header 2 is not name=value" in str(e.value)
+        assert "hcaik_01SECRET" not in str(e.value)
+
+
 # -- tracing: console -------------------------------------------------------
 
 

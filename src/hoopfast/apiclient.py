@@ -147,6 +147,11 @@ class Api:
         raise CliError(f"the API answered {status}: {why}")
 
     def _transport_error(self, error: Exception) -> CliError:
+        import httpx
+
+        if isinstance(error, httpx.LocalProtocolError):
+            # (Its message quotes the request's headers: the token.)
+            return CliError(f"cannot send the request to {self.url}: {type(error).__name__}")
         return CliError(f"cannot reach the API at {self.url}: {error}")
 
     def _json(self, response: httpx.Response, path: str) -> Any:
@@ -228,9 +233,9 @@ def token_of(args: argparse.Namespace, prog: str) -> str:
     """--token, else $HOOPFAST_TOKEN, else the login stored by ``hoopfast
     login`` (refreshed if about to expire), as ``hoopfast connect`` finds it."""
     if args.token:
-        return str(args.token)
+        return _checked_token(str(args.token), "--token")
     if os.environ.get(ENV_TOKEN):
-        return os.environ[ENV_TOKEN]
+        return _checked_token(os.environ[ENV_TOKEN], f"${ENV_TOKEN}")
     from hoopfast.identity.oauth import LoginError
     from hoopfast.identity.tokenstore import TokenStore, fresh_token
 
@@ -240,9 +245,22 @@ def token_of(args: argparse.Namespace, prog: str) -> str:
     store = TokenStore.at(args.token_file)
     try:
         stored = store.chosen(args.issuer, args.client_id)
-        return fresh_token(store, stored, warn=warn).token
+        return _checked_token(fresh_token(store, stored, warn=warn).token, "the stored login")
     except LoginError as e:
         raise CliError(f"{e} (or give --token or ${ENV_TOKEN})", EXIT_USAGE) from None
+
+
+def _checked_token(token: str, where: str) -> str:
+    """The token without surrounding whitespace (a file saved with CRLF);
+    refused, without showing it, if it holds anything else a bearer token
+    cannot (HTTP would refuse the header and quote it back)."""
+    token = token.strip()
+    if not token or not all("\x21" <= c <= "\x7e" for c in token):
+        raise CliError(
+            f"{where}: not a token (it holds spaces or control characters; not shown)",
+            EXIT_USAGE,
+        )
+    return token
 
 
 def api_from_args(

@@ -354,7 +354,8 @@ class Webhook(_Strict):
     @field_validator("url")
     @classmethod
     def _https(cls, url: str) -> str:
-        _check_provider_url("url", url)
+        # (Its path is the secret of a Slack-style webhook: not shown.)
+        _check_provider_url("url", url, secret=True)
         return url
 
 
@@ -436,15 +437,22 @@ class Identity(_Strict):
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
 
-def _check_provider_url(name: str, url: str) -> None:
+def _check_provider_url(name: str, url: str, *, secret: bool = False) -> None:
     """Keys fetched over plain HTTP could be swapped in transit: https only,
-    except on the loopback interface (tests, a local provider)."""
+    except on the loopback interface (tests, a local provider). A
+    ``secret`` URL is named by its scheme and host only."""
     parsed = urlsplit(url)
     if parsed.scheme == "https" and parsed.hostname:
         return
     if parsed.scheme == "http" and parsed.hostname in _LOOPBACK_HOSTS:
         return
-    raise ValueError(f"{name} must be an https:// URL (http:// only for localhost): {url!r}")
+    if not secret:
+        shown = repr(url)
+    elif parsed.scheme and parsed.hostname:
+        shown = f"{parsed.scheme}://{parsed.hostname}/... (the rest not shown)"
+    else:
+        shown = "(not shown)"
+    raise ValueError(f"{name} must be an https:// URL (http:// only for localhost): {shown}")
 
 
 class Audit(_Strict):

@@ -112,7 +112,9 @@ class TokenValidator:
             raise TokenError("malformed", "empty or oversized token")
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.DecodeError as e:
+        except jwt.InvalidTokenError as e:
+            # (DecodeError, or a header PyJWT refuses: a kid that is not a
+            # string is an InvalidTokenError of its own.)
             raise TokenError("malformed", str(e)) from None
         algorithm = header.get("alg")
         if algorithm not in self.identity.algorithms or algorithm not in _KEY_TYPE:

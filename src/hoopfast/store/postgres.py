@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeAlias, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -102,6 +102,14 @@ class PostgresStore(SqlStore):
             params = conninfo_to_dict(url)
         except psycopg.Error:
             raise ValueError("the PostgreSQL store URL is not a valid libpq URL") from None
+        written = _written_password(url)
+        if written is not None and unquote(written) != params.get("password"):
+            # libpq ends the password at a "/" (an "@" ends it too):
+            # the rest would be read as host or database, and shown.
+            raise ValueError(
+                "the PostgreSQL store URL's password must be percent-encoded (it holds"
+                " a character such as / or @ that ends it); the URL is not shown"
+            )
         self._conninfo = make_conninfo(
             url, **{k: v for k, v in _DEFAULTS.items() if k not in params}
         )
@@ -110,7 +118,9 @@ class PostgresStore(SqlStore):
         dbname = params.get("dbname") or params.get("user") or ""
         self.location = f"{host}:{port}/{dbname}"
         password = str(params.get("password") or "")
-        self._secrets = [s for s in (password, quote(password, safe="")) if s]
+        self._secrets = [s for s in (password, quote(password, safe=""), written) if s]
+        if any(secret in self.location for secret in self._secrets):
+            self.location = "(its address is not shown)"
         self._conn: _Conn | None = None
         self._lock = asyncio.Lock()
         self._listener: asyncio.Task[None] | None = None
@@ -311,3 +321,17 @@ async def _write_blocks(conn: _Conn, runs: dict[str, Run]) -> dict[str, tuple[in
     cursor = await conn.execute(_INSERT_BLOCKS, _columns([b.values() for b in blocks], 10))
     inserted = set(await cursor.fetchall())
     return new_counts(b for b in blocks if (b.session_id, b.first_seq) in inserted)
+
+
+def _written_password(url: str) -> str | None:
+    """The password as written in a URI's userinfo (up to the last "@"
+    before any query), or None (no URI, or none there)."""
+    scheme = url.find("://")
+    if scheme < 0:
+        return None
+    authority = url[scheme + 3 :].split("?", 1)[0]
+    at = authority.rfind("@")
+    if at < 0:
+        return None
+    _, colon, password = authority[:at].partition(":")
+    return password if colon else None

@@ -56,6 +56,7 @@ in the process should start reporting into the gateway's traces by accident.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from collections.abc import Mapping
@@ -294,6 +295,7 @@ class Tracing:
         for name in names:
             if name == "otlp":
                 _check_otlp_protocol(environ)
+                _check_otlp_headers(environ)
                 # Imported here: the exporter pulls in requests and protobuf,
                 # which a gateway without OTLP never needs to load.
                 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
@@ -391,6 +393,31 @@ def _check_otlp_protocol(environ: Mapping[str, str]) -> None:
             f"OTEL_EXPORTER_OTLP_PROTOCOL: unsupported protocol {protocol!r}; "
             "hoopfast exports OTLP over http/protobuf only"
         )
+
+
+def _check_otlp_headers(environ: Mapping[str, str]) -> None:
+    """The exporter's headers (an API key, often) as the SDK reads them:
+    comma-separated name=value. The SDK logs a header it cannot read,
+    value and all; a malformed one (``name: value`` is the usual slip)
+    stops the start here instead, naming the variable and the position
+    only."""
+    for variable in ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"):
+        value = environ.get(variable, "")
+        for position, header in enumerate(_HEADER_DELIMITER.split(value), 1):
+            if header and not _LIBERAL_HEADER.fullmatch(header.strip()):
+                raise ValueError(
+                    f"{variable}: header {position} is not name=value (comma-separated,"
+                    " values URL-encoded; the value is not shown)"
+                )
+
+
+# The SDK's own reading (opentelemetry.util.re, liberal: values may hold
+# spaces).
+_HEADER_DELIMITER = re.compile(r"[ \t]*,[ \t]*")
+_LIBERAL_HEADER = re.compile(
+    r"[ \t]*[\x21\x23-\x27\x2a\x2b\x2d\x2e\x30-\x39\x41-\x5a\x5e-\x7a\x7c\x7e]+[ \t]*="
+    r"[ \t]*[\x20\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*[ \t]*"
+)
 
 
 def _resource(environ: Mapping[str, str]) -> Resource:
