@@ -47,6 +47,8 @@ cdef enum:
     _SYNC = 83  # S
     _DESCRIBE = 68  # D
     _CLOSE = 67  # C
+    _COPY_DONE = 99  # c
+    _COPY_FAIL = 102  # f
 
 # From the server:
 cdef enum:
@@ -63,6 +65,7 @@ cdef enum:
     _CLOSE_COMPLETE = 51  # 3
     _NO_DATA = 110  # n
     _PARAMETER_DESCRIPTION = 116  # t
+    _COPY_IN_RESPONSE = 71  # G
 
 # Queue entry kinds.
 cdef enum:
@@ -73,6 +76,7 @@ cdef enum:
     _K_EXECUTE = 4
     _K_CLOSE = 5
     _K_SYNC = 6
+    _K_COPY_END = 7  # (see the reference)
 
 #: Distinct RowDescriptions (and tags) a session keeps parsed.
 cdef enum:
@@ -408,6 +412,8 @@ cdef class _Entry:
     #: client sent it.
     cdef object meant
     cdef long long ends
+    #: A Parse's: what its name meant before it (see the reference).
+    cdef object previous
 
 
 cdef _Entry _named_entry(int kind, bytes message):
@@ -549,6 +555,9 @@ cdef class Trail:
     cdef SessionLog _log
     cdef object _unrecorded
     cdef Tally _tally
+    #: (See the reference.)
+    cdef bint _skipping
+    cdef bint _copying_in
 
     def __cinit__(self):
         # Safe defaults, should a subclass never call __init__.
@@ -606,6 +615,8 @@ cdef class Trail:
     # -- from the client -------------------------------------------------------
 
     def query(self, text, verdict):
+        if self._skipping:
+            return  # (the server ignores it: it never runs)
         cdef Statement st = _start(text, verdict, None)
         self._dropping(st)
         self._push_end(_entry(_K_SIMPLE, st))
@@ -659,6 +670,8 @@ cdef class Trail:
             del self._portals[name]
 
     def function_call(self, oid, verdict):
+        if self._skipping:
+            return
         self._push_end(_entry(_K_SIMPLE, _start(f"-- function call, oid {oid}", verdict, None)))
 
     def parse(self, name, text, verdict, message=None):
@@ -667,15 +680,49 @@ cdef class Trail:
 
     cdef _parse(self, bytes name, text, verdict, bytes message):
         # (fast_statement calls this without a Python method call per Parse.)
-        cdef bint taken = name == b"" or name not in self._statements
-        cdef tuple known = (text, verdict)
-        self._statements[name] = known
-        declared = _declared_types(message) if message is not None and taken else None
-        if declared is not None:
-            self._param_types[name] = (known, declared)
+        if self._skipping:
+            return
         cdef _Entry e = _entry(_K_PARSE, _start(text, verdict, None))
+        cdef tuple known
         e.name = name
+        # (See the reference: a name the session has keeps its statement.)
+        if name == b"" or name not in self._statements or self._dropped_before(name):
+            e.previous = self._statements.get(name)
+            known = (text, verdict)
+            e.meant = known
+            self._statements[name] = known
+            if self._described:
+                self._described.pop(name, None)
+            if self._param_types:
+                self._param_types.pop(name, None)
+            declared = _declared_types(message) if message is not None else None
+            if declared is not None:
+                self._param_types[name] = (known, declared)
         self._push(e)
+
+    cdef bint _dropped_before(self, bytes name):
+        """(See the reference.)"""
+        cdef _Entry e
+        cdef Py_ssize_t i
+        for i in range(self._head, PyList_GET_SIZE(self._queue)):
+            e = self._queue[i]
+            if e.kind == _K_CLOSE and e.target == 83 and e.name == name:
+                return True
+            if (
+                e.statement is not None
+                and e.statement.drops is not None
+                and name in (<tuple>e.statement.drops)[1]
+            ):
+                return True
+        return False
+
+    cdef _unparsed(self, _Entry entry, bint skipped):
+        """(See the reference.)"""
+        if entry.meant is None or self._statements.get(entry.name) is not entry.meant:
+            return
+        self._forget_statement(entry.name, entry.meant)
+        if skipped and entry.previous is not None:
+            self._statements[entry.name] = entry.previous
 
     def pending(self):
         """(See the reference.)"""
@@ -699,14 +746,27 @@ cdef class Trail:
             self._parse(b"", text, verdict, message)
 
     def client_message(self, int type_code, bytes message not None, refused=None):
-        """Bind, Execute, Sync, Describe and Close, as the client sent them
-        (``refused``: the gateway refused this Bind, for that reason)."""
+        """Bind, Execute, Sync, Describe, Close, CopyDone and CopyFail, as the
+        client sent them (``refused``: the gateway refused this Bind, for
+        that reason)."""
+        if type_code == _SYNC:
+            if self._copying_in:
+                return  # (read and ignored by the server during COPY FROM STDIN)
+            self._skipping = False
+            self._push_end(_entry(_K_SYNC, None))
+            return
+        if type_code == _COPY_DONE or type_code == _COPY_FAIL:
+            if self._copying_in:
+                self._copying_in = False
+            else:
+                self._push(_entry(_K_COPY_END, None))
+            return
+        if self._skipping:
+            return  # (skipped by the server up to the Sync)
         if type_code == _BIND:
             self._bind(message, refused)
         elif type_code == _EXECUTE:
             self._execute(message)
-        elif type_code == _SYNC:
-            self._push_end(_entry(_K_SYNC, None))
         elif type_code == _DESCRIBE:
             self._describe(message)
         elif type_code == _CLOSE:
@@ -859,6 +919,8 @@ cdef class Trail:
         if type_code == _READY_FOR_QUERY:
             while self._head < PyList_GET_SIZE(self._queue):
                 entry = self._popleft()
+                if entry.kind == _K_PARSE:
+                    self._unparsed(entry, True)  # (never answered)
                 if entry.kind == _K_SIMPLE or entry.kind == _K_SYNC:
                     if PyBytes_GET_SIZE(data) > 5 and PyBytes_AS_STRING(data)[5] == 73:  # I
                         self._transaction_ended(entry.ends)
@@ -871,6 +933,9 @@ cdef class Trail:
         kind = head.kind
         if type_code == _ERROR_RESPONSE:
             self._error(data)
+            return
+        if type_code == _COPY_IN_RESPONSE:
+            self._copy_in()
             return
         if kind == _K_SIMPLE:
             st = head.statement
@@ -893,7 +958,9 @@ cdef class Trail:
             if type_code == _ROW_DESCRIPTION or type_code == _NO_DATA:
                 columns = self._row_description(data) if type_code == _ROW_DESCRIPTION else None
                 if head.target == 83:  # S
-                    self._described[head.name] = columns
+                    # (For the statement the name still has.)
+                    if self._statements.get(head.name) is head.meant:
+                        self._described[head.name] = columns
                 else:
                     p = self._portals.get(head.name)
                     if p is not None:
@@ -917,6 +984,22 @@ cdef class Trail:
                     st.uncounted = False
                 self._popleft()
                 self._finish(st)
+
+    cdef _copy_in(self):
+        """(See the reference.)"""
+        cdef list queue = self._queue
+        cdef Py_ssize_t i = self._head + 1
+        cdef _Entry e
+        while i < PyList_GET_SIZE(queue):
+            e = queue[i]
+            if e.kind == _K_COPY_END:
+                del queue[i]
+                return
+            if e.kind == _K_SYNC:
+                del queue[i]
+            else:
+                i += 1
+        self._copying_in = True
 
     cdef _rows(self, Statement st, bytes data):
         cdef _Columns described = None
@@ -1069,6 +1152,7 @@ cdef class Trail:
         st.pending_rows = 0
 
     cdef _error(self, bytes data):
+        self._copying_in = False  # (see the reference)
         cdef _Entry head = self._peek()
         cdef Statement st
         cdef _Portal p
@@ -1080,6 +1164,8 @@ cdef class Trail:
             return  # the Sync itself failed (see the reference)
         # Extended: this message failed; the server skips the rest up to Sync.
         self._popleft()
+        if head.kind == _K_PARSE:
+            self._unparsed(head, False)
         st = head.statement
         if head.kind == _K_BIND:
             # A Bind that fails (or a refused one's stand-in): the statement
@@ -1094,9 +1180,15 @@ cdef class Trail:
             self._finish(st)
         while True:
             head = self._peek()
-            if head is None or head.kind == _K_SYNC:
+            if head is None:
+                # No Sync sent yet: what the client sends until it is skipped.
+                self._skipping = True
+                break
+            if head.kind == _K_SYNC:
                 break
             self._popleft()
+            if head.kind == _K_PARSE:
+                self._unparsed(head, True)
 
     cdef _finish(self, Statement st):
         if st is None:

@@ -878,3 +878,51 @@ def test_secrets_in_statement_texts_are_not_recorded(idle_gateway: RunningGatewa
     everything = json.dumps(trail(gw, sealed_session(gw, who)))
     for secret in (role_pw, conninfo_pw, uri_pw, token):
         assert secret not in everything
+
+
+_COPY_THEN_SELECT = """
+import sys
+import psycopg
+from psycopg import pq
+
+conn = psycopg.connect(sys.argv[1], autocommit=True)
+conn.execute("CREATE TEMP TABLE ci (x int)")
+pgconn = conn.pgconn
+# COPY FROM STDIN in the extended protocol: libpq sends a Sync with the
+# Execute (the server ignores it while copying) and another after CopyDone.
+pgconn.send_query_params(b"COPY ci FROM STDIN", None)
+while (r := pgconn.get_result()) is not None and r.status != pq.ExecStatus.COPY_IN:
+    pass
+pgconn.put_copy_data(b"1\\n2\\n3\\n")
+pgconn.put_copy_end()
+while pgconn.get_result() is not None:
+    pass
+for word in ("first", "second", "third"):
+    assert conn.execute(f"SELECT '{word}' AS w").fetchone() == (word,)
+conn.close()
+"""
+
+
+def test_copy_from_stdin_in_the_extended_protocol_keeps_the_trail_in_step(
+    idle_gateway: RunningGateway,
+) -> None:
+    """libpq's COPY FROM STDIN through PQsendQueryParams (a real client, in
+    its own process): the statements after it are recorded with their own
+    results, none lost."""
+    gw = idle_gateway
+    who = _person()
+    done = subprocess.run(
+        [sys.executable, "-c", _COPY_THEN_SELECT, gw.conninfo(token=gw.token(who), user=who)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    ran = statements(trail(gw, sealed_session(gw, who)))
+    assert [(s["text"], s["rows"]) for s in ran[1:]] == [
+        ("COPY ci FROM STDIN", 3),
+        ("SELECT 'first' AS w", 1),
+        ("SELECT 'second' AS w", 1),
+        ("SELECT 'third' AS w", 1),
+    ]
+    assert [s["results"][0]["rows"] for s in ran[2:]] == [[["first"]], [["second"]], [["third"]]]

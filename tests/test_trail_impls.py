@@ -411,8 +411,11 @@ def test_binary_parameters_of_described_types_are_shown_as_their_text() -> None:
             ("server", NO_DATA),
             ("server", READY),
             *run,
+            # (Closed first: a Parse of a name the server has fails.)
+            ("client", close(b"S", b"s")),
             ("parse", b"s", "SELECT $1::int8, $2::text, $3::numeric", ALLOW),
             *run[:3],
+            ("server", CLOSE_COMPLETE),
             ("server", PARSE_COMPLETE),
             *run[3:],
         ]
@@ -1528,7 +1531,7 @@ def test_selection_and_the_sessions_trail() -> None:
     assert hoopfast.core.Statement is expected.Statement and trail.Statement is expected.Statement
     assert trail.Caps is expected.Caps
     assert issubclass(trail.Trail, expected.Trail)
-    assert set(trail.CLIENT_TYPES) == set(b"BESDC")
+    assert set(trail.CLIENT_TYPES) == set(b"BESDCcf")
     done: list[Any] = []
     t = trail.Trail("utf-8", trail.Caps(10, 1000, 10000), mask, done.append)
     t.client_message(ord("E"), execute(b"unknown"))
@@ -1776,3 +1779,189 @@ def test_a_tally_never_initialised_counts_without_crashing() -> None:
     for _ in range(3):
         tally.add(statement)  # past 64 bits in all: as the reference adds
     assert tally.statements == {"allow": 3} and tally.server_bytes == 3 * 2**62
+
+
+# -- found by the review of the trail against the wire (2026-11-28) -----------
+
+
+def test_a_parse_of_a_name_the_server_has_leaves_its_statement() -> None:
+    """The server refuses (42P05) a Parse of a name it has, and keeps the
+    old statement: a Bind of the name runs the old text, with its verdict.
+    (A refused statement's stand-in fails the same way.)"""
+    events = same(
+        [
+            ("parse", b"s", "SELECT 'original'", ALLOW),
+            ("client", SYNC),
+            ("server", PARSE_COMPLETE),
+            ("server", READY),
+            ("parse", b"s", "SELECT dblink('x', 'y')", DENY),
+            ("client", SYNC),
+            ("server", error(b"42P05", b"prepared statement \"s\" already exists")),
+            ("server", READY),
+            ("client", bind(b"", b"s")),
+            ("client", execute()),
+            ("client", SYNC),
+            ("server", BIND_COMPLETE),
+            ("server", data_row(b"original")),
+            ("server", complete(b"SELECT 1")),
+            ("server", READY),
+        ]
+    )
+    assert [(e["text"], e["verdict_is"], e["error"] is None) for e in events] == [
+        ("SELECT dblink('x', 'y')", 1, False),  # the refused Parse, failed
+        ("SELECT 'original'", 0, True),
+    ]
+
+
+def test_a_failed_parse_leaves_no_name_and_a_skipped_one_the_old() -> None:
+    """A new name whose Parse fails means nothing (a Bind of it fails with
+    26000, as a statement the trail cannot attribute); a Parse the server
+    skipped after an earlier error leaves the name as it was."""
+    events = same(
+        [
+            ("parse", b"u", "SELECT 'u1'", ALLOW),
+            ("client", SYNC),
+            ("server", PARSE_COMPLETE),
+            ("server", READY),
+            ("parse", b"t", "SELECT nosuchcol FROM pg_class", ALLOW),
+            ("client", close(b"S", b"u")),
+            ("parse", b"u", "SELECT 'u2'", ALLOW),  # skipped: u stays u1
+            ("client", SYNC),
+            ("server", error(b"42703", b"no such column")),
+            ("server", READY),
+            ("client", bind(b"", b"t")),
+            ("client", execute()),
+            ("client", SYNC),
+            ("server", error(b"26000", b"no such statement")),
+            ("server", READY),
+            ("client", bind(b"", b"u")),
+            ("client", execute()),
+            ("client", SYNC),
+            ("server", BIND_COMPLETE),
+            ("server", complete(b"SELECT 1")),
+            ("server", READY),
+        ]
+    )
+    assert [(e["text"], e["verdict_is"]) for e in events] == [
+        ("SELECT nosuchcol FROM pg_class", 0),
+        ("", 3),  # unknown
+        ("SELECT 'u1'", 0),
+    ]
+
+
+def test_a_query_sent_while_the_server_skips_to_sync_never_ran() -> None:
+    """After an extended-protocol error the server ignores everything up to
+    the Sync, a simple Query included: it is not recorded, and the trail
+    stays in step with the statements after it."""
+    events = same(
+        [
+            ("parse", b"", "SELECT 1/0", ALLOW),
+            ("client", bind()),
+            ("client", execute()),
+            ("server", PARSE_COMPLETE),
+            ("server", BIND_COMPLETE),
+            ("server", error(b"22012", b"division by zero")),
+            ("query", "SELECT 'never ran'", ALLOW),
+            ("client", SYNC),
+            ("server", READY),
+            ("query", "SELECT 'after'", ALLOW),
+            ("server", row_description((b"y", 25, 0))),
+            ("server", data_row(b"after")),
+            ("server", complete(b"SELECT 1")),
+            ("server", READY),
+        ]
+    )
+    assert [(e["text"], e["error"] is None) for e in events] == [
+        ("SELECT 1/0", False),
+        ("SELECT 'after'", True),
+    ]
+    assert events[1]["results"][0]["rows"] == [["after"]]
+
+
+def test_syncs_sent_during_copy_from_stdin_get_no_answer() -> None:
+    """The server ignores Syncs while it reads COPY data: libpq's Sync sent
+    with the Execute, before the CopyInResponse, and any sent before
+    CopyDone. The trail follows the one after CopyDone, and the statements
+    after it keep their own results."""
+    copy_in = msg(b"G", b"\0\0\0")
+    events = same(
+        [
+            ("parse", b"", "COPY t FROM STDIN", ALLOW),
+            ("client", bind()),
+            ("client", execute()),
+            ("client", SYNC),
+            ("server", PARSE_COMPLETE),
+            ("server", BIND_COMPLETE),
+            ("server", copy_in),
+            ("client", SYNC),  # (a Flush or a Sync mid-COPY: ignored too)
+            ("client", msg(b"c")),
+            ("client", SYNC),
+            ("server", complete(b"COPY 3")),
+            ("server", READY),
+            ("query", "SELECT 'first'", ALLOW),
+            ("server", row_description((b"w", 25, 0))),
+            ("server", data_row(b"first")),
+            ("server", complete(b"SELECT 1")),
+            ("server", READY),
+            ("query", "SELECT 'second'", ALLOW),
+            ("server", row_description((b"w", 25, 0))),
+            ("server", data_row(b"second")),
+            ("server", complete(b"SELECT 1")),
+            ("server", READY),
+        ]
+    )
+    assert [(e["text"], e["rows"]) for e in events] == [
+        ("COPY t FROM STDIN", 3),
+        ("SELECT 'first'", 1),
+        ("SELECT 'second'", 1),
+    ]
+    assert events[2]["results"][0]["rows"] == [["second"]]
+
+
+def test_a_copy_done_sent_before_the_copy_in_response_keeps_its_sync() -> None:
+    """A client that pipelines its data and CopyDone: the Sync after the
+    CopyDone is read after the copy, and answered."""
+    events = same(
+        [
+            ("parse", b"", "COPY t FROM STDIN", ALLOW),
+            ("client", bind()),
+            ("client", execute()),
+            ("client", msg(b"c")),
+            ("client", SYNC),
+            ("server", PARSE_COMPLETE),
+            ("server", BIND_COMPLETE),
+            ("server", msg(b"G", b"\0\0\0")),
+            ("server", complete(b"COPY 0")),
+            ("server", READY),
+            ("query", "SELECT 'next'", ALLOW),
+            ("server", complete(b"SELECT 0")),
+            ("server", READY),
+        ]
+    )
+    assert [e["text"] for e in events] == ["COPY t FROM STDIN", "SELECT 'next'"]
+
+
+def test_a_statement_parsed_again_drops_its_described_columns() -> None:
+    """Columns a Describe gave belong to the statement the name had then: a
+    Parse of the unnamed statement makes a new one, whose binary results
+    are not read by the old columns."""
+    events = same(
+        [
+            ("parse", b"", "SELECT 1 AS a", ALLOW),
+            ("client", describe(b"S")),
+            ("client", SYNC),
+            ("server", PARSE_COMPLETE),
+            ("server", row_description((b"a", 23, 0))),
+            ("server", READY),
+            ("parse", b"", "SELECT 'hello'::text AS b, 7 AS c", ALLOW),
+            ("client", bind(results=[1])),
+            ("client", execute()),
+            ("client", SYNC),
+            ("server", PARSE_COMPLETE),
+            ("server", BIND_COMPLETE),
+            ("server", data_row(b"hello", b"\0\0\0\x07")),
+            ("server", complete(b"SELECT 1")),
+            ("server", READY),
+        ]
+    )
+    assert events[0]["results"][0]["columns"] == []

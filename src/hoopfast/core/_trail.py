@@ -50,6 +50,8 @@ _EXECUTE = ord("E")
 _SYNC = ord("S")
 _DESCRIBE = ord("D")
 _CLOSE = ord("C")
+_COPY_DONE = ord("c")
+_COPY_FAIL = ord("f")
 # From the server:
 _DATA_ROW = ord("D")
 _ROW_DESCRIPTION = ord("T")
@@ -64,6 +66,7 @@ _BIND_COMPLETE = ord("2")
 _CLOSE_COMPLETE = ord("3")
 _NO_DATA = ord("n")
 _PARAMETER_DESCRIPTION = ord("t")
+_COPY_IN_RESPONSE = ord("G")
 
 # Queue entry kinds.
 _K_SIMPLE = 0  # Query or FunctionCall: answered up to ReadyForQuery
@@ -73,6 +76,9 @@ _K_DESCRIBE = 3
 _K_EXECUTE = 4
 _K_CLOSE = 5
 _K_SYNC = 6
+#: A client's CopyDone or CopyFail: no answer of its own; it tells where the
+#: Syncs the server ignores during a COPY FROM STDIN end (_copy_in).
+_K_COPY_END = 7
 
 
 @dataclass(slots=True)
@@ -213,6 +219,9 @@ class _Entry:
     meant: Any = None
     #: A Sync's (or Query's): its number among them (Trail._ends).
     ends: int = 0
+    #: A Parse's: what its name meant before it (restored should the server
+    #: skip the Parse).
+    previous: Any = None
 
 
 class Tally:
@@ -305,6 +314,12 @@ class Trail:
         #: Parsed RowDescriptions and command tags, by their bytes.
         self._row_descriptions: dict[bytes, _Columns] = {}
         self._tags: dict[bytes, tuple[str, int | None]] = {}
+        #: The server skips what the client sends until its next Sync (an
+        #: extended-protocol message failed, and no Sync was queued then).
+        self._skipping = False
+        #: The server is reading a COPY FROM STDIN: it ignores Syncs until
+        #: the client's CopyDone or CopyFail.
+        self._copying_in = False
 
     # -- from the client ----------------------------------------------------
 
@@ -312,6 +327,8 @@ class Trail:
         return Statement(text, verdict, params, time.perf_counter(), _wall_clock())
 
     def query(self, text: str, verdict: Any) -> None:
+        if self._skipping:
+            return  # (the server ignores it: it never runs)
         statement = self._start(text, verdict, None)
         self._dropping(statement)
         self._ends += 1
@@ -360,6 +377,8 @@ class Trail:
             del self._portals[name]
 
     def function_call(self, oid: int, verdict: Any) -> None:
+        if self._skipping:
+            return
         self._ends += 1
         self._queue.append(
             _Entry(
@@ -372,14 +391,45 @@ class Trail:
     def parse(self, name: bytes, text: str, verdict: Any, message: bytes | None = None) -> None:
         """A Parse (``message``, when given: the types it declares are the
         parameters' types until a ParameterDescription says otherwise)."""
+        if self._skipping:
+            return
+        entry = _Entry(_K_PARSE, self._start(text, verdict, None), name)
         # A Parse of a name the session still has fails (42P05) and leaves
-        # the old statement: its types are not taken then.
-        taken = name == b"" or name not in self._statements
-        known = self._statements[name] = (text, verdict)
-        declared = declared_types(message) if message is not None and taken else None
-        if declared is not None:
-            self._param_types[name] = (known, declared)
-        self._queue.append(_Entry(_K_PARSE, self._start(text, verdict, None), name))
+        # the old statement (unless what is queued before it drops the name:
+        # a Close, a DEALLOCATE). Otherwise the name means the new text from
+        # now on, and means what it meant before again should the Parse
+        # fail or be skipped (_unparsed).
+        if name == b"" or name not in self._statements or self._dropped_before(name):
+            entry.previous = self._statements.get(name)
+            known = entry.meant = self._statements[name] = (text, verdict)
+            self._described.pop(name, None)
+            self._param_types.pop(name, None)
+            declared = declared_types(message) if message is not None else None
+            if declared is not None:
+                self._param_types[name] = (known, declared)
+        self._queue.append(entry)
+
+    def _dropped_before(self, name: bytes) -> bool:
+        """Whether something queued drops statement ``name`` before a Parse
+        sent now (a Close, or a DEALLOCATE or DISCARD ALL)."""
+        closing = b"S" + name
+        for e in self._queue:
+            if e.kind == _K_CLOSE and e.name == closing:
+                return True
+            st = e.statement
+            if st is not None and st.drops is not None and name in st.drops[1]:
+                return True
+        return False
+
+    def _unparsed(self, entry: _Entry, skipped: bool) -> None:
+        """A Parse that failed (its name now means nothing: the server drops
+        a statement it could not make, the unnamed one included) or that
+        the server skipped (the name means what it meant before)."""
+        if entry.meant is None or self._statements.get(entry.name) is not entry.meant:
+            return
+        self._forget_statement(entry.name, entry.meant)
+        if skipped and entry.previous is not None:
+            self._statements[entry.name] = entry.previous
 
     def pending(self) -> list[bytes | None]:
         """What the server has yet to answer that settles Parses, in order:
@@ -402,8 +452,24 @@ class Trail:
             self.parse(b"", text, verdict, message)
 
     def client_message(self, type_code: int, message: bytes, refused: Any = None) -> None:
-        """Bind, Execute, Sync, Describe and Close, as the client sent them
-        (``refused``: the gateway refused this Bind, for that reason)."""
+        """Bind, Execute, Sync, Describe, Close, CopyDone and CopyFail, as the
+        client sent them (``refused``: the gateway refused this Bind, for
+        that reason)."""
+        if type_code == _SYNC:
+            if self._copying_in:
+                return  # (read and ignored by the server during COPY FROM STDIN)
+            self._skipping = False
+            self._ends += 1
+            self._queue.append(_Entry(_K_SYNC, ends=self._ends))
+            return
+        if type_code == _COPY_DONE or type_code == _COPY_FAIL:
+            if self._copying_in:
+                self._copying_in = False
+            else:
+                self._queue.append(_Entry(_K_COPY_END))
+            return
+        if self._skipping:
+            return  # (skipped by the server up to the Sync)
         if type_code == _BIND:
             self._bind(message, refused)
         elif type_code == _EXECUTE:
@@ -422,9 +488,6 @@ class Trail:
                 limit = int.from_bytes(message[end + 1 : end + 5], "big", signed=True)
                 statement.max_rows = max(0, limit)
             self._queue.append(_Entry(_K_EXECUTE, statement))
-        elif type_code == _SYNC:
-            self._ends += 1
-            self._queue.append(_Entry(_K_SYNC, ends=self._ends))
         elif type_code == _DESCRIBE:
             # Its RowDescription belongs to the statement or portal it names
             # (and a statement's ParameterDescription to what the name means
@@ -481,6 +544,8 @@ class Trail:
         if type_code == _READY_FOR_QUERY:
             while queue:
                 entry = queue.popleft()
+                if entry.kind == _K_PARSE:
+                    self._unparsed(entry, skipped=True)  # (never answered)
                 if entry.kind == _K_SIMPLE or entry.kind == _K_SYNC:
                     if data[5:6] == b"I":
                         self._transaction_ended(entry.ends)
@@ -494,6 +559,9 @@ class Trail:
         kind = head.kind
         if type_code == _ERROR_RESPONSE:
             self._error(data)
+            return
+        if type_code == _COPY_IN_RESPONSE:
+            self._copy_in()
             return
         if kind == _K_SIMPLE:
             st = head.statement
@@ -514,7 +582,9 @@ class Trail:
                 columns = self._row_description(data) if type_code == _ROW_DESCRIPTION else None
                 target = head.name
                 if target[:1] == b"S":
-                    self._described[target[1:]] = columns
+                    # (For the statement the name still has, as below.)
+                    if self._statements.get(target[1:]) is head.meant:
+                        self._described[target[1:]] = columns
                 elif (p := self._portals.get(target[1:])) is not None:
                     p.columns = columns
                 queue.popleft()
@@ -541,6 +611,24 @@ class Trail:
                     st.pending_rows, st.uncounted = st.max_rows, False
                 queue.popleft()
                 self._finish(st)
+
+    def _copy_in(self) -> None:
+        """CopyInResponse: until the client's CopyDone or CopyFail the server
+        reads CopyData and ignores Syncs (and Flushes), so the Syncs the
+        client sent since its COPY get no ReadyForQuery (libpq sends one
+        with the Execute, and another after CopyDone)."""
+        queue = self._queue
+        i = 1
+        while i < len(queue):
+            kind = queue[i].kind
+            if kind == _K_COPY_END:
+                del queue[i]
+                return
+            if kind == _K_SYNC:
+                del queue[i]
+            else:
+                i += 1
+        self._copying_in = True
 
     def _transaction_ended(self, ends: int) -> None:
         """ReadyForQuery, idle: the transaction is over, and with it every
@@ -654,6 +742,9 @@ class Trail:
         st.pending_rows = 0
 
     def _error(self, data: bytes) -> None:
+        # (An error ends a COPY FROM STDIN: the server drops the rest of its
+        # data, and Syncs count again.)
+        self._copying_in = False
         queue = self._queue
         code, message = _error_fields(data, self._codec)
         error = {"sqlstate": code, "message": message}
@@ -670,6 +761,8 @@ class Trail:
             return
         # Extended: this message failed; the server skips the rest up to Sync.
         queue.popleft()
+        if head.kind == _K_PARSE:
+            self._unparsed(head, skipped=False)
         st = head.statement
         if head.kind == _K_BIND:
             # A Bind that fails (or a refused one's stand-in): the statement
@@ -685,7 +778,12 @@ class Trail:
             st.error = error
             self._finish(st)
         while queue and queue[0].kind != _K_SYNC:
-            queue.popleft()
+            skipped = queue.popleft()
+            if skipped.kind == _K_PARSE:
+                self._unparsed(skipped, skipped=True)
+        if not queue:
+            # No Sync sent yet: what the client sends until it is skipped too.
+            self._skipping = True
 
     def _finish(self, st: Statement | None) -> None:
         if st is None:

@@ -20,7 +20,7 @@ from hoopfast.proxy.postgres import messages as m
 __all__ = ["CLIENT_TYPES", "SERVER_TYPES", "Caps", "Statement", "Trail"]
 
 #: Client messages the trail must see beyond what the guardrails intercept.
-CLIENT_TYPES = bytes([m.BIND, m.EXECUTE, m.SYNC, m.DESCRIBE, m.CLOSE])
+CLIENT_TYPES = bytes([m.BIND, m.EXECUTE, m.SYNC, m.DESCRIBE, m.CLOSE, m.COPY_DONE, ord("f")])
 #: Server messages it must see (ErrorResponse is intercepted already).
 SERVER_TYPES = bytes(
     [
