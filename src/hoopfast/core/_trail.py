@@ -462,7 +462,7 @@ class Trail:
             self._ends += 1
             self._queue.append(_Entry(_K_SYNC, ends=self._ends))
             return
-        if type_code == _COPY_DONE or type_code == _COPY_FAIL:
+        if type_code in (_COPY_DONE, _COPY_FAIL):
             if self._copying_in:
                 self._copying_in = False
             else:
