@@ -1796,7 +1796,7 @@ def test_a_parse_of_a_name_the_server_has_leaves_its_statement() -> None:
             ("server", READY),
             ("parse", b"s", "SELECT dblink('x', 'y')", DENY),
             ("client", SYNC),
-            ("server", error(b"42P05", b"prepared statement \"s\" already exists")),
+            ("server", error(b"42P05", b'prepared statement "s" already exists')),
             ("server", READY),
             ("client", bind(b"", b"s")),
             ("client", execute()),
