@@ -38,6 +38,7 @@ from hoopfast.core._drops import FIRST as _FIRST
 from hoopfast.core._drops import STATEMENT as _DROPS_STATEMENT
 from hoopfast.core._drops import TAGS as _DROPS_TAGS
 from hoopfast.core._drops import drops as _drops_of
+from hoopfast.core._trail import SYNC_COMMIT as _SYNC_COMMIT, UNANSWERED as _UNANSWERED
 
 # Message type codes, as in _trail.py. From the client:
 cdef enum:
@@ -1161,7 +1162,11 @@ cdef class Trail:
             head.statement.error = error
             return  # ReadyForQuery completes it
         if head.kind == _K_SYNC:
-            return  # the Sync itself failed (see the reference)
+            # The Sync itself failed (see the reference): an event of its own.
+            st = _start(_SYNC_COMMIT, self._unknown, None)
+            st.error = error
+            self._finish(st)
+            return
         # Extended: this message failed; the server skips the rest up to Sync.
         self._popleft()
         if head.kind == _K_PARSE:
@@ -1189,6 +1194,18 @@ cdef class Trail:
             self._popleft()
             if head.kind == _K_PARSE:
                 self._unparsed(head, True)
+
+    def abandon(self):
+        """(See the reference.)"""
+        cdef _Entry entry
+        while self._head < PyList_GET_SIZE(self._queue):
+            entry = self._popleft()
+            if entry.statement is not None and (
+                entry.kind == _K_SIMPLE or entry.kind == _K_EXECUTE
+            ):
+                if entry.statement.error is None:
+                    entry.statement.error = dict(_UNANSWERED)
+                self._finish(entry.statement)
 
     cdef _finish(self, Statement st):
         if st is None:
@@ -1360,7 +1377,8 @@ cdef list _formats(list codes, Py_ssize_t n):
     if not codes:
         return [0] * n
     if len(codes) == 1:
-        return codes * n
+        # (See the reference.)
+        return codes * (n if n or codes[0] != 1 else 1664)
     return codes
 
 

@@ -19,6 +19,7 @@ import sqlite3
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -882,6 +883,7 @@ def test_secrets_in_statement_texts_are_not_recorded(idle_gateway: RunningGatewa
 
 _COPY_THEN_SELECT = """
 import sys
+import threading
 import psycopg
 from psycopg import pq
 
@@ -926,3 +928,51 @@ def test_copy_from_stdin_in_the_extended_protocol_keeps_the_trail_in_step(
         ("SELECT 'third' AS w", 1),
     ]
     assert [s["results"][0]["rows"] for s in ran[2:]] == [[["first"]], [["second"]], [["third"]]]
+
+
+def test_a_session_the_server_ends_mid_statement_is_recorded_with_its_reason(
+    idle_gateway: RunningGateway, app_admin: Any
+) -> None:
+    """The upstream backend is terminated during a statement: the statement
+    is recorded with the FATAL the client saw, and the session's end reason
+    names the upstream (not "client closed")."""
+    gw = idle_gateway
+    who = _person()
+    conn = psycopg.connect(gw.conninfo(token=gw.token(who), user=who), autocommit=True)
+    (pid,) = conn.execute("SELECT pg_backend_pid()").fetchone() or (None,)
+
+    def terminate() -> None:
+        time.sleep(0.5)
+        app_admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+    killer = threading.Thread(target=terminate)
+    killer.start()
+    with pytest.raises(psycopg.OperationalError):
+        conn.execute("SELECT pg_sleep(10)")
+    killer.join()
+    conn.close()
+    session = sealed_session(gw, who)
+    events = trail(gw, session)
+    last = statements(events)[-1]
+    assert last["text"] == "SELECT pg_sleep(10)"
+    assert last["error"]["sqlstate"] == "57P01"
+    end = events[-1]
+    assert end["kind"] == "session_end"
+    assert end["reason"].startswith("upstream ended the session: 57P01"), end["reason"]
+
+
+def test_a_failed_implicit_commit_at_sync_is_recorded(idle_gateway: RunningGateway) -> None:
+    """A deferred constraint fails at the Sync's implicit commit: the INSERT
+    was recorded as it completed, and the failed commit is an event of its
+    own, with the error the client got."""
+    gw = idle_gateway
+    who = _person()
+    with psycopg.connect(gw.conninfo(token=gw.token(who), user=who), autocommit=True) as conn:
+        conn.execute("CREATE TEMP TABLE dd (x int UNIQUE DEFERRABLE INITIALLY DEFERRED)")
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute("INSERT INTO dd VALUES (%s), (%s)", (1, 1))
+    ran = statements(trail(gw, sealed_session(gw, who)))
+    assert [(s["text"], (s["error"] or {}).get("sqlstate")) for s in ran[-2:]] == [
+        ("INSERT INTO dd VALUES ($1), ($2)", None),
+        ("-- the implicit commit at Sync", "23505"),
+    ]

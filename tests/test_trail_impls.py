@@ -1175,7 +1175,8 @@ def test_error_in_the_middle_of_an_extended_batch() -> None:
 def test_an_error_at_sync_does_not_hide_the_next_batch() -> None:
     """A Sync that fails (a deferred constraint checked at the implicit
     commit) answers with ErrorResponse then ReadyForQuery; a batch
-    pipelined behind it runs, and is recorded."""
+    pipelined behind it runs, and is recorded. The failed commit is an
+    event of its own (its statements were recorded as they completed)."""
     events = same(
         [
             ("parse", b"", "INSERT INTO t VALUES (1)", ALLOW),
@@ -1197,9 +1198,10 @@ def test_an_error_at_sync_does_not_hide_the_next_batch() -> None:
             ("server", READY),
         ]
     )
-    assert [(e["text"], e["rows"]) for e in events] == [
-        ("INSERT INTO t VALUES (1)", 1),
-        ("DELETE FROM audit_me", 7),
+    assert [(e["text"], e["rows"], (e["error"] or {}).get("sqlstate")) for e in events] == [
+        ("INSERT INTO t VALUES (1)", 1, None),
+        ("-- the implicit commit at Sync", 0, "23503"),
+        ("DELETE FROM audit_me", 7, None),
     ]
 
 
@@ -1965,3 +1967,50 @@ def test_a_statement_parsed_again_drops_its_described_columns() -> None:
         ]
     )
     assert events[0]["results"][0]["columns"] == []
+
+
+def test_statements_waiting_for_their_answer_are_recorded_when_the_session_ends() -> None:
+    """The client left (or the server ended the session) before a statement's
+    answer was complete: it is recorded as far as it got, marked."""
+    events = same(
+        [
+            ("query", "INSERT INTO t SELECT 42 FROM pg_sleep(1)", ALLOW),
+            ("parse", b"", "SELECT 1", ALLOW),
+            ("client", bind()),
+            ("client", execute()),
+            ("client", SYNC),
+            ("query", "SELECT pg_sleep(5)", ALLOW),
+            ("server", complete(b"INSERT 0 1")),
+            ("server", READY),
+            ("server", PARSE_COMPLETE),
+            ("server", BIND_COMPLETE),
+            ("server", data_row(b"1")),
+            ("server", error(b"57P01", b"terminating connection due to administrator command")),
+            ("abandon",),
+        ]
+    )
+    assert [(e["text"], e["rows"], (e["error"] or {}).get("sqlstate")) for e in events] == [
+        ("INSERT INTO t SELECT 42 FROM pg_sleep(1)", 1, None),
+        ("SELECT 1", 1, "57P01"),
+        ("SELECT pg_sleep(5)", 0, "08006"),
+    ]
+
+
+def test_binary_results_of_columns_nobody_described_are_hex() -> None:
+    """One result format code is every column's: without a Describe the
+    trail does not know the types, and shows binary values as hex, not as
+    bytes read as text."""
+    events = same(
+        [
+            ("parse", b"", "SELECT 'hi'::text AS t, 7 AS n", ALLOW),
+            ("client", bind(results=[1])),
+            ("client", execute()),
+            ("client", SYNC),
+            ("server", PARSE_COMPLETE),
+            ("server", BIND_COMPLETE),
+            ("server", data_row(b"hi", b"\0\0\0\x07")),
+            ("server", complete(b"SELECT 1")),
+            ("server", READY),
+        ]
+    )
+    assert events[0]["results"][0]["rows"] == [["\\x6869", "\\x00000007"]]

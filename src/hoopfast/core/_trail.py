@@ -757,7 +757,11 @@ class Trail:
             # The Sync itself failed (a deferred constraint at the implicit
             # commit): its ReadyForQuery follows; nothing after it is skipped
             # (dropping up to the next Sync would leave a pipelined batch
-            # that ran out of the trail).
+            # that ran out of the trail). Its statements were recorded as
+            # they completed: the failed commit is an event of its own.
+            commit = self._start(SYNC_COMMIT, self._unknown, None)
+            commit.error = error
+            self._finish(commit)
             return
         # Extended: this message failed; the server skips the rest up to Sync.
         queue.popleft()
@@ -785,6 +789,20 @@ class Trail:
             # No Sync sent yet: what the client sends until it is skipped too.
             self._skipping = True
 
+    def abandon(self) -> None:
+        """The session ended: the statements still waiting for their answer
+        (the client left mid-statement, the server ended the session with a
+        FATAL) are recorded as far as they got, with an error saying so
+        unless they had one: the server may have run them."""
+        queue = self._queue
+        while queue:
+            entry = queue.popleft()
+            st = entry.statement
+            if st is not None and entry.kind in (_K_SIMPLE, _K_EXECUTE):
+                if st.error is None:
+                    st.error = dict(UNANSWERED)
+                self._finish(st)
+
     def _finish(self, st: Statement | None) -> None:
         if st is None:
             return
@@ -798,6 +816,14 @@ class Trail:
         if self.done is not None:
             self.done(st)
 
+
+#: The text of the event for a Sync whose implicit commit failed.
+SYNC_COMMIT = "-- the implicit commit at Sync"
+#: The error of a statement the session ended before its answer completed.
+UNANSWERED = {
+    "sqlstate": "08006",
+    "message": "no complete answer: the session ended first (the statement may have run)",
+}
 
 #: ParseComplete, BindComplete, CloseComplete: which entry each completes.
 _COMPLETES = {_PARSE_COMPLETE: _K_PARSE, _BIND_COMPLETE: _K_BIND, _CLOSE_COMPLETE: _K_CLOSE}
@@ -833,11 +859,17 @@ def _oids(data: bytes) -> list[int]:
     return [int.from_bytes(data[7 + 4 * i : 11 + 4 * i], "big") for i in range(count)]
 
 
+#: Columns a result can have (PostgreSQL's MaxTupleAttributeNumber).
+_MAX_COLUMNS = 1664
+
+
 def _formats(codes: list[int], n: int) -> list[int]:
     if not codes:
         return [0] * n
     if len(codes) == 1:
-        return codes * n
+        # One code is every column's: binary for all of them even when no
+        # Describe said how many there are (their values are shown as hex).
+        return codes * (n if n or codes[0] != 1 else _MAX_COLUMNS)
     return codes
 
 

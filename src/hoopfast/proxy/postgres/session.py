@@ -611,6 +611,10 @@ class PgSession:
                 return None
             if fields.get("V", fields.get("S")) in ("FATAL", "PANIC"):
                 self._upstream_sent_fatal = True
+                if self.end_reason == "unknown":
+                    # (Its text through the detectors: it may quote values.)
+                    text = self.gateway.param_mask.mask_text(fields.get("M", "")[:200])
+                    self.end_reason = f"upstream ended the session: {fields.get('C', '')} {text}"
         elif type_code == m.NOTIFICATION_RESPONSE:
             message = self._notification(message)
         if self._masker is not None:
@@ -1320,6 +1324,10 @@ class PgSession:
 
     async def _close(self) -> None:
         self.gateway.unregister(self)
+        if self._trail is not None:
+            # What was still waiting for its answer is recorded as it stands
+            # (before the tally is folded in and the span ends).
+            self._trail.abandon()
         if self._stop_listening is not None:
             self._stop_listening()
         if self._grant_timer is not None:
