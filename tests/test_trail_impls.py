@@ -1786,6 +1786,22 @@ def test_a_tally_never_initialised_counts_without_crashing() -> None:
 # -- found by the review of the trail against the wire (2026-11-28) -----------
 
 
+def unnamed_run(text: str, *answer: bytes, results: Sequence[int] = ()) -> Script:
+    """An unnamed statement parsed, bound and executed in one Sync group,
+    and the server's answer: ParseComplete, BindComplete, ``answer``,
+    ReadyForQuery."""
+    return [
+        ("parse", b"", text, ALLOW),
+        ("client", bind(results=results)),
+        ("client", execute()),
+        ("client", SYNC),
+        ("server", PARSE_COMPLETE),
+        ("server", BIND_COMPLETE),
+        *(("server", message) for message in answer),
+        ("server", READY),
+    ]
+
+
 def test_a_parse_of_a_name_the_server_has_leaves_its_statement() -> None:
     """The server refuses (42P05) a Parse of a name it has, and keeps the
     old statement: a Bind of the name runs the old text, with its verdict.
@@ -1955,15 +1971,12 @@ def test_a_statement_parsed_again_drops_its_described_columns() -> None:
             ("server", PARSE_COMPLETE),
             ("server", row_description((b"a", 23, 0))),
             ("server", READY),
-            ("parse", b"", "SELECT 'hello'::text AS b, 7 AS c", ALLOW),
-            ("client", bind(results=[1])),
-            ("client", execute()),
-            ("client", SYNC),
-            ("server", PARSE_COMPLETE),
-            ("server", BIND_COMPLETE),
-            ("server", data_row(b"hello", b"\0\0\0\x07")),
-            ("server", complete(b"SELECT 1")),
-            ("server", READY),
+            *unnamed_run(
+                "SELECT 'hello'::text AS b, 7 AS c",
+                data_row(b"hello", b"\0\0\0\x07"),
+                complete(b"SELECT 1"),
+                results=[1],
+            ),
         ]
     )
     assert events[0]["results"][0]["columns"] == []
@@ -2001,16 +2014,11 @@ def test_binary_results_of_columns_nobody_described_are_hex() -> None:
     trail does not know the types, and shows binary values as hex, not as
     bytes read as text."""
     events = same(
-        [
-            ("parse", b"", "SELECT 'hi'::text AS t, 7 AS n", ALLOW),
-            ("client", bind(results=[1])),
-            ("client", execute()),
-            ("client", SYNC),
-            ("server", PARSE_COMPLETE),
-            ("server", BIND_COMPLETE),
-            ("server", data_row(b"hi", b"\0\0\0\x07")),
-            ("server", complete(b"SELECT 1")),
-            ("server", READY),
-        ]
+        unnamed_run(
+            "SELECT 'hi'::text AS t, 7 AS n",
+            data_row(b"hi", b"\0\0\0\x07"),
+            complete(b"SELECT 1"),
+            results=[1],
+        )
     )
     assert events[0]["results"][0]["rows"] == [["\\x6869", "\\x00000007"]]
