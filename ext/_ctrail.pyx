@@ -338,6 +338,8 @@ cdef class Statement:
     cdef public long long pending_rows
     #: (See _trail.Statement.uncounted.)
     cdef public bint uncounted
+    #: (See _trail.Statement.inexact.)
+    cdef public bint inexact
     #: The Execute's row limit (0: none).
     cdef public long long max_rows
     cdef public _Portal portal
@@ -385,7 +387,7 @@ cdef class Statement:
             "results": results,
             "result_rows_kept": kept,
         }
-        if self.uncounted:
+        if self.uncounted or self.inexact:
             event["rows_exact"] = False
         return event
 
@@ -1150,6 +1152,8 @@ cdef class Trail:
             st.uncounted = False
         else:
             st.rows = st.rows + st.pending_rows
+            if st.uncounted:
+                st.inexact = True  # (see the reference)
         st.pending_rows = 0
 
     cdef _error(self, bytes data):
@@ -1951,7 +1955,7 @@ cdef class SessionLog:
             _put_results(&b, st.results)
             _put(&b, b',"rows":', 8)
             _put_int(&b, st.rows)
-            if st.uncounted:
+            if st.uncounted or st.inexact:
                 _put(&b, b',"rows_exact":false', 19)
             _put(&b, b',"rule":', 8)
             _put_str(&b, rule)

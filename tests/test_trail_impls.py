@@ -2022,3 +2022,23 @@ def test_binary_results_of_columns_nobody_described_are_hex() -> None:
         )
     )
     assert events[0]["results"][0]["rows"] == [["\\x6869", "\\x00000007"]]
+
+
+def test_a_lower_bound_stays_one_when_a_later_result_counts() -> None:
+    """A simple Query of several: a result past the caps that ends without
+    a count (SHOW ALL) leaves the statement's rows a lower bound, whatever a
+    later result (SELECT 1) counts."""
+    rows = [("server", data_row(f"setting {i}".encode())) for i in range(150)]
+    (e,) = same(
+        [
+            ("query", "SHOW ALL; SELECT 1", ALLOW),
+            ("server", row_description((b"name", 25, 0))),
+            *rows,
+            ("server", complete(b"SHOW")),
+            ("server", row_description((b"?column?", 23, 0))),
+            ("server", data_row(b"1")),
+            ("server", complete(b"SELECT 1")),
+            ("server", READY),
+        ]
+    )
+    assert e["rows_exact"] is False and e["rows"] == 101

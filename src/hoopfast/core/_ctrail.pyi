@@ -21,6 +21,7 @@ class Statement:
     rows: int
     pending_rows: int
     uncounted: bool
+    inexact: bool
     max_rows: int
     portal: Any
     tags: list[str]

@@ -148,6 +148,10 @@ class Statement:
     #: suspended portal's Execute limit does; otherwise ``rows`` is a lower
     #: bound and the event says so.
     uncounted: bool = False
+    #: An earlier result of the statement (a simple Query of several) passed
+    #: the caps and ended without a count: ``rows`` stays a lower bound
+    #: whatever later results count.
+    inexact: bool = False
     #: The Execute's row limit (0: none).
     max_rows: int = 0
     #: The portal an Execute runs: its columns (from a Describe answered
@@ -186,7 +190,7 @@ class Statement:
             ],
             "result_rows_kept": sum([len(r.rows) for r in self.results]),
         }
-        if self.uncounted:
+        if self.uncounted or self.inexact:
             event["rows_exact"] = False
         return event
 
@@ -739,6 +743,8 @@ class Trail:
             st.uncounted = False
         else:
             st.rows += st.pending_rows
+            if st.uncounted:
+                st.inexact = True  # (this result's rows are a lower bound)
         st.pending_rows = 0
 
     def _error(self, data: bytes) -> None:
