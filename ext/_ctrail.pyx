@@ -79,9 +79,11 @@ cdef enum:
     _K_SYNC = 6
     _K_COPY_END = 7  # (see the reference)
 
-#: Distinct RowDescriptions (and tags) a session keeps parsed.
+#: Distinct RowDescriptions (and tags) a session keeps parsed; queue
+#: entries a Parse looks back through (see the reference).
 cdef enum:
     _CACHED = 64
+    _DROP_LOOKBACK = 64
 
 cdef const char* _HEX = b"0123456789abcdef"
 cdef const char* _REPLACE = b"replace"
@@ -706,8 +708,9 @@ cdef class Trail:
     cdef bint _dropped_before(self, bytes name):
         """(See the reference.)"""
         cdef _Entry e
-        cdef Py_ssize_t i
-        for i in range(self._head, PyList_GET_SIZE(self._queue)):
+        cdef Py_ssize_t i, end = PyList_GET_SIZE(self._queue)
+        cdef Py_ssize_t first = max(self._head, end - _DROP_LOOKBACK)
+        for i in range(end - 1, first - 1, -1):
             e = self._queue[i]
             if e.kind == _K_CLOSE and e.target == 83 and e.name == name:
                 return True

@@ -2042,3 +2042,17 @@ def test_a_lower_bound_stays_one_when_a_later_result_counts() -> None:
         ]
     )
     assert e["rows_exact"] is False and e["rows"] == 101
+
+
+def test_a_pipeline_of_parses_of_one_name_costs_no_scan_of_the_pipeline() -> None:
+    """A Parse of a name the session has looks back a bounded way for a
+    Close or DEALLOCATE of it: 20,000 of them pipelined (each refused by the
+    server, 42P05) cost linear time, not a scan of the queue each."""
+    for module in (_trail, COMPILED):
+        trail = module.Trail("utf-8", module.Caps(3, 100, 100), mask, lambda s: None, UNKNOWN)
+        trail.parse(b"s", "SELECT 1", ALLOW)
+        started = time.perf_counter()
+        for _ in range(20_000):
+            trail.parse(b"s", "SELECT 2", ALLOW)
+        assert time.perf_counter() - started < 5.0, module
+        assert len(trail.pending()) == 20_001

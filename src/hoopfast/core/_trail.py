@@ -415,9 +415,13 @@ class Trail:
 
     def _dropped_before(self, name: bytes) -> bool:
         """Whether something queued drops statement ``name`` before a Parse
-        sent now (a Close, or a DEALLOCATE or DISCARD ALL)."""
+        sent now (a Close, or a DEALLOCATE or DISCARD ALL): among the last
+        _DROP_LOOKBACK entries, where a client puts it (a pipeline of
+        Parses of one name must not cost the loop a scan of it each)."""
         closing = b"S" + name
-        for e in self._queue:
+        queue = self._queue
+        for i in range(len(queue) - 1, max(-1, len(queue) - 1 - _DROP_LOOKBACK), -1):
+            e = queue[i]
             if e.kind == _K_CLOSE and e.name == closing:
                 return True
             st = e.statement
@@ -838,6 +842,9 @@ _COUNTING = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "COPY", 
 
 #: Distinct RowDescriptions (and tags) a session keeps parsed.
 _CACHED = 64
+#: Queue entries a Parse of a name the session has looks back through for
+#: what drops the name first (Trail._dropped_before).
+_DROP_LOOKBACK = 64
 
 
 def _remember(cache: dict[bytes, _T], key: bytes, value: _T) -> _T:
