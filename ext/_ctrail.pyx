@@ -84,6 +84,8 @@ cdef enum:
 cdef enum:
     _CACHED = 64
     _DROP_LOOKBACK = 64
+    #: (_trail._MAX_COLUMNS.)
+    _MAX_COLUMNS = 1664
 
 cdef const char* _HEX = b"0123456789abcdef"
 cdef const char* _REPLACE = b"replace"
@@ -1385,7 +1387,7 @@ cdef list _formats(list codes, Py_ssize_t n):
         return [0] * n
     if len(codes) == 1:
         # (See the reference.)
-        return codes * (n if n or codes[0] != 1 else 1664)
+        return codes * (n if n or codes[0] != 1 else _MAX_COLUMNS)
     return codes
 
 

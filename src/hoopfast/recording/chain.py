@@ -305,7 +305,7 @@ def _columns_agree(event: EventRecord) -> str | None:
         if stored != inside and not (
             isinstance(stored, float)
             and isinstance(inside, int | float)
-            and math.isclose(stored, inside, rel_tol=0, abs_tol=1e-6)
+            and _same_time(stored, inside)
         ):
             return f"stored {column} differs from the hashed content"
     return None
@@ -378,7 +378,7 @@ def session_row_problem(
         inside = data.get(key)
         if ("" if inside is None else str(inside)) != value:
             return Problem(session_id, 0, f"the session's stored {key} differs from its start")
-    if not math.isclose(started_at, first.at, rel_tol=0, abs_tol=1e-6):
+    if not _same_time(started_at, first.at):
         return Problem(session_id, 0, "the session's stored started_at differs from its start")
     return None
 
@@ -414,6 +414,8 @@ def blocks_problem(
 
 
 def _same_time(stored: float, at: float) -> bool:
+    """A stored time against the hashed one (to the microsecond they are
+    written with)."""
     return math.isclose(stored, at, rel_tol=0, abs_tol=1e-6)
 
 
