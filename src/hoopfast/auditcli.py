@@ -339,7 +339,23 @@ def split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
         raise CliError("the export ended in the middle of a line (cut off)")
 
 
-def _csv_row(event: Mapping[str, Any], include_results: bool) -> list[Any]:
+#: What a spreadsheet reads as the start of a formula (OWASP's CSV
+#: injection list): a cell starting with one of these gets a leading ``'``.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _neutralised(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text: the statement's text (and the
+    rest) comes from the person audited, and ``=HYPERLINK(...)`` or
+    ``=cmd|...`` would run in the auditor's spreadsheet."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def _csv_row(
+    event: Mapping[str, Any], include_results: bool, *, formulas: bool = False
+) -> list[Any]:
     data = event.get("data")
     data = data if isinstance(data, dict) else {}
     error = data.get("error")
@@ -366,7 +382,8 @@ def _csv_row(event: Mapping[str, Any], include_results: bool) -> list[Any]:
             if results is None
             else json.dumps(results, ensure_ascii=False, separators=(",", ":"))
         )
-    return ["" if value is None else value for value in row]
+    cells = ["" if value is None else value for value in row]
+    return cells if formulas else list(map(_neutralised, cells))
 
 
 @contextlib.contextmanager
@@ -439,7 +456,9 @@ def cmd_export(args: argparse.Namespace) -> int:
                 writer.writerow(header)
 
                 def write(line: bytes) -> None:
-                    writer.writerow(_csv_row(json.loads(line), args.include_results))
+                    writer.writerow(
+                        _csv_row(json.loads(line), args.include_results, formulas=args.raw_csv)
+                    )
 
             for line in split_lines(chunks):
                 if line.startswith(b'{"error"'):
@@ -616,6 +635,12 @@ def add_audit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     export.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     export.add_argument(
         "--include-results", action="store_true", help="include the recorded result rows"
+    )
+    export.add_argument(
+        "--raw-csv",
+        action="store_true",
+        help="CSV cells exactly as recorded: without it a cell starting with = + - @ tab or "
+        "CR gets a leading ' so that a spreadsheet does not run it as a formula",
     )
     export.add_argument("-o", "--output", required=True, help="the file to write ('-': stdout)")
     export.set_defaults(func=_run(cmd_export))
