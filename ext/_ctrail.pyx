@@ -268,10 +268,15 @@ cdef enum:
     _B_UUID = 7
     _B_JSONB = 8
     _B_NUMERIC = 9
+    _B_FLOAT4 = 10
+    _B_DATE = 12
+    _B_TIMESTAMPTZ = 15
     _B_ARRAY = 16
 
 if (_shown.HEX, _shown.TEXT, _shown.INT2, _shown.INT4, _shown.INT8, _shown.OID, _shown.BOOL,
-        _shown.UUID, _shown.JSONB, _shown.NUMERIC) != tuple(range(10)) or _shown.ARRAY != 16 \
+        _shown.UUID, _shown.JSONB, _shown.NUMERIC, _shown.FLOAT4, _shown.FLOAT8, _shown.DATE,
+        _shown.TIME, _shown.TIMESTAMP, _shown.TIMESTAMPTZ) != tuple(range(16)) \
+        or _shown.ARRAY != 16 \
         or _shown.max_text(10) != 72:
     raise ImportError("hoopfast.core._shown's binary codes changed: rebuild ext/_ctrail.pyx")
 
@@ -1105,6 +1110,11 @@ cdef class Trail:
                 _ARRAY_ELEMENTS[kind - _B_ARRAY],
                 self._encoding.decode("utf-8"),
             )
+        elif _B_FLOAT4 <= kind <= _B_TIMESTAMPTZ:
+            # (Floats, dates and times are read by the reference: kept
+            # values only, within the caps.)
+            if n == (4 if kind == _B_FLOAT4 or kind == _B_DATE else 8):
+                return _shown.settled_text(PyBytes_FromStringAndSize(<const char*>buf, n), kind)
         elif kind == _B_BOOL and n == 1:
             return "t" if buf[0] else "f"
         elif kind == _B_UUID and n == 16:

@@ -539,15 +539,23 @@ BINARY_VALUES = [
         array(23, [(2, 1)], struct.pack("!i", 7)),
         "\\x" + array(23, [(2, 1)], struct.pack("!i", 7)).hex(),
     ),
-    (
-        1021,
-        array(700, [(1, 1)], b"\x3f\x80\0\0"),
-        "\\x" + array(700, [(1, 1)], b"\x3f\x80\0\0").hex(),
-    ),
+    (1021, array(700, [(2, 1)], b"\x3f\x80\0\0", b"\x7f\xc0\0\0"), "{1,NaN}"),
+    (1185, array(1184, [(1, 1)], bytes(8)), '{"2000-01-01 00:00:00+00"}'),
     (23, b"\0\0\x01", "\\x000001"),  # the wrong length: hex
     (16, b"", "\\x"),
-    (700, b"\x3f\x80\0\0", "\\x3f800000"),  # float4: its text depends on settings
-    (1082, b"\0\0\0\0", "\\x00000000"),  # date: DateStyle
+    # floats, dates and times: as the server shows them by default (UTC)
+    (700, b"\x3f\x80\0\0", "1"),
+    (701, struct.pack("!d", 0.1), "0.1"),
+    (701, struct.pack("!d", 4111111111111111.0), "4.111111111111111e+15"),
+    (1082, b"\0\0\0\0", "2000-01-01"),
+    (1082, struct.pack("!i", -730120), "0001-12-31 BC"),
+    (1082, struct.pack("!i", 1 << 30), "2941805-04-07"),
+    (1082, struct.pack("!i", 2145031949), "\\x7fda970d"),  # past 5874897 AD: refused
+    (1083, struct.pack("!q", 45296789000), "12:34:56.789"),
+    (1114, struct.pack("!q", -1), "1999-12-31 23:59:59.999999"),
+    (1184, struct.pack("!q", (1 << 63) - 1), "infinity"),
+    (1184, struct.pack("!q", 86400 * 10**6), "2000-01-02 00:00:00+00"),
+    (701, b"\0" * 4, "\\x00000000"),  # the wrong length
     (18, b"\xe9", "\\xe9"),  # "char": its text escapes high bytes
     (17, b"\xde\xad", "\\xdead"),  # bytea: hex is its text too
 ]
@@ -617,10 +625,10 @@ def test_numeric_values_are_kept_as_the_server_reads_them(cluster: DevCluster) -
 
 
 def _as_the_server_reads(
-    cluster: DevCluster, values: list[bytes], type_name: str, oid: int
+    cluster: DevCluster, values: list[bytes], type_name: str, oid: int, setup: str = ""
 ) -> list[str | None]:
     """What the server makes of each value bound in binary as ``oid``, as
-    text; None where it refuses the value."""
+    text (after ``setup``, SQL run first); None where it refuses the value."""
 
     class Raw(bytes):
         pass
@@ -636,6 +644,8 @@ def _as_the_server_reads(
     with cluster.connect() as conn:
         conn.autocommit = True
         conn.adapters.register_dumper(Raw, RawDumper)
+        if setup:
+            conn.execute(setup)
         for raw in values:
             try:
                 row = conn.execute(f"SELECT %b::{type_name}::text", [Raw(raw)]).fetchone()
@@ -704,6 +714,72 @@ def test_array_values_are_kept_as_the_server_reads_them(cluster: DevCluster) -> 
                 assert ours == theirs, raw.hex()
                 checked += 1
     assert checked > 150
+
+
+def _settled_values(rng: random.Random, name: str) -> list[bytes]:
+    """Binary values of a float, date or time type: random bits, values
+    around the edges of what the server takes and of how it writes them."""
+    if name in ("float8", "float4"):
+        fmt, size = ("!d", 8) if name == "float8" else ("!f", 4)
+        edges = [0.0, -0.0, 1.0, 0.1, 1e-4, 9.99e-5, 1e6, 999999.9, 1e15, 1e14, 9.5e14]
+        edges += [float("inf"), float("-inf"), float("nan"), 5e-324, 1.7976931348623157e308]
+        edges += [3.4028234663852886e38, 1e-45, 1.1754943508222875e-38, 16777217.0]
+        floats = edges + [
+            rng.choice([1, -1]) * rng.random() * 10.0 ** rng.randint(-40, 40) for _ in range(300)
+        ]
+        values = []
+        for f in floats:
+            try:
+                values.append(struct.pack(fmt, f))
+            except OverflowError:
+                continue
+        return values + [rng.randbytes(size) for _ in range(300)]
+    if name == "date":
+        days = [0, -1, -730120, -730119, -2451545, -2451546, 2145031948, 2145031949]
+        days += [-(1 << 31), (1 << 31) - 1, -(1 << 31) + 1]
+        days += [rng.randint(-2451545, 3_000_000) for _ in range(300)]
+        return [struct.pack("!i", d) for d in days] + [rng.randbytes(4) for _ in range(100)]
+    day = 86_400_000_000
+    if name == "time":
+        micros = [0, 1, day, day + 1, -1, 45296789000, 43200000000]
+        micros += [rng.randint(0, day) for _ in range(300)]
+        return [struct.pack("!q", m) for m in micros] + [rng.randbytes(8) for _ in range(50)]
+    low, end = -211_813_488_000_000_000, 9_223_371_331_200_000_000
+    micros = [0, -1, 1, low, low - 1, end - 1, end, -(1 << 63), (1 << 63) - 1]
+    micros += [rng.randint(low, end) for _ in range(150)]
+    micros += [rng.randint(-(10**17), 10**17) // 10**6 * 10**6 for _ in range(100)]
+    micros += [rng.randint(-(10**13), 10**13) for _ in range(100)]
+    return [struct.pack("!q", m) for m in micros] + [rng.randbytes(8) for _ in range(100)]
+
+
+@pytest.mark.parametrize(
+    ("name", "oid"),
+    [
+        ("float8", 701),
+        ("float4", 700),
+        ("date", 1082),
+        ("time", 1083),
+        ("timestamp", 1114),
+        ("timestamptz", 1184),
+    ],
+)
+def test_floats_dates_and_times_are_kept_as_the_server_shows_them(
+    cluster: DevCluster, name: str, oid: int
+) -> None:
+    """Random values bound in binary, and edge cases: the trail's text (both
+    builds) is the server's with its default settings (and UTC), and hex
+    where the server refuses the value."""
+    values = _settled_values(random.Random(oid), name)
+    setup = "SET extra_float_digits = 1; SET DateStyle = 'ISO, MDY'; SET TimeZone = 'UTC'"
+    server = [
+        "\\x" + raw.hex() if text is None else text
+        for raw, text in zip(
+            values, _as_the_server_reads(cluster, values, name, oid, setup), strict=True
+        )
+    ]
+    assert sum(not s.startswith("\\x") for s in server) > len(values) // 2
+    assert kept_binary([oid], [[raw] for raw in values]) == [[text] for text in server]
+    assert [_shown.shown_binary(raw, oid, "utf-8") for raw in values] == server
 
 
 def parse_message(name: bytes, text: str, *oids: int) -> bytes:

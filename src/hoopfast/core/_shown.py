@@ -2,8 +2,9 @@
 trail builds) and to approvers (hoopfast.proxy.postgres.review).
 
 A text-format value goes through the detectors (``mask_text``). A
-binary-format one of a type whose text is exact here (see below: integers,
-numeric, text-like types, bool, uuid, jsonb, arrays of those) goes through
+binary-format one of a type whose text is known here (see below: integers,
+numeric, floats, dates and times, text-like types, bool, uuid, jsonb,
+arrays of those) goes through
 them as that text, when the trail knows the parameter's type: the server's
 ParameterDescription answering a Describe of the statement (asyncpg always
 asks for one), or the type the Parse declared (psycopg declares one for
@@ -11,14 +12,18 @@ every binary value). Any other binary value is shown as ``\\x`` + hex, *unless* 
 something in its bytes read as text (asyncpg sends every string in binary
 format: a text value's binary form is its bytes in the client encoding);
 then as that masked text. What stays hex is a binary value of a type the
-trail does not know or was not told (floats, inet, composites, a statement
-never described): its hex can hold what the detectors would have masked in
-text form (a card number as a float, an address as inet).
+trail does not know or was not told (inet, interval, composites, a
+statement never described): its hex can hold what the detectors would have
+masked in text form (an address as inet).
 """
 
 from __future__ import annotations
 
+import decimal
+import math
+import struct
 from collections.abc import Callable
+from fractions import Fraction
 
 
 def shown_parameter(
@@ -60,17 +65,22 @@ def declared_types(parse: bytes) -> list[int] | None:
 #
 # A result value the client asked for in binary format (asyncpg asks for
 # every column so) is kept as PostgreSQL's text output would show it where
-# that is exact and independent of the session's settings (a parameter,
-# which the client wrote, is shown as the client wrote it: jsonb as sent,
-# not as the server normalises it): text-like types
+# that is exact (a parameter, which the client wrote, is shown as the client
+# wrote it: jsonb as sent, not as the server normalises it): text-like types
 # (their binary form is their text in the client encoding), integers,
 # numeric (numeric_out depends on no setting), bool, uuid and jsonb (a
 # version byte, then its text), and arrays of those (array_out's text).
-# Anything else (floats, dates and times, whose text depends on DateStyle,
-# TimeZone or extra_float_digits; "char" and xml, whose text differs from
-# their bytes) and any value of the wrong length stays ``\x`` + hex. Both
-# trail builds follow these codes (ext/_ctrail.pyx reads this table, checks
-# the codes when it is imported, and has arrays read here).
+# Floats, dates and times have a text that depends on the session's
+# settings; the client that asked for binary saw the value itself, so they
+# are shown as the server shows them with its default settings, which are
+# exact: floats with extra_float_digits 1 (the shortest text that reads
+# back as the same value), dates and times with DateStyle ISO, and
+# timestamptz in UTC (``+00``). Anything else ("char" and xml, whose text
+# differs from their bytes; interval, inet, ranges, composites) and any
+# value of the wrong length, or that the server would refuse, stays ``\x``
+# + hex. Both trail builds follow these codes (ext/_ctrail.pyx reads this
+# table, checks the codes when it is imported, and has arrays, floats,
+# dates and times read here).
 HEX = 0
 TEXT = 1
 INT2 = 2
@@ -81,6 +91,12 @@ BOOL = 6
 UUID = 7
 JSONB = 8
 NUMERIC = 9
+FLOAT4 = 10
+FLOAT8 = 11
+DATE = 12
+TIME = 13
+TIMESTAMP = 14
+TIMESTAMPTZ = 15
 #: ARRAY + i: a one- or more-dimensional array of ARRAY_ELEMENTS[i].
 ARRAY = 16
 
@@ -100,6 +116,12 @@ BINARY_KINDS = {
     2950: UUID,
     3802: JSONB,
     1700: NUMERIC,
+    700: FLOAT4,
+    701: FLOAT8,
+    1082: DATE,
+    1083: TIME,
+    1114: TIMESTAMP,
+    1184: TIMESTAMPTZ,
 }
 
 #: Array type OID -> its element type, for the element types above.
@@ -117,11 +139,30 @@ ARRAY_TYPES = {
     2951: 2950,
     3807: 3802,
     1231: 1700,
+    1021: 700,
+    1022: 701,
+    1182: 1082,
+    1183: 1083,
+    1115: 1114,
+    1185: 1184,
 }
 ARRAY_ELEMENTS = tuple(ARRAY_TYPES.values())
 BINARY_KINDS.update({oid: ARRAY + i for i, oid in enumerate(ARRAY_TYPES)})
 
-_SIZES = {INT2: 2, INT4: 4, INT8: 8, OID: 4, BOOL: 1, UUID: 16}
+_SIZES = {
+    INT2: 2,
+    INT4: 4,
+    INT8: 8,
+    OID: 4,
+    BOOL: 1,
+    UUID: 16,
+    FLOAT4: 4,
+    FLOAT8: 8,
+    DATE: 4,
+    TIME: 8,
+    TIMESTAMP: 8,
+    TIMESTAMPTZ: 8,
+}
 
 
 def shown_binary(raw: bytes, type_oid: int, codec: str) -> str:
@@ -149,8 +190,176 @@ def binary_text(raw: bytes, type_oid: int, codec: str) -> str | None:
         if kind == UUID:
             h = raw.hex()
             return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        if kind >= FLOAT4:
+            return settled_text(raw, kind)
         return str(int.from_bytes(raw, "big", signed=kind != OID))
     return None
+
+
+# -- floats, dates and times -------------------------------------------------------
+#
+# Their binary forms (float4send, float8send, date_send, time_send,
+# timestamp_send): IEEE 754 big-endian; int32 days and int64 microseconds
+# since 2000-01-01 (microseconds since midnight for time). Their text, as
+# float4out, float8out (src/common/f2s.c, d2s.c: the shortest digits,
+# fixed-point from 1e-4 up to 1e6 or 1e15), date_out and
+# timestamp(tz)_out (EncodeDateOnly, EncodeDateTime) write it with the
+# defaults above.
+
+
+def settled_text(raw: bytes, kind: int) -> str | None:
+    """The text of a float, date or time value of the right length
+    (binary_text), or None where the server would refuse it."""
+    if kind == FLOAT8:
+        return _float_text(struct.unpack(">d", raw)[0], False)
+    if kind == FLOAT4:
+        return _float_text(struct.unpack(">f", raw)[0], True)
+    value = int.from_bytes(raw, "big", signed=True)
+    if kind == DATE:
+        if value in _DATE_INFINITIES:
+            return _DATE_INFINITIES[value]
+        if not _DATE_MIN <= value < _DATE_END:
+            return None
+        year, month, day = _civil(value)
+        return _date_text(year, month, day) + (" BC" if year <= 0 else "")
+    if kind == TIME:
+        return _clock_text(value) if 0 <= value <= _DAY else None
+    if value in _TIMESTAMP_INFINITIES:
+        return _TIMESTAMP_INFINITIES[value]
+    if not _TIMESTAMP_MIN <= value < _TIMESTAMP_END:
+        return None
+    days, micros = divmod(value, _DAY)
+    year, month, day = _civil(days)
+    text = _date_text(year, month, day) + " " + _clock_text(micros)
+    if kind == TIMESTAMPTZ:
+        text += "+00"
+    return text + (" BC" if year <= 0 else "")
+
+
+def _float_text(value: float, single: bool) -> str:
+    """float8out / float4out (``single``) with extra_float_digits 1: the
+    shortest digits, fixed-point when the decimal exponent is in [-4, 15)
+    (float4: [-4, 6)), else ``d.ddde+XX``."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    if value == 0:
+        return "-0" if math.copysign(1.0, value) < 0 else "0"
+    sign = "-" if value < 0 else ""
+    digits, point = _shortest(abs(value), single)
+    if -4 <= point < (6 if single else 15):
+        if point < 0:
+            return f"{sign}0.{'0' * (-point - 1)}{digits}"
+        whole = digits[: point + 1].ljust(point + 1, "0")
+        fraction = digits[point + 1 :]
+        return sign + whole + ("." + fraction if fraction else "")
+    mantissa = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+    return f"{sign}{mantissa}e{'-' if point < 0 else '+'}{abs(point):02d}"
+
+
+def _shortest(value: float, single: bool) -> tuple[str, int]:
+    """The fewest decimal digits that lie strictly between ``value``'s
+    neighbours' midpoints, the closest to it of those (ties to even), and
+    the power of ten of the first: Ryu's choice as PostgreSQL builds it
+    (d2s.c, f2s.c: a decimal on a midpoint is never taken, where Python's
+    repr takes it when the value's mantissa is even)."""
+    exact = Fraction(value)
+    low, high = _midpoints(value, single)
+    # The usual case: Python's shortest (a double's repr; for a float4 the
+    # correctly rounded text of the fewest digits that reads back), when it
+    # is strictly inside. A float4 power of two has a narrower gap below:
+    # the exact search.
+    guess = repr(value) if not single else _float4_guess(value)
+    if guess is not None and low < Fraction(decimal.Decimal(guess)) < high:
+        return _digits(decimal.Decimal(guess))
+    point = decimal.Decimal(value).adjusted()
+    for count in range(1, 18):
+        scale = Fraction(10) ** (point - count + 1)
+        below = math.floor(exact / scale)
+        inside = [c for c in (below, below + 1) if low < c * scale < high]
+        if inside:
+            best = min(inside, key=lambda c: (abs(c * scale - exact), c % 2))
+            return _digits(decimal.Decimal(best).scaleb(point - count + 1))
+    raise AssertionError("17 digits always tell doubles apart")
+
+
+def _digits(number: decimal.Decimal) -> tuple[str, int]:
+    """A positive decimal's significant digits and its first's power of ten."""
+    _, digits, exponent = number.normalize().as_tuple()
+    assert isinstance(exponent, int)
+    return "".join(map(str, digits)), exponent + len(digits) - 1
+
+
+def _midpoints(value: float, single: bool) -> tuple[Fraction, Fraction]:
+    """The midpoints between a positive finite ``value`` and its neighbours
+    in its precision (past the largest value, the gap goes on)."""
+    exact = Fraction(value)
+    if single:
+        bits = struct.unpack(">I", struct.pack(">f", value))[0]
+        below = Fraction(struct.unpack(">f", struct.pack(">I", bits - 1))[0])
+        above_value = struct.unpack(">f", struct.pack(">I", bits + 1))[0]
+    else:
+        below = Fraction(math.nextafter(value, 0.0))
+        above_value = math.nextafter(value, math.inf)
+    above = exact + (exact - below) if math.isinf(above_value) else Fraction(above_value)
+    return (below + exact) / 2, (exact + above) / 2
+
+
+def _float4_guess(value: float) -> str | None:
+    """The correctly rounded text of the fewest digits that reads back as
+    the same float4; None for a power of two (see _shortest)."""
+    if struct.unpack(">I", struct.pack(">f", value))[0] & 0x7FFFFF == 0:
+        return None
+    for digits in range(1, 10):
+        text = f"{value:.{digits - 1}e}"
+        try:
+            if struct.unpack(">f", struct.pack(">f", float(text)))[0] == value:
+                return text
+        except OverflowError:  # (past FLT_MAX, which struct will not round)
+            continue
+    return None
+
+
+_DAY = 86_400_000_000  # USECS_PER_DAY
+_EPOCH_JULIAN = 2_451_545  # POSTGRES_EPOCH_JDATE: 2000-01-01
+#: IS_VALID_DATE: from Julian day 0 (4714-11-24 BC) to DATE_END_JULIAN.
+_DATE_MIN = -_EPOCH_JULIAN
+_DATE_END = 2_147_483_494 - _EPOCH_JULIAN
+_DATE_INFINITIES = {-(1 << 31): "-infinity", (1 << 31) - 1: "infinity"}
+#: IS_VALID_TIMESTAMP: MIN_TIMESTAMP (4714-11-24 BC) to END_TIMESTAMP.
+_TIMESTAMP_MIN = -211_813_488_000_000_000
+_TIMESTAMP_END = 9_223_371_331_200_000_000
+_TIMESTAMP_INFINITIES = {-(1 << 63): "-infinity", (1 << 63) - 1: "infinity"}
+
+
+def _civil(days: int) -> tuple[int, int, int]:
+    """Year (0 is 1 BC), month and day of ``days`` since 2000-01-01, as
+    PostgreSQL's j2date computes them (the proleptic Gregorian calendar)."""
+    julian = days + _EPOCH_JULIAN + 32044
+    quad = julian // 146097
+    extra = (julian - quad * 146097) * 4 + 3
+    julian += 60 + quad * 3 + extra // 146097
+    quad = julian // 1461
+    julian -= quad * 1461
+    y = julian * 4 // 1461
+    julian = ((julian + 305) % 365 if y != 0 else (julian + 306) % 366) + 123
+    y += quad * 4
+    quad = julian * 2141 // 65536
+    return y - 4800, (quad + 10) % 12 + 1, julian - 7834 * quad // 256
+
+
+def _date_text(year: int, month: int, day: int) -> str:
+    return f"{year if year > 0 else 1 - year:04d}-{month:02d}-{day:02d}"
+
+
+def _clock_text(micros: int) -> str:
+    """HH:MM:SS, then the fraction of a second without trailing zeros."""
+    seconds, fraction = divmod(micros, 1_000_000)
+    minutes, second = divmod(seconds, 60)
+    hour, minute = divmod(minutes, 60)
+    text = f"{hour:02d}:{minute:02d}:{second:02d}"
+    return text + f".{fraction:06d}".rstrip("0") if fraction else text
 
 
 # -- numeric ---------------------------------------------------------------------
