@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from hoopfast.api import create_app, start_api
+from hoopfast.api.app import SESSION_PAGE_BLOCKS
 from hoopfast.auditcli import render_replay
 from hoopfast.cli import main
 from hoopfast.devtls import CertFiles
@@ -492,6 +493,78 @@ def test_verify_finds_edited_block_columns(
                 )
         code, out, err = run(capsys, api, "verify", token=api.token())
         assert code == 0, (out, err)
+
+
+def test_replay_and_verify_read_a_long_session_a_page_at_a_time(
+    issuer: DevIssuer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A session of many blocks comes a page at a time (memory stays flat
+    however long it is): replay prints every statement once, in order, and
+    verify checks every event, and finds what was edited in a later page."""
+    with running_api(tmp_path, issuer, big=2000) as api:
+        with sqlite3.connect(api.db) as db:
+            (blocks,) = db.execute(
+                "SELECT count(*) FROM event_blocks WHERE session_id = 's-alice-big'"
+            ).fetchone()
+        assert blocks > 2 * SESSION_PAGE_BLOCKS
+        pages = 0
+        after: Any = None
+        seqs: list[int] = []
+        with api.client(api.token()) as client:
+            while True:
+                page = client.get(
+                    "/v1/audit/sessions/s-alice-big/raw",
+                    params={} if after is None else {"after": after},
+                ).json()
+                assert len(page["blocks"]) <= SESSION_PAGE_BLOCKS
+                seqs += [e["seq"] for e in page["events"]]
+                pages += 1
+                after = page["next"]
+                if after is None:
+                    break
+        assert pages >= 3 and seqs == list(range(2002))
+
+        code, out, err = run(capsys, api, "replay", "s-alice-big", token=api.token())
+        assert code == 0, err
+        assert "  recorded  2000 statements, 2002 events" in out, out[:700]
+        assert out.count("\nreports=> ") == 2000 and out.endswith("\n") and "\n\n\n" not in out
+
+        code, out, err = run(capsys, api, "verify", token=api.token())
+        assert code == 0, err
+        assert f"{sum(e.subject != 'carol' for e in api.events)} events verified" in out
+
+        with sqlite3.connect(api.db) as db:
+            last_first_seq, last_seq = db.execute(
+                "SELECT first_seq, last_seq FROM event_blocks WHERE session_id = 's-alice-big'"
+                " ORDER BY first_seq DESC LIMIT 1"
+            ).fetchone()
+            db.execute(
+                "UPDATE event_blocks SET events = events + 1"
+                " WHERE session_id = 's-alice-big' AND first_seq = ?",
+                (last_first_seq,),
+            )
+        code, out, _ = run(capsys, api, "verify", token=api.token())
+        assert code == 1
+        assert (
+            f"BROKEN session s-alice-big, event {last_first_seq}: the block of events "
+            f"{last_first_seq}-{last_seq}: its stored seq range or event count differs" in out
+        )
+        with sqlite3.connect(api.db) as db:
+            first_seq, body = db.execute(
+                "SELECT first_seq, body FROM event_blocks"
+                " WHERE session_id = 's-alice-big' AND first_seq <= 1100 AND last_seq >= 1100"
+            ).fetchone()
+            lines = body.split("\n")
+            lines[1100 - first_seq] = lines[1100 - first_seq].replace('"n":1100', '"n":1101')
+            db.execute(
+                "UPDATE event_blocks SET body = ? WHERE session_id = 's-alice-big'"
+                " AND first_seq = ?",
+                ("\n".join(lines), first_seq),
+            )
+        code, out, _ = run(capsys, api, "verify", token=api.token())
+        # The chain first: the altered event, not the edited block after it.
+        assert code == 1
+        assert "BROKEN session s-alice-big, event 1100: content does not match its hash" in out
 
 
 def test_verify_names_events_added_after_the_seal() -> None:

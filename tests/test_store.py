@@ -258,6 +258,37 @@ def test_open_twice_keeps_schema_and_data(backend: Backend) -> None:
     run(backend, second)
 
 
+def test_session_pages_hold_whole_blocks_in_order(backend: Backend) -> None:
+    """A session read a page of blocks at a time (replay, verify): every
+    event once, in order, each block with its own events."""
+    events = make_session("long", verdicts=("allow", "deny") * 15)
+
+    async def check(store: Store) -> None:
+        await store.write_recording(events, [])
+        await store.write_recording(make_session("other"), [])
+        heads = await store.session_blocks("long")
+        assert len(heads) >= 5
+        read: list[EventRecord] = []
+        after: int | None = None
+        pages = 0
+        while True:
+            page = await store.session_page("long", after, 2)
+            assert len(page) <= 2
+            for head, mine in page:
+                assert [e.seq for e in mine] == list(range(head.first_seq, head.last_seq + 1))
+                read += mine
+            pages += 1
+            if len(page) < 2:
+                break
+            after = page[-1][0].first_seq
+        assert read == events and pages == (len(heads) + 2) // 2
+        assert [h for h, _ in await store.session_page("long", None, 100)] == heads
+        assert await store.session_page("long", events[-1].seq, 2) == []
+        assert await store.session_page("nope", None, 2) == []
+
+    run(backend, check)
+
+
 def test_a_new_sqlite_store_has_large_pages_an_old_one_keeps_its_own(tmp_path: Path) -> None:
     """Block bodies are large: 64 KiB pages write them with a sixteenth of
     the system calls. A store made before keeps its 4 KiB pages (changing

@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import csv
 import dataclasses
+import itertools
 import json
 import os
 import re
@@ -187,12 +188,19 @@ def _statement_lines(data: Mapping[str, Any], connection: str, at: Any) -> list[
 def render_replay(detail: Mapping[str, Any]) -> str:
     """A session as the person saw it: who, from where, when; then each
     statement with its time, duration, text, result rows and command tag
-    or error, much as psql showed them."""
-    session = detail.get("session") or {}
-    events = detail.get("events") or []
-    seal = detail.get("seal")
+    or error, much as psql showed them. ``detail`` is a page of
+    ``/v1/audit/sessions/{id}`` (the first, for the header)."""
+    lines = _replay_head(detail) + _replay_statements(detail)
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _replay_head(first_page: Mapping[str, Any]) -> list[str]:
+    """The header of a replay, from the session's row, its seal and its
+    first event (session_start), all in its first page."""
+    session = first_page.get("session") or {}
+    events = first_page.get("events") or []
+    seal = first_page.get("seal")
     start = next((e.get("data") or {} for e in events if e.get("kind") == "session_start"), {})
-    end = next((e.get("data") or {} for e in events if e.get("kind") == "session_end"), None)
     connection = str(session.get("connection", ""))
     out = [
         f"Session {shown(session.get('session_id'))}: {shown(session.get('subject'))} "
@@ -212,14 +220,14 @@ def render_replay(detail: Mapping[str, Any]) -> str:
     if start.get("token_id"):
         out.append(f"  token     {shown(start['token_id'])}")
     out.append(f"  started   {when(session.get('started_at'))}")
-    if end is not None or session.get("ended_at") is not None:
-        ended = session.get("ended_at") or (end or {}).get("ended_at")
-        reason = session.get("end_reason") or (end or {}).get("reason") or ""
-        out.append(f"  ended     {when(ended)}" + (f" ({shown(reason)})" if reason else ""))
+    if session.get("ended_at") is not None:
+        reason = session.get("end_reason") or ""
+        ended = when(session.get("ended_at"))
+        out.append(f"  ended     {ended}" + (f" ({shown(reason)})" if reason else ""))
     else:
         out.append("  ended     - (still open, or not yet recorded)")
-    statements = [e for e in events if e.get("kind") == "statement"]
-    out.append(f"  recorded  {plural(len(statements), 'statement')}, {len(events)} events")
+    statements, stored = session.get("statements", 0), session.get("stored_events", 0)
+    out.append(f"  recorded  {plural(statements, 'statement')}, {stored} events")
     if isinstance(seal, dict):
         out.append(f"  sealed    {seal.get('events')} events, key {shown(seal.get('key_id'))}")
     else:
@@ -227,7 +235,16 @@ def render_replay(detail: Mapping[str, Any]) -> str:
     if start.get("trace_id"):
         out.append(f"  trace     {shown(start['trace_id'])}")
     out.append("")
-    for event in statements:
+    return out
+
+
+def _replay_statements(page: Mapping[str, Any]) -> list[str]:
+    """The statements of one page of a session, each followed by a blank line."""
+    connection = str((page.get("session") or {}).get("connection", ""))
+    out: list[str] = []
+    for event in page.get("events") or []:
+        if event.get("kind") != "statement":
+            continue
         data = event.get("data")
         if not isinstance(data, dict):
             out += [
@@ -236,7 +253,7 @@ def render_replay(detail: Mapping[str, Any]) -> str:
             ]
             continue
         out += _statement_lines(data, connection, event.get("at"))
-    return "\n".join(out).rstrip("\n") + "\n"
+    return out
 
 
 # --------------------------------------------------------------------------- progress
@@ -477,10 +494,37 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _session_pages(api: Api, session_id: str, raw: bool) -> Iterator[dict[str, Any]]:
+    """A session's pages (``/v1/audit/sessions/{id}``, or its ``/raw``), in
+    order: one in memory at a time, however long the session."""
+    path = f"/v1/audit/sessions/{quote(session_id, safe='')}" + ("/raw" if raw else "")
+    after: Any = None
+    while True:
+        page = api.get(path, {} if after is None else {"after": after})
+        yield page
+        after = page.get("next")
+        if after is None:
+            return
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
+    blank_lines = 0
+
+    def write(lines: list[str]) -> None:
+        # Blank lines only between lines: none at the end (render_replay).
+        nonlocal blank_lines
+        for line in lines:
+            if not line:
+                blank_lines += 1
+                continue
+            sys.stdout.write("\n" * blank_lines + line + "\n")
+            blank_lines = 0
+
     with _api(args) as api:
-        detail = api.get(f"/v1/audit/sessions/{quote(args.session_id, safe='')}")
-    sys.stdout.write(render_replay(detail))
+        for number, page in enumerate(_session_pages(api, args.session_id, raw=False)):
+            if number == 0:
+                write(_replay_head(page))
+            write(_replay_statements(page))
     return 0
 
 
@@ -511,9 +555,46 @@ def _record(cls: type[Any], values: Mapping[str, Any]) -> Any:
         raise CliError(f"the API answered an incomplete {cls.__name__}: {e}") from None
 
 
+class _SessionCheck:
+    """One session's stored records for verify, read a page at a time as
+    ``records()`` is consumed: its seal (from the first page), its first
+    event, how many were read, and the first block whose columns differ
+    from its events."""
+
+    def __init__(self, api: Api, row: Mapping[str, Any]) -> None:
+        from hoopfast.store.records import Seal
+
+        self.session_id = str(row["session_id"])
+        self._pages = _session_pages(api, self.session_id, raw=True)
+        self._first_page = next(self._pages)
+        seal = self._first_page.get("seal")
+        self.seal = _record(Seal, seal) if seal else None
+        self.first: Any = None
+        self.count = 0
+        self.blocks_problem: Any = None
+
+    def records(self) -> Iterator[Any]:
+        from hoopfast.recording.chain import blocks_problem
+        from hoopfast.store.records import BlockHead, EventRecord
+
+        for page in itertools.chain([self._first_page], self._pages):
+            records = [_record(EventRecord, e) for e in page.get("events", [])]
+            if not records:
+                continue
+            heads = [_record(BlockHead, b) for b in page.get("blocks", [])]
+            if self.first is None:
+                self.first = records[0]
+            if self.blocks_problem is None:
+                self.blocks_problem = blocks_problem(
+                    self.session_id, heads, records, records[0].seq
+                )
+            self.count += len(records)
+            yield from records
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
-    from hoopfast.recording.chain import blocks_problem, session_row_problem, verify_session
-    from hoopfast.store.records import BlockHead, EventRecord, Seal, SigningKey
+    from hoopfast.recording.chain import session_row_problem, verify_session
+    from hoopfast.store.records import SigningKey
 
     with _api(args) as api:
         if args.public_key:
@@ -529,26 +610,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
         progress = Progress(len(ids), "sessions") if show_progress else None
         failed = sealed = events = 0
         for done, row in enumerate(rows, 1):
-            session_id = row["session_id"]
-            raw = api.get(f"/v1/audit/sessions/{quote(session_id, safe='')}/raw")
-            records = [_record(EventRecord, e) for e in raw.get("events", [])]
-            seal = _record(Seal, raw["seal"]) if raw.get("seal") else None
-            heads = [_record(BlockHead, b) for b in raw.get("blocks", [])]
+            check = _SessionCheck(api, row)
             # The chain first: the other checks rely on genuine events.
             problem = (
-                verify_session(session_id, records, seal, keys)
+                verify_session(check.session_id, check.records(), check.seal, keys)
                 or session_row_problem(
-                    session_id,
+                    check.session_id,
                     row.get("subject", ""),
                     row.get("connection", ""),
                     row.get("client_address", ""),
                     row.get("started_at", 0.0),
-                    records[0] if records else None,
+                    check.first,
                 )
-                or blocks_problem(session_id, heads, records)
+                or check.blocks_problem
             )
-            events += len(records)
-            sealed += seal is not None
+            events += check.count
+            sealed += check.seal is not None
             if problem is not None:
                 failed += 1
                 if progress is not None:

@@ -36,7 +36,14 @@ from hoopfast.identity.principal import Principal
 from hoopfast.identity.tokens import TokenError, TokenValidator
 from hoopfast.policy.access import roles_of
 from hoopfast.store import Store, StoreError
-from hoopfast.store.records import EventFilter, EventRecord, Seal, SessionRow, SigningKey
+from hoopfast.store.records import (
+    BlockHead,
+    EventFilter,
+    EventRecord,
+    Seal,
+    SessionRow,
+    SigningKey,
+)
 
 if TYPE_CHECKING:
     from hoopfast.approvals import Approvals
@@ -143,9 +150,17 @@ class EventOut(_EventHead):
     )
 
 
+_NEXT = Field(
+    default=None,
+    description="the session goes on: pass this as `after` for its next page "
+    "(a page holds up to 16 blocks of up to 1,000 events)",
+)
+
+
 class SessionDetail(BaseModel):
     session: SessionOut
     seal: SealOut | None
+    next: int | None = _NEXT
     events: list[EventOut]
 
 
@@ -172,6 +187,7 @@ class BlockOut(_FromRecord):
 class SessionRaw(BaseModel):
     session: SessionOut
     seal: SealOut | None
+    next: int | None = _NEXT
     blocks: list[BlockOut] = Field(default_factory=list)
     #: (Last: _session_response writes it in chunks.)
     events: list[RawEvent]
@@ -451,12 +467,24 @@ async def _readable_session(context: _Context, caller: Caller, session_id: str) 
     return row
 
 
-async def _session_records(
-    context: _Context, caller: Caller, session_id: str
-) -> tuple[SessionRow, list[EventRecord]]:
-    """A session the caller may read, and its events in order."""
+#: Blocks per page of a session (replay, verify): memory stays flat however
+#: long the session (a block holds up to blocks.BLOCK_EVENTS events).
+SESSION_PAGE_BLOCKS = 16
+
+After = Annotated[
+    int | None, Query(description="the `next` of the previous page (omit for the first page)")
+]
+
+
+async def _session_page(
+    context: _Context, caller: Caller, session_id: str, after: int | None
+) -> tuple[SessionRow, list[tuple[BlockHead, list[EventRecord]]], int | None]:
+    """A session the caller may read, one page of its blocks with their
+    events, and the cursor of the next page (None: this is the last)."""
     row = await _readable_session(context, caller, session_id)
-    return row, await context.store.session_events(session_id)
+    page = await context.store.session_page(session_id, after, SESSION_PAGE_BLOCKS)
+    following = page[-1][0].first_seq if len(page) == SESSION_PAGE_BLOCKS else None
+    return row, page, following
 
 
 # --------------------------------------------------------------------------- routes
@@ -522,14 +550,18 @@ async def list_sessions(
 @audit.get(
     "/sessions/{session_id}",
     response_model=SessionDetail,
-    summary="One session with its seal and every event, for replay",
+    summary="One session with its seal and its events, a page at a time, for replay",
     responses={404: {"model": Problem, "description": "no such session"}},
 )
-async def get_session(context: ContextDep, caller: AuditorDep, session_id: str) -> Response:
-    row, events = await _session_records(context, caller, session_id)
+async def get_session(
+    context: ContextDep, caller: AuditorDep, session_id: str, after: After = None
+) -> Response:
+    row, page, following = await _session_page(context, caller, session_id, after)
     return await _session_response(
-        SessionDetail(session=SessionOut.of(row), seal=SealOut.of(row.seal), events=[]),
-        lambda: [_event_out(e) for e in events],
+        SessionDetail(
+            session=SessionOut.of(row), seal=SealOut.of(row.seal), next=following, events=[]
+        ),
+        lambda: [_event_out(e) for _, events in page for e in events],
         _EVENTS,
     )
 
@@ -537,20 +569,22 @@ async def get_session(context: ContextDep, caller: AuditorDep, session_id: str) 
 @audit.get(
     "/sessions/{session_id}/raw",
     response_model=SessionRaw,
-    summary="One session's stored records exactly as kept, for verification",
+    summary="One session's stored records exactly as kept, a page at a time, for verification",
     responses={404: {"model": Problem, "description": "no such session"}},
 )
-async def get_session_raw(context: ContextDep, caller: AuditorDep, session_id: str) -> Response:
-    row, events = await _session_records(context, caller, session_id)
-    heads = await context.store.session_blocks(session_id)
+async def get_session_raw(
+    context: ContextDep, caller: AuditorDep, session_id: str, after: After = None
+) -> Response:
+    row, page, following = await _session_page(context, caller, session_id, after)
     return await _session_response(
         SessionRaw(
             session=SessionOut.of(row),
             seal=SealOut.of(row.seal),
-            blocks=[BlockOut.model_validate(h) for h in heads],
+            next=following,
+            blocks=[BlockOut.model_validate(head) for head, _ in page],
             events=[],
         ),
-        lambda: [RawEvent.model_validate(e) for e in events],
+        lambda: [RawEvent.model_validate(e) for _, events in page for e in events],
         _RAW_EVENTS,
     )
 
@@ -567,8 +601,8 @@ async def _session_response(
     """A whole session (``head`` with its ``events``, the model's last
     field), built and written as JSON in a worker thread, a thousand events
     per call: on the event loop, which also relays the data path, a session
-    of 100,000 events stalled every client for seconds. (The response is
-    still one body, so its memory grows with the session.)"""
+    of 100,000 events stalled every client for seconds. (A response is one
+    page of the session: its memory is bounded by SESSION_PAGE_BLOCKS.)"""
 
     def body() -> bytes:
         with collector_paused():

@@ -384,15 +384,17 @@ def session_row_problem(
 
 
 def blocks_problem(
-    session_id: str, heads: Sequence[BlockHead], events: Sequence[EventRecord]
+    session_id: str, heads: Sequence[BlockHead], events: Sequence[EventRecord], offset: int = 0
 ) -> Problem | None:
-    """A session's stored blocks' own columns against their events (the
-    chain verified, so ``events`` are the genuine ones, in seq order from
-    0). Reads select blocks by these columns (an export's time range and
-    verdict), so a column edited to hide a block's events from them is
-    reported here, at the block's first event."""
+    """Stored blocks' own columns against their events (the chain verified,
+    so ``events`` are the genuine ones, in seq order from ``offset``: the
+    whole session, or the page of it that holds these blocks). Reads select
+    blocks by these columns (an export's time range and verdict), so a
+    column edited to hide a block's events from them is reported here, at
+    the block's first event."""
     for head in heads:
-        mine = events[head.first_seq : head.last_seq + 1] if head.first_seq >= 0 else []
+        start = head.first_seq - offset
+        mine = events[start : head.last_seq - offset + 1] if start >= 0 else []
         if (
             head.events != len(mine)
             or head.last_seq - head.first_seq + 1 != len(mine)

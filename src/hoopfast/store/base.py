@@ -111,6 +111,15 @@ class Store(ABC):
     async def session_blocks(self, session_id: str) -> list[BlockHead]:
         """One session's event blocks' columns in seq order (verify)."""
 
+    @abstractmethod
+    async def session_page(
+        self, session_id: str, after: int | None, limit: int
+    ) -> list[tuple[BlockHead, list[EventRecord]]]:
+        """Up to ``limit`` of one session's blocks, each with its events,
+        in seq order from the first block whose first seq is past ``after``
+        (None: from the start): replay and verify of a session of any size
+        a page at a time."""
+
     # -- reviews (hoopfast.approvals) ------------------------------------------
 
     @abstractmethod

@@ -192,6 +192,21 @@ class SqlStore(Store):
             for first, last, at0, at1, n, verdicts in rows
         ]
 
+    async def session_page(
+        self, session_id: str, after: int | None, limit: int
+    ) -> list[tuple[BlockHead, list[EventRecord]]]:
+        p = self.param
+        sql = (
+            "SELECT first_seq, last_seq, first_at, last_at, events, verdicts,"
+            f" {blocks.READ_COLUMNS} FROM event_blocks WHERE session_id = {p}"
+            + ("" if after is None else f" AND first_seq > {p}")
+            + f" ORDER BY first_seq LIMIT {p}"
+        )
+        params = (session_id, limit) if after is None else (session_id, after, limit)
+        rows = await self._fetch(sql, params)
+        # (Off the event loop, as session_events.)
+        return await asyncio.get_running_loop().run_in_executor(None, _heads_and_events, rows)
+
     async def _blocks(self, chosen: _Blocks) -> AsyncGenerator[tuple[Any, ...], None]:
         """The ``chosen`` blocks (rows of blocks.READ_COLUMNS), page by page."""
         key: tuple[Any, ...] = ()
@@ -440,6 +455,20 @@ def session_starts(events: Iterable[EventRecord]) -> list[tuple[str, str, str, s
         for e in events
         if e.kind == SESSION_START
     ]
+
+
+def _heads_and_events(
+    rows: Sequence[Sequence[Any]],
+) -> list[tuple[BlockHead, list[EventRecord]]]:
+    """Rows of a block's head columns followed by blocks.READ_COLUMNS."""
+    with collector_paused():
+        return [
+            (
+                BlockHead(int(r[0]), int(r[1]), float(r[2]), float(r[3]), int(r[4]), str(r[5])),
+                blocks.block_events(r[6:]),
+            )
+            for r in rows
+        ]
 
 
 def _events_of(rows: Sequence[Sequence[Any]]) -> list[EventRecord]:
