@@ -76,8 +76,11 @@ def pg_parse(sql: str) -> list[tuple[str, list[str], list[tuple[str, str]], list
     ``set:NAME``, ``reset:NAME``, ``reset_all``, ``set_transaction``; table
     contexts are ``select``, ``dml``, ``ddl``, ``call`` or ``none``. Raises
     ValueError(message, position) when the grammar rejects the text
-    (position: 1-based character index, 0 when unknown). Not part of the hot-path
-    contract (no pure-Python twin): both implementations use it."""
+    (position: 1-based character index, 0 when unknown), OverflowError(message)
+    when the text could nest too deeply to parse safely (see rust/src/pgparse.rs,
+    MAX_NESTING). Parses on a thread of its own with a deep stack, the GIL
+    released. Not part of the hot-path contract (no pure-Python twin): both
+    implementations use it."""
 
 @final
 class PatternSet:

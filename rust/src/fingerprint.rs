@@ -416,6 +416,73 @@ pub fn normalize(sql: &[u8]) -> (Vec<u8>, usize) {
     (lx.out, lx.statements)
 }
 
+/// An upper bound on how deeply PostgreSQL's parse tree of `sql` nests
+/// (tokens, not levels: each level of a chain such as `1+1+...`, `a || b`,
+/// `UNION ALL`, `JOIN` or `IS NULL` needs an operator or a word, and a
+/// nested expression a bracket): the deepest brackets plus every binary
+/// operator and every word but NULL, TRUE, FALSE and DEFAULT. Literals,
+/// commas, dots and prefix operators (`-1`) add nothing, so a long
+/// multi-row VALUES stays low.
+pub fn nesting_bound(sql: &[u8]) -> usize {
+    let (stream, _) = normalize(sql);
+    let mut i = DOMAIN.len();
+    let (mut depth, mut deepest, mut chained) = (0usize, 0usize, 0usize);
+    // After an operand an operator is binary (a chain's link); a prefix
+    // one (`-1`, `- - x`) nests on the grammar's own, bounded stack.
+    let mut after_operand = false;
+    while i < stream.len() {
+        let kind = stream[i];
+        i += 1;
+        let text: &[u8] = if matches!(
+            kind,
+            K_WORD | K_QIDENT | K_OP | K_PARAM | K_VERBATIM | K_UNTERMINATED
+        ) {
+            let mut length = 0usize;
+            let mut shift = 0;
+            while i < stream.len() {
+                let byte = stream[i];
+                i += 1;
+                length |= usize::from(byte & 0x7f) << shift;
+                shift += 7;
+                if byte < 0x80 {
+                    break;
+                }
+            }
+            let end = (i + length).min(stream.len());
+            let text = &stream[i..end];
+            i = end;
+            text
+        } else {
+            &[]
+        };
+        after_operand = match kind {
+            K_OP => match text {
+                b"(" | b"[" => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                    false
+                }
+                b")" | b"]" => {
+                    depth = depth.saturating_sub(1);
+                    true
+                }
+                b"," | b"." | b";" => false,
+                _ => {
+                    chained += usize::from(after_operand);
+                    false
+                }
+            },
+            K_WORD => {
+                chained += usize::from(!matches!(text, b"null" | b"true" | b"false" | b"default"));
+                true
+            }
+            K_SEMI => false,
+            _ => true,
+        };
+    }
+    deepest + chained
+}
+
 /// (16-byte key, number of non-empty statements).
 pub fn fingerprint(sql: &[u8]) -> ([u8; 16], usize) {
     let (stream, statements) = normalize(sql);
@@ -529,6 +596,18 @@ pub fn py_fingerprint<'py>(py: Python<'py>, sql: &str) -> (Bound<'py, PyBytes>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nesting_bound_counts_links_not_data() {
+        let bound = |sql: &str| nesting_bound(sql.as_bytes());
+        assert_eq!(bound("SELECT 1+1+1"), 3); // SELECT, two links
+        assert_eq!(bound("SELECT -1, - -2, 'a-b'"), 2); // a minus after a word counts
+        let rows = vec!["(1,-2,NULL,'x',true)"; 30_000].join(",");
+        assert_eq!(bound(&format!("INSERT INTO t VALUES {rows}")), 5);
+        assert_eq!(bound("SELECT ((((1))))"), 5);
+        assert_eq!(bound("SELECT a[1][2] FROM t WHERE x = 1 OR x = 2"), 11);
+        assert_eq!(bound("SELECT 1 UNION ALL SELECT 2"), 4);
+    }
 
     fn key(sql: &str) -> [u8; 16] {
         fingerprint(sql.as_bytes()).0

@@ -12,7 +12,7 @@ use std::ffi::CString;
 
 use pg_query::protobuf::node::Node as NodeEnum;
 use pg_query::{Context, NodeRef};
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyOverflowError, PyValueError};
 use pyo3::prelude::*;
 
 /// One statement as PostgreSQL's grammar reads it.
@@ -215,8 +215,56 @@ fn setting_flag(s: &pg_query::protobuf::VariableSetStmt, stored: bool) -> String
     }
 }
 
+/// The stack a parse runs on. libpg_query writes its tree out, prost reads
+/// it back and it is dropped, each recursively, a level per term of an
+/// operator chain (`1+1+...`, `a || b || ...`, `UNION ALL` after `UNION
+/// ALL`): on the 8 MiB of the gateway's thread 50,000 terms overflowed the
+/// stack and the whole gateway died. Reserved, not committed: only what a
+/// parse touches is ever backed by memory.
+const PARSE_STACK: usize = 1 << 30;
+
+/// The deepest text parsed, in fingerprint::nesting_bound's tokens. The
+/// deepest chain measured here (`1+1+...`) takes about 18 KiB of stack a
+/// term (prost's frames for the Node enum are large), a nested sub-select
+/// a few levels a bracket: past this a text could need more than
+/// PARSE_STACK. PostgreSQL itself refuses a chain of 10,000 terms (stack
+/// depth limit exceeded, at its default max_stack_depth).
+pub const MAX_NESTING: usize = 20_000;
+
+/// Why a text was not parsed: a syntax error, or too deep to be parsed
+/// safely (see MAX_NESTING).
+#[derive(Debug)]
+pub enum ParseFailure {
+    Syntax(SyntaxError),
+    TooLarge(String),
+}
+
+/// `parse`, on a thread of its own with PARSE_STACK of stack, for any text;
+/// a text that could nest deeper than MAX_NESTING is not parsed.
+pub fn parse_guarded(sql: &str) -> Result<Vec<PgStatement>, ParseFailure> {
+    let bound = crate::fingerprint::nesting_bound(sql.as_bytes());
+    if bound > MAX_NESTING {
+        return Err(ParseFailure::TooLarge(format!(
+            "the statement is too complex for the gateway to check: {bound} operators, words \
+             and nested brackets (at most {MAX_NESTING}); PostgreSQL refuses chains much \
+             shorter (stack depth); use IN lists, arrays or bound parameters"
+        )));
+    }
+    let owned = sql.to_owned();
+    let worker = std::thread::Builder::new()
+        .name("pg_parse".into())
+        .stack_size(PARSE_STACK)
+        .spawn(move || parse(&owned))
+        .map_err(|e| ParseFailure::TooLarge(format!("cannot start the parser's thread: {e}")))?;
+    match worker.join() {
+        Ok(result) => result.map_err(ParseFailure::Syntax),
+        Err(_) => Err(ParseFailure::TooLarge("the parser failed on this statement".into())),
+    }
+}
+
 /// Parse `sql` and describe each statement. Err: PostgreSQL's grammar
-/// rejects the text (libpg_query's message, and where).
+/// rejects the text (libpg_query's message, and where). Deep statements
+/// need a deep stack: see parse_guarded.
 pub fn parse(sql: &str) -> Result<Vec<PgStatement>, SyntaxError> {
     let whole = match pg_query::parse(sql) {
         Ok(whole) => whole,
@@ -251,11 +299,16 @@ pub fn parse(sql: &str) -> Result<Vec<PgStatement>, SyntaxError> {
 type PyStatement = (String, Vec<String>, Vec<(String, String)>, Vec<String>);
 
 /// `pg_parse(sql) -> [(kind, flags, [(table, context)], [function])]`;
-/// ValueError(message, position) when PostgreSQL's grammar rejects the text.
+/// ValueError(message, position) when PostgreSQL's grammar rejects the text,
+/// OverflowError(message) when it is too deep to parse safely. The GIL is
+/// released while it parses (on a thread of its own: parse_guarded).
 #[pyfunction]
 #[pyo3(name = "pg_parse")]
-pub fn py_pg_parse(sql: &str) -> PyResult<Vec<PyStatement>> {
-    let statements = parse(sql).map_err(|e| PyValueError::new_err((e.message, e.position)))?;
+pub fn py_pg_parse(py: Python<'_>, sql: &str) -> PyResult<Vec<PyStatement>> {
+    let statements = py.detach(|| parse_guarded(sql)).map_err(|e| match e {
+        ParseFailure::Syntax(e) => PyValueError::new_err((e.message, e.position)),
+        ParseFailure::TooLarge(message) => PyOverflowError::new_err(message),
+    })?;
     Ok(statements
         .into_iter()
         .map(|s| {

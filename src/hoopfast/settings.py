@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     #: measure what they cost (bench/): with them off every statement reaches
     #: the database unchecked, and the gateway says so loudly at start.
     guardrails: bool = True
+    #: Seconds the gateway may spend analysing a statement it has no verdict
+    #: for (off the event loop); past it the statement is unknown, which the
+    #: policy refuses unless ``unknown = "allow"`` (docs/guardrails.md).
+    analysis_timeout: float = Field(default=10.0, gt=0)
 
     #: Seconds between checks of the config file for changes (a change
     #: reloads it, as SIGHUP does); 0 turns the check off.

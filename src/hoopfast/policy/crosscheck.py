@@ -133,6 +133,10 @@ def crosscheck(sql: str, c: Classification) -> Classification:
     what both saw."""
     try:
         statements = pg_parse(sql)
+    except OverflowError as e:
+        # Too deep to parse safely (a chain of tens of thousands of terms):
+        # not checked, so unknown (PostgreSQL refuses such chains anyway).
+        return _unknown(c, str(e))
     except ValueError as e:
         # Nothing that PostgreSQL cannot parse can run: the client gets the
         # syntax error (42601) it would get from the server.

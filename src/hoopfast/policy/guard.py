@@ -385,12 +385,26 @@ class Rules:
         self._classifications = classifications
         self._patterns = any(g.patterns for g in self._grants)
 
-    def check(self, sql: str, prepared: Mapping[str, Classification] | None = None) -> Decision:
-        """The decision for a whole Query (or Parse) text."""
+    def needs_analysis(self, sql: str) -> tuple[int, bool]:
+        """(the fingerprint lexer's statement count, whether ``check`` would
+        analyse ``sql``): no verdict or classification of its shape is
+        cached, so the caller may analyse it off the event loop first
+        (hoopfast.policy.analysis) and hand ``check`` the result."""
+        key, statements = core.fingerprint(sql)
+        return statements, key not in self._cache and not self._classifications.has(key)
+
+    def check(
+        self,
+        sql: str,
+        prepared: Mapping[str, Classification] | None = None,
+        analysed: Classification | None = None,
+    ) -> Decision:
+        """The decision for a whole Query (or Parse) text; ``analysed``: its
+        classification, already made (guard.analyse), if not cached."""
         key, statements = core.fingerprint(sql)
         decision = self._cache.get(key)
         if decision is None:
-            c = self._classifications.get(key, sql, statements)
+            c = self._classifications.get(key, sql, statements, analysed)
             decision = self._decide(c)
             if not (c.executes or c.value_dependent or c.unknown):
                 self._cache[key] = decision
@@ -468,6 +482,22 @@ class Rules:
         return len(self._cache)
 
 
+def analyse(sql: str, statements: int) -> Classification:
+    """What ``sql`` does: the classifier's reading checked against
+    PostgreSQL's grammar (crosscheck). ``statements`` is the fingerprint
+    lexer's count: a second, independent reading of where statements end
+    (PostgreSQL's lexical rules, hand-written in rust/). If sqlglot's
+    tokenizer splits the text differently, one of them misreads a quote,
+    comment or dollar-quote, and a statement could be hiding: fail closed.
+    Thread-safe: hoopfast.policy.analysis runs it off the event loop."""
+    c = crosscheck(sql, classify(sql))
+    if c.statements != statements and not c.unknown:
+        c = unknown_classification(
+            f"statement boundaries are ambiguous ({c.statements} vs {statements})"
+        )
+    return c
+
+
 class ClassificationCache:
     """fingerprint -> Classification, shared by every Rules of a policy (the
     classification does not depend on roles or policy)."""
@@ -476,19 +506,18 @@ class ClassificationCache:
         self._size = size
         self._items: OrderedDict[bytes, Classification] = OrderedDict()
 
-    def get(self, key: bytes, sql: str, statements: int) -> Classification:
-        """``statements`` is the fingerprint lexer's count: a second,
-        independent reading of where statements end (PostgreSQL's lexical
-        rules, hand-written in rust/). If sqlglot's tokenizer splits the text
-        differently, one of them misreads a quote, comment or dollar-quote,
-        and a statement could be hiding: fail closed."""
+    def has(self, key: bytes) -> bool:
+        return key in self._items
+
+    def get(
+        self, key: bytes, sql: str, statements: int, analysed: Classification | None = None
+    ) -> Classification:
+        """The classification of ``sql`` (fingerprint ``key``): cached, or
+        ``analysed`` (analyse's result, made off the event loop), or made
+        now by analyse."""
         c = self._items.get(key)
         if c is None:
-            c = crosscheck(sql, classify(sql))
-            if c.statements != statements and not c.unknown:
-                c = unknown_classification(
-                    f"statement boundaries are ambiguous ({c.statements} vs {statements})"
-                )
+            c = analysed if analysed is not None else analyse(sql, statements)
             if c.value_dependent or c.unknown:
                 # An unknown result says "the analysis failed on this text",
                 # not "texts of this shape are unknown": one odd spelling of a

@@ -16,6 +16,7 @@ from hoopfast.errors import ConfigurationError
 from hoopfast.identity.tokens import TokenValidator
 from hoopfast.masking.catalog import CatalogCache
 from hoopfast.masking.rules import every_detector
+from hoopfast.policy.analysis import Analyst
 from hoopfast.policy.guard import Policy
 from hoopfast.proxy.postgres import upstream
 from hoopfast.proxy.postgres.session import PgSession
@@ -65,6 +66,8 @@ class PgGateway:
         self.tracing = Tracing(None)
         #: Bound parameter values reach the trail through every detector.
         self.param_mask = every_detector(self._process_mask_key)
+        #: Statements without a verdict are analysed off the event loop.
+        self.analyst = Analyst(settings.analysis_timeout)
 
     @property
     def recorder(self) -> Recorder | None:

@@ -144,6 +144,14 @@ class PgSession:
         self._review_hold: ReviewHold | None = None
         self._review_outcome: Verdict | None = None
         self._held_now = False
+        #: How many times a message was held (_replay tells by it whether
+        #: the message it replays was held again).
+        self._holds = 0
+        #: A statement analysed off the event loop (its text and what it
+        #: does), for the replay of the message held meanwhile; and the task.
+        self._analysed: tuple[str, Classification] | None = None
+        self._analysis: asyncio.Task[None] | None = None
+        self._paused_for_analysis = False
         #: Prepared statements (by name, "" the unnamed) a review approved:
         #: they run once; after their first Bind they are spent.
         self._once: set[str] = set()
@@ -849,6 +857,7 @@ class PgSession:
             # Whether the statement this binds is the one the gateway
             # judged depends on a Parse the server has not answered yet.
             self._held_now = True
+            self._holds += 1
             self._waiting_bind = key
             self._client_pump.hold()
             return b""
@@ -970,7 +979,14 @@ class PgSession:
             self._sql = text.decode(self._codec, "replace")
             return self._refuse(parse_name, _UNDECODABLE)
         self._sql = sql
-        decision = rules.check(sql, self._prepared)
+        analysed, self._analysed = self._analysed, None
+        if analysed is not None and analysed[0] == sql:
+            decision = rules.check(sql, self._prepared, analysed[1])
+        else:
+            statements, needed = rules.needs_analysis(sql)
+            if needed and self._message[0] in (m.QUERY, m.PARSE):
+                return self._analyse_off_loop(sql, statements)
+            decision = rules.check(sql, self._prepared)
         verdict = decision.verdict
         if verdict.action == "review":
             outcome, self._review_outcome = self._review_outcome, None
@@ -1001,6 +1017,37 @@ class PgSession:
                 self._remember(name, c)
         return c
 
+    def _analyse_off_loop(self, sql: str, statements: int) -> bytes:
+        """Hold the client's messages while a statement the policy has no
+        verdict for is analysed in a thread (hoopfast.policy.analysis), then
+        handle it again with what it does: the event loop, which relays
+        every session, goes on meanwhile."""
+        self._held_now = True
+        self._holds += 1
+        self._client_pump.hold()
+
+        async def analyse() -> None:
+            c = await self.gateway.analyst.analyse(sql, statements)
+            self._analysis = None
+            if self._paused_for_analysis:
+                self._paused_for_analysis = False
+                transport = self._client_pump.transport
+                if not transport.is_closing():
+                    transport.resume_reading()
+            self._analysed = (sql, c)
+            try:
+                self._replay(None)
+            except Exception as e:  # (as a failure inside the relay would)
+                log.exception("session %s: the analysed statement failed", self.id)
+                self.end_reason = f"gateway error: {type(e).__name__}"
+                self._terminating = True
+                self._fail_client("XX000", "internal gateway error")
+            finally:
+                self._analysed = None
+
+        self._analysis = asyncio.get_running_loop().create_task(analyse())
+        return b""
+
     # -- reviews (hoopfast.proxy.postgres.review) ------------------------------
 
     def _hold_for_review(self, sql: str, parse_name: bytes | None, verdict: Verdict) -> bytes:
@@ -1020,6 +1067,7 @@ class PgSession:
         ):
             return self._refuse(parse_name, verdict)
         self._held_now = True
+        self._holds += 1
         self._verdict = verdict
         self._client_pump.hold()
         self._review_hold = ReviewHold(self, approvals, settings, sql, verdict)
@@ -1076,12 +1124,12 @@ class PgSession:
             return
         type_code, message = self._message
         self._review_outcome = outcome
+        holds = self._holds
         try:
             forward = self.pump_message(pump, type_code, message)
         finally:
             self._review_outcome = None
-        if self._held_now:  # (held again: another review, or a Bind waiting)
-            self._held_now = False
+        if self._holds != holds:  # (held again: for review after its analysis)
             return
         pump.release(forward)
 
@@ -1258,6 +1306,14 @@ class PgSession:
         return message[:5] + pid.to_bytes(4, "big", signed=True) + message[9:]
 
     def pump_violation(self, pump: Any, error: Exception) -> None:
+        if pump is self._client_pump and isinstance(error, OverflowError) and self._analysis:
+            # Held only while a statement is analysed (a large Bind sent
+            # behind its Parse): the client waits, its socket's buffer full,
+            # rather than losing its session. (A review's hold has a bound.)
+            if not self._paused_for_analysis and not pump.transport.is_closing():
+                self._paused_for_analysis = True
+                pump.transport.pause_reading()
+            return
         if pump is self._client_pump and isinstance(error, OverflowError):
             self.end_reason = f"client sent too much while held: {error}"
             self._fail_client("54000", f"too much data from the client: {error}")
@@ -1334,6 +1390,8 @@ class PgSession:
             self._grant_timer.cancel()
         if self._review_hold is not None:
             await self._review_hold.close()
+        if self._analysis is not None:
+            self._analysis.cancel()  # (its thread ends on its own time limit)
         if self._counted:
             # The metrics first (no call here can fail): a session must not
             # stay watched, its pumps and trail held by the registry.

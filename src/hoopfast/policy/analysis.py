@@ -1,0 +1,123 @@
+"""Statement analysis off the event loop, with a time limit.
+
+Classifying a statement the gateway has not seen (sqlglot, then
+PostgreSQL's grammar through libpg_query: guard.analyse) usually takes a
+millisecond, but its cost grows with the text and, for some shapes, much
+faster: 200 bytes of nested ``array[`` took sqlglot 7.5 s at 16 levels and
+hours at 23. On the event loop, which relays every session, that froze the
+whole gateway. So a session hands a statement it has no verdict for to a
+thread of its own (hoopfast.proxy.postgres.session holds the client's
+messages meanwhile, as for a review) and the loop goes on relaying.
+
+A thread, not a process: the analysis needs nothing but the text, and a
+thread starts in tens of microseconds where a cache miss costs a
+millisecond already. While it runs, the loop still gets the GIL at every
+switch interval (5 ms). An analysis past the time limit is stopped (an
+exception raised in its thread: sqlglot is Python, so it is stopped at
+its next bytecode) and the statement is unknown, which the policy refuses
+unless ``unknown = "allow"``. At most ``CONCURRENT`` run at once (the
+others wait their turn, their time limit starting when they start), so a
+flood of such statements costs the loop at most that many threads' share
+of the GIL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import threading
+from collections.abc import Callable
+
+from hoopfast.policy.classify import Classification
+from hoopfast.policy.guard import analyse, unknown_classification
+
+log = logging.getLogger("hoopfast.policy")
+
+#: Analyses that run at once (each a thread).
+CONCURRENT = 2
+
+
+class _Stopped(BaseException):
+    """Raised in an analysis thread past its time limit. A BaseException,
+    so that no ``except Exception`` inside sqlglot swallows it."""
+
+
+class Analyst:
+    """Runs guard.analyse in threads of its own, ``timeout`` seconds each
+    at most."""
+
+    def __init__(self, timeout: float, concurrent: int = CONCURRENT) -> None:
+        self.timeout = timeout
+        self._slots = asyncio.Semaphore(concurrent)
+
+    async def analyse(self, sql: str, statements: int) -> Classification:
+        """``sql``'s classification (statements: the fingerprint lexer's
+        count), or unknown when it took longer than the time limit."""
+        async with self._slots:
+            return await self._run(sql, statements)
+
+    async def _run(self, sql: str, statements: int) -> Classification:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Classification] = loop.create_future()
+        job = _Job(sql, statements, lambda c: loop.call_soon_threadsafe(_settle, done, c))
+        job.start()
+        try:
+            return await asyncio.wait_for(asyncio.shield(done), self.timeout)
+        except TimeoutError:
+            job.stop()
+            log.warning(
+                "statement analysis stopped after %.1f s (%d characters): refused as unknown",
+                self.timeout,
+                len(sql),
+            )
+            return unknown_classification(
+                f"the gateway could not analyse this statement within {self.timeout:g} s"
+            )
+
+
+def _settle(future: asyncio.Future[Classification], c: Classification) -> None:
+    if not future.done():
+        future.set_result(c)
+
+
+class _Job(threading.Thread):
+    """One analysis. ``stop`` raises _Stopped in it while it still runs:
+    the flag, read and written under the lock, makes sure the exception
+    lands inside ``run``'s try and never after it."""
+
+    def __init__(
+        self, sql: str, statements: int, deliver: Callable[[Classification], object]
+    ) -> None:
+        super().__init__(name="statement-analysis", daemon=True)
+        self._sql, self._statements, self._deliver = sql, statements, deliver
+        self._lock = threading.Lock()
+        self._running = True
+
+    def run(self) -> None:
+        try:
+            c = analyse(self._sql, self._statements)
+            with self._lock:
+                self._running = False
+            _pending_exceptions_land_here()
+            self._deliver(c)
+        except _Stopped:
+            pass  # (the session was answered when the time limit passed)
+        except BaseException as e:  # an analysis bug: unknown, never a crash
+            log.exception("statement analysis failed")
+            self._deliver(unknown_classification(f"the analysis failed: {type(e).__name__}"))
+
+    def stop(self) -> None:
+        with self._lock:
+            if not self._running or self.ident is None:
+                return
+            self._running = False
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(self.ident), ctypes.py_object(_Stopped)
+            )
+
+
+def _pending_exceptions_land_here() -> None:
+    """A call: a Python function's start checks for an exception another
+    thread raised in this one, so one raised just before ``_running`` went
+    false is raised here, inside ``run``'s try."""
