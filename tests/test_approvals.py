@@ -245,6 +245,29 @@ def test_wait_mode_holds_until_approved_then_runs_once(
     assert not table_exists(cluster, table)
 
 
+def test_an_approved_statement_never_cached_runs_once_approved(
+    gw: RunningGateway, cluster: DevCluster
+) -> None:
+    """A statement whose classification is never cached (set_config makes
+    it value-dependent) is analysed off the event loop, then held for
+    review: once approved it runs, not analysed and reviewed again."""
+    who = person("requester")
+    table = shared_table(cluster)
+    sql = (
+        f"INSERT INTO {table} SELECT 1 WHERE set_config('application_name', 'x', false) IS NOT NULL"
+    )
+    with connect(gw, "wait", who, "requester") as conn:
+        held = in_thread(lambda: conn.execute(sql))
+        review = pending_review(gw, who)
+        decide(gw, review.review_id, "approver")
+        held.result(10)
+        conn.commit()
+    with cluster.connect("app") as admin:
+        assert admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (1,)
+    pending = ReviewFilter(requester=who, statuses=("pending",))
+    assert _run(gw, gw.runtime.store.reviews(pending)) == []
+
+
 def test_wait_mode_rejected_with_reason(gw: RunningGateway, cluster: DevCluster) -> None:
     who = person("requester")
     table = f"appr_{secrets.token_hex(4)}"

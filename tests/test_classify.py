@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from hoopfast.policy import CLASSES, Classification, classify
@@ -459,3 +461,14 @@ def test_fast_enough() -> None:
             classify(sql)
         best = min(best, (time.perf_counter() - t0) / 200)
     assert best < 500e-6, best
+
+
+def test_string_continuation_cannot_backtrack_for_hours() -> None:
+    """A newline, many spaces and a comment the continuation may not hold
+    (/**/): the pattern's nested quantifier backtracked exponentially (24
+    spaces 0.5 s, 40 hours), in C, holding the GIL, where no time limit
+    reaches."""
+    started = time.monotonic()
+    c = classify("SELECT 'a'\n" + " " * 5000 + "/**/'b'")
+    assert time.monotonic() - started < 1
+    assert c.statements == 1

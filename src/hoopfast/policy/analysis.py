@@ -16,9 +16,11 @@ switch interval (5 ms). An analysis past the time limit is stopped (an
 exception raised in its thread: sqlglot is Python, so it is stopped at
 its next bytecode) and the statement is unknown, which the policy refuses
 unless ``unknown = "allow"``. At most ``CONCURRENT`` run at once (the
-others wait their turn, their time limit starting when they start), so a
-flood of such statements costs the loop at most that many threads' share
-of the GIL.
+others wait their turn, their time limit starting when they start, one
+per person in the queue), so a flood of such statements costs the loop
+at most that many threads' share of the GIL. A session that ends stops
+its analysis. What the time limit cannot stop is C code that holds the
+GIL (a regular expression, for one): those are written not to backtrack.
 """
 
 from __future__ import annotations
@@ -50,12 +52,27 @@ class Analyst:
     def __init__(self, timeout: float, concurrent: int = CONCURRENT) -> None:
         self.timeout = timeout
         self._slots = asyncio.Semaphore(concurrent)
+        #: Per person: one analysis waiting or running at a time, so that
+        #: the slots go round the people who wait (the semaphore wakes its
+        #: waiters in order): one person's many sessions of slow statements
+        #: make another's new statement wait for at most one turn each.
+        self._turns: dict[str, tuple[asyncio.Lock, int]] = {}
 
-    async def analyse(self, sql: str, statements: int) -> Classification:
+    async def analyse(self, sql: str, statements: int, who: str = "") -> Classification:
         """``sql``'s classification (statements: the fingerprint lexer's
-        count), or unknown when it took longer than the time limit."""
-        async with self._slots:
-            return await self._run(sql, statements)
+        count), or unknown when it took longer than the time limit;
+        ``who``: the person it is analysed for (see _turns)."""
+        turn, users = self._turns.get(who, (asyncio.Lock(), 0))
+        self._turns[who] = (turn, users + 1)
+        try:
+            async with turn, self._slots:
+                return await self._run(sql, statements)
+        finally:
+            turn, users = self._turns[who]
+            if users == 1:
+                del self._turns[who]  # (nobody of theirs waits)
+            else:
+                self._turns[who] = (turn, users - 1)
 
     async def _run(self, sql: str, statements: int) -> Classification:
         loop = asyncio.get_running_loop()
@@ -64,6 +81,9 @@ class Analyst:
         job.start()
         try:
             return await asyncio.wait_for(asyncio.shield(done), self.timeout)
+        except asyncio.CancelledError:
+            job.stop()  # (the session ended: its analysis with it)
+            raise
         except TimeoutError:
             job.stop()
             log.warning(

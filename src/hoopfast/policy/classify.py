@@ -310,10 +310,12 @@ _CONTINUABLE = frozenset(_PLACEHOLDERS) - {TokenType.HEREDOC_STRING, TokenType.R
 _NUMBER_STARTS = frozenset(
     {TokenType.NUMBER, TokenType.HEX_STRING, TokenType.BIT_STRING, TokenType.DOT}
 )
-# scan.l: {whitespace_with_newline} between two quoted pieces.
-_CONTINUATION_RE = re.compile(
-    r"(?:[ \t\f\v]|--[^\n\r]*)*[\n\r](?:[ \t\n\r\f\v]+|--[^\n\r]*[\n\r])*"
-)
+# scan.l: {whitespace_with_newline} between two quoted pieces. Written so
+# that no text can be matched two ways: a nested quantifier here
+# (`(?:[ ...]+|...)*`) backtracked exponentially when the match failed
+# (a newline, 40 spaces, then `/**/`: hours of the event loop, in C, where
+# no time limit reaches).
+_CONTINUATION_RE = re.compile(r"[ \t\f\v]*(?:--[^\n\r]*)?[\n\r](?:[ \t\n\r\f\v]|--[^\n\r]*[\n\r])*")
 _DEC = r"[0-9](?:_?[0-9])*"
 _NUMBER_RE = re.compile(
     rf"0[xX](?:_?[0-9A-Fa-f])+|0[oO](?:_?[0-7])+|0[bB](?:_?[01])+"

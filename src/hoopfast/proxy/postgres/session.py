@@ -979,8 +979,10 @@ class PgSession:
             self._sql = text.decode(self._codec, "replace")
             return self._refuse(parse_name, _UNDECODABLE)
         self._sql = sql
-        analysed, self._analysed = self._analysed, None
+        analysed = self._analysed
         if analysed is not None and analysed[0] == sql:
+            # (Kept until the held message is released: replayed again
+            # after a review, it is not analysed again.)
             decision = rules.check(sql, self._prepared, analysed[1])
         else:
             statements, needed = rules.needs_analysis(sql)
@@ -1027,7 +1029,8 @@ class PgSession:
         self._client_pump.hold()
 
         async def analyse() -> None:
-            c = await self.gateway.analyst.analyse(sql, statements)
+            who = self.principal.subject if self.principal is not None else ""
+            c = await self.gateway.analyst.analyse(sql, statements, who)
             self._analysis = None
             if self._paused_for_analysis:
                 self._paused_for_analysis = False
@@ -1038,12 +1041,11 @@ class PgSession:
             try:
                 self._replay(None)
             except Exception as e:  # (as a failure inside the relay would)
+                self._analysed = None
                 log.exception("session %s: the analysed statement failed", self.id)
                 self.end_reason = f"gateway error: {type(e).__name__}"
                 self._terminating = True
                 self._fail_client("XX000", "internal gateway error")
-            finally:
-                self._analysed = None
 
         self._analysis = asyncio.get_running_loop().create_task(analyse())
         return b""
@@ -1131,6 +1133,7 @@ class PgSession:
             self._review_outcome = None
         if self._holds != holds:  # (held again: for review after its analysis)
             return
+        self._analysed = None
         pump.release(forward)
 
     def cancel_review(self) -> bool:
@@ -1310,7 +1313,8 @@ class PgSession:
             # Held only while a statement is analysed (a large Bind sent
             # behind its Parse): the client waits, its socket's buffer full,
             # rather than losing its session. (A review's hold has a bound.)
-            if not self._paused_for_analysis and not pump.transport.is_closing():
+            # (Every time: the upstream's back-pressure may have resumed it.)
+            if not pump.transport.is_closing():
                 self._paused_for_analysis = True
                 pump.transport.pause_reading()
             return

@@ -1,0 +1,96 @@
+"""hoopfast.policy.analysis: statements analysed in threads, with a time
+limit, a stop when the session ends, and turns shared fairly between people.
+The analysis itself is replaced here by Python that is slow on demand."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from hoopfast.policy import analysis
+from hoopfast.policy.classify import Classification
+from hoopfast.policy.guard import analyse, unknown_classification
+
+
+def _busy(sql: str, statements: int) -> Classification:
+    """Python bytecode until stopped ("slow ..."), or at once."""
+    if sql.startswith("slow"):
+        seconds = float(sql.split()[1])
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            pass
+    return unknown_classification(f"analysed {sql}")
+
+
+@pytest.fixture
+def busy(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(analysis, "analyse", _busy)
+    yield
+    deadline = time.monotonic() + 5
+    while _threads():
+        assert time.monotonic() < deadline, "an analysis thread outlived its test"
+        time.sleep(0.02)
+
+
+def _threads() -> int:
+    return sum(t.name == "statement-analysis" for t in threading.enumerate())
+
+
+def test_a_real_analysis_in_a_thread_equals_one_in_place() -> None:
+    sql = "SELECT a FROM t WHERE b = 1"
+
+    async def run() -> Classification:
+        return await analysis.Analyst(10).analyse(sql, 1, "alice")
+
+    assert asyncio.run(run()) == analyse(sql, 1)
+
+
+def test_past_its_time_limit_an_analysis_is_stopped_and_unknown(busy: None) -> None:
+    async def run() -> tuple[Classification, float]:
+        started = time.monotonic()
+        c = await analysis.Analyst(0.2).analyse("slow 30", 1, "alice")
+        return c, time.monotonic() - started
+
+    c, took = asyncio.run(run())
+    assert c.unknown and "could not analyse this statement within 0.2 s" in (c.reason or "")
+    assert took < 1.5  # (and the fixture sees its thread end)
+
+
+def test_a_session_that_ends_stops_its_analysis(busy: None) -> None:
+    async def run() -> None:
+        task = asyncio.ensure_future(analysis.Analyst(60).analyse("slow 30", 1, "alice"))
+        await asyncio.sleep(0.2)
+        assert _threads() == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+
+
+def test_one_persons_slow_statements_take_one_turn_at_a_time(busy: None) -> None:
+    """Mallory's four slow statements and Alice's quick one, two slots:
+    Alice waits for at most one of Mallory's, not for all four."""
+
+    async def run() -> dict[str, float]:
+        analyst = analysis.Analyst(5, concurrent=1)
+        started = time.monotonic()
+        done: dict[str, float] = {}
+
+        async def one(name: str, sql: str, who: str) -> None:
+            await analyst.analyse(sql, 1, who)
+            done[name] = time.monotonic() - started
+
+        slow = [asyncio.ensure_future(one(f"m{i}", "slow 0.3", "mallory")) for i in range(4)]
+        await asyncio.sleep(0.05)
+        await one("alice", "quick", "alice")
+        await asyncio.gather(*slow)
+        return done
+
+    done = asyncio.run(run())
+    assert done["alice"] < 0.5, done  # behind one of Mallory's, not four
+    assert max(done[f"m{i}"] for i in range(4)) > 1.1
