@@ -720,3 +720,32 @@ def test_an_analysis_past_its_time_limit_is_stopped_and_refused(
         while any(t.name == "statement-analysis" for t in threading.enumerate()):
             assert time.monotonic() < deadline, "the analysis thread was not stopped"
             time.sleep(0.05)
+
+
+def test_a_cancel_request_withdraws_a_statement_held_for_its_analysis(
+    gw: RunningGateway, app_admin: Conn
+) -> None:
+    """asyncpg sends a CancelRequest when its timeout passes: the statement,
+    still held for its analysis, fails with 57014 and never runs (the
+    server, which has not seen it, would cancel nothing)."""
+    table = "gr_cancelled"
+    app_admin.execute(f"DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (a int)")
+    app_admin.execute(f"GRANT ALL ON {table} TO PUBLIC")
+    app_admin.commit()
+    slow_insert = f"INSERT INTO {table} VALUES ({_nested_arrays(14)[len('SELECT ') :]})"
+
+    async def scenario() -> None:
+        conn = await asyncpg.connect(**gw.asyncpg_kwargs("rw"))
+        try:
+            started = time.monotonic()
+            with pytest.raises(asyncio.TimeoutError):
+                await conn.execute(slow_insert, timeout=0.3)
+            assert time.monotonic() - started < 1.5
+            assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 0
+        finally:
+            await conn.close()
+
+    asyncio.run(scenario())
+    time.sleep(0.5)  # (had it been let through, it would have run by now)
+    assert app_admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
+    app_admin.rollback()

@@ -44,7 +44,7 @@ from hoopfast.proxy.postgres import messages as m
 from hoopfast.proxy.postgres import params, resultmask, startup, trail, upstream
 from hoopfast.proxy.postgres.ledger import Ledger
 from hoopfast.proxy.postgres.resultmask import ResultMasker, Unmaskable
-from hoopfast.proxy.postgres.review import ReviewHold, bound_values
+from hoopfast.proxy.postgres.review import CANCELLED, ReviewHold, bound_values
 from hoopfast.proxy.postgres.trail import Statement, Trail
 from hoopfast.proxy.postgres.upstream import Upstream, UpstreamError, UpstreamRefused
 from hoopfast.recording.recorder import RecordingUnavailable, SessionRecording
@@ -152,6 +152,8 @@ class PgSession:
         self._analysed: tuple[str, Classification] | None = None
         self._analysis: asyncio.Task[None] | None = None
         self._paused_for_analysis = False
+        #: A CancelRequest withdrew the statement held for its analysis.
+        self._cancelled: Verdict | None = None
         #: Prepared statements (by name, "" the unnamed) a review approved:
         #: they run once; after their first Bind they are spent.
         self._once: set[str] = set()
@@ -979,6 +981,9 @@ class PgSession:
             self._sql = text.decode(self._codec, "replace")
             return self._refuse(parse_name, _UNDECODABLE)
         self._sql = sql
+        if self._cancelled is not None:  # (cancelled while analysed)
+            cancelled, self._cancelled = self._cancelled, None
+            return self._refuse(parse_name, cancelled)
         analysed = self._analysed
         if analysed is not None and analysed[0] == sql:
             # (Kept until the held message is released: replayed again
@@ -1032,11 +1037,7 @@ class PgSession:
             who = self.principal.subject if self.principal is not None else ""
             c = await self.gateway.analyst.analyse(sql, statements, who)
             self._analysis = None
-            if self._paused_for_analysis:
-                self._paused_for_analysis = False
-                transport = self._client_pump.transport
-                if not transport.is_closing():
-                    transport.resume_reading()
+            self._resume_after_analysis()
             self._analysed = (sql, c)
             try:
                 self._replay(None)
@@ -1049,6 +1050,15 @@ class PgSession:
 
         self._analysis = asyncio.get_running_loop().create_task(analyse())
         return b""
+
+    def _resume_after_analysis(self) -> None:
+        """Read from the client again, if a large message behind the one
+        held for analysis paused it (pump_violation)."""
+        if self._paused_for_analysis:
+            self._paused_for_analysis = False
+            transport = self._client_pump.transport
+            if not transport.is_closing():
+                transport.resume_reading()
 
     # -- reviews (hoopfast.proxy.postgres.review) ------------------------------
 
@@ -1137,9 +1147,22 @@ class PgSession:
         pump.release(forward)
 
     def cancel_review(self) -> bool:
-        """A CancelRequest: True when it withdrew a held statement."""
+        """A CancelRequest: True when it withdrew a held statement (waiting
+        for approval, or for its analysis: it fails with 57014, as a
+        statement the server cancels, and never runs)."""
         hold = self._review_hold
-        return hold is not None and hold.cancel()
+        if hold is not None and hold.cancel():
+            return True
+        analysis = self._analysis
+        if analysis is None or analysis.done():
+            return False
+        analysis.cancel()  # (stops its thread)
+        self._analysis = None
+        self._analysed = None
+        self._resume_after_analysis()
+        self._cancelled = Verdict("deny", "cancelled", CANCELLED, "57014")
+        asyncio.get_running_loop().call_soon(self._replay, None)
+        return True
 
     def notice(self, text: str, *, hint: str = "", tries: int = 500) -> None:
         """A NoticeResponse to the client, between two server messages (the
