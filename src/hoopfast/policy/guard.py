@@ -385,23 +385,25 @@ class Rules:
         self._classifications = classifications
         self._patterns = any(g.patterns for g in self._grants)
 
-    def needs_analysis(self, sql: str) -> tuple[int, bool]:
-        """(the fingerprint lexer's statement count, whether ``check`` would
-        analyse ``sql``): no verdict or classification of its shape is
+    def needs_analysis(self, fingerprint: tuple[bytes, int]) -> bool:
+        """Whether ``check`` would analyse a text of this fingerprint
+        (core.fingerprint): no verdict or classification of its shape is
         cached, so the caller may analyse it off the event loop first
         (hoopfast.policy.analysis) and hand ``check`` the result."""
-        key, statements = core.fingerprint(sql)
-        return statements, key not in self._cache and not self._classifications.has(key)
+        key = fingerprint[0]
+        return key not in self._cache and not self._classifications.has(key)
 
     def check(
         self,
         sql: str,
         prepared: Mapping[str, Classification] | None = None,
         analysed: Classification | None = None,
+        fingerprint: tuple[bytes, int] | None = None,
     ) -> Decision:
         """The decision for a whole Query (or Parse) text; ``analysed``: its
-        classification, already made (guard.analyse), if not cached."""
-        key, statements = core.fingerprint(sql)
+        classification, already made (guard.analyse), if not cached;
+        ``fingerprint``: core.fingerprint(sql), if already made."""
+        key, statements = fingerprint or core.fingerprint(sql)
         decision = self._cache.get(key)
         if decision is None:
             c = self._classifications.get(key, sql, statements, analysed)

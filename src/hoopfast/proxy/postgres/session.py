@@ -990,10 +990,10 @@ class PgSession:
             # after a review, it is not analysed again.)
             decision = rules.check(sql, self._prepared, analysed[1])
         else:
-            statements, needed = rules.needs_analysis(sql)
-            if needed and self._message[0] in (m.QUERY, m.PARSE):
-                return self._analyse_off_loop(sql, statements)
-            decision = rules.check(sql, self._prepared)
+            fingerprint = core.fingerprint(sql)
+            if self._message[0] in (m.QUERY, m.PARSE) and rules.needs_analysis(fingerprint):
+                return self._analyse_off_loop(sql, fingerprint[1])
+            decision = rules.check(sql, self._prepared, fingerprint=fingerprint)
         verdict = decision.verdict
         if verdict.action == "review":
             outcome, self._review_outcome = self._review_outcome, None
