@@ -1370,6 +1370,32 @@ def test_query_after_extended_error_desyncs_the_queue(gw: RunningGateway) -> Non
         assert_masked(first + second)
 
 
+def test_query_held_for_analysis_after_extended_error_desyncs_the_queue(
+    gw: RunningGateway,
+) -> None:
+    """As above, with the Query held for its analysis (a new shape, slow to
+    analyse) until after the Execute's error is back: the server skips it,
+    so the masker must not wait for its answer (it did, and the next
+    result was read against the wrong statement; seen in CI)."""
+    slow = "SELECT " + "(array[" * 11 + "'held'" + "])[1]" * 11
+    with _raw(gw) as raw:
+        raw.send(
+            _parse(b"", "SELECT 1/(id - 1) FROM customers WHERE id = 1"),  # fails at Execute
+            _bind(b"", b""),
+            _execute(),
+            _query(slow),
+            SYNC,
+        )
+        raw.until_ready()
+        raw.send(_query(EXPR))
+        first = _values(raw.until_ready())
+        raw.send(_query("SELECT upper(name) FROM customers WHERE id = 1"))
+        raw.until_ready()
+        raw.send(_query(EXPR))
+        second = _values(raw.until_ready())
+        assert_masked(first + second)
+
+
 def test_lineage_cache_poisoned_by_case(via: Callable[..., Conn]) -> None:
     """Lineage plans are cached per (RowDescription, fingerprint), and the
     fingerprint folds case as PostgreSQL does: before ed7c8bd the lineage did

@@ -102,6 +102,9 @@ class ResultMasker:
         self.catalog = catalog
         #: The client messages whose answers are still to come, in order.
         self._queue: deque[_Entry] = deque()
+        #: The server skips what the client sends until its next Sync (an
+        #: extended-protocol error came before that Sync was sent).
+        self._skipping = False
         #: A COPY the session turned into a SELECT (masking.copyout): the
         #: next Query is that SELECT, and its rows go out as the COPY's.
         self.pending_copy: CopyOut | None = None
@@ -125,6 +128,12 @@ class ResultMasker:
         """Note what the server will answer; returns what to forward (an
         Execute gets a Describe of its portal in front)."""
         kind = message[0]
+        if self._skipping:
+            # The server skips this (see server_message): nothing to await.
+            if kind == m.SYNC:
+                self._skipping = False
+                self._queue.append((_SYNC, None, None))
+            return message
         if kind == m.QUERY:
             copy, self.pending_copy = self.pending_copy, None
             self._queue.append((_SIMPLE, self._statement_text(_text(message[5:-1])), copy))
@@ -257,9 +266,14 @@ class ResultMasker:
                 self._copying = None
                 if self._queue and self._queue[0][0] != _SIMPLE:
                     # Extended protocol: the server skips everything up to the
-                    # next Sync, a Query sent in between included.
+                    # next Sync, a Query sent in between included. With no
+                    # Sync queued yet (the client's next messages were held,
+                    # for a statement's analysis or review, while the server
+                    # answered those before them), the ones still to come
+                    # are skipped too, up to their Sync.
                     while self._queue and self._queue[0][0] != _SYNC:
                         self._queue.popleft()
+                    self._skipping = not self._queue
             return self._mask_fields(message)
         if kind == m.READY_FOR_QUERY:
             while self._queue:
