@@ -172,25 +172,10 @@ class SqlStore(Store):
         return sum(blocks.verdict_count(verdicts, verdict) * n for verdicts, n in rows)
 
     async def session_events(self, session_id: str) -> list[EventRecord]:
-        sql = (
-            f"SELECT {blocks.READ_COLUMNS} FROM event_blocks WHERE session_id = {self.param}"
-            " ORDER BY first_seq"
-        )
-        rows = await self._fetch(sql, (session_id,))
-        # Off the event loop, which also relays the data path: a session of
-        # 100,000 events takes about a second to parse.
-        return await asyncio.get_running_loop().run_in_executor(None, _events_of, rows)
+        return [e for _, events in await self.session_page(session_id, None, _ALL) for e in events]
 
     async def session_blocks(self, session_id: str) -> list[BlockHead]:
-        sql = (
-            "SELECT first_seq, last_seq, first_at, last_at, events, verdicts FROM event_blocks"
-            f" WHERE session_id = {self.param} ORDER BY first_seq"
-        )
-        rows = await self._fetch(sql, (session_id,))
-        return [
-            BlockHead(int(first), int(last), float(at0), float(at1), int(n), str(verdicts))
-            for first, last, at0, at1, n, verdicts in rows
-        ]
+        return [head for head, _ in await self.session_page(session_id, None, _ALL)]
 
     async def session_page(
         self, session_id: str, after: int | None, limit: int
@@ -204,7 +189,8 @@ class SqlStore(Store):
         )
         params = (session_id, limit) if after is None else (session_id, after, limit)
         rows = await self._fetch(sql, params)
-        # (Off the event loop, as session_events.)
+        # Off the event loop, which also relays the data path: 100,000
+        # events take about a second to parse.
         return await asyncio.get_running_loop().run_in_executor(None, _heads_and_events, rows)
 
     async def _blocks(self, chosen: _Blocks) -> AsyncGenerator[tuple[Any, ...], None]:
@@ -457,6 +443,10 @@ def session_starts(events: Iterable[EventRecord]) -> list[tuple[str, str, str, s
     ]
 
 
+#: A LIMIT no session reaches: session_page for a whole session.
+_ALL = 1 << 62
+
+
 def _heads_and_events(
     rows: Sequence[Sequence[Any]],
 ) -> list[tuple[BlockHead, list[EventRecord]]]:
@@ -469,8 +459,3 @@ def _heads_and_events(
             )
             for r in rows
         ]
-
-
-def _events_of(rows: Sequence[Sequence[Any]]) -> list[EventRecord]:
-    with collector_paused():
-        return [e for row in rows for e in blocks.block_events(row)]
