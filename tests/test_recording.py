@@ -563,6 +563,73 @@ def test_kill_9_loses_no_acknowledged_statement(
     assert "gateway stopped unexpectedly" in session.seal.end_reason
 
 
+@pytest.mark.slow
+def test_a_second_gateway_on_the_same_spool_refuses_to_start(
+    tmp_path: Path, gateway_config: Path, certs: Any, issuer: DevIssuer
+) -> None:
+    """A restart that overlaps the old process, or two gateways given one
+    state directory: the second would replay the first's live spool and
+    seal its open sessions as crashed. It stops at start instead, naming
+    the process that holds the spool; the first's session goes on and ends
+    as it should."""
+    port, other = free_port(), free_port()
+    env = {
+        "HOOPFAST_CONFIG": str(gateway_config),
+        "HOOPFAST_PG_LISTEN": f"127.0.0.1:{port}",
+        "HOOPFAST_API_LISTEN": "off",
+        "HOOPFAST_STATE_DIR": str(tmp_path),
+        "HOOPFAST_TLS_CERT_FILE": str(certs.cert_file),
+        "HOOPFAST_TLS_KEY_FILE": str(certs.key_file),
+        "HOOPFAST_CONFIG_POLL_INTERVAL": "0",
+        "HOOPFAST_STORE_FLUSH_INTERVAL": "0.1",
+    }
+    first = _serve(env, port)
+    who = _person()
+    token = issuer.issue(who, ("analysts",))
+    conninfo = (
+        f"host=127.0.0.1 port={port} dbname=main user={who} password={token}"
+        f" sslmode=verify-full sslrootcert={certs.ca_file}"
+    )
+    try:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+            second = subprocess.run(
+                [sys.executable, "-m", "hoopfast", "serve"],
+                env={**os.environ, **env, "HOOPFAST_PG_LISTEN": f"127.0.0.1:{other}"},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert second.returncode != 0
+            assert f"in use by another gateway process (pid {first.pid})" in second.stderr
+            assert conn.execute("SELECT 2").fetchone() == (2,)
+        session, events = _stored(tmp_path / "hoopfast.db", who)
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(20)
+    assert session.seal is not None
+    assert "gateway stopped unexpectedly" not in session.seal.end_reason
+    assert [json.loads(e.data)["text"] for e in events if e.kind == "statement"] == [
+        "SELECT 1",
+        "SELECT 2",
+    ]
+    # Once the first has stopped, the spool is free.
+    third = _serve(env, port)
+    third.send_signal(signal.SIGTERM)
+    assert third.wait(20) == 0
+
+
+def test_the_spool_lock_goes_with_its_holder(tmp_path: Path) -> None:
+    from hoopfast.recording.spool import Spool, SpoolError
+
+    held = Spool(tmp_path / "spool", 1 << 20)
+    holder = rf"in use by another gateway process \(pid {os.getpid()}\)"
+    with pytest.raises(SpoolError, match=holder):
+        Spool(tmp_path / "spool", 1 << 20)
+    held.close()
+    Spool(tmp_path / "spool", 1 << 20).close()
+
+
 @contextmanager
 def _small_tmpfs(path: Path, size: str) -> Iterator[None]:
     """A filesystem of its own for ``path``, ``size`` big, so that a test can
@@ -787,16 +854,17 @@ def test_recorder_stores_the_open_segment_without_closing_it(tmp_path: Path) -> 
         for i in range(3):
             session.statement("allow", {"text": f"SELECT {i}"})
         await first._flush()
-        segments = sorted(spool.iterdir())
+        segments = sorted(spool.glob("*.spool"))
         assert len(segments) == 1
         assert len(await store.session_events("s1")) == 4
         session.statement("allow", {"text": "SELECT 3"})
         await first._flush()
-        assert sorted(spool.iterdir()) == segments, "the open segment was rotated"
+        assert sorted(spool.glob("*.spool")) == segments, "the open segment was rotated"
         assert len(await store.session_events("s1")) == 5
         # A crash: the process is gone without closing anything.
         first.spool._fd, fd = -1, first.spool._fd
         os.close(fd)
+        first.spool.unlock()
         second = recorder_on(store)
         await second.start()  # replays the segment, seals the session
         await second.close()
@@ -807,7 +875,7 @@ def test_recorder_stores_the_open_segment_without_closing_it(tmp_path: Path) -> 
         assert [e.seq for e in events] == list(range(6))  # 5 + the recovered end
         assert row.statements == 4 and row.stored_events == 6
         assert verify_session("s1", events, row.seal, keys) is None
-        assert list(spool.iterdir()) == []
+        assert list(spool.glob("*.spool")) == []
 
     asyncio.run(scenario())
 
@@ -837,7 +905,7 @@ def test_spool_bound_counts_only_what_the_store_has_not_taken(tmp_path: Path) ->
                 assert not recorder.full
                 await recorder._flush()
                 assert recorder.spool.pending_bytes == 0
-        assert len(list((tmp_path / "spool").iterdir())) == 1
+        assert len(list((tmp_path / "spool").glob("*.spool"))) == 1
         session.end("client closed")
         await recorder.close()
         (row,) = await store.sessions(EventFilter(subject="alice"))

@@ -67,6 +67,7 @@ def _crash(recorder: rec.Recorder) -> None:
     for fd in [*spool._unsettled, spool._fd]:
         os.close(fd)
     spool._unsettled, spool._fd = [], -1
+    spool.unlock()  # (its flock with it)
 
 
 async def _trail(store: SqliteStore, session_id: str) -> tuple[SessionRow, list[EventRecord], Any]:
@@ -400,7 +401,7 @@ def test_close_during_a_flush_still_moves_everything_to_the_store(tmp_path: Path
             if closing:
                 break
         await closing[0]
-        left = sorted(p.name for p in (tmp_path / "spool").iterdir())
+        left = sorted(p.name for p in (tmp_path / "spool").glob("*.spool"))
         row = await store.session("s1")
         await store.close()
         assert row is not None
@@ -430,7 +431,7 @@ def test_statements_racing_the_flusher_all_reach_the_store(tmp_path: Path) -> No
                 await asyncio.sleep(0.005)
         session.end("client closed")
         await recorder.close()
-        left = len(list((tmp_path / "spool").iterdir()))
+        left = len(list((tmp_path / "spool").glob("*.spool")))
         row, events, problem = await _trail(store, "s1")
         await store.close()
         assert (row.statements, len(events), left) == (2000, 2002, 0), problem

@@ -82,20 +82,23 @@ async def start_runtime(
                 signer = Signer.load_or_create(key_file)
             except (OSError, ValueError) as e:
                 raise ConfigurationError(f"recording key {key_file}: {e}") from None
-            recorder = Recorder(
-                store,
-                settings.spool_dir or settings.state_dir / "spool",
-                signer,
-                RecorderOptions(
-                    fsync=settings.spool_fsync,
-                    fsync_interval=settings.spool_fsync_interval,
-                    max_bytes=settings.spool_max_bytes,
-                    segment_bytes=settings.spool_segment_bytes,
-                    flush_interval=settings.store_flush_interval,
-                    on_full=settings.recording_on_full,
-                    on_store_error=metrics.recording_store_error,
-                ),
-            )
+            try:
+                recorder = Recorder(
+                    store,
+                    settings.spool_dir or settings.state_dir / "spool",
+                    signer,
+                    RecorderOptions(
+                        fsync=settings.spool_fsync,
+                        fsync_interval=settings.spool_fsync_interval,
+                        max_bytes=settings.spool_max_bytes,
+                        segment_bytes=settings.spool_segment_bytes,
+                        flush_interval=settings.store_flush_interval,
+                        on_full=settings.recording_on_full,
+                        on_store_error=metrics.recording_store_error,
+                    ),
+                )
+            except OSError as e:  # (SpoolError: in use by another gateway, ...)
+                raise ConfigurationError(f"recording spool: {e}") from None
             await recorder.start()
             spool = recorder.spool
             metrics.read_spool_bytes = lambda: spool.pending_bytes

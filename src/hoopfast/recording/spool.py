@@ -15,6 +15,8 @@ and deletes a segment once the store has all of it.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import struct
 import zlib
@@ -24,6 +26,8 @@ from pathlib import Path
 #: A record's frame: length and CRC-32 (hoopfast.core.frame writes it).
 _HEADER = struct.Struct(">II")
 _SUFFIX = ".spool"
+#: Held (flock) by the one process that writes the spool.
+_LOCK = "lock"
 
 
 class SpoolError(OSError):
@@ -35,6 +39,7 @@ class Spool:
         self.directory = directory
         self.segment_bytes = segment_bytes
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock_fd = _lock(directory / _LOCK)
         existing = self.segments()
         self._number = int(existing[-1].stem) + 1 if existing else 1
         #: Bytes in all segments (what the store has not acknowledged yet).
@@ -160,14 +165,50 @@ class Spool:
         try:
             self.settle()
         finally:
-            if self._fd >= 0:
-                try:
-                    os.fsync(self._fd)
-                finally:
-                    os.close(self._fd)
-                    self._fd = -1
-                if self._size == 0:
-                    self.current.unlink(missing_ok=True)
+            try:
+                if self._fd >= 0:
+                    try:
+                        os.fsync(self._fd)
+                    finally:
+                        os.close(self._fd)
+                        self._fd = -1
+                    if self._size == 0:
+                        self.current.unlink(missing_ok=True)
+            finally:
+                self.unlock()
+
+    def unlock(self) -> None:
+        """Let another process take the spool (the kernel does it too when
+        this one dies)."""
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+
+def _lock(path: Path) -> int:
+    """Take the spool for this process, or raise SpoolError naming the
+    process that has it. Two writers would interleave segments, and the
+    second replays the first's live sessions at start and seals them as
+    crashed (a restart that overlaps the old process, two gateways given
+    one state directory). flock, not a pid file: the kernel drops it with
+    the process, however it ends."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        holder = os.read(fd, 32).decode("ascii", "replace").strip()
+        os.close(fd)
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise SpoolError(e.errno, f"cannot lock the recording spool: {e.strerror}") from None
+        raise SpoolError(
+            errno.EBUSY,
+            f"the recording spool {path.parent} is in use by another gateway process"
+            + (f" (pid {holder})" if holder.isdigit() else "")
+            + ": give each gateway its own state directory or HOOPFAST_SPOOL_DIR",
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def read_segment(path: Path) -> Iterator[bytes]:
