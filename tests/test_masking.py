@@ -874,3 +874,22 @@ def test_pg_dump_and_psql_copy_get_masked_data(gw: RunningGateway, cluster: DevC
     )
     assert copy.returncode == 0, copy.stderr
     assert copy.stdout.splitlines()[:2] == [f"{ANN_EMAIL},****", "b*@example.org,****"]
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ('{"to": "a\\u0040example.com"}', '{"to": "[REDACTED:email]"}'),
+        ("card \\u0034111111111111111", "card [REDACTED:card]"),
+        # A UTF-16 pair of escapes is one character.
+        ("\\ud83d\\ude00 b\\u0040example.com", "\U0001f600 [REDACTED:email]"),
+        # Escapes that hide nothing stay as sent; so does what only looks like one.
+        ('{"n": "caf\\u00e9"}', '{"n": "caf\\u00e9"}'),
+        ("C:\\users\\x and \\u12", "C:\\users\\x and \\u12"),
+        ("plain a@example.com", "plain [REDACTED:email]"),
+    ],
+)
+def test_free_text_escapes_do_not_hide_values(text: str, shown: str) -> None:
+    from hoopfast.masking.rules import every_detector
+
+    assert every_detector(b"k" * 32).mask_text(text) == shown

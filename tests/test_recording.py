@@ -205,6 +205,26 @@ def test_extended_protocol_texts_parameters_and_results(idle_gateway: RunningGat
     assert not any("never runs" in e["text"] for e in events)
 
 
+def test_json_escapes_do_not_hide_a_parameter_from_the_detectors(
+    idle_gateway: RunningGateway,
+) -> None:
+    """The json type keeps its text as sent, escapes included: an address
+    written with \\u0040 for its @ is still an address. The trail shows
+    such a value decoded and masked; one whose escapes hide nothing stays
+    as sent."""
+    gw = idle_gateway
+    who = _person()
+    hidden = '{"to": "a\\u0040example.com", "n": "caf\\u00e9"}'
+    harmless = '{"n": "caf\\u00e9"}'
+    with psycopg.connect(gw.conninfo(token=gw.token(who), user=who), autocommit=True) as conn:
+        (echoed,) = conn.execute("SELECT %s::json", (hidden,)).fetchone() or (None,)
+        assert echoed == {"to": "a@example.com", "n": "café"}
+        conn.execute("SELECT %s::json AS harmless", (harmless,)).fetchall()
+    events = statements(trail(gw, sealed_session(gw, who)))
+    assert events[0]["params"] == ['{"to": "[REDACTED:email]", "n": "café"}']
+    assert events[1]["params"] == [harmless]
+
+
 def test_asyncpg_binary_parameters_reach_the_trail_masked(idle_gateway: RunningGateway) -> None:
     """asyncpg binds every value in binary format and Describes each
     statement: the detectors still see a string, and an int8 as its digits
@@ -493,6 +513,30 @@ def _serve(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
             time.sleep(0.1)
 
 
+def _serve_env(
+    config: Path, state_dir: Path, certs: Any, port: int, flush_interval: str
+) -> dict[str, str]:
+    """The environment of a ``hoopfast serve`` of these tests (_serve)."""
+    return {
+        "HOOPFAST_CONFIG": str(config),
+        "HOOPFAST_PG_LISTEN": f"127.0.0.1:{port}",
+        "HOOPFAST_API_LISTEN": "off",
+        "HOOPFAST_STATE_DIR": str(state_dir),
+        "HOOPFAST_TLS_CERT_FILE": str(certs.cert_file),
+        "HOOPFAST_TLS_KEY_FILE": str(certs.key_file),
+        "HOOPFAST_CONFIG_POLL_INTERVAL": "0",
+        "HOOPFAST_STORE_FLUSH_INTERVAL": flush_interval,
+    }
+
+
+def _conninfo(port: int, who: str, issuer: DevIssuer, certs: Any) -> str:
+    token = issuer.issue(who, ("analysts",))
+    return (
+        f"host=127.0.0.1 port={port} dbname=main user={who} password={token}"
+        f" sslmode=verify-full sslrootcert={certs.ca_file}"
+    )
+
+
 def _stored(db: Path, subject: str, timeout: float = 20.0) -> tuple[SessionRow, list[EventRecord]]:
     from hoopfast.store.sqlite import SqliteStore
 
@@ -524,25 +568,11 @@ def test_kill_9_loses_no_acknowledged_statement(
     store yet; the next start replays the spool: every statement the client
     saw acknowledged is there, and the session is sealed as cut short."""
     port = free_port()
-    env = {
-        "HOOPFAST_CONFIG": str(gateway_config),
-        "HOOPFAST_PG_LISTEN": f"127.0.0.1:{port}",
-        "HOOPFAST_API_LISTEN": "off",
-        "HOOPFAST_STATE_DIR": str(tmp_path),
-        "HOOPFAST_TLS_CERT_FILE": str(certs.cert_file),
-        "HOOPFAST_TLS_KEY_FILE": str(certs.key_file),
-        "HOOPFAST_CONFIG_POLL_INTERVAL": "0",
-        # Nothing reaches the store before the kill: all of it is in the spool.
-        "HOOPFAST_STORE_FLUSH_INTERVAL": "3600",
-    }
+    # Nothing reaches the store before the kill: all of it is in the spool.
+    env = _serve_env(gateway_config, tmp_path, certs, port, "3600")
     process = _serve(env, port)
     who = _person()
-    token = issuer.issue(who, ("analysts",))
-    conninfo = (
-        f"host=127.0.0.1 port={port} dbname=main user={who} password={token}"
-        f" sslmode=verify-full sslrootcert={certs.ca_file}"
-    )
-    conn = psycopg.connect(conninfo, autocommit=True)
+    conn = psycopg.connect(_conninfo(port, who, issuer, certs), autocommit=True)
     try:
         for i in range(20):
             assert conn.execute("SELECT %s::int", (i,)).fetchone() == (i,)
@@ -573,25 +603,11 @@ def test_a_second_gateway_on_the_same_spool_refuses_to_start(
     the process that holds the spool; the first's session goes on and ends
     as it should."""
     port, other = free_port(), free_port()
-    env = {
-        "HOOPFAST_CONFIG": str(gateway_config),
-        "HOOPFAST_PG_LISTEN": f"127.0.0.1:{port}",
-        "HOOPFAST_API_LISTEN": "off",
-        "HOOPFAST_STATE_DIR": str(tmp_path),
-        "HOOPFAST_TLS_CERT_FILE": str(certs.cert_file),
-        "HOOPFAST_TLS_KEY_FILE": str(certs.key_file),
-        "HOOPFAST_CONFIG_POLL_INTERVAL": "0",
-        "HOOPFAST_STORE_FLUSH_INTERVAL": "0.1",
-    }
+    env = _serve_env(gateway_config, tmp_path, certs, port, "0.1")
     first = _serve(env, port)
     who = _person()
-    token = issuer.issue(who, ("analysts",))
-    conninfo = (
-        f"host=127.0.0.1 port={port} dbname=main user={who} password={token}"
-        f" sslmode=verify-full sslrootcert={certs.ca_file}"
-    )
     try:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
+        with psycopg.connect(_conninfo(port, who, issuer, certs), autocommit=True) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
             second = subprocess.run(
                 [sys.executable, "-m", "hoopfast", "serve"],

@@ -22,6 +22,7 @@ version byte and then its text, which the engine masks as json.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
@@ -337,10 +338,44 @@ def _type_oid(name: str, catalog: Catalog) -> int:
     return oid
 
 
-def every_detector(key: bytes) -> MaskPlanType:
-    """A plan for free text that runs every detector: for texts that may quote
-    any value (errors, notices, the parameters the audit trail records)."""
-    return core.MaskPlan([], key, list(DETECTORS))
+def every_detector(key: bytes) -> FreeText:
+    """Every detector over free text: for texts that may quote any value
+    (errors, notices, the parameters the audit trail records)."""
+    return FreeText(core.MaskPlan([], key, list(DETECTORS)))
+
+
+#: A \uXXXX escape (JSON's, which PostgreSQL's json type keeps as sent).
+_UNICODE_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
+
+
+class FreeText:
+    """A detectors-only plan's ``mask_text``, which escapes cannot defeat: a
+    text with \\uXXXX escapes (``{"to": "a\\u0040example.com"}``, a json
+    parameter) is read with them decoded too, and if that finds what the
+    text as sent hid, it is shown decoded, masked. (Decoded only then: a
+    value is shown as sent wherever the escapes hide nothing.)"""
+
+    __slots__ = ("_plan",)
+
+    def __init__(self, plan: MaskPlanType) -> None:
+        self._plan = plan
+
+    def mask_text(self, text: str) -> str:
+        masked = self._plan.mask_text(text)
+        if "\\u" not in text:
+            return masked
+        decoded = _decode_escapes(text)
+        if decoded == text:
+            return masked
+        revealed = self._plan.mask_text(decoded)
+        return masked if revealed == decoded else revealed
+
+
+def _decode_escapes(text: str) -> str:
+    """``text`` with its \\uXXXX escapes decoded (a UTF-16 pair of them as
+    one character; a lone surrogate as U+FFFD)."""
+    out = _UNICODE_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text)
+    return out.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 def masks_for(
