@@ -426,6 +426,14 @@ cdef class _Entry:
     cdef long long ends
     #: A Parse's: what its name meant before it (see the reference).
     cdef object previous
+    #: A Parse's: the session's undo (see the reference).
+    cdef object undo
+
+
+cdef _run(list undos):
+    """(See the reference.)"""
+    for undo in reversed(undos):
+        undo()
 
 
 cdef _Entry _named_entry(int kind, bytes message):
@@ -686,17 +694,21 @@ cdef class Trail:
             return
         self._push_end(_entry(_K_SIMPLE, _start(f"-- function call, oid {oid}", verdict, None)))
 
-    def parse(self, name, text, verdict, message=None):
+    def parse(self, name, text, verdict, message=None, undo=None):
         """(See the reference.)"""
-        self._parse(name, text, verdict, message)
+        self._parse(name, text, verdict, message, undo)
 
-    cdef _parse(self, bytes name, text, verdict, bytes message):
+    cdef _parse(self, bytes name, text, verdict, bytes message, undo=None):
         # (fast_statement calls this without a Python method call per Parse.)
         if self._skipping:
+            if undo is not None:
+                undo()  # (the server skips it)
             return
         cdef _Entry e = _entry(_K_PARSE, _start(text, verdict, None))
         cdef tuple known
         e.name = name
+        e.ends = self._ends
+        e.undo = undo
         # (See the reference: a name the session has keeps its statement.)
         if name == b"" or name not in self._statements or self._dropped_before(name):
             e.previous = self._statements.get(name)
@@ -729,26 +741,25 @@ cdef class Trail:
                 return True
         return False
 
-    cdef _unparsed(self, _Entry entry, bint skipped):
+    cdef _unparsed(self, _Entry entry, bint skipped, list undos):
         """(See the reference.)"""
+        if entry.undo is not None:
+            undos.append(entry.undo)
         if entry.meant is None or self._statements.get(entry.name) is not entry.meant:
             return
         self._forget_statement(entry.name, entry.meant)
         if skipped and entry.previous is not None:
             self._statements[entry.name] = entry.previous
 
-    def pending(self):
+    def unsettled(self, bytes name):
         """(See the reference.)"""
-        cdef list out = []
         cdef _Entry e
         cdef Py_ssize_t i
         for i in range(self._head, PyList_GET_SIZE(self._queue)):
             e = self._queue[i]
-            if e.kind == _K_PARSE:
-                out.append(e.name)
-            elif e.kind == _K_SYNC or e.kind == _K_SIMPLE:
-                out.append(None)
-        return out
+            if e.kind == _K_PARSE and e.ends < self._ends and e.name == name:
+                return True
+        return False
 
     def fast_statement(self, int type_code, message, text, verdict):
         """A Query, or an unnamed Parse, that the relay's fast path passed
@@ -923,23 +934,31 @@ cdef class Trail:
         cdef Statement st
         cdef _Portal p
         cdef int kind
+        while head is not None and head.kind == _K_COPY_END:
+            # (See the reference: nothing answers it.)
+            self._popleft()
+            head = self._peek()
         if head is not None and head.statement is not None:
             head.statement.server_bytes += PyBytes_GET_SIZE(data)
         if type_code == _DATA_ROW:
             if head is not None:
                 self._rows(head.statement, data)
             return
+        cdef list undos
         if type_code == _READY_FOR_QUERY:
+            undos = []
             while self._head < PyList_GET_SIZE(self._queue):
                 entry = self._popleft()
                 if entry.kind == _K_PARSE:
-                    self._unparsed(entry, True)  # (never answered)
+                    self._unparsed(entry, True, undos)  # (never answered)
                 if entry.kind == _K_SIMPLE or entry.kind == _K_SYNC:
                     if PyBytes_GET_SIZE(data) > 5 and PyBytes_AS_STRING(data)[5] == 73:  # I
                         self._transaction_ended(entry.ends)
                     if entry.kind == _K_SIMPLE:
                         self._finish(entry.statement)
-                    return
+                    break
+            if undos:
+                _run(undos)
             return
         if head is None:
             return
@@ -1188,8 +1207,9 @@ cdef class Trail:
             return
         # Extended: this message failed; the server skips the rest up to Sync.
         self._popleft()
+        cdef list undos = []
         if head.kind == _K_PARSE:
-            self._unparsed(head, False)
+            self._unparsed(head, False, undos)
         st = head.statement
         if head.kind == _K_BIND:
             # A Bind that fails (or a refused one's stand-in): the statement
@@ -1212,7 +1232,9 @@ cdef class Trail:
                 break
             self._popleft()
             if head.kind == _K_PARSE:
-                self._unparsed(head, True)
+                self._unparsed(head, True, undos)
+        if undos:
+            _run(undos)
 
     def abandon(self):
         """(See the reference.)"""

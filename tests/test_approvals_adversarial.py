@@ -250,6 +250,36 @@ def test_sql_prepare_then_execute_needs_a_review_each(
     assert rows(cluster, table) == []
 
 
+def test_a_protocol_bind_of_an_sql_prepared_statement_is_judged(
+    anygw: RunningGateway, cluster: DevCluster
+) -> None:
+    """SQL PREPARE and the protocol's Parse share one namespace: a Bind of
+    a name PREPARE made runs its statement, as EXECUTE does. The approval
+    of the PREPARE approved preparing it, not running it (found in review:
+    Bind/Execute of it ran every time, unjudged). One EXECUTE would refuse
+    is refused; one it would allow runs."""
+    who = person("requester")
+    table = shared_table(cluster)
+    with raw(anygw, "deferred", who) as client:
+        prepare = query(f"PREPARE p AS INSERT INTO {table} VALUES (1)")
+        client.send(prepare)
+        assert [e["C"] for e in errors(client.read_until_ready())] == ["42501"]
+        decide(anygw, pending_review(anygw, who).review_id, "approver")
+        client.send(prepare)
+        assert not errors(client.read_until_ready())
+        for _ in range(3):
+            client.send(bind("p") + execute() + sync())
+            refused = errors(client.read_until_ready())
+            assert [e["C"] for e in refused] == ["42501"], refused
+            assert "EXECUTE" in refused[0]["M"]
+        client.send(query("PREPARE q AS SELECT 7"))
+        assert not errors(client.read_until_ready())
+        client.send(bind("q") + execute() + sync())
+        reply = client.read_until_ready()
+        assert not errors(reply) and [k for k, _ in reply] == ["2", "D", "C", "Z"]
+    assert rows(cluster, table) == []
+
+
 def test_asyncpg_prepared_statement_runs_once(gw: RunningGateway, cluster: DevCluster) -> None:
     """asyncpg prepares everything (named statements, cached), and
     executemany pipelines Binds of one statement."""
@@ -319,6 +349,83 @@ def test_unnamed_reparse_skipped_by_the_server_does_not_reset_one_run(
             client.send(bind() + execute() + sync())
             client.read_until_ready()
     assert rows(cluster, table) == [(1,)]
+
+
+def test_a_query_skipped_with_an_unnamed_reparse_does_not_reset_one_run(
+    anygw: RunningGateway, cluster: DevCluster
+) -> None:
+    """As above with a simple Query before the Sync: the server skips it
+    too, so it ends no Sync group (only the Sync gets a ReadyForQuery). The
+    session's ledger once counted it as one, settled the skipped Parse a
+    group late and held the next Bind for an answer that never came."""
+    who = person("requester")
+    table = shared_table(cluster)
+    with raw(anygw, "wait", who) as client:
+        client.send(parse("", f"INSERT INTO {table} VALUES (1)") + bind() + execute() + sync())
+        decide(anygw, pending_review(anygw, who).review_id, "approver")
+        assert not errors(client.read_until_ready())
+        for _ in range(2):
+            client.send(
+                bind("no_such_statement")
+                + execute()
+                + query("SELECT 'skipped'")
+                + parse("", "SELECT 1")
+                + sync()
+            )
+            assert [e["C"] for e in errors(client.read_until_ready())] == ["26000"]
+            client.send(bind() + execute() + sync())
+            assert [e["C"] for e in errors(client.read_until_ready())] == ["42501"]
+    assert rows(cluster, table) == [(1,)]
+
+
+def test_a_stray_copy_done_does_not_reset_one_run(
+    anygw: RunningGateway, cluster: DevCluster
+) -> None:
+    """The server ignores a CopyDone outside COPY: it takes no answer, and
+    must not take the place of the held Parse's (which was then undone as
+    never answered, and the statement ran without limit; found in review)."""
+    who = person("requester")
+    table = shared_table(cluster)
+    with raw(anygw, "wait", who) as client:
+        client.send(m.build(m.COPY_DONE) + parse("x", f"INSERT INTO {table} VALUES (1)") + sync())
+        decide(anygw, pending_review(anygw, who).review_id, "approver")
+        assert not errors(client.read_until_ready())
+        for _ in range(3):
+            client.send(bind("x") + execute() + sync())
+            client.read_until_ready()
+    assert rows(cluster, table) == [(1,)]
+
+
+def test_a_parse_skipped_late_does_not_undo_a_later_approval(
+    anygw: RunningGateway, cluster: DevCluster
+) -> None:
+    """An approved Parse of x sits behind a slow statement and a Bind that
+    will fail, so the server will skip it; meanwhile the client parses x
+    again, approved again. The first Parse's undo (restoring what was before
+    it) once ran after the second's approval and took it back: the second
+    statement then ran without limit (found in review). A Parse of a name
+    now waits for the answer to an earlier group's Parse of it."""
+    who = person("requester")
+    table = shared_table(cluster)
+    with raw(anygw, "wait", who) as client:
+        client.send(
+            parse("", "SELECT pg_sleep(1.5)")
+            + bind()
+            + execute()
+            + bind("no_such_statement")
+            + execute()
+            + parse("x", f"INSERT INTO {table} VALUES (1)")
+            + sync()
+        )
+        decide(anygw, pending_review(anygw, who).review_id, "approver")
+        client.send(parse("x", f"INSERT INTO {table} VALUES (2)") + sync())
+        decide(anygw, pending_review(anygw, who).review_id, "approver")
+        assert [e["C"] for e in errors(client.read_until_ready())] == ["26000"]
+        assert not errors(client.read_until_ready())
+        for _ in range(3):
+            client.send(bind("x") + execute() + sync())
+            client.read_until_ready()
+    assert rows(cluster, table) == [(2,)]
 
 
 # -- access grants: nothing outlives the window -----------------------------------------

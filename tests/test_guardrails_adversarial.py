@@ -403,6 +403,7 @@ def _reload_gateway(
     issuer: DevIssuer,
     make_settings: Callable[..., Settings],
     certs: CertFiles,
+    **settings: Any,
 ) -> tuple[Callable[[dict[str, Any]], None], Any]:
     config = tmp_path / "reload.toml"
 
@@ -410,7 +411,22 @@ def _reload_gateway(
         write_config(config, issuer.jwks_file, {"adv_rl": {**adv_base, "grants": grants}})
 
     write({"analyst": {}})
-    return write, run_gateway(make_settings(config=config), issuer, certs)
+    return write, run_gateway(make_settings(config=config, **settings), issuer, certs)
+
+
+def _prepared_then_denied(
+    raw: RawClient,
+    running: RunningGateway,
+    write: Callable[[dict[str, Any]], None],
+    tmp_path: Path,
+) -> None:
+    """Prepare "leak" (reading adv_secret), then reload a policy that
+    denies adv_secret."""
+    raw.startup("adv_rl", running.token())
+    raw.send(parse("leak", "SELECT salary FROM adv_secret LIMIT 1") + SYNC)
+    assert kinds(raw.read_until_ready()) == ["1", "Z"]
+    write({"analyst": {"deny_tables": ["adv_secret"]}})
+    assert running.call(lambda: running.gateway.reload_file(tmp_path / "reload.toml"))
 
 
 def test_reload_does_not_reach_already_parsed_statements(
@@ -475,17 +491,13 @@ def test_a_skipped_parse_does_not_lift_a_revocation_on_a_recorded_session(
     that fails and, in the same Sync group, a Parse of the revoked name. The
     server skips that Parse, so the name still holds the revoked statement:
     a Bind of it must still be refused. (The session follows the server's
-    answers, hoopfast.proxy.postgres.ledger, also on connections without
+    answers, through its trail (Trail.unsettled), also on connections without
     approvals when recording: found by a review after the relay's fast path
     was opened to recorded sessions without it.)"""
     write, gateway = _reload_gateway(tmp_path, adv_base, issuer, make_settings, certs)
     with gateway as running, RawClient(running.host, running.port, ca_file=certs.ca_file) as raw:
         assert running.gateway.recorder is not None, "recording must be on"
-        raw.startup("adv_rl", running.token())
-        raw.send(parse("leak", "SELECT salary FROM adv_secret LIMIT 1") + SYNC)
-        assert kinds(raw.read_until_ready()) == ["1", "Z"]
-        write({"analyst": {"deny_tables": ["adv_secret"]}})
-        assert running.call(lambda: running.gateway.reload_file(tmp_path / "reload.toml"))
+        _prepared_then_denied(raw, running, write, tmp_path)
         raw.send(bind("leak") + execute() + SYNC)
         assert sqlstates(raw.read_until_ready()) == ["42501"]
         raw.send(bind("no_such_statement") + parse("leak", "SELECT 1") + SYNC)
@@ -494,6 +506,100 @@ def test_a_skipped_parse_does_not_lift_a_revocation_on_a_recorded_session(
         reply = raw.read_until_ready()
         assert "D" not in kinds(reply), f"a revoked statement ran after a skipped Parse: {reply}"
         assert sqlstates(reply) == ["42501"]
+
+
+def test_a_query_the_server_skips_after_an_error_does_not_desync_the_revocations(
+    tmp_path: Path,
+    adv_base: dict[str, Any],
+    issuer: DevIssuer,
+    make_settings: Callable[..., Settings],
+    certs: CertFiles,
+) -> None:
+    """As above, with a simple Query between the failing Bind and the Parse:
+    the server skips the Query too (it is before the Sync), so only the Sync
+    gets a ReadyForQuery. The ledger the session had counted the Query as a
+    group the server would answer: the skipped Parse stayed unsettled, and
+    the next Bind of its name was held for an answer that never came (the
+    session hung). The Bind is judged at once now, and refused."""
+    write, gateway = _reload_gateway(tmp_path, adv_base, issuer, make_settings, certs)
+    with gateway as running, RawClient(running.host, running.port, ca_file=certs.ca_file) as raw:
+        _prepared_then_denied(raw, running, write, tmp_path)
+        raw.send(
+            bind("no_such_statement")
+            + execute()
+            + msg("Q", b"SELECT 'skipped'\0")
+            + parse("leak", "SELECT 1")
+            + SYNC
+        )
+        assert sqlstates(raw.read_until_ready()) == ["26000"]
+        raw.send(bind("leak") + execute() + SYNC)
+        reply = raw.read_until_ready()
+        assert "D" not in kinds(reply), f"a revoked statement ran after a skipped Parse: {reply}"
+        assert sqlstates(reply) == ["42501"]
+        raw.send(parse("fresh", "SELECT 2") + bind("fresh") + execute() + SYNC)
+        assert kinds(raw.read_until_ready()) == ["1", "2", "D", "C", "Z"]
+
+
+def test_an_unrecorded_session_ends_when_a_reload_changes_its_grants(
+    tmp_path: Path,
+    adv_base: dict[str, Any],
+    issuer: DevIssuer,
+    make_settings: Callable[..., Settings],
+    certs: CertFiles,
+) -> None:
+    """With recording off (and no approvals on the connection) nothing
+    follows the server's answers, so the session could not tell a Parse the
+    server skipped from one it ran: a skipped Parse of a revoked name lifted
+    the revocation, and the revoked statement ran (found in review: the
+    salary came back). Such a session ends at the reload instead."""
+    write, gateway = _reload_gateway(
+        tmp_path, adv_base, issuer, make_settings, certs, recording=False
+    )
+    with gateway as running, RawClient(running.host, running.port, ca_file=certs.ca_file) as raw:
+        _prepared_then_denied(raw, running, write, tmp_path)
+        kind, body = raw.read_message()
+        assert kind == "E" and error_fields(body)["C"] == "57P01", (kind, body)
+        assert "access rules changed" in error_fields(body)["M"]
+    settings = make_settings(config=tmp_path / "reload.toml", recording=False)
+    with (
+        run_gateway(settings, issuer, certs) as running,
+        RawClient(running.host, running.port, ca_file=certs.ca_file) as raw,
+    ):
+        # A reload that changes nothing for the session keeps it.
+        raw.startup("adv_rl", running.token())
+        assert running.call(lambda: running.gateway.reload_file(tmp_path / "reload.toml"))
+        raw.send(parse("fine", "SELECT 1") + bind("fine") + execute() + SYNC)
+        assert kinds(raw.read_until_ready()) == ["1", "2", "D", "C", "Z"]
+
+
+def test_a_reload_reaches_statements_the_session_forgot(
+    tmp_path: Path,
+    adv_base: dict[str, Any],
+    issuer: DevIssuer,
+    make_settings: Callable[..., Settings],
+    certs: CertFiles,
+) -> None:
+    """The session remembers what at most 10,000 prepared statements do;
+    past that it forgets the oldest, and a reload cannot revoke what it
+    forgot (found in review: the salary came back). After a reload that
+    changes the rules, a Bind of a name it does not know is refused as
+    prepared before it; a name prepared again is judged again."""
+    write, gateway = _reload_gateway(tmp_path, adv_base, issuer, make_settings, certs)
+    with gateway as running, RawClient(running.host, running.port, ca_file=certs.ca_file) as raw:
+        raw.startup("adv_rl", running.token())
+        fillers = b"".join(parse(f"f{i}", "SELECT 1") for i in range(10_000))
+        raw.send(parse("leak", "SELECT salary FROM adv_secret LIMIT 1") + fillers + SYNC)
+        assert kinds(raw.read_until_ready()) == ["1"] * 10_001 + ["Z"]
+        write({"analyst": {"deny_tables": ["adv_secret"]}})
+        assert running.call(lambda: running.gateway.reload_file(tmp_path / "reload.toml"))
+        raw.send(bind("leak") + execute() + SYNC)
+        reply = raw.read_until_ready()
+        assert "D" not in kinds(reply), f"a forgotten statement ran after a reload: {reply}"
+        assert sqlstates(reply) == ["42501"]
+        raw.send(bind("f9999") + execute() + SYNC)  # (remembered: judged, still allowed)
+        assert kinds(raw.read_until_ready()) == ["2", "D", "C", "Z"]
+        raw.send(parse("fresh", "SELECT 2") + bind("fresh") + execute() + SYNC)
+        assert kinds(raw.read_until_ready()) == ["1", "2", "D", "C", "Z"]
 
 
 # -- bypasses shown on the policy engine alone -------------------------------------

@@ -221,11 +221,15 @@ class _Entry:
     #: A Close's or a statement Describe's: what its name meant when the
     #: client sent it (a Parse or Bind sent after may give it a new meaning).
     meant: Any = None
-    #: A Sync's (or Query's): its number among them (Trail._ends).
+    #: A Sync's (or Query's): its number among them (Trail._ends); a
+    #: Parse's: how many were sent before it (see Trail.unsettled).
     ends: int = 0
     #: A Parse's: what its name meant before it (restored should the server
     #: skip the Parse).
     previous: Any = None
+    #: A Parse's: the session's undo of what it changed for the Parse (called
+    #: should the Parse fail or be skipped; see Trail.parse).
+    undo: Any = None
 
 
 class Tally:
@@ -392,12 +396,26 @@ class Trail:
             )
         )
 
-    def parse(self, name: bytes, text: str, verdict: Any, message: bytes | None = None) -> None:
+    def parse(
+        self,
+        name: bytes,
+        text: str,
+        verdict: Any,
+        message: bytes | None = None,
+        undo: Any = None,
+    ) -> None:
         """A Parse (``message``, when given: the types it declares are the
-        parameters' types until a ParameterDescription says otherwise)."""
+        parameters' types until a ParameterDescription says otherwise).
+        ``undo``: what to call should the server not carry it out (it fails,
+        or is skipped after an earlier error up to Sync): the session's
+        bookkeeping of what may run under the name (approved for one run,
+        revoked) changes as the Parse is sent. Undos run newest first."""
         if self._skipping:
+            if undo is not None:
+                undo()  # (the server skips it)
             return
-        entry = _Entry(_K_PARSE, self._start(text, verdict, None), name)
+        entry = _Entry(_K_PARSE, self._start(text, verdict, None), name, ends=self._ends)
+        entry.undo = undo
         # A Parse of a name the session still has fails (42P05) and leaves
         # the old statement (unless what is queued before it drops the name:
         # a Close, a DEALLOCATE). Otherwise the name means the new text from
@@ -429,27 +447,25 @@ class Trail:
                 return True
         return False
 
-    def _unparsed(self, entry: _Entry, skipped: bool) -> None:
+    def _unparsed(self, entry: _Entry, skipped: bool, undos: list[Any]) -> None:
         """A Parse that failed (its name now means nothing: the server drops
         a statement it could not make, the unnamed one included) or that
-        the server skipped (the name means what it meant before)."""
+        the server skipped (the name means what it meant before). Its undo
+        goes to ``undos``, which the caller runs newest first."""
+        if entry.undo is not None:
+            undos.append(entry.undo)
         if entry.meant is None or self._statements.get(entry.name) is not entry.meant:
             return
         self._forget_statement(entry.name, entry.meant)
         if skipped and entry.previous is not None:
             self._statements[entry.name] = entry.previous
 
-    def pending(self) -> list[bytes | None]:
-        """What the server has yet to answer that settles Parses, in order:
-        each Parse's statement name, None for each Sync (or simple Query or
-        FunctionCall: they end with ReadyForQuery too). The session starts
-        following the server's answers from this (hoopfast.proxy.postgres
-        .ledger) the moment it first needs to."""
-        return [
-            e.name if e.kind == _K_PARSE else None
-            for e in self._queue
-            if e.kind in (_K_PARSE, _K_SYNC, _K_SIMPLE)
-        ]
+    def unsettled(self, name: bytes) -> bool:
+        """Whether a Parse of ``name`` sent before the latest Sync (or Query,
+        or FunctionCall) is still unanswered: a Bind of the name sent now
+        runs after the server settled it, which the gateway cannot know yet."""
+        ends = self._ends
+        return any(e.kind == _K_PARSE and e.name == name and e.ends < ends for e in self._queue)
 
     def fast_statement(self, type_code: int, message: bytes, text: str, verdict: Any) -> None:
         """A Query, or an unnamed Parse, that the relay's fast path passed
@@ -543,6 +559,12 @@ class Trail:
         """A server message as forwarded to the client (DataRows and
         CopyData may come as a batch of several)."""
         queue = self._queue
+        while queue and queue[0].kind == _K_COPY_END:
+            # A CopyDone or CopyFail with nothing before it left to answer:
+            # its COPY failed before copy mode (or there was none), and the
+            # server ignores one outside COPY FROM STDIN. Nothing answers it,
+            # and left at the head it would take the next answers' place.
+            queue.popleft()
         if queue and (answering := queue[0].statement) is not None:
             answering.server_bytes += len(data)
         if type_code == _DATA_ROW:
@@ -550,16 +572,18 @@ class Trail:
                 self._rows(queue[0].statement, data)
             return
         if type_code == _READY_FOR_QUERY:
+            undos: list[Any] = []
             while queue:
                 entry = queue.popleft()
                 if entry.kind == _K_PARSE:
-                    self._unparsed(entry, skipped=True)  # (never answered)
+                    self._unparsed(entry, True, undos)  # (never answered)
                 if entry.kind == _K_SIMPLE or entry.kind == _K_SYNC:
                     if data[5:6] == b"I":
                         self._transaction_ended(entry.ends)
                     if entry.kind == _K_SIMPLE:
                         self._finish(entry.statement)
-                    return
+                    break
+            _run(undos)
             return
         if not queue:
             return
@@ -775,8 +799,9 @@ class Trail:
             return
         # Extended: this message failed; the server skips the rest up to Sync.
         queue.popleft()
+        undos: list[Any] = []
         if head.kind == _K_PARSE:
-            self._unparsed(head, skipped=False)
+            self._unparsed(head, False, undos)
         st = head.statement
         if head.kind == _K_BIND:
             # A Bind that fails (or a refused one's stand-in): the statement
@@ -794,10 +819,11 @@ class Trail:
         while queue and queue[0].kind != _K_SYNC:
             skipped = queue.popleft()
             if skipped.kind == _K_PARSE:
-                self._unparsed(skipped, skipped=True)
+                self._unparsed(skipped, True, undos)
         if not queue:
             # No Sync sent yet: what the client sends until it is skipped too.
             self._skipping = True
+        _run(undos)
 
     def abandon(self) -> None:
         """The session ended: the statements still waiting for their answer
@@ -825,6 +851,12 @@ class Trail:
             self._tally.add(st)
         if self.done is not None:
             self.done(st)
+
+
+def _run(undos: list[Any]) -> None:
+    """Parses' undos, newest first (each restores what was before its Parse)."""
+    for undo in reversed(undos):
+        undo()
 
 
 #: The text of the event for a Sync whose implicit commit failed.

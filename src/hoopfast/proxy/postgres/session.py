@@ -42,7 +42,6 @@ from hoopfast.policy.guard import (
 )
 from hoopfast.proxy.postgres import messages as m
 from hoopfast.proxy.postgres import params, resultmask, startup, trail, upstream
-from hoopfast.proxy.postgres.ledger import Ledger
 from hoopfast.proxy.postgres.resultmask import ResultMasker, Unmaskable
 from hoopfast.proxy.postgres.review import CANCELLED, ReviewHold, bound_values
 from hoopfast.proxy.postgres.trail import Statement, Trail
@@ -65,9 +64,9 @@ _CLIENT_INTERCEPT_UNGUARDED = bytes([m.TERMINATE])  # HOOPFAST_GUARDRAILS=false
 #: Messages that start running SQL: refused while the trail cannot be written.
 _STATEMENTS = frozenset({m.QUERY, m.PARSE, m.BIND, m.FUNCTION_CALL})
 _SERVER_INTERCEPT = bytes([m.ERROR_RESPONSE, m.NOTIFICATION_RESPONSE])
-#: What the ledger follows (hoopfast.proxy.postgres.ledger).
-_LEDGER_CLIENT = bytes([m.BIND, m.SYNC])
-_LEDGER_SERVER = bytes([m.PARSE_COMPLETE, m.READY_FOR_QUERY])
+#: The server's answers that settle Parses, which come here while the
+#: session follows them (_follow_parses) beside ErrorResponse.
+_SETTLING = bytes([m.PARSE_COMPLETE, m.READY_FOR_QUERY])
 # Masked sessions get DataRows and CopyData a chunk's worth at a time.
 _SERVER_BATCH = bytes([m.DATA_ROW, m.COPY_DATA])
 
@@ -115,6 +114,15 @@ class PgSession:
         #: rules refuse, and whether the unnamed one predates it.
         self._revoked: set[str] = set()
         self._stale_unnamed = False
+        #: Whether _remember ever forgot a name (past _MAX_PREPARED), and so,
+        #: after such a reload, whether a Bind of a name it does not know may
+        #: be of a statement prepared before it (a reload cannot revoke what
+        #: is forgotten).
+        self._forgot = False
+        self._stale_forgotten = False
+        #: Names prepared by SQL PREPARE: a protocol Bind can run them too
+        #: (one namespace), so it is judged as an EXECUTE would be (_on_bind).
+        self._sql_prepared: set[str] = set()
         #: Python codec of the session's client encoding.
         self._codec = "utf-8"
         #: Masks results, when the connection has masking rules for this person.
@@ -123,9 +131,10 @@ class PgSession:
         #: session ignores: COPY out of masked tables is refused there).
         self._guarded = True
         self._client_types = _CLIENT_INTERCEPT
-        #: Server messages this session handles itself (the ledger's aside).
+        #: Server messages this session handles itself (_SETTLING aside).
         self._server_types = _SERVER_INTERCEPT
-        #: The audit trail of this session (None when recording is off).
+        #: The audit trail of this session (None when recording is off; one
+        #: that records nothing on connections with approvals, see _relay).
         self._recording: SessionRecording | None = None
         self._trail: Trail | None = None
         #: The last statement judged: its verdict and its text, for the trail.
@@ -161,12 +170,14 @@ class PgSession:
         #: The digest of the values approved with each of _once, if known.
         self._once_values: dict[str, str] = {}
         self._approved_values = ""
-        #: Follows which Parses the server carried out (on connections with
-        #: approvals, or recorded: see _relay); with the undo of the Parse
-        #: being handled, and a Bind waiting for one to be answered.
-        self._ledger: Ledger | None = None
+        #: Whether the bookkeeping above follows which Parses the server
+        #: carried out (_follow_parses): the trail, which follows every
+        #: answer, undoes what a Parse changed when the server does not carry
+        #: it out. With the undo of the Parse being handled, and the name
+        #: whose Parse a held Bind or Parse waits on (_wait_for_parse_of).
+        self._following = False
         self._undo: Callable[[], None] | None = None
-        self._waiting_bind: str | None = None
+        self._waiting_for: bytes | None = None
         #: Roles granted through approved access requests: role -> until.
         self._granted: dict[str, float] = {}
         self._stop_listening: Any = None
@@ -510,12 +521,13 @@ class PgSession:
             self._client_types = _CLIENT_INTERCEPT
         assert self.connection is not None
         if self._guarded and self._trail is None and self.connection.approvals is not None:
-            # The server's answers settle the Parses (hoopfast.proxy.postgres.ledger):
-            # always where statements can be approved for one run. A recorded
-            # session starts following them only once a Parse can change
-            # something (_follow_parses): its trail knows what is pending.
-            self._ledger = Ledger()
-            self._client_types += _LEDGER_CLIENT
+            # Where statements can be approved for one run, the server's
+            # answers settle the Parses (_follow_parses), and the trail is
+            # what follows them: an unrecorded session gets one that records
+            # and keeps nothing.
+            self._trail = Trail(
+                self._codec, trail.Caps(0, 0, 0), self.gateway.param_mask.mask_text, None
+            )
         self._server_types = server_types
         self._client_pump = Pump(
             Framer(max_message, self._client_types),
@@ -584,33 +596,15 @@ class PgSession:
             forward = self._client_message(type_code, message)
             if self._held_now:
                 # Held (for review, or a Bind for its Parse's answer): the
-                # trail, the masker and the ledger see it when it is replayed.
+                # trail and the masker see it when it is replayed.
                 self._held_now = False
                 return None
-            ledger = self._ledger
-            if ledger is not None and forward:
-                if type_code == m.PARSE:
-                    ledger.parse(_parse_name(message), self._undo)
-                elif type_code in _SYNCS:
-                    ledger.sync()
-            self._undo = None
+            undo, self._undo = self._undo, None
             if self._trail is not None:
-                self._trail_client(type_code, message)
+                self._trail_client(type_code, message, undo)
             if forward and self._masker is not None:
                 forward = self._masker.client_message(forward)
             return forward
-        ledger = self._ledger
-        if ledger:  # (something awaits the server's answer)
-            if type_code == m.PARSE_COMPLETE:
-                ledger.parse_complete()
-            elif type_code == m.ERROR_RESPONSE:
-                ledger.error()
-            elif type_code == m.READY_FOR_QUERY:
-                ledger.ready()
-            waiting = self._waiting_bind
-            if waiting is not None and not ledger.unsettled(waiting):
-                self._waiting_bind = None
-                asyncio.get_running_loop().call_soon(self._replay, None)
         if type_code == m.ERROR_RESPONSE:
             if self._refusals:
                 message = self._refusal_error(message)
@@ -643,6 +637,10 @@ class PgSession:
             message = masked
         if self._trail is not None:
             self._trail_server(type_code, message)
+            waiting = self._waiting_for
+            if waiting is not None and not self._trail.unsettled(waiting):
+                self._waiting_for = None
+                asyncio.get_running_loop().call_soon(self._replay, None)
         return message
 
     def _recording_refused(self) -> bool:
@@ -653,9 +651,12 @@ class PgSession:
             and self.gateway.settings.recording_on_full == "refuse"
         )
 
-    def _trail_client(self, type_code: int, message: bytes) -> None:
+    def _trail_client(
+        self, type_code: int, message: bytes, undo: Callable[[], None] | None = None
+    ) -> None:
         """The client's message, with the verdict and text _client_message
-        just judged (or found it could not judge)."""
+        just judged (or found it could not judge); a Parse's ``undo``, see
+        _bookkeep."""
         t = self._trail
         assert t is not None
         if type_code == m.QUERY or type_code == m.PARSE:
@@ -666,7 +667,7 @@ class PgSession:
                 t.query(sql, self._verdict)
             else:
                 end = message.find(b"\0", 5)
-                t.parse(message[5:end] if end >= 0 else b"", sql, self._verdict, message)
+                t.parse(message[5:end] if end >= 0 else b"", sql, self._verdict, message, undo)
         elif type_code == m.FUNCTION_CALL:
             oid = int.from_bytes(message[5:9], "big") if len(message) >= 9 else 0
             t.function_call(oid, self._verdict)
@@ -742,7 +743,7 @@ class PgSession:
             and self._codec == "utf-8"
             and not (self._trail is not None and self._recording_refused())
             and not self._stale_unnamed
-            and self._ledger is None  # and so must the ledger
+            and not self._following  # Parses must come here (_bookkeep)
             and rules.version == self.gateway.policy.version
         )
         self._client_pump.fast = rules.fast if usable else None
@@ -783,6 +784,21 @@ class PgSession:
             )
             return
         if not fresh.same_grants(self.rules):
+            if self._trail is None and self._guarded:
+                # Unrecorded, on a connection without approvals: nothing
+                # follows the server's answers, so a Parse the server skips
+                # (after an error, up to Sync) would lift a revocation below
+                # and let a statement the new rules refuse run. Closed and
+                # simple, as for masking: the session ends; a new one is
+                # judged by the new rules from its first statement.
+                self.end_reason = "grants changed by a policy reload"
+                self._terminating = True
+                self._fail_client(
+                    "57P01",
+                    "terminating connection because the access rules changed",
+                    hint="Reconnect.",
+                )
+                return
             self._follow_parses()
             self._revoked |= {
                 name
@@ -790,6 +806,7 @@ class PgSession:
                 if fresh.check_classification(c).action != "allow"
             }
             self._stale_unnamed = True
+            self._stale_forgotten = self._forgot
         self.rules = fresh
         self._route_client()
 
@@ -799,9 +816,10 @@ class PgSession:
         prepared statement must be judged again, or while the trail refuses
         statements (the common case pays nothing)."""
         watch = (
-            self._ledger is not None
+            self._following
             or self._stale_unnamed
-            or bool(self._revoked or self._once or self._spent)
+            or self._stale_forgotten
+            or bool(self._revoked or self._once or self._spent or self._sql_prepared)
             or (self._trail is not None and self._recording_refused())
         )
         owned = self._client_types + bytes([m.BIND]) if watch else self._client_types
@@ -819,7 +837,7 @@ class PgSession:
     def _route_server(self) -> None:
         """Which server messages come here and which go straight to the
         trail (what only the trail follows)."""
-        owned = self._server_types + (_LEDGER_SERVER if self._ledger is not None else b"")
+        owned = self._server_types + (_SETTLING if self._following else b"")
         pump = self._server_pump
         if self._trail is None:
             pump.framer.set_intercept(owned)
@@ -829,18 +847,38 @@ class PgSession:
         pump.observe(observed, self._trail.server_message)
 
     def _follow_parses(self) -> None:
-        """From now on, follow the server's answers to Parse (the ledger):
-        something a Parse changes must be undone if the server does not
-        carry it out. Until now nothing could be (no revocation, nothing
-        approved for one run), so a recorded session ran without it, on the
-        relay's fast path; what the server has yet to answer comes from the
-        trail, which saw every message. The fast path stays off after."""
-        if self._ledger is not None or self._trail is None or not self._guarded:
+        """From now on, follow the server's answers to Parse: something a
+        Parse changes must be undone if the server does not carry it out
+        (it fails, or is skipped after an earlier error up to Sync: a Query
+        sent in between included). The trail follows every answer, so it
+        knows; it calls the Parse's undo (_bookkeep), and the answers that
+        settle Parses come here too, to release a Bind held for one
+        (_on_bind). Until now nothing could be undone (no revocation,
+        nothing approved for one run), so the session ran on the relay's
+        fast path, which passes Parses without calling here. The fast path
+        stays off after."""
+        if self._following or self._trail is None or not self._guarded:
             return
-        self._ledger = Ledger.following(self._trail.pending())
-        self._client_types += _LEDGER_CLIENT
+        self._following = True
         self._route_server()
         self._route_client()
+
+    def _wait_for_parse_of(self, name: bytes) -> bool:
+        """Hold the message being handled (a Bind, or a Parse) while a Parse
+        of ``name`` from an earlier Sync group is unanswered, until the
+        server answers it: whether the statement a Bind binds is the one
+        the gateway judged depends on that answer, and so does what a Parse
+        changes (its undo restores what was before it: run after a later
+        Parse of the name had changed the bookkeeping, it would undo that
+        one's change too, an approval for one run among them)."""
+        t = self._trail
+        if not self._following or t is None or not t.unsettled(name):
+            return False
+        self._held_now = True
+        self._holds += 1
+        self._waiting_for = name
+        self._client_pump.hold()
+        return True
 
     def recording_full_changed(self) -> None:
         """The recorder started (or stopped) refusing: statements must (or
@@ -855,16 +893,18 @@ class PgSession:
             return message  # malformed: the server refuses it
         name = message[portal_end + 1 : end]
         key = name.decode("utf-8", "surrogateescape")
-        if self._ledger is not None and self._ledger.unsettled(key):
-            # Whether the statement this binds is the one the gateway
-            # judged depends on a Parse the server has not answered yet.
-            self._held_now = True
-            self._holds += 1
-            self._waiting_bind = key
-            self._client_pump.hold()
+        if self._wait_for_parse_of(name):
             return b""
-        if (not name and self._stale_unnamed) or (name and key in self._revoked):
+        if (
+            (not name and self._stale_unnamed)
+            or (name and key in self._revoked)
+            or (name and self._stale_forgotten and key not in self._prepared)
+        ):
             return self._refuse(b"", _PREPARED_BEFORE_RELOAD, kind=m.BIND)
+        if key in self._sql_prepared:
+            refusal = self._judge_sql_prepared(key)
+            if refusal is not None:
+                return refusal
         if key in self._spent:
             return self._refuse(b"", _APPROVED_ONCE, kind=m.BIND)
         if key in self._once:
@@ -881,6 +921,27 @@ class PgSession:
             self._once.discard(key)
             self._spent.add(key)
         return message
+
+    def _judge_sql_prepared(self, key: str) -> bytes | None:
+        """A Bind of a statement SQL PREPARE made: allowed when an EXECUTE of
+        it would be without a review; else refused (a Bind cannot be held
+        for one: EXECUTE is how such a statement is submitted)."""
+        rules = self._current_rules()
+        if rules is None:
+            return None
+        c = self._prepared.get(key)
+        verdict = _FORGOTTEN if c is None else rules.check_classification(c)
+        if verdict.action == "allow":
+            return None
+        if verdict.action == "review":
+            verdict = Verdict(
+                "deny",
+                verdict.rule,
+                "this statement was prepared with SQL PREPARE and needs approval; "
+                "run it with EXECUTE to submit it",
+                verdict.sqlstate,
+            )
+        return self._refuse(b"", verdict, kind=m.BIND)
 
     def _on_query(self, message: bytes) -> bytes | None:
         rules = self._current_rules()
@@ -903,6 +964,8 @@ class PgSession:
         if end < 0:
             return self._refuse(b"", _MALFORMED)
         name = message[5:name_end]
+        if self._wait_for_parse_of(name):
+            return b""
         judged = self._judge(message[name_end + 1 : end], name, rules)
         if self._held_now:
             return judged if isinstance(judged, bytes) else message
@@ -916,13 +979,14 @@ class PgSession:
             or key in self._once
             or key in self._spent
             or key in self._revoked
+            or key in self._sql_prepared
         ):
             # (Most Parses change none of this, and cost nothing more.)
             self._follow_parses()
             self._undo = self._bookkeep(key)
             # Allowed or refused (the stand-in fails, as a failed Parse
             # does), the unnamed statement from before the reload is gone,
-            # if the server carries the Parse out (the ledger undoes this
+            # if the server carries the Parse out (the trail undoes this
             # when it does not).
             if not name:
                 self._stale_unnamed = False
@@ -930,6 +994,7 @@ class PgSession:
                 self._revoked.discard(key)  # (the server refuses an existing name)
                 self._once.discard(key)
                 self._spent.discard(key)
+                self._sql_prepared.discard(key)
                 if approved:
                     self._once.add(key)
                     self._once_values[key] = self._approved_values
@@ -938,15 +1003,16 @@ class PgSession:
 
     def _bookkeep(self, key: str) -> Callable[[], None] | None:
         """How to restore what a Parse of ``key`` changes, should the server
-        not carry it out (hoopfast.proxy.postgres.ledger); None when
-        nothing follows the server's answers (no ledger)."""
-        if self._ledger is None:
+        not carry it out (the trail calls it then, see _follow_parses);
+        None when nothing follows the server's answers."""
+        if not self._following:
             return None
-        once, spent, revoked = key in self._once, key in self._spent, key in self._revoked
+        sets = (self._once, self._spent, self._revoked, self._sql_prepared)
+        flags = [key in names for names in sets]
         stale = self._stale_unnamed
 
         def undo() -> None:
-            for flag, names in ((once, self._once), (spent, self._spent), (revoked, self._revoked)):
+            for flag, names in zip(flags, sets, strict=True):
                 if flag:
                     names.add(key)
                 else:
@@ -1022,6 +1088,9 @@ class PgSession:
                     self._prepared.pop(name, None)
             for name in c.prepares:
                 self._remember(name, c)
+                self._sql_prepared.add(name)
+            if c.prepares:
+                self._bookkept()
         return c
 
     def _analyse_off_loop(self, sql: str, statements: int) -> bytes:
@@ -1074,7 +1143,7 @@ class PgSession:
         if (
             approvals is None
             or settings is None
-            or self._ledger is None  # (approvals configured after it started)
+            or not self._following  # (approvals configured after it started)
             or type_code not in (m.QUERY, m.PARSE)
         ):
             return self._refuse(parse_name, verdict)
@@ -1269,8 +1338,10 @@ class PgSession:
         old = self._prepared.pop(name, None)
         self._prepared[name] = merge([old, c]) if old is not None else c
         if len(self._prepared) > _MAX_PREPARED:
-            # Forgotten names make EXECUTE "unknown" (denied), never allowed.
+            # Forgotten names make EXECUTE "unknown" (denied), never allowed,
+            # and so a Bind of an SQL-prepared one (_on_bind).
             del self._prepared[next(iter(self._prepared))]
+            self._forgot = True
 
     def _refuse(self, parse_name: bytes | None, verdict: Verdict, kind: int = m.PARSE) -> bytes:
         """Refuse a statement without sending it, keeping the protocol in step.
@@ -1495,6 +1566,11 @@ _OTHER_VALUES = Verdict(
     hint="Send the statement with the approved values, or ask for a new approval.",
 )
 _MAX_PREPARED = 10_000
+_FORGOTTEN = Verdict(
+    "deny",
+    "unknown",
+    "the gateway no longer knows what this prepared statement does; prepare it again",
+)
 _MAX_REFUSALS = 64
 _MALFORMED = Verdict("deny", "protocol", "malformed message", "08P01")
 _UNDECODABLE = Verdict(
@@ -1534,10 +1610,6 @@ def _refusal_message(verdict: Verdict, rules: Rules | None) -> bytes:
         detail=detail,
         hint=verdict.hint or None,
     )
-
-
-#: Client messages after which the server answers ReadyForQuery.
-_SYNCS = frozenset({m.SYNC, m.QUERY, m.FUNCTION_CALL})
 
 
 def _without(types: bytes, taken: bytes) -> bytes:
