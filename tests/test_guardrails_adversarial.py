@@ -429,6 +429,20 @@ def _prepared_then_denied(
     assert running.call(lambda: running.gateway.reload_file(tmp_path / "reload.toml"))
 
 
+def _leak_is_refused(raw: RawClient) -> None:
+    """A Bind of "leak" (see _prepared_then_denied) is refused, never run."""
+    raw.send(bind("leak") + execute() + SYNC)
+    reply = raw.read_until_ready()
+    assert "D" not in kinds(reply), f"the revoked statement ran: {reply}"
+    assert sqlstates(reply) == ["42501"]
+
+
+def _runs_fresh(raw: RawClient, name: str) -> None:
+    """A statement prepared now runs."""
+    raw.send(parse(name, "SELECT 2") + bind(name) + execute() + SYNC)
+    assert kinds(raw.read_until_ready()) == ["1", "2", "D", "C", "Z"]
+
+
 def test_reload_does_not_reach_already_parsed_statements(
     tmp_path: Path,
     adv_base: dict[str, Any],
@@ -502,10 +516,7 @@ def test_a_skipped_parse_does_not_lift_a_revocation_on_a_recorded_session(
         assert sqlstates(raw.read_until_ready()) == ["42501"]
         raw.send(bind("no_such_statement") + parse("leak", "SELECT 1") + SYNC)
         assert sqlstates(raw.read_until_ready())
-        raw.send(bind("leak") + execute() + SYNC)
-        reply = raw.read_until_ready()
-        assert "D" not in kinds(reply), f"a revoked statement ran after a skipped Parse: {reply}"
-        assert sqlstates(reply) == ["42501"]
+        _leak_is_refused(raw)
 
 
 def test_a_query_the_server_skips_after_an_error_does_not_desync_the_revocations(
@@ -532,12 +543,8 @@ def test_a_query_the_server_skips_after_an_error_does_not_desync_the_revocations
             + SYNC
         )
         assert sqlstates(raw.read_until_ready()) == ["26000"]
-        raw.send(bind("leak") + execute() + SYNC)
-        reply = raw.read_until_ready()
-        assert "D" not in kinds(reply), f"a revoked statement ran after a skipped Parse: {reply}"
-        assert sqlstates(reply) == ["42501"]
-        raw.send(parse("fresh", "SELECT 2") + bind("fresh") + execute() + SYNC)
-        assert kinds(raw.read_until_ready()) == ["1", "2", "D", "C", "Z"]
+        _leak_is_refused(raw)
+        _runs_fresh(raw, "fresh")
 
 
 def test_an_unrecorded_session_ends_when_a_reload_changes_its_grants(
@@ -568,8 +575,7 @@ def test_an_unrecorded_session_ends_when_a_reload_changes_its_grants(
         # A reload that changes nothing for the session keeps it.
         raw.startup("adv_rl", running.token())
         assert running.call(lambda: running.gateway.reload_file(tmp_path / "reload.toml"))
-        raw.send(parse("fine", "SELECT 1") + bind("fine") + execute() + SYNC)
-        assert kinds(raw.read_until_ready()) == ["1", "2", "D", "C", "Z"]
+        _runs_fresh(raw, "fine")
 
 
 def test_a_reload_reaches_statements_the_session_forgot(
@@ -592,14 +598,10 @@ def test_a_reload_reaches_statements_the_session_forgot(
         assert kinds(raw.read_until_ready()) == ["1"] * 10_001 + ["Z"]
         write({"analyst": {"deny_tables": ["adv_secret"]}})
         assert running.call(lambda: running.gateway.reload_file(tmp_path / "reload.toml"))
-        raw.send(bind("leak") + execute() + SYNC)
-        reply = raw.read_until_ready()
-        assert "D" not in kinds(reply), f"a forgotten statement ran after a reload: {reply}"
-        assert sqlstates(reply) == ["42501"]
+        _leak_is_refused(raw)
         raw.send(bind("f9999") + execute() + SYNC)  # (remembered: judged, still allowed)
         assert kinds(raw.read_until_ready()) == ["2", "D", "C", "Z"]
-        raw.send(parse("fresh", "SELECT 2") + bind("fresh") + execute() + SYNC)
-        assert kinds(raw.read_until_ready()) == ["1", "2", "D", "C", "Z"]
+        _runs_fresh(raw, "fresh")
 
 
 # -- bypasses shown on the policy engine alone -------------------------------------

@@ -902,7 +902,10 @@ class PgSession:
         ):
             return self._refuse(b"", _PREPARED_BEFORE_RELOAD, kind=m.BIND)
         if key in self._sql_prepared:
-            refusal = self._judge_sql_prepared(key)
+            rules = self._current_rules()
+            if rules is None:
+                return None  # (the session is ending: nothing more goes out)
+            refusal = self._judge_sql_prepared(key, rules)
             if refusal is not None:
                 return refusal
         if key in self._spent:
@@ -922,13 +925,11 @@ class PgSession:
             self._spent.add(key)
         return message
 
-    def _judge_sql_prepared(self, key: str) -> bytes | None:
-        """A Bind of a statement SQL PREPARE made: allowed when an EXECUTE of
-        it would be without a review; else refused (a Bind cannot be held
-        for one: EXECUTE is how such a statement is submitted)."""
-        rules = self._current_rules()
-        if rules is None:
-            return None
+    def _judge_sql_prepared(self, key: str, rules: Rules) -> bytes | None:
+        """A Bind of a statement SQL PREPARE made: None (it runs) when an
+        EXECUTE of it would be allowed without a review; else the refusal's
+        stand-in (a Bind cannot be held for a review: EXECUTE is how such a
+        statement is submitted)."""
         c = self._prepared.get(key)
         verdict = _FORGOTTEN if c is None else rules.check_classification(c)
         if verdict.action == "allow":
