@@ -755,9 +755,10 @@ cdef class Trail:
         """(See the reference.)"""
         cdef _Entry e
         cdef Py_ssize_t i
+        cdef bytes key = name[:63]  # (see the reference)
         for i in range(self._head, PyList_GET_SIZE(self._queue)):
             e = self._queue[i]
-            if e.kind == _K_PARSE and e.ends < self._ends and e.name == name:
+            if e.kind == _K_PARSE and e.ends < self._ends and e.name[:63] == key:
                 return True
         return False
 

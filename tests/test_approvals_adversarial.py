@@ -280,6 +280,40 @@ def test_a_protocol_bind_of_an_sql_prepared_statement_is_judged(
     assert rows(cluster, table) == []
 
 
+def test_names_past_63_bytes_are_the_statement_the_server_keys(
+    anygw: RunningGateway, cluster: DevCluster
+) -> None:
+    """PostgreSQL keys a prepared statement by its name's first 63 bytes
+    (an SQL identifier is cut to them; a protocol name is compared no
+    further), so "<63 s>A" and "<63 s>B" are one statement. The session's
+    bookkeeping was keyed by the whole name: another suffix ran a statement
+    approved for one run again, and a Bind of the cut name ran an
+    SQL-prepared one unjudged (found in review)."""
+    who = person("requester")
+    table = shared_table(cluster)
+    s63, p63 = "s" * 63, "p" * 63
+    with raw(anygw, "wait", who) as client:
+        client.send(parse(s63 + "A", f"INSERT INTO {table} VALUES (1)") + sync())
+        decide(anygw, pending_review(anygw, who).review_id, "approver")
+        assert not errors(client.read_until_ready())
+        client.send(bind(s63 + "A") + execute() + sync())
+        assert not errors(client.read_until_ready())
+        for alias in (s63 + "B", s63, s63 + "A"):
+            client.send(bind(alias) + execute() + sync())
+            assert [e["C"] for e in errors(client.read_until_ready())] == ["42501"], alias
+    with raw(anygw, "deferred", who) as client:
+        prepare = query(f"PREPARE {p63}xyz AS INSERT INTO {table} VALUES (2)")
+        client.send(prepare)
+        assert [e["C"] for e in errors(client.read_until_ready())] == ["42501"]
+        decide(anygw, pending_review(anygw, who).review_id, "approver")
+        client.send(prepare)
+        assert not errors(client.read_until_ready())
+        for alias in (p63 + "xyz", p63, p63 + "zz"):
+            client.send(bind(alias) + execute() + sync())
+            assert [e["C"] for e in errors(client.read_until_ready())] == ["42501"], alias
+    assert rows(cluster, table) == [(1,)]
+
+
 def test_asyncpg_prepared_statement_runs_once(gw: RunningGateway, cluster: DevCluster) -> None:
     """asyncpg prepares everything (named statements, cached), and
     executemany pipelines Binds of one statement."""

@@ -472,3 +472,14 @@ def test_string_continuation_cannot_backtrack_for_hours() -> None:
     c = classify("SELECT 'a'\n" + " " * 5000 + "/**/'b'")
     assert time.monotonic() - started < 1
     assert c.statements == 1
+
+
+def test_statement_names_are_cut_as_the_server_cuts_them() -> None:
+    """An identifier past 63 bytes is cut at a character boundary."""
+    from hoopfast.policy.classify import statement_name
+
+    assert statement_name("p" * 70) == "p" * 63
+    assert statement_name("p" * 62 + "é" + "x") == "p" * 62  # (é would end at byte 64)
+    assert statement_name("short") == "short"
+    c = classify(f"PREPARE {'q' * 70} AS SELECT 1; EXECUTE {'q' * 64}; DEALLOCATE {'q' * 65}")
+    assert c.prepares == c.executes == c.deallocates == {"q" * 63}

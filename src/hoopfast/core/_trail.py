@@ -79,6 +79,8 @@ _K_SYNC = 6
 #: A client's CopyDone or CopyFail: no answer of its own; it tells where the
 #: Syncs the server ignores during a COPY FROM STDIN end (_copy_in).
 _K_COPY_END = 7
+#: PostgreSQL keys prepared statements by their names' first 63 bytes.
+_NAME_BYTES = 63
 
 
 @dataclass(slots=True)
@@ -465,7 +467,11 @@ class Trail:
         or FunctionCall) is still unanswered: a Bind of the name sent now
         runs after the server settled it, which the gateway cannot know yet."""
         ends = self._ends
-        return any(e.kind == _K_PARSE and e.name == name and e.ends < ends for e in self._queue)
+        key = name[:_NAME_BYTES]  # (the server keys names by their first 63 bytes)
+        return any(
+            e.kind == _K_PARSE and e.name[:_NAME_BYTES] == key and e.ends < ends
+            for e in self._queue
+        )
 
     def fast_statement(self, type_code: int, message: bytes, text: str, verdict: Any) -> None:
         """A Query, or an unnamed Parse, that the relay's fast path passed

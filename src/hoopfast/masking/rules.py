@@ -362,10 +362,11 @@ class FreeText:
 
     def mask_text(self, text: str) -> str:
         masked = self._plan.mask_text(text)
-        if "\\u" not in text:
+        if "\\u" not in masked:
             return masked
-        decoded = _decode_escapes(text)
-        if decoded == text:
+        # (Decoded after masking: what the text as sent shows stays masked.)
+        decoded = _decode_escapes(masked)
+        if decoded == masked:
             return masked
         revealed = self._plan.mask_text(decoded)
         return masked if revealed == decoded else revealed

@@ -858,6 +858,25 @@ def _name(tok: Token) -> str:
     return tok.text.translate(_ASCII_LOWER)
 
 
+#: PostgreSQL keeps the first NAMEDATALEN - 1 bytes of a name.
+NAME_BYTES = 63
+
+
+def statement_name(name: str) -> str:
+    """A prepared statement's name in SQL (PREPARE, EXECUTE, DEALLOCATE) as
+    the server keys it: an identifier past 63 bytes is cut at a character
+    boundary (the scanner's truncate_identifier; UTF-8 assumed), so
+    ``PREPARE <70 letters>`` makes, and a protocol Bind of its first 63
+    letters runs, one statement (the session's bookkeeping must see one)."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= NAME_BYTES:
+        return name
+    cut = NAME_BYTES
+    while cut > 0 and (raw[cut] & 0xC0) == 0x80:
+        cut -= 1  # (not inside a character)
+    return raw[:cut].decode("utf-8", "surrogateescape")
+
+
 _NAME_RE = re.compile(r"^[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*$")
 
 
@@ -1131,7 +1150,7 @@ def _classify_rest(head: str, text: str, rest: list[Token], acc: _Acc, depth: in
             return
         if not rest:
             raise _Unknown("PREPARE without a name")
-        acc.prepares.add(_name(rest[0]))
+        acc.prepares.add(statement_name(_name(rest[0])))
         as_at = _find_top_level(rest, "AS", 1)
         _merge(acc, _inner(text, rest, as_at + 1, depth, "PREPARE"))
     elif head == "DECLARE":
@@ -1170,7 +1189,7 @@ def _execute(sql: str, toks: Sequence[Token], acc: _Acc, depth: int) -> None:
     """``name [(args)]`` after EXECUTE: the name, and the classes of the arguments."""
     if not toks:
         raise _Unknown("EXECUTE without a name")
-    acc.executes.add(_name(toks[0]))
+    acc.executes.add(statement_name(_name(toks[0])))
     if len(toks) == 1:
         return
     if (
@@ -1387,7 +1406,7 @@ def _deallocate(chunk: list[Token], acc: _Acc) -> None:
     i = 2 if len(chunk) > 2 and _word(chunk[1]) == "PREPARE" else 1
     if len(chunk) != i + 1:
         raise _Unknown("DEALLOCATE takes one name")
-    acc.deallocates.add("*" if _word(chunk[i]) == "ALL" else _name(chunk[i]))
+    acc.deallocates.add("*" if _word(chunk[i]) == "ALL" else statement_name(_name(chunk[i])))
 
 
 def _discard(chunk: list[Token], acc: _Acc) -> None:

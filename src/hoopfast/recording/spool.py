@@ -40,6 +40,13 @@ class Spool:
         self.segment_bytes = segment_bytes
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock_fd = _lock(directory / _LOCK)
+        try:
+            self._start()
+        except BaseException:
+            self.unlock()  # (the process may go on: the gateway did not start)
+            raise
+
+    def _start(self) -> None:
         existing = self.segments()
         self._number = int(existing[-1].stem) + 1 if existing else 1
         #: Bytes in all segments (what the store has not acknowledged yet).

@@ -30,7 +30,7 @@ from hoopfast.masking import copyout
 from hoopfast.masking.catalog import CATALOG_SQL, TYPES_SQL, Catalog
 from hoopfast.masking.rules import masks_for
 from hoopfast.policy.access import Access, access_to, roles_of
-from hoopfast.policy.classify import Classification
+from hoopfast.policy.classify import NAME_BYTES, Classification
 from hoopfast.policy.guard import (
     ALLOW,
     CLIENT_ENCODINGS,
@@ -892,7 +892,7 @@ class PgSession:
         if end < 0:
             return message  # malformed: the server refuses it
         name = message[portal_end + 1 : end]
-        key = name.decode("utf-8", "surrogateescape")
+        key = _statement_key(name)
         if self._wait_for_parse_of(name):
             return b""
         if (
@@ -970,7 +970,7 @@ class PgSession:
         judged = self._judge(message[name_end + 1 : end], name, rules)
         if self._held_now:
             return judged if isinstance(judged, bytes) else message
-        key = name.decode("utf-8", "surrogateescape")
+        key = _statement_key(name)
         approved = not isinstance(judged, bytes) and self._verdict.rule.startswith("review:")
         if name and not isinstance(judged, bytes):
             self._remember(key, judged)
@@ -1176,12 +1176,12 @@ class PgSession:
         pump = self._client_pump
         if type_code != m.PARSE or pump is None or not pump.held:
             return "", ""
-        name = _parse_name(message).encode("utf-8", "surrogateescape")
+        name = _parse_name(message)
         for item in pump.held:
             if type(item) is bytes:
                 continue
             code, held = item
-            if code == m.PARSE and _parse_name(held) == _parse_name(message):
+            if code == m.PARSE and _parse_name(held) == name:
                 break  # (a new statement under the name)
             if code != m.BIND:
                 continue
@@ -1189,7 +1189,7 @@ class PgSession:
                 bind = m.parse_bind(held)
             except ValueError:
                 continue
-            if bind.statement == name:
+            if _statement_key(bind.statement) == name:
                 return bound_values(
                     bind,
                     self._codec,
@@ -1619,8 +1619,19 @@ def _without(types: bytes, taken: bytes) -> bytes:
 
 
 def _parse_name(message: bytes) -> str:
+    """A Parse's statement name, as the server keys it (_statement_key)."""
     end = message.find(b"\0", 5)
-    return message[5 : end if end >= 0 else 5].decode("utf-8", "surrogateescape")
+    return _statement_key(message[5 : end if end >= 0 else 5])
+
+
+def _statement_key(name: bytes) -> str:
+    """A statement name from a protocol message (Parse, Bind) as the server
+    keys it: by its first 63 bytes (NAMEDATALEN - 1; the prepared
+    statements' hash table compares no more), so names that agree that far
+    are one statement, and the session's bookkeeping of approvals and
+    revocations must treat them as one. (SQL names are cut by the scanner,
+    at a character boundary: classify.statement_name.)"""
+    return name[:NAME_BYTES].decode("utf-8", "surrogateescape")
 
 
 def _take(reader: asyncio.StreamReader) -> bytes:
