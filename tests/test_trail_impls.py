@@ -1814,13 +1814,20 @@ def test_random_sequences(script: Script, codec: str, caps: tuple[int, int, int]
     same(script, may_raise=True, codec=codec, caps=caps)
 
 
-def _undoing(trail: Any, log: list[str]) -> Callable[[bytes, str], None]:
-    """A Parse of ``name`` given an undo that notes ``label`` in ``log``."""
+def _undoing(
+    build: str, done: Callable[[Any], None] | None = None
+) -> tuple[Any, list[str], Callable[[bytes, str], None]]:
+    """A trail of ``build``, the log its undos write to, and a Parse of
+    ``name`` given an undo that notes ``label`` in that log."""
+    module = _trail if build == "reference" else COMPILED
+    assert module is not None
+    trail = module.Trail("utf-8", module.Caps(3, 100, 100), mask, done or (lambda s: None), UNKNOWN)
+    log: list[str] = []
 
     def parse(name: bytes, label: str) -> None:
         trail.parse(name, f"SELECT '{label}'", ALLOW, None, lambda: log.append(label))
 
-    return parse
+    return trail, log, parse
 
 
 @pytest.mark.parametrize("build", ["reference", "compiled"])
@@ -1830,11 +1837,7 @@ def test_parses_the_server_does_not_carry_out_are_undone(build: str) -> None:
     fails or is skipped, newest first, and never for one that completed;
     Trail.unsettled says whether a Parse of a name sent before the latest
     Sync is still unanswered (a Bind of it must wait)."""
-    module = _trail if build == "reference" else COMPILED
-    assert module is not None
-    trail = module.Trail("utf-8", module.Caps(3, 100, 100), mask, lambda s: None, UNKNOWN)
-    log: list[str] = []
-    parse = _undoing(trail, log)
+    trail, log, parse = _undoing(build)
     parse(b"a", "a")
     assert not trail.unsettled(b"a")  # (a Bind now is in the same group)
     trail.client_message(SYNC[0], SYNC)
@@ -1865,11 +1868,7 @@ def test_a_query_the_server_skips_after_an_error_ends_no_group(build: str) -> No
     and the next group's Parse is settled by its own answers (the ledger
     this replaced counted the Query as a group the server would answer, and
     settled every later Parse a group late)."""
-    module = _trail if build == "reference" else COMPILED
-    assert module is not None
-    trail = module.Trail("utf-8", module.Caps(3, 100, 100), mask, lambda s: None, UNKNOWN)
-    log: list[str] = []
-    parse = _undoing(trail, log)
+    trail, log, parse = _undoing(build)
     parse(b"s", "s1")
     trail.client_message(ord("B"), bind(b"", b"s"))
     trail.client_message(ord("E"), execute())
@@ -1899,12 +1898,8 @@ def test_a_copy_done_outside_copy_takes_no_answer(build: str) -> None:
     Parse the server carried out was undone at ReadyForQuery as never
     answered (a statement approved for one run then ran without limit;
     found in review), and the group's Execute went unrecorded."""
-    module = _trail if build == "reference" else COMPILED
-    assert module is not None
     done: list[Any] = []
-    trail = module.Trail("utf-8", module.Caps(3, 100, 100), mask, done.append, UNKNOWN)
-    log: list[str] = []
-    parse = _undoing(trail, log)
+    trail, log, parse = _undoing(build, done.append)
     trail.client_message(ord("c"), msg(b"c"))  # CopyDone
     parse(b"x", "x1")
     trail.client_message(ord("B"), bind(b"", b"x"))
@@ -1926,11 +1921,7 @@ def test_a_copy_done_outside_copy_takes_no_answer(build: str) -> None:
 
 @pytest.mark.parametrize("build", ["reference", "compiled"])
 def test_a_parse_sent_while_the_server_skips_is_undone_at_once(build: str) -> None:
-    module = _trail if build == "reference" else COMPILED
-    assert module is not None
-    trail = module.Trail("utf-8", module.Caps(3, 100, 100), mask, lambda s: None, UNKNOWN)
-    log: list[str] = []
-    parse = _undoing(trail, log)
+    trail, log, parse = _undoing(build)
     trail.client_message(ord("E"), execute(b"nope"))
     trail.server_message(ord("E"), error(b"34000", b"portal does not exist"))
     parse(b"v", "v1")  # (no Sync was queued: the server skips this)
