@@ -86,6 +86,8 @@ cdef enum:
     _DROP_LOOKBACK = 64
     #: (_trail._MAX_COLUMNS.)
     _MAX_COLUMNS = 1664
+    #: (_trail._NAME_BYTES: how much of a name the server keys it by.)
+    _NAME_BYTES = 63
 
 cdef const char* _HEX = b"0123456789abcdef"
 cdef const char* _REPLACE = b"replace"
@@ -284,14 +286,18 @@ cdef bytes _binary(list formats, list columns):
     """Per column, 0 where its format code is text, else 1 + how its binary
     values are shown (_shown.BINARY_KINDS, by the column's type)."""
     cdef Py_ssize_t i, n = PyList_GET_SIZE(formats)
+    cdef Py_ssize_t described = PyList_GET_SIZE(columns)
     cdef bytes mask = PyBytes_FromStringAndSize(NULL, n)
     cdef char* out = PyBytes_AS_STRING(mask)
     for i in range(n):
         if formats[i] != 1:
             out[i] = 0
+        elif i < described:
+            out[i] = 1 + <int>_BINARY_KINDS.get(columns[i]["type_oid"], _B_HEX)
         else:
-            oid = columns[i]["type_oid"] if i < PyList_GET_SIZE(columns) else 0
-            out[i] = 1 + <int>_BINARY_KINDS.get(oid, _B_HEX)
+            # (No Describe said what they are: up to _MAX_COLUMNS, shown as
+            # hex; no lookup each, for this runs once per such statement.)
+            out[i] = 1 + _B_HEX
     return mask
 
 
@@ -436,6 +442,12 @@ cdef _run(list undos):
         undo()
 
 
+cdef inline Py_ssize_t _key_size(Py_ssize_t n) noexcept nogil:
+    """How much of a name of n bytes the server keys it by (see the
+    reference's _NAME_BYTES)."""
+    return n if n <= _NAME_BYTES else _NAME_BYTES
+
+
 cdef _Entry _named_entry(int kind, bytes message):
     """A Describe's or Close's entry: its "S" or "P" byte and the name after
     it (target -1 and no name when the message has no name's end)."""
@@ -445,7 +457,7 @@ cdef _Entry _named_entry(int kind, bytes message):
     cdef _Entry entry = _entry(kind, None)
     if end >= 0:
         entry.target = buf[5]
-        entry.name = PyBytes_FromStringAndSize(<const char*>buf + 6, end - 6)
+        entry.name = PyBytes_FromStringAndSize(<const char*>buf + 6, _key_size(end - 6))
     else:
         entry.name = b""
     return entry
@@ -706,6 +718,8 @@ cdef class Trail:
             return
         cdef _Entry e = _entry(_K_PARSE, _start(text, verdict, None))
         cdef tuple known
+        if PyBytes_GET_SIZE(name) > _NAME_BYTES:
+            name = name[:_NAME_BYTES]
         e.name = name
         e.ends = self._ends
         e.undo = undo
@@ -755,10 +769,10 @@ cdef class Trail:
         """(See the reference.)"""
         cdef _Entry e
         cdef Py_ssize_t i
-        cdef bytes key = name[:63]  # (see the reference)
+        cdef bytes key = name[:_NAME_BYTES]
         for i in range(self._head, PyList_GET_SIZE(self._queue)):
             e = self._queue[i]
-            if e.kind == _K_PARSE and e.ends < self._ends and e.name[:63] == key:
+            if e.kind == _K_PARSE and e.ends < self._ends and e.name == key:
                 return True
         return False
 
@@ -802,7 +816,8 @@ cdef class Trail:
         cdef Py_ssize_t size = PyBytes_GET_SIZE(message)
         cdef Py_ssize_t end = _find_nul(buf, size, 5)
         cdef bytes name = (
-            PyBytes_FromStringAndSize(<const char*>buf + 5, end - 5) if end >= 0 else b""
+            PyBytes_FromStringAndSize(<const char*>buf + 5, _key_size(end - 5))
+            if end >= 0 else b""
         )
         cdef _Portal p = self._portals.get(name)
         cdef Statement st
@@ -834,6 +849,14 @@ cdef class Trail:
         for name in [n for n, p in self._portals.items() if p.ends < ends]:
             del self._portals[name]
 
+    cdef _parsed_after_all(self, _Entry entry):
+        """(See the reference.)"""
+        cdef Statement st = entry.statement
+        entry.meant = (st.text, st.verdict)
+        self._statements[entry.name] = entry.meant
+        self._described.pop(entry.name, None)
+        self._param_types.pop(entry.name, None)
+
     cdef _closed(self, _Entry entry):
         """(See the reference.)"""
         if entry.meant is None:
@@ -863,7 +886,7 @@ cdef class Trail:
             self._push(_entry(_K_BIND, None))
             return
         cdef bytes name = PyBytes_FromStringAndSize(
-            <const char*>buf + b.portal_end + 1, b.name_end - b.portal_end - 1
+            <const char*>buf + b.portal_end + 1, _key_size(b.name_end - b.portal_end - 1)
         )
         known = self._statements.get(name)
         if known is None:
@@ -916,7 +939,7 @@ cdef class Trail:
         p.columns = self._described.get(name)
         p.ends = self._ends
         entry.portal = p
-        portal = PyBytes_FromStringAndSize(<const char*>buf + 5, b.portal_end - 5)
+        portal = PyBytes_FromStringAndSize(<const char*>buf + 5, _key_size(b.portal_end - 5))
         self._portals[portal] = p
 
     cdef inline str _decode(self, const unsigned char* buf, Py_ssize_t n):
@@ -979,10 +1002,11 @@ cdef class Trail:
             elif type_code == _EMPTY_QUERY:
                 st.tags.append("")
             return
-        if (
-            (type_code == _PARSE_COMPLETE and kind == _K_PARSE)
-            or (type_code == _BIND_COMPLETE and kind == _K_BIND)
-        ):
+        if type_code == _PARSE_COMPLETE and kind == _K_PARSE:
+            self._popleft()
+            if head.meant is None:
+                self._parsed_after_all(head)
+        elif type_code == _BIND_COMPLETE and kind == _K_BIND:
             self._popleft()
         elif type_code == _CLOSE_COMPLETE and kind == _K_CLOSE:
             self._popleft()

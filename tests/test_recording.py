@@ -300,6 +300,32 @@ def test_statements_psycopg_evicts_and_prepares_again_keep_their_text(
     ]
 
 
+def test_the_trail_records_what_ran_under_a_name_the_server_keys_or_dropped(
+    idle_gateway: RunningGateway,
+) -> None:
+    """Two ways the trail's idea of a statement's name could part from the
+    server's, so that a run was recorded with another statement's text:
+    PostgreSQL keys names by their first 63 bytes (a Bind of <63>B runs
+    what <63>A made), and a DEALLOCATE among other statements in one Query
+    drops a name the trail cannot read there (a Parse of it then succeeds;
+    the trail had expected 42P05 and kept the old text)."""
+    gw = idle_gateway
+    who = _person()
+    stem = b"s" * 63
+    with psycopg.connect(gw.conninfo(token=gw.token(who), user=who), autocommit=True) as conn:
+        pgconn = conn.pgconn
+        assert pgconn.prepare(stem + b"A", b"SELECT 'keyed'").status == pq.ExecStatus.COMMAND_OK
+        assert pgconn.exec_prepared(stem + b"B", []).get_value(0, 0) == b"keyed"
+        assert pgconn.prepare(b"again", b"SELECT 'old'").status == pq.ExecStatus.COMMAND_OK
+        assert pgconn.exec_(b"DEALLOCATE again; SELECT 1").status == pq.ExecStatus.TUPLES_OK
+        assert pgconn.prepare(b"again", b"SELECT 'new'").status == pq.ExecStatus.COMMAND_OK
+        assert pgconn.exec_prepared(b"again", []).get_value(0, 0) == b"new"
+    events = statements(trail(gw, sealed_session(gw, who)))
+    runs = [(e["text"], e["results"][0]["rows"]) for e in events if e.get("results")]
+    assert runs[0] == ("SELECT 'keyed'", [["keyed"]])
+    assert runs[-1] == ("SELECT 'new'", [["new"]])
+
+
 def test_results_are_kept_up_to_the_cap(idle_gateway: RunningGateway) -> None:
     gw = idle_gateway
     who = _person()

@@ -1009,6 +1009,42 @@ def test_a_closed_name_is_forgotten_once_the_server_closes_it() -> None:
     ]
 
 
+def test_names_are_keyed_by_their_first_63_bytes_as_the_server_keys_them() -> None:
+    """PostgreSQL keys prepared statements and portals by their names'
+    first 63 bytes: <63>A and <63>B are one. A Close of one closes the
+    other, and a Bind or Execute of either runs what the server has under
+    the key; the trail must record that text, not an older one it kept
+    under the other spelling (which would let the audit record show a
+    statement that did not run)."""
+    stem = b"n" * 63
+    events = same(
+        [
+            *_prepare(stem + b"A", "SELECT 'shown'"),
+            ("client", close(b"S", stem + b"B")),
+            ("parse", stem + b"B", "SELECT 'ran'", DENY),
+            ("client", SYNC),
+            ("server", CLOSE_COMPLETE),
+            ("server", PARSE_COMPLETE),
+            ("server", READY),
+            *_run_named(stem + b"A"),
+            # A portal by another spelling of its name.
+            ("client", bind(stem + b"X", stem + b"C")),
+            ("client", execute(stem + b"Y")),
+            ("client", describe(b"S", stem + b"D")),
+            ("client", SYNC),
+            ("server", BIND_COMPLETE),
+            ("server", complete(b"SELECT 0")),
+            ("server", PARAMETERS),
+            ("server", NO_DATA),
+            ("server", READY),
+        ]
+    )
+    assert [(e["text"], e["verdict_is"]) for e in events] == [
+        ("SELECT 'ran'", VERDICTS.index(DENY)),
+        ("SELECT 'ran'", VERDICTS.index(DENY)),
+    ]
+
+
 def _run_named(name: bytes, portal: bytes = b"") -> Script:
     """Bind ``name`` to ``portal`` and run it (the server answers as if it
     still had the statement): its event's text says what the trail kept."""
@@ -1157,7 +1193,8 @@ def test_portals_end_with_their_transaction() -> None:
         ("DEALLOCATE ALL;", (_drops.STATEMENTS, b"")),
         ("\tDISCARD  all ; ", (_drops.EVERYTHING, b"")),
         # Unquoted non-ASCII: folded by the server's encoding; quoted: read
-        # when no encoding makes it longer than 63 bytes.
+        # when no encoding makes it longer than 63 bytes (past that, a Parse
+        # the server carries out tells the trail the name was dropped).
         ("DEALLOCATE Émile", None),
         ('DEALLOCATE "Émile"', (_drops.STATEMENT, "Émile".encode())),
         ('DEALLOCATE "' + "é" * 15 + '"', (_drops.STATEMENT, "é".encode() * 15)),
@@ -1165,7 +1202,10 @@ def test_portals_end_with_their_transaction() -> None:
         ("DEALLOCATE \u212aey", None),  # the Kelvin sign is not a K
         ("DEALLOCATE all_x", (_drops.STATEMENT, b"all_x")),
         ("DEALLOCATE " + "x" * 63, (_drops.STATEMENT, b"x" * 63)),
-        ("DEALLOCATE " + "x" * 64, None),  # truncated by the server: not guessed
+        # ASCII is a byte a character in every server encoding: cut as the
+        # server cuts it.
+        ("DEALLOCATE " + "x" * 64, (_drops.STATEMENT, b"x" * 63)),
+        ('DEALLOCATE "' + "X" * 70 + '"', (_drops.STATEMENT, b"X" * 63)),
         ("DEALLOCATE", None),
         ("DEALLOCATE 1a", None),
         ('DEALLOCATE ""', None),

@@ -47,10 +47,11 @@ _DROP = re.compile(
 #: work whatever the input).
 _MAX_TEXT = 4096
 #: PostgreSQL truncates an identifier past NAMEDATALEN - 1 bytes *in the
-#: database's encoding*, which the gateway does not know: a name is read
-#: only when it cannot be that long there (ASCII up to 63 characters, other
-#: quoted names up to 15, four bytes each at most). Unquoted names are read
-#: only in ASCII, whose case folding does not depend on the encoding.
+#: database's encoding*, which the gateway does not know: an ASCII name is
+#: one byte a character in every server encoding, so it is cut at 63 as the
+#: server cuts it; another quoted name is read only when it cannot be that
+#: long (up to 15 characters, four bytes each at most). Unquoted names are
+#: read only in ASCII, whose case folding does not depend on the encoding.
 _NAME_BYTES = 63
 _NAME_CHARS = 15
 #: What a text must start with to be read at all (the cheap test first).
@@ -71,12 +72,12 @@ def drops(text: str, codec: str) -> tuple[int, bytes] | None:
         return STATEMENTS, b""
     if m["quoted"] is not None:
         name = m["quoted"].replace('""', '"')
-        if not (len(name) <= _NAME_BYTES if name.isascii() else len(name) <= _NAME_CHARS):
+        if name.isascii():
+            name = name[:_NAME_BYTES]
+        elif len(name) > _NAME_CHARS:
             return None
     else:
-        name = m["plain"].lower()  # (ASCII only: the pattern says so)
-        if len(name) > _NAME_BYTES:
-            return None
+        name = m["plain"].lower()[:_NAME_BYTES]  # (ASCII only: the pattern says so)
     try:
         return STATEMENT, name.encode(codec)
     except (UnicodeEncodeError, LookupError):

@@ -79,7 +79,9 @@ _K_SYNC = 6
 #: A client's CopyDone or CopyFail: no answer of its own; it tells where the
 #: Syncs the server ignores during a COPY FROM STDIN end (_copy_in).
 _K_COPY_END = 7
-#: PostgreSQL keys prepared statements by their names' first 63 bytes.
+#: PostgreSQL keys prepared statements and portals by their names' first 63
+#: bytes (NAMEDATALEN - 1: its hash tables cut string keys there), so <63>A
+#: and <63>B are one statement: the trail keys every name it reads so.
 _NAME_BYTES = 63
 
 
@@ -105,10 +107,10 @@ def _wall_clock() -> float:
 
 
 def _target(message: bytes) -> bytes:
-    """A Describe's or Close's "S" or "P" byte and the name after it (empty
-    when the message has no name's end)."""
+    """A Describe's or Close's "S" or "P" byte and the name after it, as
+    the server keys it (empty when the message has no name's end)."""
     end = message.find(b"\0", 6)
-    return message[5:end] if end >= 0 else b""
+    return message[5 : min(end, 6 + _NAME_BYTES)] if end >= 0 else b""
 
 
 def float_repr(value: float) -> str:
@@ -416,6 +418,7 @@ class Trail:
             if undo is not None:
                 undo()  # (the server skips it)
             return
+        name = name[:_NAME_BYTES]
         entry = _Entry(_K_PARSE, self._start(text, verdict, None), name, ends=self._ends)
         entry.undo = undo
         # A Parse of a name the session still has fails (42P05) and leaves
@@ -467,9 +470,9 @@ class Trail:
         or FunctionCall) is still unanswered: a Bind of the name sent now
         runs after the server settled it, which the gateway cannot know yet."""
         ends = self._ends
-        key = name[:_NAME_BYTES]  # (the server keys names by their first 63 bytes)
+        key = name[:_NAME_BYTES]
         return any(
-            e.kind == _K_PARSE and e.name[:_NAME_BYTES] == key and e.ends < ends
+            e.kind == _K_PARSE and e.name == key and e.ends < ends
             for e in self._queue
         )
 
@@ -504,7 +507,7 @@ class Trail:
             self._bind(message, refused)
         elif type_code == _EXECUTE:
             end = message.find(b"\0", 5)
-            portal = message[5:end] if end >= 0 else b""
+            portal = message[5 : min(end, 5 + _NAME_BYTES)] if end >= 0 else b""
             p = self._portals.get(portal)
             if p is None:
                 statement = self._start("", self._unknown, None)
@@ -539,6 +542,7 @@ class Trail:
             # Malformed: the server refuses it; still one answer to follow.
             self._queue.append(_Entry(_K_BIND))
             return
+        portal, name = portal[:_NAME_BYTES], name[:_NAME_BYTES]
         known = self._statements.get(name)
         text, verdict = known or ("", self._unknown)
         verdict = refused or verdict
@@ -615,6 +619,8 @@ class Trail:
             queue.popleft()
             if kind == _K_CLOSE:
                 self._closed(head)
+            elif kind == _K_PARSE and head.meant is None:
+                self._parsed_after_all(head)
         elif kind == _K_DESCRIBE:
             if type_code in (_ROW_DESCRIPTION, _NO_DATA):
                 columns = self._row_description(data) if type_code == _ROW_DESCRIPTION else None
@@ -677,6 +683,21 @@ class Trail:
         if portals:
             for name in [n for n, p in portals.items() if p.ends < ends]:
                 del portals[name]
+
+    def _parsed_after_all(self, entry: _Entry) -> None:
+        """The server made a statement under a name the trail thought it
+        still had (so the Parse was to fail, 42P05, and leave the old text):
+        something dropped the name that the trail could not read (a
+        DEALLOCATE among other statements in one Query, a name in an
+        encoding it does not know). The new text is the name's from now on,
+        so that the record of its next run is not the old statement's. A
+        Bind of the name sent before this answer was recorded with the old
+        text (docs/recording.md)."""
+        st = entry.statement
+        assert st is not None
+        entry.meant = self._statements[entry.name] = (st.text, st.verdict)
+        self._described.pop(entry.name, None)
+        self._param_types.pop(entry.name, None)
 
     def _closed(self, entry: _Entry) -> None:
         """The server closed a statement or portal: forget its name, so that
