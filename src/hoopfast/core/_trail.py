@@ -471,10 +471,7 @@ class Trail:
         runs after the server settled it, which the gateway cannot know yet."""
         ends = self._ends
         key = name[:_NAME_BYTES]
-        return any(
-            e.kind == _K_PARSE and e.name == key and e.ends < ends
-            for e in self._queue
-        )
+        return any(e.kind == _K_PARSE and e.name == key and e.ends < ends for e in self._queue)
 
     def fast_statement(self, type_code: int, message: bytes, text: str, verdict: Any) -> None:
         """A Query, or an unnamed Parse, that the relay's fast path passed
