@@ -273,12 +273,15 @@ cdef enum:
     _B_FLOAT4 = 10
     _B_DATE = 12
     _B_TIMESTAMPTZ = 15
-    _B_ARRAY = 16
+    _B_INET = 16
+    _B_INTERVAL = 20
+    _B_ARRAY = 21
 
 if (_shown.HEX, _shown.TEXT, _shown.INT2, _shown.INT4, _shown.INT8, _shown.OID, _shown.BOOL,
         _shown.UUID, _shown.JSONB, _shown.NUMERIC, _shown.FLOAT4, _shown.FLOAT8, _shown.DATE,
         _shown.TIME, _shown.TIMESTAMP, _shown.TIMESTAMPTZ) != tuple(range(16)) \
-        or _shown.ARRAY != 16 \
+        or (_shown.INET, _shown.CIDR, _shown.MACADDR, _shown.MACADDR8, _shown.INTERVAL,
+            _shown.ARRAY) != tuple(range(16, 22)) \
         or _shown.max_text(10) != 72:
     raise ImportError("hoopfast.core._shown's binary codes changed: rebuild ext/_ctrail.pyx")
 
@@ -1154,6 +1157,9 @@ cdef class Trail:
                 _ARRAY_ELEMENTS[kind - _B_ARRAY],
                 self._encoding.decode("utf-8"),
             )
+        elif _B_INET <= kind <= _B_INTERVAL:
+            # (Addresses and intervals are read by the reference, as floats.)
+            return _shown.other_text(PyBytes_FromStringAndSize(<const char*>buf, n), kind)
         elif _B_FLOAT4 <= kind <= _B_TIMESTAMPTZ:
             # (Floats, dates and times are read by the reference: kept
             # values only, within the caps.)

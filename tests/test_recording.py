@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import decimal
 import errno
 import io
+import ipaddress
 import json
 import os
 import re
@@ -229,21 +231,22 @@ def test_asyncpg_binary_parameters_reach_the_trail_masked(idle_gateway: RunningG
     """asyncpg binds every value in binary format and Describes each
     statement: the detectors still see a string, and an int8 as its digits
     (a card number bound as a number, int8 or numeric, is masked as it is
-    in text)."""
+    in text), and an inet as its address."""
     gw = idle_gateway
     who = _person()
     sql = (
         "SELECT $1::text AS t, $2::int AS n, $3::int8 AS card, $4::numeric AS other,"
-        " $5::int8[] AS cards"
+        " $5::int8[] AS cards, $6::inet AS host, $7::interval AS took"
     )
     card, other = 4111111111111111, decimal.Decimal("5500000000000004")
     cards = [card, 5]
+    host, took = ipaddress.ip_address("10.20.30.40"), datetime.timedelta(days=1, seconds=7.5)
 
     async def run(conn: Any) -> Any:
-        return await conn.fetchrow(sql, "mail me: x@example.com", 7, card, other, cards)
+        return await conn.fetchrow(sql, "mail me: x@example.com", 7, card, other, cards, host, took)
 
     row = _asyncpg(gw, who, run)
-    assert tuple(row) == ("mail me: x@example.com", 7, card, other, cards)
+    assert tuple(row) == ("mail me: x@example.com", 7, card, other, cards, host, took)
     events = statements(trail(gw, sealed_session(gw, who)))
     (bound,) = [e for e in events if e["text"] == sql]
     assert bound["params"] == [
@@ -252,6 +255,8 @@ def test_asyncpg_binary_parameters_reach_the_trail_masked(idle_gateway: RunningG
         "[REDACTED:card]",
         "[REDACTED:card]",
         "{[REDACTED:card],5}",
+        "[REDACTED:ipv4]",
+        "1 day 00:00:07.5",
     ]
     # The result is kept as the client saw it (this connection masks no
     # results), its binary values as their text.
@@ -262,6 +267,8 @@ def test_asyncpg_binary_parameters_reach_the_trail_masked(idle_gateway: RunningG
             "4111111111111111",
             "5500000000000004",
             "{4111111111111111,5}",
+            "10.20.30.40",
+            "1 day 00:00:07.5",
         ]
     ]
 

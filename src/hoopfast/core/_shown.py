@@ -12,9 +12,9 @@ every binary value). Any other binary value is shown as ``\\x`` + hex, *unless* 
 something in its bytes read as text (asyncpg sends every string in binary
 format: a text value's binary form is its bytes in the client encoding);
 then as that masked text. What stays hex is a binary value of a type the
-trail does not know or was not told (inet, interval, composites, a
-statement never described): its hex can hold what the detectors would have
-masked in text form (an address as inet).
+trail does not know or was not told (composites, ranges, a statement never
+described): its hex can hold what the detectors would have masked in text
+form.
 """
 
 from __future__ import annotations
@@ -75,12 +75,15 @@ def declared_types(parse: bytes) -> list[int] | None:
 # are shown as the server shows them with its default settings, which are
 # exact: floats with extra_float_digits 1 (the shortest text that reads
 # back as the same value), dates and times with DateStyle ISO, and
-# timestamptz in UTC (``+00``). Anything else ("char" and xml, whose text
-# differs from their bytes; interval, inet, ranges, composites) and any
+# timestamptz in UTC (``+00``). Addresses (inet, cidr, macaddr, macaddr8)
+# and intervals (IntervalStyle postgres, the default) are written as their
+# output functions write them, so that the detectors read an address bound
+# or returned in binary as they read it in text. Anything else ("char" and
+# xml, whose text differs from their bytes; ranges, composites) and any
 # value of the wrong length, or that the server would refuse, stays ``\x``
 # + hex. Both trail builds follow these codes (ext/_ctrail.pyx reads this
 # table, checks the codes when it is imported, and has arrays, floats,
-# dates and times read here).
+# dates, times, addresses and intervals read here).
 HEX = 0
 TEXT = 1
 INT2 = 2
@@ -97,8 +100,13 @@ DATE = 12
 TIME = 13
 TIMESTAMP = 14
 TIMESTAMPTZ = 15
+INET = 16
+CIDR = 17
+MACADDR = 18
+MACADDR8 = 19
+INTERVAL = 20
 #: ARRAY + i: a one- or more-dimensional array of ARRAY_ELEMENTS[i].
-ARRAY = 16
+ARRAY = 21
 
 #: Type OID -> how its binary values are shown.
 BINARY_KINDS = {
@@ -122,6 +130,11 @@ BINARY_KINDS = {
     1083: TIME,
     1114: TIMESTAMP,
     1184: TIMESTAMPTZ,
+    869: INET,
+    650: CIDR,
+    829: MACADDR,
+    774: MACADDR8,
+    1186: INTERVAL,
 }
 
 #: Array type OID -> its element type, for the element types above.
@@ -145,6 +158,11 @@ ARRAY_TYPES = {
     1183: 1083,
     1115: 1114,
     1185: 1184,
+    1041: 869,
+    651: 650,
+    1040: 829,
+    775: 774,
+    1187: 1186,
 }
 ARRAY_ELEMENTS = tuple(ARRAY_TYPES.values())
 BINARY_KINDS.update({oid: ARRAY + i for i, oid in enumerate(ARRAY_TYPES)})
@@ -184,6 +202,8 @@ def binary_text(raw: bytes, type_oid: int, codec: str) -> str | None:
         return numeric_text(raw)
     elif kind >= ARRAY:
         return array_text(raw, ARRAY_ELEMENTS[kind - ARRAY], codec)
+    elif kind >= INET:
+        return other_text(raw, kind)
     elif kind != HEX and len(raw) == _SIZES[kind]:
         if kind == BOOL:
             return "t" if raw[0] else "f"
@@ -360,6 +380,126 @@ def _clock_text(micros: int) -> str:
     hour, minute = divmod(minutes, 60)
     text = f"{hour:02d}:{minute:02d}:{second:02d}"
     return text + f".{fraction:06d}".rstrip("0") if fraction else text
+
+
+# -- addresses and intervals -----------------------------------------------------
+#
+# inet_send/cidr_send (network.c): family (2: IPv4, 3: IPv6), bits, is_cidr,
+# the address's byte count (4 or 16), the address. network_out writes it
+# with pg_inet_net_ntop (src/port/inet_net_ntop.c): IPv4 as four octets,
+# IPv6 as hex words with the longest run of two or more zero words as
+# "::" (an IPv4 address embedded in ::/96 or ::ffff:0:0/96 dotted), then
+# "/bits" unless bits is the family's whole width; cidr always adds
+# "/bits". macaddr(8)_send: the 6 (8) bytes, written as hex pairs with
+# colons. interval_send: int64 microseconds, int32 days, int32 months;
+# interval_out (EncodeInterval, IntervalStyle postgres) writes each nonzero
+# part of years, months and days, then the time.
+_FAMILIES = {2: 4, 3: 16}
+_ADDRESS_SIZES = {MACADDR: 6, MACADDR8: 8}
+_INT64_MAX = (1 << 63) - 1
+_INT32_MAX = (1 << 31) - 1
+
+
+def other_text(raw: bytes, kind: int) -> str | None:
+    """The text of an address (inet, cidr, macaddr, macaddr8) or interval
+    (binary_text), or None where the server would refuse it."""
+    if kind in _ADDRESS_SIZES:
+        if len(raw) != _ADDRESS_SIZES[kind]:
+            return None
+        return ":".join(f"{b:02x}" for b in raw)
+    if kind == INTERVAL:
+        return _interval_text(raw) if len(raw) == 16 else None
+    return _network_text(raw, kind == CIDR)
+
+
+def _network_text(raw: bytes, is_cidr: bool) -> str | None:
+    if len(raw) < 4:
+        return None
+    # (The third byte, is_cidr, is ignored by inet_recv and cidr_recv.)
+    family, bits, size = raw[0], raw[1], raw[3]
+    width = _FAMILIES.get(family)
+    if width is None or size != width or len(raw) != 4 + size or bits > 8 * width:
+        return None
+    address = raw[4:]
+    if is_cidr and int.from_bytes(address, "big") & ((1 << (8 * width - bits)) - 1):
+        return None  # (bits set right of the mask: cidr_recv refuses it)
+    text = ".".join(map(str, address)) if family == 2 else _ipv6_text(address)
+    if is_cidr or bits != 8 * width:
+        text += f"/{bits}"
+    return text
+
+
+def _ipv6_text(address: bytes) -> str:
+    words = [int.from_bytes(address[i : i + 2], "big") for i in range(0, 16, 2)]
+    best_base, best_len, base = -1, 0, -1
+    for i, word in enumerate([*words, 1]):  # (a sentinel ends a last run)
+        if word == 0:
+            if base == -1:
+                base = i
+        elif base != -1:
+            if i - base > best_len:
+                best_base, best_len = base, i - base
+            base = -1
+    if best_len < 2:
+        best_base = -1
+    out = ""
+    for i, word in enumerate(words):
+        if best_base != -1 and best_base <= i < best_base + best_len:
+            if i == best_base:
+                out += ":"
+            continue
+        if i != 0:
+            out += ":"
+        if (
+            i == 6
+            and best_base == 0
+            and (
+                best_len == 6
+                or (best_len == 7 and words[7] != 1)
+                or (best_len == 5 and words[5] == 0xFFFF)
+            )
+        ):
+            return out + ".".join(map(str, address[12:]))
+        out += f"{word:x}"
+    if best_base != -1 and best_base + best_len == 8:
+        out += ":"
+    return out
+
+
+def _interval_text(raw: bytes) -> str | None:
+    micros = int.from_bytes(raw[0:8], "big", signed=True)
+    days = int.from_bytes(raw[8:12], "big", signed=True)
+    months = int.from_bytes(raw[12:16], "big", signed=True)
+    if (micros, days, months) in (
+        (_INT64_MAX, _INT32_MAX, _INT32_MAX),
+        (-_INT64_MAX - 1, -_INT32_MAX - 1, -_INT32_MAX - 1),
+    ):
+        return None  # (infinity from PostgreSQL 17, a value before: not guessed)
+    years, months = _trunc_divmod(months, 12)
+    hours, rest = _trunc_divmod(micros, 3_600_000_000)
+    minutes, rest = _trunc_divmod(rest, 60_000_000)
+    seconds, fraction = _trunc_divmod(rest, 1_000_000)
+    parts: list[str] = []
+    before = False
+    for value, unit in ((years, "year"), (months, "mon"), (days, "day")):
+        if value:
+            sign = "+" if before and value > 0 else ""
+            parts.append(f"{sign}{value} {unit}{'' if value == 1 else 's'}")
+            before = value < 0
+    if not parts or hours or minutes or seconds or fraction:
+        minus = hours < 0 or minutes < 0 or seconds < 0 or fraction < 0
+        sign = "-" if minus else ("+" if before else "")
+        clock = f"{sign}{abs(hours):02d}:{abs(minutes):02d}:{abs(seconds):02d}"
+        if fraction:
+            clock += f".{abs(fraction):06d}".rstrip("0")
+        parts.append(clock)
+    return " ".join(parts)
+
+
+def _trunc_divmod(value: int, by: int) -> tuple[int, int]:
+    """C's / and % (toward zero), as interval2itm computes the parts."""
+    quotient = abs(value) // by * (1 if value >= 0 else -1)
+    return quotient, value - quotient * by
 
 
 # -- numeric ---------------------------------------------------------------------
