@@ -13,6 +13,13 @@ Either the trail alone ("trail") or the trail with a session log, as a
 recorded session has ("+ log": each statement's event JSON, hash link and
 spool frame into a journal, emptied as the recorder's commit would). Best
 of the repeats, in µs per statement.
+
+Then the relay's side of it, compiled builds only: a pgbench -M prepared
+statement's client chunk (Bind, Describe, Execute, Sync) and server chunk
+(BindComplete, RowDescription, DataRow, CommandComplete, ReadyForQuery)
+fed to a client and a server Pump whose framer hands the trail what it
+observes, as runs (one call per chunk; ``Framer.set_runs``) and, for
+comparison, one message at a time.
 """
 
 from __future__ import annotations
@@ -132,6 +139,73 @@ def per_statement(
     return best / n * 1e6
 
 
+class _Peer:
+    """A socket that takes writes and never closes (no system call)."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.write = self.writes.append
+
+    def is_closing(self) -> bool:
+        return False
+
+    def set_protocol(self, protocol: Any) -> None:
+        pass
+
+
+class _Owner:
+    def pump_message(self, pump: Any, type_code: int, message: bytes) -> bytes:
+        raise AssertionError("nothing here is owned")
+
+    def pump_violation(self, pump: Any, error: Exception) -> None:
+        raise error
+
+
+PREPARED_CLIENT = b"".join([BIND, DESCRIBE, EXECUTE, SYNC])
+PREPARED_SERVER = b"".join(EXTENDED_SERVER[1:])
+
+
+def through_the_pump(runs: bool, n: int, repeats: int) -> float:
+    """Best µs per statement: the two chunks of one prepared statement
+    through the compiled pumps and framers into the compiled trail."""
+    import hoopfast_core
+
+    from hoopfast.core import _cpump, _ctrail
+
+    finished = 0
+
+    def done(st: Any) -> None:
+        nonlocal finished
+        finished += 1
+
+    trail = _ctrail.Trail("utf-8", _ctrail.Caps(100, 65536, 16 << 20), str, done, VERDICT)
+
+    def pump(types: bytes, batch: bytes, observe: Callable[[int, bytes], None]) -> Any:
+        framer = hoopfast_core.Framer(1 << 30, types, batch)
+        p = _cpump.Pump(framer, _Owner(), hoopfast_core.FramingError)
+        p.attach(_Peer(), _Peer())
+        p.observe(types, observe)
+        if not runs:
+            framer.set_runs(b"")
+        return p
+
+    client = pump(b"BDESC", b"", trail.client_run if runs else trail.client_message)
+    server = pump(b"TDCIsZ123nt", b"D", trail.server_run if runs else trail.server_message)
+    trail.fast_statement(PARSE[0], PARSE, SQL, VERDICT)
+    server.data_received(msg(b"1"))
+    best = float("inf")
+    for _ in range(repeats):
+        chunks = [(bytes(bytearray(PREPARED_CLIENT)), bytes(bytearray(PREPARED_SERVER)))]
+        chunks = [(bytes(bytearray(c)), bytes(bytearray(s))) for c, s in chunks * n]
+        t0 = time.perf_counter()
+        for sent, answer in chunks:
+            client.data_received(sent)
+            server.data_received(answer)
+        best = min(best, time.perf_counter() - t0)
+    assert finished == n * repeats, "every statement must be finished"
+    return best / n * 1e6
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--statements", type=int, default=20000)
@@ -150,6 +224,11 @@ def main() -> None:
             )
             label = "+ log" if event else "trail"
             print(f"| {name} | {label} | {py:.2f} | {c:.2f} | {py / c:.1f}x |")
+    one, run = (through_the_pump(r, args.statements, args.repeats) for r in (False, True))
+    print()
+    print("| prepared statement through the pumps | one message a call µs | runs µs | ratio |")
+    print("|---|---:|---:|---:|")
+    print(f"| client and server chunk | {one:.2f} | {run:.2f} | {one / run:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,22 @@ cdef object _fast_text(int type_code, bytes message):
         return None
 
 
+cdef list _split(bytes run):
+    """A framer's run as one (type, message) item per message."""
+    cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(run)
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(run)
+    cdef Py_ssize_t pos = 0, end
+    cdef unsigned long long length
+    cdef list items = []
+    while pos + 5 <= size:
+        length = ((<unsigned long long>buf[pos + 1] << 24) | (buf[pos + 2] << 16)
+                  | (buf[pos + 3] << 8) | buf[pos + 4])
+        end = pos + 1 + <Py_ssize_t>length
+        items.append((buf[pos], run[pos:end]))
+        pos = end
+    return items
+
+
 cdef class Pump:
     cdef public object framer
     cdef public object owner
@@ -81,6 +97,7 @@ cdef class Pump:
         memset(self._observed, 0, 256)
         for t in types:
             self._observed[t] = 1
+        self.framer.set_runs(types)
         self._observe = observe
         self._observe_statement = observe_statement
 
@@ -148,6 +165,13 @@ cdef class Pump:
                 continue
             type_code = (<tuple>item)[0]
             message = (<tuple>item)[1]
+            if type_code == 0:  # a framer's run (see the reference)
+                if not self._all_observed(message):
+                    self._process(_split(message) + items[i + 1 :], out)
+                    return
+                self._observe(type_code, message)
+                out.append(message)
+                continue
             if self._observed[type_code & 0xFF]:
                 self._observe(type_code, message)
                 out.append(message)
@@ -170,6 +194,21 @@ cdef class Pump:
                 break
         if out and not self.peer.is_closing():
             self._write(out[0] if len(out) == 1 else b"".join(out))
+
+    cdef bint _all_observed(self, bytes run):
+        """Whether every message of a framer's run is of a type still
+        observed."""
+        cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(run)
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(run)
+        cdef Py_ssize_t pos = 0
+        cdef unsigned long long length
+        while pos + 5 <= size:
+            if not self._observed[buf[pos]]:
+                return False
+            length = ((<unsigned long long>buf[pos + 1] << 24) | (buf[pos + 2] << 16)
+                      | (buf[pos + 3] << 8) | buf[pos + 4])
+            pos += 1 + <Py_ssize_t>length
+        return True
 
     def hold(self):
         if self.held is None:

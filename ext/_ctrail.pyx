@@ -67,6 +67,7 @@ cdef enum:
     _NO_DATA = 110  # n
     _PARAMETER_DESCRIPTION = 116  # t
     _COPY_IN_RESPONSE = 71  # G
+    _COPY_DATA = 100  # d
 
 # Queue entry kinds.
 cdef enum:
@@ -445,6 +446,24 @@ cdef _run(list undos):
         undo()
 
 
+cdef inline Py_ssize_t _message_end(const unsigned char* buf, Py_ssize_t size,
+                                    Py_ssize_t pos) noexcept nogil:
+    """(_trail._message_end.)"""
+    cdef long long length
+    if pos + 5 > size:
+        return size
+    length = _uint(buf, size, pos + 1, 4)
+    if length < 4 or pos + 1 + length > size:
+        return size
+    return pos + 1 + length
+
+
+cdef inline bytes _slice(bytes data, const unsigned char* buf, Py_ssize_t size,
+                         Py_ssize_t start, Py_ssize_t end):
+    return data if start == 0 and end == size else PyBytes_FromStringAndSize(
+        <const char*>buf + start, end - start)
+
+
 cdef inline Py_ssize_t _key_size(Py_ssize_t n) noexcept nogil:
     """How much of a name of n bytes the server keys it by (see the
     reference's _NAME_BYTES)."""
@@ -787,10 +806,44 @@ cdef class Trail:
         else:
             self._parse(b"", text, verdict, message)
 
+    def client_run(self, int type_code, bytes data not None):
+        """(See the reference.) Each message without a Python call."""
+        cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(data)
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
+        cdef Py_ssize_t pos = 0, end
+        if size >= 5 and 1 + _uint(buf, size, 1, 4) == size:
+            self._client_message(buf[0], data, None)
+            return
+        while pos < size:
+            end = _message_end(buf, size, pos)
+            self._client_message(buf[pos], _slice(data, buf, size, pos, end), None)
+            pos = end
+
+    def server_run(self, int type_code, bytes data not None):
+        """(See the reference.) Each message without a Python call."""
+        cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(data)
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
+        cdef Py_ssize_t pos = 0, end
+        cdef unsigned char code
+        if size >= 5 and 1 + _uint(buf, size, 1, 4) == size:
+            self._server_message(buf[0], data)
+            return
+        while pos < size:
+            code = buf[pos]
+            end = _message_end(buf, size, pos)
+            if code == _DATA_ROW or code == _COPY_DATA:
+                while end < size and buf[end] == code:
+                    end = _message_end(buf, size, end)
+            self._server_message(code, _slice(data, buf, size, pos, end))
+            pos = end
+
     def client_message(self, int type_code, bytes message not None, refused=None):
         """Bind, Execute, Sync, Describe, Close, CopyDone and CopyFail, as the
         client sent them (``refused``: the gateway refused this Bind, for
         that reason)."""
+        self._client_message(type_code, message, refused)
+
+    cdef _client_message(self, int type_code, bytes message, refused):
         if type_code == _SYNC:
             if self._copying_in:
                 return  # (read and ignored by the server during COPY FROM STDIN)
@@ -956,6 +1009,9 @@ cdef class Trail:
     def server_message(self, int type_code, bytes data not None):
         """A server message as forwarded to the client (DataRows and
         CopyData may come as a batch of several)."""
+        self._server_message(type_code, data)
+
+    cdef _server_message(self, int type_code, bytes data):
         cdef _Entry head = self._peek()
         cdef _Entry entry
         cdef Statement st

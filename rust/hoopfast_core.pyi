@@ -44,6 +44,11 @@ class Framer:
     def set_intercept(self, types: bytes) -> None:
         """Change the intercepted type codes (from the next message header on)."""
 
+    def set_runs(self, types: bytes) -> None:
+        """Change the types whose adjacent whole messages come out as one
+        item whatever their types, of code 0 when several (see
+        hoopfast.core.abc.Framer)."""
+
     @property
     def buffered(self) -> int: ...
     @property

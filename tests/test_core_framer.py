@@ -76,10 +76,32 @@ def split_messages(whole: bytes) -> list[bytes]:
     return out
 
 
-def check_items(items: list[Any], batch: bytes = b"") -> None:
+def merge_class(code: int, batch: bytes, runs: bytes = b"") -> int:
+    """Which adjacent whole messages a type merges with (0: none): every
+    runs type with every other (and with a run, code 0), a batch type with
+    its own type."""
+    return 257 if code in runs or (runs and code == 0) else code + 1 if code in batch else 0
+
+
+def check_items(items: list[Any], batch: bytes = b"", runs: bytes = b"") -> None:
     """Shape of one feed() result: no empty runs, adjacent runs coalesced,
-    tuples hold one whole message, or (batch types) several, never split
-    across adjacent tuples."""
+    tuples hold one whole message, or (batch types) several of the type,
+    or (runs types) several of those types, never split across adjacent
+    tuples."""
+    if runs:
+        prev_class = 0
+        for item in items:
+            if isinstance(item, bytes):
+                prev_class = 0
+                continue
+            code, whole = item
+            parts = split_messages(whole)
+            assert parts and (parts[0][0] == code or (code == 0 and len(parts) > 1))
+            cls = merge_class(code, batch, runs)
+            assert all(merge_class(m[0], batch, runs) == cls for m in parts)
+            assert not (cls and cls == prev_class), "run not merged"
+            prev_class = cls
+        return
     prev: Any = None
     for item in items:
         if isinstance(item, bytes):
@@ -98,18 +120,19 @@ def check_items(items: list[Any], batch: bytes = b"") -> None:
         prev = item
 
 
-def merge_batches(items: list[Any], batch: bytes) -> list[Any]:
-    """The batch contract, applied to one unbatched feed() result."""
+def merge_batches(items: list[Any], batch: bytes, runs: bytes = b"") -> list[Any]:
+    """The batch (and runs) contract, applied to one unbatched feed() result."""
     out: list[Any] = []
     for item in items:
         if (
             isinstance(item, tuple)
-            and item[0] in batch
+            and merge_class(item[0], batch, runs)
             and out
             and isinstance(out[-1], tuple)
-            and out[-1][0] == item[0]
+            and merge_class(out[-1][0], batch, runs) == merge_class(item[0], batch, runs)
         ):
-            out[-1] = (item[0], out[-1][1] + item[1])
+            merged = 0 if merge_class(item[0], batch, runs) == 257 else out[-1][0]
+            out[-1] = (merged, out[-1][1] + item[1])
         else:
             out.append(item)
     return out
@@ -640,6 +663,57 @@ def test_random_batch_contract(impl: ModuleType, stream: Any) -> None:
         out += got
     assert joined(out) == data
     assert batched.at_boundary and batched.buffered == 0
+
+
+RUNS = st.sampled_from([b"DCZ1", b"CZ1", b"DENCZ1", b"E", b"Z", b""])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@PROP
+@given(stream=batch_streams(), runs=RUNS)
+def test_random_runs_contract(impl: ModuleType, stream: Any, runs: bytes) -> None:
+    """With runs (what only an observer reads, handed over in one piece):
+    per chunk, the output == the plain output with adjacent tuples of run
+    types merged whatever their types (and batch types with their own);
+    counters identical; items rebuild the input."""
+    intercept, batch, data, cuts = stream
+    intercept += runs  # (runs are of intercepted types)
+    plain, merged = impl.Framer(BIG, intercept), impl.Framer(BIG, intercept, batch)
+    merged.set_runs(runs)
+    out: list[Any] = []
+    for chunk in chunked(data, cuts):
+        want = merge_batches(plain.feed(chunk), batch, runs)
+        got = merged.feed(chunk)
+        check_items(got, batch, runs)
+        assert got == want
+        assert (merged.buffered, merged.messages, merged.at_boundary) == (
+            plain.buffered,
+            plain.messages,
+            plain.at_boundary,
+        )
+        out += got
+    assert joined(out) == data
+
+
+@needs_both
+@PROP
+@given(stream=batch_streams(), runs=RUNS)
+def test_random_runs_differential(stream: Any, runs: bytes) -> None:
+    intercept, batch, data, cuts = stream
+    assert COMPILED is not None
+    py, rs = (
+        _python.Framer(BIG, intercept + runs, batch),
+        COMPILED.Framer(BIG, intercept + runs, batch),
+    )
+    py.set_runs(runs)
+    rs.set_runs(runs)
+    for chunk in chunked(data, cuts):
+        assert py.feed(chunk) == rs.feed(chunk)
+        assert (py.buffered, py.messages, py.at_boundary) == (
+            rs.buffered,
+            rs.messages,
+            rs.at_boundary,
+        )
 
 
 @needs_both

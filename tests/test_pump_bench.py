@@ -155,3 +155,51 @@ def test_fast_path_passes_only_known_statements(pump_class: Any, core: Any) -> N
     pump.fast = None
     pump.data_received(passed[0])
     assert owner.seen[-1] == passed[0]
+
+
+class TakingBindsBack(Owner):
+    """Owns Parse; on one, starts intercepting Bind itself (the session
+    watches Binds from the first Parse that can change what may run)."""
+
+    def __init__(self, observed: list[tuple[int, bytes]]) -> None:
+        self.seen: list[tuple[int, bytes]] = []
+        self.observed = observed
+
+    def pump_message(self, pump: Any, type_code: int, message: bytes) -> bytes | None:
+        self.seen.append((type_code, message))
+        if type_code == ord("P"):
+            pump.observe(b"ES", self.observe)
+        return message
+
+    def observe(self, type_code: int, data: bytes) -> None:
+        self.observed.append((type_code, data))
+
+
+@pytest.mark.parametrize(("pump_class", "core"), _pumps())
+def test_observed_messages_come_as_one_run_until_a_type_is_taken_back(
+    pump_class: Any, core: Any
+) -> None:
+    """Adjacent observed messages reach the observer as one run (one call);
+    a run the framer made before the owner took one of its types back is
+    split, each message going where it now belongs, in order."""
+    sink = SinkTransport()
+    observed: list[tuple[int, bytes]] = []
+    owner = TakingBindsBack(observed)
+    pump = pump_class(core.Framer(1 << 30, b"PBES"), owner, core.FramingError)
+    pump.attach(_Attachable(), sink)
+    pump.observe(b"BES", owner.observe)
+    parse = msg(b"P", b"\0SELECT 1\0\0\0")
+    bind, execute, sync = msg(b"B", b"\0\0" + b"\0" * 6), msg(b"E", b"\0" + b"\0" * 4), msg(b"S")
+    pump.data_received(bind + execute + sync)
+    assert observed == [(0, bind + execute + sync)]  # (0: a run of several)
+    assert owner.seen == []
+    observed.clear()
+    pump.data_received(parse + bind + execute + sync)
+    assert owner.seen == [(ord("P"), parse), (ord("B"), bind)]
+    assert observed == [(ord("E"), execute), (ord("S"), sync)]
+    observed.clear()
+    pump.data_received(bind + execute + sync)  # from now on: B owned, E S one run
+    assert observed == [(0, execute + sync)]
+    assert sink.writes == [bind + execute + sync, parse + bind + execute + sync] + [
+        bind + execute + sync
+    ]

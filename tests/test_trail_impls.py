@@ -1915,7 +1915,54 @@ SCRIPTS = st.lists(
     caps=st.tuples(st.integers(0, 4), st.integers(0, 60), st.integers(0, 120)),
 )
 def test_random_sequences(script: Script, codec: str, caps: tuple[int, int, int]) -> None:
-    same(script, may_raise=True, codec=codec, caps=caps)
+    events = same(script, may_raise=True, codec=codec, caps=caps)
+    # The relay hands the trail runs of adjacent messages (Framer.set_runs):
+    # the same events as message by message, in both builds.
+    assert same(_as_runs(script), may_raise=True, codec=codec, caps=caps) == events
+
+
+def _framed(message: bytes) -> bool:
+    """Whether ``message`` is whole messages end to end, as the framer
+    makes them (the scripts also hold malformed ones, which no run does)."""
+    pos = 0
+    while pos + 5 <= len(message):
+        length = int.from_bytes(message[pos + 1 : pos + 5], "big")
+        if length < 4:
+            return False
+        pos += 1 + length
+    return pos == len(message) and pos > 0
+
+
+def _as_runs(script: Script) -> Script:
+    """``script`` with each stretch of adjacent well-framed client (or
+    server) messages handed over as one run, as the relay does."""
+    out: Script = []
+    for step in script:
+        kind = {"client": "client_run", "server": "server_run"}.get(step[0])
+        if kind is None or len(step) != 2 or not _framed(step[1]):
+            out.append(step)
+        elif out and out[-1][0] == kind:
+            out[-1] = (kind, 0, out[-1][2] + step[1])
+        else:
+            out.append((kind, 0, step[1]))
+    return out
+
+
+def test_runs_are_read_as_their_messages() -> None:
+    """A pgbench -M prepared statement as the relay hands it over: one run
+    each way."""
+    sent = [bind(b"", b"s", [b"42"]), describe(b"P"), execute(), SYNC]
+    answer = [BIND_COMPLETE, row_description((b"n", 23, 0)), data_row(b"42"), data_row(b"43")]
+    answer += [complete(b"SELECT 2"), READY]
+    prepare = _prepare(b"s", "SELECT n FROM t WHERE n >= $1")
+    one_by_one = [*prepare, *[("client", m) for m in sent], *[("server", m) for m in answer]]
+    runs = _as_runs(one_by_one)
+    assert runs[-2:] == [("client_run", 0, b"".join(sent)), ("server_run", 0, b"".join(answer))]
+    events = same(runs)
+    assert events == same(one_by_one)
+    assert [(e["text"], e["rows"], e["results"][0]["rows"]) for e in events] == [
+        ("SELECT n FROM t WHERE n >= $1", 2, [["42"], ["43"]])
+    ]
 
 
 def _undoing(

@@ -26,6 +26,11 @@ use crate::messages::{type_name, HEADER_LEN, INT32_MAX, MIN_LENGTH};
 /// Initial capacity cap for a held intercepted message; it grows as bytes
 /// arrive, so a lying length prefix cannot make us reserve `max_length` up front.
 const HELD_INITIAL_CAPACITY: usize = 64 * 1024;
+/// The merge class of every run type (batch types have 1..=256).
+const RUN_CLASS: u16 = 257;
+/// The code of an item of several messages of run types: no protocol
+/// message has type 0, so the reader knows a run from one message.
+pub const RUN_CODE: u8 = 0;
 
 /// Why a chunk could not be framed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +135,12 @@ pub struct Framer {
     intercept: [bool; 256],
     /// Intercepted types whose adjacent whole messages come out as one item.
     batch: [bool; 256],
+    /// Intercepted types whose adjacent whole messages come out as one item
+    /// whatever their types (a run, for an observer that reads each).
+    runs: [bool; 256],
+    /// Which adjacent whole messages merge: those of one nonzero class
+    /// (a batch type's own; RUN_CLASS for every run type).
+    merge: [u16; 256],
     /// A partial header (fewer than 5 bytes) from earlier chunks.
     header: [u8; HEADER_LEN],
     header_len: usize,
@@ -149,6 +160,8 @@ impl Framer {
             max_length,
             intercept: [false; 256],
             batch: [false; 256],
+            runs: [false; 256],
+            merge: [0; 256],
             header: [0; HEADER_LEN],
             header_len: 0,
             remaining: 0,
@@ -174,6 +187,36 @@ impl Framer {
         self.batch = [false; 256];
         for &t in types {
             self.batch[usize::from(t)] = true;
+        }
+        self.classify();
+    }
+
+    /// Intercepted types whose adjacent whole messages (within one `feed`
+    /// call) are merged into one item whatever their types, whose code is
+    /// RUN_CODE when it holds more than one; types not intercepted are
+    /// unaffected. A type in both `runs` and `batch` merges as a run.
+    pub fn set_runs(&mut self, types: &[u8]) {
+        self.runs = [false; 256];
+        for &t in types {
+            self.runs[usize::from(t)] = true;
+        }
+        self.classify();
+    }
+
+    fn classify(&mut self) {
+        for code in 0..256usize {
+            self.merge[code] = if self.runs[code] {
+                RUN_CLASS
+            } else if self.batch[code] {
+                // (code + 1: nonzero, and unlike any other type's)
+                u16::try_from(code + 1).unwrap_or(u16::MAX)
+            } else {
+                0
+            };
+        }
+        if self.runs.contains(&true) {
+            // (A run item, RUN_CODE, takes the next run type's message.)
+            self.merge[usize::from(RUN_CODE)] = RUN_CLASS;
         }
     }
 
@@ -229,16 +272,20 @@ impl Framer {
     /// merging only moves an `end`.
     #[inline]
     fn push_whole(&self, out: &mut Vec<Item>, base: usize, code: u8, start: usize, end: usize) {
-        if self.batch[usize::from(code)] && out.len() > base {
+        let class = self.merge[usize::from(code)];
+        if class != 0 && out.len() > base {
             match out.last_mut() {
                 Some(Item::Whole {
                     code: c, end: e, ..
                 })
                 | Some(Item::Held {
                     code: c, end: e, ..
-                }) if *c == code => {
+                }) if self.merge[usize::from(*c)] == class => {
                     debug_assert_eq!(*e, start);
                     *e = end;
+                    if class == RUN_CLASS {
+                        *c = RUN_CODE;
+                    }
                     return;
                 }
                 _ => {}
@@ -590,6 +637,14 @@ impl PyFramer {
         Ok(())
     }
 
+    /// Change the types whose adjacent whole messages come out as one item
+    /// whatever their types; see `hoopfast.core.abc.Framer.set_runs`.
+    fn set_runs(&mut self, types: &Bound<'_, PyAny>) -> PyResult<()> {
+        let t = check_types(types, "runs")?;
+        self.inner.set_runs(&t);
+        Ok(())
+    }
+
     #[getter]
     fn buffered(&self) -> usize {
         self.inner.buffered()
@@ -826,6 +881,56 @@ mod batch_tests {
             ]
         );
         assert_eq!(f.messages(), 9);
+    }
+
+    #[test]
+    fn run_types_merge_whatever_their_types() {
+        let two = msg(b'2', b"");
+        let t = msg(b'T', b"\0\0");
+        let c = msg(b'C', b"SELECT 1\0");
+        let z = msg(b'Z', b"I");
+        let e = msg(b'E', b"SERROR\0\0");
+        let data = [
+            two.clone(),
+            t.clone(),
+            rows(2),
+            c.clone(),
+            e.clone(),
+            z.clone(),
+        ]
+        .concat();
+        // D is in batch and runs: it merges as a run; E is intercepted
+        // alone and cuts the run; 'C' passes through.
+        let mut f = Framer::new(1 << 20, b"2TDEZ").with_batch(b"D");
+        f.set_runs(b"2TDZ");
+        let items = feed(&mut f, &data);
+        assert_eq!(
+            items,
+            vec![
+                (Some(RUN_CODE), [two.clone(), t.clone(), rows(2)].concat()),
+                (None, c.clone()),
+                (Some(b'E'), e.clone()),
+                (Some(b'Z'), z.clone()),
+            ]
+        );
+        // A held message starts a run that whole ones after it join.
+        let whole = [t.clone(), z.clone()].concat();
+        let mut f = Framer::new(1 << 20, b"TZ");
+        f.set_runs(b"TZ");
+        assert!(feed(&mut f, &whole[..3]).is_empty());
+        assert_eq!(feed(&mut f, &whole[3..]), vec![(Some(RUN_CODE), whole)]);
+        // A batch type not in runs merges only with its own type.
+        let data = [rows(2), z.clone(), rows(1)].concat();
+        let mut f = Framer::new(1 << 20, b"DZ").with_batch(b"D");
+        f.set_runs(b"Z");
+        assert_eq!(
+            feed(&mut f, &data),
+            vec![
+                (Some(b'D'), rows(2)),
+                (Some(b'Z'), z),
+                (Some(b'D'), rows(1))
+            ]
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ import os
 from types import ModuleType
 from typing import TYPE_CHECKING, cast
 
+from hoopfast.core._pump import held_messages
 from hoopfast.core._shown import declared_types, shown_binary, shown_parameter
 from hoopfast.core.abc import Core
 from hoopfast.core.abc import MaskPlan as MaskPlanContract
@@ -121,6 +122,7 @@ __all__ = [
     "fingerprint",
     "float_repr",
     "frame",
+    "held_messages",
     "shown_binary",
     "shown_parameter",
 ]

@@ -20,7 +20,12 @@ would only pile up in that buffer) until ``resume_writing``.
 
 Observing: a message type the owner follows but never changes (the audit
 trail's) goes to ``observe(type_code, message)`` instead, set with
-:meth:`Pump.observe`, and is forwarded as it came; a statement the fast path
+:meth:`Pump.observe`, and is forwarded as it came. The framer hands over
+adjacent observed messages as one run (``Framer.set_runs``, which observe
+sets; an item of type 0): one call for a pgbench statement's four client
+messages rather than four. A run with a type the owner took back since the framer made it (it
+intercepts Binds from the next Parse on) is split, each message going where
+it now belongs; a statement the fast path
 passes goes to ``observe_statement(type_code, message, sql, verdict)``. A
 recorded session then runs as cheaply as an unrecorded one: nothing per
 message calls the owner. The observer may close the peer (its audit record
@@ -49,7 +54,31 @@ see it), up to ``hold_limit`` bytes; past it the owner hears of a violation
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any, Protocol
+
+
+def held_messages(items: list[Any]) -> Iterator[tuple[int, bytes]]:
+    """The whole messages among a pump's ``held`` items, in order, a run's
+    one by one (bytes passed through are skipped)."""
+    for item in items:
+        if type(item) is bytes:
+            continue
+        if item[0] == 0:
+            yield from _split(item[1])
+        else:
+            yield item
+
+
+def _split(run: bytes) -> list[tuple[int, bytes]]:
+    """A framer's run (whole messages) as one (type, message) item each."""
+    items = []
+    pos = 0
+    while pos + 5 <= len(run):
+        end = pos + 1 + int.from_bytes(run[pos + 1 : pos + 5], "big")
+        items.append((run[pos], run[pos:end]))
+        pos = end
+    return items
 
 
 class PumpOwner(Protocol):
@@ -141,12 +170,14 @@ class Pump(asyncio.Protocol):
 
     def observe(self, types: bytes, observe: Any = None, observe_statement: Any = None) -> None:
         """Hand messages of ``types`` to ``observe`` instead of the owner
-        (the framer must intercept them), and statements the fast path
-        passes to ``observe_statement`` (see the module docstring)."""
+        (the framer must intercept them), adjacent ones as one run, and
+        statements the fast path passes to ``observe_statement`` (see the
+        module docstring)."""
         table = bytearray(256)
         for t in types:
             table[t] = 1
         self._observed = bytes(table)
+        self.framer.set_runs(types)
         self._observe = observe
         self._observe_statement = observe_statement
 
@@ -209,6 +240,16 @@ class Pump(asyncio.Protocol):
                 out.append(item)
                 continue
             type_code, message = item
+            if type_code == 0:  # a framer's run: several observed messages
+                if not self._all_observed(message):
+                    # The owner changed what it intercepts after the framer
+                    # made this run (a Parse made the session watch Binds):
+                    # its messages go one by one, each where it now belongs.
+                    self._process(_split(message) + items[i + 1 :], out)
+                    return
+                self._observe(type_code, message)
+                out.append(message)
+                continue
             if self._observed[type_code]:
                 self._observe(type_code, message)
                 out.append(message)
@@ -232,6 +273,12 @@ class Pump(asyncio.Protocol):
         # The owner may have closed the peer (ending the session).
         if out and not peer.is_closing():
             self._write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _all_observed(self, run: bytes) -> bool:
+        """Whether every message of a framer's run is of a type still
+        observed."""
+        observed = self._observed
+        return all(observed[code] for code, _ in _split(run))
 
     def hold(self) -> None:
         """Keep everything after the current message, unprocessed, until

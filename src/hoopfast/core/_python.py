@@ -77,6 +77,23 @@ def _intercept_table(types: bytes, what: str = "intercept") -> bytes:
     return bytes(table)
 
 
+#: The merge class of every run type (a batch type's is its code + 1).
+_RUN_CLASS = 257
+#: The code of an item of several messages of run types (no protocol
+#: message has type 0).
+RUN_CODE = 0
+
+
+def _merge_classes(batch: bytes, runs: bytes) -> list[int]:
+    """Per type: which adjacent whole messages it merges with, those of its
+    nonzero class (a type in runs and batch merges as a run); a run item
+    (RUN_CODE) merges with the next run type's message."""
+    classes = [_RUN_CLASS if runs[code] else code + 1 if batch[code] else 0 for code in range(256)]
+    if any(runs):
+        classes[RUN_CODE] = _RUN_CLASS
+    return classes
+
+
 def _batched(head: bytes | bytearray, data: bytes, start: int, end: int) -> bytes:
     """One batch item's message bytes: ``head`` (a message completed in this
     chunk from held bytes, or empty) then the whole messages ``data[start:end]``."""
@@ -94,7 +111,7 @@ class Framer:
     partial 5-byte header (until its type and length are known) and
     intercepted messages (until complete) are held. Adjacent intercepted
     messages of one ``batch`` type in a chunk come out as one item, sliced
-    from the chunk once.
+    from the chunk once; so do adjacent ones of any ``runs`` types.
     """
 
     __slots__ = (
@@ -105,8 +122,10 @@ class Framer:
         "_held_type",
         "_intercept",
         "_max_length",
+        "_merge",
         "_messages",
         "_remaining",
+        "_runs",
     )
 
     def __init__(self, max_length: int, intercept: bytes = b"", batch: bytes = b"") -> None:
@@ -116,6 +135,8 @@ class Framer:
         self._max_length = max_length
         self._intercept = _intercept_table(intercept)
         self._batch = _intercept_table(batch, "batch")
+        self._runs = _intercept_table(b"", "runs")
+        self._merge = _merge_classes(self._batch, self._runs)
         self._header = b""  # a partial header (1..4 bytes) from earlier chunks
         self._remaining = 0  # payload bytes of the current message still to come
         self._held: bytearray | None = None  # the intercepted message being collected
@@ -125,6 +146,10 @@ class Framer:
 
     def set_intercept(self, types: bytes) -> None:
         self._intercept = _intercept_table(types)
+
+    def set_runs(self, types: bytes) -> None:
+        self._runs = _intercept_table(types, "runs")
+        self._merge = _merge_classes(self._batch, self._runs)
 
     @property
     def buffered(self) -> int:
@@ -158,7 +183,7 @@ class Framer:
             return out
         append = out.append
         intercept = self._intercept
-        batch = self._batch
+        batch = self._merge
         max_length = self._max_length
         messages = self._messages
         remaining = self._remaining
@@ -242,7 +267,9 @@ class Framer:
                 if end <= n:
                     messages += 1
                     if brun >= 0:
-                        if code == bcode:  # extends the pending batch
+                        if batch[code] == batch[bcode]:  # extends the pending batch
+                            if batch[code] == _RUN_CLASS:
+                                bcode = RUN_CODE
                             pos = end
                             continue
                         append((bcode, _batched(bhead, data, brun, pos)))

@@ -67,6 +67,7 @@ _CLOSE_COMPLETE = ord("3")
 _NO_DATA = ord("n")
 _PARAMETER_DESCRIPTION = ord("t")
 _COPY_IN_RESPONSE = ord("G")
+_COPY_DATA = ord("d")
 
 # Queue entry kinds.
 _K_SIMPLE = 0  # Query or FunctionCall: answered up to ReadyForQuery
@@ -562,6 +563,21 @@ class Trail:
 
     # -- from the server ------------------------------------------------------
 
+    def client_run(self, type_code: int, data: bytes) -> None:
+        """Client messages as the relay hands them over: one, or a run of
+        adjacent ones of any of client_message's types (a framer's
+        ``runs``), each as client_message takes it."""
+        for code, message in _run_messages(data, b""):
+            self.client_message(code, message)
+
+    def server_run(self, type_code: int, data: bytes) -> None:
+        """Server messages as the relay hands them over: one, or a run of
+        adjacent ones of any of server_message's types, each as
+        server_message takes it (adjacent DataRows, or CopyData, as one
+        batch)."""
+        for code, message in _run_messages(data, _BATCHED):
+            self.server_message(code, message)
+
     def server_message(self, type_code: int, data: bytes) -> None:
         """A server message as forwarded to the client (DataRows and
         CopyData may come as a batch of several)."""
@@ -890,6 +906,37 @@ UNANSWERED = {
     "sqlstate": "08006",
     "message": "no complete answer: the session ended first (the statement may have run)",
 }
+
+#: Server types a run hands to server_message in batches (see server_run).
+_BATCHED = bytes([_DATA_ROW, _COPY_DATA])
+
+
+def _run_messages(data: bytes, batched: bytes) -> list[tuple[int, bytes]]:
+    """A run's messages (adjacent ones of a ``batched`` type together), by
+    their headers; what a header does not frame (never, from the framer)
+    goes as one message."""
+    size = len(data)
+    if size >= 5 and 1 + int.from_bytes(data[1:5], "big") == size:
+        return [(data[0], data)]  # (the usual case: one message, as is)
+    out: list[tuple[int, bytes]] = []
+    pos = 0
+    while pos < size:
+        code = data[pos]
+        end = _message_end(data, pos)
+        while code in batched and end < size and data[end] == code:
+            end = _message_end(data, end)
+        out.append((code, data[pos:end]))
+        pos = end
+    return out
+
+
+def _message_end(data: bytes, pos: int) -> int:
+    """Where the message at ``pos`` ends; the data's end where its header
+    is cut short or impossible."""
+    length = int.from_bytes(data[pos + 1 : pos + 5], "big")
+    end = pos + 1 + length
+    return end if length >= 4 and pos + 5 <= len(data) and end <= len(data) else len(data)
+
 
 #: ParseComplete, BindComplete, CloseComplete: which entry each completes.
 _COMPLETES = {_PARSE_COMPLETE: _K_PARSE, _BIND_COMPLETE: _K_BIND, _CLOSE_COMPLETE: _K_CLOSE}

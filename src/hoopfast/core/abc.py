@@ -62,6 +62,18 @@ class Framer(Protocol):
         ``batch`` is kept."""
         ...
 
+    def set_runs(self, types: bytes) -> None:
+        """Intercepted types whose adjacent whole messages (within one
+        ``feed``) come out as one item *whatever their types*: a run, whose
+        tuple's code is 0 when it holds more than one message (no protocol
+        message has type 0, and a type-0 message must not be intercepted
+        with runs set). For an observer that reads each
+        message of a run itself (the audit trail): one item, and one call,
+        for what would be several. A type in both ``runs`` and ``batch``
+        merges as a run; a ``batch`` type not in ``runs`` still merges only
+        with its own type. Applies to the next ``feed``."""
+        ...
+
     @property
     def buffered(self) -> int:
         """Bytes held for an incomplete intercepted message or header."""

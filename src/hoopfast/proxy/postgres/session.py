@@ -830,7 +830,7 @@ class PgSession:
         else:
             observed = _without(trail.CLIENT_TYPES, owned)
             pump.framer.set_intercept(owned + observed)
-            pump.observe(observed, t.client_message, t.fast_statement)
+            pump.observe(observed, t.client_run, t.fast_statement)
         if self._guarded:
             self._use_fast_path()
 
@@ -844,7 +844,7 @@ class PgSession:
             return
         observed = _without(trail.SERVER_TYPES, owned)
         pump.framer.set_intercept(owned + observed)
-        pump.observe(observed, self._trail.server_message)
+        pump.observe(observed, self._trail.server_run)
 
     def _follow_parses(self) -> None:
         """From now on, follow the server's answers to Parse: something a
@@ -1177,10 +1177,7 @@ class PgSession:
         if type_code != m.PARSE or pump is None or not pump.held:
             return "", ""
         name = _parse_name(message)
-        for item in pump.held:
-            if type(item) is bytes:
-                continue
-            code, held = item
+        for code, held in core.held_messages(pump.held):
             if code == m.PARSE and _parse_name(held) == name:
                 break  # (a new statement under the name)
             if code != m.BIND:
