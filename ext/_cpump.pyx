@@ -150,13 +150,10 @@ cdef class Pump:
 
     cdef _process(self, list items, list out):
         cdef object item
-        cdef object forward
-        cdef object sql
-        cdef object fast
-        cdef object verdict
         cdef int type_code
         cdef bytes message
-        cdef Py_ssize_t i
+        cdef list parts
+        cdef Py_ssize_t i, j
         cdef Py_ssize_t n = len(items)
         for i in range(n):
             item = items[i]
@@ -165,35 +162,46 @@ cdef class Pump:
                 continue
             type_code = (<tuple>item)[0]
             message = (<tuple>item)[1]
-            if type_code == 0:  # a framer's run (see the reference)
-                if not self._all_observed(message):
-                    self._process(_split(message) + items[i + 1 :], out)
-                    return
-                self._observe(type_code, message)
-                out.append(message)
+            if type_code == 0 and not self._all_observed(message):
+                # (See the reference: its messages one by one, in a loop.)
+                parts = _split(message)
+                for j in range(len(parts)):
+                    if self._one((<tuple>parts[j])[0], (<tuple>parts[j])[1], out):
+                        (<list>self.held).extend(parts[j + 1 :])
+                        break
+            elif not self._one(type_code, message, out):
                 continue
-            if self._observed[type_code & 0xFF]:
-                self._observe(type_code, message)
-                out.append(message)
-                continue
-            fast = self.fast
-            if fast is not None:
-                sql = _fast_text(type_code, message)
-                if sql is not None:
-                    verdict = (<dict>fast).get((<tuple>self._fingerprint(sql))[0])
-                    if verdict is not None:
-                        if self._observe_statement is not None:
-                            self._observe_statement(type_code, message, sql, verdict)
-                        out.append(message)
-                        continue
-            forward = self.owner.pump_message(self, type_code, message)
-            if forward:
-                out.append(forward)
             if self.held is not None:
                 (<list>self.held).extend(items[i + 1 :])
                 break
         if out and not self.peer.is_closing():
             self._write(out[0] if len(out) == 1 else b"".join(out))
+
+    cdef bint _one(self, int type_code, bytes message, list out) except -1:
+        """One item (a message, or a run still all observed) to its
+        consumer; True when the owner holds from here on."""
+        cdef object forward
+        cdef object sql
+        cdef object fast
+        cdef object verdict
+        if type_code == 0 or self._observed[type_code & 0xFF]:
+            self._observe(type_code, message)
+            out.append(message)
+            return False
+        fast = self.fast
+        if fast is not None:
+            sql = _fast_text(type_code, message)
+            if sql is not None:
+                verdict = (<dict>fast).get((<tuple>self._fingerprint(sql))[0])
+                if verdict is not None:
+                    if self._observe_statement is not None:
+                        self._observe_statement(type_code, message, sql, verdict)
+                    out.append(message)
+                    return False
+        forward = self.owner.pump_message(self, type_code, message)
+        if forward:
+            out.append(forward)
+        return self.held is not None
 
     cdef bint _all_observed(self, bytes run):
         """Whether every message of a framer's run is of a type still

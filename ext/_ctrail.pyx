@@ -758,6 +758,8 @@ cdef class Trail:
             declared = _declared_types(message) if message is not None else None
             if declared is not None:
                 self._param_types[name] = (known, declared)
+        else:
+            e.previous = self._statements[name]  # (see the reference)
         self._push(e)
 
     cdef bint _dropped_before(self, bytes name):
@@ -908,6 +910,8 @@ cdef class Trail:
     cdef _parsed_after_all(self, _Entry entry):
         """(See the reference.)"""
         cdef Statement st = entry.statement
+        if self._statements.get(entry.name) is not entry.previous:
+            return
         entry.meant = (st.text, st.verdict)
         self._statements[entry.name] = entry.meant
         self._described.pop(entry.name, None)

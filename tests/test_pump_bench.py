@@ -203,3 +203,43 @@ def test_observed_messages_come_as_one_run_until_a_type_is_taken_back(
     assert sink.writes == [bind + execute + sync, parse + bind + execute + sync] + [
         bind + execute + sync
     ]
+
+
+class HoldingFirstParse(Owner):
+    def __init__(self) -> None:
+        self.held_once = False
+
+    def pump_message(self, pump: Any, type_code: int, message: bytes) -> bytes | None:
+        if type_code == ord("P") and not self.held_once:
+            self.held_once = True
+            pump.hold()
+            return None
+        return message
+
+    def observe(self, type_code: int, data: bytes) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("pump_class", "core"), _pumps())
+def test_releasing_thousands_of_runs_to_split_is_a_loop(pump_class: Any, core: Any) -> None:
+    """A statement held for review while the client pipelines 20,000 more
+    (Parse, Bind, Execute, Sync) groups: on release the owner has taken
+    Binds back, so every held (Bind, Execute, Sync) run is split. Once one
+    nested call per run: a RecursionError past ~1,000 in Python, a C stack
+    overflow (the gateway process gone) past ~45,000 compiled."""
+    sink = SinkTransport()
+    owner = HoldingFirstParse()
+    pump = pump_class(core.Framer(1 << 30, b"PBES"), owner, core.FramingError)
+    pump.attach(_Attachable(), sink)
+    pump.observe(b"BES", owner.observe)
+    parse = msg(b"P", b"\0SELECT 1\0\0\0")
+    group = parse + msg(b"B", b"\0\0" + b"\0" * 6) + msg(b"E", b"\0" + b"\0" * 4) + msg(b"S")
+    pump.data_received(group)  # the first Parse is held
+    data = group * 20_000
+    for i in range(0, len(data), 1 << 16):
+        pump.data_received(data[i : i + (1 << 16)])
+    assert len(pump.held) > 20_000
+    pump.observe(b"ES", owner.observe)  # Binds are the owner's now
+    pump.release(parse)
+    assert pump.held is None
+    assert b"".join(sink.writes) == group + data

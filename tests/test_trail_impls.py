@@ -734,7 +734,8 @@ def test_array_values_are_kept_as_the_server_reads_them(cluster: DevCluster) -> 
 def _address_or_interval_values(rng: random.Random, name: str) -> list[bytes]:
     if name in ("macaddr", "macaddr8"):
         size = 6 if name == "macaddr" else 8
-        return [rng.randbytes(size) for _ in range(100)] + [rng.randbytes(size - 1), b""]
+        values = [rng.randbytes(size) for _ in range(100)] + [rng.randbytes(size - 1), b""]
+        return values + [rng.randbytes(6)]  # (macaddr8 takes an EUI-48 too)
     if name == "interval":
         edges = [0, 1, -1, 999_999, 1_000_000, 59_999_999, 3_600_000_000, -3_600_000_001]
         edges += [(1 << 63) - 1, -(1 << 63)]
@@ -1107,6 +1108,43 @@ def test_names_are_keyed_by_their_first_63_bytes_as_the_server_keys_them() -> No
         ("SELECT 'ran'", VERDICTS.index(DENY)),
         ("SELECT 'ran'", VERDICTS.index(DENY)),
     ]
+
+
+def test_a_parse_expected_to_fail_takes_its_name_only_if_nothing_newer_did() -> None:
+    """A Query the trail cannot read drops s1 (DEALLOCATE among other
+    statements), so the server carries out a Parse of s1 the trail expected
+    to fail (42P05): at its ParseComplete the name takes the new text. But
+    not when a Close and another Parse pipelined after it gave the name a
+    newer meaning (review: the late answer took the name back from it)."""
+    events = same(
+        [
+            *_prepare(b"s1", "SELECT 'A'"),
+            ("query", "DEALLOCATE s1; SELECT 1", ALLOW),
+            ("parse", b"s1", "SELECT 'B'", ALLOW),
+            ("client", SYNC),
+            ("server", complete(b"DEALLOCATE")),
+            ("server", complete(b"SELECT 1")),
+            ("server", READY),
+            ("server", PARSE_COMPLETE),  # B made: s1 was gone
+            ("server", READY),
+            *_run_named(b"s1"),
+            ("query", "DEALLOCATE s1; SELECT 1", ALLOW),
+            ("parse", b"s1", "SELECT 'C'", ALLOW),
+            ("client", close(b"S", b"s1")),
+            ("parse", b"s1", "SELECT 'D'", ALLOW),
+            ("client", SYNC),
+            ("server", complete(b"DEALLOCATE")),
+            ("server", complete(b"SELECT 1")),
+            ("server", READY),
+            ("server", PARSE_COMPLETE),  # C made
+            ("server", CLOSE_COMPLETE),  # C closed
+            ("server", PARSE_COMPLETE),  # D made
+            ("server", READY),
+            *_run_named(b"s1"),
+        ]
+    )
+    runs = [e["text"] for e in events if e["text"].startswith("SELECT '")]
+    assert runs == ["SELECT 'B'", "SELECT 'D'"]
 
 
 def _run_named(name: bytes, portal: bytes = b"") -> Script:

@@ -240,39 +240,47 @@ class Pump(asyncio.Protocol):
                 out.append(item)
                 continue
             type_code, message = item
-            if type_code == 0:  # a framer's run: several observed messages
-                if not self._all_observed(message):
-                    # The owner changed what it intercepts after the framer
-                    # made this run (a Parse made the session watch Binds):
-                    # its messages go one by one, each where it now belongs.
-                    self._process(_split(message) + items[i + 1 :], out)
-                    return
-                self._observe(type_code, message)
-                out.append(message)
+            if type_code == 0 and not self._all_observed(message):
+                # The owner changed what it intercepts after the framer made
+                # this run (a Parse made the session watch Binds): its
+                # messages go one by one, each where it now belongs. (A
+                # loop, not a call per run: a release may hold thousands.)
+                parts = _split(message)
+                for j, (code, part) in enumerate(parts):
+                    if self._one(code, part, out):
+                        assert self.held is not None
+                        self.held.extend(parts[j + 1 :])
+                        break
+            elif not self._one(type_code, message, out):
                 continue
-            if self._observed[type_code]:
-                self._observe(type_code, message)
-                out.append(message)
-                continue
-            fast = self.fast
-            if fast is not None:
-                sql = fast_text(type_code, message)
-                if sql is not None:
-                    verdict = fast.get(self._fingerprint(sql)[0])
-                    if verdict is not None:
-                        if self._observe_statement is not None:
-                            self._observe_statement(type_code, message, sql, verdict)
-                        out.append(message)
-                        continue
-            forward = self.owner.pump_message(self, type_code, message)
-            if forward:
-                out.append(forward)
             if self.held is not None:
                 self.held.extend(items[i + 1 :])
                 break
         # The owner may have closed the peer (ending the session).
         if out and not peer.is_closing():
             self._write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _one(self, type_code: int, message: bytes, out: list[bytes]) -> bool:
+        """One item (a message, or a run still all observed: type 0) to its
+        consumer; True when the owner holds from here on."""
+        if type_code == 0 or self._observed[type_code]:
+            self._observe(type_code, message)
+            out.append(message)
+            return False
+        fast = self.fast
+        if fast is not None:
+            sql = fast_text(type_code, message)
+            if sql is not None:
+                verdict = fast.get(self._fingerprint(sql)[0])
+                if verdict is not None:
+                    if self._observe_statement is not None:
+                        self._observe_statement(type_code, message, sql, verdict)
+                    out.append(message)
+                    return False
+        forward = self.owner.pump_message(self, type_code, message)
+        if forward:
+            out.append(forward)
+        return self.held is not None
 
     def _all_observed(self, run: bytes) -> bool:
         """Whether every message of a framer's run is of a type still

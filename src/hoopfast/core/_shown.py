@@ -404,6 +404,8 @@ def other_text(raw: bytes, kind: int) -> str | None:
     """The text of an address (inet, cidr, macaddr, macaddr8) or interval
     (binary_text), or None where the server would refuse it."""
     if kind in _ADDRESS_SIZES:
+        if kind == MACADDR8 and len(raw) == 6:
+            raw = raw[:3] + b"\xff\xfe" + raw[3:]  # (macaddr8_recv takes an EUI-48 so)
         if len(raw) != _ADDRESS_SIZES[kind]:
             return None
         return ":".join(f"{b:02x}" for b in raw)

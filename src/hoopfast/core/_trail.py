@@ -435,6 +435,10 @@ class Trail:
             declared = declared_types(message) if message is not None else None
             if declared is not None:
                 self._param_types[name] = (known, declared)
+        else:
+            # (Expected to fail: what the name means now, which it takes
+            # at its ParseComplete should it not; _parsed_after_all.)
+            entry.previous = self._statements[name]
         self._queue.append(entry)
 
     def _dropped_before(self, name: bytes) -> bool:
@@ -705,9 +709,13 @@ class Trail:
         encoding it does not know). The new text is the name's from now on,
         so that the record of its next run is not the old statement's. A
         Bind of the name sent before this answer was recorded with the old
-        text (docs/recording.md)."""
+        text (docs/recording.md). Only while the name still means what it
+        meant when the Parse was sent: a Close and a Parse pipelined after it
+        gave it a newer meaning."""
         st = entry.statement
         assert st is not None
+        if self._statements.get(entry.name) is not entry.previous:
+            return
         entry.meant = self._statements[entry.name] = (st.text, st.verdict)
         self._described.pop(entry.name, None)
         self._param_types.pop(entry.name, None)
