@@ -200,9 +200,8 @@ def test_observed_messages_come_as_one_run_until_a_type_is_taken_back(
     observed.clear()
     pump.data_received(bind + execute + sync)  # from now on: B owned, E S one run
     assert observed == [(0, execute + sync)]
-    assert sink.writes == [bind + execute + sync, parse + bind + execute + sync] + [
-        bind + execute + sync
-    ]
+    bes = bind + execute + sync
+    assert sink.writes == [bes, parse + bes, bes]
 
 
 class HoldingFirstParse(Owner):
