@@ -735,7 +735,7 @@ def _address_or_interval_values(rng: random.Random, name: str) -> list[bytes]:
     if name in ("macaddr", "macaddr8"):
         size = 6 if name == "macaddr" else 8
         values = [rng.randbytes(size) for _ in range(100)] + [rng.randbytes(size - 1), b""]
-        return values + [rng.randbytes(6)]  # (macaddr8 takes an EUI-48 too)
+        return [*values, rng.randbytes(6)]  # (macaddr8 takes an EUI-48 too)
     if name == "interval":
         edges = [0, 1, -1, 999_999, 1_000_000, 59_999_999, 3_600_000_000, -3_600_000_001]
         edges += [(1 << 63) - 1, -(1 << 63)]
