@@ -39,6 +39,7 @@ from hoopfast.core._drops import STATEMENT as _DROPS_STATEMENT
 from hoopfast.core._drops import TAGS as _DROPS_TAGS
 from hoopfast.core._drops import drops as _drops_of
 from hoopfast.core._trail import SYNC_COMMIT as _SYNC_COMMIT, UNANSWERED as _UNANSWERED
+from hoopfast.core._trail import name_key as _name_key
 
 # Message type codes, as in _trail.py. From the client:
 cdef enum:
@@ -464,12 +465,6 @@ cdef inline bytes _slice(bytes data, const unsigned char* buf, Py_ssize_t size,
         <const char*>buf + start, end - start)
 
 
-cdef inline Py_ssize_t _key_size(Py_ssize_t n) noexcept nogil:
-    """How much of a name of n bytes the server keys it by (see the
-    reference's _NAME_BYTES)."""
-    return n if n <= _NAME_BYTES else _NAME_BYTES
-
-
 cdef _Entry _named_entry(int kind, bytes message):
     """A Describe's or Close's entry: its "S" or "P" byte and the name after
     it (target -1 and no name when the message has no name's end)."""
@@ -479,7 +474,7 @@ cdef _Entry _named_entry(int kind, bytes message):
     cdef _Entry entry = _entry(kind, None)
     if end >= 0:
         entry.target = buf[5]
-        entry.name = PyBytes_FromStringAndSize(<const char*>buf + 6, _key_size(end - 6))
+        entry.name = PyBytes_FromStringAndSize(<const char*>buf + 6, end - 6)
     else:
         entry.name = b""
     return entry
@@ -593,6 +588,7 @@ cdef class Trail:
     cdef Caps _caps
     cdef object _mask_text
     cdef public object done
+    cdef public object server_codec
     cdef object _unknown
     #: The queue: entries from _head on (a list and an index, so that taking
     #: the head is no method call; emptied whenever it drains).
@@ -638,6 +634,7 @@ cdef class Trail:
         self._caps = caps
         self._mask_text = mask_text
         self.done = done
+        self.server_codec = None
         self._unknown = unknown
         self._log = log
         self._unrecorded = unrecorded
@@ -681,6 +678,12 @@ cdef class Trail:
         entry.ends = self._ends
         self._push(entry)
 
+    cdef bytes _key(self, bytes name):
+        """(See the reference.) A short name, in the usual case, as it is."""
+        if self.server_codec is None:
+            return name if PyBytes_GET_SIZE(name) <= _NAME_BYTES else name[:_NAME_BYTES]
+        return _name_key(name, self._encoding.decode("utf-8"), self.server_codec)
+
     cdef _dropping(self, Statement st):
         """(See the reference.) The first character is tested here, in C:
         most statements go no further."""
@@ -693,6 +696,7 @@ cdef class Trail:
         if found is None:
             return
         kind, name = <tuple>found
+        name = self._key(name)
         cdef dict statements
         if kind == _DROPS_STATEMENT:
             meant = self._statements.get(name)
@@ -740,8 +744,7 @@ cdef class Trail:
             return
         cdef _Entry e = _entry(_K_PARSE, _start(text, verdict, None))
         cdef tuple known
-        if PyBytes_GET_SIZE(name) > _NAME_BYTES:
-            name = name[:_NAME_BYTES]
+        name = self._key(name)
         e.name = name
         e.ends = self._ends
         e.undo = undo
@@ -793,7 +796,7 @@ cdef class Trail:
         """(See the reference.)"""
         cdef _Entry e
         cdef Py_ssize_t i
-        cdef bytes key = name[:_NAME_BYTES]
+        cdef bytes key = self._key(name)
         for i in range(self._head, PyList_GET_SIZE(self._queue)):
             e = self._queue[i]
             if e.kind == _K_PARSE and e.ends < self._ends and e.name == key:
@@ -874,7 +877,7 @@ cdef class Trail:
         cdef Py_ssize_t size = PyBytes_GET_SIZE(message)
         cdef Py_ssize_t end = _find_nul(buf, size, 5)
         cdef bytes name = (
-            PyBytes_FromStringAndSize(<const char*>buf + 5, _key_size(end - 5))
+            self._key(PyBytes_FromStringAndSize(<const char*>buf + 5, end - 5))
             if end >= 0 else b""
         )
         cdef _Portal p = self._portals.get(name)
@@ -894,6 +897,7 @@ cdef class Trail:
     cdef _close(self, bytes message):
         # Forgotten when the server confirms (_closed).
         cdef _Entry entry = _named_entry(_K_CLOSE, message)
+        entry.name = self._key(entry.name)
         if entry.target >= 0:
             names = self._statements if entry.target == 83 else self._portals  # S
             entry.meant = names.get(entry.name)
@@ -930,6 +934,7 @@ cdef class Trail:
         # Its RowDescription belongs to the statement or portal it names (and
         # a statement's ParameterDescription to what the name means now).
         cdef _Entry entry = _named_entry(_K_DESCRIBE, message)
+        entry.name = self._key(entry.name)
         if entry.target == 83:  # S
             entry.meant = self._statements.get(entry.name)
         self._push(entry)
@@ -945,9 +950,9 @@ cdef class Trail:
             # Malformed: the server refuses it; still one answer to follow.
             self._push(_entry(_K_BIND, None))
             return
-        cdef bytes name = PyBytes_FromStringAndSize(
-            <const char*>buf + b.portal_end + 1, _key_size(b.name_end - b.portal_end - 1)
-        )
+        cdef bytes name = self._key(PyBytes_FromStringAndSize(
+            <const char*>buf + b.portal_end + 1, b.name_end - b.portal_end - 1
+        ))
         known = self._statements.get(name)
         if known is None:
             text, verdict = "", self._unknown
@@ -999,7 +1004,7 @@ cdef class Trail:
         p.columns = self._described.get(name)
         p.ends = self._ends
         entry.portal = p
-        portal = PyBytes_FromStringAndSize(<const char*>buf + 5, _key_size(b.portal_end - 5))
+        portal = self._key(PyBytes_FromStringAndSize(<const char*>buf + 5, b.portal_end - 5))
         self._portals[portal] = p
 
     cdef inline str _decode(self, const unsigned char* buf, Py_ssize_t n):

@@ -333,6 +333,26 @@ def test_the_trail_records_what_ran_under_a_name_the_server_keys_or_dropped(
     assert runs[-1] == ("SELECT 'new'", [["new"]])
 
 
+def test_names_are_keyed_in_the_servers_encoding(idle_gateway: RunningGateway) -> None:
+    """The server converts a name to its encoding before it keys it by 63
+    bytes: for a LATIN1 client on a UTF8 server, 32 "é" and a letter are
+    33 bytes as sent but 65 as keyed, so <32 é>A and <32 é>B are one
+    statement, and the Bind of B runs A's (review: the trail cut the
+    client's bytes and recorded it as an unknown statement)."""
+    gw = idle_gateway
+    who = _person()
+    stem = "é".encode("latin-1") * 32
+    conninfo = gw.conninfo(token=gw.token(who), user=who, client_encoding="LATIN1")
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        pgconn = conn.pgconn
+        assert pgconn.prepare(stem + b"A", b"SELECT 'one'").status == pq.ExecStatus.COMMAND_OK
+        assert pgconn.prepare(stem + b"B", b"SELECT 'two'").status == pq.ExecStatus.FATAL_ERROR
+        assert pgconn.exec_prepared(stem + b"B", []).get_value(0, 0) == b"one"
+    events = statements(trail(gw, sealed_session(gw, who)))
+    runs = [(e["text"], e["results"][0]["rows"]) for e in events if e.get("results")]
+    assert runs == [("SELECT 'one'", [["one"]])]
+
+
 def test_results_are_kept_up_to_the_cap(idle_gateway: RunningGateway) -> None:
     gw = idle_gateway
     who = _person()

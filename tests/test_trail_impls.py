@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 import hoopfast.core
 from hoopfast.core import _drops, _shown, _trail
+from hoopfast.core import name_key as core_name_key
 from hoopfast.devcluster import DevCluster
 
 PROP = settings(
@@ -152,6 +153,7 @@ def play(
     script: Script,
     codec: str = "utf-8",
     caps: tuple[int, int, int] = (100, 1 << 16, 1 << 20),
+    server_codec: str | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """The events (clocks dropped, each with which verdict object it had)
     and how the run ended: None, or the exception's type name. The trail's
@@ -178,6 +180,7 @@ def play(
         events.append(event)
 
     trail = module.Trail(codec, module.Caps(*caps), mask, done, UNKNOWN, None, None, tally)
+    trail.server_codec = server_codec
     ended = None
     try:
         run(trail, script)
@@ -1108,6 +1111,41 @@ def test_names_are_keyed_by_their_first_63_bytes_as_the_server_keys_them() -> No
         ("SELECT 'ran'", VERDICTS.index(DENY)),
         ("SELECT 'ran'", VERDICTS.index(DENY)),
     ]
+
+
+@pytest.mark.parametrize(
+    ("codec", "server_codec", "one_statement"),
+    [
+        # 65 bytes as sent, 33 as the server keys them: two statements.
+        ("utf-8", "iso8859-1", False),
+        # 33 bytes as sent, 65 as the server keys them: one.
+        ("iso8859-1", "utf-8", True),
+        ("utf-8", None, True),
+    ],
+)
+def test_names_are_keyed_in_the_servers_encoding(
+    codec: str, server_codec: str | None, one_statement: bool
+) -> None:
+    """The server converts a name to its encoding, then keys it by its first
+    63 bytes (review: the trail cut the client's bytes, which merged names
+    the server keeps apart and kept apart names it merges)."""
+    a, b = ("é" * 32 + "A").encode(codec), ("é" * 32 + "B").encode(codec)
+    answer = error(b"42P05", b"prepared statement already exists") if one_statement else None
+    events = same(
+        [
+            *_prepare(a, "SELECT 'a'"),
+            ("parse", b, "SELECT 'b'", ALLOW),
+            ("client", SYNC),
+            ("server", answer or PARSE_COMPLETE),
+            ("server", READY),
+            *_run_named(b),
+        ],
+        codec=codec,
+        server_codec=server_codec,
+    )
+    assert events[-1]["text"] == ("SELECT 'a'" if one_statement else "SELECT 'b'")
+    keys = {core_name_key(name, codec, server_codec) for name in (a, b)}
+    assert len(keys) == (1 if one_statement else 2)
 
 
 def test_a_parse_expected_to_fail_takes_its_name_only_if_nothing_newer_did() -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, cast
 
 from hoopfast.core._pump import held_messages
 from hoopfast.core._shown import declared_types, shown_binary, shown_parameter
+from hoopfast.core._trail import name_key
 from hoopfast.core.abc import Core
 from hoopfast.core.abc import MaskPlan as MaskPlanContract
 from hoopfast.errors import ConfigurationError
@@ -123,6 +124,7 @@ __all__ = [
     "float_repr",
     "frame",
     "held_messages",
+    "name_key",
     "shown_binary",
     "shown_parameter",
 ]

@@ -59,6 +59,7 @@ class Tally:
 
 class Trail:
     done: Any
+    server_codec: str | None
     def __init__(
         self,
         codec: str,

@@ -27,6 +27,7 @@ verdict the Trail was made with.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import math
@@ -107,11 +108,16 @@ def _wall_clock() -> float:
     return time.time_ns() // 1000 / 1e6
 
 
-def _target(message: bytes) -> bytes:
-    """A Describe's or Close's "S" or "P" byte and the name after it, as
-    the server keys it (empty when the message has no name's end)."""
-    end = message.find(b"\0", 6)
-    return message[5 : min(end, 6 + _NAME_BYTES)] if end >= 0 else b""
+def name_key(name: bytes, codec: str, server_codec: str | None) -> bytes:
+    """A statement or portal name from a protocol message (in the client
+    encoding, ``codec``) as the server keys it: converted to the server's
+    encoding (``server_codec``; None where it is the same, or SQL_ASCII,
+    which converts nothing), then its first 63 bytes. A name that does not
+    convert is refused by the server with its message, whatever its key."""
+    if server_codec is not None:
+        with contextlib.suppress(UnicodeError, LookupError):
+            name = name.decode(codec).encode(server_codec)
+    return name[:_NAME_BYTES]
 
 
 def float_repr(value: float) -> str:
@@ -307,6 +313,9 @@ class Trail:
         #: Called with each finished statement, or None.
         self.done = done
         self._codec = codec
+        #: The server's encoding where names convert to it (name_key); set
+        #: by the session once it knows.
+        self.server_codec: str | None = None
         self._caps = caps
         #: str -> str: the detectors applied to bound parameter values.
         self._mask_text = mask_text
@@ -358,6 +367,7 @@ class Trail:
         if found is None:
             return
         kind, name = found
+        name = self._key(name)
         if kind == _drops.STATEMENT:
             if (meant := self._statements.get(name)) is None:
                 return
@@ -419,7 +429,7 @@ class Trail:
             if undo is not None:
                 undo()  # (the server skips it)
             return
-        name = name[:_NAME_BYTES]
+        name = self._key(name)
         entry = _Entry(_K_PARSE, self._start(text, verdict, None), name, ends=self._ends)
         entry.undo = undo
         # A Parse of a name the session still has fails (42P05) and leaves
@@ -440,6 +450,18 @@ class Trail:
             # at its ParseComplete should it not; _parsed_after_all.)
             entry.previous = self._statements[name]
         self._queue.append(entry)
+
+    def _key(self, name: bytes) -> bytes:
+        """A name as the server keys it (name_key)."""
+        if self.server_codec is None:
+            return name[:_NAME_BYTES]
+        return name_key(name, self._codec, self.server_codec)
+
+    def _target(self, message: bytes) -> bytes:
+        """A Describe's or Close's "S" or "P" byte and the name after it, as
+        the server keys it (empty when the message has no name's end)."""
+        end = message.find(b"\0", 6)
+        return message[5:6] + self._key(message[6:end]) if end >= 0 else b""
 
     def _dropped_before(self, name: bytes) -> bool:
         """Whether something queued drops statement ``name`` before a Parse
@@ -475,7 +497,7 @@ class Trail:
         or FunctionCall) is still unanswered: a Bind of the name sent now
         runs after the server settled it, which the gateway cannot know yet."""
         ends = self._ends
-        key = name[:_NAME_BYTES]
+        key = self._key(name)
         return any(e.kind == _K_PARSE and e.name == key and e.ends < ends for e in self._queue)
 
     def fast_statement(self, type_code: int, message: bytes, text: str, verdict: Any) -> None:
@@ -509,7 +531,7 @@ class Trail:
             self._bind(message, refused)
         elif type_code == _EXECUTE:
             end = message.find(b"\0", 5)
-            portal = message[5 : min(end, 5 + _NAME_BYTES)] if end >= 0 else b""
+            portal = self._key(message[5:end]) if end >= 0 else b""
             p = self._portals.get(portal)
             if p is None:
                 statement = self._start("", self._unknown, None)
@@ -527,12 +549,12 @@ class Trail:
             # Its RowDescription belongs to the statement or portal it names
             # (and a statement's ParameterDescription to what the name means
             # now).
-            target = _target(message)
+            target = self._target(message)
             meant: Any = self._statements.get(target[1:]) if target[:1] == b"S" else None
             self._queue.append(_Entry(_K_DESCRIBE, None, target, meant=meant))
         elif type_code == _CLOSE:
             # Forgotten when the server confirms (_closed).
-            target = _target(message)
+            target = self._target(message)
             names = self._statements if target[:1] == b"S" else self._portals
             meant = names.get(target[1:]) if target else None  # (else malformed)
             self._queue.append(_Entry(_K_CLOSE, None, target, meant=meant))
@@ -544,7 +566,7 @@ class Trail:
             # Malformed: the server refuses it; still one answer to follow.
             self._queue.append(_Entry(_K_BIND))
             return
-        portal, name = portal[:_NAME_BYTES], name[:_NAME_BYTES]
+        portal, name = self._key(portal), self._key(name)
         known = self._statements.get(name)
         text, verdict = known or ("", self._unknown)
         verdict = refused or verdict

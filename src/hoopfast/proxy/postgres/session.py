@@ -30,7 +30,7 @@ from hoopfast.masking import copyout
 from hoopfast.masking.catalog import CATALOG_SQL, TYPES_SQL, Catalog
 from hoopfast.masking.rules import masks_for
 from hoopfast.policy.access import Access, access_to, roles_of
-from hoopfast.policy.classify import NAME_BYTES, Classification
+from hoopfast.policy.classify import Classification
 from hoopfast.policy.guard import (
     ALLOW,
     CLIENT_ENCODINGS,
@@ -125,6 +125,9 @@ class PgSession:
         self._sql_prepared: set[str] = set()
         #: Python codec of the session's client encoding.
         self._codec = "utf-8"
+        #: The server's encoding where protocol names convert to it before
+        #: the server keys them (core.name_key); None where nothing converts.
+        self._server_codec: str | None = None
         #: Masks results, when the connection has masking rules for this person.
         self._masker: ResultMasker | None = None
         #: Whether statements are judged (HOOPFAST_GUARDRAILS, which a masked
@@ -308,6 +311,7 @@ class PgSession:
                 self.upstream = await upstream.connect(conn, forwarded, password)
         except TimeoutError:
             raise UpstreamError("08001", "timed out connecting to the upstream database") from None
+        self._server_codec = _server_codec(self.upstream.parameters, self._codec)
         await self._start_masking(conn, access)
         self.application_name = request.params.get("application_name", "")
         self._start_recording(request.tls, request.params)
@@ -452,6 +456,7 @@ class PgSession:
             _RECORDING_FULL,
             self._tally,
         )
+        self._trail.server_codec = self._server_codec
 
     def _statement_done(self, st: Statement) -> None:
         """A statement's answer is complete (its last message not yet
@@ -528,6 +533,7 @@ class PgSession:
             self._trail = Trail(
                 self._codec, trail.Caps(0, 0, 0), self.gateway.param_mask.mask_text, None
             )
+            self._trail.server_codec = self._server_codec
         self._server_types = server_types
         self._client_pump = Pump(
             Framer(max_message, self._client_types),
@@ -886,13 +892,29 @@ class PgSession:
         if self._client_pump is not None and self._trail is not None:
             self._route_client()
 
+    def _statement_key(self, name: bytes) -> str:
+        """A statement name from a protocol message (Parse, Bind) as the
+        server keys it: converted to the server's encoding, then its first
+        63 bytes (NAMEDATALEN - 1; the prepared statements' hash table
+        compares no more), so names that agree that far are one statement,
+        and the session's bookkeeping of approvals and revocations must
+        treat them as one. (SQL names are cut by the scanner, at a character
+        boundary: classify.statement_name.)"""
+        key = core.name_key(name, self._codec, self._server_codec)
+        return key.decode(self._server_codec or "utf-8", "surrogateescape")
+
+    def _parse_name(self, message: bytes) -> str:
+        """A Parse's statement name, as the server keys it (_statement_key)."""
+        end = message.find(b"\0", 5)
+        return self._statement_key(message[5 : end if end >= 0 else 5])
+
     def _on_bind(self, message: bytes) -> bytes | None:
         portal_end = message.find(b"\0", 5)
         end = message.find(b"\0", portal_end + 1) if portal_end >= 0 else -1
         if end < 0:
             return message  # malformed: the server refuses it
         name = message[portal_end + 1 : end]
-        key = _statement_key(name)
+        key = self._statement_key(name)
         if self._wait_for_parse_of(name):
             return b""
         if (
@@ -970,7 +992,7 @@ class PgSession:
         judged = self._judge(message[name_end + 1 : end], name, rules)
         if self._held_now:
             return judged if isinstance(judged, bytes) else message
-        key = _statement_key(name)
+        key = self._statement_key(name)
         approved = not isinstance(judged, bytes) and self._verdict.rule.startswith("review:")
         if name and not isinstance(judged, bytes):
             self._remember(key, judged)
@@ -1176,9 +1198,9 @@ class PgSession:
         pump = self._client_pump
         if type_code != m.PARSE or pump is None or not pump.held:
             return "", ""
-        name = _parse_name(message)
+        name = self._parse_name(message)
         for code, held in core.held_messages(pump.held):
-            if code == m.PARSE and _parse_name(held) == name:
+            if code == m.PARSE and self._parse_name(held) == name:
                 break  # (a new statement under the name)
             if code != m.BIND:
                 continue
@@ -1186,7 +1208,7 @@ class PgSession:
                 bind = m.parse_bind(held)
             except ValueError:
                 continue
-            if _statement_key(bind.statement) == name:
+            if self._statement_key(bind.statement) == name:
                 return bound_values(
                     bind,
                     self._codec,
@@ -1610,25 +1632,19 @@ def _refusal_message(verdict: Verdict, rules: Rules | None) -> bytes:
     )
 
 
+def _server_codec(parameters: dict[str, str], codec: str) -> str | None:
+    """The codec of the server's encoding (its ParameterStatus) where the
+    client's names convert to it before the server keys them: None where
+    it is the client's codec, SQL_ASCII (which converts nothing), or one
+    Python has no codec for (names are then keyed by their client bytes)."""
+    name = clean_encoding_name(parameters.get("server_encoding", "UTF8"))
+    server = CLIENT_ENCODINGS.get(name)
+    return None if name == "sqlascii" or server is None or server == codec else server
+
+
 def _without(types: bytes, taken: bytes) -> bytes:
     """``types`` less those in ``taken``."""
     return bytes(t for t in types if t not in taken)
-
-
-def _parse_name(message: bytes) -> str:
-    """A Parse's statement name, as the server keys it (_statement_key)."""
-    end = message.find(b"\0", 5)
-    return _statement_key(message[5 : end if end >= 0 else 5])
-
-
-def _statement_key(name: bytes) -> str:
-    """A statement name from a protocol message (Parse, Bind) as the server
-    keys it: by its first 63 bytes (NAMEDATALEN - 1; the prepared
-    statements' hash table compares no more), so names that agree that far
-    are one statement, and the session's bookkeeping of approvals and
-    revocations must treat them as one. (SQL names are cut by the scanner,
-    at a character boundary: classify.statement_name.)"""
-    return name[:NAME_BYTES].decode("utf-8", "surrogateescape")
 
 
 def _take(reader: asyncio.StreamReader) -> bytes:
