@@ -641,19 +641,26 @@ def batch_streams(draw: st.DrawFn) -> tuple[bytes, bytes, bytes, list[int]]:
     return intercept, batch, data, cuts
 
 
+RUNS = st.sampled_from([b"", b"", b"DCZ1", b"CZ1", b"DENCZ1", b"E", b"Z"])
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 @PROP
-@given(stream=batch_streams())
-def test_random_batch_contract(impl: ModuleType, stream: Any) -> None:
+@given(stream=batch_streams(), runs=RUNS)
+def test_random_batch_contract(impl: ModuleType, stream: Any, runs: bytes) -> None:
     """Per chunk, batched output == the unbatched output with adjacent tuples
-    of a batch type merged; counters identical; items rebuild the input."""
+    of a batch type merged; with runs (what only an observer reads, handed
+    over in one piece), adjacent tuples of run types merged whatever their
+    types too; counters identical; items rebuild the input."""
     intercept, batch, data, cuts = stream
+    intercept += runs  # (runs are of intercepted types)
     plain, batched = impl.Framer(BIG, intercept), impl.Framer(BIG, intercept, batch)
+    batched.set_runs(runs)
     out: list[Any] = []
     for chunk in chunked(data, cuts):
-        want = merge_batches(plain.feed(chunk), batch)
+        want = merge_batches(plain.feed(chunk), batch, runs)
         got = batched.feed(chunk)
-        check_items(got, batch)
+        check_items(got, batch, runs)
         assert got == want
         assert (batched.buffered, batched.messages, batched.at_boundary) == (
             plain.buffered,
@@ -663,36 +670,6 @@ def test_random_batch_contract(impl: ModuleType, stream: Any) -> None:
         out += got
     assert joined(out) == data
     assert batched.at_boundary and batched.buffered == 0
-
-
-RUNS = st.sampled_from([b"DCZ1", b"CZ1", b"DENCZ1", b"E", b"Z", b""])
-
-
-@pytest.mark.parametrize("impl", IMPLS)
-@PROP
-@given(stream=batch_streams(), runs=RUNS)
-def test_random_runs_contract(impl: ModuleType, stream: Any, runs: bytes) -> None:
-    """With runs (what only an observer reads, handed over in one piece):
-    per chunk, the output == the plain output with adjacent tuples of run
-    types merged whatever their types (and batch types with their own);
-    counters identical; items rebuild the input."""
-    intercept, batch, data, cuts = stream
-    intercept += runs  # (runs are of intercepted types)
-    plain, merged = impl.Framer(BIG, intercept), impl.Framer(BIG, intercept, batch)
-    merged.set_runs(runs)
-    out: list[Any] = []
-    for chunk in chunked(data, cuts):
-        want = merge_batches(plain.feed(chunk), batch, runs)
-        got = merged.feed(chunk)
-        check_items(got, batch, runs)
-        assert got == want
-        assert (merged.buffered, merged.messages, merged.at_boundary) == (
-            plain.buffered,
-            plain.messages,
-            plain.at_boundary,
-        )
-        out += got
-    assert joined(out) == data
 
 
 @needs_both
