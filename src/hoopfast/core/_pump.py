@@ -286,7 +286,12 @@ class Pump(asyncio.Protocol):
         """Whether every message of a framer's run is of a type still
         observed."""
         observed = self._observed
-        return all(observed[code] for code, _ in _split(run))
+        pos = 0
+        while pos + 5 <= len(run):
+            if not observed[run[pos]]:
+                return False
+            pos += 1 + int.from_bytes(run[pos + 1 : pos + 5], "big")
+        return True
 
     def hold(self) -> None:
         """Keep everything after the current message, unprocessed, until

@@ -183,7 +183,7 @@ class Framer:
             return out
         append = out.append
         intercept = self._intercept
-        batch = self._merge
+        merge = self._merge  # (batch and run types: see _merge_classes)
         max_length = self._max_length
         messages = self._messages
         remaining = self._remaining
@@ -217,7 +217,7 @@ class Framer:
                     self._held_type = code
                 else:
                     messages += 1
-                    if batch[code]:
+                    if merge[code]:
                         brun, bcode, bhead = pos, code, head
                     else:
                         append((code, head))
@@ -246,7 +246,7 @@ class Framer:
                     if not remaining:
                         messages += 1
                         code = self._held_type
-                        if batch[code]:
+                        if merge[code]:
                             brun, bcode, bhead = pos, code, held
                         else:
                             append((code, bytes(held)))
@@ -267,14 +267,14 @@ class Framer:
                 if end <= n:
                     messages += 1
                     if brun >= 0:
-                        if batch[code] == batch[bcode]:  # extends the pending batch
-                            if batch[code] == _RUN_CLASS:
+                        if merge[code] == merge[bcode]:  # extends the pending batch
+                            if merge[code] == _RUN_CLASS:
                                 bcode = RUN_CODE
                             pos = end
                             continue
                         append((bcode, _batched(bhead, data, brun, pos)))
                         brun = -1
-                    if batch[code]:
+                    if merge[code]:
                         brun, bcode, bhead = pos, code, b""
                     else:
                         append((code, data[pos:end]))
