@@ -1784,6 +1784,60 @@ def float_repr(double value):
     return repr(value)
 
 
+cdef inline bint _breaks(str text) except -1:
+    """Whether ``text`` holds a tab or a newline (a block line's head)."""
+    if text is None:
+        raise TypeError("an event's fields are str")
+    return u"\t" in text or u"\n" in text
+
+
+def event_lines(list events not None):
+    """(See the reference, _trail.event_lines.)"""
+    cdef Py_ssize_t i, n = PyList_GET_SIZE(events)
+    cdef str kind, verdict, prev_hash, hash_, data, at
+    cdef char text[32]
+    cdef int size
+    cdef double value
+    cdef list lines = []
+    for i in range(n):
+        e = events[i]
+        kind = e.kind
+        verdict = e.verdict
+        prev_hash = e.prev_hash
+        hash_ = e.hash
+        data = e.data
+        if data is None:
+            raise TypeError("an event's fields are str")
+        if (_breaks(kind) or _breaks(verdict) or _breaks(prev_hash) or _breaks(hash_)
+                or u"\n" in data):
+            return None
+        value = e.at
+        size = _micros_text(value, text)
+        at = PyUnicode_DecodeASCII(text, size, NULL) if size else repr(value)
+        lines.append(f"{e.seq}\t{at}\t{kind}\t{verdict}\t{prev_hash}\t{hash_}\t{data}\n")
+    return lines
+
+
+def block_end(list events not None, list lines not None, Py_ssize_t start,
+              Py_ssize_t max_events, Py_ssize_t max_chars, double span):
+    """(See the reference, _trail.block_end.)"""
+    first = events[start]
+    cdef str subject = first.subject, connection = first.connection
+    cdef Py_ssize_t chars = len(<str>lines[start])
+    cdef double previous = first.at, at
+    cdef double latest = previous + span
+    cdef Py_ssize_t end = min(PyList_GET_SIZE(events), start + max_events), i
+    for i in range(start + 1, end):
+        e = events[i]
+        chars += len(<str>lines[i])
+        at = e.at
+        if (at < previous or at > latest or chars > max_chars
+                or e.subject != subject or e.connection != connection):
+            return i
+        previous = at
+    return end
+
+
 cdef int _put_value(_Buf* b, object value) except -1:
     """A str or None (a parameter, a kept value)."""
     if value is None:
@@ -1867,39 +1921,68 @@ cdef Py_ssize_t _SHOWN_TEXT_MAX = 4096
 @cython.final
 cdef class Journal:
     """What the data path recorded and the spool does not have yet: spool
-    frames, in order, each with its record for the store. The recorder
-    writes them all with one write at the end of the loop iteration
-    (Recorder.commit)."""
+    frames, in order, each with its record for the store, and the writes
+    to clients held back behind them. The recorder writes the frames with
+    one write at the end of the loop iteration, then lets the writes go
+    (Recorder.commit). It is the relay pumps' barrier (see the reference,
+    _trail.Journal)."""
 
     cdef public list frames
     cdef public list records
+    cdef public list deferred
     #: Past the spool's bound with on_full "continue": events are dropped
     #: (counted), but for the essential ones.
     cdef public bint dropping
     cdef public long long dropped
-    cdef object _on_first
+    #: Something waits for the commit ``on_first`` scheduled.
+    cdef public bint pending
+    cdef public object on_first
 
     def __init__(self, on_first):
         self.frames = []
         self.records = []
-        self._on_first = on_first
+        self.deferred = []
+        self.on_first = on_first
 
     cpdef add(self, bytes frame, object record, bint essential=False):
         """``on_first()`` is called when the journal stops being empty."""
         if self.dropping and not essential:
             self.dropped += 1
             return
-        if PyList_GET_SIZE(self.frames) == 0:
-            self._on_first()
+        if not self.pending:
+            self.pending = True
+            self.on_first()
         self.frames.append(frame)
         self.records.append(record)
 
+    cpdef defer(self, object pump, object data):
+        """Hold ``data`` back until the commit: then ``pump.deferred_write``."""
+        if not self.pending:
+            self.pending = True
+            self.on_first()
+        self.deferred.append((pump, data))
+
     def take(self):
-        """(frames, records), leaving the journal empty."""
+        """(frames, records), leaving the journal empty and not pending."""
         frames, records = self.frames, self.records
         self.frames = []
         self.records = []
+        self.pending = False
         return frames, records
+
+    def take_deferred(self):
+        """The writes held back, in order (pump, data)."""
+        deferred = self.deferred
+        self.deferred = []
+        return deferred
+
+    @staticmethod
+    def release(list deferred not None, bint written):
+        """Each held-back write to its pump: ``data``, or None when the
+        frames before it could not be written (it is dropped)."""
+        cdef tuple item
+        for item in deferred:
+            item[0].deferred_write(item[1] if written else None)
 
 
 cdef void _frame_header(unsigned char* out, Py_ssize_t n) noexcept:

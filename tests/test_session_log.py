@@ -177,6 +177,68 @@ def test_float_repr_is_repr(value: float) -> None:
         assert module.float_repr(value) == repr(value)
 
 
+_FIELD = st.sampled_from(["", "allow", "statement", "a\tb", "a\nb", "é\t", "\u2028"]) | st.text(
+    max_size=6
+)
+_EVENT = st.builds(
+    EventRecord,
+    session_id=st.sampled_from(["s-1", "s-2"]),
+    seq=st.integers(-(2**70), 2**70),
+    at=MICROS | st.floats() | st.sampled_from([0.0, -0.0, 1e-4, 5.0, 5.000001]),
+    kind=_FIELD,
+    subject=st.sampled_from(["alice", "bob"]),
+    connection=st.sampled_from(["main", "other"]),
+    verdict=_FIELD,
+    data=_FIELD | st.text(max_size=40),
+    prev_hash=_FIELD,
+    hash=_FIELD,
+)
+
+
+@PROP
+@given(events=st.lists(_EVENT, max_size=8))
+def test_block_lines_are_the_references(events: list[EventRecord]) -> None:
+    """The store's block lines (hoopfast.core.event_lines): the same text in
+    both builds, or None in both where a field would break its line."""
+    assert COMPILED is not None
+    lines = _trail.event_lines(events)
+    assert COMPILED.event_lines(events) == lines
+    plain = not any(
+        "\t" in f or "\n" in f for e in events for f in (e.kind, e.verdict, e.prev_hash, e.hash)
+    ) and not any("\n" in e.data for e in events)
+    assert (lines is not None) == plain
+    if lines is not None:
+        for e, line in zip(events, lines, strict=True):
+            assert line.split("\t", 6) == [
+                str(e.seq),
+                repr(e.at),
+                e.kind,
+                e.verdict,
+                e.prev_hash,
+                e.hash,
+                e.data + "\n",
+            ]
+
+
+@PROP
+@given(
+    events=st.lists(_EVENT, min_size=1, max_size=12),
+    start=st.integers(0, 11),
+    max_events=st.integers(1, 13),
+    max_chars=st.integers(0, 200),
+    span=st.floats(0, 10) | st.sampled_from([0.0, 5.0, math.inf]),
+)
+def test_block_ends_are_the_references(
+    events: list[EventRecord], start: int, max_events: int, max_chars: int, span: float
+) -> None:
+    assert COMPILED is not None
+    start = min(start, len(events) - 1)
+    lines = [f"{e.seq}\t{e.data}\n" for e in events]
+    end = _trail.block_end(events, lines, start, max_events, max_chars, span)
+    assert COMPILED.block_end(events, lines, start, max_events, max_chars, span) == end
+    assert start < end <= min(len(events), start + max_events)
+
+
 @PROP
 @given(
     value=st.integers(-(2**63), 2**63 - 1)

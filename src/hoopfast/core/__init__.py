@@ -70,12 +70,16 @@ if TYPE_CHECKING:
         Statement,
         Tally,
         Trail,
+        block_end,
+        event_lines,
         float_repr,
         frame,
     )
 else:
     frame = _trail_module.frame
     float_repr = _trail_module.float_repr
+    event_lines = _trail_module.event_lines
+    block_end = _trail_module.block_end
     Trail = _trail_module.Trail
     Statement = _trail_module.Statement
     Caps = _trail_module.Caps
@@ -110,6 +114,7 @@ __all__ = [
     "Statement",
     "Tally",
     "Trail",
+    "block_end",
     "core",
     "declared_types",
     "decode_data_row",
@@ -120,6 +125,7 @@ __all__ = [
     "encode_fields",
     "encode_row_description",
     "encode_startup",
+    "event_lines",
     "fingerprint",
     "float_repr",
     "frame",

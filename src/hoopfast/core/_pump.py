@@ -31,8 +31,9 @@ recorded session then runs as cheaply as an unrecorded one: nothing per
 message calls the owner. The observer may close the peer (its audit record
 could not be written): what the chunk held is then not written.
 
-Write-ahead: with a ``barrier`` (the recorder), a write to the peer waits
-while the barrier has records not yet in its spool (``barrier.pending``):
+Write-ahead: with a ``barrier`` (the recorder's journal, hoopfast.core
+Journal), a write to the peer waits while the barrier has records not yet
+in the spool (``barrier.pending``):
 it goes to ``barrier.defer(pump, data)``, which calls
 :meth:`Pump.deferred_write` once they are written, in the same loop
 iteration. So a statement's completion never reaches the client before its

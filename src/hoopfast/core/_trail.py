@@ -125,6 +125,60 @@ def float_repr(value: float) -> str:
     return repr(value)
 
 
+def event_lines(events: Sequence[Any]) -> list[str] | None:
+    """The state store's block lines of ``events`` (EventRecords; see
+    hoopfast.store.blocks), or None when a field would break its line: a
+    newline anywhere, a tab before the data (the store escapes those). The
+    store's writer thread runs this for every event, holding the GIL the
+    data path needs; the compiled build's runs without interpreter
+    dispatch."""
+    heads = "".join(
+        [e.kind for e in events]
+        + [e.verdict for e in events]
+        + [e.prev_hash for e in events]
+        + [e.hash for e in events]
+    )
+    if "\t" in heads or "\n" in heads or any("\n" in e.data for e in events):
+        return None
+    return [
+        f"{e.seq}\t{float_repr(e.at)}\t{e.kind}\t{e.verdict}\t{e.prev_hash}\t{e.hash}\t{e.data}\n"
+        for e in events
+    ]
+
+
+def block_end(
+    events: Sequence[Any],
+    lines: Sequence[str],
+    start: int,
+    max_events: int,
+    max_chars: int,
+    span: float,
+) -> int:
+    """Where the store block of ``events`` that starts at ``start`` ends
+    (exclusive; see hoopfast.store.blocks._block_end): at most
+    ``max_events`` events, the first line past ``max_chars`` characters
+    ending it, ``span`` seconds after its first event's ``at``; one subject
+    and connection; ``at`` never going back."""
+    first = events[start]
+    chars = len(lines[start])
+    previous = first.at
+    latest = first.at + span
+    end = min(len(events), start + max_events)
+    for i in range(start + 1, end):
+        e = events[i]
+        chars += len(lines[i])
+        if (
+            e.at < previous
+            or e.at > latest
+            or chars > max_chars
+            or e.subject != first.subject
+            or e.connection != first.connection
+        ):
+            return i
+        previous = e.at
+    return end
+
+
 def _nanoseconds(seconds: float) -> int:
     """Whole nanoseconds (half to even), 0 for what is not a duration a
     clock gives (NaN, infinite, centuries)."""
@@ -1127,34 +1181,64 @@ def parse_bind(
 
 class Journal:
     """What the data path recorded and the spool does not have yet: spool
-    frames, in order, each with its record for the store. The recorder
-    writes them all with one write at the end of the loop iteration
-    (hoopfast.recording.recorder.Recorder.commit)."""
+    frames, in order, each with its record for the store, and the writes
+    to clients held back behind them. The recorder writes the frames with
+    one write at the end of the loop iteration, then lets the writes go
+    (hoopfast.recording.recorder.Recorder.commit).
 
-    def __init__(self, on_first: Callable[[], None]) -> None:
+    It is the relay pumps' barrier (hoopfast.core._pump): a write to a
+    client waits while the journal is ``pending``. ``on_first()`` is
+    called once each time it becomes pending (the recorder schedules its
+    commit there); ``take`` ends that."""
+
+    def __init__(self, on_first: Callable[[], Any]) -> None:
         self.frames: list[bytes] = []
         self.records: list[Any] = []
+        self.deferred: list[tuple[Any, bytes]] = []
         #: Past the spool's bound with on_full "continue": events are
         #: dropped (counted), but for the essential ones.
         self.dropping = False
         self.dropped = 0
-        self._on_first = on_first
+        #: Something waits for the commit ``on_first`` scheduled.
+        self.pending = False
+        self.on_first = on_first
 
     def add(self, frame: bytes, record: Any, essential: bool = False) -> None:
         """``on_first()`` is called when the journal stops being empty."""
         if self.dropping and not essential:
             self.dropped += 1
             return
-        if not self.frames:
-            self._on_first()
+        if not self.pending:
+            self.pending = True
+            self.on_first()
         self.frames.append(frame)
         self.records.append(record)
 
+    def defer(self, pump: Any, data: bytes) -> None:
+        """Hold ``data`` back until the commit: then ``pump.deferred_write``."""
+        if not self.pending:
+            self.pending = True
+            self.on_first()
+        self.deferred.append((pump, data))
+
     def take(self) -> tuple[list[bytes], list[Any]]:
-        """(frames, records), leaving the journal empty."""
+        """(frames, records), leaving the journal empty and not pending."""
         frames, records = self.frames, self.records
         self.frames, self.records = [], []
+        self.pending = False
         return frames, records
+
+    def take_deferred(self) -> list[tuple[Any, bytes]]:
+        """The writes held back, in order (pump, data)."""
+        deferred, self.deferred = self.deferred, []
+        return deferred
+
+    @staticmethod
+    def release(deferred: list[tuple[Any, bytes]], written: bool) -> None:
+        """Each held-back write to its pump: ``data``, or None when the
+        frames before it could not be written (it is dropped)."""
+        for pump, data in deferred:
+            pump.deferred_write(data if written else None)
 
 
 _FRAME_HEADER = struct.Struct(">II")

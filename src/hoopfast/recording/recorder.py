@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -156,7 +157,8 @@ class Recorder:
         self.spool = Spool(spool_dir, options.segment_bytes)
         #: The chain heads of the sessions open in this process.
         self._open: dict[str, Any] = {}
-        #: Events recorded and not yet written (see commit).
+        #: Events recorded and not yet written, and the writes to clients
+        #: held back behind them (see commit); the relay's barrier.
         self.journal = core.Journal(self._commit_at_end_of_iteration)
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -186,10 +188,6 @@ class Recorder:
         #: only while the spool takes them.
         self.full_watchers: list[Callable[[bool], None]] = []
         self._was_full = False
-        #: Records are buffered until the end of the loop iteration (commit);
-        #: the relay reads this before each write to a client.
-        self.pending = False
-        self._deferred: list[tuple[Any, bytes]] = []
 
     # -- lifecycle --------------------------------------------------------
 
@@ -222,6 +220,9 @@ class Recorder:
             self._write_seal(seal, essential=True)
             log.warning("session %s: recovered from the spool and sealed", session_id)
         self._loop = asyncio.get_running_loop()
+        # (The commit scheduled without a Python call: this runs once per
+        # loop iteration in which anything was recorded.)
+        self.journal.on_first = functools.partial(self._loop.call_soon, self._commit_soon)
         self._task = self._loop.create_task(self._run(), name="recorder")
 
     def _scan(self) -> dict[str, _Replayed]:
@@ -306,24 +307,18 @@ class Recorder:
         # (a crashed session's recovered end and seal).
         self.journal.add(core.frame(_encode_seal(seal)), seal, essential)
 
-    def _commit_at_end_of_iteration(self) -> None:
-        """The journal stopped being empty (or a write was held back): one
-        write for everything recorded in this loop iteration, at its end;
-        the relay holds back what would acknowledge it until then
-        (hoopfast.core._pump)."""
-        self.pending = True
-        # The loop start() ran on: asyncio.get_running_loop() makes a
-        # getpid() system call each time, once per loop iteration here.
-        (self._loop or asyncio.get_running_loop()).call_soon(self._commit_soon)
+    @property
+    def pending(self) -> bool:
+        """Records or held-back writes wait for the commit."""
+        return bool(self.journal.pending)
 
-    def defer(self, pump: Any, data: bytes) -> None:
-        """Write ``data`` to the pump's peer once what is buffered is in the
-        spool (``pump.deferred_write``)."""
-        self._deferred.append((pump, data))
-        if not self.pending:
-            # (Queued behind an earlier deferred write of the pump: a commit
-            # must still come.)
-            self._commit_at_end_of_iteration()
+    def _commit_at_end_of_iteration(self) -> None:
+        """The journal became pending (something was recorded, or a write
+        held back): one write for everything recorded in this loop
+        iteration, at its end; the relay holds back what would acknowledge
+        it until then (hoopfast.core._pump). (Before start(); then the
+        journal schedules the commit itself.)"""
+        asyncio.get_running_loop().call_soon(self._commit_soon)
 
     def _break(self, reason: str) -> None:
         """Recording stops: nothing more can be written to the spool."""
@@ -338,9 +333,8 @@ class Recorder:
         cannot be written: the statements it holds were not recorded, so
         what was held back is dropped and its sessions end
         (``pump.owner.pump_unrecorded``)."""
-        self.pending = False
         frames, records = self.journal.take()
-        deferred, self._deferred = self._deferred, []
+        deferred = self.journal.take_deferred()
         try:
             if self.broken:
                 raise OSError(self.broken)
@@ -351,8 +345,8 @@ class Recorder:
             if not self.broken:
                 self._break(str(e) or type(e).__name__)
             reason = self._why_full()
+            self.journal.release(deferred, False)
             for pump, _ in deferred:
-                pump.deferred_write(None)
                 pump.owner.pump_unrecorded(pump, reason)
             if not isinstance(e, OSError):
                 raise
@@ -360,14 +354,13 @@ class Recorder:
         self._unrotated += len(frames)
         if frames:
             self._remember(frames, records)
-        for pump, data in deferred:
-            pump.deferred_write(data)
+        self.journal.release(deferred, True)
         if rotate and frames and self.spool.current_size >= self.options.segment_bytes:
             self._rotate()
         self._report_size()
 
     def _commit_soon(self) -> None:
-        if self.pending:
+        if self.journal.pending:
             # (try, not contextlib.suppress: this runs once per loop
             # iteration, and a context manager costs more than the check.)
             try:  # noqa: SIM105

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hoopfast.core import float_repr
+from hoopfast.core import block_end, event_lines
 from hoopfast.store.base import EventCursor
 from hoopfast.store.records import STATEMENT, EventRecord
 
@@ -153,33 +153,19 @@ def new_counts(blocks: Iterable[Block]) -> dict[str, tuple[int, int]]:
 
 def _event_line(e: EventRecord) -> str:
     """An event's line of a block body (see the module docstring)."""
-    if _plain([e]):
-        return _event_lines([e])[0]
+    plain = event_lines([e])
+    if plain is not None:
+        return plain[0]
     values = (str(e.seq), repr(e.at), e.kind, e.verdict, e.prev_hash, e.hash, e.data)
     return "!" + "\t".join(map(_escape, values)) + "\n"
 
 
 def _event_lines(events: list[EventRecord]) -> list[str]:
-    if _plain(events):  # always, from the recorder: one check for them all
-        # (float_repr is repr, made faster for times to the µs: this runs
-        # for every event the store takes.)
-        return [
-            f"{e.seq}\t{float_repr(e.at)}\t{e.kind}\t{e.verdict}\t{e.prev_hash}\t{e.hash}\t{e.data}\n"
-            for e in events
-        ]
-    return [_event_line(e) for e in events]
-
-
-def _plain(events: list[EventRecord]) -> bool:
-    """Whether the events' plain lines parse back: no newline in any field,
-    no tab before ``data`` (seq and at have none)."""
-    words = {e.kind for e in events} | {e.verdict for e in events}
-    heads = "".join([*words, *map(_PREV_HASH, events), *map(_HASH, events)])
-    return (
-        "\t" not in heads
-        and "\n" not in heads
-        and not any(map(str.__contains__, map(_DATA, events), itertools.repeat("\n")))
-    )
+    # One check for them all: the recorder's events are always plain.
+    # (Compiled in hoopfast.core: the store's thread runs this for every
+    # event, holding the GIL the data path needs.)
+    lines = event_lines(events)
+    return [_event_line(e) for e in events] if lines is None else lines
 
 
 def _block_end(run: Run, start: int) -> int:
@@ -187,25 +173,7 @@ def _block_end(run: Run, start: int) -> int:
     limits. Its events also stay in one subject and connection (the block's
     columns) and in time order: a clock stepping back starts a new block,
     so that a block's lines are sorted by ``at`` (reads search them)."""
-    events, lines = run.events, run.lines
-    first = events[start]
-    chars = len(lines[start])
-    previous = first.at
-    latest = first.at + BLOCK_SPAN
-    end = min(len(events), start + BLOCK_EVENTS)
-    for i in range(start + 1, end):
-        e = events[i]
-        chars += len(lines[i])
-        if (
-            e.at < previous
-            or e.at > latest
-            or chars > BLOCK_CHARS
-            or e.subject != first.subject
-            or e.connection != first.connection
-        ):
-            return i
-        previous = e.at
-    return end
+    return block_end(run.events, run.lines, start, BLOCK_EVENTS, BLOCK_CHARS, BLOCK_SPAN)
 
 
 def _block(events: list[EventRecord], lines: list[str]) -> Block:
@@ -231,9 +199,6 @@ def _block(events: list[EventRecord], lines: list[str]) -> Block:
 _SEQ = operator.attrgetter("seq")
 _KIND = operator.attrgetter("kind")
 _VERDICT = operator.attrgetter("verdict")
-_PREV_HASH = operator.attrgetter("prev_hash")
-_HASH = operator.attrgetter("hash")
-_DATA = operator.attrgetter("data")
 
 
 def block_events(row: Sequence[Any]) -> list[EventRecord]:

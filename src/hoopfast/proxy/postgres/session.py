@@ -546,9 +546,10 @@ class PgSession:
         self._server_pump = Pump(
             Framer(max_message, server_types, _SERVER_BATCH), self, FramingError
         )
-        if self._recording is not None:
+        recorder = self.gateway.recorder
+        if self._recording is not None and recorder is not None:
             # A statement's completion reaches the client after its record.
-            self._server_pump.barrier = self.gateway.recorder
+            self._server_pump.barrier = recorder.journal
         self._route_server()
         # Bytes the stream readers already buffered belong to the relay now.
         leftovers = [
@@ -1470,12 +1471,12 @@ class PgSession:
         in half, and close both sides."""
         client = self._client_pump.transport
         framer = self._server_pump.framer
-        barrier = self._server_pump.barrier
-        if barrier is not None and barrier.pending:
+        recorder = self.gateway.recorder
+        if self._server_pump.barrier is not None and recorder is not None and recorder.pending:
             # What the client was sent before this goes first (held back
             # until the recorder has it; dropped if it cannot).
             with contextlib.suppress(RecordingUnavailable):
-                barrier.commit()
+                recorder.commit()
         if not client.is_closing() and (framer.at_boundary or framer.buffered):
             client.write(m.fatal(sqlstate, message, hint=hint))
         for transport in (client, self._server_pump.transport):
