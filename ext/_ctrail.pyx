@@ -439,6 +439,8 @@ cdef class _Entry:
     cdef object previous
     #: A Parse's: the session's undo (see the reference).
     cdef object undo
+    #: A Bind's message (see the reference).
+    cdef bytes message
 
 
 cdef _run(list undos):
@@ -920,6 +922,41 @@ cdef class Trail:
         self._statements[entry.name] = entry.meant
         self._described.pop(entry.name, None)
         self._param_types.pop(entry.name, None)
+        self._rebind(entry)
+
+    cdef _rebind(self, _Entry entry):
+        """(See the reference.) A rare path: in Python objects."""
+        old = entry.previous
+        text, verdict = <tuple>entry.meant
+        cdef list rebound = []
+        cdef _Entry e
+        cdef _Portal p
+        cdef Statement st
+        cdef _BindLayout b
+        cdef Py_ssize_t i
+        for i in range(self._head, PyList_GET_SIZE(self._queue)):
+            e = self._queue[i]
+            p = e.portal
+            if e.kind == _K_BIND and p is not None and e.name == entry.name and e.meant is old:
+                if p.verdict is (<tuple>old)[1]:
+                    p.verdict = verdict
+                p.text = text
+                p.columns = None
+                if _bind_layout(<const unsigned char*>PyBytes_AS_STRING(e.message),
+                                PyBytes_GET_SIZE(e.message), &b):
+                    p.params = self._shown_values(
+                        <const unsigned char*>PyBytes_AS_STRING(e.message),
+                        PyBytes_GET_SIZE(e.message), &b, None)
+                rebound.append(p)
+            elif e.kind == _K_EXECUTE and e.statement is not None:
+                st = e.statement
+                p = st.portal
+                if p is not None and any(p is r for r in rebound):
+                    st.text = p.text
+                    st.verdict = p.verdict
+                    st.params = p.params if p.params else None
+                    st.drops = None
+                    self._dropping(st)
 
     cdef _closed(self, _Entry entry):
         """(See the reference.)"""
@@ -943,9 +980,7 @@ cdef class Trail:
         cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(message)
         cdef Py_ssize_t size = PyBytes_GET_SIZE(message)
         cdef _BindLayout b
-        cdef Py_ssize_t pos, i
-        cdef long long length
-        cdef int fmt
+        cdef Py_ssize_t i
         if not _bind_layout(buf, size, &b):
             # Malformed: the server refuses it; still one answer to follow.
             self._push(_entry(_K_BIND, None))
@@ -960,12 +995,32 @@ cdef class Trail:
             text, verdict = <tuple>known
         verdict = refused or verdict
         cdef _Entry entry = _entry(_K_BIND, None)
+        entry.name = name
+        entry.meant = known
+        entry.message = message
         self._push(entry)
-        cdef list params = []
         cdef list types = None
         described = self._param_types.get(name)
         if known is not None and described is not None and (<tuple>described)[0] is known:
             types = (<tuple>described)[1]
+        cdef _Portal p = _Portal.__new__(_Portal)
+        p.text = text
+        p.verdict = verdict
+        p.params = self._shown_values(buf, size, &b, types)
+        p.formats = [_uint(buf, size, b.results_at + 2 * i, 2) for i in range(b.nres)]
+        p.columns = self._described.get(name)
+        p.ends = self._ends
+        entry.portal = p
+        portal = self._key(PyBytes_FromStringAndSize(<const char*>buf + 5, b.portal_end - 5))
+        self._portals[portal] = p
+
+    cdef list _shown_values(self, const unsigned char* buf, Py_ssize_t size, _BindLayout* b,
+                            list types):
+        """(See the reference.)"""
+        cdef list params = []
+        cdef Py_ssize_t pos, i
+        cdef long long length
+        cdef int fmt
         cdef str exact
         pos = b.values_at
         for i in range(b.nparams):
@@ -996,16 +1051,7 @@ cdef class Trail:
             else:
                 params.append(masked)
             pos += length
-        cdef _Portal p = _Portal.__new__(_Portal)
-        p.text = text
-        p.verdict = verdict
-        p.params = params
-        p.formats = [_uint(buf, size, b.results_at + 2 * i, 2) for i in range(b.nres)]
-        p.columns = self._described.get(name)
-        p.ends = self._ends
-        entry.portal = p
-        portal = self._key(PyBytes_FromStringAndSize(<const char*>buf + 5, b.portal_end - 5))
-        self._portals[portal] = p
+        return params
 
     cdef inline str _decode(self, const unsigned char* buf, Py_ssize_t n):
         """raw.decode(codec, "replace")."""

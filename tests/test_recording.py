@@ -15,6 +15,7 @@ import json
 import os
 import re
 import secrets
+import select
 import signal
 import socket
 import sqlite3
@@ -331,6 +332,50 @@ def test_the_trail_records_what_ran_under_a_name_the_server_keys_or_dropped(
     runs = [(e["text"], e["results"][0]["rows"]) for e in events if e.get("results")]
     assert runs[0] == ("SELECT 'keyed'", [["keyed"]])
     assert runs[-1] == ("SELECT 'new'", [["new"]])
+
+
+def test_a_pipelined_run_of_a_name_the_server_dropped_is_recorded_as_what_ran(
+    idle_gateway: RunningGateway,
+) -> None:
+    """As above, but the client does not wait for its Parse's answer
+    (libpq's pipeline mode): the Bind and Execute it sends behind the
+    Parse ran the new statement, and are recorded with its text (they were
+    recorded with the old one)."""
+    gw = idle_gateway
+    who = _person()
+    with psycopg.connect(gw.conninfo(token=gw.token(who), user=who), autocommit=True) as conn:
+        pgconn = conn.pgconn
+        assert pgconn.prepare(b"again", b"SELECT 'old'").status == pq.ExecStatus.COMMAND_OK
+        assert pgconn.exec_(b"DEALLOCATE again; SELECT 1").status == pq.ExecStatus.TUPLES_OK
+        pgconn.enter_pipeline_mode()
+        pgconn.send_prepare(b"again", b"SELECT 'piped'")
+        pgconn.send_query_prepared(b"again", [])
+        pgconn.pipeline_sync()
+        results = _pipeline_results(pgconn)
+        pgconn.exit_pipeline_mode()
+        assert [r.status for r in results] == [pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK]
+        assert results[1].get_value(0, 0) == b"piped"
+    events = statements(trail(gw, sealed_session(gw, who)))
+    runs = [(e["text"], e["results"][0]["rows"]) for e in events if e.get("results")]
+    assert runs[-1] == ("SELECT 'piped'", [["piped"]])
+
+
+def _pipeline_results(pgconn: Any, timeout: float = 30.0) -> list[Any]:
+    """A pipeline's results up to its sync, read as they come (libpq's
+    get_result blocks holding the GIL, and this gateway runs in a thread of
+    the test's process)."""
+    results: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        select.select([pgconn.socket], [], [], 0.1)
+        pgconn.consume_input()
+        while not pgconn.is_busy():
+            r = pgconn.get_result()
+            if r is not None and r.status == pq.ExecStatus.PIPELINE_SYNC:
+                return results
+            if r is not None:
+                results.append(r)
+    raise AssertionError(f"the pipeline did not end in {timeout} s: {results}")
 
 
 def test_names_are_keyed_in_the_servers_encoding(idle_gateway: RunningGateway) -> None:

@@ -313,6 +313,45 @@ def test_events_chain_into_spool_frames(module: ModuleType) -> None:
     ]
 
 
+class _Pump:
+    """What a relay pump gives the journal of its held-back writes."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes | None] = []
+
+    def deferred_write(self, data: bytes | None) -> None:
+        self.written.append(data)
+
+
+@pytest.mark.parametrize("module", [_trail, COMPILED], ids=["python", "compiled"])
+def test_the_journal_is_the_relays_barrier(module: ModuleType) -> None:
+    """A record or a held-back write makes the journal pending and asks for
+    one commit (``on_first``) until ``take``; the writes go to their pumps
+    in order, or are dropped (None) when the records could not be written."""
+    firsts: list[bool] = []
+    journal = module.Journal(lambda: firsts.append(True))
+    a, b = _Pump(), _Pump()
+    assert not journal.pending
+    journal.defer(a, b"1")
+    journal.add(b"frame", "record")
+    journal.defer(b, b"2")
+    journal.defer(a, b"3")
+    assert journal.pending and firsts == [True]
+    assert journal.take() == ([b"frame"], ["record"]) and not journal.pending
+    deferred = journal.take_deferred()
+    assert journal.take_deferred() == []
+    module.Journal.release(deferred, True)
+    assert a.written == [b"1", b"3"] and b.written == [b"2"]
+    journal.defer(b, b"4")
+    assert firsts == [True, True]
+    journal.take()
+    journal.release(journal.take_deferred(), False)
+    assert b.written == [b"2", None]
+    journal.dropping = True
+    journal.add(b"dropped", "record")
+    assert not journal.pending and journal.dropped == 1 and firsts == [True, True]
+
+
 def test_the_spool_reads_the_frames(tmp_path: Any) -> None:
     assert COMPILED is not None
     path = tmp_path / "000000000001.spool"

@@ -1185,6 +1185,49 @@ def test_a_parse_expected_to_fail_takes_its_name_only_if_nothing_newer_did() -> 
     assert runs == ["SELECT 'B'", "SELECT 'D'"]
 
 
+def test_binds_pipelined_before_a_late_parse_complete_run_the_new_statement() -> None:
+    """A Parse the trail expected to fail (the server had dropped the name
+    where the trail could not read it) is carried out; the Bind and Execute
+    the client pipelined behind it, before its answer, ran the new
+    statement, and are recorded with its text and values: the binary value
+    is not read with the old statement's declared type (int8 there), and the
+    rows are not read with its columns. A refused Bind keeps its refusal."""
+    old = parse_message(b"s1", "SELECT $1::int8 AS old", 20)
+    value = b"\0\0\0\0\0\0\0\x07"
+    refusal = V("deny", "refused")
+    events = same(
+        [
+            ("parse", b"s1", "SELECT $1::int8 AS old", ALLOW, old),
+            ("client", describe(b"S", b"s1")),
+            ("client", SYNC),
+            ("server", PARSE_COMPLETE),
+            ("server", msg(b"t", struct.pack("!HI", 1, 20))),
+            ("server", row_description((b"old", 20, 1))),
+            ("server", READY),
+            ("query", "DEALLOCATE s1; SELECT 1", ALLOW),
+            ("server", complete(b"DEALLOCATE")),
+            ("server", complete(b"SELECT 1")),
+            ("server", READY),
+            ("parse", b"s1", "SELECT $1::bytea AS new", ALLOW),
+            ("client", bind(b"", b"s1", [value], [1], [1])),
+            ("client", execute()),
+            ("client", bind(b"p2", b"s1", [value], [1]), refusal),
+            ("client", SYNC),
+            ("server", PARSE_COMPLETE),  # made: the server had no s1
+            ("server", BIND_COMPLETE),
+            ("server", data_row(value)),
+            ("server", complete(b"SELECT 1")),
+            ("server", error(b"42501", b"refused")),
+            ("server", READY),
+        ]
+    )
+    run, refused = events[-2:]
+    assert run["text"] == "SELECT $1::bytea AS new" and run["verdict"] == "allow"
+    assert run["params"] == ["\\x0000000000000007"]
+    assert run["results"][0]["rows"] == [["\\x0000000000000007"]]
+    assert refused["text"] == "SELECT $1::bytea AS new" and refused["verdict"] == "deny"
+
+
 def _run_named(name: bytes, portal: bytes = b"") -> Script:
     """Bind ``name`` to ``portal`` and run it (the server answers as if it
     still had the statement): its event's text says what the trail kept."""

@@ -284,7 +284,8 @@ class _Entry:
     #: A Bind's portal, as bound (a later Parse may reuse the name).
     portal: _Portal | None = None
     #: A Close's or a statement Describe's: what its name meant when the
-    #: client sent it (a Parse or Bind sent after may give it a new meaning).
+    #: client sent it (a Parse or Bind sent after may give it a new meaning);
+    #: a Bind's: the statement it bound, as the trail knew it then.
     meant: Any = None
     #: A Sync's (or Query's): its number among them (Trail._ends); a
     #: Parse's: how many were sent before it (see Trail.unsettled).
@@ -295,6 +296,9 @@ class _Entry:
     #: A Parse's: the session's undo of what it changed for the Parse (called
     #: should the Parse fail or be skipped; see Trail.parse).
     undo: Any = None
+    #: A Bind's message (its values are shown again should the statement it
+    #: binds turn out to be another; Trail._rebind).
+    message: bytes = b""
 
 
 class Tally:
@@ -624,12 +628,26 @@ class Trail:
         known = self._statements.get(name)
         text, verdict = known or ("", self._unknown)
         verdict = refused or verdict
-        entry = _Entry(_K_BIND, None, name)
+        entry = _Entry(_K_BIND, None, name, meant=known, message=message)
         self._queue.append(entry)
         described, types = self._param_types.get(name, (None, []))
         if described is not known or known is None:
             types = []  # (described before the name was parsed again)
-        params = [
+        self._portals[portal] = entry.portal = _Portal(
+            text,
+            verdict,
+            self._shown_values(values, types),
+            result_formats,
+            self._described.get(name),
+            self._ends,
+        )
+
+    def _shown_values(
+        self, values: list[tuple[int, bytes | None]], types: list[int]
+    ) -> list[str | None]:
+        """A Bind's values as the trail records them (``types``: the
+        statement's parameter types, where known)."""
+        return [
             None
             if raw is None
             else shown_parameter(
@@ -637,9 +655,6 @@ class Trail:
             )
             for i, (fmt, raw) in enumerate(values)
         ]
-        self._portals[portal] = entry.portal = _Portal(
-            text, verdict, params, result_formats, self._described.get(name), self._ends
-        )
 
     # -- from the server ------------------------------------------------------
 
@@ -795,6 +810,36 @@ class Trail:
         entry.meant = self._statements[entry.name] = (st.text, st.verdict)
         self._described.pop(entry.name, None)
         self._param_types.pop(entry.name, None)
+        self._rebind(entry)
+
+    def _rebind(self, entry: _Entry) -> None:
+        """After _parsed_after_all: the Binds of the name sent after that
+        Parse, before its answer, bound the statement the server made, not
+        the one the trail expected them to (libpq's pipeline mode, asyncpg
+        and JDBC batches send Parse, Bind and Execute together). Their
+        portals, and the Executes of those portals queued since, take its
+        text and verdict (a refused Bind keeps its refusal); the values are
+        shown again without the old statement's types, and the old
+        statement's columns are forgotten (a Describe of the portal, or the
+        result's own, tells them)."""
+        old, (text, verdict) = entry.previous, entry.meant
+        rebound: list[_Portal] = []
+        for e in self._queue:
+            p = e.portal
+            if e.kind == _K_BIND and p is not None and e.name == entry.name and e.meant is old:
+                if p.verdict is old[1]:
+                    p.verdict = verdict
+                p.text = text
+                p.columns = None
+                values = parse_bind(e.message)[2]
+                p.params = self._shown_values(values, [])
+                rebound.append(p)
+            elif e.kind == _K_EXECUTE and e.statement is not None:
+                st, p = e.statement, e.statement.portal
+                if p is not None and any(p is r for r in rebound):
+                    st.text, st.verdict, st.params = p.text, p.verdict, p.params or None
+                    st.drops = None
+                    self._dropping(st)
 
     def _closed(self, entry: _Entry) -> None:
         """The server closed a statement or portal: forget its name, so that
