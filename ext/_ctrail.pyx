@@ -439,7 +439,7 @@ cdef class _Entry:
     cdef object previous
     #: A Parse's: the session's undo (see the reference).
     cdef object undo
-    #: A Bind's message (see the reference).
+    #: A Bind's message, or a Parse's expected to fail (see the reference).
     cdef bytes message
 
 
@@ -765,6 +765,7 @@ cdef class Trail:
                 self._param_types[name] = (known, declared)
         else:
             e.previous = self._statements[name]  # (see the reference)
+            e.message = message
         self._push(e)
 
     cdef bint _dropped_before(self, bytes name):
@@ -916,37 +917,42 @@ cdef class Trail:
     cdef _parsed_after_all(self, _Entry entry):
         """(See the reference.)"""
         cdef Statement st = entry.statement
-        if self._statements.get(entry.name) is not entry.previous:
-            return
-        entry.meant = (st.text, st.verdict)
-        self._statements[entry.name] = entry.meant
-        self._described.pop(entry.name, None)
-        self._param_types.pop(entry.name, None)
-        self._rebind(entry)
-
-    cdef _rebind(self, _Entry entry):
-        """(See the reference.) A rare path: in Python objects."""
         old = entry.previous
-        text, verdict = <tuple>entry.meant
+        new = (st.text, st.verdict)
+        entry.meant = new
+        declared = (_declared_types(entry.message)
+                    if entry.message is not None and PyBytes_GET_SIZE(entry.message) else None)
+        if self._statements.get(entry.name) is old:
+            self._statements[entry.name] = new
+            self._described.pop(entry.name, None)
+            self._param_types.pop(entry.name, None)
+            if declared is not None:
+                self._param_types[entry.name] = (new, declared)
+        self._rebind(entry.name, old, new, declared if declared is not None else [])
+
+    cdef _rebind(self, bytes name, object old, tuple new, list types):
+        """(See the reference.) A rare path: in Python objects."""
         cdef list rebound = []
         cdef _Entry e
         cdef _Portal p
         cdef Statement st
         cdef _BindLayout b
-        cdef Py_ssize_t i
+        cdef const unsigned char* buf
+        cdef Py_ssize_t i, size
         for i in range(self._head, PyList_GET_SIZE(self._queue)):
             e = self._queue[i]
-            p = e.portal
-            if e.kind == _K_BIND and p is not None and e.name == entry.name and e.meant is old:
+            if (e.kind == _K_BIND and e.name == name and e.meant is old
+                    and e.portal is not None):
+                p = e.portal
+                e.meant = new
                 if p.verdict is (<tuple>old)[1]:
-                    p.verdict = verdict
-                p.text = text
+                    p.verdict = new[1]
+                p.text = new[0]
                 p.columns = None
-                if _bind_layout(<const unsigned char*>PyBytes_AS_STRING(e.message),
-                                PyBytes_GET_SIZE(e.message), &b):
-                    p.params = self._shown_values(
-                        <const unsigned char*>PyBytes_AS_STRING(e.message),
-                        PyBytes_GET_SIZE(e.message), &b, None)
+                buf = <const unsigned char*>PyBytes_AS_STRING(e.message)
+                size = PyBytes_GET_SIZE(e.message)
+                if _bind_layout(buf, size, &b):
+                    p.params = self._shown_values(buf, size, &b, types)
                 rebound.append(p)
             elif e.kind == _K_EXECUTE and e.statement is not None:
                 st = e.statement
@@ -956,7 +962,11 @@ cdef class Trail:
                     st.verdict = p.verdict
                     st.params = p.params if p.params else None
                     st.drops = None
-                    self._dropping(st)
+            elif e.kind == _K_PARSE and e.name == name and e.previous is old:
+                e.previous = new
+            elif ((e.kind == _K_CLOSE or e.kind == _K_DESCRIBE) and e.target == 83
+                    and e.name == name and e.meant is old):
+                e.meant = new
 
     cdef _closed(self, _Entry entry):
         """(See the reference.)"""
@@ -1996,16 +2006,16 @@ cdef class Journal:
             self.dropped += 1
             return
         if not self.pending:
+            self.on_first()  # (should it raise, the next one asks again)
             self.pending = True
-            self.on_first()
         self.frames.append(frame)
         self.records.append(record)
 
     cpdef defer(self, object pump, object data):
         """Hold ``data`` back until the commit: then ``pump.deferred_write``."""
         if not self.pending:
+            self.on_first()  # (should it raise, the next one asks again)
             self.pending = True
-            self.on_first()
         self.deferred.append((pump, data))
 
     def take(self):

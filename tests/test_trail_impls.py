@@ -1228,6 +1228,115 @@ def test_binds_pipelined_before_a_late_parse_complete_run_the_new_statement() ->
     assert refused["text"] == "SELECT $1::bytea AS new" and refused["verdict"] == "deny"
 
 
+def _unreadable_drop(name: bytes) -> Script:
+    """A DEALLOCATE the trail cannot read (among other statements)."""
+    return [
+        ("query", f"DEALLOCATE {name.decode()}; SELECT 1", ALLOW),
+        ("server", complete(b"DEALLOCATE")),
+        ("server", complete(b"SELECT 1")),
+        ("server", READY),
+    ]
+
+
+def test_a_rebound_executes_drops_are_not_read_again() -> None:
+    """Review: a rebound Execute of a DEALLOCATE (ALL, or of a name) read
+    its drops again at the late ParseComplete, when names parsed after the
+    Execute were known: the trail forgot t, which the server had made
+    after the DEALLOCATE ran, and its next run was recorded as unknown."""
+    for dropping, parsed in [
+        ("DEALLOCATE ALL", []),
+        ("DEALLOCATE t", _prepare(b"t", "SELECT 'old t'")),
+    ]:
+        events = same(
+            [
+                *_prepare(b"s1", "SELECT 'A'"),
+                *parsed,
+                *_unreadable_drop(b"s1"),
+                ("parse", b"s1", dropping, ALLOW),  # expected to fail (42P05)
+                ("client", bind(b"", b"s1")),
+                ("client", execute()),
+                ("parse", b"t", "SELECT 'new t'", ALLOW),
+                ("client", SYNC),
+                ("server", PARSE_COMPLETE),  # s1 made
+                ("server", BIND_COMPLETE),
+                ("server", complete(b"DEALLOCATE ALL" if parsed == [] else b"DEALLOCATE")),
+                ("server", PARSE_COMPLETE),  # t made, after the DEALLOCATE
+                ("server", READY),
+                *_run_named(b"t"),
+            ]
+        )
+        assert events[-1]["text"] == "SELECT 'new t'", dropping
+
+
+def test_late_parses_of_one_name_chain() -> None:
+    """Review: two Parses of s1 the trail expected to fail, both carried out
+    (an unreadable DEALLOCATE before each): what was bound behind each runs
+    its own statement. And Binds between such a Parse and a Close and Parse
+    pipelined after it ran the first (the name had a newer meaning by its
+    answer, but they were bound before)."""
+    events = same(
+        [
+            *_prepare(b"s1", "SELECT 'A'"),
+            ("query", "DEALLOCATE s1; SELECT 1", ALLOW),
+            ("parse", b"s1", "SELECT 'B'", ALLOW),
+            ("client", bind(b"p1", b"s1")),
+            ("client", execute(b"p1")),
+            ("client", SYNC),
+            ("query", "DEALLOCATE s1; SELECT 1", ALLOW),
+            ("parse", b"s1", "SELECT 'C'", ALLOW),
+            ("client", bind(b"p2", b"s1")),
+            ("client", execute(b"p2")),
+            ("client", SYNC),
+            *[("server", complete(b"DEALLOCATE")), ("server", complete(b"SELECT 1"))],
+            ("server", READY),
+            *[("server", PARSE_COMPLETE), ("server", BIND_COMPLETE)],
+            *[("server", complete(b"SELECT 1")), ("server", READY)],
+            *[("server", complete(b"DEALLOCATE")), ("server", complete(b"SELECT 1"))],
+            ("server", READY),
+            *[("server", PARSE_COMPLETE), ("server", BIND_COMPLETE)],
+            *[("server", complete(b"SELECT 1")), ("server", READY)],
+            *_unreadable_drop(b"s1"),
+            ("parse", b"s1", "SELECT 'D'", ALLOW),
+            ("client", bind(b"p3", b"s1")),
+            ("client", execute(b"p3")),
+            ("client", close(b"S", b"s1")),
+            ("parse", b"s1", "SELECT 'E'", ALLOW),
+            ("client", bind(b"p4", b"s1")),
+            ("client", execute(b"p4")),
+            ("client", SYNC),
+            *[("server", PARSE_COMPLETE), ("server", BIND_COMPLETE)],
+            ("server", complete(b"SELECT 1")),
+            *[("server", CLOSE_COMPLETE), ("server", PARSE_COMPLETE)],
+            *[("server", BIND_COMPLETE), ("server", complete(b"SELECT 1"))],
+            ("server", READY),
+        ]
+    )
+    runs = [e["text"] for e in events if e["text"].startswith("SELECT '")]
+    assert runs == ["SELECT 'B'", "SELECT 'C'", "SELECT 'D'", "SELECT 'E'"]
+
+
+def test_a_rebound_value_is_shown_with_the_types_the_new_parse_declares() -> None:
+    """Review: the values of a rebound Bind were shown without types, so a
+    binary int8 (psycopg declares it) was hex the detectors never read; the
+    Parse's declared types are kept for its late answer."""
+    number = struct.pack("!q", 4111111111111111)
+    declaring = parse_message(b"s1", "SELECT $1::int8 AS c", 20)
+    events = same(
+        [
+            *_prepare(b"s1", "SELECT 'A'"),
+            *_unreadable_drop(b"s1"),
+            ("parse", b"s1", "SELECT $1::int8 AS c", ALLOW, declaring),
+            ("client", bind(b"", b"s1", [number], [1])),
+            ("client", execute()),
+            ("client", SYNC),
+            *[("server", PARSE_COMPLETE), ("server", BIND_COMPLETE)],
+            *[("server", complete(b"SELECT 1")), ("server", READY)],
+            *_run_named(b"s1"),
+        ]
+    )
+    assert [e["params"] for e in events[-2:]] == [["4111111111111111"], None]
+
+
 def _run_named(name: bytes, portal: bytes = b"") -> Script:
     """Bind ``name`` to ``portal`` and run it (the server answers as if it
     still had the statement): its event's text says what the trail kept."""

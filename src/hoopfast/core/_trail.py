@@ -297,7 +297,8 @@ class _Entry:
     #: should the Parse fail or be skipped; see Trail.parse).
     undo: Any = None
     #: A Bind's message (its values are shown again should the statement it
-    #: binds turn out to be another; Trail._rebind).
+    #: binds turn out to be another; Trail._rebind), or a Parse's that the
+    #: trail expects to fail (the types it declares, should it not).
     message: bytes = b""
 
 
@@ -507,6 +508,7 @@ class Trail:
             # (Expected to fail: what the name means now, which it takes
             # at its ParseComplete should it not; _parsed_after_all.)
             entry.previous = self._statements[name]
+            entry.message = message or b""
         self._queue.append(entry)
 
     def _key(self, name: bytes) -> bytes:
@@ -798,48 +800,65 @@ class Trail:
         something dropped the name that the trail could not read (a
         DEALLOCATE among other statements in one Query, a name in an
         encoding it does not know). The new text is the name's from now on,
-        so that the record of its next run is not the old statement's. A
-        Bind of the name sent before this answer was recorded with the old
-        text (docs/recording.md). Only while the name still means what it
-        meant when the Parse was sent: a Close and a Parse pipelined after it
-        gave it a newer meaning."""
+        so that the record of its next run is not the old statement's; only
+        while the name still means what it meant when the Parse was sent (a
+        Close and a Parse pipelined after it gave it a newer meaning). What
+        was sent after the Parse and named the old statement named this one
+        (_rebind)."""
         st = entry.statement
         assert st is not None
-        if self._statements.get(entry.name) is not entry.previous:
-            return
-        entry.meant = self._statements[entry.name] = (st.text, st.verdict)
-        self._described.pop(entry.name, None)
-        self._param_types.pop(entry.name, None)
-        self._rebind(entry)
+        old, new = entry.previous, (st.text, st.verdict)
+        entry.meant = new
+        declared = declared_types(entry.message) if entry.message else None
+        if self._statements.get(entry.name) is old:
+            self._statements[entry.name] = new
+            self._described.pop(entry.name, None)
+            self._param_types.pop(entry.name, None)
+            if declared is not None:
+                self._param_types[entry.name] = (new, declared)
+        self._rebind(entry.name, old, new, declared or [])
 
-    def _rebind(self, entry: _Entry) -> None:
-        """After _parsed_after_all: the Binds of the name sent after that
-        Parse, before its answer, bound the statement the server made, not
-        the one the trail expected them to (libpq's pipeline mode, asyncpg
-        and JDBC batches send Parse, Bind and Execute together). Their
-        portals, and the Executes of those portals queued since, take its
-        text and verdict (a refused Bind keeps its refusal); the values are
-        shown again without the old statement's types, and the old
-        statement's columns are forgotten (a Describe of the portal, or the
-        result's own, tells them)."""
-        old, (text, verdict) = entry.previous, entry.meant
+    def _rebind(
+        self, name: bytes, old: tuple[str, Any], new: tuple[str, Any], types: list[int]
+    ) -> None:
+        """What was queued after a Parse of ``name`` that the server carried
+        out (_parsed_after_all), sent before its answer, and named the old
+        statement ``old``, named the new one ``new`` (libpq's pipeline mode,
+        asyncpg and JDBC batches send Parse, Bind and Execute together):
+
+        - Binds: their portals, and the Executes of those portals queued
+          since, take its text and verdict (a refused Bind keeps its
+          refusal); the values are shown again with the Parse's declared
+          types (``types``) rather than the old statement's, and the old
+          statement's columns are forgotten (a Describe of the portal, or
+          the result's own, tells them). An Execute's SQL drops are not
+          read again: what its names meant when it was sent is not known
+          now (a name it drops stays kept; a later Parse of it repairs that
+          as this one did).
+        - A later Parse of the name, expected to fail too, restores (or
+          takes the name from) the new statement, and a Close or Describe
+          of the statement acts on it."""
         rebound: list[_Portal] = []
         for e in self._queue:
-            p = e.portal
-            if e.kind == _K_BIND and p is not None and e.name == entry.name and e.meant is old:
+            if e.kind == _K_BIND and e.name == name and e.meant is old and e.portal is not None:
+                p = e.portal
+                e.meant = new
                 if p.verdict is old[1]:
-                    p.verdict = verdict
-                p.text = text
+                    p.verdict = new[1]
+                p.text = new[0]
                 p.columns = None
-                values = parse_bind(e.message)[2]
-                p.params = self._shown_values(values, [])
+                p.params = self._shown_values(parse_bind(e.message)[2], types)
                 rebound.append(p)
             elif e.kind == _K_EXECUTE and e.statement is not None:
-                st, p = e.statement, e.statement.portal
-                if p is not None and any(p is r for r in rebound):
-                    st.text, st.verdict, st.params = p.text, p.verdict, p.params or None
+                st, portal = e.statement, e.statement.portal
+                if portal is not None and any(portal is r for r in rebound):
+                    st.text, st.verdict = portal.text, portal.verdict
+                    st.params = portal.params or None
                     st.drops = None
-                    self._dropping(st)
+            elif e.kind == _K_PARSE and e.name == name and e.previous is old:
+                e.previous = new
+            elif e.kind in (_K_CLOSE, _K_DESCRIBE) and e.name == b"S" + name and e.meant is old:
+                e.meant = new
 
     def _closed(self, entry: _Entry) -> None:
         """The server closed a statement or portal: forget its name, so that
@@ -1254,16 +1273,16 @@ class Journal:
             self.dropped += 1
             return
         if not self.pending:
+            self.on_first()  # (should it raise, the next one asks again)
             self.pending = True
-            self.on_first()
         self.frames.append(frame)
         self.records.append(record)
 
     def defer(self, pump: Any, data: bytes) -> None:
         """Hold ``data`` back until the commit: then ``pump.deferred_write``."""
         if not self.pending:
+            self.on_first()  # (should it raise, the next one asks again)
             self.pending = True
-            self.on_first()
         self.deferred.append((pump, data))
 
     def take(self) -> tuple[list[bytes], list[Any]]:
