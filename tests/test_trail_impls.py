@@ -1274,27 +1274,29 @@ def test_late_parses_of_one_name_chain() -> None:
     its own statement. And Binds between such a Parse and a Close and Parse
     pipelined after it ran the first (the name had a newer meaning by its
     answer, but they were bound before)."""
+
+    def sent(text: str, portal: bytes) -> Script:
+        """An unreadable drop of s1, then s1 prepared again and run."""
+        return [
+            ("query", "DEALLOCATE s1; SELECT 1", ALLOW),
+            ("parse", b"s1", text, ALLOW),
+            ("client", bind(portal, b"s1")),
+            ("client", execute(portal)),
+            ("client", SYNC),
+        ]
+
+    answered = [
+        *[("server", complete(b"DEALLOCATE")), ("server", complete(b"SELECT 1"))],
+        *[("server", READY), ("server", PARSE_COMPLETE), ("server", BIND_COMPLETE)],
+        *[("server", complete(b"SELECT 1")), ("server", READY)],
+    ]
     events = same(
         [
             *_prepare(b"s1", "SELECT 'A'"),
-            ("query", "DEALLOCATE s1; SELECT 1", ALLOW),
-            ("parse", b"s1", "SELECT 'B'", ALLOW),
-            ("client", bind(b"p1", b"s1")),
-            ("client", execute(b"p1")),
-            ("client", SYNC),
-            ("query", "DEALLOCATE s1; SELECT 1", ALLOW),
-            ("parse", b"s1", "SELECT 'C'", ALLOW),
-            ("client", bind(b"p2", b"s1")),
-            ("client", execute(b"p2")),
-            ("client", SYNC),
-            *[("server", complete(b"DEALLOCATE")), ("server", complete(b"SELECT 1"))],
-            ("server", READY),
-            *[("server", PARSE_COMPLETE), ("server", BIND_COMPLETE)],
-            *[("server", complete(b"SELECT 1")), ("server", READY)],
-            *[("server", complete(b"DEALLOCATE")), ("server", complete(b"SELECT 1"))],
-            ("server", READY),
-            *[("server", PARSE_COMPLETE), ("server", BIND_COMPLETE)],
-            *[("server", complete(b"SELECT 1")), ("server", READY)],
+            *sent("SELECT 'B'", b"p1"),
+            *sent("SELECT 'C'", b"p2"),
+            *answered,
+            *answered,
             *_unreadable_drop(b"s1"),
             ("parse", b"s1", "SELECT 'D'", ALLOW),
             ("client", bind(b"p3", b"s1")),
