@@ -94,3 +94,22 @@ def test_one_persons_slow_statements_take_one_turn_at_a_time(busy: None) -> None
     done = asyncio.run(run())
     assert done["alice"] < 0.5, done  # behind one of Mallory's, not four
     assert max(done[f"m{i}"] for i in range(4)) > 1.1
+
+
+def test_an_analysis_that_ends_after_its_loop_closed_ends_quietly(busy: None) -> None:
+    """The gateway stopped (its loop closed) while a statement was analysed:
+    the result has nobody to go to, and the thread ends without raising
+    (it raised, logging "statement analysis failed" for no bug, and
+    again, unhandled)."""
+    errors: list[BaseException] = []
+    hook, threading.excepthook = threading.excepthook, lambda a: errors.append(a.exc_value)
+    try:
+        loop = asyncio.new_event_loop()
+        done: asyncio.Future[Classification] = loop.create_future()
+        job = analysis._Job("slow 0.2", 1, lambda c: analysis._hand_over(loop, done, c))
+        job.start()
+        loop.close()
+        job.join(5)
+        assert not job.is_alive() and errors == [] and not done.done()
+    finally:
+        threading.excepthook = hook

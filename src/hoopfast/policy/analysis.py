@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -77,7 +78,7 @@ class Analyst:
     async def _run(self, sql: str, statements: int) -> Classification:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Classification] = loop.create_future()
-        job = _Job(sql, statements, lambda c: loop.call_soon_threadsafe(_settle, done, c))
+        job = _Job(sql, statements, functools.partial(_hand_over, loop, done))
         job.start()
         try:
             return await asyncio.wait_for(asyncio.shield(done), self.timeout)
@@ -94,6 +95,19 @@ class Analyst:
             return unknown_classification(
                 f"the gateway could not analyse this statement within {self.timeout:g} s"
             )
+
+
+def _hand_over(
+    loop: asyncio.AbstractEventLoop, future: asyncio.Future[Classification], c: Classification
+) -> None:
+    """From the analysis thread: ``c`` to ``future`` on its loop; nothing
+    when the loop has closed meanwhile (the gateway stopped: nobody waits,
+    and raising in the thread would log a bug that is not one)."""
+    try:
+        loop.call_soon_threadsafe(_settle, future, c)
+    except RuntimeError:
+        if not loop.is_closed():
+            raise
 
 
 def _settle(future: asyncio.Future[Classification], c: Classification) -> None:
