@@ -674,7 +674,10 @@ def test_a_slow_analysis_does_not_stall_other_sessions(
     gw: RunningGateway, via: Callable[..., Conn]
 ) -> None:
     """Analysis runs off the event loop: while one session's statement is
-    analysed for seconds, another's keep their latency."""
+    analysed for seconds, another's keep their latency. (Relative to the
+    analysis: the gateway, the analysis and this client share one GIL on
+    two loaded cores, and a ping once took 0.52 s in CI; an analysis on
+    the loop would stall a ping for nearly all of it.)"""
     slow, other = via("rw"), via("guarded")
     assert other.execute("SELECT 1").fetchone() == (1,)  # (its verdict cached)
     result: list[Any] = []
@@ -697,7 +700,7 @@ def test_a_slow_analysis_does_not_stall_other_sessions(
     thread.join()
     assert result[0] == (1,)
     assert result[1] > 0.5 and pings > 10, (result, pings)  # (it was slow to analyse)
-    assert worst < 0.5, worst
+    assert worst < result[1] / 2, (worst, result[1])
 
 
 def test_an_analysis_past_its_time_limit_is_stopped_and_refused(
