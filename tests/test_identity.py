@@ -4,6 +4,7 @@ JWKS cache and its background refresh, claims, and algorithm confusion."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import time
@@ -176,11 +177,13 @@ def test_a_flood_of_unknown_kids_fetches_at_most_once_per_interval(
         assert refused(validator, token).category == "unknown key"
         slowest = max(slowest, time.monotonic() - t)
         time.sleep(interval * 1.5 / len(tokens))
+    spanned = time.monotonic() - started
     assert slowest < 0.05  # refusing never waited for the network
     wait_until(lambda: provider.jwks_requests > before)
     time.sleep(max(0.0, started + interval * 2.2 - time.monotonic()))
-    # One refetch per interval: the flood spans at most two of them.
-    assert 1 <= provider.jwks_requests - before <= 2
+    # One refetch per interval: the flood spans two of them, or more on a
+    # loaded machine (a CI run once took 4 intervals to send it).
+    assert 1 <= provider.jwks_requests - before <= max(2, math.ceil(spanned / interval) + 1)
 
 
 @pytest.mark.parametrize("outage", ["500", "drop"])
