@@ -60,6 +60,43 @@ def test_past_its_time_limit_an_analysis_is_stopped_and_unknown(busy: None) -> N
     assert took < 1.5  # (and the fixture sees its thread end)
 
 
+def _swallows_its_first_stop(sql: str, statements: int) -> Classification:
+    """Busy until stopped twice: the first stop is lost, as one that lands
+    in a finalizer the cyclic collector runs in the thread ("Exception
+    ignored in ...")."""
+    try:
+        while True:
+            pass
+    except analysis._Stopped:
+        pass
+    while True:
+        pass
+
+
+def test_a_stop_that_was_lost_is_sent_again(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(analysis, "analyse", _swallows_its_first_stop)
+    monkeypatch.setattr(analysis, "_RESTOP", 0.3)
+    errors: list[BaseException] = []
+    hook, threading.excepthook = threading.excepthook, lambda a: errors.append(a.exc_value)
+
+    async def run() -> Classification:
+        c = await analysis.Analyst(0.2).analyse("spin", 1, "alice")
+        deadline = time.monotonic() + 5
+        while _threads() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)  # (the loop sends the stop again)
+        return c
+
+    try:
+        c = asyncio.run(run())
+    finally:
+        threading.excepthook = hook
+    assert c.unknown and _threads() == 0 and errors == []
+    told = [r.getMessage() for r in caplog.records if "still runs" in r.getMessage()]
+    assert len(told) == 1 and "_swallows_its_first_stop" in told[0], told
+
+
 def test_a_session_that_ends_stops_its_analysis(busy: None) -> None:
     async def run() -> None:
         task = asyncio.ensure_future(analysis.Analyst(60).analyse("slow 30", 1, "alice"))

@@ -13,8 +13,10 @@ A thread, not a process: the analysis needs nothing but the text, and a
 thread starts in tens of microseconds where a cache miss costs a
 millisecond already. While it runs, the loop still gets the GIL at every
 switch interval (5 ms). An analysis past the time limit is stopped (an
-exception raised in its thread: sqlglot is Python, so it is stopped at
-its next bytecode) and the statement is unknown, which the policy refuses
+exception raised in its thread; sqlglot is compiled by mypyc, and the
+exception lands when it next runs interpreted code, within milliseconds
+measured on nested arrays, and is raised again should it be lost) and
+the statement is unknown, which the policy refuses
 unless ``unknown = "allow"``. At most ``CONCURRENT`` run at once (the
 others wait their turn, their time limit starting when they start, one
 per person in the queue), so a flood of such statements costs the loop
@@ -29,8 +31,11 @@ import asyncio
 import ctypes
 import functools
 import logging
+import sys
 import threading
 from collections.abc import Callable
+from types import FrameType
+from typing import Literal
 
 from hoopfast.policy.classify import Classification
 from hoopfast.policy.guard import analyse, unknown_classification
@@ -39,6 +44,12 @@ log = logging.getLogger("hoopfast.policy")
 
 #: Analyses that run at once (each a thread).
 CONCURRENT = 2
+#: Seconds after a stop: an analysis still running is told again (and the
+#: log says where it was). The stop lands in microseconds when the thread
+#: next runs interpreted code; it is lost when it lands where CPython
+#: prints an exception and goes on (a finalizer the cyclic collector ran in
+#: the thread, say), and a CI run once saw a thread run on 30 s after it.
+_RESTOP = 2.0
 
 
 class _Stopped(BaseException):
@@ -83,10 +94,10 @@ class Analyst:
         try:
             return await asyncio.wait_for(asyncio.shield(done), self.timeout)
         except asyncio.CancelledError:
-            job.stop()  # (the session ended: its analysis with it)
+            _stop(job)  # (the session ended: its analysis with it)
             raise
         except TimeoutError:
-            job.stop()
+            _stop(job)
             log.warning(
                 "statement analysis stopped after %.1f s (%d characters): refused as unknown",
                 self.timeout,
@@ -95,6 +106,13 @@ class Analyst:
             return unknown_classification(
                 f"the gateway could not analyse this statement within {self.timeout:g} s"
             )
+
+
+def _stop(job: _Job) -> None:
+    """Stop ``job`` (from the loop), and again if that was lost."""
+    job.stop()
+    loop = asyncio.get_running_loop()
+    loop.call_later(_RESTOP, _restop_until_over, loop, job)
 
 
 def _hand_over(
@@ -116,9 +134,12 @@ def _settle(future: asyncio.Future[Classification], c: Classification) -> None:
 
 
 class _Job(threading.Thread):
-    """One analysis. ``stop`` raises _Stopped in it while it still runs:
-    the flag, read and written under the lock, makes sure the exception
-    lands inside ``run``'s try and never after it."""
+    """One analysis. ``stop`` raises _Stopped in it while it still runs;
+    ``restop`` raises it again when the first was lost (see _RESTOP). The
+    state, read and written under the lock, makes sure the exception lands
+    inside ``run``'s try and never after it: once the thread has set it to
+    "over" nothing more is sent, and what was sent before lands in
+    _pending_exceptions_land_here."""
 
     def __init__(
         self, sql: str, statements: int, deliver: Callable[[Classification], object]
@@ -126,29 +147,69 @@ class _Job(threading.Thread):
         super().__init__(name="statement-analysis", daemon=True)
         self._sql, self._statements, self._deliver = sql, statements, deliver
         self._lock = threading.Lock()
-        self._running = True
+        self._state: Literal["running", "stopping", "over"] = "running"
 
     def run(self) -> None:
         try:
             c = analyse(self._sql, self._statements)
-            with self._lock:
-                self._running = False
+            self._over()
             _pending_exceptions_land_here()
             self._deliver(c)
         except _Stopped:
-            pass  # (the session was answered when the time limit passed)
+            self._over()
+            # (A restop that crossed the stop lands here. Not suppress():
+            # making the context manager is a call, outside the try.)
+            try:  # noqa: SIM105
+                _pending_exceptions_land_here()
+            except _Stopped:
+                pass
         except BaseException as e:  # an analysis bug: unknown, never a crash
+            self._over()
             log.exception("statement analysis failed")
             self._deliver(unknown_classification(f"the analysis failed: {type(e).__name__}"))
 
+    def _over(self) -> None:
+        with self._lock:
+            self._state = "over"
+
     def stop(self) -> None:
         with self._lock:
-            if not self._running or self.ident is None:
-                return
-            self._running = False
+            if self._state == "running":
+                self._state = "stopping"
+                self._raise()
+
+    def restop(self) -> bool:
+        """Raise _Stopped again if the thread still runs the analysis it
+        was told to stop; whether it did."""
+        with self._lock:
+            if self._state != "stopping":
+                return False
+            frame = sys._current_frames().get(self.ident or 0)
+            log.error(
+                "a statement analysis was told to stop and still runs: told again (it was in %s)",
+                _where(frame),
+            )
+            self._raise()
+            return True
+
+    def _raise(self) -> None:
+        if self.ident is not None:
             ctypes.pythonapi.PyThreadState_SetAsyncExc(
                 ctypes.c_ulong(self.ident), ctypes.py_object(_Stopped)
             )
+
+
+def _where(frame: FrameType | None) -> str:
+    """Where a thread's innermost Python frame is, for a log line."""
+    if frame is None:
+        return "no Python frame"
+    return f"{frame.f_code.co_qualname} ({frame.f_code.co_filename}:{frame.f_lineno})"
+
+
+def _restop_until_over(loop: asyncio.AbstractEventLoop, job: _Job) -> None:
+    """Every _RESTOP seconds while ``job`` has not ended its analysis."""
+    if job.restop():
+        loop.call_later(_RESTOP, _restop_until_over, loop, job)
 
 
 def _pending_exceptions_land_here() -> None:
