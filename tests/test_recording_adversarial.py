@@ -505,7 +505,7 @@ def test_a_broken_spool_drops_nothing_under_on_full_continue(tmp_path: Path) -> 
         with pytest.raises(rec.RecordingUnavailable):
             recorder.commit()
         session.statement("allow", {"text": "DELETE FROM payroll"})
-        pending, dropped = recorder.pending, recorder.dropped
+        pending, dropped = recorder.journal.pending, recorder.dropped
         with pytest.raises(rec.RecordingUnavailable):
             recorder.commit()
         recorder._task.cancel()  # type: ignore[union-attr]

@@ -307,11 +307,6 @@ class Recorder:
         # (a crashed session's recovered end and seal).
         self.journal.add(core.frame(_encode_seal(seal)), seal, essential)
 
-    @property
-    def pending(self) -> bool:
-        """Records or held-back writes wait for the commit."""
-        return bool(self.journal.pending)
-
     def _commit_at_end_of_iteration(self) -> None:
         """The journal became pending (something was recorded, or a write
         held back): one write for everything recorded in this loop
@@ -437,7 +432,7 @@ class Recorder:
             now = loop.time()
             if (
                 opts.fsync == "batch"
-                and (self.spool.dirty or self.pending)
+                and (self.spool.dirty or self.journal.pending)
                 and now - last_sync >= opts.fsync_interval
             ):
                 last_sync = now
@@ -567,7 +562,7 @@ class Recorder:
         kept = self._memory.get(segment)
         if kept is None or not kept.records:
             return
-        if self.options.fsync != "off" and (self.spool.dirty or self.pending):
+        if self.options.fsync != "off" and (self.spool.dirty or self.journal.pending):
             # The store must not get ahead of the spool on disk: after a
             # power cut the spool's chain heads seal the crashed sessions,
             # and a store holding later events would contradict the seal.

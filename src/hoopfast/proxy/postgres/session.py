@@ -1471,8 +1471,8 @@ class PgSession:
         in half, and close both sides."""
         client = self._client_pump.transport
         framer = self._server_pump.framer
-        recorder = self.gateway.recorder
-        if self._server_pump.barrier is not None and recorder is not None and recorder.pending:
+        barrier, recorder = self._server_pump.barrier, self.gateway.recorder
+        if barrier is not None and barrier.pending and recorder is not None:
             # What the client was sent before this goes first (held back
             # until the recorder has it; dropped if it cannot).
             with contextlib.suppress(RecordingUnavailable):
