@@ -117,7 +117,14 @@ def test_garbage_and_half_sent_packets_do_not_hurt_other_sessions(
     idle_gateway: RunningGateway,
 ) -> None:
     with connect(idle_gateway) as conn:
-        for payload in (b"\xff" * 64, b"\x00\x00\x00\x20\x00\x03", b"GET / HTTP/1.1\r\n\r\n"):
+        payloads = (
+            b"\xff" * 64,
+            b"\x00\x00\x00\x20\x00\x03",
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"\x16\x03\x01\x00\x05hello",  # (a TLS record, not a handshake)
+            b"\x16",
+        )
+        for payload in payloads:
             with _raw(idle_gateway) as sock:
                 sock.sendall(payload)
                 sock.shutdown(socket.SHUT_WR)
@@ -191,9 +198,12 @@ def test_cleartext_without_tls_when_the_development_setting_allows_it(
     with run_gateway(settings, issuer, certs) as gw:
         with connect(gw, sslmode="disable") as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
-        # Without a certificate the gateway answers SSLRequest with 'N'.
+        # Without a certificate the gateway answers SSLRequest with 'N', and
+        # closes a connection that starts a TLS handshake.
         with pytest.raises(psycopg.OperationalError, match="SSL"):
             connect(gw, sslmode="require")
+        with pytest.raises(psycopg.OperationalError):
+            connect(gw, sslmode="require", sslnegotiation="direct")
         gw.wait_idle()
 
 
@@ -283,3 +293,43 @@ def test_repeated_encryption_negotiation_is_a_protocol_violation(
         sock.sendall(struct.pack("!II", 8, requests[1]))
         fields = _read_error(sock)
         assert fields["C"] == "08P01" and "encryption negotiation" in fields["M"]
+
+
+def test_direct_tls_as_libpq_17_negotiates_it(idle_gateway: RunningGateway) -> None:
+    """sslnegotiation=direct (PostgreSQL 17): the TLS handshake right away,
+    no SSLRequest, the protocol named by ALPN. The relay then runs over
+    asyncio's TLS (not uvloop's): a result larger than the socket buffers
+    exercises its flow control, and the session's cancel key works."""
+    with connect(idle_gateway, sslnegotiation="direct") as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("app",)
+        assert conn.pgconn.ssl_in_use
+        rows = conn.execute("SELECT repeat('x', 1000) FROM generate_series(1, 5000)").fetchall()
+        assert len(rows) == 5000 and rows[-1] == ("x" * 1000,)
+        conn.cancel_safe()  # (over TLS, as the connection's sslnegotiation says)
+        assert conn.execute("SELECT 2").fetchone() == (2,)
+    idle_gateway.wait_idle()
+
+
+@pytest.mark.parametrize("alpn", [None, ["http/1.1"]])
+def test_direct_tls_without_the_postgresql_alpn_is_refused(
+    idle_gateway: RunningGateway, alpn: list[str] | None
+) -> None:
+    """As PostgreSQL 17: a TLS connection that does not name the protocol
+    may be meant for another service, and is not read as PostgreSQL's."""
+    context = ssl.create_default_context(cafile=str(idle_gateway.certs.ca_file))
+    if alpn is not None:
+        context.set_alpn_protocols(alpn)
+    with _raw(idle_gateway) as sock, context.wrap_socket(sock, server_hostname="localhost") as tls:
+        fields = _read_error(tls)
+    assert fields["C"] == "08P01" and "without ALPN" in fields["M"], fields
+    idle_gateway.wait_idle()
+
+
+def test_direct_tls_with_alpn_reaches_the_startup(idle_gateway: RunningGateway) -> None:
+    context = ssl.create_default_context(cafile=str(idle_gateway.certs.ca_file))
+    context.set_alpn_protocols(["postgresql"])
+    with _raw(idle_gateway) as sock, context.wrap_socket(sock, server_hostname="localhost") as tls:
+        assert tls.selected_alpn_protocol() == "postgresql"
+        tls.sendall(psycopg_free_startup())
+        header = tls.recv(9)
+        assert header[:1] == b"R" and struct.unpack("!I", header[5:9])[0] == m.AUTH_CLEARTEXT

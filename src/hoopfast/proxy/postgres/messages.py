@@ -156,11 +156,14 @@ def stream_buffer(reader: asyncio.StreamReader) -> bytearray:
     return buffer
 
 
-async def read_startup_packet(reader: asyncio.StreamReader, max_length: int) -> bytes:
-    """One startup-phase packet (no type byte), header included. The length is
-    checked *before* anything is allocated for the body: this runs before
-    authentication, so the cap is tight."""
-    header = await reader.readexactly(4)
+async def read_startup_packet(
+    reader: asyncio.StreamReader, max_length: int, first: bytes = b""
+) -> bytes:
+    """One startup-phase packet (no type byte), header included, ``first``
+    its start if already read. The length is checked *before* anything is
+    allocated for the body: this runs before authentication, so the cap is
+    tight."""
+    header = first + await reader.readexactly(4 - len(first))
     (length,) = _INT32.unpack(header)
     if length < 8 or length > max_length:
         raise ProtocolViolation(f"invalid length of startup packet: {length}")

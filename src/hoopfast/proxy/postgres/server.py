@@ -18,7 +18,7 @@ from hoopfast.masking.catalog import CatalogCache
 from hoopfast.masking.rules import every_detector
 from hoopfast.policy.analysis import Analyst
 from hoopfast.policy.guard import Policy
-from hoopfast.proxy.postgres import upstream
+from hoopfast.proxy.postgres import startup, upstream
 from hoopfast.proxy.postgres.session import PgSession
 from hoopfast.recording.recorder import Recorder
 from hoopfast.settings import Settings
@@ -33,6 +33,9 @@ def server_ssl_context(settings: Settings) -> ssl.SSLContext | None:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    # PostgreSQL 17's: required of a direct TLS handshake (startup), and
+    # offered to libpq 17's on SSLRequest too.
+    context.set_alpn_protocols([startup.ALPN])
     return context
 
 

@@ -5,13 +5,22 @@ PostgreSQL's "Start-up" message flow: the client may send SSLRequest and/or
 GSSENCRequest first (each answered by one byte), then a StartupMessage or a
 CancelRequest. The gateway then asks for a cleartext password, which is the
 person's token.
+
+Or, as PostgreSQL 17 allows (libpq's ``sslnegotiation=direct``), the client
+starts the TLS handshake at once, without SSLRequest: its first byte is a
+TLS handshake record's (22, which no startup packet's length starts with:
+that would be over 350 MB). As PostgreSQL does, such a client must name
+the protocol by ALPN ("postgresql"), so that a TLS connection meant for
+another service is not read as PostgreSQL's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+from asyncio import sslproto
 from dataclasses import dataclass
+from typing import cast
 
 from hoopfast.core import decode_startup
 from hoopfast.identity.principal import Principal
@@ -56,8 +65,16 @@ async def negotiate(
 ) -> StartupRequest | CancelTarget:
     tls = False
     negotiated: set[int] = set()
+    first = await reader.readexactly(1)
+    if first[0] == _TLS_HANDSHAKE:
+        if ssl_context is None:
+            raise StartupRefused(None, "direct TLS handshake, and TLS is not configured")
+        await _direct_tls(reader, writer, ssl_context, first)
+        tls = True
+        first = b""
     while True:
-        packet = await m.read_startup_packet(reader, max_packet)
+        packet = await m.read_startup_packet(reader, max_packet, first)
+        first = b""
         try:
             code, params = decode_startup(packet)
         except ValueError as e:
@@ -98,6 +115,65 @@ async def negotiate(
                 ),
                 f"protocol {code >> 16}.{code & 0xFFFF}",
             )
+
+
+#: The first byte of a TLS handshake record (RFC 8446, 5.1).
+_TLS_HANDSHAKE = 22
+#: The ALPN protocol name PostgreSQL 17 registered.
+ALPN = "postgresql"
+
+
+async def _direct_tls(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    ssl_context: ssl.SSLContext,
+    first: bytes,
+) -> None:
+    """The server side of a TLS handshake the client began without an
+    SSLRequest (``first`` and what the reader holds are its start), with
+    ALPN "postgresql" required. StreamWriter.start_tls (and the loop's)
+    cannot be handed bytes already received, so this builds asyncio's TLS
+    protocol itself, as BaseEventLoop.start_tls does, and feeds them to it.
+    (The connection's TLS then runs in asyncio's Python implementation,
+    not uvloop's.)"""
+    received = first + bytes(m.stream_buffer(reader))
+    m.stream_buffer(reader).clear()
+    loop = asyncio.get_running_loop()
+    transport = cast(asyncio.Transport, writer.transport)
+    protocol = transport.get_protocol()
+    waiter = loop.create_future()
+    tls = sslproto.SSLProtocol(
+        loop, protocol, ssl_context, waiter, server_side=True, call_connection_made=False
+    )
+    transport.pause_reading()
+    transport.set_protocol(tls)
+    tls.connection_made(transport)
+    view = memoryview(received)
+    while view:
+        buffer = tls.get_buffer(len(view))
+        n = min(len(buffer), len(view))
+        buffer[:n] = view[:n]
+        tls.buffer_updated(n)
+        view = view[n:]
+    transport.resume_reading()
+    try:
+        await waiter
+    except BaseException:
+        transport.close()
+        raise
+    # As StreamWriter.start_tls ends.
+    writer._transport = tls._app_transport  # type: ignore[attr-defined]
+    protocol._replace_writer(writer)  # type: ignore[attr-defined]
+    ssl_object = writer.get_extra_info("ssl_object")
+    if ssl_object is None or ssl_object.selected_alpn_protocol() != ALPN:
+        raise StartupRefused(
+            m.fatal(
+                "08P01",
+                "received direct SSL connection request without ALPN protocol "
+                f'negotiation extension (the protocol must be named "{ALPN}")',
+            ),
+            "direct TLS without ALPN",
+        )
 
 
 async def _startup(
