@@ -3,9 +3,11 @@ the client is told when it is refused (never a secret)."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 import struct
+import time
 from typing import Any
 
 import psycopg
@@ -323,6 +325,53 @@ def test_direct_tls_without_the_postgresql_alpn_is_refused(
         fields = _read_error(tls)
     assert fields["C"] == "08P01" and "without ALPN" in fields["M"], fields
     idle_gateway.wait_idle()
+
+
+def _client_hello(gw: RunningGateway) -> bytes:
+    """The first flight of a TLS client naming "postgresql" by ALPN."""
+    context = ssl.create_default_context(cafile=str(gw.certs.ca_file))
+    context.set_alpn_protocols(["postgresql"])
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def _errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_direct_handshake_the_gateway_stops_ends_cleanly(
+    make_settings: Any, issuer: Any, certs: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Shut down mid-handshake: the session ends as "gateway shutting
+    down", not an internal error (the handshake's waiter is told of no
+    error when the gateway closes the socket)."""
+    from tests.gateway import run_gateway
+
+    with run_gateway(make_settings(), issuer, certs) as gw, _raw(gw) as sock:
+        sock.sendall(_client_hello(gw))
+        time.sleep(0.3)
+        gw.call(lambda: [s.shutdown() for s in list(gw.gateway.active)])
+        gw.wait_idle(5)
+    assert _errors(caplog) == []
+
+
+def test_a_stalled_direct_handshake_ends_at_the_auth_timeout(
+    make_settings: Any, issuer: Any, certs: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As a stalled SSLRequest handshake does, not 5 s later (the stream
+    was never told that the handshake's transport closed)."""
+    from tests.gateway import run_gateway
+
+    with run_gateway(make_settings(pg_auth_timeout=0.5), issuer, certs) as gw, _raw(gw) as sock:
+        started = time.monotonic()
+        sock.sendall(_client_hello(gw))
+        while gw.session_count() and time.monotonic() - started < 10:
+            time.sleep(0.05)
+        assert time.monotonic() - started < 3, "the session outlived its auth timeout"
+    assert _errors(caplog) == []
 
 
 def test_direct_tls_with_alpn_reaches_the_startup(idle_gateway: RunningGateway) -> None:

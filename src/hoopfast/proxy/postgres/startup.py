@@ -158,8 +158,15 @@ async def _direct_tls(
     transport.resume_reading()
     try:
         await waiter
+        if tls._app_transport is None or transport.is_closing():
+            # (The gateway closed it meanwhile, shutting down: the waiter
+            # is then told of no error.)
+            raise ConnectionResetError("the connection closed during the TLS handshake")
     except BaseException:
         transport.close()
+        # A handshake that did not finish tells the stream nothing: its
+        # session would wait for the close it never hears of.
+        protocol.connection_lost(None)
         raise
     # As StreamWriter.start_tls ends.
     writer._transport = tls._app_transport  # type: ignore[attr-defined]
