@@ -216,7 +216,9 @@ class PgSession:
         except TimeoutError:
             self.end_reason = "startup timed out"
             self.writer.write(m.fatal("08006", "startup and authentication did not finish in time"))
-        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError) as e:
+        except ssl.SSLError as e:
+            self.end_reason = f"TLS handshake failed ({e.reason or type(e).__name__})"
+        except (asyncio.IncompleteReadError, ConnectionError) as e:
             self.end_reason = f"client went away during startup ({type(e).__name__})"
         except Exception:
             log.exception("session %s: internal error", self.id)
