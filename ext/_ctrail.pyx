@@ -29,9 +29,8 @@ from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 import codecs
 
 from hoopfast.core import _shown
-from hoopfast.core._shown import ARRAY_ELEMENTS as _ARRAY_ELEMENTS
 from hoopfast.core._shown import BINARY_KINDS as _BINARY_KINDS
-from hoopfast.core._shown import array_text as _array_text
+from hoopfast.core._shown import composite_text as _composite_text
 
 from hoopfast.core._drops import EVERYTHING as _DROPS_EVERYTHING
 from hoopfast.core._drops import FIRST as _FIRST
@@ -284,7 +283,8 @@ if (_shown.HEX, _shown.TEXT, _shown.INT2, _shown.INT4, _shown.INT8, _shown.OID, 
         _shown.TIME, _shown.TIMESTAMP, _shown.TIMESTAMPTZ) != tuple(range(16)) \
         or (_shown.INET, _shown.CIDR, _shown.MACADDR, _shown.MACADDR8, _shown.INTERVAL,
             _shown.ARRAY) != tuple(range(16, 22)) \
-        or _shown.max_text(10) != 72:
+        or _shown.max_text(10) != 72 \
+        or max(_BINARY_KINDS.values()) > 125:  # (a kind + 1 is kept in a char)
     raise ImportError("hoopfast.core._shown's binary codes changed: rebuild ext/_ctrail.pyx")
 
 cdef bytes _binary(list formats, list columns):
@@ -1272,10 +1272,11 @@ cdef class Trail:
         elif kind == _B_NUMERIC:
             return _numeric_text(buf, n)
         elif kind >= _B_ARRAY:
-            # (Arrays are rare enough to be read by the reference.)
-            return _array_text(
+            # (Arrays, ranges and multiranges are rare enough to be read by
+            # the reference.)
+            return _composite_text(
                 PyBytes_FromStringAndSize(<const char*>buf, n),
-                _ARRAY_ELEMENTS[kind - _B_ARRAY],
+                kind,
                 self._encoding.decode("utf-8"),
             )
         elif _B_INET <= kind <= _B_INTERVAL:

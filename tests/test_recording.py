@@ -232,22 +232,31 @@ def test_asyncpg_binary_parameters_reach_the_trail_masked(idle_gateway: RunningG
     """asyncpg binds every value in binary format and Describes each
     statement: the detectors still see a string, and an int8 as its digits
     (a card number bound as a number, int8 or numeric, is masked as it is
-    in text), and an inet as its address."""
+    in text), an inet as its address, and ranges and multiranges as the
+    server reads them (made canonical, merged)."""
     gw = idle_gateway
     who = _person()
     sql = (
         "SELECT $1::text AS t, $2::int AS n, $3::int8 AS card, $4::numeric AS other,"
-        " $5::int8[] AS cards, $6::inet AS host, $7::interval AS took"
+        " $5::int8[] AS cards, $6::inet AS host, $7::interval AS took,"
+        " $8::int4range AS r, $9::int8multirange AS mr"
     )
     card, other = 4111111111111111, decimal.Decimal("5500000000000004")
     cards = [card, 5]
     host, took = ipaddress.ip_address("10.20.30.40"), datetime.timedelta(days=1, seconds=7.5)
+    span = asyncpg.Range(1, 3, upper_inc=True)
+    spans = [asyncpg.Range(3, 5), asyncpg.Range(1, 3), asyncpg.Range(card, None)]
+    values = ("mail me: x@example.com", 7, card, other, cards, host, took, span, spans)
 
     async def run(conn: Any) -> Any:
-        return await conn.fetchrow(sql, "mail me: x@example.com", 7, card, other, cards, host, took)
+        return await conn.fetchrow(sql, *values)
 
     row = _asyncpg(gw, who, run)
-    assert tuple(row) == ("mail me: x@example.com", 7, card, other, cards, host, took)
+    assert tuple(row)[:7] == values[:7]
+    assert (row["r"], row["mr"]) == (
+        asyncpg.Range(1, 4),
+        [asyncpg.Range(1, 5), asyncpg.Range(card, None)],
+    )
     events = statements(trail(gw, sealed_session(gw, who)))
     (bound,) = [e for e in events if e["text"] == sql]
     assert bound["params"] == [
@@ -258,6 +267,8 @@ def test_asyncpg_binary_parameters_reach_the_trail_masked(idle_gateway: RunningG
         "{[REDACTED:card],5}",
         "[REDACTED:ipv4]",
         "1 day 00:00:07.5",
+        "[1,4)",
+        "{[1,5),[[REDACTED:card],)}",
     ]
     # The result is kept as the client saw it (this connection masks no
     # results), its binary values as their text.
@@ -270,6 +281,8 @@ def test_asyncpg_binary_parameters_reach_the_trail_masked(idle_gateway: RunningG
             "{4111111111111111,5}",
             "10.20.30.40",
             "1 day 00:00:07.5",
+            "[1,4)",
+            "{[1,5),[4111111111111111,)}",
         ]
     ]
 

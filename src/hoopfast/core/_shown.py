@@ -24,6 +24,7 @@ import math
 import struct
 from collections.abc import Callable
 from fractions import Fraction
+from typing import Any, Literal
 
 
 def shown_parameter(
@@ -81,9 +82,11 @@ def declared_types(parse: bytes) -> list[int] | None:
 # or returned in binary as they read it in text. Anything else ("char" and
 # xml, whose text differs from their bytes; ranges, composites) and any
 # value of the wrong length, or that the server would refuse, stays ``\x``
-# + hex. Both trail builds follow these codes (ext/_ctrail.pyx reads this
-# table, checks the codes when it is imported, and has arrays, floats,
-# dates, times, addresses and intervals read here).
+# + hex. The built-in ranges and multiranges (and arrays of ranges) are
+# written as the server reads and writes them (below). Both trail builds
+# follow these codes (ext/_ctrail.pyx reads this table, checks the codes
+# when it is imported, and has arrays, ranges, floats, dates, times,
+# addresses and intervals read here).
 HEX = 0
 TEXT = 1
 INT2 = 2
@@ -164,8 +167,23 @@ ARRAY_TYPES = {
     775: 774,
     1187: 1186,
 }
+#: Range type OID -> its element type (the built-in ranges).
+RANGE_TYPES = {3904: 23, 3926: 20, 3906: 1700, 3908: 1114, 3910: 1184, 3912: 1082}
+#: Multirange type OID -> its range type.
+MULTIRANGE_TYPES = {4451: 3904, 4536: 3926, 4532: 3906, 4533: 3908, 4534: 3910, 4535: 3912}
+# Arrays of ranges: their elements are read as ranges (below).
+ARRAY_TYPES.update({3905: 3904, 3927: 3926, 3907: 3906, 3909: 3908, 3911: 3910, 3913: 3912})
 ARRAY_ELEMENTS = tuple(ARRAY_TYPES.values())
+#: RANGE + i: a range of RANGE_ELEMENTS[i]; MULTIRANGE + i: a multirange of
+#: ranges of RANGE_ELEMENTS[i]. Both after the arrays' kinds.
+RANGE = ARRAY + len(ARRAY_TYPES)
+RANGE_ELEMENTS = tuple(RANGE_TYPES.values())
+MULTIRANGE = RANGE + len(RANGE_TYPES)
 BINARY_KINDS.update({oid: ARRAY + i for i, oid in enumerate(ARRAY_TYPES)})
+BINARY_KINDS.update({oid: RANGE + i for i, oid in enumerate(RANGE_TYPES)})
+BINARY_KINDS.update(
+    {oid: MULTIRANGE + list(RANGE_TYPES).index(r) for oid, r in MULTIRANGE_TYPES.items()}
+)
 
 _SIZES = {
     INT2: 2,
@@ -201,7 +219,7 @@ def binary_text(raw: bytes, type_oid: int, codec: str) -> str | None:
     elif kind == NUMERIC:
         return numeric_text(raw)
     elif kind >= ARRAY:
-        return array_text(raw, ARRAY_ELEMENTS[kind - ARRAY], codec)
+        return composite_text(raw, kind, codec)
     elif kind >= INET:
         return other_text(raw, kind)
     elif kind != HEX and len(raw) == _SIZES[kind]:
@@ -666,3 +684,218 @@ def _nested(values: list[str], dims: list[int]) -> str:
     step = len(values) // dims[0]
     parts = (_nested(values[i * step : (i + 1) * step], dims[1:]) for i in range(dims[0]))
     return "{" + ",".join(parts) + "}"
+
+
+def composite_text(raw: bytes, kind: int, codec: str) -> str | None:
+    """The text of an array, range or multirange value (a kind from ARRAY
+    on), as binary_text; both trail builds read these here."""
+    if kind < RANGE:
+        return array_text(raw, ARRAY_ELEMENTS[kind - ARRAY], codec)
+    if kind < MULTIRANGE:
+        return range_text(raw, RANGE_ELEMENTS[kind - RANGE], codec)
+    return multirange_text(raw, RANGE_ELEMENTS[kind - MULTIRANGE], codec)
+
+
+# -- ranges and multiranges --------------------------------------------------------
+#
+# range_send's format (src/backend/utils/adt/rangetypes.c): a flags byte,
+# then each bound that is not infinite (none if the range is empty) as int32
+# length and its binary value. range_recv ignores other flags and refuses
+# trailing bytes; range_serialize refuses a lower bound past the upper one, makes an
+# infinite bound exclusive and a range of two equal bounds not both
+# inclusive empty; the discrete types' canonical functions (int4, int8,
+# date) then make a finite lower bound inclusive and a finite upper one
+# exclusive (+1; date's infinities stay), and the range is checked again.
+# range_out writes "empty", or the brackets around the bounds, each quoted
+# (" and \ doubled) when empty or holding any of "\()[], or white space.
+# multirange_send: int32 count, then each range as int32 length and its
+# range_send; multirange_recv drops empty ranges, sorts the others and
+# merges those that overlap or touch; multirange_out writes them in braces.
+_EMPTY, _LB_INC, _UB_INC, _LB_INF, _UB_INF = 0x01, 0x02, 0x04, 0x08, 0x10
+_RANGE_FLAGS = _EMPTY | _LB_INC | _UB_INC | _LB_INF | _UB_INF
+_RANGE_QUOTES = frozenset('"\\()[], \t\n\r\v\f')
+_DISCRETE = {23: 1 << 31, 20: 1 << 63, 1082: None}
+_INTEGERS = {23: 4, 20: 8, 1082: 4, 1114: 8, 1184: 8}
+_NUMERIC_ORDER = {"-Infinity": 0, "Infinity": 2, "NaN": 3}
+
+#: (lower, upper): each None (infinite) or (its order, its text,
+#: inclusive); None: empty.
+_Range = tuple[tuple[Any, str, bool] | None, tuple[Any, str, bool] | None] | None
+
+
+def range_text(raw: bytes, element: int, codec: str) -> str | None:
+    """range_out of what range_recv makes of ``raw`` (a range of
+    ``element``); None where it would refuse it."""
+    if len(raw) > ARRAY_MAX_BYTES:
+        return None
+    read = _read_range(raw, element, codec)
+    if read is False:
+        return None
+    text = _range_out(read)
+    return text if len(text) <= max_text(len(raw)) else None
+
+
+def multirange_text(raw: bytes, element: int, codec: str) -> str | None:
+    """multirange_out of what multirange_recv makes of ``raw``."""
+    if not 4 <= len(raw) <= ARRAY_MAX_BYTES:
+        return None
+    count = int.from_bytes(raw[0:4], "big", signed=True)
+    at = 4
+    ranges: list[tuple[tuple[Any, str, bool] | None, tuple[Any, str, bool] | None]] = []
+    for _ in range(max(count, 0)):
+        if len(raw) < at + 4:
+            return None
+        length = int.from_bytes(raw[at : at + 4], "big", signed=True)
+        at += 4
+        if length < 0 or len(raw) < at + length:
+            return None
+        read = _read_range(raw[at : at + length], element, codec)
+        at += length
+        if read is False:
+            return None
+        if read is not None:
+            ranges.append(read)
+    if count < 0 or at != len(raw):
+        return None
+    ranges.sort(key=lambda r: _lower_order(r[0]))
+    merged: list[tuple[tuple[Any, str, bool] | None, tuple[Any, str, bool] | None]] = []
+    for r in ranges:
+        if merged and _touches(merged[-1][1], r[0]):
+            last = merged[-1]
+            if _upper_order(r[1]) > _upper_order(last[1]):
+                merged[-1] = (last[0], r[1])
+        else:
+            merged.append(r)
+    text = "{" + ",".join(_range_out(r) for r in merged) + "}"
+    return text if len(text) <= max_text(len(raw)) else None
+
+
+def _read_range(raw: bytes, element: int, codec: str) -> _Range | Literal[False]:
+    """The bounds range_recv makes of ``raw``; None: empty; False: refused."""
+    if not raw:
+        return False
+    flags = raw[0] & _RANGE_FLAGS  # (range_recv masks the others out)
+    at = 1
+    bounds: list[tuple[Any, str, bool] | None] = []
+    for infinite, inclusive in ((_LB_INF, _LB_INC), (_UB_INF, _UB_INC)):
+        if flags & (_EMPTY | infinite):
+            bounds.append(None)
+            continue
+        if len(raw) < at + 4:
+            return False
+        length = int.from_bytes(raw[at : at + 4], "big", signed=True)
+        at += 4
+        if length < 0 or len(raw) < at + length:
+            return False
+        value = raw[at : at + length]
+        at += length
+        text = binary_text(value, element, codec)
+        if text is None:
+            return False
+        bounds.append((_order(value, element, text), text, bool(flags & inclusive)))
+    if at != len(raw):
+        return False
+    if flags & _EMPTY:
+        return None
+    lower, upper = bounds
+    if lower is not None and upper is not None and lower[0] > upper[0]:
+        return False  # (range lower bound must be less than or equal to ...)
+    checked = _serialized(lower, upper)
+    if checked is None or element not in _DISCRETE:
+        return checked
+    try:
+        return _serialized(*_canonical(checked[0], checked[1], element))
+    except _Refused:
+        return False
+
+
+def _order(value: bytes, element: int, text: str) -> Any:
+    """A bound's place in its type's order."""
+    if element in _INTEGERS:
+        return int.from_bytes(value, "big", signed=True)
+    special = _NUMERIC_ORDER.get(text)
+    return (special, 0) if special is not None else (1, decimal.Decimal(text))
+
+
+def _serialized(lower: tuple[Any, str, bool] | None, upper: tuple[Any, str, bool] | None) -> _Range:
+    """range_serialize's emptiness: two equal bounds not both inclusive."""
+    equal = lower is not None and upper is not None and lower[0] == upper[0]
+    if equal and not (lower[2] and upper[2]):  # type: ignore[index]
+        return None
+    return lower, upper
+
+
+def _canonical(
+    lower: tuple[Any, str, bool] | None, upper: tuple[Any, str, bool] | None, element: int
+) -> tuple[tuple[Any, str, bool] | None, tuple[Any, str, bool] | None]:
+    """int4range_canonical, int8range_canonical, daterange_canonical."""
+    if lower is not None and not lower[2]:
+        lower = _next(lower, element)
+    if upper is not None and upper[2]:
+        upper = _next(upper, element)
+    return lower, upper
+
+
+def _next(bound: tuple[Any, str, bool], element: int) -> tuple[Any, str, bool]:
+    """The bound one step up, inclusivity flipped (a date's infinities stay)."""
+    value, _, inclusive = bound
+    limit = _DISCRETE[element]
+    if limit is None:  # date
+        if value in _DATE_INFINITIES:
+            return bound
+        moved = settled_text((value + 1).to_bytes(4, "big", signed=True), DATE)
+        if moved is None:
+            raise _Refused
+        return value + 1, moved, not inclusive
+    if value + 1 >= limit:
+        raise _Refused  # (integer out of range)
+    return value + 1, str(value + 1), not inclusive
+
+
+class _Refused(Exception):
+    """The server would refuse the value (caught by the callers' callers)."""
+
+
+def _lower_order(bound: tuple[Any, str, bool] | None) -> tuple[Any, ...]:
+    """A lower bound's order (range_cmp_bounds): infinite first; exclusive
+    after inclusive at one value."""
+    if bound is None:
+        return (0,)
+    return (1, bound[0], not bound[2])
+
+
+def _upper_order(bound: tuple[Any, str, bool] | None) -> tuple[Any, ...]:
+    """An upper bound's order: infinite last; exclusive before inclusive."""
+    if bound is None:
+        return (2,)
+    return (1, bound[0], bound[2])
+
+
+def _touches(upper: tuple[Any, str, bool] | None, lower: tuple[Any, str, bool] | None) -> bool:
+    """Whether a range ending at ``upper`` and the next, starting at
+    ``lower`` (not before the first's start), overlap or are adjacent."""
+    if upper is None or lower is None:
+        return True
+    if lower[0] != upper[0]:
+        return bool(lower[0] < upper[0])
+    return upper[2] or lower[2]
+
+
+def _range_out(r: _Range) -> str:
+    if r is None:
+        return "empty"
+    lower, upper = r
+    return (
+        ("[" if lower is not None and lower[2] else "(")
+        + ("" if lower is None else _range_bound(lower[1]))
+        + ","
+        + ("" if upper is None else _range_bound(upper[1]))
+        + ("]" if upper is not None and upper[2] else ")")
+    )
+
+
+def _range_bound(text: str) -> str:
+    """range_bound_escape."""
+    if text and _RANGE_QUOTES.isdisjoint(text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '""') + '"'
