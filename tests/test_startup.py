@@ -382,3 +382,14 @@ def test_direct_tls_with_alpn_reaches_the_startup(idle_gateway: RunningGateway) 
         tls.sendall(psycopg_free_startup())
         header = tls.recv(9)
         assert header[:1] == b"R" and struct.unpack("!I", header[5:9])[0] == m.AUTH_CLEARTEXT
+
+
+def test_libpq_18_asking_for_protocol_3_2_gets_3_0(idle_gateway: RunningGateway) -> None:
+    """libpq 18 may ask for protocol 3.2 (longer cancel keys): the gateway
+    answers NegotiateProtocolVersion for 3.0, as PostgreSQL before 18
+    does, and the session and its cancel work in 3.0."""
+    with connect(idle_gateway, max_protocol_version="latest") as conn:
+        assert conn.pgconn.full_protocol_version == 30000
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        conn.cancel_safe()
+        assert conn.execute("SELECT 2").fetchone() == (2,)
