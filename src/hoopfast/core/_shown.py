@@ -4,7 +4,8 @@ trail builds) and to approvers (hoopfast.proxy.postgres.review).
 A text-format value goes through the detectors (``mask_text``). A
 binary-format one of a type whose text is known here (see below: integers,
 numeric, floats, dates and times, text-like types, bool, uuid, jsonb,
-arrays of those) goes through
+addresses, intervals, the built-in ranges and multiranges, arrays of those)
+goes through
 them as that text, when the trail knows the parameter's type: the server's
 ParameterDescription answering a Describe of the statement (asyncpg always
 asks for one), or the type the Parse declared (psycopg declares one for
@@ -12,7 +13,7 @@ every binary value). Any other binary value is shown as ``\\x`` + hex, *unless* 
 something in its bytes read as text (asyncpg sends every string in binary
 format: a text value's binary form is its bytes in the client encoding);
 then as that masked text. What stays hex is a binary value of a type the
-trail does not know or was not told (composites, ranges, a statement never
+trail does not know or was not told (composites, a statement never
 described): its hex can hold what the detectors would have masked in text
 form.
 """
@@ -718,9 +719,12 @@ _DISCRETE = {23: 1 << 31, 20: 1 << 63, 1082: None}
 _INTEGERS = {23: 4, 20: 8, 1082: 4, 1114: 8, 1184: 8}
 _NUMERIC_ORDER = {"-Infinity": 0, "Infinity": 2, "NaN": 3}
 
-#: (lower, upper): each None (infinite) or (its order, its text,
-#: inclusive); None: empty.
-_Range = tuple[tuple[Any, str, bool] | None, tuple[Any, str, bool] | None] | None
+#: A finite bound: its order, its text, whether it is inclusive.
+_Bound = tuple[Any, str, bool]
+#: (lower, upper), each None when infinite.
+_Bounds = tuple[_Bound | None, _Bound | None]
+#: A range: its bounds, or None when empty.
+_Range = _Bounds | None
 
 
 def range_text(raw: bytes, element: int, codec: str) -> str | None:
@@ -741,24 +745,21 @@ def multirange_text(raw: bytes, element: int, codec: str) -> str | None:
         return None
     count = int.from_bytes(raw[0:4], "big", signed=True)
     at = 4
-    ranges: list[tuple[tuple[Any, str, bool] | None, tuple[Any, str, bool] | None]] = []
+    ranges: list[_Bounds] = []
     for _ in range(max(count, 0)):
-        if len(raw) < at + 4:
+        field = _field(raw, at)
+        if field is None:
             return None
-        length = int.from_bytes(raw[at : at + 4], "big", signed=True)
-        at += 4
-        if length < 0 or len(raw) < at + length:
-            return None
-        read = _read_range(raw[at : at + length], element, codec)
-        at += length
+        value, at = field
+        read = _read_range(value, element, codec)
         if read is False:
             return None
         if read is not None:
             ranges.append(read)
-    if count < 0 or at != len(raw):
+    if count < 0 or at != len(raw) or _ties(ranges):
         return None
     ranges.sort(key=lambda r: _lower_order(r[0]))
-    merged: list[tuple[tuple[Any, str, bool] | None, tuple[Any, str, bool] | None]] = []
+    merged: list[_Bounds] = []
     for r in ranges:
         if merged and _touches(merged[-1][1], r[0]):
             last = merged[-1]
@@ -776,19 +777,15 @@ def _read_range(raw: bytes, element: int, codec: str) -> _Range | Literal[False]
         return False
     flags = raw[0] & _RANGE_FLAGS  # (range_recv masks the others out)
     at = 1
-    bounds: list[tuple[Any, str, bool] | None] = []
+    bounds: list[_Bound | None] = []
     for infinite, inclusive in ((_LB_INF, _LB_INC), (_UB_INF, _UB_INC)):
         if flags & (_EMPTY | infinite):
             bounds.append(None)
             continue
-        if len(raw) < at + 4:
+        field = _field(raw, at)
+        if field is None:
             return False
-        length = int.from_bytes(raw[at : at + 4], "big", signed=True)
-        at += 4
-        if length < 0 or len(raw) < at + length:
-            return False
-        value = raw[at : at + length]
-        at += length
+        value, at = _received(field[0], element), field[1]
         text = binary_text(value, element, codec)
         if text is None:
             return False
@@ -809,6 +806,44 @@ def _read_range(raw: bytes, element: int, codec: str) -> _Range | Literal[False]
         return False
 
 
+def _field(raw: bytes, at: int) -> tuple[bytes, int] | None:
+    """The int32-length-prefixed value at ``at`` (not NULL) and where the
+    next one starts; None when ``raw`` does not hold it."""
+    if len(raw) < at + 4:
+        return None
+    length = int.from_bytes(raw[at : at + 4], "big", signed=True)
+    at += 4
+    if length < 0 or len(raw) < at + length:
+        return None
+    return raw[at : at + length], at + length
+
+
+def _received(value: bytes, element: int) -> bytes:
+    """What of a bound its type's receive function reads: range_recv does
+    not check that it read all of it (an int4 bound of 5 bytes is its first
+    4), as array_recv does for elements."""
+    size = _INTEGERS.get(element)
+    if size is None and len(value) >= 8:  # numeric: its header says how long
+        size = 8 + 2 * int.from_bytes(value[0:2], "big")
+    return value[:size] if size is not None and len(value) > size else value
+
+
+def _ties(ranges: list[_Bounds]) -> bool:
+    """Whether two lower (or two upper) bounds are equal and written
+    differently (numeric: 1.0 and 1.00). Which of them the server keeps
+    depends on its sort (qsort, not stable) and on which range a merge
+    takes it from: such a multirange stays hex."""
+    texts: dict[tuple[Any, ...], str] = {}
+    for lower, upper in ranges:
+        for key, bound in (
+            (("l", *_lower_order(lower)), lower),
+            (("u", *_upper_order(upper)), upper),
+        ):
+            if bound is not None and texts.setdefault(key, bound[1]) != bound[1]:
+                return True
+    return False
+
+
 def _order(value: bytes, element: int, text: str) -> Any:
     """A bound's place in its type's order."""
     if element in _INTEGERS:
@@ -817,7 +852,7 @@ def _order(value: bytes, element: int, text: str) -> Any:
     return (special, 0) if special is not None else (1, decimal.Decimal(text))
 
 
-def _serialized(lower: tuple[Any, str, bool] | None, upper: tuple[Any, str, bool] | None) -> _Range:
+def _serialized(lower: _Bound | None, upper: _Bound | None) -> _Range:
     """range_serialize's emptiness: two equal bounds not both inclusive."""
     equal = lower is not None and upper is not None and lower[0] == upper[0]
     if equal and not (lower[2] and upper[2]):  # type: ignore[index]
@@ -825,9 +860,7 @@ def _serialized(lower: tuple[Any, str, bool] | None, upper: tuple[Any, str, bool
     return lower, upper
 
 
-def _canonical(
-    lower: tuple[Any, str, bool] | None, upper: tuple[Any, str, bool] | None, element: int
-) -> tuple[tuple[Any, str, bool] | None, tuple[Any, str, bool] | None]:
+def _canonical(lower: _Bound | None, upper: _Bound | None, element: int) -> _Bounds:
     """int4range_canonical, int8range_canonical, daterange_canonical."""
     if lower is not None and not lower[2]:
         lower = _next(lower, element)
@@ -836,7 +869,7 @@ def _canonical(
     return lower, upper
 
 
-def _next(bound: tuple[Any, str, bool], element: int) -> tuple[Any, str, bool]:
+def _next(bound: _Bound, element: int) -> _Bound:
     """The bound one step up, inclusivity flipped (a date's infinities stay)."""
     value, _, inclusive = bound
     limit = _DISCRETE[element]
@@ -856,7 +889,7 @@ class _Refused(Exception):
     """The server would refuse the value (caught by the callers' callers)."""
 
 
-def _lower_order(bound: tuple[Any, str, bool] | None) -> tuple[Any, ...]:
+def _lower_order(bound: _Bound | None) -> tuple[Any, ...]:
     """A lower bound's order (range_cmp_bounds): infinite first; exclusive
     after inclusive at one value."""
     if bound is None:
@@ -864,14 +897,14 @@ def _lower_order(bound: tuple[Any, str, bool] | None) -> tuple[Any, ...]:
     return (1, bound[0], not bound[2])
 
 
-def _upper_order(bound: tuple[Any, str, bool] | None) -> tuple[Any, ...]:
+def _upper_order(bound: _Bound | None) -> tuple[Any, ...]:
     """An upper bound's order: infinite last; exclusive before inclusive."""
     if bound is None:
         return (2,)
     return (1, bound[0], bound[2])
 
 
-def _touches(upper: tuple[Any, str, bool] | None, lower: tuple[Any, str, bool] | None) -> bool:
+def _touches(upper: _Bound | None, lower: _Bound | None) -> bool:
     """Whether a range ending at ``upper`` and the next, starting at
     ``lower`` (not before the first's start), overlap or are adjacent."""
     if upper is None or lower is None:
