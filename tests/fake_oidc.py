@@ -111,6 +111,8 @@ class FakeOIDC:
         self.keys: list[SigningKey] = [make_key("RS256"), make_key("ES256")]
         self.state: Down = "up"
         self.jwks_requests = 0
+        #: Seconds the JWKS answer takes (a slow provider).
+        self.jwks_delay = 0.0
         self.discovery_requests = 0
         self.issuer_override: str | None = None
         #: Changes to the discovery document (None removes a member).
@@ -193,6 +195,7 @@ class FakeOIDC:
             document.update(self.discovery_overrides)
             self._send(request, 200, {k: v for k, v in document.items() if v is not None})
         elif path == "/realms/test/jwks":
+            time.sleep(self.jwks_delay)
             self._send(request, 200, {"keys": keys})
         else:
             self._send(request, 404, {"error": "not found"})

@@ -516,10 +516,13 @@ def test_unreachable_gives_up_without_leaking(
     url = f"http://user:pAsSwOrD@127.0.0.1:{port}/services/T0/B0/PATHSECRET?token=QUERYSECRET"
 
     async def main() -> WebhookNotifier:
-        n = notifier(url, attempts=3)
+        n = notifier(url, attempts=3, backoff_base=0.4, backoff_cap=0.4)
         started = time.monotonic()
         await n.review_event("review.expired", review(review_id="R-gone"))
-        assert time.monotonic() - started < 0.05  # never waits for the network
+        # Never waits for the network: 3 attempts take two back-offs of up to
+        # 0.4 s (a margin, not 0.05 flat: a loaded CI host can pause a
+        # thread for that long).
+        assert time.monotonic() - started < 0.2
         assert await n.drain(10)
         await n.close()
         return n
