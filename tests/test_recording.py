@@ -228,6 +228,21 @@ def test_json_escapes_do_not_hide_a_parameter_from_the_detectors(
     assert events[1]["params"] == [harmless]
 
 
+def test_a_direct_tls_session_is_recorded_with_its_tls(idle_gateway: RunningGateway) -> None:
+    """sslnegotiation=direct: the session runs over asyncio's TLS, not
+    uvloop's; its start still says which TLS, and its statements are all
+    there."""
+    gw = idle_gateway
+    who = _person()
+    info = gw.conninfo(token=gw.token(who), user=who, sslnegotiation="direct")
+    with psycopg.connect(info, autocommit=True) as conn:
+        assert conn.execute("SELECT 'direct'").fetchone() == ("direct",)
+    events = trail(gw, sealed_session(gw, who))
+    assert events[0]["tls"]["version"].startswith("TLS") and events[0]["tls"]["cipher"]
+    (ran,) = statements(events)
+    assert ran["text"] == "SELECT 'direct'" and ran["results"][0]["rows"] == [["direct"]]
+
+
 def test_asyncpg_binary_parameters_reach_the_trail_masked(idle_gateway: RunningGateway) -> None:
     """asyncpg binds every value in binary format and Describes each
     statement: the detectors still see a string, and an int8 as its digits
