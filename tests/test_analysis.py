@@ -5,6 +5,8 @@ The analysis itself is replaced here by Python that is slow on demand."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -95,6 +97,87 @@ def test_a_stop_that_was_lost_is_sent_again(
     assert c.unknown and _threads() == 0 and errors == []
     told = [r.getMessage() for r in caplog.records if "still runs" in r.getMessage()]
     assert len(told) == 1 and "_swallows_its_first_stop" in told[0], told
+
+
+@pytest.fixture
+def excepthook() -> Iterator[list[BaseException]]:
+    """What reaches threading.excepthook: a _Stopped that escaped ``run``."""
+    errors: list[BaseException] = []
+    hook, threading.excepthook = threading.excepthook, lambda a: errors.append(a.exc_value)
+    yield errors
+    threading.excepthook = hook
+
+
+def _told_again(caplog: pytest.LogCaptureFixture) -> int:
+    return sum("still runs" in r.getMessage() for r in caplog.records)
+
+
+def test_a_stop_that_lands_as_the_analysis_fails_in_c_stays_in_the_thread(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    excepthook: list[BaseException],
+) -> None:
+    """The stop arrives while the analysis waits in C (no bytecode runs),
+    which then raises: the stop lands as the handler begins. It escaped
+    ``run`` there (the handler began with a call), its state stayed
+    "stopping", and the restops went on forever, to whatever thread got
+    its ident next (found by a review)."""
+    a, b = socket.socketpair()
+
+    def fails_in_c(sql: str, statements: int) -> Classification:
+        a.settimeout(0.4)
+        a.recv(1)  # (the GIL released; then TimeoutError, from C)
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr(analysis, "analyse", fails_in_c)
+    monkeypatch.setattr(analysis, "_RESTOP", 0.25)
+
+    async def run() -> Classification:
+        c = await analysis.Analyst(0.1).analyse("x", 1, "alice")
+        await asyncio.sleep(1.0)  # (four restop intervals)
+        return c
+
+    try:
+        c = asyncio.run(run())
+    finally:
+        a.close()
+        b.close()
+    assert c.unknown and _threads() == 0
+    assert excepthook == [] and _told_again(caplog) <= 1  # (once, before it failed)
+
+
+def test_a_restop_that_crosses_the_stop_stays_in_the_thread(
+    monkeypatch: pytest.MonkeyPatch, excepthook: list[BaseException]
+) -> None:
+    """The first stop lands late (the analysis was in C), while the restop
+    holds the lock, logging: the thread waits for it in its handler, and
+    the restop's exception, sent meanwhile, must not land after the
+    handler (found by a review)."""
+
+    def in_c(sql: str, statements: int) -> Classification:
+        time.sleep(0.6)  # (C: the stop waits until it returns)
+        return unknown_classification("late")
+
+    class SlowSink(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "still runs" in record.getMessage():
+                time.sleep(0.3)  # (from 0.4 s to 0.7 s, holding the job's lock)
+
+    sink = SlowSink()
+    logger = logging.getLogger("hoopfast.policy")
+    logger.addHandler(sink)
+    monkeypatch.setattr(analysis, "analyse", in_c)
+    monkeypatch.setattr(analysis, "_RESTOP", 0.3)
+
+    async def run() -> None:
+        await analysis.Analyst(0.1).analyse("x", 1, "alice")
+        await asyncio.sleep(1.2)
+
+    try:
+        asyncio.run(run())
+    finally:
+        logger.removeHandler(sink)
+    assert excepthook == [] and _threads() == 0
 
 
 def test_a_session_that_ends_stops_its_analysis(busy: None) -> None:

@@ -133,13 +133,25 @@ def _settle(future: asyncio.Future[Classification], c: Classification) -> None:
         future.set_result(c)
 
 
+#: PyThreadState_SetAsyncExc, looked up once: looking it up on ctypes'
+#: library object runs Python code the first time (see _Job.run).
+_SET_ASYNC_EXC = ctypes.pythonapi.PyThreadState_SetAsyncExc
+
+
 class _Job(threading.Thread):
-    """One analysis. ``stop`` raises _Stopped in it while it still runs;
-    ``restop`` raises it again when the first was lost (see _RESTOP). The
-    state, read and written under the lock, makes sure the exception lands
-    inside ``run``'s try and never after it: once the thread has set it to
-    "over" nothing more is sent, and what was sent before lands in
-    _pending_exceptions_land_here."""
+    """One analysis. ``stop`` raises _Stopped in it while it runs;
+    ``restop`` raises it again when the first was lost (see _RESTOP).
+
+    The exception must land inside ``run``'s try and never after it (in
+    threading's bootstrap it would be unhandled, or leave the thread
+    listed), and never be sent to a thread that has ended (a new one may
+    have its ident). So the state is read and written under the lock: a
+    stop is sent only while it is "running" or "stopping", and the thread
+    ends that, on every way out of its try, by setting it to "over" and
+    clearing whatever was sent and has not landed, both under the lock.
+    That is written out in each handler, not called: CPython delivers a
+    pending exception when a Python function starts (and after a call
+    returns), which is where one would escape the handler."""
 
     def __init__(
         self, sql: str, statements: int, deliver: Callable[[Classification], object]
@@ -147,34 +159,36 @@ class _Job(threading.Thread):
         super().__init__(name="statement-analysis", daemon=True)
         self._sql, self._statements, self._deliver = sql, statements, deliver
         self._lock = threading.Lock()
-        self._state: Literal["running", "stopping", "over"] = "running"
+        self._state: Literal["starting", "running", "stopping", "over"] = "starting"
 
     def run(self) -> None:
+        me = ctypes.c_ulong(threading.get_ident())  # (nothing is sent while "starting")
         try:
+            with self._lock:
+                if self._state != "starting":
+                    return  # (stopped before it began: nobody waits)
+                self._state = "running"
             c = analyse(self._sql, self._statements)
-            self._over()
-            _pending_exceptions_land_here()
+            with self._lock:
+                self._state = "over"
+                _SET_ASYNC_EXC(me, None)  # (a stop that crossed the end: too late)
             self._deliver(c)
         except _Stopped:
-            self._over()
-            # (A restop that crossed the stop lands here. Not suppress():
-            # making the context manager is a call, outside the try.)
-            try:  # noqa: SIM105
-                _pending_exceptions_land_here()
-            except _Stopped:
-                pass
+            with self._lock:
+                self._state = "over"
+                _SET_ASYNC_EXC(me, None)  # (a restop that crossed the stop)
         except BaseException as e:  # an analysis bug: unknown, never a crash
-            self._over()
+            with self._lock:
+                self._state = "over"
+                _SET_ASYNC_EXC(me, None)
             log.exception("statement analysis failed")
             self._deliver(unknown_classification(f"the analysis failed: {type(e).__name__}"))
 
-    def _over(self) -> None:
-        with self._lock:
-            self._state = "over"
-
     def stop(self) -> None:
         with self._lock:
-            if self._state == "running":
+            if self._state == "starting":
+                self._state = "over"
+            elif self._state == "running":
                 self._state = "stopping"
                 self._raise()
 
@@ -182,7 +196,7 @@ class _Job(threading.Thread):
         """Raise _Stopped again if the thread still runs the analysis it
         was told to stop; whether it did."""
         with self._lock:
-            if self._state != "stopping":
+            if self._state != "stopping" or not self.is_alive():
                 return False
             frame = sys._current_frames().get(self.ident or 0)
             log.error(
@@ -194,9 +208,7 @@ class _Job(threading.Thread):
 
     def _raise(self) -> None:
         if self.ident is not None:
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                ctypes.c_ulong(self.ident), ctypes.py_object(_Stopped)
-            )
+            _SET_ASYNC_EXC(ctypes.c_ulong(self.ident), ctypes.py_object(_Stopped))
 
 
 def _where(frame: FrameType | None) -> str:
@@ -210,9 +222,3 @@ def _restop_until_over(loop: asyncio.AbstractEventLoop, job: _Job) -> None:
     """Every _RESTOP seconds while ``job`` has not ended its analysis."""
     if job.restop():
         loop.call_later(_RESTOP, _restop_until_over, loop, job)
-
-
-def _pending_exceptions_land_here() -> None:
-    """A call: a Python function's start checks for an exception another
-    thread raised in this one, so one raised just before ``_running`` went
-    false is raised here, inside ``run``'s try."""
