@@ -89,6 +89,29 @@ SELECT
 """
 
 
+def test_direct_tls_with_the_protocol_named_and_without(idle_gateway: RunningGateway) -> None:
+    """asyncpg's direct_tls: with its context naming ALPN "postgresql" the
+    session runs (its types through asyncio's TLS); without, it is refused
+    as PostgreSQL 17 refuses it."""
+    kwargs = idle_gateway.asyncpg_kwargs()
+
+    async def run(alpn: list[str], direct_tls: bool = True) -> Any:
+        context = ssl.create_default_context(cafile=str(idle_gateway.certs.ca_file))
+        if alpn:
+            context.set_alpn_protocols(alpn)
+        conn = await asyncpg.connect(**{**kwargs, "ssl": context}, direct_tls=direct_tls)
+        try:
+            return rows(await conn.fetch(TYPES_QUERY))
+        finally:
+            await conn.close(timeout=5)
+
+    got = asyncio.run(run(["postgresql"]))
+    assert got == asyncio.run(run([], direct_tls=False))  # (as through SSLRequest)
+    assert dict(got[0])["bigtext"] == "z" * 100_000
+    with pytest.raises(asyncpg.PostgresError, match="ALPN"):
+        asyncio.run(run([]))
+
+
 def test_fetch_many_types_equal_direct(via: Connect, direct: Connect) -> None:
     async def scenario(conn: asyncpg.Connection) -> Any:
         record = await conn.fetchrow(TYPES_QUERY)
