@@ -702,8 +702,8 @@ def composite_text(raw: bytes, kind: int, codec: str) -> str | None:
 # range_send's format (src/backend/utils/adt/rangetypes.c): a flags byte,
 # then each bound that is not infinite (none if the range is empty) as int32
 # length and its binary value. range_recv ignores other flags and refuses
-# trailing bytes; range_serialize refuses a lower bound past the upper one, makes an
-# infinite bound exclusive and a range of two equal bounds not both
+# bytes after the last bound; range_serialize refuses a lower bound past
+# the upper one, makes an infinite bound exclusive and a range of two equal bounds not both
 # inclusive empty; the discrete types' canonical functions (int4, int8,
 # date) then make a finite lower bound inclusive and a finite upper one
 # exclusive (+1; date's infinities stay), and the range is checked again.
@@ -715,7 +715,11 @@ def composite_text(raw: bytes, kind: int, codec: str) -> str | None:
 _EMPTY, _LB_INC, _UB_INC, _LB_INF, _UB_INF = 0x01, 0x02, 0x04, 0x08, 0x10
 _RANGE_FLAGS = _EMPTY | _LB_INC | _UB_INC | _LB_INF | _UB_INF
 _RANGE_QUOTES = frozenset('"\\()[], \t\n\r\v\f')
+#: The discrete element types: where their integer ends (date: see _next).
 _DISCRETE = {23: 1 << 31, 20: 1 << 63, 1082: None}
+#: Element types whose binary form is a big-endian integer in their order
+#: (int4, int8, date, timestamp, timestamptz), by its size; numeric is the
+#: other, ordered by its text (NaN after Infinity, as the server sorts it).
 _INTEGERS = {23: 4, 20: 8, 1082: 4, 1114: 8, 1184: 8}
 _NUMERIC_ORDER = {"-Infinity": 0, "Infinity": 2, "NaN": 3}
 
