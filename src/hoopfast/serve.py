@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,10 @@ class Runtime:
 
 
 async def start_runtime(
-    settings: Settings, config: GatewayConfig, validator: TokenValidator
+    settings: Settings,
+    config: GatewayConfig,
+    validator: TokenValidator,
+    before_listening: Callable[[], None] | None = None,
 ) -> Runtime:
     try:
         store = open_store(settings.store, settings.state_dir)
@@ -115,6 +119,8 @@ async def start_runtime(
         gateway.metrics = metrics
         gateway.tracing = tracing
         runtime = Runtime(gateway, store, recorder, approvals)
+        if before_listening is not None:
+            before_listening()
         # The API first: a port it cannot bind stops the start before any
         # client is accepted.
         if settings.api_listen != "off":
@@ -150,9 +156,22 @@ def _notifier(config: GatewayConfig) -> Notifier:
 
 
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def stop_on_signals() -> None:
+        # Just before anything listens: a SIGTERM from then on (an
+        # orchestrator stopping a gateway that has just started) stops it
+        # cleanly once started, rather than killing it (its sessions then
+        # sealed as crashed at the next start); a CI run sent one in that
+        # window. Not earlier: a start that hangs (a store that does not
+        # answer) is still ended by one.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+
     config = load_config(settings.config)
     validator = TokenValidator(config.identity)
-    runtime = await start_runtime(settings, config, validator)
+    runtime = await start_runtime(settings, config, validator, stop_on_signals)
     gateway = runtime.gateway
     if not settings.recording:
         log.critical(
@@ -170,10 +189,6 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         log.info(
             "admin API on %s port %d", settings.api_listen.rpartition(":")[0], runtime.api.port
         )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, gateway.reload_file, settings.config)
     watcher = (
         asyncio.create_task(watch_config(settings.config, gateway, settings.config_poll_interval))
