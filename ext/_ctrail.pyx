@@ -2007,17 +2007,21 @@ cdef class Journal:
             self.dropped += 1
             return
         if not self.pending:
-            self.on_first()  # (should it raise, the next one asks again)
-            self.pending = True
+            self._arm()
         self.frames.append(frame)
         self.records.append(record)
 
     cpdef defer(self, object pump, object data):
         """Hold ``data`` back until the commit: then ``pump.deferred_write``."""
         if not self.pending:
-            self.on_first()  # (should it raise, the next one asks again)
-            self.pending = True
+            self._arm()
         self.deferred.append((pump, data))
+
+    cdef inline int _arm(self) except -1:
+        """(See the reference.)"""
+        self.on_first()
+        self.pending = True
+        return 0
 
     def take(self):
         """(frames, records), leaving the journal empty and not pending."""

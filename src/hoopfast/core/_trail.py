@@ -1273,17 +1273,21 @@ class Journal:
             self.dropped += 1
             return
         if not self.pending:
-            self.on_first()  # (should it raise, the next one asks again)
-            self.pending = True
+            self._arm()
         self.frames.append(frame)
         self.records.append(record)
 
     def defer(self, pump: Any, data: bytes) -> None:
         """Hold ``data`` back until the commit: then ``pump.deferred_write``."""
         if not self.pending:
-            self.on_first()  # (should it raise, the next one asks again)
-            self.pending = True
+            self._arm()
         self.deferred.append((pump, data))
+
+    def _arm(self) -> None:
+        """The journal becomes pending: ``on_first()``, then the flag (should
+        it raise, the next record asks again)."""
+        self.on_first()
+        self.pending = True
 
     def take(self) -> tuple[list[bytes], list[Any]]:
         """(frames, records), leaving the journal empty and not pending."""
