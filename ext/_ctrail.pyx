@@ -435,8 +435,11 @@ cdef class _Entry:
     #: client sent it.
     cdef object meant
     cdef long long ends
-    #: A Parse's: what its name meant before it (see the reference).
+    #: A Parse's: what its name meant before it; a Bind's: the portal its
+    #: name had (see the reference).
     cdef object previous
+    #: A Bind's portal name.
+    cdef bytes portal_name
     #: A Parse's: the session's undo (see the reference).
     cdef object undo
     #: A Bind's message, or a Parse's expected to fail (see the reference).
@@ -1021,7 +1024,11 @@ cdef class Trail:
         p.columns = self._described.get(name)
         p.ends = self._ends
         entry.portal = p
-        portal = self._key(PyBytes_FromStringAndSize(<const char*>buf + 5, b.portal_end - 5))
+        cdef bytes portal = self._key(
+            PyBytes_FromStringAndSize(<const char*>buf + 5, b.portal_end - 5)
+        )
+        entry.portal_name = portal
+        entry.previous = self._portals.get(portal)
         self._portals[portal] = p
 
     cdef list _shown_values(self, const unsigned char* buf, Py_ssize_t size, _BindLayout* b,
@@ -1375,6 +1382,7 @@ cdef class Trail:
         if st is not None:
             st.error = error
             self._finish(st)
+        cdef list unbound = [head] if head.kind == _K_BIND else None
         while True:
             head = self._peek()
             if head is None:
@@ -1386,8 +1394,43 @@ cdef class Trail:
             self._popleft()
             if head.kind == _K_PARSE:
                 self._unparsed(head, True, undos)
+            elif head.kind == _K_BIND:
+                if unbound is None:
+                    unbound = []
+                unbound.append(head)
+        if unbound is not None:
+            for head in reversed(unbound):
+                self._unbound(head)
         if undos:
             _run(undos)
+
+    cdef _unbound(self, _Entry entry):
+        """(See the reference.)"""
+        cdef _Portal failed = entry.portal
+        cdef _Portal previous = entry.previous
+        cdef _Entry e
+        cdef Statement st
+        cdef Py_ssize_t i
+        if failed is None or self._portals.get(entry.portal_name) is not failed:
+            return
+        if previous is None:
+            del self._portals[entry.portal_name]
+        else:
+            self._portals[entry.portal_name] = previous
+        for i in range(self._head, PyList_GET_SIZE(self._queue)):
+            e = self._queue[i]
+            if e.kind == _K_EXECUTE and e.statement is not None and e.statement.portal is failed:
+                st = e.statement
+                if previous is None:
+                    st.text, st.verdict, st.params = "", self._unknown, None
+                    st.result_formats, st.portal = [], None
+                else:
+                    st.text, st.verdict = previous.text, previous.verdict
+                    st.params = previous.params if previous.params else None
+                    st.result_formats, st.portal = previous.formats, previous
+                st.drops = None
+            elif e.kind == _K_CLOSE and e.meant is failed:
+                e.meant = previous
 
     def abandon(self):
         """(See the reference.)"""

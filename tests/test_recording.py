@@ -38,6 +38,7 @@ from psycopg import pq
 from hoopfast.cli import main as cli_main
 from hoopfast.devcluster import DevCluster, free_port
 from hoopfast.identity.devissuer import DevIssuer
+from hoopfast.proxy.postgres import messages as pg_messages
 from hoopfast.recording.chain import verify_session
 from hoopfast.settings import Settings
 from hoopfast.store.records import EventFilter, EventRecord, SessionRow
@@ -45,6 +46,7 @@ from hoopfast.telemetry import Tracing
 from tests.conftest import Roles
 from tests.faultproxy import FaultProxy, Faults
 from tests.gateway import RunningGateway, run_gateway
+from tests.rawclient import RawClient, error_fields
 
 T = TypeVar("T")
 
@@ -386,6 +388,47 @@ def test_a_pipelined_run_of_a_name_the_server_dropped_is_recorded_as_what_ran(
     events = statements(trail(gw, sealed_session(gw, who)))
     runs = [(e["text"], e["results"][0]["rows"]) for e in events if e.get("results")]
     assert runs[-1] == ("SELECT 'piped'", [["piped"]])
+
+
+def test_a_portal_a_failed_bind_named_is_recorded_as_what_it_runs(
+    idle_gateway: RunningGateway,
+) -> None:
+    """A Bind of an open named portal fails (42P03) and PostgreSQL keeps
+    the portal; rolled back to a savepoint, the transaction runs it. Its
+    rows were recorded under the failed Bind's text."""
+    gw = idle_gateway
+    who = _person()
+
+    def message(kind: str, body: bytes = b"") -> bytes:
+        return pg_messages.build(ord(kind), body)
+
+    def bind(portal: bytes, statement: bytes) -> bytes:
+        return message("B", portal + b"\0" + statement + b"\0" + b"\0\0" * 3)
+
+    execute, sync = message("E", b"p\0\0\0\0\0"), message("S")
+    with RawClient(gw.host, gw.port, ca_file=gw.certs.ca_file) as raw:
+        raw.startup("main", gw.token(who), user=who)
+        for name, text in ((b"a", b"SELECT 'ran A'"), (b"b", b"SELECT 'ran B'")):
+            raw.send(message("P", name + b"\0" + text + b"\0\0\0") + sync)
+            assert [k for k, _ in raw.read_until_ready()] == ["1", "Z"]
+        raw.query("BEGIN")
+        raw.read_until_ready()
+        raw.send(bind(b"p", b"a") + sync)
+        assert [k for k, _ in raw.read_until_ready()] == ["2", "Z"]
+        raw.query("SAVEPOINT s")
+        raw.read_until_ready()
+        # Pipelined: the Execute is sent before the Bind's answer.
+        raw.send(bind(b"p", b"b") + sync)
+        raw.query("ROLLBACK TO s")
+        raw.send(execute + sync)
+        failed, _, ran = raw.read_until_ready(), raw.read_until_ready(), raw.read_until_ready()
+        assert error_fields(failed[0][1])["C"] == "42P03"
+        assert [body for k, body in ran if k == "D"] == [b"\0\x01\0\0\0\x05ran A"]
+        raw.query("COMMIT")
+        raw.read_until_ready()
+    events = statements(trail(gw, sealed_session(gw, who)))
+    runs = [(e["text"], e["results"][0]["rows"]) for e in events if e.get("results")]
+    assert runs == [("SELECT 'ran A'", [["ran A"]])]
 
 
 def _pipeline_results(pgconn: Any, timeout: float = 30.0) -> list[Any]:

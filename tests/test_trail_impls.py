@@ -1497,6 +1497,107 @@ def _prepare(name: bytes, text: str) -> Script:
     ]
 
 
+READY_IN = msg(b"Z", b"T")
+READY_FAILED = msg(b"Z", b"E")
+
+
+def _savepoint_around(*steps: Any) -> Script:
+    """A transaction in which portal p runs SELECT 'A' (bound before a
+    savepoint), ``steps`` fail inside the savepoint, and the client rolls
+    back to it: p is still the portal bound first."""
+    return [
+        *_prepare(b"a", "SELECT 'A'"),
+        *_prepare(b"b", "SELECT 'B'"),
+        ("query", "BEGIN", ALLOW),
+        ("server", complete(b"BEGIN")),
+        ("server", READY_IN),
+        *_bound(b"p", b"a", READY_IN),
+        ("query", "SAVEPOINT s", ALLOW),
+        ("server", complete(b"SAVEPOINT")),
+        ("server", READY_IN),
+        *steps,
+        ("query", "ROLLBACK TO s", ALLOW),
+        ("server", complete(b"ROLLBACK")),
+        ("server", READY_IN),
+        ("client", execute(b"p")),
+        ("client", SYNC),
+        ("server", data_row(b"A")),
+        ("server", complete(b"SELECT 1")),
+        ("server", READY_IN),
+    ]
+
+
+def test_a_bind_of_an_open_portal_fails_and_the_portal_runs_what_it_was_bound_to() -> None:
+    """PostgreSQL refuses a Bind of a named portal that is open (42P03)
+    and keeps the portal; rolled back to a savepoint, the transaction runs
+    it. Its rows are recorded under the text it was bound to, not under
+    the failed Bind's."""
+    events = same(
+        _savepoint_around(
+            ("client", bind(b"p", b"b")),
+            ("client", SYNC),
+            ("server", error(b"42P03", b'cursor "p" already exists')),
+            ("server", READY_FAILED),
+        )
+    )
+    failed, run = events[-3], events[-1]
+    assert failed["text"] == "SELECT 'B'" and failed["error"]["sqlstate"] == "42P03"
+    assert run["text"] == "SELECT 'A'" and run["results"][0]["rows"] == [["A"]]
+
+
+def test_binds_the_server_skipped_after_an_error_leave_their_portal_names() -> None:
+    """A Bind sent after an error, before the Sync, is skipped by the
+    server: the name keeps the portal it had (newest first, when a name is
+    bound twice in what was skipped), and a Close of it sent since closes
+    that portal."""
+    events = same(
+        _savepoint_around(
+            ("client", bind(b"q", b"missing")),
+            ("client", bind(b"p", b"b")),
+            ("client", bind(b"p", b"b")),
+            ("client", execute(b"p")),
+            ("client", SYNC),
+            ("server", error(b"26000", b"no such statement")),
+            ("server", READY_FAILED),
+        )
+    )
+    assert events[-1]["text"] == "SELECT 'A'"
+
+
+def test_an_execute_pipelined_behind_a_failed_bind_runs_the_old_portal() -> None:
+    """The client sends the failing Bind, the rollback to the savepoint and
+    the Execute before any answer: the Execute was queued with the failed
+    Bind's portal, and is recorded with the one the server ran."""
+    script = _savepoint_around()
+    rollback = script.index(("query", "ROLLBACK TO s", ALLOW))
+    events = same(
+        [
+            *script[:rollback],
+            ("client", bind(b"p", b"b")),
+            ("client", SYNC),
+            ("query", "ROLLBACK TO s", ALLOW),
+            ("client", execute(b"p")),
+            ("client", SYNC),
+            ("client", close(b"P", b"p")),
+            ("client", SYNC),
+            ("server", error(b"42P03", b'cursor "p" already exists')),
+            ("server", READY_FAILED),
+            ("server", complete(b"ROLLBACK")),
+            ("server", READY_IN),
+            ("server", data_row(b"A")),
+            ("server", complete(b"SELECT 1")),
+            ("server", READY_IN),
+            ("server", CLOSE_COMPLETE),
+            ("server", READY_IN),
+            *_run_named(b"b", b"p"),
+        ]
+    )
+    run = next(e for e in events if e.get("results") and e["results"][0]["rows"] == [["A"]])
+    assert run["text"] == "SELECT 'A'"
+    # (The Close closed the old portal: p is bound afresh, to b.)
+    assert events[-1]["text"] == "SELECT 'B'"
+
+
 def test_sql_deallocate_and_discard_forget_names_once_they_succeed() -> None:
     """DEALLOCATE (psycopg 3 with libpq < 17 evicts its statements so) and
     DISCARD ALL drop names as a Close does: when their tag comes, and only

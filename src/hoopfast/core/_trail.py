@@ -291,8 +291,11 @@ class _Entry:
     #: Parse's: how many were sent before it (see Trail.unsettled).
     ends: int = 0
     #: A Parse's: what its name meant before it (restored should the server
-    #: skip the Parse).
+    #: skip the Parse); a Bind's: the portal its name had (restored should
+    #: the Bind fail or be skipped: Trail._unbound).
     previous: Any = None
+    #: A Bind's portal name (keyed as the server keys it).
+    portal_name: bytes = b""
     #: A Parse's: the session's undo of what it changed for the Parse (called
     #: should the Parse fail or be skipped; see Trail.parse).
     undo: Any = None
@@ -631,6 +634,7 @@ class Trail:
         text, verdict = known or ("", self._unknown)
         verdict = refused or verdict
         entry = _Entry(_K_BIND, None, name, meant=known, message=message)
+        entry.portal_name, entry.previous = portal, self._portals.get(portal)
         self._queue.append(entry)
         described, types = self._param_types.get(name, (None, []))
         if described is not known or known is None:
@@ -1004,14 +1008,48 @@ class Trail:
         if st is not None:
             st.error = error
             self._finish(st)
+        unbound = [head] if head.kind == _K_BIND else []
         while queue and queue[0].kind != _K_SYNC:
             skipped = queue.popleft()
             if skipped.kind == _K_PARSE:
                 self._unparsed(skipped, True, undos)
+            elif skipped.kind == _K_BIND:
+                unbound.append(skipped)
         if not queue:
             # No Sync sent yet: what the client sends until it is skipped too.
             self._skipping = True
+        for entry in reversed(unbound):
+            self._unbound(entry)
         _run(undos)
+
+    def _unbound(self, entry: _Entry) -> None:
+        """A Bind that failed or that the server skipped made no portal, and
+        left the one its name had (a Bind of an open named portal fails,
+        42P03; one sent after an error is skipped). Should that portal live
+        on (bound before a SAVEPOINT the client rolls back to), its next run
+        is recorded as what it runs, not as this Bind's statement: the
+        name, and the Executes and Closes of the name sent since, get it
+        back. (Called newest first for the Binds of one error.)"""
+        failed, previous = entry.portal, entry.previous
+        if failed is None or self._portals.get(entry.portal_name) is not failed:
+            return
+        if previous is None:
+            del self._portals[entry.portal_name]
+        else:
+            self._portals[entry.portal_name] = previous
+        for e in self._queue:
+            if e.kind == _K_EXECUTE and e.statement is not None and e.statement.portal is failed:
+                st = e.statement
+                if previous is None:
+                    st.text, st.verdict, st.params = "", self._unknown, None
+                    st.result_formats, st.portal = [], None
+                else:
+                    st.text, st.verdict = previous.text, previous.verdict
+                    st.params = previous.params or None
+                    st.result_formats, st.portal = previous.formats, previous
+                st.drops = None
+            elif e.kind == _K_CLOSE and e.meant is failed:
+                e.meant = previous
 
     def abandon(self) -> None:
         """The session ended: the statements still waiting for their answer
