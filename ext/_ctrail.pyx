@@ -342,6 +342,8 @@ cdef class _Portal:
     cdef public list formats
     cdef public _Columns columns
     cdef long long ends
+    #: (See the reference.)
+    cdef bint gone
 
 
 @cython.final
@@ -602,6 +604,8 @@ cdef class Trail:
     cdef dict _statements
     cdef dict _portals
     cdef long long _ends
+    #: (See the reference.)
+    cdef long long _ended
     cdef dict _described
     cdef dict _param_types
     cdef long long _session_kept
@@ -729,6 +733,8 @@ cdef class Trail:
             self._param_types.pop(name, None)
 
     cdef _forget_portal(self, bytes name, meant):
+        if meant is not None:
+            (<_Portal>meant).gone = True
         if self._portals.get(name) is meant:
             del self._portals[name]
 
@@ -912,6 +918,7 @@ cdef class Trail:
     cdef _transaction_ended(self, long long ends):
         """(See the reference.)"""
         cdef _Portal p
+        self._ended = ends
         if not self._portals:
             return
         for name in [n for n, p in self._portals.items() if p.ends < ends]:
@@ -1411,15 +1418,20 @@ cdef class Trail:
         cdef _Entry e
         cdef Statement st
         cdef Py_ssize_t i
-        if failed is None or self._portals.get(entry.portal_name) is not failed:
+        if failed is None:
             return
-        if previous is None:
-            del self._portals[entry.portal_name]
-        else:
-            self._portals[entry.portal_name] = previous
+        if previous is not None and (previous.gone or previous.ends < self._ended):
+            previous = None
+        if self._portals.get(entry.portal_name) is failed:
+            if previous is None:
+                del self._portals[entry.portal_name]
+            else:
+                self._portals[entry.portal_name] = previous
         for i in range(self._head, PyList_GET_SIZE(self._queue)):
             e = self._queue[i]
-            if e.kind == _K_EXECUTE and e.statement is not None and e.statement.portal is failed:
+            if e.kind == _K_BIND and e.previous is failed:
+                e.previous = previous
+            elif e.kind == _K_EXECUTE and e.statement is not None and e.statement.portal is failed:
                 st = e.statement
                 if previous is None:
                     st.text, st.verdict, st.params = "", self._unknown, None

@@ -1548,8 +1548,7 @@ def test_a_bind_of_an_open_portal_fails_and_the_portal_runs_what_it_was_bound_to
 def test_binds_the_server_skipped_after_an_error_leave_their_portal_names() -> None:
     """A Bind sent after an error, before the Sync, is skipped by the
     server: the name keeps the portal it had (newest first, when a name is
-    bound twice in what was skipped), and a Close of it sent since closes
-    that portal."""
+    bound twice in what was skipped)."""
     events = same(
         _savepoint_around(
             ("client", bind(b"q", b"missing")),
@@ -1596,6 +1595,100 @@ def test_an_execute_pipelined_behind_a_failed_bind_runs_the_old_portal() -> None
     assert run["text"] == "SELECT 'A'"
     # (The Close closed the old portal: p is bound afresh, to b.)
     assert events[-1]["text"] == "SELECT 'B'"
+
+
+def test_failed_binds_of_one_name_pipelined_one_behind_the_other() -> None:
+    """Two Binds of the open portal p, each in its Sync group and each
+    followed by a rollback to the savepoint, sent before any answer: the
+    second took the first's portal for p's, and the Executes between and
+    after them run the portal bound first."""
+    script = _savepoint_around()
+    rollback = script.index(("query", "ROLLBACK TO s", ALLOW))
+    failed = [("server", error(b"42P03", b'cursor "p" already exists')), ("server", READY_FAILED)]
+    rolled_back = [("server", complete(b"ROLLBACK")), ("server", READY_IN)]
+    ran = [("server", data_row(b"A")), ("server", complete(b"SELECT 1")), ("server", READY_IN)]
+    for between in ([], [("client", execute(b"p")), ("client", SYNC)]):
+        events = same(
+            [
+                *script[:rollback],
+                ("client", bind(b"p", b"b")),
+                ("client", SYNC),
+                ("query", "ROLLBACK TO s", ALLOW),
+                *between,
+                ("client", bind(b"p", b"b")),
+                ("client", SYNC),
+                ("query", "ROLLBACK TO s", ALLOW),
+                ("client", execute(b"p")),
+                ("client", SYNC),
+                *failed,
+                *rolled_back,
+                *(ran if between else []),
+                *failed,
+                *rolled_back,
+                *ran,
+            ]
+        )
+        runs = [e["text"] for e in events if e.get("results")]
+        assert runs == ["SELECT 'A'"] * (2 if between else 1)
+
+
+def test_a_failed_bind_does_not_give_back_a_portal_the_server_dropped() -> None:
+    """The portal a failed Bind's name had is not given back once the
+    server has dropped it: closed by a Close answered before the Bind's
+    error, or ended with its transaction. An Execute of the name is then
+    recorded as of an unknown portal (here a cursor that SQL DECLARE made,
+    which the trail does not follow), not as the dropped one's."""
+    setup = _savepoint_around()[: _savepoint_around().index(("query", "ROLLBACK TO s", ALLOW))]
+    rest: Script = [
+        ("client", bind(b"p", b"missing")),
+        ("client", SYNC),
+        ("query", "ROLLBACK TO s", ALLOW),
+        ("client", execute(b"p")),
+        ("client", SYNC),
+    ]
+    answers: Script = [
+        ("server", error(b"26000", b"no such statement")),
+        ("server", READY_FAILED),
+        ("server", complete(b"ROLLBACK")),
+        ("server", READY_IN),
+        ("server", data_row(b"cursor")),
+        ("server", complete(b"SELECT 1")),
+        ("server", READY_IN),
+    ]
+    closed = same(
+        [
+            *setup,
+            ("client", close(b"P", b"p")),
+            ("client", SYNC),
+            *rest,
+            ("server", CLOSE_COMPLETE),
+            ("server", READY_IN),
+            *answers,
+        ]
+    )
+    ended = same(
+        [
+            *_prepare(b"a", "SELECT 'A'"),
+            ("client", bind(b"p", b"a")),
+            ("client", execute(b"p")),
+            ("client", SYNC),
+            ("query", "BEGIN", ALLOW),
+            ("query", "SAVEPOINT s", ALLOW),
+            *rest,
+            ("server", BIND_COMPLETE),
+            ("server", data_row(b"A")),
+            ("server", complete(b"SELECT 1")),
+            ("server", READY),
+            ("server", complete(b"BEGIN")),
+            ("server", READY_IN),
+            ("server", complete(b"SAVEPOINT")),
+            ("server", READY_IN),
+            *answers,
+        ]
+    )
+    for events in (closed, ended):
+        run = events[-1]
+        assert run["results"][0]["rows"] == [["cursor"]] and run["text"] == ""
 
 
 def test_sql_deallocate_and_discard_forget_names_once_they_succeed() -> None:

@@ -274,6 +274,9 @@ class _Portal:
     #: How many Syncs (and Queries) the client had sent when it was bound:
     #: it ends with the transaction that the next of them may end.
     ends: int = 0
+    #: The server closed it (a Close, DISCARD ALL): a failed Bind of its
+    #: name does not give it back (Trail._unbound).
+    gone: bool = False
 
 
 @dataclass(slots=True)
@@ -389,6 +392,9 @@ class Trail:
         #: Syncs, Queries and FunctionCalls sent (each ends with a
         #: ReadyForQuery, which may end the transaction and its portals).
         self._ends = 0
+        #: The number of the last of them whose ReadyForQuery said idle:
+        #: every portal bound before it is gone.
+        self._ended = 0
         #: Parameter types from ParameterDescription, by statement name, with
         #: the statement they describe (a name parsed again has new ones).
         self._param_types: dict[bytes, tuple[Any, list[int]]] = {}
@@ -458,6 +464,8 @@ class Trail:
 
     def _forget_portal(self, name: bytes, meant: Any) -> None:
         """(As _forget_statement, for a portal and a later Bind.)"""
+        if meant is not None:
+            meant.gone = True
         if self._portals.get(name) is meant:
             del self._portals[name]
 
@@ -793,6 +801,7 @@ class Trail:
         portal bound before the Sync (or Query) it answers; a portal lasts
         until the end of its transaction (the protocol chapter). Ones bound
         since belong to what the client sent after: they stay."""
+        self._ended = ends
         portals = self._portals
         if portals:
             for name in [n for n, p in portals.items() if p.ends < ends]:
@@ -1029,16 +1038,24 @@ class Trail:
         on (bound before a SAVEPOINT the client rolls back to), its next run
         is recorded as what it runs, not as this Bind's statement: the
         name, and the Executes and Closes of the name sent since, get it
-        back. (Called newest first for the Binds of one error.)"""
+        back, unless the server dropped it meanwhile (a Close, the end of
+        its transaction). So do later Binds of the name that took the failed
+        portal for the name's, should they fail too. (Called newest first
+        for the Binds of one error.)"""
         failed, previous = entry.portal, entry.previous
-        if failed is None or self._portals.get(entry.portal_name) is not failed:
+        if failed is None:
             return
-        if previous is None:
-            del self._portals[entry.portal_name]
-        else:
-            self._portals[entry.portal_name] = previous
+        if previous is not None and (previous.gone or previous.ends < self._ended):
+            previous = None
+        if self._portals.get(entry.portal_name) is failed:
+            if previous is None:
+                del self._portals[entry.portal_name]
+            else:
+                self._portals[entry.portal_name] = previous
         for e in self._queue:
-            if e.kind == _K_EXECUTE and e.statement is not None and e.statement.portal is failed:
+            if e.kind == _K_BIND and e.previous is failed:
+                e.previous = previous
+            elif e.kind == _K_EXECUTE and e.statement is not None and e.statement.portal is failed:
                 st = e.statement
                 if previous is None:
                     st.text, st.verdict, st.params = "", self._unknown, None
