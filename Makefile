@@ -66,8 +66,9 @@ cargo-test: ## the Rust crate's own tests
 	cargo test -q --manifest-path rust/Cargo.toml
 
 .PHONY: lint
-lint: install ## ruff, mypy, and stubtest for the compiled modules
+lint: install ## ruff (checks and format), mypy, and stubtest for the compiled modules
 	$(VENV)/bin/ruff check src tests bench fuzz
+	$(VENV)/bin/ruff format --check src tests bench fuzz
 	$(VENV)/bin/mypy
 	HOOPFAST_IMPL=compiled $(PY) -m mypy.stubtest --allowlist .stubtest-allowlist hoopfast_core hoopfast.core._cpump hoopfast.core._ctrail
 

@@ -685,10 +685,18 @@ pub enum Masker {
     Null,
     Const(Option<Vec<u8>>),
     SameLength,
-    Partial { first: usize, last: usize },
-    Hash { json: bool },
+    Partial {
+        first: usize,
+        last: usize,
+    },
+    Hash {
+        json: bool,
+    },
     Fake,
-    Detect { dets: Detectors, json: bool },
+    Detect {
+        dets: Detectors,
+        json: bool,
+    },
     /// jsonb in binary format: a version byte (1), then its text, which the
     /// inner json masker masks; any other version is NULL (fail closed).
     Jsonb(Box<Masker>),

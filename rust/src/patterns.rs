@@ -48,7 +48,13 @@ mod tests {
     fn first_match_in_order() {
         let set = PyPatternSet::new(vec!["(?i)secret".into(), r"\bpg_sleep\s*\(".into()]).unwrap();
         assert!(!set.set.is_match("SELECT 1"));
-        assert_eq!(set.set.matches("SELECT pg_sleep (1), 'SECRET'").iter().next(), Some(0));
+        assert_eq!(
+            set.set
+                .matches("SELECT pg_sleep (1), 'SECRET'")
+                .iter()
+                .next(),
+            Some(0)
+        );
         assert!(PyPatternSet::new(vec!["(a)\\1".into()]).is_err());
     }
 }

@@ -106,10 +106,8 @@ fn flags_of(result: &pg_query::ParseResult) -> Vec<String> {
                     flags.push(setting_flag(set, true));
                 }
             }
-            NodeRef::LockStmt(s) => {
-                if s.mode == 1 {
-                    flags.push("access_share".to_owned()); // AccessShareLock
-                }
+            NodeRef::LockStmt(s) if s.mode == 1 => {
+                flags.push("access_share".to_owned()); // AccessShareLock
             }
             _ => {}
         }
@@ -127,13 +125,19 @@ pub struct SyntaxError {
 
 impl From<String> for SyntaxError {
     fn from(message: String) -> Self {
-        SyntaxError { message, position: 0 }
+        SyntaxError {
+            message,
+            position: 0,
+        }
     }
 }
 
 impl From<&str> for SyntaxError {
     fn from(message: &str) -> Self {
-        SyntaxError { message: message.to_owned(), position: 0 }
+        SyntaxError {
+            message: message.to_owned(),
+            position: 0,
+        }
     }
 }
 
@@ -166,12 +170,18 @@ mod ffi {
 }
 
 fn error_position(sql: &str) -> i32 {
-    let Ok(input) = CString::new(sql) else { return 0 };
+    let Ok(input) = CString::new(sql) else {
+        return 0;
+    };
     // SAFETY: a NUL-terminated input; the result is freed exactly once, and
     // the error pointer is read only while the result is alive.
     unsafe {
         let result = ffi::pg_query_parse(input.as_ptr());
-        let position = if result.error.is_null() { 0 } else { (*result.error).cursorpos };
+        let position = if result.error.is_null() {
+            0
+        } else {
+            (*result.error).cursorpos
+        };
         ffi::pg_query_free_parse_result(result);
         position
     }
@@ -185,9 +195,10 @@ fn option_on(arg: Option<&NodeEnum>) -> bool {
         None => true,
         Some(NodeEnum::Integer(i)) => i.ival != 0,
         Some(NodeEnum::Boolean(b)) => b.boolval,
-        Some(NodeEnum::String(v)) => {
-            !matches!(v.sval.to_ascii_lowercase().as_str(), "off" | "false" | "no" | "0" | "f" | "n")
-        }
+        Some(NodeEnum::String(v)) => !matches!(
+            v.sval.to_ascii_lowercase().as_str(),
+            "off" | "false" | "no" | "0" | "f" | "n"
+        ),
         Some(_) => true,
     }
 }
@@ -258,7 +269,9 @@ pub fn parse_guarded(sql: &str) -> Result<Vec<PgStatement>, ParseFailure> {
         .map_err(|e| ParseFailure::TooLarge(format!("cannot start the parser's thread: {e}")))?;
     match worker.join() {
         Ok(result) => result.map_err(ParseFailure::Syntax),
-        Err(_) => Err(ParseFailure::TooLarge("the parser failed on this statement".into())),
+        Err(_) => Err(ParseFailure::TooLarge(
+            "the parser failed on this statement".into(),
+        )),
     }
 }
 
@@ -269,7 +282,10 @@ pub fn parse(sql: &str) -> Result<Vec<PgStatement>, SyntaxError> {
     let whole = match pg_query::parse(sql) {
         Ok(whole) => whole,
         Err(pg_query::Error::Parse(message)) => {
-            return Err(SyntaxError { message, position: error_position(sql) })
+            return Err(SyntaxError {
+                message,
+                position: error_position(sql),
+            })
         }
         Err(e) => return Err(e.to_string().into()),
     };
@@ -281,17 +297,28 @@ pub fn parse(sql: &str) -> Result<Vec<PgStatement>, SyntaxError> {
         } else {
             start + usize::try_from(raw.stmt_len).map_err(|_| "bad statement length")?
         };
-        let text = sql.get(start..end).ok_or("statement boundary inside a character")?;
+        let text = sql
+            .get(start..end)
+            .ok_or("statement boundary inside a character")?;
         // Parsed alone, so tables and functions are per statement.
         let one = pg_query::parse(text).map_err(|e| SyntaxError::from(e.to_string()))?;
         let node = raw.stmt.as_ref().and_then(|n| n.node.as_ref());
-        let mut tables: Vec<(String, &'static str)> =
-            one.tables.iter().map(|(name, ctx)| (name.clone(), context_name(*ctx))).collect();
+        let mut tables: Vec<(String, &'static str)> = one
+            .tables
+            .iter()
+            .map(|(name, ctx)| (name.clone(), context_name(*ctx)))
+            .collect();
         tables.sort();
-        let mut functions: Vec<String> = one.functions.iter().map(|(name, _)| name.clone()).collect();
+        let mut functions: Vec<String> =
+            one.functions.iter().map(|(name, _)| name.clone()).collect();
         functions.sort();
         functions.dedup();
-        out.push(PgStatement { kind: kind_of(node), flags: flags_of(&one), tables, functions });
+        out.push(PgStatement {
+            kind: kind_of(node),
+            flags: flags_of(&one),
+            tables,
+            functions,
+        });
     }
     Ok(out)
 }
@@ -315,7 +342,10 @@ pub fn py_pg_parse(py: Python<'_>, sql: &str) -> PyResult<Vec<PyStatement>> {
             (
                 s.kind.to_owned(),
                 s.flags,
-                s.tables.into_iter().map(|(t, c)| (t, c.to_owned())).collect(),
+                s.tables
+                    .into_iter()
+                    .map(|(t, c)| (t, c.to_owned()))
+                    .collect(),
                 s.functions,
             )
         })
@@ -332,8 +362,14 @@ mod tests {
 
     #[test]
     fn statement_kinds_and_boundaries() {
-        assert_eq!(kinds("SELECT 1; DELETE FROM t; SET ROLE x"), ["SelectStmt", "DeleteStmt", "VariableSetStmt"]);
-        assert_eq!(kinds("SELECT ';'; SELECT $$;$$"), ["SelectStmt", "SelectStmt"]);
+        assert_eq!(
+            kinds("SELECT 1; DELETE FROM t; SET ROLE x"),
+            ["SelectStmt", "DeleteStmt", "VariableSetStmt"]
+        );
+        assert_eq!(
+            kinds("SELECT ';'; SELECT $$;$$"),
+            ["SelectStmt", "SelectStmt"]
+        );
         let err = parse("SELECT 1; SELEC 1").unwrap_err();
         assert_eq!(err.message, "syntax error at or near \"SELEC\"");
         assert_eq!(err.position, 11);
@@ -361,16 +397,25 @@ mod tests {
         assert_eq!(f("SELECT * FROM t FOR UPDATE"), ["locking"]);
         assert_eq!(f("COPY t FROM PROGRAM 'x'"), ["copy_from", "copy_file"]);
         assert_eq!(f("SET ROLE admin"), ["set:role"]);
-        assert_eq!(f("SET SESSION AUTHORIZATION admin"), ["set:session_authorization"]);
+        assert_eq!(
+            f("SET SESSION AUTHORIZATION admin"),
+            ["set:session_authorization"]
+        );
         assert_eq!(f("RESET ALL"), ["reset_all"]);
         assert_eq!(f("RESET ROLE"), ["reset_all"]);
         assert_eq!(f("SET ROLE NONE"), ["reset_all"]);
         assert_eq!(f("SET SESSION AUTHORIZATION DEFAULT"), ["reset_all"]);
         assert_eq!(f("RESET search_path"), ["reset:search_path"]);
         assert!(f("SET standard_conforming_strings TO on").is_empty());
-        assert_eq!(f("SET standard_conforming_strings TO off"), ["set:standard_conforming_strings"]);
+        assert_eq!(
+            f("SET standard_conforming_strings TO off"),
+            ["set:standard_conforming_strings"]
+        );
         assert_eq!(f("ALTER ROLE app SET role = admin"), ["set:role"]);
-        assert_eq!(f("ALTER ROLE app IN DATABASE d SET search_path = v"), ["set:search_path"]);
+        assert_eq!(
+            f("ALTER ROLE app IN DATABASE d SET search_path = v"),
+            ["set:search_path"]
+        );
         assert_eq!(f("ALTER DATABASE app SET role = x"), ["set:role"]);
         assert_eq!(f("ALTER ROLE app RESET ALL"), ["set:*"]);
         assert_eq!(f("LOCK t IN ACCESS SHARE MODE"), ["access_share"]);
