@@ -640,3 +640,162 @@ def test_a_token_with_whitespace_is_stripped_or_refused_unshown(
     code, _, err = run(capsys, api, "sessions", token=broken)
     assert code == 2 and "--token: not a token" in err
     assert token[:20] not in err and token[20:] not in err
+
+
+# -- found by the second review of the audit CLI and API --
+
+
+def test_a_lone_surrogate_in_a_recorded_event_is_exported_and_replayed(
+    issuer: DevIssuer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Text that was not UTF-8 is recorded with a lone surrogate (JSON's
+    "\\udcff"), which has no UTF-8: the export broke off at that event (and
+    lost every later one) and the replay of its session answered 500. Both
+    now write it escaped, as it is stored."""
+    with running_api(tmp_path, issuer, big=20) as api:
+        chain = Chain("s-odd-1")
+        start = chain.append(
+            "session_start", BASE + 10, "erin", "main", "", {"groups": ["g\udcff"]}
+        )
+        statement = chain.append(
+            "statement",
+            BASE + 501,
+            "erin",
+            "main",
+            "allow",
+            {"text": "SELECT $1", "params": ["x\udcff"]},
+        )
+        api.loop.run(api.store.write_recording([start, statement], []))
+        target = tmp_path / "trail.jsonl"
+        code, _, err = run(capsys, api, "export", "-o", str(target), token=api.token())
+        assert code == 0, err
+        lines = [json.loads(line) for line in target.read_text().splitlines()]
+        odd = [x for x in lines if x["session_id"] == "s-odd-1"]
+        assert [x["data"].get("params") for x in odd] == [None, ["x\udcff"]]
+        # Nothing after it lost:
+        assert len(lines) == len(api.expected(EventFilter(exclude_subject="carol"))) + 2
+        code, out, err = run(capsys, api, "replay", "s-odd-1", token=api.token())
+        assert code == 0, err
+        assert "groups    g\\udcff" in out and "$1='x\\udcff'" in out
+        code, out, err = run(capsys, api, "verify", token=api.token())
+        assert code == 0, (out, err)
+
+
+def test_replay_shows_newlines_in_one_line_fields_escaped() -> None:
+    """A parameter, a column name or an application_name the person chose
+    cannot start a line of its own in the replay: a fake error or a fake
+    statement after a statement that ran."""
+    forged = (
+        "x'\nERROR:  denied by the gateway's policy\n\n[22:13:21.500 UTC] 0.200 ms\nmain=> SELECT 1"
+    )
+    detail: dict[str, Any] = {
+        "session": {"session_id": "s-x", "subject": "zoe", "connection": "main"},
+        "seal": None,
+        "events": [
+            {
+                "seq": 0,
+                "kind": "session_start",
+                "data": {"application_name": "psql\n  sealed    yes"},
+            },
+            {
+                "seq": 1,
+                "kind": "statement",
+                "at": BASE + 1,
+                "data": {
+                    "verdict": "allow",
+                    "text": "DELETE FROM t WHERE a = $1",
+                    "params": [forged],
+                    "tags": ["DELETE 1\nERROR:  x"],
+                    "results": [{"columns": [{"name": "a\nERROR:  y"}], "rows": []}],
+                },
+            },
+        ],
+    }
+    lines = render_replay(detail).splitlines()
+    assert not [line for line in lines if line.startswith(("ERROR", "main=> SELECT 1"))]
+    assert "  sealed    no" in lines and "  sealed    yes" not in "\n".join(lines).split("\\n")
+    assert any(line.startswith("  parameters: $1='x'\\nERROR:") for line in lines)
+
+
+def test_bad_selections_and_session_ids_are_refused(
+    api: AuditApi, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """An empty filter (an unset shell variable) would select everything; a
+    time in milliseconds was read as the year 55,000 (an empty export, and
+    verify said OK); a session id holding a "/" reached another route."""
+    target = tmp_path / "trail.jsonl"
+    for option in ("--user", "--connection", "--since", "--until"):
+        with pytest.raises(SystemExit) as exit_:
+            run(capsys, api, "export", option, "", "-o", str(target), token=api.token())
+        assert exit_.value.code == 2
+        assert "empty" in capsys.readouterr().err
+    for command in (["export", "-o", str(target)], ["verify"]):
+        code, _, err = run(capsys, api, *command, "--since", "1700000000000", token=api.token())
+        assert code == 2 and "past the year 9999 (milliseconds?)" in err, err
+    assert not target.exists()
+    for session_id in ("s-bob-1/raw", ".", ".."):
+        code, _, err = run(capsys, api, "replay", session_id, token=api.token())
+        assert code == 2 and "not a session id" in err and "Traceback" not in err
+
+
+def test_export_file_is_private_and_never_an_existing_partial(
+    api: AuditApi, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The export is created readable by its owner only, and its partial
+    file is never one that exists: a link planted there sent the trail to
+    the link's target; a second export to the same file shared it."""
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    target = tmp_path / "x.jsonl"
+    (tmp_path / ".x.jsonl.partial").symlink_to(victim)
+    code, _, err = run(capsys, api, "export", "-o", str(target), token=api.token())
+    assert code == 2 and "exists" in err and "remove it" in err
+    assert victim.read_text() == "keep" and not target.exists()
+    (tmp_path / ".x.jsonl.partial").unlink()
+    code, _, err = run(capsys, api, "export", "-o", str(target), token=api.token())
+    assert code == 0, err
+    assert target.stat().st_mode & 0o777 == 0o600
+
+
+def test_api_url_credentials_are_not_shown(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code = main(["audit", "sessions", "--api", "http://admin:S3cretPw@127.0.0.1:9", "--token", "t"])
+    err = capsys.readouterr().err
+    assert code == 1 and "cannot reach the API at http://127.0.0.1:9" in err
+    assert "S3cretPw" not in err
+
+
+def test_sigterm_during_an_export_removes_the_unfinished_file(tmp_path: Path) -> None:
+    """SIGTERM (or SIGHUP) ends a command as Ctrl-C does: what it was
+    writing is cleaned up (an export's unfinished file is removed), and the
+    exit code says which signal."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "slow.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "from hoopfast import auditcli\n"
+        "from hoopfast.apiclient import guarded\n"
+        "def slow(args):\n"
+        "    with auditcli._output(sys.argv[1], True) as out:\n"
+        "        out.write(b'x'); out.flush(); print('writing', flush=True); time.sleep(30)\n"
+        "    return 0\n"
+        "sys.exit(guarded(slow, 'test')(None))\n"
+    )
+    target = tmp_path / "out.jsonl"
+    child = subprocess.Popen(
+        [sys.executable, str(script), str(target)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None and child.stdout.readline() == "writing\n"
+    assert (tmp_path / ".out.jsonl.partial").exists()
+    os.kill(child.pid, signal.SIGTERM)
+    _, err = child.communicate(timeout=30)
+    assert child.returncode == 128 + signal.SIGTERM and "SIGTERM" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["slow.py"]

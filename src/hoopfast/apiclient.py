@@ -15,11 +15,13 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import ssl
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from hoopfast.text import shown
 
@@ -86,6 +88,14 @@ def detail(response: httpx.Response) -> str:
     return response.reason_phrase
 
 
+def _without_credentials(url: str) -> str:
+    """``url`` without the user and password it may carry (messages)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
 class Api:
     """A small synchronous client of the admin API (httpx).
 
@@ -111,6 +121,8 @@ class Api:
             except (OSError, ssl.SSLError) as e:
                 raise CliError(f"cannot use --cacert {cacert}: {e}", EXIT_USAGE) from None
         self.url = url.rstrip("/")
+        #: The URL as messages show it: without a user and password.
+        self.shown_url = _without_credentials(self.url)
         self.refused = refused
         self._client = httpx.Client(
             base_url=self.url,
@@ -151,15 +163,15 @@ class Api:
 
         if isinstance(error, httpx.LocalProtocolError):
             # (Its message quotes the request's headers: the token.)
-            return CliError(f"cannot send the request to {self.url}: {type(error).__name__}")
-        return CliError(f"cannot reach the API at {self.url}: {error}")
+            return CliError(f"cannot send the request to {self.shown_url}: {type(error).__name__}")
+        return CliError(f"cannot reach the API at {self.shown_url}: {error}")
 
     def _json(self, response: httpx.Response, path: str) -> Any:
         self._check(response)
         try:
             return response.json()
         except ValueError:
-            raise CliError(f"the API at {self.url} did not answer JSON for {path}") from None
+            raise CliError(f"the API at {self.shown_url} did not answer JSON for {path}") from None
 
     def get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
         import httpx
@@ -222,7 +234,7 @@ class Api:
                 self._check(response)
                 yield response.iter_bytes()
         except httpx.TransportError as e:
-            raise CliError(f"the transfer from {self.url} broke off: {e}") from None
+            raise CliError(f"the transfer from {self.shown_url} broke off: {e}") from None
 
 
 def _params(params: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -297,15 +309,47 @@ def guarded(
 
     def run(args: argparse.Namespace) -> int:
         try:
-            return command(args)
+            with _terminations_interrupt():
+                return command(args)
         except CliError as e:
             print(f"{prog}: {e}", file=sys.stderr)
             return e.exit_code
+        except Terminated as e:
+            print(f"{prog}: {signal.Signals(e.signum).name}", file=sys.stderr)
+            return 128 + e.signum
         except KeyboardInterrupt:
             print(f"{prog}: interrupted", file=sys.stderr)
             return 130
 
     return run
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP during a command: raised where it runs, so that
+    what it was writing is cleaned up as after a Ctrl-C (an export's
+    unfinished file is removed)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _terminations_interrupt() -> Iterator[None]:
+    def terminated(signum: int, frame: object) -> None:
+        raise Terminated(signum)
+
+    signums = (signal.SIGTERM, signal.SIGHUP)
+    try:
+        previous = [signal.signal(signum, terminated) for signum in signums]
+    except ValueError:  # not the main thread (a test calling main): as is
+        yield
+        return
+    try:
+        yield
+    finally:
+        for signum, handler in zip(signums, previous, strict=True):
+            signal.signal(signum, handler)
 
 
 # --------------------------------------------------------------------------- formatting

@@ -90,6 +90,14 @@ def iso(at: float | None) -> str:
     return datetime.fromtimestamp(at, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def _inline(value: object) -> str:
+    """Text someone else chose, on one line of a replay: a newline in it
+    (a parameter, a column name, an application_name the client set) is
+    shown as ``\\n``, so that it cannot start a line that reads as the
+    replay's own (a fake error, a fake statement)."""
+    return shown(value).replace("\n", "\\n")
+
+
 #: Types psql right-aligns: integers, floats, numeric, oid-likes, money.
 _NUMERIC_OIDS = frozenset({20, 21, 23, 26, 28, 29, 700, 701, 790, 1700})
 
@@ -97,7 +105,7 @@ _NUMERIC_OIDS = frozenset({20, 21, 23, 26, 28, 29, 700, 701, 790, 1700})
 def psql_table(columns: list[dict[str, Any]], rows: list[list[str | None]]) -> list[str]:
     """A result as psql's aligned format shows it: centred headers, numbers
     right-aligned, NULL as nothing, ``+`` where a value goes on a new line."""
-    names = [shown(c.get("name", "?")) for c in columns]
+    names = [_inline(c.get("name", "?")) for c in columns]
     right = [c.get("type_oid") in _NUMERIC_OIDS for c in columns]
     cells = [[shown(v).split("\n") if v is not None else [""] for v in row] for row in rows]
     widths = [len(n) for n in names]
@@ -136,15 +144,15 @@ def _statement_lines(data: Mapping[str, Any], connection: str, at: Any) -> list[
     verdict = data.get("verdict") or ""
     if verdict and verdict != "allow":
         rule = data.get("rule")
-        head += f"  {verdict.upper()}" + (f" (rule {shown(rule)})" if rule else "")
+        head += f"  {verdict.upper()}" + (f" (rule {_inline(rule)})" if rule else "")
     out = [head]
     text = shown(data.get("text", "")).rstrip("\n").split("\n")
-    out.append(f"{shown(connection)}=> {text[0]}")
-    out += [f"{shown(connection)}-> {more}" for more in text[1:]]
+    out.append(f"{_inline(connection)}=> {text[0]}")
+    out += [f"{_inline(connection)}-> {more}" for more in text[1:]]
     params = data.get("params")
     if isinstance(params, list) and params:
         values = ", ".join(
-            f"${i}=NULL" if p is None else f"${i}='{shown(p)}'" for i, p in enumerate(params, 1)
+            f"${i}=NULL" if p is None else f"${i}='{_inline(p)}'" for i, p in enumerate(params, 1)
         )
         out.append(f"  parameters: {values}")
     results = data.get("results") or []
@@ -169,12 +177,12 @@ def _statement_lines(data: Mapping[str, Any], connection: str, at: Any) -> list[
                 if count.isdigit():
                     out.append(f"({plural(int(count), 'row')}; values not recorded)")
             continue
-        out.append(shown(tag))
+        out.append(_inline(tag))
     error = data.get("error")
     if isinstance(error, dict):
         message = shown(error.get("message", "")).replace("\n", "\n        ")
         sqlstate = error.get("sqlstate")
-        out.append(f"ERROR:  {message}" + (f"  (SQLSTATE {shown(sqlstate)})" if sqlstate else ""))
+        out.append(f"ERROR:  {message}" + (f"  (SQLSTATE {_inline(sqlstate)})" if sqlstate else ""))
     elif verdict == "deny":
         out.append("ERROR:  denied by the gateway's policy")
     elif verdict == "review":
@@ -203,37 +211,37 @@ def _replay_head(first_page: Mapping[str, Any]) -> list[str]:
     start = next((e.get("data") or {} for e in events if e.get("kind") == "session_start"), {})
     connection = str(session.get("connection", ""))
     out = [
-        f"Session {shown(session.get('session_id'))}: {shown(session.get('subject'))} "
-        f"on connection {shown(connection)}"
+        f"Session {_inline(session.get('session_id'))}: {_inline(session.get('subject'))} "
+        f"on connection {_inline(connection)}"
     ]
     groups = start.get("groups")
     if groups:
-        out.append(f"  groups    {', '.join(shown(g) for g in groups)}")
-    client = shown(session.get("client_address") or start.get("client_address") or "-")
+        out.append(f"  groups    {', '.join(_inline(g) for g in groups)}")
+    client = _inline(session.get("client_address") or start.get("client_address") or "-")
     app = start.get("application_name")
-    out.append(f"  client    {client}" + (f" ({shown(app)})" if app else ""))
+    out.append(f"  client    {client}" + (f" ({_inline(app)})" if app else ""))
     tls = start.get("tls")
     if isinstance(tls, dict):
-        out.append(f"  tls       {shown(tls.get('version'))} {shown(tls.get('cipher'))}")
+        out.append(f"  tls       {_inline(tls.get('version'))} {_inline(tls.get('cipher'))}")
     elif "tls" in start:
         out.append("  tls       none")
     if start.get("token_id"):
-        out.append(f"  token     {shown(start['token_id'])}")
+        out.append(f"  token     {_inline(start['token_id'])}")
     out.append(f"  started   {when(session.get('started_at'))}")
     if session.get("ended_at") is not None:
         reason = session.get("end_reason") or ""
         ended = when(session.get("ended_at"))
-        out.append(f"  ended     {ended}" + (f" ({shown(reason)})" if reason else ""))
+        out.append(f"  ended     {ended}" + (f" ({_inline(reason)})" if reason else ""))
     else:
         out.append("  ended     - (still open, or not yet recorded)")
     statements, stored = session.get("statements", 0), session.get("stored_events", 0)
     out.append(f"  recorded  {plural(statements, 'statement')}, {stored} events")
     if isinstance(seal, dict):
-        out.append(f"  sealed    {seal.get('events')} events, key {shown(seal.get('key_id'))}")
+        out.append(f"  sealed    {seal.get('events')} events, key {_inline(seal.get('key_id'))}")
     else:
         out.append("  sealed    no")
     if start.get("trace_id"):
-        out.append(f"  trace     {shown(start['trace_id'])}")
+        out.append(f"  trace     {_inline(start['trace_id'])}")
     out.append("")
     return out
 
@@ -321,14 +329,14 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     rows = [
         [
             when(s.get("started_at")),
-            shown(s.get("session_id")),
-            shown(s.get("subject")),
-            shown(s.get("connection")),
-            shown(s.get("client_address")),
+            _inline(s.get("session_id")),
+            _inline(s.get("subject")),
+            _inline(s.get("connection")),
+            _inline(s.get("client_address")),
             str(s.get("statements", "")),
             str(s.get("stored_events", "")),
             ("sealed" if s.get("sealed") else "ended")
-            + (f" ({shown(s['end_reason'])})" if s.get("end_reason") else "")
+            + (f" ({_inline(s['end_reason'])})" if s.get("end_reason") else "")
             if s.get("ended_at") is not None or s.get("sealed")
             else "open",
         ]
@@ -409,7 +417,8 @@ def _output(path: str, binary: bool) -> Iterator[IO[Any]]:
     temporary name and renamed only when complete, so a broken export never
     leaves a file that looks whole; a symbolic link is followed (the link
     stays), and anything else that exists (a FIFO, a device) is written to
-    as it is. A write that fails (a full disk) is a CliError."""
+    as it is. The file is created readable by its owner only. A write that
+    fails (a full disk) is a CliError."""
     if path == "-":
         with _write_errors("stdout"):
             yield sys.stdout.buffer if binary else sys.stdout
@@ -420,13 +429,26 @@ def _output(path: str, binary: bool) -> Iterator[IO[Any]]:
     in_place = target.exists() and not target.is_file()
     partial = target if in_place else target.with_name(f".{target.name}.partial")
     try:
-        f: IO[Any] = (
-            open(partial, "wb")  # noqa: SIM115 - closed below, renamed when complete
-            if binary
-            else open(partial, "w", encoding="utf-8", newline="")  # noqa: SIM115
-        )
+        if in_place:
+            fd = os.open(partial, os.O_WRONLY | os.O_TRUNC)
+        else:
+            # A new file only readable by its owner (audit data), never one
+            # that exists: another export to the same file, or a link
+            # planted to send the trail elsewhere.
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        raise CliError(
+            f"cannot write {path}: {partial} exists (another export to it is running,"
+            " or one was killed: remove it)",
+            EXIT_USAGE,
+        ) from None
     except OSError as e:
         raise CliError(f"cannot write {path}: {e.strerror}", EXIT_USAGE) from None
+    f: IO[Any] = (
+        open(fd, "wb")  # noqa: SIM115 - closed below, renamed when complete
+        if binary
+        else open(fd, "w", encoding="utf-8", newline="")  # noqa: SIM115
+    )
     try:
         with _write_errors(path), f:
             yield f
@@ -497,6 +519,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _session_pages(api: Api, session_id: str, raw: bool) -> Iterator[dict[str, Any]]:
     """A session's pages (``/v1/audit/sessions/{id}``, or its ``/raw``), in
     order: one in memory at a time, however long the session."""
+    if not session_id.strip() or "/" in session_id or session_id in (".", ".."):
+        # (A web server reads an escaped "/" in a path as a "/", and "." or
+        # ".." as a step: none is in a session id.)
+        raise CliError(f"not a session id: {session_id!r}", EXIT_USAGE)
     path = f"/v1/audit/sessions/{quote(session_id, safe='')}" + ("/raw" if raw else "")
     after: Any = None
     while True:
@@ -660,6 +686,14 @@ def _run(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
     return run
 
 
+def _given(text: str) -> str:
+    """An argparse type: text that is not empty. An empty filter (an unset
+    shell variable) would select everything."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty (leave the option out to select everything)")
+    return text
+
+
 def _api(args: argparse.Namespace) -> Api:
     return api_from_args(args, "hoopfast audit")
 
@@ -671,10 +705,10 @@ def add_audit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     window = argparse.ArgumentParser(add_help=False)
     selection = window.add_argument_group("selection")
     time_help = "ISO-8601 (no zone = UTC), Unix seconds, or a duration ago (24h, 7d)"
-    selection.add_argument("--since", help=f"from this time on: {time_help}")
-    selection.add_argument("--until", help=f"before this time: {time_help}")
-    selection.add_argument("--user", help="only sessions of this person")
-    selection.add_argument("--connection", help="only this gateway connection")
+    selection.add_argument("--since", type=_given, help=f"from this time on: {time_help}")
+    selection.add_argument("--until", type=_given, help=f"before this time: {time_help}")
+    selection.add_argument("--user", type=_given, help="only sessions of this person")
+    selection.add_argument("--connection", type=_given, help="only this gateway connection")
 
     progress = argparse.ArgumentParser(add_help=False)
     progress.add_argument(

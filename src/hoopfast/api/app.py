@@ -28,6 +28,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, 
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic_core import PydanticSerializationError
 
 from hoopfast import __version__
 from hoopfast.bulk import collector_paused
@@ -308,6 +309,11 @@ _NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
 _BASIC_DATE = re.compile(r"^\d{8}$")
 
 
+#: 9999-12-31T23:59:59Z: Unix seconds past it (milliseconds, most likely)
+#: are refused rather than read as a year nobody means.
+_LAST_SECOND = 253402300799
+
+
 def parse_time(name: str, value: str | None) -> float | None:
     """ISO-8601 (no zone means UTC) or Unix seconds -> Unix seconds (eight
     digits alone are a date, YYYYMMDD). Raises ValueError with a message fit
@@ -331,6 +337,8 @@ def parse_time(name: str, value: str | None) -> float | None:
             f"{name}: not a time: {shown!r} (use ISO-8601 such as 2024-05-01T12:00:00Z, "
             "where no zone means UTC, or Unix seconds)"
         )
+    if abs(seconds) > _LAST_SECOND:
+        raise ValueError(f"{name}: {text} Unix seconds is past the year 9999 (milliseconds?)")
     return seconds
 
 
@@ -422,9 +430,11 @@ def _export_line(event: EventRecord, include_results: bool) -> bytes:
         # than json.dumps, same text: compact, UTF-8 as is).
         return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
     except (TypeError, orjson.JSONEncodeError):
-        # What orjson refuses (an integer past 64 bits in stored data) the
-        # json module writes.
-        return (json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        # What orjson refuses the json module writes: an integer past 64
+        # bits in stored data, or a lone surrogate (JSON's "\udcff", which
+        # the recorder writes for text that was not UTF-8), which has no
+        # UTF-8 and is written as an escape, as it is stored.
+        return (json.dumps(line, separators=(",", ":")) + "\n").encode()
 
 
 class ExportAborted(Exception):
@@ -595,6 +605,21 @@ _EVENTS = TypeAdapter(list[EventOut])
 _RAW_EVENTS = TypeAdapter(list[RawEvent])
 
 
+_HEAD: TypeAdapter[Any] = TypeAdapter(Any)
+
+
+def _json_bytes(value: Any, adapter: TypeAdapter[Any]) -> bytes:
+    """``value`` as compact JSON. Text holding a lone surrogate (stored as
+    JSON's "\udcff" escape: the recorder writes one for text that was not
+    UTF-8) has no UTF-8, which pydantic's writer refuses: such a page is
+    written by the json module, every non-ASCII character escaped."""
+    try:
+        return adapter.dump_json(value)
+    except PydanticSerializationError:
+        plain = adapter.dump_python(value, mode="json")
+        return json.dumps(plain, separators=(",", ":")).encode()
+
+
 async def _session_response(
     head: BaseModel, events: Callable[[], list[Any]], adapter: TypeAdapter[Any]
 ) -> Response:
@@ -607,13 +632,13 @@ async def _session_response(
     def body() -> bytes:
         with collector_paused():
             items = events()
-        start = head.model_dump_json().encode()
+        start = _json_bytes(head, _HEAD)
         assert start.endswith(b'"events":[]}')
         pieces = [start[:-2]]
         for i in range(0, len(items), _JSON_CHUNK):
             if i:
                 pieces.append(b",")
-            pieces.append(adapter.dump_json(items[i : i + _JSON_CHUNK])[1:-1])
+            pieces.append(_json_bytes(items[i : i + _JSON_CHUNK], adapter)[1:-1])
         pieces.append(b"]}")
         return b"".join(pieces)
 
