@@ -799,3 +799,36 @@ def test_sigterm_during_an_export_removes_the_unfinished_file(tmp_path: Path) ->
     _, err = child.communicate(timeout=30)
     assert child.returncode == 128 + signal.SIGTERM and "SIGTERM" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["slow.py"]
+
+
+def test_verify_finds_removed_tails_and_removed_seals_and_reads_on_past_a_bad_row(
+    issuer: DevIssuer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What a chain that verifies cannot show: an open session's events
+    removed (the store's row still counts them), a seal removed (the row
+    still says the session ended, or its session_end is stored), so that
+    its tail could be cut. And a stored value the API cannot read (text in
+    a number column) is that session's problem; the others are checked."""
+    with running_api(tmp_path, issuer, big=20) as api:
+
+        def verify(*edits: str) -> str:
+            with sqlite3.connect(api.db) as db:
+                for edit in edits:
+                    db.execute(edit)
+            code, out, err = run(capsys, api, "verify", token=api.token())
+            assert code == 1, (out, err)
+            return out + err
+
+        out = verify("DELETE FROM event_blocks WHERE session_id = 's-dave-open'")
+        assert (
+            "BROKEN session s-dave-open, event 0: the store counts 3 events and 0 were found" in out
+        )
+        out = verify("UPDATE sessions SET signature = NULL WHERE session_id = 's-bob-1'")
+        assert "BROKEN session s-bob-1, seal: the session ended but its seal is missing" in out
+        out = verify("UPDATE sessions SET ended_at = NULL WHERE session_id = 's-bob-1'")
+        assert (
+            "BROKEN session s-bob-1, seal: the session ended (session_end) but has no seal" in out
+        )
+        out = verify("UPDATE event_blocks SET last_seq = 'x' WHERE session_id = 's-alice-1'")
+        assert "BROKEN session s-alice-1, seal: its records cannot be read" in out
+        assert "FAILED: 3 of 4 sessions broken" in out, capsys.readouterr()

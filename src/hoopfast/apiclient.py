@@ -60,9 +60,13 @@ USAGE_STATUSES = frozenset({401, 403, 422})
 class CliError(Exception):
     """A command failed; ``exit_code`` says how (1 failure, 2 usage)."""
 
-    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+    def __init__(
+        self, message: str, exit_code: int = EXIT_FAILED, *, status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        #: The API's HTTP status, when it answered one that failed.
+        self.status = status
 
 
 # --------------------------------------------------------------------------- the API client
@@ -156,7 +160,7 @@ class Api:
             raise CliError(f"invalid request (422): {why}", EXIT_USAGE)
         if status in self.refused:
             raise CliError(f"refused ({status}): {why}", EXIT_USAGE)
-        raise CliError(f"the API answered {status}: {why}")
+        raise CliError(f"the API answered {status}: {why}", status=status)
 
     def _transport_error(self, error: Exception) -> CliError:
         import httpx

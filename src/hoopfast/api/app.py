@@ -492,7 +492,16 @@ async def _session_page(
     """A session the caller may read, one page of its blocks with their
     events, and the cursor of the next page (None: this is the last)."""
     row = await _readable_session(context, caller, session_id)
-    page = await context.store.session_page(session_id, after, SESSION_PAGE_BLOCKS)
+    try:
+        page = await context.store.session_page(session_id, after, SESSION_PAGE_BLOCKS)
+    except (ValueError, TypeError, OverflowError) as e:
+        # A stored value that is not what its column holds (text where a
+        # number was written): altered data. Answered as this session's
+        # error, so that `audit verify` reports it and goes on (an
+        # exception let through also drops the client's connection).
+        raise HTTPException(
+            500, f"a stored record of this session cannot be read: {type(e).__name__}"
+        ) from None
     following = page[-1][0].first_seq if len(page) == SESSION_PAGE_BLOCKS else None
     return row, page, following
 

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from hoopfast import core
 from hoopfast.masking.statement_text import shown_statement_text
-from hoopfast.store.records import STATEMENT, BlockHead, EventRecord, Seal, SigningKey
+from hoopfast.store.records import SESSION_END, STATEMENT, BlockHead, EventRecord, Seal, SigningKey
 
 #: The previous hash of a session's first event.
 GENESIS = "0" * 64
@@ -380,6 +380,34 @@ def session_row_problem(
             return Problem(session_id, 0, f"the session's stored {key} differs from its start")
     if not _same_time(started_at, first.at):
         return Problem(session_id, 0, "the session's stored started_at differs from its start")
+    return None
+
+
+def session_counts_problem(
+    session_id: str,
+    stored_events: Any,
+    ended_at: Any,
+    sealed: bool,
+    found: int,
+    last: EventRecord | None,
+) -> Problem | None:
+    """What a chain that verifies cannot show: events removed from the
+    end of a session that has no seal (the seal counts a sealed one's).
+    The store's row counts the events it stored (``stored_events``, in the
+    transaction that stored them) and says when the session ended
+    (``ended_at``, set with the seal and only with it): fewer events found
+    than counted, or an end without a seal (the seal removed, so that the
+    tail could be cut), is tampering. (Called after the chain verified.)"""
+    if isinstance(stored_events, int) and found < stored_events:
+        return Problem(
+            session_id,
+            found,
+            f"the store counts {stored_events} events and {found} were found (events removed)",
+        )
+    if not sealed and ended_at is not None:
+        return Problem(session_id, None, "the session ended but its seal is missing")
+    if not sealed and last is not None and last.kind == SESSION_END:
+        return Problem(session_id, None, "the session ended (session_end) but has no seal")
     return None
 
 
