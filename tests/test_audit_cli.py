@@ -832,3 +832,25 @@ def test_verify_finds_removed_tails_and_removed_seals_and_reads_on_past_a_bad_ro
         out = verify("UPDATE event_blocks SET last_seq = 'x' WHERE session_id = 's-alice-1'")
         assert "BROKEN session s-alice-1, seal: its records cannot be read" in out
         assert "FAILED: 3 of 4 sessions broken" in out, capsys.readouterr()
+
+
+def test_verify_finds_sessions_whose_row_was_removed_or_given_away(
+    issuer: DevIssuer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Verify reads sessions by their rows, which no hash covers: a row
+    deleted (its events altered, then still exported) or given to the
+    auditor (hidden from their verify by segregation of duties, its events
+    still in their export) is reported from the stored events."""
+    with running_api(tmp_path, issuer, big=20) as api:
+        with sqlite3.connect(api.db) as db:
+            db.execute("DELETE FROM sessions WHERE session_id = 's-bob-1'")
+            db.execute("UPDATE sessions SET subject = 'carol' WHERE session_id = 's-alice-1'")
+        code, out, err = run(capsys, api, "verify", token=api.token())
+        assert code == 1, (out, err)
+        assert (
+            "BROKEN session s-alice-1, seal: its session row names another subject or connection"
+            in out
+        )
+        assert "BROKEN session s-bob-1, seal: its events are stored without a session row" in out
+        code, out, err = run(capsys, api, "verify", "--since", str(BASE + 1000), token=api.token())
+        assert code == 0, (out, err)  # (their events are not in that range)

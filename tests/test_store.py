@@ -1667,3 +1667,38 @@ def test_open_store_urls(tmp_path: Path) -> None:
     assert isinstance(pg, PostgresStore) and pg.location == "db:5433/audit"
     with pytest.raises(ValueError, match="unsupported store URL scheme"):
         open_store("mysql://db/audit", tmp_path)
+
+
+def test_unlisted_sessions_are_found_from_their_events(backend: Backend) -> None:
+    """Sessions whose stored events no row lists as theirs (verify): a row
+    removed, a row naming another subject or connection; in the range the
+    events' blocks cover."""
+    sessions = {
+        "kept": make_session("kept"),
+        "removed": make_session("removed", start=2000.0),
+        "given": make_session("given", start=3000.0),
+        "moved": make_session("moved", start=4000.0),
+    }
+
+    async def write(store: Store) -> None:
+        for events in sessions.values():
+            await store.write_recording(events, [])
+        assert await store.unlisted_sessions(None, None, 10) == []
+
+    run(backend, write)
+    raw_sql(backend, "DELETE FROM sessions WHERE session_id = 'removed'")
+    raw_sql(backend, "UPDATE sessions SET subject = 'carol' WHERE session_id = 'given'")
+    raw_sql(backend, "UPDATE sessions SET connection = 'other' WHERE session_id = 'moved'")
+
+    async def check(store: Store) -> None:
+        assert await store.unlisted_sessions(None, None, 10) == [
+            ("given", "other_owner"),
+            ("moved", "other_owner"),
+            ("removed", "no_row"),
+        ]
+        assert await store.unlisted_sessions(None, None, 1) == [("given", "other_owner")]
+        assert await store.unlisted_sessions(2500.0, 3500.0, 10) == [("given", "other_owner")]
+        assert await store.unlisted_sessions(None, 2000.0, 10) == []
+        assert await store.unlisted_sessions(5000.0, None, 10) == []
+
+    run(backend, check)

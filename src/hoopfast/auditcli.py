@@ -650,6 +650,12 @@ class _SessionCheck:
         )
 
 
+_UNLISTED = {
+    "no_row": "its events are stored without a session row (the row was removed)",
+    "other_owner": "its session row names another subject or connection than its events",
+}
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from hoopfast.recording.chain import Problem
     from hoopfast.store.records import SigningKey
@@ -697,6 +703,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 progress.update(done)
         if progress is not None:
             progress.finish(len(ids))
+        # Sessions whose events no row lists as theirs: not listed above.
+        window = {k: v for k, v in _filters(args).items() if k in ("since", "until")}
+        unlisted = api.get("/v1/audit/unlisted", window)
+        for item in unlisted.get("sessions", []):
+            failed += 1
+            why = _UNLISTED.get(item.get("problem"), "its session row does not match its events")
+            print(f"BROKEN {Problem(str(item.get('session_id')), None, why)}")
+        if unlisted.get("more"):
+            print("BROKEN (and more sessions whose events no session row lists)")
     if failed:
         print(
             f"FAILED: {failed} of {plural(len(ids), 'session')} broken "

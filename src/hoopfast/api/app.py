@@ -202,6 +202,19 @@ class ExportLine(_EventHead):
     )
 
 
+class UnlistedSession(BaseModel):
+    session_id: str
+    #: "no_row": no sessions row; "other_owner": the row names another
+    #: subject or connection than the stored events.
+    problem: Literal["no_row", "other_owner"]
+
+
+class UnlistedSessions(BaseModel):
+    sessions: list[UnlistedSession]
+    #: More than these exist.
+    more: bool
+
+
 class EventCount(BaseModel):
     count: int
 
@@ -724,6 +737,34 @@ async def count_events(
 ) -> EventCount:
     where = _event_filter(caller, since, until, user, connection, verdict)
     return EventCount(count=await context.store.count_events(where))
+
+
+#: Unlisted sessions one answer names at most (each is a broken session).
+UNLISTED_LIMIT = 1000
+
+
+@audit.get(
+    "/unlisted",
+    response_model=UnlistedSessions,
+    summary="Sessions whose stored events no session row lists as theirs (verify)",
+)
+async def unlisted_sessions(
+    context: ContextDep, caller: AuditorDep, since: Since = None, until: Until = None
+) -> UnlistedSessions:
+    """Sessions with events in the range whose row is missing, or names
+    another subject or connection than the events: listings (and so
+    verify) select sessions by their rows, and segregation of duties by
+    the row's subject, so an altered row would hide a session from them
+    while its events still export. Only ids: no content."""
+    start, end = _range(since, until)
+    found = await context.store.unlisted_sessions(start, end, UNLISTED_LIMIT + 1)
+    return UnlistedSessions(
+        sessions=[
+            UnlistedSession.model_validate({"session_id": s, "problem": p})
+            for s, p in found[:UNLISTED_LIMIT]
+        ],
+        more=len(found) > UNLISTED_LIMIT,
+    )
 
 
 @audit.get("/keys", response_model=KeyList, summary="The public keys that verify seals")

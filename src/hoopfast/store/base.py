@@ -104,6 +104,15 @@ class Store(ABC):
         """How many events ``events`` would page through (for progress)."""
 
     @abstractmethod
+    async def unlisted_sessions(
+        self, since: float | None, until: float | None, limit: int
+    ) -> list[tuple[str, str]]:
+        """Sessions with events stored in [since, until) whose sessions row
+        is missing or names another subject or connection than the events
+        (session_id, which): altered rows, which listings and segregation
+        of duties would not show (verify). At most ``limit``."""
+
+    @abstractmethod
     async def session_events(self, session_id: str) -> list[EventRecord]:
         """All events of one session in seq order (replay, verify)."""
 

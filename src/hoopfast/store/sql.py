@@ -171,6 +171,31 @@ class SqlStore(Store):
         rows = await self._fetch(sql, params)
         return sum(blocks.verdict_count(verdicts, verdict) * n for verdicts, n in rows)
 
+    async def unlisted_sessions(
+        self, since: float | None, until: float | None, limit: int
+    ) -> list[tuple[str, str]]:
+        p = self.param
+        conditions = [
+            "(s.session_id IS NULL OR s.subject <> b.subject OR s.connection <> b.connection)"
+        ]
+        params: list[Any] = []
+        if since is not None:
+            conditions.append(f"b.last_at >= {p}")
+            params.append(since)
+        if until is not None:
+            conditions.append(f"b.first_at < {p}")
+            params.append(until)
+        sql = (
+            "SELECT b.session_id, MIN(CASE WHEN s.session_id IS NULL THEN 'no row' ELSE 'row' END)"
+            " FROM event_blocks b LEFT JOIN sessions s ON s.session_id = b.session_id"
+            f"{_where(conditions)} GROUP BY b.session_id ORDER BY b.session_id LIMIT {p}"
+        )
+        params.append(limit)
+        return [
+            (str(sid), "no_row" if which == "no row" else "other_owner")
+            for sid, which in await self._fetch(sql, params)
+        ]
+
     async def session_events(self, session_id: str) -> list[EventRecord]:
         return [e for _, events in await self.session_page(session_id, None, _ALL) for e in events]
 
