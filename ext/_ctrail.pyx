@@ -994,6 +994,8 @@ cdef class Trail:
         entry.name = self._key(entry.name)
         if entry.target == 83:  # S
             entry.meant = self._statements.get(entry.name)
+        elif entry.target >= 0:
+            entry.meant = self._portals.get(entry.name)
         self._push(entry)
 
     cdef _bind(self, bytes message, object refused):
@@ -1157,7 +1159,7 @@ cdef class Trail:
                     if self._statements.get(head.name) is head.meant:
                         self._described[head.name] = columns
                 else:
-                    p = self._portals.get(head.name)
+                    p = head.meant
                     if p is not None:
                         p.columns = columns
                 self._popleft()
@@ -1441,7 +1443,7 @@ cdef class Trail:
                     st.params = previous.params if previous.params else None
                     st.result_formats, st.portal = previous.formats, previous
                 st.drops = None
-            elif e.kind == _K_CLOSE and e.meant is failed:
+            elif (e.kind == _K_CLOSE or e.kind == _K_DESCRIBE) and e.meant is failed:
                 e.meant = previous
 
     def abandon(self):

@@ -1691,6 +1691,36 @@ def test_a_failed_bind_does_not_give_back_a_portal_the_server_dropped() -> None:
         assert run["results"][0]["rows"] == [["cursor"]] and run["text"] == ""
 
 
+def test_a_portal_describe_answered_after_the_name_was_bound_again() -> None:
+    """A Describe of a portal, pipelined, is answered after the client bound
+    the name again (psycopg's pipeline, binary cursors): the columns are the
+    described portal's, not the new one's. They were put on the new portal,
+    whose binary text value was then read as an int4 (1633837924); never
+    described, its binary value is kept as hex."""
+    events = same(
+        [
+            ("parse", b"", "SELECT 7::int4 AS seven", ALLOW),
+            ("client", bind(b"", b"", (), (), [1])),
+            ("client", describe(b"P")),
+            ("parse", b"", "SELECT 'abcd'::text AS word", ALLOW),
+            ("client", bind(b"", b"", (), (), [1])),
+            ("client", execute()),
+            ("client", SYNC),
+            ("server", PARSE_COMPLETE),
+            ("server", BIND_COMPLETE),
+            ("server", row_description((b"seven", 23, 1))),
+            ("server", PARSE_COMPLETE),
+            ("server", BIND_COMPLETE),
+            ("server", data_row(b"abcd")),
+            ("server", complete(b"SELECT 1")),
+            ("server", READY),
+        ]
+    )
+    run = events[-1]
+    assert run["text"] == "SELECT 'abcd'::text AS word"
+    assert run["results"][0]["rows"] == [["\\x61626364"]]  # (its columns never described)
+
+
 def test_sql_deallocate_and_discard_forget_names_once_they_succeed() -> None:
     """DEALLOCATE (psycopg 3 with libpq < 17 evicts its statements so) and
     DISCARD ALL drop names as a Close does: when their tag comes, and only

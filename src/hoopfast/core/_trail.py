@@ -617,11 +617,13 @@ class Trail:
                 statement.max_rows = max(0, limit)
             self._queue.append(_Entry(_K_EXECUTE, statement))
         elif type_code == _DESCRIBE:
-            # Its RowDescription belongs to the statement or portal it names
-            # (and a statement's ParameterDescription to what the name means
-            # now).
+            # Its RowDescription belongs to the statement or portal its name
+            # means now (and a statement's ParameterDescription): the
+            # answer may come after a later Parse or Bind of the name
+            # (a pipeline) gave it a new meaning.
             target = self._target(message)
-            meant: Any = self._statements.get(target[1:]) if target[:1] == b"S" else None
+            names = self._statements if target[:1] == b"S" else self._portals
+            meant: Any = names.get(target[1:]) if target else None
             self._queue.append(_Entry(_K_DESCRIBE, None, target, meant=meant))
         elif type_code == _CLOSE:
             # Forgotten when the server confirms (_closed).
@@ -751,7 +753,7 @@ class Trail:
                     # (For the statement the name still has, as below.)
                     if self._statements.get(target[1:]) is head.meant:
                         self._described[target[1:]] = columns
-                elif (p := self._portals.get(target[1:])) is not None:
+                elif (p := head.meant) is not None:
                     p.columns = columns
                 queue.popleft()
             elif (
@@ -1065,7 +1067,7 @@ class Trail:
                     st.params = previous.params or None
                     st.result_formats, st.portal = previous.formats, previous
                 st.drops = None
-            elif e.kind == _K_CLOSE and e.meant is failed:
+            elif (e.kind == _K_CLOSE or e.kind == _K_DESCRIBE) and e.meant is failed:
                 e.meant = previous
 
     def abandon(self) -> None:
