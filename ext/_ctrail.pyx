@@ -606,6 +606,7 @@ cdef class Trail:
     cdef long long _ends
     #: (See the reference.)
     cdef long long _ended
+    cdef tuple _last_parse
     cdef dict _described
     cdef dict _param_types
     cdef long long _session_kept
@@ -760,18 +761,32 @@ cdef class Trail:
         e.ends = self._ends
         e.undo = undo
         # (See the reference: a name the session has keeps its statement.)
+        cdef object previous, described = None, types = None
         if name == b"" or name not in self._statements or self._dropped_before(name):
-            e.previous = self._statements.get(name)
+            previous = e.previous = self._statements.get(name)
             known = (text, verdict)
             e.meant = known
             self._statements[name] = known
             if self._described:
-                self._described.pop(name, None)
+                described = self._described.pop(name, None)
             if self._param_types:
-                self._param_types.pop(name, None)
+                types = self._param_types.pop(name, None)
             declared = _declared_types(message) if message is not None else None
+            if (
+                types is not None
+                and self._last_parse is not None
+                and self._last_parse == (name, previous, self._ends)
+                and (<tuple>previous)[0] == text
+                and (<tuple>types)[0] is previous
+                and (declared is None or declared == (<tuple>types)[1])
+            ):
+                # (See the reference: the same text made again at once.)
+                declared = (<tuple>types)[1]
+                if described is not None:
+                    self._described[name] = described
             if declared is not None:
                 self._param_types[name] = (known, declared)
+            self._last_parse = (name, known, self._ends)
         else:
             e.previous = self._statements[name]  # (see the reference)
             e.message = message

@@ -431,6 +431,34 @@ def test_a_portal_a_failed_bind_named_is_recorded_as_what_it_runs(
     assert runs == [("SELECT 'ran A'", [["ran A"]])]
 
 
+def test_asyncpg_without_its_statement_cache_keeps_binary_values_readable(
+    idle_gateway: RunningGateway,
+) -> None:
+    """asyncpg with statement_cache_size=0 (as behind a transaction pooler)
+    sends Parse and Describe, then the same Parse again with Bind and
+    Execute. The second Parse dropped the types the server had described,
+    so the binary values were kept as hex: a card number bound as an int8
+    escaped the detectors."""
+    gw = idle_gateway
+    who = _person()
+    sql = "SELECT $1::int8 AS card, $2::text AS note"
+
+    async def run() -> Any:
+        kwargs = gw.asyncpg_kwargs(user=who)
+        kwargs["password"] = gw.token(who)
+        conn = await asyncpg.connect(**kwargs, statement_cache_size=0)
+        try:
+            return await conn.fetchrow(sql, 4111111111111111, "x")
+        finally:
+            await conn.close()
+
+    assert tuple(asyncio.run(run())) == (4111111111111111, "x")
+    events = statements(trail(gw, sealed_session(gw, who)))
+    (bound,) = [e for e in events if e["text"] == sql]
+    assert bound["params"] == ["[REDACTED:card]", "x"]
+    assert bound["results"][0]["rows"] == [["4111111111111111", "x"]]
+
+
 def _pipeline_results(pgconn: Any, timeout: float = 30.0) -> list[Any]:
     """A pipeline's results up to its sync, read as they come (libpq's
     get_result blocks holding the GIL, and this gateway runs in a thread of

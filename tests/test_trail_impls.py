@@ -430,6 +430,44 @@ def test_binary_parameters_of_described_types_are_shown_as_their_text() -> None:
     ]
 
 
+def test_the_same_text_parsed_again_at_once_keeps_its_described_types() -> None:
+    """asyncpg without its statement cache: Parse, Describe, Flush, then the
+    same Parse with Bind and Execute. The second Parse keeps the types the
+    server described for the first (nothing ran between them), so a binary
+    int8 is shown, and detected, as its digits; after a Sync (something may
+    have run: a search_path set) it is not assumed."""
+    types = msg(b"t", struct.pack("!H2I", 2, 20, 25))
+    columns = row_description((b"card", 20, 1))
+    values = [struct.pack("!q", 4111111111111111), b"my secret"]
+    text = "SELECT $1::int8 AS card, $2::text"
+
+    def again(between: Script) -> Script:
+        return [
+            ("parse", b"", text, ALLOW),
+            ("client", describe(b"S")),
+            ("client", msg(b"H")),
+            ("server", PARSE_COMPLETE),
+            ("server", types),
+            ("server", columns),
+            *between,
+            ("parse", b"", text, ALLOW),
+            ("client", bind(b"", b"", values, [1], [1])),
+            ("client", execute()),
+            ("client", SYNC),
+            ("server", PARSE_COMPLETE),
+            ("server", BIND_COMPLETE),
+            ("server", data_row(values[0])),
+            ("server", complete(b"SELECT 1")),
+            ("server", READY),
+        ]
+
+    (run,) = same(again([]))
+    assert run["params"] == ["4111111111111111", "my ******"]
+    assert run["results"][0]["rows"] == [["4111111111111111"]]
+    (run,) = same(again([("client", SYNC), ("server", READY)]))
+    assert run["params"] == ["\\x000e9b08a568f1c7", "my ******"]
+
+
 def test_shown_parameter_for_the_trail_and_the_approvers() -> None:
     from hoopfast.proxy.postgres import messages as m
     from hoopfast.proxy.postgres.review import bound_values

@@ -395,6 +395,9 @@ class Trail:
         #: The number of the last of them whose ReadyForQuery said idle:
         #: every portal bound before it is gone.
         self._ended = 0
+        #: The last Parse that gave its name a meaning: (name, meaning,
+        #: _ends then), for a Parse of the same text right after it.
+        self._last_parse: tuple[bytes, Any, int] | None = None
         #: Parameter types from ParameterDescription, by statement name, with
         #: the statement they describe (a name parsed again has new ones).
         self._param_types: dict[bytes, tuple[Any, list[int]]] = {}
@@ -508,13 +511,33 @@ class Trail:
         # now on, and means what it meant before again should the Parse
         # fail or be skipped (_unparsed).
         if name == b"" or name not in self._statements or self._dropped_before(name):
-            entry.previous = self._statements.get(name)
+            previous = entry.previous = self._statements.get(name)
             known = entry.meant = self._statements[name] = (text, verdict)
-            self._described.pop(name, None)
-            self._param_types.pop(name, None)
+            described = self._described.pop(name, None)
+            types = self._param_types.pop(name, None)
             declared = declared_types(message) if message is not None else None
+            if (
+                types is not None
+                and self._last_parse == (name, previous, self._ends)
+                and previous[0] == text
+                and types[0] is previous
+                and (declared is None or declared == types[1])
+            ):
+                # The same text made again right after the last Parse, with
+                # no Sync or Query between (nothing ran that could change
+                # what it means: a search_path, a table), declaring nothing
+                # new: asyncpg without its statement cache sends Parse and
+                # Describe, then Parse, Bind and Execute. Its columns and
+                # parameter types are what the server described for the
+                # first (without them binary values are kept as hex, which
+                # the detectors cannot read: a card number bound as an int8
+                # went unmasked).
+                declared = types[1]
+                if described is not None:
+                    self._described[name] = described
             if declared is not None:
                 self._param_types[name] = (known, declared)
+            self._last_parse = (name, known, self._ends)
         else:
             # (Expected to fail: what the name means now, which it takes
             # at its ParseComplete should it not; _parsed_after_all.)
