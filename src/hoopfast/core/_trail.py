@@ -518,6 +518,7 @@ class Trail:
             declared = declared_types(message) if message is not None else None
             if (
                 types is not None
+                and previous is not None
                 and self._last_parse == (name, previous, self._ends)
                 and previous[0] == text
                 and types[0] is previous
