@@ -27,6 +27,7 @@ from libc.string cimport memchr
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
 import codecs
+import functools
 
 from hoopfast.core import _shown
 from hoopfast.core._shown import BINARY_KINDS as _BINARY_KINDS
@@ -813,11 +814,17 @@ cdef class Trail:
         """(See the reference.)"""
         if entry.undo is not None:
             undos.append(entry.undo)
-        if entry.meant is None or self._statements.get(entry.name) is not entry.meant:
+        if entry.meant is not None:
+            undos.append(functools.partial(self._unnamed, entry, skipped))
+
+    def _unnamed(self, _Entry entry, bint skipped):
+        """(See the reference.)"""
+        if self._statements.get(entry.name) is not entry.meant:
             return
         self._forget_statement(entry.name, entry.meant)
         if skipped and entry.previous is not None:
             self._statements[entry.name] = entry.previous
+            self._rebind(entry.name, entry.meant, entry.previous, [])
 
     def unsettled(self, bytes name):
         """(See the reference.)"""

@@ -1759,6 +1759,56 @@ def test_a_portal_describe_answered_after_the_name_was_bound_again() -> None:
     assert run["results"][0]["rows"] == [["\\x61626364"]]  # (its columns never described)
 
 
+def _skipped_after_an_error(*parses: str, pipelined: Script = ()) -> list[dict[str, Any]]:
+    """The unnamed statement made as SELECT 'old'; then, after an Execute
+    that fails, ``parses`` the server skips, a Sync, and ``pipelined`` sent
+    before any answer; then the unnamed statement run."""
+    run: Script = [
+        ("client", bind()),
+        ("client", execute()),
+        ("client", SYNC),
+    ]
+    answers: Script = [
+        ("server", BIND_COMPLETE),
+        ("server", data_row(b"old")),
+        ("server", complete(b"SELECT 1")),
+        ("server", READY),
+    ]
+    return same(
+        [
+            *_prepare(b"", "SELECT 'old'"),
+            ("client", execute(b"nosuch")),
+            *[("parse", b"", text, ALLOW) for text in parses],
+            ("client", SYNC),
+            *pipelined,
+            ("server", error(b"34000", b'portal "nosuch" does not exist')),
+            ("server", READY),
+            *(answers if pipelined else []),
+            *([] if pipelined else run),
+            *([] if pipelined else answers),
+        ]
+    )
+
+
+def test_parses_skipped_after_an_error_give_the_name_back_newest_first() -> None:
+    """Two Parses of the unnamed statement skipped after an error: the name
+    means what it meant before them. The later gave it back to the earlier,
+    which the server never made (its rows were recorded under its text)."""
+    events = _skipped_after_an_error("SELECT 'skipped1'", "SELECT 'skipped2'")
+    assert events[-1]["text"] == "SELECT 'old'"
+    assert events[-1]["results"][0]["rows"] == [["old"]]
+
+
+def test_a_bind_pipelined_behind_a_skipped_parse_runs_the_old_statement() -> None:
+    """The client binds the name after the Sync, before the answers: the
+    Parse was skipped, so the Bind runs what the name had before it, and
+    is recorded so (it was recorded with the skipped Parse's text)."""
+    pipelined: Script = [("client", bind()), ("client", execute()), ("client", SYNC)]
+    events = _skipped_after_an_error("SELECT 'skipped'", pipelined=pipelined)
+    assert events[-1]["text"] == "SELECT 'old'"
+    assert events[-1]["results"][0]["rows"] == [["old"]]
+
+
 def test_sql_deallocate_and_discard_forget_names_once_they_succeed() -> None:
     """DEALLOCATE (psycopg 3 with libpq < 17 evicts its statements so) and
     DISCARD ALL drop names as a Close does: when their tag comes, and only

@@ -577,15 +577,26 @@ class Trail:
     def _unparsed(self, entry: _Entry, skipped: bool, undos: list[Any]) -> None:
         """A Parse that failed (its name now means nothing: the server drops
         a statement it could not make, the unnamed one included) or that
-        the server skipped (the name means what it meant before). Its undo
-        goes to ``undos``, which the caller runs newest first."""
+        the server skipped (the name means what it meant before). Its undo,
+        and what it did to its name, go to ``undos``, which the caller runs
+        newest first: of two skipped Parses of one name, the later gives
+        the name back to the earlier, which gives it back to what it had."""
         if entry.undo is not None:
             undos.append(entry.undo)
-        if entry.meant is None or self._statements.get(entry.name) is not entry.meant:
+        if entry.meant is not None:
+            undos.append(functools.partial(self._unnamed, entry, skipped))
+
+    def _unnamed(self, entry: _Entry, skipped: bool) -> None:
+        """(_unparsed.) The name back to what it meant before the Parse, and
+        what the client sent since, before the answer, and bound the name
+        (the Binds after the Sync) to the statement that was not made,
+        rebound to it (_rebind): they run it."""
+        if self._statements.get(entry.name) is not entry.meant:
             return
         self._forget_statement(entry.name, entry.meant)
         if skipped and entry.previous is not None:
             self._statements[entry.name] = entry.previous
+            self._rebind(entry.name, entry.meant, entry.previous, [])
 
     def unsettled(self, name: bytes) -> bool:
         """Whether a Parse of ``name`` sent before the latest Sync (or Query,
