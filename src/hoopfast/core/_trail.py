@@ -591,12 +591,13 @@ class Trail:
         what the client sent since, before the answer, and bound the name
         (the Binds after the Sync) to the statement that was not made,
         rebound to it (_rebind): they run it."""
-        if self._statements.get(entry.name) is not entry.meant:
+        meant: Any = entry.meant
+        if self._statements.get(entry.name) is not meant:
             return
-        self._forget_statement(entry.name, entry.meant)
+        self._forget_statement(entry.name, meant)
         if skipped and entry.previous is not None:
             self._statements[entry.name] = entry.previous
-            self._rebind(entry.name, entry.meant, entry.previous, [])
+            self._rebind(entry.name, meant, entry.previous, [])
 
     def unsettled(self, name: bytes) -> bool:
         """Whether a Parse of ``name`` sent before the latest Sync (or Query,
