@@ -591,13 +591,12 @@ class Trail:
         what the client sent since, before the answer, and bound the name
         (the Binds after the Sync) to the statement that was not made,
         rebound to it (_rebind): they run it."""
-        meant: Any = entry.meant
-        if self._statements.get(entry.name) is not meant:
+        if self._statements.get(entry.name) is not entry.meant:
             return
-        self._forget_statement(entry.name, meant)
+        self._forget_statement(entry.name, entry.meant)
         if skipped and entry.previous is not None:
             self._statements[entry.name] = entry.previous
-            self._rebind(entry.name, meant, entry.previous, [])
+            self._rebind(entry.name, entry.meant, entry.previous, [])
 
     def unsettled(self, name: bytes) -> bool:
         """Whether a Parse of ``name`` sent before the latest Sync (or Query,
@@ -869,9 +868,7 @@ class Trail:
                 self._param_types[entry.name] = (new, declared)
         self._rebind(entry.name, old, new, declared or [])
 
-    def _rebind(
-        self, name: bytes, old: tuple[str, Any], new: tuple[str, Any], types: list[int]
-    ) -> None:
+    def _rebind(self, name: bytes, old: Any, new: tuple[str, Any], types: list[int]) -> None:
         """What was queued after a Parse of ``name`` that the server carried
         out (_parsed_after_all), sent before its answer, and named the old
         statement ``old``, named the new one ``new`` (libpq's pipeline mode,
