@@ -954,7 +954,8 @@ cdef class Trail:
         entry.meant = new
         declared = (_declared_types(entry.message)
                     if entry.message is not None and PyBytes_GET_SIZE(entry.message) else None)
-        if self._statements.get(entry.name) is old:
+        current = self._statements.get(entry.name)
+        if current is old or current is None:
             self._statements[entry.name] = new
             self._described.pop(entry.name, None)
             self._param_types.pop(entry.name, None)

@@ -1809,6 +1809,33 @@ def test_a_bind_pipelined_behind_a_skipped_parse_runs_the_old_statement() -> Non
     assert events[-1]["results"][0]["rows"] == [["old"]]
 
 
+def test_a_parse_pipelined_behind_a_failed_parse_of_its_name_takes_it() -> None:
+    """Two Parses of one name pipelined: the first fails (a syntax error),
+    so the second, which the trail expected to fail (the name taken), is
+    carried out. The name means the second's text; it meant nothing (its
+    runs were recorded with an empty text)."""
+    events = same(
+        [
+            ("parse", b"b", "SELECT 'bad' FROM", ALLOW),
+            ("client", SYNC),
+            ("parse", b"b", "SELECT 'made'", ALLOW),
+            ("client", SYNC),
+            ("server", error(b"42601", b"syntax error at end of input")),
+            ("server", READY),
+            ("server", PARSE_COMPLETE),
+            ("server", READY),
+            ("client", bind(b"", b"b")),
+            ("client", execute()),
+            ("client", SYNC),
+            ("server", BIND_COMPLETE),
+            ("server", data_row(b"made")),
+            ("server", complete(b"SELECT 1")),
+            ("server", READY),
+        ]
+    )
+    assert events[-1]["text"] == "SELECT 'made'"
+
+
 def test_sql_deallocate_and_discard_forget_names_once_they_succeed() -> None:
     """DEALLOCATE (psycopg 3 with libpq < 17 evicts its statements so) and
     DISCARD ALL drop names as a Close does: when their tag comes, and only

@@ -852,7 +852,8 @@ class Trail:
         encoding it does not know). The new text is the name's from now on,
         so that the record of its next run is not the old statement's; only
         while the name still means what it meant when the Parse was sent (a
-        Close and a Parse pipelined after it gave it a newer meaning). What
+        Close and a Parse pipelined after it gave it a newer meaning), or
+        nothing (the earlier Parse of it failed: a pipeline). What
         was sent after the Parse and named the old statement named this one
         (_rebind)."""
         st = entry.statement
@@ -860,7 +861,11 @@ class Trail:
         old, new = entry.previous, (st.text, st.verdict)
         entry.meant = new
         declared = declared_types(entry.message) if entry.message else None
-        if self._statements.get(entry.name) is old:
+        current = self._statements.get(entry.name)
+        if current is old or current is None:
+            # (None: a Parse of the name sent before this one failed or was
+            # skipped, or a drop the trail read came first; either way the
+            # server has no other statement under the name.)
             self._statements[entry.name] = new
             self._described.pop(entry.name, None)
             self._param_types.pop(entry.name, None)
