@@ -35,9 +35,13 @@ from hoopfast.core._shown import composite_text as _composite_text
 
 from hoopfast.core._drops import EVERYTHING as _DROPS_EVERYTHING
 from hoopfast.core._drops import FIRST as _FIRST
+from hoopfast.core._drops import PREPARE as _DROPS_PREPARE
 from hoopfast.core._drops import STATEMENT as _DROPS_STATEMENT
 from hoopfast.core._drops import TAGS as _DROPS_TAGS
 from hoopfast.core._drops import drops as _drops_of
+
+#: (See the reference.)
+_PREPARE_TAG = _DROPS_TAGS[_DROPS_PREPARE]
 from hoopfast.core._trail import SYNC_COMMIT as _SYNC_COMMIT, UNANSWERED as _UNANSWERED
 from hoopfast.core._trail import name_key as _name_key
 
@@ -709,7 +713,9 @@ cdef class Trail:
         kind, name = <tuple>found
         name = self._key(name)
         cdef dict statements
-        if kind == _DROPS_STATEMENT:
+        if kind == _DROPS_PREPARE:
+            statements = {name: self._statements.get(name)}
+        elif kind == _DROPS_STATEMENT:
             meant = self._statements.get(name)
             if meant is None:
                 return
@@ -719,13 +725,22 @@ cdef class Trail:
         portals = dict(self._portals) if kind == _DROPS_EVERYTHING else {}
         st.drops = (_DROPS_TAGS[kind], statements, portals)
 
-    cdef _dropped(self, tuple drops, str tag):
-        expected, statements, portals = drops
-        if tag == expected:
+    cdef _dropped(self, Statement st, str tag):
+        """(See the reference.)"""
+        expected, statements, portals = <tuple>st.drops
+        if tag != expected:
+            return
+        if expected == _PREPARE_TAG:
             for name, meant in (<dict>statements).items():
-                self._forget_statement(name, meant)
-            for name, meant in (<dict>portals).items():
-                self._forget_portal(name, meant)
+                if self._statements.get(name) is meant:
+                    self._statements[name] = (st.text, st.verdict)
+                    self._described.pop(name, None)
+                    self._param_types.pop(name, None)
+            return
+        for name, meant in (<dict>statements).items():
+            self._forget_statement(name, meant)
+        for name, meant in (<dict>portals).items():
+            self._forget_portal(name, meant)
 
     cdef _forget_statement(self, bytes name, meant):
         """(See the reference.)"""
@@ -805,6 +820,7 @@ cdef class Trail:
             if (
                 e.statement is not None
                 and e.statement.drops is not None
+                and (<tuple>e.statement.drops)[0] != _PREPARE_TAG
                 and name in (<tuple>e.statement.drops)[1]
             ):
                 return True
@@ -1372,7 +1388,7 @@ cdef class Trail:
         tag, count = <tuple>known
         st.tags.append(tag)
         if st.drops is not None:
-            self._dropped(<tuple>st.drops, tag)
+            self._dropped(st, tag)
         if count is not None:
             st.rows = st.rows + count  # exact, where DataRows may not be seen (COPY)
             st.uncounted = False

@@ -1836,6 +1836,30 @@ def test_a_parse_pipelined_behind_a_failed_parse_of_its_name_takes_it() -> None:
     assert events[-1]["text"] == "SELECT 'made'"
 
 
+def test_sql_prepare_of_a_name_the_trail_still_has_takes_it() -> None:
+    """SQL PREPARE of a name succeeds only where the server has none (one
+    dropped where the trail could not read it): the name's runs are
+    recorded with that SQL, not with what it meant (the statement dropped,
+    whose text a client could have chosen to hide what it runs). A PREPARE
+    that fails (the name taken) changes nothing."""
+    events = same(
+        [
+            *_prepare(b"x", "SELECT 'A'"),
+            *_unreadable_drop(b"x"),
+            ("query", "PREPARE x AS SELECT 'B'", ALLOW),
+            ("server", complete(b"PREPARE")),
+            ("server", READY),
+            *_run_named(b"x"),
+            ("query", "PREPARE x AS SELECT 'C'", ALLOW),
+            ("server", error(b"42P05", b'prepared statement "x" already exists')),
+            ("server", READY),
+            *_run_named(b"x"),
+        ]
+    )
+    runs = [e["text"] for e in events if e["text"] in ("SELECT 'A'", "PREPARE x AS SELECT 'B'")]
+    assert runs[-2:] == ["PREPARE x AS SELECT 'B'"] * 2
+
+
 def test_sql_deallocate_and_discard_forget_names_once_they_succeed() -> None:
     """DEALLOCATE (psycopg 3 with libpq < 17 evicts its statements so) and
     DISCARD ALL drop names as a Close does: when their tag comes, and only

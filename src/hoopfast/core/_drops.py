@@ -8,6 +8,9 @@ reset connections with ``DISCARD ALL``. Both trail builds (_trail.py and
 ext/_ctrail.pyx) read a statement's text here when it starts, and forget the
 names when the command's tag arrives (so a failed command drops nothing).
 
+SQL ``PREPARE name`` is read too: it makes the name where the server had
+none, so the name means that SQL from its tag on.
+
 Only a text that is exactly one such command (whitespace and one ``;``
 around it) is read: anything else (comments, several statements, a Unicode
 escape identifier) drops nothing, and the names stay until the session ends,
@@ -25,7 +28,16 @@ import re
 STATEMENT = 1
 STATEMENTS = 2
 EVERYTHING = 3
-TAGS = {STATEMENT: "DEALLOCATE", STATEMENTS: "DEALLOCATE ALL", EVERYTHING: "DISCARD ALL"}
+#: Not a drop: SQL ``PREPARE name`` makes a statement under the name (it
+#: succeeds only where the server had none: one dropped where the trail
+#: could not read it). The name then means that SQL, not what it meant.
+PREPARE = 4
+TAGS = {
+    STATEMENT: "DEALLOCATE",
+    STATEMENTS: "DEALLOCATE ALL",
+    EVERYTHING: "DISCARD ALL",
+    PREPARE: "PREPARE",
+}
 
 # PostgreSQL's whitespace (scan.l: space, tab, newline, CR, form feed, and
 # vertical tab).
@@ -43,6 +55,15 @@ _DROP = re.compile(
     rf"){_WS}*(?:;{_WS}*)?\Z",
     re.IGNORECASE | re.ASCII,
 )
+#: ``PREPARE name`` at the start of a text (whatever follows: the types
+#: and the statement; several statements still make the name).
+_PREPARE = re.compile(
+    rf"{_WS}*prepare{_WS}+(?:\"(?P<quoted>(?:[^\"]|\"\")+)\"|(?P<plain>[a-z_][a-z0-9_$]*))"
+    rf"(?:{_WS}|\()",
+    re.IGNORECASE | re.ASCII,
+)
+#: A PREPARE's name is looked for in its first characters only.
+_PREPARE_HEAD = 256
 #: Longer texts are not read at all (the command is short; this bounds the
 #: work whatever the input).
 _MAX_TEXT = 4096
@@ -55,12 +76,16 @@ _MAX_TEXT = 4096
 _NAME_BYTES = 63
 _NAME_CHARS = 15
 #: What a text must start with to be read at all (the cheap test first).
-FIRST = frozenset("dD \t\n\r\f\v")
+FIRST = frozenset("dDpP \t\n\r\f\v")
 
 
 def drops(text: str, codec: str) -> tuple[int, bytes] | None:
     """What ``text`` drops if it runs: (STATEMENT, name in the client
-    encoding), (STATEMENTS, b""), (EVERYTHING, b""), or None."""
+    encoding), (STATEMENTS, b""), (EVERYTHING, b""), or None; or the name
+    it prepares (PREPARE, name)."""
+    m = _PREPARE.match(text, 0, _PREPARE_HEAD)
+    if m is not None:
+        return _named(PREPARE, m, codec)
     if len(text) > _MAX_TEXT:
         return None
     m = _DROP.match(text)
@@ -70,6 +95,11 @@ def drops(text: str, codec: str) -> tuple[int, bytes] | None:
         return EVERYTHING, b""
     if m["all"] is not None:
         return STATEMENTS, b""
+    return _named(STATEMENT, m, codec)
+
+
+def _named(kind: int, m: re.Match[str], codec: str) -> tuple[int, bytes] | None:
+    """(kind, the statement name ``m`` found, in the client encoding)."""
     if m["quoted"] is not None:
         name = m["quoted"].replace('""', '"')
         if name.isascii():
@@ -79,6 +109,6 @@ def drops(text: str, codec: str) -> tuple[int, bytes] | None:
     else:
         name = m["plain"].lower()[:_NAME_BYTES]  # (ASCII only: the pattern says so)
     try:
-        return STATEMENT, name.encode(codec)
+        return kind, name.encode(codec)
     except (UnicodeEncodeError, LookupError):
         return None

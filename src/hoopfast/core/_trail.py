@@ -81,6 +81,8 @@ _K_SYNC = 6
 #: A client's CopyDone or CopyFail: no answer of its own; it tells where the
 #: Syncs the server ignores during a COPY FROM STDIN end (_copy_in).
 _K_COPY_END = 7
+#: The tag of SQL PREPARE (a statement's drops that make a name).
+_PREPARE_TAG = _drops.TAGS[_drops.PREPARE]
 #: PostgreSQL keys prepared statements and portals by their names' first 63
 #: bytes (NAMEDATALEN - 1: its hash tables cut string keys there), so <63>A
 #: and <63>B are one statement: the trail keys every name it reads so.
@@ -439,7 +441,11 @@ class Trail:
             return
         kind, name = found
         name = self._key(name)
-        if kind == _drops.STATEMENT:
+        if kind == _drops.PREPARE:
+            # (What the name means now, taken by the statement should its
+            # PREPARE succeed; _dropped.)
+            statements = {name: self._statements.get(name)}
+        elif kind == _drops.STATEMENT:
             if (meant := self._statements.get(name)) is None:
                 return
             statements = {name: meant}
@@ -448,13 +454,26 @@ class Trail:
         portals = dict(self._portals) if kind == _drops.EVERYTHING else {}
         st.drops = (_drops.TAGS[kind], statements, portals)
 
-    def _dropped(self, drops: tuple[str, dict[bytes, Any], dict[bytes, Any]], tag: str) -> None:
-        expected, statements, portals = drops
-        if tag == expected:
+    def _dropped(self, st: Statement, tag: str) -> None:
+        assert st.drops is not None
+        expected, statements, portals = st.drops
+        if tag != expected:
+            return
+        if expected == _PREPARE_TAG:
+            # SQL PREPARE made the name (the server had none under it: one
+            # dropped where the trail could not read it, by a DEALLOCATE
+            # among other statements): its runs are recorded with this SQL,
+            # not with what the name meant before.
             for name, meant in statements.items():
-                self._forget_statement(name, meant)
-            for name, meant in portals.items():
-                self._forget_portal(name, meant)
+                if self._statements.get(name) is meant:
+                    self._statements[name] = (st.text, st.verdict)
+                    self._described.pop(name, None)
+                    self._param_types.pop(name, None)
+            return
+        for name, meant in statements.items():
+            self._forget_statement(name, meant)
+        for name, meant in portals.items():
+            self._forget_portal(name, meant)
 
     def _forget_statement(self, name: bytes, meant: Any) -> None:
         """The server dropped statement ``name``: forget it, unless it means
@@ -570,7 +589,8 @@ class Trail:
             if e.kind == _K_CLOSE and e.name == closing:
                 return True
             st = e.statement
-            if st is not None and st.drops is not None and name in st.drops[1]:
+            drops = None if st is None else st.drops
+            if drops is not None and drops[0] != _PREPARE_TAG and name in drops[1]:
                 return True
         return False
 
@@ -1006,7 +1026,7 @@ class Trail:
         tag, count = known
         st.tags.append(tag)
         if st.drops is not None:
-            self._dropped(st.drops, tag)
+            self._dropped(st, tag)
         if count is not None:
             st.rows += count  # exact, where DataRows may not be seen (COPY)
             st.uncounted = False
