@@ -1417,7 +1417,8 @@ cdef class Trail:
         self._popleft()
         cdef list undos = []
         if head.kind == _K_PARSE:
-            self._unparsed(head, False, undos)
+            # (See the reference: 42P05, the name taken, keeps what it meant.)
+            self._unparsed(head, error["sqlstate"] == "42P05", undos)
         st = head.statement
         if head.kind == _K_BIND:
             # A Bind that fails (or a refused one's stand-in): the statement

@@ -1860,6 +1860,29 @@ def test_sql_prepare_of_a_name_the_trail_still_has_takes_it() -> None:
     assert runs[-2:] == ["PREPARE x AS SELECT 'B'"] * 2
 
 
+def test_a_parse_refused_as_the_name_taken_leaves_the_name_its_statement() -> None:
+    """A Close of the name was queued before the Parse, so the trail took
+    the Parse for one that makes the name; but the Close was skipped (an
+    error before it), and the server refused the Parse (42P05): the name
+    keeps its statement, whose runs were recorded with an empty text."""
+    events = same(
+        [
+            *_prepare(b"b", "SELECT 'first'"),
+            ("client", execute(b"nosuch")),
+            ("client", close(b"S", b"b")),
+            ("client", SYNC),
+            ("parse", b"b", "SELECT 'second'", ALLOW),
+            ("client", SYNC),
+            ("server", error(b"34000", b'portal "nosuch" does not exist')),
+            ("server", READY),
+            ("server", error(b"42P05", b'prepared statement "b" already exists')),
+            ("server", READY),
+            *_run_named(b"b"),
+        ]
+    )
+    assert events[-1]["text"] == "SELECT 'first'"
+
+
 def test_sql_deallocate_and_discard_forget_names_once_they_succeed() -> None:
     """DEALLOCATE (psycopg 3 with libpq < 17 evicts its statements so) and
     DISCARD ALL drop names as a Close does: when their tag comes, and only

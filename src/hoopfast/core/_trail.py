@@ -81,6 +81,8 @@ _K_SYNC = 6
 #: A client's CopyDone or CopyFail: no answer of its own; it tells where the
 #: Syncs the server ignores during a COPY FROM STDIN end (_copy_in).
 _K_COPY_END = 7
+#: duplicate_prepared_statement: a Parse of a name the server has.
+_NAME_TAKEN = "42P05"
 #: The tag of SQL PREPARE (a statement's drops that make a name).
 _PREPARE_TAG = _drops.TAGS[_drops.PREPARE]
 #: PostgreSQL keys prepared statements and portals by their names' first 63
@@ -1062,7 +1064,10 @@ class Trail:
         queue.popleft()
         undos: list[Any] = []
         if head.kind == _K_PARSE:
-            self._unparsed(head, False, undos)
+            # 42P05: the name was taken, and keeps what it meant (a Close or
+            # DEALLOCATE the trail saw queued before the Parse was skipped):
+            # as for a skipped Parse. Any other failure leaves no statement.
+            self._unparsed(head, code == _NAME_TAKEN, undos)
         st = head.statement
         if head.kind == _K_BIND:
             # A Bind that fails (or a refused one's stand-in): the statement
