@@ -854,3 +854,43 @@ def test_verify_finds_sessions_whose_row_was_removed_or_given_away(
         assert "BROKEN session s-bob-1, seal: its events are stored without a session row" in out
         code, out, err = run(capsys, api, "verify", "--since", str(BASE + 1000), token=api.token())
         assert code == 0, (out, err)  # (their events are not in that range)
+
+
+def test_replay_and_csv_show_altered_data_as_far_as_it_reads() -> None:
+    """Stored data altered into other types (a number where a list was, a
+    time past the year 9999) is shown as it is, not a traceback: `audit
+    verify` says what is wrong with it."""
+    from hoopfast.auditcli import iso
+
+    detail: dict[str, Any] = {
+        "session": {"session_id": "s-x", "subject": "zoe", "connection": "main"},
+        "seal": None,
+        "events": [
+            {"seq": 0, "kind": "session_start", "data": {"groups": 7}},
+            {
+                "seq": 1,
+                "kind": "statement",
+                "at": BASE + 1,
+                "data": {
+                    "started_at": 1e300,
+                    "text": "SELECT 1",
+                    "tags": 5,
+                    "results": [{"columns": ["a"], "rows": 3}, {"columns": [], "rows": [7]}],
+                },
+            },
+        ],
+    }
+    text = render_replay(detail)
+    assert "[1e+300]" in text and "main=> SELECT 1" in text
+    assert iso(1e300) == "1e+300" and iso(BASE) == "2023-11-14T22:13:20.000000Z"
+
+
+def test_a_token_sent_over_plain_http_off_this_machine_is_warned_of(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(["audit", "sessions", "--api", "http://0.0.0.0:9", "--token", "t"])
+    err = capsys.readouterr().err
+    assert "warning: the token goes unencrypted to 0.0.0.0 (http://): use https://" in err
+    assert code == 1  # (nothing listens there: refused at once)
+    main(["audit", "sessions", "--api", "http://127.0.0.1:9", "--token", "t"])
+    assert "unencrypted" not in capsys.readouterr().err

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -286,7 +287,24 @@ def api_from_args(
     url = args.api or os.environ.get(ENV_API_URL) or DEFAULT_API_URL
     if not url.startswith(("http://", "https://")):
         raise CliError(f"--api must be an http:// or https:// URL, not {url!r}", EXIT_USAGE)
+    host = urlsplit(url).hostname or ""
+    if url.startswith("http://") and not _loopback(host):
+        # (Not refused: an API behind a TLS-terminating proxy on a private
+        # network is a real set-up. Said, since the token is a credential.)
+        print(
+            f"{prog}: warning: the token goes unencrypted to {shown(host)} (http://): use https://",
+            file=sys.stderr,
+        )
     return Api(url, token_of(args, prog), args.cacert, refused=refused)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def api_options() -> argparse.ArgumentParser:
@@ -363,7 +381,10 @@ def when(at: float | None, with_date: bool = True) -> str:
     """Unix seconds for people: UTC, milliseconds."""
     if at is None:
         return "-"
-    moment = datetime.fromtimestamp(at, UTC)
+    try:
+        moment = datetime.fromtimestamp(at, UTC)
+    except (OverflowError, OSError, ValueError, TypeError):
+        return shown(at)  # (not a time: stored data altered, shown as it is)
     text = moment.strftime("%Y-%m-%d %H:%M:%S" if with_date else "%H:%M:%S")
     return f"{text}.{moment.microsecond // 1000:03d} UTC"
 

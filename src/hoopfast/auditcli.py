@@ -87,7 +87,18 @@ def iso(at: float | None) -> str:
     """Unix seconds as ISO-8601 UTC, microseconds kept (exports)."""
     if at is None:
         return ""
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    try:
+        moment = datetime.fromtimestamp(at, UTC)
+    except (OverflowError, OSError, ValueError, TypeError):
+        return str(at)  # (not a time: stored data altered, exported as it is)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _items(value: Any) -> list[Any]:
+    """A list from recorded data, or none: stored data that was altered
+    (a number where a list was) is shown as far as it reads, and `audit
+    verify` says what is wrong with it."""
+    return value if isinstance(value, list) else []
 
 
 def _inline(value: object) -> str:
@@ -105,9 +116,10 @@ _NUMERIC_OIDS = frozenset({20, 21, 23, 26, 28, 29, 700, 701, 790, 1700})
 def psql_table(columns: list[dict[str, Any]], rows: list[list[str | None]]) -> list[str]:
     """A result as psql's aligned format shows it: centred headers, numbers
     right-aligned, NULL as nothing, ``+`` where a value goes on a new line."""
+    columns = [c if isinstance(c, dict) else {"name": c} for c in columns]
     names = [_inline(c.get("name", "?")) for c in columns]
     right = [c.get("type_oid") in _NUMERIC_OIDS for c in columns]
-    cells = [[shown(v).split("\n") if v is not None else [""] for v in row] for row in rows]
+    cells = [[shown(v).split("\n") if v is not None else [""] for v in _items(row)] for row in rows]
     widths = [len(n) for n in names]
     for row in cells:
         for i, value in enumerate(row[: len(widths)]):
@@ -155,13 +167,13 @@ def _statement_lines(data: Mapping[str, Any], connection: str, at: Any) -> list[
             f"${i}=NULL" if p is None else f"${i}='{_inline(p)}'" for i, p in enumerate(params, 1)
         )
         out.append(f"  parameters: {values}")
-    results = data.get("results") or []
-    tags = [str(t) for t in data.get("tags") or []]
+    results = _items(data.get("results"))
+    tags = [str(t) for t in _items(data.get("tags"))]
     for result in results:
         if not isinstance(result, dict):
             continue
-        rows = result.get("rows") or []
-        out += psql_table(result.get("columns") or [], rows)
+        rows = _items(result.get("rows"))
+        out += psql_table(_items(result.get("columns")), rows)
         if result.get("truncated"):
             total = data.get("rows")
             more = f" of {total}" if isinstance(total, int) and len(results) == 1 else ""
@@ -209,12 +221,14 @@ def _replay_head(first_page: Mapping[str, Any]) -> list[str]:
     events = first_page.get("events") or []
     seal = first_page.get("seal")
     start = next((e.get("data") or {} for e in events if e.get("kind") == "session_start"), {})
+    if not isinstance(start, dict):
+        start = {}
     connection = str(session.get("connection", ""))
     out = [
         f"Session {_inline(session.get('session_id'))}: {_inline(session.get('subject'))} "
         f"on connection {_inline(connection)}"
     ]
-    groups = start.get("groups")
+    groups = _items(start.get("groups"))
     if groups:
         out.append(f"  groups    {', '.join(_inline(g) for g in groups)}")
     client = _inline(session.get("client_address") or start.get("client_address") or "-")
