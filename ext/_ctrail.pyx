@@ -683,11 +683,6 @@ cdef class Trail:
     def query(self, text, verdict):
         if self._skipping:
             return  # (the server ignores it: it never runs)
-        # (See the reference: the unnamed statement and portal destroyed.)
-        if self._statements:
-            self._statements.pop(b"", None)
-        if self._portals:
-            self._portals.pop(b"", None)
         cdef Statement st = _start(text, verdict, None)
         self._dropping(st)
         self._push_end(_entry(_K_SIMPLE, st))

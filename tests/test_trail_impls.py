@@ -1883,38 +1883,6 @@ def test_a_parse_refused_as_the_name_taken_leaves_the_name_its_statement() -> No
     assert events[-1]["text"] == "SELECT 'first'"
 
 
-def test_a_simple_query_destroys_the_unnamed_statement_and_portal() -> None:
-    """As the protocol chapter says: a Bind of the unnamed statement, or an
-    Execute of the unnamed portal, sent after a simple Query fails (26000,
-    34000), and is recorded without the text they had before it."""
-    events = same(
-        [
-            ("parse", b"", "SELECT 'old'", ALLOW),
-            ("client", bind()),
-            ("client", SYNC),
-            ("server", PARSE_COMPLETE),
-            ("server", BIND_COMPLETE),
-            ("server", READY),
-            ("query", "SELECT 1", ALLOW),
-            ("server", complete(b"SELECT 1")),
-            ("server", READY),
-            ("client", execute()),
-            ("client", SYNC),
-            ("server", error(b"34000", b'portal "" does not exist')),
-            ("server", READY),
-            ("client", bind()),
-            ("client", execute()),
-            ("client", SYNC),
-            ("server", error(b"26000", b"unnamed prepared statement does not exist")),
-            ("server", READY),
-        ]
-    )
-    assert [(e["text"], e["error"]["sqlstate"]) for e in events[-2:]] == [
-        ("", "34000"),
-        ("", "26000"),
-    ]
-
-
 def test_sql_deallocate_and_discard_forget_names_once_they_succeed() -> None:
     """DEALLOCATE (psycopg 3 with libpq < 17 evicts its statements so) and
     DISCARD ALL drop names as a Close does: when their tag comes, and only

@@ -426,11 +426,6 @@ class Trail:
     def query(self, text: str, verdict: Any) -> None:
         if self._skipping:
             return  # (the server ignores it: it never runs)
-        # A simple Query destroys the unnamed statement and the unnamed
-        # portal (the protocol chapter): a Bind or Execute of them sent
-        # after it fails, and is recorded without their old text.
-        self._statements.pop(b"", None)
-        self._portals.pop(b"", None)
         statement = self._start(text, verdict, None)
         self._dropping(statement)
         self._ends += 1
