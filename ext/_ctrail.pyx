@@ -683,6 +683,7 @@ cdef class Trail:
     def query(self, text, verdict):
         if self._skipping:
             return  # (the server ignores it: it never runs)
+        self._last_parse = None
         cdef Statement st = _start(text, verdict, None)
         self._dropping(st)
         self._push_end(_entry(_K_SIMPLE, st))
@@ -730,12 +731,16 @@ cdef class Trail:
         expected, statements, portals = <tuple>st.drops
         if tag != expected:
             return
+        cdef tuple new
         if expected == _PREPARE_TAG:
+            new = (st.text, st.verdict)
             for name, meant in (<dict>statements).items():
-                if self._statements.get(name) is meant:
-                    self._statements[name] = (st.text, st.verdict)
+                current = self._statements.get(name)
+                if current is meant or current is None:
+                    self._statements[name] = new
                     self._described.pop(name, None)
                     self._param_types.pop(name, None)
+                    self._rebind(name, meant, new, [])
             return
         for name, meant in (<dict>statements).items():
             self._forget_statement(name, meant)
@@ -758,6 +763,7 @@ cdef class Trail:
     def function_call(self, oid, verdict):
         if self._skipping:
             return
+        self._last_parse = None
         self._push_end(_entry(_K_SIMPLE, _start(f"-- function call, oid {oid}", verdict, None)))
 
     def parse(self, name, text, verdict, message=None, undo=None):
@@ -788,21 +794,24 @@ cdef class Trail:
             if self._param_types:
                 types = self._param_types.pop(name, None)
             declared = _declared_types(message) if message is not None else None
+            last = self._last_parse
+            self._last_parse = (name, known, declared)
             if (
-                types is not None
-                and self._last_parse is not None
-                and self._last_parse == (name, previous, self._ends)
+                last is not None
+                and types is not None
+                and previous is not None
+                and (<tuple>last)[0] == name
+                and (<tuple>last)[1] is previous
+                and (<tuple>last)[2] == declared
                 and (<tuple>previous)[0] == text
                 and (<tuple>types)[0] is previous
-                and (declared is None or declared == (<tuple>types)[1])
             ):
-                # (See the reference: the same text made again at once.)
+                # (See the reference: the same text made again, nothing run.)
                 declared = (<tuple>types)[1]
                 if described is not None:
                     self._described[name] = described
             if declared is not None:
                 self._param_types[name] = (known, declared)
-            self._last_parse = (name, known, self._ends)
         else:
             e.previous = self._statements[name]  # (see the reference)
             e.message = message
@@ -923,6 +932,7 @@ cdef class Trail:
             self._close(message)
 
     cdef _execute(self, bytes message):
+        self._last_parse = None  # (something runs: see the reference's parse)
         cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(message)
         cdef Py_ssize_t size = PyBytes_GET_SIZE(message)
         cdef Py_ssize_t end = _find_nul(buf, size, 5)

@@ -431,19 +431,22 @@ def test_binary_parameters_of_described_types_are_shown_as_their_text() -> None:
 
 
 def test_the_same_text_parsed_again_at_once_keeps_its_described_types() -> None:
-    """asyncpg without its statement cache: Parse, Describe, Flush, then the
-    same Parse with Bind and Execute. The second Parse keeps the types the
-    server described for the first (nothing ran between them), so a binary
-    int8 is shown, and detected, as its digits; after a Sync (something may
-    have run: a search_path set) it is not assumed."""
+    """asyncpg without its statement cache: Parse, Describe, Flush (or a
+    Sync), then the same Parse with Bind and Execute. The second Parse
+    keeps the types the server described for the first, so a binary int8
+    is shown, and detected, as its digits. Not when something ran between
+    them (an Execute, a Query: a search_path set, a column's type altered),
+    nor when the two Parses declare different types (the server reads the
+    second's parameter as text, not as the first's declared uuid)."""
     types = msg(b"t", struct.pack("!H2I", 2, 20, 25))
     columns = row_description((b"card", 20, 1))
     values = [struct.pack("!q", 4111111111111111), b"my secret"]
     text = "SELECT $1::int8 AS card, $2::text"
+    uuid_first = parse_message(b"", text, 2950)
 
-    def again(between: Script) -> Script:
+    def again(between: Script, first: bytes | None = None) -> Script:
         return [
-            ("parse", b"", text, ALLOW),
+            ("parse", b"", text, ALLOW, *([first] if first else [])),
             ("client", describe(b"S")),
             ("client", msg(b"H")),
             ("server", PARSE_COMPLETE),
@@ -461,11 +464,18 @@ def test_the_same_text_parsed_again_at_once_keeps_its_described_types() -> None:
             ("server", READY),
         ]
 
-    (run,) = same(again([]))
-    assert run["params"] == ["4111111111111111", "my ******"]
-    assert run["results"][0]["rows"] == [["4111111111111111"]]
-    (run,) = same(again([("client", SYNC), ("server", READY)]))
-    assert run["params"] == ["\\x000e9b08a568f1c7", "my ******"]
+    for between in ([], [("client", SYNC), ("server", READY)]):
+        (run,) = same(again(between))
+        assert run["params"] == ["4111111111111111", "my ******"]
+        assert run["results"][0]["rows"] == [["4111111111111111"]]
+    hexed = ["\\x000e9b08a568f1c7", "my ******"]
+    ran = [("query", "SET search_path TO other", ALLOW)]
+    ran += [("server", complete(b"SET")), ("server", READY)]
+    assert same(again(ran))[-1]["params"] == hexed
+    executed: Script = [("client", execute(b"other")), ("client", SYNC)]
+    executed += [("server", error(b"34000", b"no portal")), ("server", READY)]
+    assert same(again(executed))[-1]["params"] == hexed
+    assert same(again([], uuid_first))[-1]["params"] == hexed
 
 
 def test_shown_parameter_for_the_trail_and_the_approvers() -> None:
@@ -1881,6 +1891,32 @@ def test_a_parse_refused_as_the_name_taken_leaves_the_name_its_statement() -> No
         ]
     )
     assert events[-1]["text"] == "SELECT 'first'"
+
+
+def test_sql_prepare_pipelined_behind_a_deallocate_of_its_name() -> None:
+    """DEALLOCATE a, PREPARE a and a run of a, sent together: the run ran
+    the PREPARE's statement (it was recorded with the text deallocated),
+    and so do later runs (they were recorded with an empty text)."""
+    events = same(
+        [
+            *_prepare(b"a", "SELECT 'old'"),
+            ("query", "DEALLOCATE a", ALLOW),
+            ("query", "PREPARE a AS SELECT 'new'", ALLOW),
+            ("client", bind(b"", b"a")),
+            ("client", execute()),
+            ("client", SYNC),
+            ("server", complete(b"DEALLOCATE")),
+            ("server", READY),
+            ("server", complete(b"PREPARE")),
+            ("server", READY),
+            ("server", BIND_COMPLETE),
+            ("server", complete(b"SELECT 0")),
+            ("server", READY),
+            *_run_named(b"a"),
+        ]
+    )
+    texts = [e["text"] for e in events[-2:]]
+    assert texts == ["PREPARE a AS SELECT 'new'"] * 2
 
 
 def test_sql_deallocate_and_discard_forget_names_once_they_succeed() -> None:

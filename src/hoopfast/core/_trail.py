@@ -399,9 +399,10 @@ class Trail:
         #: The number of the last of them whose ReadyForQuery said idle:
         #: every portal bound before it is gone.
         self._ended = 0
-        #: The last Parse that gave its name a meaning: (name, meaning,
-        #: _ends then), for a Parse of the same text right after it.
-        self._last_parse: tuple[bytes, Any, int] | None = None
+        #: The last Parse that gave its name a meaning, while nothing has
+        #: run since (no Execute, Query or FunctionCall): (name, meaning,
+        #: the types it declared), for a Parse of the same text after it.
+        self._last_parse: tuple[bytes, Any, list[int] | None] | None = None
         #: Parameter types from ParameterDescription, by statement name, with
         #: the statement they describe (a name parsed again has new ones).
         self._param_types: dict[bytes, tuple[Any, list[int]]] = {}
@@ -426,6 +427,7 @@ class Trail:
     def query(self, text: str, verdict: Any) -> None:
         if self._skipping:
             return  # (the server ignores it: it never runs)
+        self._last_parse = None
         statement = self._start(text, verdict, None)
         self._dropping(statement)
         self._ends += 1
@@ -466,11 +468,17 @@ class Trail:
             # dropped where the trail could not read it, by a DEALLOCATE
             # among other statements): its runs are recorded with this SQL,
             # not with what the name meant before.
+            # So too when the name meant nothing by then (a DEALLOCATE or
+            # Close of it pipelined before, answered since); what was sent
+            # after it and bound the name runs it (_rebind).
+            new = (st.text, st.verdict)
             for name, meant in statements.items():
-                if self._statements.get(name) is meant:
-                    self._statements[name] = (st.text, st.verdict)
+                current = self._statements.get(name)
+                if current is meant or current is None:
+                    self._statements[name] = new
                     self._described.pop(name, None)
                     self._param_types.pop(name, None)
+                    self._rebind(name, meant, new, [])
             return
         for name, meant in statements.items():
             self._forget_statement(name, meant)
@@ -496,6 +504,7 @@ class Trail:
     def function_call(self, oid: int, verdict: Any) -> None:
         if self._skipping:
             return
+        self._last_parse = None
         self._ends += 1
         self._queue.append(
             _Entry(
@@ -537,29 +546,32 @@ class Trail:
             described = self._described.pop(name, None)
             types = self._param_types.pop(name, None)
             declared = declared_types(message) if message is not None else None
+            last = self._last_parse
+            self._last_parse = (name, known, declared)
             if (
-                types is not None
+                last is not None
+                and types is not None
                 and previous is not None
-                and self._last_parse == (name, previous, self._ends)
+                and last[0] == name
+                and last[1] is previous
+                and last[2] == declared
                 and previous[0] == text
                 and types[0] is previous
-                and (declared is None or declared == types[1])
             ):
-                # The same text made again right after the last Parse, with
-                # no Sync or Query between (nothing ran that could change
-                # what it means: a search_path, a table), declaring nothing
-                # new: asyncpg without its statement cache sends Parse and
-                # Describe, then Parse, Bind and Execute. Its columns and
-                # parameter types are what the server described for the
-                # first (without them binary values are kept as hex, which
-                # the detectors cannot read: a card number bound as an int8
-                # went unmasked).
+                # The same text, declaring the same types, made again with
+                # nothing run since the last Parse (no Execute, Query or
+                # FunctionCall: nothing of this session's changed what the
+                # text means, a search_path, a table): asyncpg without its
+                # statement cache sends Parse and Describe, then Parse, Bind
+                # and Execute. Its columns and parameter types are what the
+                # server described for the first (without them binary values
+                # are kept as hex, which the detectors cannot read: a card
+                # number bound as an int8 went unmasked).
                 declared = types[1]
                 if described is not None:
                     self._described[name] = described
             if declared is not None:
                 self._param_types[name] = (known, declared)
-            self._last_parse = (name, known, self._ends)
         else:
             # (Expected to fail: what the name means now, which it takes
             # at its ParseComplete should it not; _parsed_after_all.)
@@ -658,6 +670,7 @@ class Trail:
         if type_code == _BIND:
             self._bind(message, refused)
         elif type_code == _EXECUTE:
+            self._last_parse = None
             end = message.find(b"\0", 5)
             portal = self._key(message[5:end]) if end >= 0 else b""
             p = self._portals.get(portal)
