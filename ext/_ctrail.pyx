@@ -42,6 +42,7 @@ from hoopfast.core._drops import drops as _drops_of
 
 #: (See the reference.)
 _PREPARE_TAG = _DROPS_TAGS[_DROPS_PREPARE]
+_SQL_PREPARED = "/* made by SQL PREPARE */ "
 from hoopfast.core._trail import SYNC_COMMIT as _SYNC_COMMIT, UNANSWERED as _UNANSWERED
 from hoopfast.core._trail import name_key as _name_key
 
@@ -715,8 +716,9 @@ cdef class Trail:
         name = self._key(name)
         cdef dict statements
         if kind == _DROPS_PREPARE:
-            statements = {name: self._statements.get(name)}
-        elif kind == _DROPS_STATEMENT:
+            self._preparing(st, name)
+            return
+        if kind == _DROPS_STATEMENT:
             meant = self._statements.get(name)
             if meant is None:
                 return
@@ -726,6 +728,30 @@ cdef class Trail:
         portals = dict(self._portals) if kind == _DROPS_EVERYTHING else {}
         st.drops = (_DROPS_TAGS[kind], statements, portals)
 
+    cdef _preparing(self, Statement st, bytes name):
+        """(See the reference.)"""
+        old = self._statements.get(name)
+        cdef tuple new = (_SQL_PREPARED + st.text, st.verdict)
+        cdef bint dropped = old is not None and self._dropped_before(name)
+        if old is None or dropped:
+            self._statements[name] = new
+            self._described.pop(name, None)
+            self._param_types.pop(name, None)
+            st.drops = (_PREPARE_TAG, {name: new}, {name: None if dropped else old})
+        else:
+            st.drops = (_PREPARE_TAG, {name: old}, {})
+
+    cdef _unprepared(self, tuple drops):
+        """(See the reference.)"""
+        for name, previous in (<dict>drops[2]).items():
+            made = (<dict>drops[1])[name]
+            if self._statements.get(name) is not made:
+                continue
+            self._forget_statement(name, made)
+            if previous is not None:
+                self._statements[name] = previous
+                self._rebind(name, made, previous, [])
+
     cdef _dropped(self, Statement st, str tag):
         """(See the reference.)"""
         expected, statements, portals = <tuple>st.drops
@@ -733,7 +759,9 @@ cdef class Trail:
             return
         cdef tuple new
         if expected == _PREPARE_TAG:
-            new = (st.text, st.verdict)
+            if portals:
+                return  # (it made the name as it was sent)
+            new = (_SQL_PREPARED + st.text, st.verdict)
             for name, meant in (<dict>statements).items():
                 current = self._statements.get(name)
                 if current is meant or current is None:
@@ -1511,6 +1539,11 @@ cdef class Trail:
     cdef _finish(self, Statement st):
         if st is None:
             return
+        cdef tuple drops
+        if st.drops is not None:
+            drops = <tuple>st.drops
+            if drops[2] and drops[0] == _PREPARE_TAG and _PREPARE_TAG not in st.tags:
+                self._unprepared(drops)  # (it failed: see the reference)
         st.rows = st.rows + st.pending_rows
         st.pending_rows = 0
         st.duration = _monotonic() - st.started

@@ -1866,8 +1866,12 @@ def test_sql_prepare_of_a_name_the_trail_still_has_takes_it() -> None:
             *_run_named(b"x"),
         ]
     )
-    runs = [e["text"] for e in events if e["text"] in ("SELECT 'A'", "PREPARE x AS SELECT 'B'")]
-    assert runs[-2:] == ["PREPARE x AS SELECT 'B'"] * 2
+    runs = [
+        e["text"]
+        for e in events
+        if e["text"] in ("SELECT 'A'", "/* made by SQL PREPARE */ PREPARE x AS SELECT 'B'")
+    ]
+    assert runs[-2:] == ["/* made by SQL PREPARE */ PREPARE x AS SELECT 'B'"] * 2
 
 
 def test_a_parse_refused_as_the_name_taken_leaves_the_name_its_statement() -> None:
@@ -1916,7 +1920,55 @@ def test_sql_prepare_pipelined_behind_a_deallocate_of_its_name() -> None:
         ]
     )
     texts = [e["text"] for e in events[-2:]]
-    assert texts == ["PREPARE a AS SELECT 'new'"] * 2
+    assert texts == ["/* made by SQL PREPARE */ PREPARE a AS SELECT 'new'"] * 2
+
+
+def test_sql_prepare_takes_a_free_name_as_it_is_sent() -> None:
+    """SQL PREPARE of a name the trail knows free makes it as it is sent,
+    as a Parse does, so what is pipelined after it follows the server: a
+    DEALLOCATE and another PREPARE of the name (the run is the second's),
+    a protocol Parse of the name (refused, 42P05: the run is the
+    PREPARE's), and a PREPARE that fails (the name is free again)."""
+    prepared: Script = [("server", complete(b"PREPARE")), ("server", READY)]
+    again = same(
+        [
+            ("query", "PREPARE a AS SELECT 'two'", ALLOW),
+            ("query", "DEALLOCATE a", ALLOW),
+            ("query", "PREPARE a AS SELECT 'three'", ALLOW),
+            *prepared,
+            ("server", complete(b"DEALLOCATE")),
+            ("server", READY),
+            *prepared,
+            *_run_named(b"a"),
+        ]
+    )
+    assert again[-1]["text"] == "/* made by SQL PREPARE */ PREPARE a AS SELECT 'three'"
+    refused = same(
+        [
+            ("query", "PREPARE a AS SELECT 'two'", ALLOW),
+            ("parse", b"a", "SELECT 'mine'", ALLOW),
+            ("client", SYNC),
+            *prepared,
+            ("server", error(b"42P05", b'prepared statement "a" already exists')),
+            ("server", READY),
+            *_run_named(b"a"),
+        ]
+    )
+    assert refused[-1]["text"] == "/* made by SQL PREPARE */ PREPARE a AS SELECT 'two'"
+    failed = same(
+        [
+            *_prepare(b"a", "SELECT 'old'"),
+            ("client", close(b"S", b"a")),
+            ("client", SYNC),
+            ("query", "PREPARE a AS SELECT nosuch", ALLOW),
+            ("server", CLOSE_COMPLETE),
+            ("server", READY),
+            ("server", error(b"42703", b'column "nosuch" does not exist')),
+            ("server", READY),
+            *_run_named(b"a"),
+        ]
+    )
+    assert failed[-1]["text"] == ""
 
 
 def test_sql_deallocate_and_discard_forget_names_once_they_succeed() -> None:

@@ -85,6 +85,10 @@ _K_COPY_END = 7
 _NAME_TAKEN = "42P05"
 #: The tag of SQL PREPARE (a statement's drops that make a name).
 _PREPARE_TAG = _drops.TAGS[_drops.PREPARE]
+#: Before the text of a statement SQL PREPARE made, as its runs record it:
+#: says where it came from, and keeps a run of it (an Execute) from being
+#: read as another PREPARE (_drops reads no text that starts with it).
+_SQL_PREPARED = "/* made by SQL PREPARE */ "
 #: PostgreSQL keys prepared statements and portals by their names' first 63
 #: bytes (NAMEDATALEN - 1: its hash tables cut string keys there), so <63>A
 #: and <63>B are one statement: the trail keys every name it reads so.
@@ -237,7 +241,9 @@ class Statement:
     server_bytes: int = 0
     #: What this statement drops if it succeeds (_drops): the tag that
     #: confirms it, and the statement and portal names it drops with what
-    #: they meant when it was sent.
+    #: they meant when it was sent. For SQL PREPARE (Trail._preparing): the
+    #: name with what it means from it on, and, when it made the name as it
+    #: was sent, the name with what it meant before (else nothing).
     drops: tuple[str, dict[bytes, Any], dict[bytes, Any]] | None = None
 
     def event(self, n: int) -> dict[str, Any]:
@@ -446,10 +452,9 @@ class Trail:
         kind, name = found
         name = self._key(name)
         if kind == _drops.PREPARE:
-            # (What the name means now, taken by the statement should its
-            # PREPARE succeed; _dropped.)
-            statements = {name: self._statements.get(name)}
-        elif kind == _drops.STATEMENT:
+            self._preparing(st, name)
+            return
+        if kind == _drops.STATEMENT:
             if (meant := self._statements.get(name)) is None:
                 return
             statements = {name: meant}
@@ -458,20 +463,52 @@ class Trail:
         portals = dict(self._portals) if kind == _drops.EVERYTHING else {}
         st.drops = (_drops.TAGS[kind], statements, portals)
 
+    def _preparing(self, st: Statement, name: bytes) -> None:
+        """SQL PREPARE of ``name``, as the trail takes a Parse of it (parse):
+        where it knows no statement under the name (or one is dropped before
+        it), the name means this SQL from now on, and means what it meant
+        again should no PREPARE tag come (it failed: _finish). Where the
+        name is taken, it is to fail (42P05) and leave the name as it is;
+        should it not (the server had dropped the name where the trail
+        could not read it: a DEALLOCATE among other statements), the name
+        means this SQL from its tag on (_dropped), and what was sent since
+        and bound the name runs it, as after a late ParseComplete."""
+        old = self._statements.get(name)
+        new = (_SQL_PREPARED + st.text, st.verdict)
+        dropped = old is not None and self._dropped_before(name)
+        if old is None or dropped:
+            self._statements[name] = new
+            self._described.pop(name, None)
+            self._param_types.pop(name, None)
+            # (Should it fail, the name is free: a drop queued before it
+            # drops the old statement.)
+            st.drops = (_PREPARE_TAG, {name: new}, {name: None if dropped else old})
+        else:
+            st.drops = (_PREPARE_TAG, {name: old}, {})
+
+    def _unprepared(self, drops: tuple[str, dict[bytes, Any], dict[bytes, Any]]) -> None:
+        """A SQL PREPARE that made its name as it was sent failed: the name
+        means what it meant before (if nothing newer was sent since), and
+        what was sent since and bound it runs that (_preparing)."""
+        for name, previous in drops[2].items():
+            made = drops[1][name]
+            if self._statements.get(name) is not made:
+                continue
+            self._forget_statement(name, made)
+            if previous is not None:
+                self._statements[name] = previous
+                self._rebind(name, made, previous, [])
+
     def _dropped(self, st: Statement, tag: str) -> None:
         assert st.drops is not None
         expected, statements, portals = st.drops
         if tag != expected:
             return
         if expected == _PREPARE_TAG:
-            # SQL PREPARE made the name (the server had none under it: one
-            # dropped where the trail could not read it, by a DEALLOCATE
-            # among other statements): its runs are recorded with this SQL,
-            # not with what the name meant before.
-            # So too when the name meant nothing by then (a DEALLOCATE or
-            # Close of it pipelined before, answered since); what was sent
-            # after it and bound the name runs it (_rebind).
-            new = (st.text, st.verdict)
+            if portals:
+                return  # (it made the name as it was sent: _preparing)
+            # The name was taken, and the server made it after all.
+            new = (_SQL_PREPARED + st.text, st.verdict)
             for name, meant in statements.items():
                 current = self._statements.get(name)
                 if current is meant or current is None:
@@ -1163,6 +1200,14 @@ class Trail:
     def _finish(self, st: Statement | None) -> None:
         if st is None:
             return
+        drops = st.drops
+        if (
+            drops is not None
+            and drops[2]
+            and drops[0] == _PREPARE_TAG
+            and _PREPARE_TAG not in st.tags
+        ):
+            self._unprepared(drops)  # (a SQL PREPARE that made its name failed)
         st.rows += st.pending_rows
         st.pending_rows = 0
         st.duration = time.perf_counter() - st.started
