@@ -940,6 +940,7 @@ cdef class Trail:
             if self._copying_in:
                 return  # (read and ignored by the server during COPY FROM STDIN)
             self._skipping = False
+            self._last_parse = None  # (see the reference's parse)
             self._push_end(_entry(_K_SYNC, None))
             return
         if type_code == _COPY_DONE or type_code == _COPY_FAIL:
@@ -1076,6 +1077,7 @@ cdef class Trail:
         self._push(entry)
 
     cdef _bind(self, bytes message, object refused):
+        self._last_parse = None  # (see the reference's parse)
         cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(message)
         cdef Py_ssize_t size = PyBytes_GET_SIZE(message)
         cdef _BindLayout b

@@ -406,8 +406,8 @@ class Trail:
         #: every portal bound before it is gone.
         self._ended = 0
         #: The last Parse that gave its name a meaning, while nothing has
-        #: run since (no Execute, Query or FunctionCall): (name, meaning,
-        #: the types it declared), for a Parse of the same text after it.
+        #: run since (no Bind, Execute, Sync, Query or FunctionCall): (name,
+        #: meaning, the types it declared), for a Parse of the same text.
         self._last_parse: tuple[bytes, Any, list[int] | None] | None = None
         #: Parameter types from ParameterDescription, by statement name, with
         #: the statement they describe (a name parsed again has new ones).
@@ -596,11 +596,12 @@ class Trail:
                 and types[0] is previous
             ):
                 # The same text, declaring the same types, made again with
-                # nothing run since the last Parse (no Execute, Query or
-                # FunctionCall: nothing of this session's changed what the
-                # text means, a search_path, a table): asyncpg without its
-                # statement cache sends Parse and Describe, then Parse, Bind
-                # and Execute. Its columns and parameter types are what the
+                # nothing run since the last Parse (no Bind, Execute, Sync,
+                # Query or FunctionCall: nothing of this session's changed
+                # what the text means, a search_path, a table, and no
+                # transaction ended, which may undo a SET): asyncpg without
+                # its statement cache sends Parse, Describe and Flush, then
+                # Parse, Bind and Execute. Its columns and parameter types are what the
                 # server described for the first (without them binary values
                 # are kept as hex, which the detectors cannot read: a card
                 # number bound as an int8 went unmasked).
@@ -693,6 +694,7 @@ class Trail:
             if self._copying_in:
                 return  # (read and ignored by the server during COPY FROM STDIN)
             self._skipping = False
+            self._last_parse = None  # (it may end a transaction: see parse)
             self._ends += 1
             self._queue.append(_Entry(_K_SYNC, ends=self._ends))
             return
@@ -705,6 +707,7 @@ class Trail:
         if self._skipping:
             return  # (skipped by the server up to the Sync)
         if type_code == _BIND:
+            self._last_parse = None  # (planning may run functions: see parse)
             self._bind(message, refused)
         elif type_code == _EXECUTE:
             self._last_parse = None
