@@ -894,3 +894,41 @@ def test_a_token_sent_over_plain_http_off_this_machine_is_warned_of(
     assert code == 1  # (nothing listens there: refused at once)
     main(["audit", "sessions", "--api", "http://127.0.0.1:9", "--token", "t"])
     assert "unencrypted" not in capsys.readouterr().err
+
+
+def test_csv_to_stdout_and_replay_under_a_latin1_locale(issuer: DevIssuer, tmp_path: Path) -> None:
+    """A CSV export to stdout is UTF-8 whatever the locale's encoding, as a
+    file export is; a replay shows what the terminal cannot encode escaped.
+    Both crashed (UnicodeEncodeError) under PYTHONIOENCODING=latin-1."""
+    import os
+    import subprocess
+    import sys
+
+    with running_api(tmp_path, issuer, big=20) as api:
+        chain = Chain("s-kanji-1")
+        start = chain.append("session_start", BASE + 10, "erin", "main", "", {"groups": []})
+        run_ = chain.append(
+            "statement", BASE + 11, "erin", "main", "allow", {"text": "SELECT '日本'"}
+        )
+        api.loop.run(api.store.write_recording([start, run_], []))
+        env = {**os.environ, "PYTHONIOENCODING": "latin-1", "HOOPFAST_TOKEN": api.token()}
+        env.pop("HOOPFAST_API_URL", None)
+        cli = [sys.executable, "-m", "hoopfast", "audit"]
+        exported = subprocess.run(
+            [*cli, "export", "--format", "csv", "-o", "-", "--api", api.url],
+            env=env,
+            capture_output=True,
+            timeout=60,
+        )
+        assert exported.returncode == 0, exported.stderr
+        assert "SELECT '日本'" in exported.stdout.decode("utf-8")
+        replayed = subprocess.run(
+            [*cli, "replay", "s-kanji-1", "--api", api.url],
+            env=env,
+            capture_output=True,
+            timeout=60,
+        )
+        assert replayed.returncode == 0, replayed.stderr
+        assert b"main=> SELECT '\\u65e5\\u672c'" in replayed.stdout
+        # (A page cursor past 64 bits is refused, not an internal error.)
+        assert api.get("/v1/audit/sessions/s-kanji-1", after=str(1 << 80)).status_code == 422

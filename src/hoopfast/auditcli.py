@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import csv
 import dataclasses
+import io
 import itertools
 import json
 import os
@@ -435,7 +436,18 @@ def _output(path: str, binary: bool) -> Iterator[IO[Any]]:
     fails (a full disk) is a CliError."""
     if path == "-":
         with _write_errors("stdout"):
-            yield sys.stdout.buffer if binary else sys.stdout
+            if binary:
+                yield sys.stdout.buffer
+                return
+            # UTF-8, as a file export is, whatever the locale's encoding (a
+            # Latin-1 terminal could not encode every recorded text).
+            sys.stdout.flush()
+            out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="")
+            try:
+                yield out
+            finally:
+                out.flush()
+                out.detach()  # (sys.stdout stays open)
         return
     target = Path(path).resolve()
     if target.is_dir():
@@ -549,6 +561,10 @@ def _session_pages(api: Api, session_id: str, raw: bool) -> Iterator[dict[str, A
 
 def cmd_replay(args: argparse.Namespace) -> int:
     blank_lines = 0
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        # For a person: what the terminal's encoding cannot show is shown
+        # escaped, not a crash half way.
+        sys.stdout.reconfigure(errors="backslashreplace")
 
     def write(lines: list[str]) -> None:
         # Blank lines only between lines: none at the end (render_replay).

@@ -495,7 +495,14 @@ async def _readable_session(context: _Context, caller: Caller, session_id: str) 
 SESSION_PAGE_BLOCKS = 16
 
 After = Annotated[
-    int | None, Query(description="the `next` of the previous page (omit for the first page)")
+    int | None,
+    Query(
+        # (An event's seq: past 64 bits no store can compare it; a 422, not
+        # the 500 of an integer the database refuses.)
+        ge=-(1 << 63),
+        le=(1 << 63) - 1,
+        description="the `next` of the previous page (omit for the first page)",
+    ),
 ]
 
 
