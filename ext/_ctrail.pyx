@@ -728,15 +728,19 @@ cdef class Trail:
         portals = dict(self._portals) if kind == _DROPS_EVERYTHING else {}
         st.drops = (_DROPS_TAGS[kind], statements, portals)
 
+    cdef _takes(self, bytes name, tuple new):
+        """(See the reference.)"""
+        self._statements[name] = new
+        self._described.pop(name, None)
+        self._param_types.pop(name, None)
+
     cdef _preparing(self, Statement st, bytes name):
         """(See the reference.)"""
         old = self._statements.get(name)
         cdef tuple new = (_SQL_PREPARED + st.text, st.verdict)
         cdef bint dropped = old is not None and self._dropped_before(name)
         if old is None or dropped:
-            self._statements[name] = new
-            self._described.pop(name, None)
-            self._param_types.pop(name, None)
+            self._takes(name, new)
             st.drops = (_PREPARE_TAG, {name: new}, {name: None if dropped else old})
         else:
             st.drops = (_PREPARE_TAG, {name: old}, {})
@@ -744,13 +748,16 @@ cdef class Trail:
     cdef _unprepared(self, tuple drops):
         """(See the reference.)"""
         for name, previous in (<dict>drops[2]).items():
-            made = (<dict>drops[1])[name]
-            if self._statements.get(name) is not made:
-                continue
-            self._forget_statement(name, made)
-            if previous is not None:
-                self._statements[name] = previous
-                self._rebind(name, made, previous, [])
+            self._give_back(name, (<dict>drops[1])[name], previous)
+
+    cdef _give_back(self, bytes name, made, previous):
+        """(See the reference.)"""
+        if self._statements.get(name) is not made:
+            return
+        self._forget_statement(name, made)
+        if previous is not None:
+            self._statements[name] = previous
+            self._rebind(name, made, previous, [])
 
     cdef _dropped(self, Statement st, str tag):
         """(See the reference.)"""
@@ -765,9 +772,7 @@ cdef class Trail:
             for name, meant in (<dict>statements).items():
                 current = self._statements.get(name)
                 if current is meant or current is None:
-                    self._statements[name] = new
-                    self._described.pop(name, None)
-                    self._param_types.pop(name, None)
+                    self._takes(name, new)
                     self._rebind(name, meant, new, [])
             return
         for name, meant in (<dict>statements).items():
@@ -872,12 +877,7 @@ cdef class Trail:
 
     def _unnamed(self, _Entry entry, bint skipped):
         """(See the reference.)"""
-        if self._statements.get(entry.name) is not entry.meant:
-            return
-        self._forget_statement(entry.name, entry.meant)
-        if skipped and entry.previous is not None:
-            self._statements[entry.name] = entry.previous
-            self._rebind(entry.name, entry.meant, entry.previous, [])
+        self._give_back(entry.name, entry.meant, entry.previous if skipped else None)
 
     def unsettled(self, bytes name):
         """(See the reference.)"""
@@ -1011,9 +1011,7 @@ cdef class Trail:
                     if entry.message is not None and PyBytes_GET_SIZE(entry.message) else None)
         current = self._statements.get(entry.name)
         if current is old or current is None:
-            self._statements[entry.name] = new
-            self._described.pop(entry.name, None)
-            self._param_types.pop(entry.name, None)
+            self._takes(entry.name, new)
             if declared is not None:
                 self._param_types[entry.name] = (new, declared)
         self._rebind(entry.name, old, new, declared if declared is not None else [])

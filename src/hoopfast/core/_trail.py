@@ -463,6 +463,13 @@ class Trail:
         portals = dict(self._portals) if kind == _drops.EVERYTHING else {}
         st.drops = (_drops.TAGS[kind], statements, portals)
 
+    def _takes(self, name: bytes, new: tuple[str, Any]) -> None:
+        """``name`` means ``new`` from now on: what the server described for
+        what it meant before is forgotten."""
+        self._statements[name] = new
+        self._described.pop(name, None)
+        self._param_types.pop(name, None)
+
     def _preparing(self, st: Statement, name: bytes) -> None:
         """SQL PREPARE of ``name``, as the trail takes a Parse of it (parse):
         where it knows no statement under the name (or one is dropped before
@@ -477,9 +484,7 @@ class Trail:
         new = (_SQL_PREPARED + st.text, st.verdict)
         dropped = old is not None and self._dropped_before(name)
         if old is None or dropped:
-            self._statements[name] = new
-            self._described.pop(name, None)
-            self._param_types.pop(name, None)
+            self._takes(name, new)
             # (Should it fail, the name is free: a drop queued before it
             # drops the old statement.)
             st.drops = (_PREPARE_TAG, {name: new}, {name: None if dropped else old})
@@ -491,13 +496,20 @@ class Trail:
         means what it meant before (if nothing newer was sent since), and
         what was sent since and bound it runs that (_preparing)."""
         for name, previous in drops[2].items():
-            made = drops[1][name]
-            if self._statements.get(name) is not made:
-                continue
-            self._forget_statement(name, made)
-            if previous is not None:
-                self._statements[name] = previous
-                self._rebind(name, made, previous, [])
+            self._give_back(name, drops[1][name], previous)
+
+    def _give_back(self, name: bytes, made: Any, previous: Any) -> None:
+        """A statement the trail took ``name`` to mean as it was sent was
+        not made (a Parse failed or was skipped, a SQL PREPARE failed):
+        unless the name means something newer by now, it means ``previous``
+        again (None: nothing), and what was queued since and bound the name
+        runs that (_rebind)."""
+        if self._statements.get(name) is not made:
+            return
+        self._forget_statement(name, made)
+        if previous is not None:
+            self._statements[name] = previous
+            self._rebind(name, made, previous, [])
 
     def _dropped(self, st: Statement, tag: str) -> None:
         assert st.drops is not None
@@ -512,9 +524,7 @@ class Trail:
             for name, meant in statements.items():
                 current = self._statements.get(name)
                 if current is meant or current is None:
-                    self._statements[name] = new
-                    self._described.pop(name, None)
-                    self._param_types.pop(name, None)
+                    self._takes(name, new)
                     self._rebind(name, meant, new, [])
             return
         for name, meant in statements.items():
@@ -663,12 +673,7 @@ class Trail:
         what the client sent since, before the answer, and bound the name
         (the Binds after the Sync) to the statement that was not made,
         rebound to it (_rebind): they run it."""
-        if self._statements.get(entry.name) is not entry.meant:
-            return
-        self._forget_statement(entry.name, entry.meant)
-        if skipped and entry.previous is not None:
-            self._statements[entry.name] = entry.previous
-            self._rebind(entry.name, entry.meant, entry.previous, [])
+        self._give_back(entry.name, entry.meant, entry.previous if skipped else None)
 
     def unsettled(self, name: bytes) -> bool:
         """Whether a Parse of ``name`` sent before the latest Sync (or Query,
@@ -941,9 +946,7 @@ class Trail:
             # (None: a Parse of the name sent before this one failed or was
             # skipped, or a drop the trail read came first; either way the
             # server has no other statement under the name.)
-            self._statements[entry.name] = new
-            self._described.pop(entry.name, None)
-            self._param_types.pop(entry.name, None)
+            self._takes(entry.name, new)
             if declared is not None:
                 self._param_types[entry.name] = (new, declared)
         self._rebind(entry.name, old, new, declared or [])
